@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# bench/accept.sh: accept throughput of sluice against the loopback ceiling.
+#
+# What it measures
+#   For message sizes 4 KiB and 64 KiB and 1, 10 and 50 parallel sessions:
+#   (a) the ceiling: Postfix's smtp-source -> smtp-sink on a free loopback
+#       port (no relay, nothing written to disk);
+#   (b) sluice: smtp-source -> `sluice run --config <tmp>` with its durable
+#       spool on the real disk (a temp dir under bench/out/, never tmpfs:
+#       durability is the point).
+#   Each sluice row runs right after its ceiling row, against a fresh daemon
+#   with a fresh, empty spool that is stopped (SIGTERM) after the row.
+#   Messages per row: 5,000 (4 KiB) and 2,000 (64 KiB); --quick: a tenth.
+#   msg/s = messages / wall time of the smtp-source run (date +%s.%N).
+#   After each sluice row, `sluice queue list --json` must count exactly the
+#   messages sent; a WARNING line is printed when it does not.
+#   Issue 2's target: sluice >= 0.5 x ceiling with 10 and 50 sessions.
+#
+#   By default smtp-source opens a new connection for every message, like the
+#   baselines in ../shared/DEPENDENCIES.md; --reuse sends all of a session's
+#   messages over one connection (smtp-source -d).
+#
+# How to run (from anywhere)
+#   bench/accept.sh [--quick] [--reuse] [--ceiling-only]
+#   SLUICE_BIN=/path/to/sluice bench/accept.sh      (default: target/release/sluice)
+#   KEEP=1 bench/accept.sh                          (keep the temp spools and logs)
+#   Needs /usr/sbin/smtp-source and /usr/sbin/smtp-sink (Postfix), python3,
+#   awk. Loopback only. The table is printed and written to
+#   bench/out/accept-<date>.txt. Without the release binary it runs the
+#   ceiling rows only (and says so).
+set -u
+
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
+SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
+SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
+OUT_DIR=$BENCH_DIR/out
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}   # seconds, per smtp-source run
+READY_TIMEOUT=30                  # seconds, for a listener to come up
+
+QUICK=0 REUSE=0 CEILING_ONLY=0
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --reuse) REUSE=1 ;;
+        --ceiling-only) CEILING_ONLY=1 ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
+    esac
+done
+
+SIZES=(4096 65536)
+SESSIONS=(1 10 50)
+msgs_for() { # size -> message count
+    local n
+    if [ "$1" -le 4096 ]; then n=5000; else n=2000; fi
+    [ $QUICK = 1 ] && n=$((n / 10))
+    echo $n
+}
+
+for tool in "$SMTP_SOURCE" "$SMTP_SINK"; do
+    [ -x "$tool" ] || { echo "missing $tool (Postfix test tools)" >&2; exit 2; }
+done
+if [ $CEILING_ONLY = 0 ] && [ ! -x "$SLUICE_BIN" ]; then
+    echo "NOTE: $SLUICE_BIN not found (build: cargo build --release); ceiling rows only" >&2
+    CEILING_ONLY=1
+fi
+
+mkdir -p "$OUT_DIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULT=$OUT_DIR/accept-$STAMP.txt
+WORK=$(mktemp -d "$OUT_DIR/accept-run-$STAMP.XXXXXX")
+FSTYPE=$(stat -f -c %T "$WORK")
+if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
+    echo "WARNING: $WORK is on $FSTYPE; the spool is not durable there" >&2
+fi
+
+SINK_PID='' SLUICE_PID=''
+stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "WARNING: pid $pid ignored SIGTERM for 10 s; SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+}
+cleanup() {
+    stop_pid "$SINK_PID"; SINK_PID=''
+    stop_pid "$SLUICE_PID"; SLUICE_PID=''
+    if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then
+        echo "temp files kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# smtp-source run: port size msgs sessions -> prints msg/s (or FAIL)
+drive() {
+    local port=$1 size=$2 msgs=$3 sessions=$4 log=$5 t0 t1 rc
+    local opts=(-s "$sessions" -m "$msgs" -l "$size" -M client.bench.test
+                -f sender@client.bench.test -t rcpt@sink.bench.test)
+    [ $REUSE = 1 ] && opts+=(-d)
+    t0=$(date +%s.%N)
+    timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" "${opts[@]}" "127.0.0.1:$port" >"$log" 2>&1
+    rc=$?
+    t1=$(date +%s.%N)
+    if [ $rc -ne 0 ]; then
+        echo "WARNING: smtp-source exited $rc (size $size, $sessions sessions): $(head -c 300 "$log" | tr '\n' ' ')" >&2
+        echo FAIL
+        return 1
+    fi
+    awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
+}
+
+ceiling_row() { # size msgs sessions -> msg/s
+    local port sink_opts=() rate
+    port=$(free_port)
+    [ "$(id -u)" = 0 ] && sink_opts=(-u nobody)
+    "$SMTP_SINK" "${sink_opts[@]}" "127.0.0.1:$port" 256 >"$WORK/sink.log" 2>&1 &
+    SINK_PID=$!
+    if ! wait_port "$port"; then
+        echo "WARNING: smtp-sink did not listen on $port: $(head -c 300 "$WORK/sink.log")" >&2
+        stop_pid "$SINK_PID"; SINK_PID=''
+        echo FAIL; return
+    fi
+    rate=$(drive "$port" "$1" "$2" "$3" "$WORK/source-ceiling-$1-$3.log")
+    stop_pid "$SINK_PID"; SINK_PID=''
+    echo "$rate"
+}
+
+write_config() { # dir port
+    local dead_port
+    dead_port=$(free_port)   # nothing listens there: any delivery attempt is refused
+    cat >"$1/sluice.toml" <<EOF
+# written by bench/accept.sh
+hostname = "bench.sluice.test"
+spool_dir = "spool"
+state_dir = "state"
+
+[[listen]]
+address = "127.0.0.1:$2"
+starttls = false
+
+[limits]
+connections = 1000
+connections_per_ip = 200
+command_timeout = "5m"
+data_timeout = "10m"
+max_message_size = "36 MiB"
+
+[dns]
+# Loopback only: the recipient domain resolves from the static table to a
+# closed loopback port, so nothing ever leaves the box (and nothing is
+# delivered out of the spool while we count it).
+servers = ["127.0.0.1:53"]
+static = { "sink.bench.test" = ["127.0.0.1:$dead_port"], "client.bench.test" = ["127.0.0.1:$dead_port"] }
+
+[syslog]
+target = "stderr"
+EOF
+}
+
+sluice_row() { # size msgs sessions -> msg/s ; sets SPOOLED
+    local size=$1 msgs=$2 sessions=$3 dir port rate i
+    SPOOLED='?'
+    dir=$WORK/sluice-$size-$sessions
+    mkdir -p "$dir"
+    port=$(free_port)
+    write_config "$dir" "$port"
+    "$SLUICE_BIN" run --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    SLUICE_PID=$!
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        grep -q 'listening on' "$dir/stderr.log" 2>/dev/null && break
+        kill -0 "$SLUICE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q 'listening on' "$dir/stderr.log" || ! wait_port "$port"; then
+        echo "WARNING: sluice did not come up on $port: $(tail -c 500 "$dir/stderr.log" | tr '\n' ' ')" >&2
+        FAILED=1
+        stop_pid "$SLUICE_PID"; SLUICE_PID=''
+        echo FAIL; return
+    fi
+    rate=$(drive "$port" "$size" "$msgs" "$sessions" "$dir/source.log") || FAILED=1
+    stop_pid "$SLUICE_PID"
+    local rc=$?
+    SLUICE_PID=''
+    [ $rc -ne 0 ] && echo "WARNING: sluice exited $rc after SIGTERM (size $size, $sessions sessions)" >&2
+    SPOOLED=$("$SLUICE_BIN" queue list --config "$dir/sluice.toml" --json 2>"$dir/queue.err" |
+              python3 -c 'import json,sys; print(len(json.load(sys.stdin)))' 2>>"$dir/queue.err") || SPOOLED='ERR'
+    if [ "$SPOOLED" != "$msgs" ]; then
+        echo "WARNING: size $size, $sessions sessions: expected $msgs, spool holds $SPOOLED $(head -c 300 "$dir/queue.err" | tr '\n' ' ')" >&2
+        FAILED=1
+    fi
+    local errs
+    errs=$(grep -ciE 'error|panic|warn' "$dir/stderr.log")
+    if [ "$errs" -gt 0 ]; then
+        echo "WARNING: sluice logged $errs error/warning lines (size $size, $sessions sessions), e.g.: $(grep -iE 'error|panic|warn' "$dir/stderr.log" | head -3 | tr '\n' ' ')" >&2
+    fi
+    echo "$rate"
+}
+
+{
+    echo "# sluice accept throughput, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "# host $(hostname), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+    if [ $CEILING_ONLY = 1 ]; then
+        echo "# sluice: not run (ceiling only)"
+    else
+        echo "# sluice: $SLUICE_BIN ($(stat -c '%y' "$SLUICE_BIN" | cut -d. -f1))"
+    fi
+    echo "# spool: $WORK ($FSTYPE); connections: $([ $REUSE = 1 ] && echo 'reused (-d)' || echo 'one per message')$([ $QUICK = 1 ] && echo '; --quick')"
+} | tee "$RESULT"
+
+HEADER=$(printf '%-6s %8s %8s %12s %12s %7s %8s' size sessions msgs 'ceiling/s' 'sluice/s' ratio spooled)
+echo "$HEADER" | tee -a "$RESULT"
+for size in "${SIZES[@]}"; do
+    msgs=$(msgs_for "$size")
+    for sessions in "${SESSIONS[@]}"; do
+        # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
+        ceiling_row "$size" "$msgs" "$sessions" >"$WORK/rate"
+        ceiling=$(cat "$WORK/rate")
+        if [ $CEILING_ONLY = 1 ]; then
+            sluice=- ratio=- SPOOLED=-
+        else
+            sluice_row "$size" "$msgs" "$sessions" >"$WORK/rate"
+            sluice=$(cat "$WORK/rate")
+            ratio=$(awk -v a="$sluice" -v b="$ceiling" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }')
+        fi
+        printf '%-6s %8s %8s %12s %12s %7s %8s\n' "$((size / 1024))K" "$sessions" "$msgs" \
+            "$ceiling" "$sluice" "$ratio" "$SPOOLED" | tee -a "$RESULT"
+    done
+done
+echo "# target (issue 2): ratio >= 0.50 with 10 and 50 sessions" | tee -a "$RESULT"
+echo "written to $RESULT"
+[ "${FAILED:-0}" = 1 ] && exit 1
+exit 0

@@ -1,0 +1,39 @@
+//! Every fixed capacity of the engine, with the reason for its size.
+//!
+//! Exceeding one gives a protocol answer (see [`super::reply::Reason`]),
+//! never a panic.
+
+/// Longest command line kept, CRLF included. RFC 5321 §4.5.3.1.4 sets 512
+/// octets, but SMTPUTF8 addresses (up to four bytes a character) and MAIL
+/// parameters legitimately exceed it; 2048 covers both with room to spare.
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// Bytes of replies held for one flush. A pipelined burst (RFC 2920) of
+/// about a hundred short replies fits; when less than [`MAX_REPLY`] is free
+/// the engine stops consuming until the shell flushes.
+pub const REPLY_BUFFER: usize = 4096;
+
+/// Longest single reply the engine writes (the EHLO reply is the longest,
+/// about 200 octets plus the host name).
+pub const MAX_REPLY: usize = 768;
+
+/// Longest host name kept for the greeting and EHLO (RFC 1035: 255 octets).
+pub const MAX_HOSTNAME: usize = 255;
+
+/// Longest reverse or forward path, angle brackets excluded
+/// (RFC 5321 §4.5.3.1.3: 256 octets).
+pub const MAX_PATH: usize = 256;
+
+/// Error replies in one session before it is closed with `421 4.7.0`;
+/// like Postfix's `smtpd_hard_error_limit`, it stops dictionary attacks and
+/// clients stuck in a loop.
+pub const MAX_ERRORS: u16 = 20;
+
+/// Largest header block accepted, like Postfix's `header_size_limit`
+/// (100 KiB): enough for 30 hops of `Received:` plus DKIM and ARC sets, and
+/// it bounds what the shell keeps in memory for policy decisions.
+pub const MAX_HEADER_BLOCK: usize = 100 * 1024;
+
+/// Hard ceiling on recipients per message; the configured limit may only be
+/// lower. 1000 is what large list servers send in one transaction.
+pub const MAX_RECIPIENTS: u32 = 1000;

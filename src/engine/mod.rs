@@ -1,0 +1,10 @@
+//! The functional core: pure, `no_std`, allocation-free state machines.
+//!
+//! Nothing here touches a socket, a file or a clock; the shell feeds bytes in
+//! and carries replies out. Capacities live in [`limits`].
+#![forbid(unsafe_code)]
+
+pub mod header;
+pub mod limits;
+pub mod reply;
+pub mod smtp;

@@ -1,0 +1,1143 @@
+//! The SMTP receive state machine (RFC 5321 for a relay), sans I/O.
+//!
+//! Driving it, in the style of quinn-proto:
+//! 1. [`Receiver::greet`] once, then send [`Receiver::output`].
+//! 2. [`Receiver::feed`] the bytes read; it returns how many it consumed
+//!    and at most one [`Event`]. Call it again with the rest until it
+//!    returns no event; then send the output (RFC 2920: replies are flushed
+//!    when the client's input is drained) and read more.
+//! 3. Some events wait for a decision: [`Event::Mail`], [`Event::Rcpt`] and
+//!    [`Event::MessageEnd`]. Until the shell calls [`Receiver::accept`],
+//!    [`Receiver::accept_message`] or [`Receiver::reject`], `feed` consumes
+//!    nothing. `MessageEnd` must only be accepted once the message is durable.
+//! 4. After [`Event::StartTls`] the shell flushes the output, discards every
+//!    byte it still holds from the client (pipelined cleartext after
+//!    STARTTLS is an injection), performs the handshake and calls
+//!    [`Receiver::tls_established`].
+//! 5. When [`Receiver::is_closed`] is true, flush and close.
+//!
+//! Only `<CR><LF>.<CR><LF>` ends DATA: a dot after a bare CR or LF never
+//! does (SMTP smuggling). Bare CR or LF in DATA are refused or normalised
+//! to CRLF, as configured. The engine allocates nothing; every buffer is a
+//! fixed capacity from [`super::limits`].
+
+use super::limits::{
+    MAX_COMMAND_LINE, MAX_ERRORS, MAX_HEADER_BLOCK, MAX_PATH, MAX_RECIPIENTS, MAX_REPLY,
+    REPLY_BUFFER,
+};
+use super::reply::{Reason, Reply};
+use heapless::Vec;
+
+/// What to do with a CR or LF that is not part of a CRLF pair in DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum BareLineEndings {
+    /// Read the message to its real end, then refuse it with `550 5.6.11`.
+    #[default]
+    Refuse,
+    /// Store a bare CR or LF as CRLF; it never ends a line for dot handling.
+    Normalize,
+}
+
+/// Per-session settings of the receiver.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config<'h> {
+    /// Our host name, for the greeting and the EHLO reply.
+    pub hostname: &'h str,
+    /// Largest message accepted, in octets (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Recipients per message; capped at [`MAX_RECIPIENTS`].
+    pub max_recipients: u32,
+    /// Whether STARTTLS is offered (a certificate is configured).
+    pub starttls: bool,
+    /// Whether the session is already TLS from the start (implicit TLS).
+    pub tls: bool,
+    /// Treatment of bare CR / LF in DATA.
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// The BODY parameter of MAIL (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Body {
+    /// No BODY parameter, or BODY=7BIT.
+    SevenBit,
+    /// BODY=8BITMIME.
+    EightBitMime,
+}
+
+/// A parsed MAIL FROM command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Mail<'a> {
+    /// The reverse path without angle brackets; empty for the null sender.
+    pub from: &'a [u8],
+    /// The SIZE parameter, if given.
+    pub size: Option<u64>,
+    /// The BODY parameter.
+    pub body: Body,
+    /// Whether SMTPUTF8 was requested.
+    pub smtputf8: bool,
+}
+
+/// An event surfaced to the shell (the receive events of the transport
+/// pipeline: helo/ehlo, starttls, mail, rcpt, data, end-of-headers,
+/// end-of-data, rset, noop, help, reject, quit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event<'a> {
+    /// HELO or EHLO was answered; `extended` for EHLO.
+    Helo {
+        /// The client's claimed name.
+        name: &'a [u8],
+        /// EHLO rather than HELO.
+        extended: bool,
+    },
+    /// STARTTLS was answered with 220: flush, drop buffered input, handshake,
+    /// then call [`Receiver::tls_established`].
+    StartTls,
+    /// MAIL FROM, waiting for accept or reject.
+    Mail(Mail<'a>),
+    /// RCPT TO (the forward path without brackets), waiting for a decision.
+    Rcpt(&'a [u8]),
+    /// The message content begins (354 sent, or the first BDAT chunk).
+    DataStart,
+    /// Message octets, dot-unstuffed, in order.
+    Body(&'a [u8]),
+    /// The header block ended; `body_offset` is where the body starts.
+    EndOfHeaders {
+        /// Offset of the first body octet in the message.
+        body_offset: u64,
+    },
+    /// The message is complete (`size` octets): make it durable, then call
+    /// [`Receiver::accept_message`], or [`Receiver::reject`].
+    MessageEnd {
+        /// Size of the message in octets.
+        size: u64,
+    },
+    /// The engine refused the message (the reply is sent): discard it.
+    MessageRejected(Reason),
+    /// RSET: the transaction was reset.
+    Rset,
+    /// NOOP.
+    Noop,
+    /// HELP.
+    Help,
+    /// VRFY (answered 252).
+    Vrfy,
+    /// QUIT: flush and close.
+    Quit,
+    /// A command was refused with this reason (the reply is sent).
+    Reject(Reason),
+}
+
+/// What one call of [`Receiver::feed`] did.
+#[must_use = "consumed bytes must be dropped from the input and the event handled"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step<'a> {
+    /// Input octets consumed; the caller drops them and feeds the rest.
+    pub consumed: usize,
+    /// The event, if any. `None`: feed more input after flushing output.
+    pub event: Option<Event<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Mail,
+    Rcpt,
+    Message,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Command,
+    /// A decision from the shell is awaited.
+    Pending(Pending),
+    /// Reading DATA content.
+    Data,
+    /// Reading a BDAT chunk: octets left, LAST flag, whether it is discarded.
+    Bdat {
+        remaining: u64,
+        last: bool,
+        discard: bool,
+    },
+    /// STARTTLS answered; waiting for the handshake.
+    AwaitTls,
+    Closed,
+}
+
+/// Dot handling at the start of a DATA line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dot {
+    None,
+    /// A '.' at line start, held back.
+    Dot,
+    /// ".\r" at line start, held back.
+    DotCr,
+}
+
+
+/// The receive side of one SMTP session. See the module docs for the
+/// driving protocol. Holds about 6 KiB of fixed buffers.
+#[derive(Debug)]
+pub struct Receiver<'h> {
+    cfg: Config<'h>,
+    phase: Phase,
+    line: Vec<u8, MAX_COMMAND_LINE>,
+    /// The current command line overflowed; discard to its end.
+    overlong: bool,
+    /// `line` holds a finished command (events may borrow it until the
+    /// next `feed`); clear it before reading the next one.
+    line_done: bool,
+    out: Vec<u8, REPLY_BUFFER>,
+    tls: bool,
+    greeted: bool,
+    helo: bool,
+    mail: bool,
+    smtputf8: bool,
+    rcpts: u32,
+    bdat: bool,
+    errors: u16,
+    // message content state
+    size: u64,
+    data_error: Option<Reason>,
+    line_start: bool,
+    prev_cr: bool,
+    dot: Dot,
+    in_headers: bool,
+    /// Octets on the current header line, CR excluded (0 at a blank line).
+    hdr_line: u32,
+    /// End of headers found, to hand out on the next `feed`.
+    queued_eoh: Option<u64>,
+}
+
+impl<'h> Receiver<'h> {
+    /// A receiver for a new connection.
+    pub fn new(cfg: Config<'h>) -> Self {
+        let mut cfg = cfg;
+        cfg.max_recipients = cfg.max_recipients.min(MAX_RECIPIENTS);
+        Receiver {
+            tls: cfg.tls,
+            cfg,
+            phase: Phase::Command,
+            line: Vec::new(),
+            overlong: false,
+            line_done: false,
+            out: Vec::new(),
+            greeted: false,
+            helo: false,
+            mail: false,
+            smtputf8: false,
+            rcpts: 0,
+            bdat: false,
+            errors: 0,
+            size: 0,
+            data_error: None,
+            line_start: true,
+            prev_cr: false,
+            dot: Dot::None,
+            in_headers: true,
+            hdr_line: 0,
+            queued_eoh: None,
+        }
+    }
+
+    // ---- getters -------------------------------------------------------
+
+    /// Replies waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Whether the session is over: flush the output, then close.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether TLS is active.
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether message content is being read (DATA or BDAT), so the shell
+    /// applies the data timeout rather than the command timeout.
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. })
+    }
+
+    /// Whether a decision from the shell is awaited.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.phase, Phase::Pending(_))
+    }
+
+    /// Recipients accepted in the current transaction.
+    pub fn recipients(&self) -> u32 {
+        self.rcpts
+    }
+
+    // ---- mutators ------------------------------------------------------
+
+    /// Writes the 220 greeting.
+    pub fn greet(&mut self) {
+        if !self.greeted {
+            self.greeted = true;
+            self.write_line(220, None, &[self.cfg.hostname.as_bytes(), b" ESMTP sluice"]);
+        }
+    }
+
+    /// Drops `n` sent octets from the front of the output.
+    pub fn output_sent(&mut self, n: usize) {
+        let n = n.min(self.out.len());
+        if n == self.out.len() {
+            self.out.clear();
+        } else {
+            let rest = self.out.len() - n;
+            self.out.copy_within(n.., 0);
+            self.out.truncate(rest);
+        }
+    }
+
+    /// Accepts the pending MAIL or RCPT with the standard reply.
+    pub fn accept(&mut self) {
+        match self.phase {
+            Phase::Pending(Pending::Mail) => {
+                self.mail = true;
+                self.rcpts = 0;
+                self.write_reply(Reason::SenderOk.reply());
+                self.phase = Phase::Command;
+            }
+            Phase::Pending(Pending::Rcpt) => {
+                self.rcpts = self.rcpts.saturating_add(1);
+                self.write_reply(Reason::RecipientOk.reply());
+                self.phase = Phase::Command;
+            }
+            Phase::Pending(Pending::Message) => self.accept_message(""),
+            _ => {}
+        }
+    }
+
+    /// Accepts the finished message once it is durable:
+    /// `250 2.0.0 Ok: queued as ID`; the transaction ends.
+    pub fn accept_message(&mut self, queue_id: &str) {
+        if self.phase == Phase::Pending(Pending::Message) {
+            self.write_line(250, Some((2, 0, 0)), &[b"Ok: queued as ", queue_id.as_bytes()]);
+            self.reset_transaction();
+            self.phase = Phase::Command;
+        }
+    }
+
+    /// Refuses the pending MAIL, RCPT or message with `reply`. A refused
+    /// message ends the transaction; a 421 reply closes the session.
+    pub fn reject(&mut self, reply: Reply<'_>) {
+        let Phase::Pending(p) = self.phase else {
+            return;
+        };
+        self.phase = Phase::Command;
+        if p == Pending::Message {
+            self.reset_transaction();
+        }
+        self.error_reply(reply);
+    }
+
+    /// Ends the session with `reply` (timeouts, shutdown, limits): the
+    /// reply is queued and the receiver is closed.
+    pub fn close_with(&mut self, reply: Reply<'_>) {
+        if self.phase != Phase::Closed {
+            self.write_reply(reply);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over
+    /// (RFC 3207 §4.2: the client must send EHLO again).
+    pub fn tls_established(&mut self) {
+        if self.phase == Phase::AwaitTls {
+            self.tls = true;
+            self.helo = false;
+            self.reset_transaction();
+            self.line.clear();
+            self.overlong = false;
+            self.phase = Phase::Command;
+        }
+    }
+
+    // ---- input ---------------------------------------------------------
+
+    /// Consumes client octets; returns how many and at most one event.
+    /// Bytes of a partial command line are kept inside (they count as
+    /// consumed). Never panics, whatever the input.
+    pub fn feed<'a>(&'a mut self, input: &'a [u8]) -> Step<'a> {
+        if let Some(off) = self.queued_eoh.take() {
+            return Step {
+                consumed: 0,
+                event: Some(Event::EndOfHeaders { body_offset: off }),
+            };
+        }
+        match self.phase {
+            Phase::Command => self.feed_command(input),
+            Phase::Data => self.feed_data(input),
+            Phase::Bdat { .. } => self.feed_bdat(input),
+            Phase::Pending(_) | Phase::AwaitTls | Phase::Closed => Step {
+                consumed: 0,
+                event: None,
+            },
+        }
+    }
+
+    fn feed_command<'a>(&'a mut self, input: &'a [u8]) -> Step<'a> {
+        if self.out.capacity() - self.out.len() < MAX_REPLY {
+            // Flush before taking another command.
+            return Step {
+                consumed: 0,
+                event: None,
+            };
+        }
+        if self.line_done {
+            self.line.clear();
+            self.line_done = false;
+        }
+        let (consumed, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (input.len(), false),
+        };
+        let chunk = input.get(..consumed).unwrap_or(&[]);
+        if !self.overlong && self.line.extend_from_slice(chunk).is_err() {
+            self.overlong = true;
+            self.line.clear();
+        }
+        if !complete {
+            return Step {
+                consumed,
+                event: None,
+            };
+        }
+        self.line_done = true;
+        if self.overlong {
+            self.overlong = false;
+            self.line.clear();
+            let ev = self.refuse(Reason::LineTooLong);
+            return Step {
+                consumed,
+                event: Some(ev),
+            };
+        }
+        let event = self.command();
+        Step { consumed, event }
+    }
+
+    /// Handles the complete command line in `self.line`.
+    fn command(&mut self) -> Option<Event<'_>> {
+        // Strip the line ending (CRLF, or a lenient bare LF).
+        let mut end = self.line.len();
+        if end > 0 && self.line[end - 1] == b'\n' {
+            end -= 1;
+        }
+        if end > 0 && self.line[end - 1] == b'\r' {
+            end -= 1;
+        }
+        self.line.truncate(end);
+        let verb_end = self.line.iter().position(|&b| b == b' ').unwrap_or(end);
+        let mut verb = [0u8; 8];
+        let verb_len = verb_end.min(verb.len());
+        for (d, s) in verb.iter_mut().zip(self.line.iter().take(verb_len)) {
+            *d = s.to_ascii_uppercase();
+        }
+        let verb = if verb_end > 8 { &b""[..] } else { &verb[..verb_len] };
+        let arg_start = (verb_end + 1).min(end);
+        match verb {
+            b"EHLO" | b"HELO" => self.cmd_helo(arg_start, verb == b"EHLO"),
+            b"MAIL" => self.cmd_mail(arg_start),
+            b"RCPT" => self.cmd_rcpt(arg_start),
+            b"DATA" => self.cmd_data(arg_start),
+            b"BDAT" => self.cmd_bdat(arg_start),
+            b"RSET" => {
+                if arg_start < end {
+                    return Some(self.refuse(Reason::Syntax));
+                }
+                self.reset_transaction();
+                self.write_reply(Reason::Ok.reply());
+                Some(Event::Rset)
+            }
+            b"NOOP" => {
+                self.write_reply(Reason::Ok.reply());
+                Some(Event::Noop)
+            }
+            b"HELP" => {
+                self.write_reply(Reason::Help.reply());
+                Some(Event::Help)
+            }
+            b"VRFY" => {
+                if arg_start >= end {
+                    return Some(self.refuse(Reason::Syntax));
+                }
+                self.write_reply(Reason::CannotVrfy.reply());
+                Some(Event::Vrfy)
+            }
+            b"QUIT" => {
+                self.write_reply(Reason::Bye.reply());
+                self.phase = Phase::Closed;
+                Some(Event::Quit)
+            }
+            b"STARTTLS" => self.cmd_starttls(arg_start),
+            _ => Some(self.refuse(if verb == b"EXPN" || verb == b"TURN" || verb == b"ETRN" {
+                Reason::NotImplemented
+            } else {
+                Reason::Unrecognized
+            })),
+        }
+    }
+
+    fn cmd_helo(&mut self, arg: usize, extended: bool) -> Option<Event<'_>> {
+        let name_end = self.line[arg..]
+            .iter()
+            .position(|&b| b == b' ')
+            .map_or(self.line.len(), |i| arg + i);
+        if arg >= name_end {
+            return Some(self.refuse(Reason::Syntax));
+        }
+        self.reset_transaction();
+        self.helo = true;
+        let host = self.cfg.hostname.as_bytes();
+        if extended {
+            let mut size_buf = [0u8; 20];
+            let size = fmt_u64(self.cfg.max_message_size, &mut size_buf);
+            self.write_raw(&[b"250-", host, b"\r\n"]);
+            self.write_raw(&[b"250-PIPELINING\r\n250-SIZE ", size, b"\r\n"]);
+            self.write_raw(&[b"250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"]);
+            if self.cfg.starttls && !self.tls {
+                self.write_raw(&[b"250-STARTTLS\r\n"]);
+            }
+            self.write_raw(&[b"250 ENHANCEDSTATUSCODES\r\n"]);
+        } else {
+            self.write_raw(&[b"250 ", host, b"\r\n"]);
+        }
+        Some(Event::Helo {
+            name: &self.line[arg..name_end],
+            extended,
+        })
+    }
+
+    fn cmd_mail(&mut self, arg: usize) -> Option<Event<'_>> {
+        if !self.helo {
+            return Some(self.refuse(Reason::NeedHelo));
+        }
+        if self.mail {
+            return Some(self.refuse(Reason::NestedMail));
+        }
+        let Some(rest) = strip_keyword(&self.line[arg..], b"FROM:") else {
+            return Some(self.refuse(Reason::Syntax));
+        };
+        let rest_start = self.line.len() - rest.len();
+        let (path, params) = match parse_path(rest, true) {
+            Ok(v) => v,
+            Err(()) => return Some(self.refuse(Reason::BadSender)),
+        };
+        let path = (rest_start + path.0, rest_start + path.1);
+        let params_start = rest_start + params;
+        let mut size = None;
+        let mut body = Body::SevenBit;
+        let mut smtputf8 = false;
+        let mut seen = 0u8;
+        for p in self.line[params_start..].split(|&b| b == b' ') {
+            if p.is_empty() {
+                continue;
+            }
+            let (key, value) = match p.iter().position(|&b| b == b'=') {
+                Some(i) => (&p[..i], Some(&p[i + 1..])),
+                None => (p, None),
+            };
+            let bit;
+            if key.eq_ignore_ascii_case(b"SIZE") {
+                bit = 1;
+                match value.and_then(parse_u64) {
+                    Some(n) => size = Some(n),
+                    None => return Some(self.refuse(Reason::Syntax)),
+                }
+            } else if key.eq_ignore_ascii_case(b"BODY") {
+                bit = 2;
+                match value {
+                    Some(v) if v.eq_ignore_ascii_case(b"7BIT") => body = Body::SevenBit,
+                    Some(v) if v.eq_ignore_ascii_case(b"8BITMIME") => body = Body::EightBitMime,
+                    Some(_) => return Some(self.refuse(Reason::UnknownParameter)),
+                    None => return Some(self.refuse(Reason::Syntax)),
+                }
+            } else if key.eq_ignore_ascii_case(b"SMTPUTF8") {
+                bit = 4;
+                if value.is_some() {
+                    return Some(self.refuse(Reason::Syntax));
+                }
+                smtputf8 = true;
+            } else {
+                return Some(self.refuse(Reason::UnknownParameter));
+            }
+            if seen & bit != 0 {
+                return Some(self.refuse(Reason::Syntax));
+            }
+            seen |= bit;
+        }
+        if let Some(n) = size {
+            if n > self.cfg.max_message_size {
+                return Some(self.refuse(Reason::TooBig));
+            }
+        }
+        if !smtputf8 && !self.line[path.0..path.1].is_ascii() {
+            return Some(self.refuse(Reason::NeedSmtpUtf8));
+        }
+        self.smtputf8 = smtputf8;
+        self.phase = Phase::Pending(Pending::Mail);
+        Some(Event::Mail(Mail {
+            from: &self.line[path.0..path.1],
+            size,
+            body,
+            smtputf8,
+        }))
+    }
+
+    fn cmd_rcpt(&mut self, arg: usize) -> Option<Event<'_>> {
+        if !self.mail {
+            return Some(self.refuse(Reason::NeedMail));
+        }
+        if self.bdat {
+            return Some(self.refuse(Reason::BadSequence));
+        }
+        let Some(rest) = strip_keyword(&self.line[arg..], b"TO:") else {
+            return Some(self.refuse(Reason::Syntax));
+        };
+        let rest_start = self.line.len() - rest.len();
+        let (path, params) = match parse_path(rest, false) {
+            Ok(v) => v,
+            Err(()) => return Some(self.refuse(Reason::BadRecipient)),
+        };
+        let path = (rest_start + path.0, rest_start + path.1);
+        if self.line[rest_start + params..].iter().any(|&b| b != b' ') {
+            return Some(self.refuse(Reason::UnknownParameter));
+        }
+        if !self.smtputf8 && !self.line[path.0..path.1].is_ascii() {
+            return Some(self.refuse(Reason::NeedSmtpUtf8));
+        }
+        if self.rcpts >= self.cfg.max_recipients {
+            return Some(self.refuse(Reason::TooManyRecipients));
+        }
+        self.phase = Phase::Pending(Pending::Rcpt);
+        Some(Event::Rcpt(&self.line[path.0..path.1]))
+    }
+
+    fn cmd_data(&mut self, arg: usize) -> Option<Event<'_>> {
+        if arg < self.line.len() {
+            return Some(self.refuse(Reason::Syntax));
+        }
+        if !self.mail {
+            return Some(self.refuse(Reason::NeedMail));
+        }
+        if self.bdat {
+            return Some(self.refuse(Reason::DataAfterBdat));
+        }
+        if self.rcpts == 0 {
+            return Some(self.refuse(Reason::NoValidRecipients));
+        }
+        self.write_reply(Reason::StartData.reply());
+        self.start_content();
+        self.phase = Phase::Data;
+        Some(Event::DataStart)
+    }
+
+    fn cmd_bdat(&mut self, arg: usize) -> Option<Event<'_>> {
+        let args = &self.line[arg..];
+        let mut words = args.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let size = words.next().and_then(parse_u64);
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case(b"LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(size), Some(last), None) = (size, last, words.next()) else {
+            // Without a valid size the chunk cannot be skipped: its octets
+            // would be read as commands. Refuse and close.
+            self.write_reply(Reason::Syntax.reply());
+            self.phase = Phase::Closed;
+            return Some(Event::Reject(Reason::Syntax));
+        };
+        let refuse = if !self.mail {
+            Some(Reason::NeedMail)
+        } else if self.rcpts == 0 {
+            Some(Reason::NoValidRecipients)
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            // RFC 3030: the chunk follows regardless; read and drop it.
+            self.phase = Phase::Bdat {
+                remaining: size,
+                last,
+                discard: true,
+            };
+            self.data_error = Some(reason);
+            return Some(Event::Reject(reason));
+        }
+        let first = !self.bdat;
+        if first {
+            self.bdat = true;
+            self.start_content();
+        }
+        self.phase = Phase::Bdat {
+            remaining: size,
+            last,
+            discard: false,
+        };
+        // An empty chunk finishes on the next `feed`, with or without input.
+        first.then_some(Event::DataStart)
+    }
+
+    fn cmd_starttls(&mut self, arg: usize) -> Option<Event<'_>> {
+        if arg < self.line.len() {
+            return Some(self.refuse(Reason::Syntax));
+        }
+        if self.tls {
+            return Some(self.refuse(Reason::AlreadyTls));
+        }
+        if !self.cfg.starttls {
+            return Some(self.refuse(Reason::NotImplemented));
+        }
+        if self.mail {
+            return Some(self.refuse(Reason::TlsInTransaction));
+        }
+        self.write_reply(Reason::ReadyTls.reply());
+        self.phase = Phase::AwaitTls;
+        Some(Event::StartTls)
+    }
+
+    // ---- message content -----------------------------------------------
+
+    fn start_content(&mut self) {
+        self.size = 0;
+        self.data_error = None;
+        self.line_start = true;
+        self.prev_cr = false;
+        self.dot = Dot::None;
+        self.in_headers = true;
+        self.hdr_line = 0;
+        self.queued_eoh = None;
+    }
+
+    /// Returns a Body event for `bytes` (after size and header accounting),
+    /// or no event when the message is already refused.
+    fn emit<'i>(&mut self, consumed: usize, bytes: &'i [u8]) -> Step<'i> {
+        let none = Step {
+            consumed,
+            event: None,
+        };
+        if bytes.is_empty() || self.data_error.is_some() {
+            return none;
+        }
+        let start = self.size;
+        self.size = self.size.saturating_add(bytes.len() as u64);
+        if self.size > self.cfg.max_message_size {
+            self.data_error = Some(Reason::TooBig);
+            return none;
+        }
+        if self.in_headers {
+            for (i, &b) in bytes.iter().enumerate() {
+                match b {
+                    b'\n' if self.hdr_line == 0 => {
+                        // A blank line (CRLF or LF alone) ends the headers.
+                        self.in_headers = false;
+                        self.queued_eoh = Some(start + i as u64 + 1);
+                        break;
+                    }
+                    b'\n' => self.hdr_line = 0,
+                    b'\r' => {}
+                    _ => self.hdr_line = self.hdr_line.saturating_add(1),
+                }
+            }
+            if self.in_headers && self.size > MAX_HEADER_BLOCK as u64 {
+                self.data_error = Some(Reason::HeaderTooBig);
+                return none;
+            }
+        }
+        Step {
+            consumed,
+            event: Some(Event::Body(bytes)),
+        }
+    }
+
+    fn bare(&mut self) {
+        if self.cfg.bare_line_endings == BareLineEndings::Refuse && self.data_error.is_none() {
+            self.data_error = Some(Reason::BareLineEnding);
+        }
+    }
+
+    fn feed_data<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
+        // Runs of a refused message yield no event: keep scanning.
+        let mut off = 0;
+        loop {
+            let rest = input.get(off..).unwrap_or(&[]);
+            let step = self.scan_data(rest);
+            off += step.consumed;
+            if step.event.is_some() || off >= input.len() || self.phase != Phase::Data {
+                return Step {
+                    consumed: off,
+                    event: step.event,
+                };
+            }
+        }
+    }
+
+    /// Scans DATA octets up to the next event: a run to emit as it is, a
+    /// normalised line ending, or the end of the message.
+    fn scan_data<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
+        let normalize = self.cfg.bare_line_endings == BareLineEndings::Normalize;
+        let mut run = 0; // start of the octets to emit as they are
+        let mut i = 0;
+        while let Some(&b) = input.get(i) {
+            match self.dot {
+                Dot::Dot => {
+                    // A held '.' at line start, never part of a run.
+                    self.dot = Dot::None;
+                    if b == b'\r' {
+                        self.dot = Dot::DotCr;
+                        i += 1;
+                        run = i;
+                    } else {
+                        // ".." is a stuffed dot; a '.' before other text is
+                        // dropped too (RFC 5321 §4.5.2). A bare LF after it
+                        // is handled below as any bare LF.
+                        run = i;
+                    }
+                    continue;
+                }
+                Dot::DotCr => {
+                    self.dot = Dot::None;
+                    if b == b'\n' {
+                        // <CRLF>.<CRLF>: the end of the message.
+                        return self.finish_content(i + 1);
+                    }
+                    // ".\r" then something else: the dot goes, the CR is bare.
+                    self.bare();
+                    if normalize {
+                        return self.emit(i, b"\r\n");
+                    }
+                    run = i;
+                    continue;
+                }
+                Dot::None => {}
+            }
+            if self.prev_cr && b != b'\n' {
+                // The CR before this octet was bare (and already emitted).
+                if normalize {
+                    if run < i {
+                        return self.emit(i, &input[run..i]);
+                    }
+                    self.prev_cr = false;
+                    return self.emit(i, b"\n");
+                }
+                self.prev_cr = false;
+                self.bare();
+            }
+            if self.line_start && b == b'.' {
+                if run < i {
+                    return self.emit(i, &input[run..i]);
+                }
+                self.dot = Dot::Dot;
+                self.line_start = false;
+                i += 1;
+                run = i;
+                continue;
+            }
+            self.line_start = false;
+            if b == b'\n' {
+                if self.prev_cr {
+                    self.line_start = true;
+                } else if normalize {
+                    if run < i {
+                        return self.emit(i, &input[run..i]);
+                    }
+                    // A bare LF is stored as CRLF (but starts no line).
+                    return self.emit(i + 1, b"\r\n");
+                } else {
+                    self.bare();
+                }
+            }
+            self.prev_cr = b == b'\r';
+            i += 1;
+        }
+        self.emit(input.len(), input.get(run..).unwrap_or(&[]))
+    }
+
+    fn feed_bdat<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
+        let Phase::Bdat {
+            remaining,
+            last,
+            discard,
+        } = self.phase
+        else {
+            return Step {
+                consumed: 0,
+                event: None,
+            };
+        };
+        if remaining == 0 {
+            return self.finish_chunk(last, discard);
+        }
+        let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len());
+        self.phase = Phase::Bdat {
+            remaining: remaining - n as u64,
+            last,
+            discard,
+        };
+        if discard {
+            return Step {
+                consumed: n,
+                event: None,
+            };
+        }
+        self.emit(n, &input[..n])
+    }
+
+    fn finish_chunk(&mut self, last: bool, discard: bool) -> Step<'static> {
+        self.phase = Phase::Command;
+        if discard {
+            // The refusal of this chunk: reply now that it is consumed.
+            let reason = self.data_error.take().unwrap_or(Reason::BadSequence);
+            self.error_reply(reason.reply());
+            return Step {
+                consumed: 0,
+                event: None,
+            };
+        }
+        if last {
+            return self.finish_content(0);
+        }
+        if let Some(reason) = self.data_error {
+            self.reset_transaction();
+            self.error_reply(reason.reply());
+            return Step {
+                consumed: 0,
+                event: Some(Event::MessageRejected(reason)),
+            };
+        }
+        let mut buf = [0u8; 20];
+        let n = fmt_u64(self.size, &mut buf);
+        self.write_line(250, Some((2, 0, 0)), &[n, b" octets received"]);
+        Step {
+            consumed: 0,
+            event: None,
+        }
+    }
+
+    fn finish_content(&mut self, consumed: usize) -> Step<'static> {
+        if let Some(reason) = self.data_error {
+            self.reset_transaction();
+            self.phase = Phase::Command;
+            self.error_reply(reason.reply());
+            return Step {
+                consumed,
+                event: Some(Event::MessageRejected(reason)),
+            };
+        }
+        self.phase = Phase::Pending(Pending::Message);
+        Step {
+            consumed,
+            event: Some(Event::MessageEnd { size: self.size }),
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------
+
+    fn reset_transaction(&mut self) {
+        self.mail = false;
+        self.smtputf8 = false;
+        self.rcpts = 0;
+        self.bdat = false;
+        self.data_error = None;
+    }
+
+    /// Writes the error reply for `reason`, counts it, and returns the event.
+    fn refuse(&mut self, reason: Reason) -> Event<'static> {
+        self.error_reply(reason.reply());
+        Event::Reject(reason)
+    }
+
+    fn error_reply(&mut self, reply: Reply<'_>) {
+        self.write_reply(reply);
+        if reply.closes() {
+            self.phase = Phase::Closed;
+            return;
+        }
+        self.errors = self.errors.saturating_add(1);
+        if self.errors >= MAX_ERRORS {
+            self.write_reply(Reason::TooManyErrors.reply());
+            self.phase = Phase::Closed;
+        }
+    }
+
+    fn write_reply(&mut self, reply: Reply<'_>) {
+        self.write_line(reply.code, reply.status, &[reply.text.as_bytes()]);
+    }
+
+    fn write_line(&mut self, code: u16, status: Option<(u8, u16, u16)>, text: &[&[u8]]) {
+        let mut head = [0u8; 24];
+        let mut n = 0;
+        let mut put = |s: &[u8], n: &mut usize| {
+            for &c in s {
+                if let Some(slot) = head.get_mut(*n) {
+                    *slot = c;
+                    *n += 1;
+                }
+            }
+        };
+        let mut b = [0u8; 20];
+        put(fmt_u64(u64::from(code), &mut b), &mut n);
+        put(b" ", &mut n);
+        if let Some((c, s, d)) = status {
+            put(fmt_u64(u64::from(c), &mut b), &mut n);
+            put(b".", &mut n);
+            put(fmt_u64(u64::from(s), &mut b), &mut n);
+            put(b".", &mut n);
+            put(fmt_u64(u64::from(d), &mut b), &mut n);
+            put(b" ", &mut n);
+        }
+        if let Some(h) = head.get(..n) {
+            self.write_raw(&[h]);
+        }
+        // Keep room for the CRLF; the text is cut rather than overflow.
+        for part in text {
+            let room = self.out.capacity().saturating_sub(self.out.len() + 2);
+            let part: &[u8] = part.get(..part.len().min(room)).unwrap_or(&[]);
+            // Replies never carry line breaks from the caller's text.
+            for &c in part {
+                let c = if c == b'\r' || c == b'\n' { b' ' } else { c };
+                let _ = self.out.push(c);
+            }
+        }
+        self.write_raw(&[b"\r\n"]);
+    }
+
+    fn write_raw(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            // The caller checked that MAX_REPLY is free; never overflow.
+            let room = self.out.capacity() - self.out.len();
+            let p = p.get(..p.len().min(room)).unwrap_or(&[]);
+            let _ = self.out.extend_from_slice(p);
+        }
+    }
+}
+
+/// Strips a case-insensitive keyword such as `FROM:`, allowing spaces
+/// after the colon (many clients send `MAIL FROM: <a@b>`).
+fn strip_keyword<'l>(s: &'l [u8], kw: &[u8]) -> Option<&'l [u8]> {
+    let head = s.get(..kw.len())?;
+    if !head.eq_ignore_ascii_case(kw) {
+        return None;
+    }
+    let mut rest = &s[kw.len()..];
+    while let [b' ', tail @ ..] = rest {
+        rest = tail;
+    }
+    Some(rest)
+}
+
+/// Parses `<path>` at the start of `s`: returns the address span (without
+/// brackets and any source route) and the offset of the parameters.
+/// `null_ok` allows `<>` (the reverse path of bounces).
+fn parse_path(s: &[u8], null_ok: bool) -> Result<((usize, usize), usize), ()> {
+    if s.first() != Some(&b'<') {
+        return Err(());
+    }
+    // Find the closing '>' outside a quoted local part.
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut close = None;
+    for (i, &b) in s.iter().enumerate().skip(1) {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == b'>' && !quoted {
+            close = Some(i);
+            break;
+        }
+    }
+    let close = close.ok_or(())?;
+    let params = close + 1;
+    if params < s.len() && s[params] != b' ' {
+        return Err(());
+    }
+    let mut start = 1;
+    let inner = &s[1..close];
+    if inner.is_empty() {
+        return if null_ok { Ok(((1, 1), params)) } else { Err(()) };
+    }
+    // A source route "@a,@b:" is accepted and ignored (RFC 5321 §4.1.2).
+    if inner.first() == Some(&b'@') {
+        let colon = inner.iter().position(|&b| b == b':').ok_or(())?;
+        start += colon + 1;
+    }
+    let addr = &s[start..close];
+    if addr.len() > MAX_PATH || !valid_mailbox(addr, !null_ok) {
+        return Err(());
+    }
+    Ok(((start, close), params))
+}
+
+/// Checks `local@domain` (or `postmaster` alone for recipients): no spaces
+/// or controls outside a quoted local part, a non-empty domain.
+fn valid_mailbox(a: &[u8], postmaster_ok: bool) -> bool {
+    if postmaster_ok && a.eq_ignore_ascii_case(b"postmaster") {
+        return true;
+    }
+    let Some(at) = a.iter().rposition(|&b| b == b'@') else {
+        return false;
+    };
+    let (local, domain) = (&a[..at], &a[at + 1..]);
+    if local.is_empty() || domain.is_empty() {
+        return false;
+    }
+    let local_ok = if local.first() == Some(&b'"') {
+        local.len() >= 2 && local.last() == Some(&b'"') && !local.iter().any(|&b| b < 0x20 && b != b'\t')
+    } else {
+        local
+            .iter()
+            .all(|&b| b > 0x20 && b != 0x7f && !b"<>()[]\\,;:\"@".contains(&b))
+    };
+    let domain_ok = if domain.first() == Some(&b'[') {
+        domain.last() == Some(&b']')
+    } else {
+        domain
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b >= 0x80)
+            && !domain.starts_with(b".")
+            && !domain.ends_with(b".")
+            && !domain.windows(2).any(|w| w == b"..")
+    };
+    local_ok && domain_ok
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &c in s {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    Some(n)
+}
+
+fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}

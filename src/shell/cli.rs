@@ -1,0 +1,184 @@
+//! The operator's command line: `run`, `queue list|show`, `help`.
+
+use super::config::Config;
+use super::spool;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const USAGE: &str = "\
+usage: sluice <command> [--config FILE]
+
+  run                          serve SMTP (no --config: embedded default,
+                               127.0.0.1:2525, data under ./sluice-data/)
+  queue list [--json]          what the spool holds (daemon running or not)
+  queue show ID [--json|--raw] one message: envelope and content
+  help                         this text
+
+Not in this version yet: rules check|apply|send, pipeline, trace, status,
+queue retry|delete|flush.
+";
+
+/// Runs the command line `args` (without the program name); returns the
+/// exit status: 0 ok, 1 failure (e.g. unknown queue id), 2 usage error.
+pub fn main(args: &[String]) -> i32 {
+    let mut config: Option<PathBuf> = None;
+    let mut words: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" | "-c" => match it.next() {
+                Some(f) => config = Some(PathBuf::from(f)),
+                None => return usage("--config needs a file"),
+            },
+            s => {
+                if let Some(f) = s.strip_prefix("--config=") {
+                    config = Some(PathBuf::from(f));
+                } else {
+                    words.push(s);
+                }
+            }
+        }
+    }
+    let cfg = || Config::load(config.as_deref());
+    match words.as_slice() {
+        ["run"] => match cfg().and_then(super::server::run) {
+            Ok(()) => 0,
+            Err(e) => fail(&e),
+        },
+        ["queue", rest @ ..] => match cfg() {
+            Ok(c) => queue(&c, rest),
+            Err(e) => fail(&e),
+        },
+        ["help"] | ["--help"] | ["-h"] => {
+            print!("{USAGE}");
+            0
+        }
+        ["--version"] | ["version"] => {
+            println!("sluice {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        [] => usage("no command"),
+        [w, ..] => usage(&format!("unknown or not yet available command {w:?}")),
+    }
+}
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("sluice: {msg}\n\n{USAGE}");
+    2
+}
+
+fn fail(msg: &str) -> i32 {
+    eprintln!("sluice: {msg}");
+    1
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn queue(cfg: &Config, args: &[&str]) -> i32 {
+    let scan = match spool::scan(&cfg.spool_dir) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("spool {}: {e}", cfg.spool_dir.display())),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let summary = |m: &spool::Stored| {
+        serde_json::json!({
+            "id": spool::format_id(m.id),
+            "from": lossy(&m.env.from),
+            "rcpts": m.env.rcpts.iter().map(|r| lossy(r)).collect::<Vec<_>>(),
+            "size": m.env.size,
+            "received": m.env.received,
+            "age": now.saturating_sub(m.env.received),
+        })
+    };
+    match args {
+        ["list"] | [] => {
+            println!("{:<16}  {:>9}  {:>7}  sender -> recipients", "id", "size", "age");
+            for m in &scan.messages {
+                let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
+                println!(
+                    "{:<16}  {:>9}  {:>7}  <{}> -> {}",
+                    spool::format_id(m.id),
+                    m.env.size,
+                    age(now.saturating_sub(m.env.received)),
+                    lossy(&m.env.from),
+                    rcpts.join(", ")
+                );
+            }
+            println!("{} message(s)", scan.messages.len());
+            0
+        }
+        ["list", "--json"] | ["--json", "list"] => {
+            let v: Vec<_> = scan.messages.iter().map(summary).collect();
+            println!("{}", serde_json::Value::Array(v));
+            0
+        }
+        ["show", rest @ ..] => {
+            let mut id = None;
+            let mut mode = "text";
+            for a in rest {
+                match *a {
+                    "--json" => mode = "json",
+                    "--raw" => mode = "raw",
+                    s => id = spool::parse_id(s),
+                }
+            }
+            let Some(id) = id else {
+                return usage("queue show needs a queue id");
+            };
+            let Some(m) = scan.messages.iter().find(|m| m.id == id) else {
+                return fail(&format!("no message {} in the spool", spool::format_id(id)));
+            };
+            let bytes = match m.read() {
+                Ok(b) => b,
+                Err(e) => return fail(&format!("reading {}: {e}", spool::format_id(id))),
+            };
+            match mode {
+                "raw" => {
+                    let mut out = std::io::stdout().lock();
+                    if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                        return 1;
+                    }
+                }
+                "json" => {
+                    let mut v = summary(m);
+                    v["helo"] = lossy(&m.env.helo).into();
+                    v["peer"] = m.env.peer.clone().into();
+                    v["smtputf8"] = m.env.smtputf8.into();
+                    v["tls"] = m.env.tls.into();
+                    v["body"] = lossy(&bytes).into();
+                    println!("{v}");
+                }
+                _ => {
+                    println!("id:        {}", spool::format_id(m.id));
+                    println!("from:      <{}>", lossy(&m.env.from));
+                    for r in &m.env.rcpts {
+                        println!("to:        <{}>", lossy(r));
+                    }
+                    println!("size:      {}", m.env.size);
+                    println!("age:       {}", age(now.saturating_sub(m.env.received)));
+                    println!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
+                    println!("tls:       {}", m.env.tls);
+                    println!();
+                    print!("{}", lossy(&bytes));
+                }
+            }
+            0
+        }
+        _ => usage("queue: list [--json] | show ID [--json|--raw]"),
+    }
+}
+
+fn age(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

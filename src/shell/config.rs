@@ -1,0 +1,323 @@
+//! The appliance config (`sluice.toml`): listeners, TLS, spool, limits.
+//!
+//! The format is `../shared/sluice.sample.toml`: every key optional, keys
+//! this version does not use yet (queue, dns, syslog, upload) are accepted
+//! and ignored. Relative paths are relative to the config file.
+
+use crate::engine::smtp::BareLineEndings;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded default: one loopback listener, everything under
+/// `./sluice-data/`, so `sluice run` works on a fresh machine.
+pub const DEFAULT_CONFIG: &str = r#"
+hostname = "localhost"
+state_dir = "sluice-data/state"
+spool_dir = "sluice-data/spool"
+
+[[listen]]
+address = "127.0.0.1:2525"
+"#;
+
+/// The checked appliance config, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name in the greeting, EHLO reply and Received: lines.
+    pub hostname: String,
+    /// Where the compiled policy and the control socket live.
+    pub state_dir: PathBuf,
+    /// Where the spool segments live.
+    pub spool_dir: PathBuf,
+    /// The listeners.
+    pub listen: Vec<Listener>,
+    /// Certificate and key for STARTTLS, if configured.
+    pub tls: Option<TlsFiles>,
+    /// Session limits.
+    pub limits: Limits,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// `ip:port`, e.g. `127.0.0.1:2525` or `[::1]:2525`.
+    pub address: String,
+    /// Offer STARTTLS here (needs `[tls]`).
+    pub starttls: bool,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub certificate: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// Limits of the receive side.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent sessions in total.
+    pub connections: usize,
+    /// Concurrent sessions from one client address.
+    pub connections_per_ip: usize,
+    /// Wait for a command (RFC 5321 §4.5.3.2: at least 5 minutes).
+    pub command_timeout: Duration,
+    /// Wait for each block of message data (RFC 5321: 3 minutes; 10 by default).
+    pub data_timeout: Duration,
+    /// Bare CR / LF in DATA.
+    pub bare_line_endings: BareLineEndings,
+    /// Largest message in octets.
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: u32,
+    /// Free space the spool keeps; below it MAIL gets `452 4.3.1`.
+    pub spool_reserve: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 1000,
+            connections_per_ip: 50,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            bare_line_endings: BareLineEndings::Refuse,
+            max_message_size: 36 * 1024 * 1024,
+            max_recipients: 200,
+            spool_reserve: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Raw {
+    hostname: Option<String>,
+    #[allow(dead_code)] // read by the policy issue; accepted here
+    rules: Option<String>,
+    state_dir: Option<String>,
+    spool_dir: Option<String>,
+    listen: Option<Vec<RawListen>>,
+    tls: Option<RawTls>,
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+struct RawListen {
+    address: String,
+    #[serde(default)]
+    starttls: bool,
+}
+
+#[derive(Deserialize)]
+struct RawTls {
+    certificate: String,
+    key: String,
+    #[allow(dead_code)] // for tls = "verify" connectors (relay issue)
+    ca: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawLimits {
+    connections: Option<usize>,
+    connections_per_ip: Option<usize>,
+    command_timeout: Option<String>,
+    data_timeout: Option<String>,
+    bare_line_endings: Option<String>,
+    max_message_size: Option<toml::Value>,
+    max_recipients: Option<u32>,
+    spool_reserve: Option<toml::Value>,
+}
+
+impl Config {
+    /// Loads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, String> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                let base = p.parent().unwrap_or(Path::new("."));
+                Config::parse(&text, base).map_err(|e| format!("{}: {e}", p.display()))
+            }
+            None => Config::parse(DEFAULT_CONFIG, Path::new(".")),
+        }
+    }
+
+    /// Parses config text; relative paths are joined to `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
+        let rel = |s: &str| -> PathBuf {
+            let p = Path::new(s);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let hostname = match raw.hostname {
+            Some(h) => h,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "localhost".into()),
+        };
+        if hostname.is_empty()
+            || hostname.len() > crate::engine::limits::MAX_HOSTNAME
+            || hostname.bytes().any(|b| b <= b' ' || b == 0x7f)
+        {
+            return Err(format!("hostname {hostname:?} is not a valid host name"));
+        }
+        let d = Limits::default();
+        let l = raw.limits;
+        let bare = match l.bare_line_endings.as_deref() {
+            None | Some("refuse") => BareLineEndings::Refuse,
+            Some("normalize") => BareLineEndings::Normalize,
+            Some(o) => {
+                return Err(format!(
+                    "limits.bare_line_endings = {o:?}: expected \"refuse\" or \"normalize\""
+                ))
+            }
+        };
+        let limits = Limits {
+            connections: l.connections.unwrap_or(d.connections).max(1),
+            connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip).max(1),
+            command_timeout: opt_duration(l.command_timeout, "limits.command_timeout")?
+                .unwrap_or(d.command_timeout),
+            data_timeout: opt_duration(l.data_timeout, "limits.data_timeout")?
+                .unwrap_or(d.data_timeout),
+            bare_line_endings: bare,
+            max_message_size: opt_size(l.max_message_size, "limits.max_message_size")?
+                .unwrap_or(d.max_message_size),
+            max_recipients: l
+                .max_recipients
+                .unwrap_or(d.max_recipients)
+                .clamp(1, crate::engine::limits::MAX_RECIPIENTS),
+            spool_reserve: opt_size(l.spool_reserve, "limits.spool_reserve")?
+                .unwrap_or(d.spool_reserve),
+        };
+        let listen = match raw.listen {
+            Some(v) => v
+                .into_iter()
+                .map(|l| Listener {
+                    address: l.address,
+                    starttls: l.starttls,
+                })
+                .collect(),
+            None => vec![Listener {
+                address: "127.0.0.1:2525".into(),
+                starttls: false,
+            }],
+        };
+        Ok(Config {
+            hostname,
+            state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),
+            spool_dir: rel(raw.spool_dir.as_deref().unwrap_or("spool")),
+            listen,
+            tls: raw.tls.map(|t| TlsFiles {
+                certificate: rel(&t.certificate),
+                key: rel(&t.key),
+            }),
+            limits,
+        })
+    }
+}
+
+fn opt_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
+    v.map(|s| parse_duration(&s).ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"")))
+        .transpose()
+}
+
+fn opt_size(v: Option<toml::Value>, key: &str) -> Result<Option<u64>, String> {
+    match v {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
+        Some(toml::Value::String(s)) => parse_size(&s)
+            .map(Some)
+            .ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\"")),
+        Some(o) => Err(format!("{key} = {o}: expected a size such as \"36 MiB\"")),
+    }
+}
+
+/// Parses "30s", "5m", "1h", "2d" (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(mult)?))
+}
+
+/// Parses "36 MiB", "512 KiB", "10MB", "1000" into octets.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1024,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1024 * 1024,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_normative_sample_parses() {
+        let text = include_str!("../../config/sluice.toml");
+        let c = Config::parse(text, Path::new("/etc/sluice")).expect("sample parses");
+        assert_eq!(c.hostname, "edge1.contoso.com");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.spool_dir, Path::new("/etc/sluice/spool"));
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.data_timeout, Duration::from_secs(600));
+        assert_eq!(c.tls.map(|t| t.key), Some(PathBuf::from("/etc/sluice/tls/edge1.key")));
+    }
+
+    #[test]
+    fn the_embedded_default_parses() {
+        let c = Config::load(None).expect("default");
+        assert_eq!(c.listen[0].address, "127.0.0.1:2525");
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("36 MiB"), Some(36 * 1024 * 1024));
+        assert_eq!(parse_size("1 KiB"), Some(1024));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172800)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = Config::parse("hostname = \"a\"\n[limits]\nconnections = \"many\"\n", Path::new("."))
+            .expect_err("bad type");
+        assert!(e.contains("line 3"), "{e}");
+        let e = Config::parse("[limits]\nbare_line_endings = \"sometimes\"\n", Path::new("."))
+            .expect_err("bad value");
+        assert!(e.contains("bare_line_endings"), "{e}");
+    }
+}

@@ -1,0 +1,10 @@
+//! The std shell: sockets, disk, TLS, timers and the command line around
+//! the engine.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cli;
+pub mod config;
+pub mod log;
+pub mod server;
+pub mod spool;
+pub mod tls;

@@ -1,0 +1,485 @@
+//! `sluice run`: listeners, one task per session, limits, timeouts, drain.
+//!
+//! Each session drives an [`engine::smtp::Receiver`](crate::engine::smtp::Receiver):
+//! bytes from the socket go in, replies come out, and the events that need
+//! a decision get one here. A message is answered `250` only after the
+//! spool has synced it.
+
+use super::config::{Config, Limits};
+use super::spool::{self, Envelope, Spool, SpoolError};
+use super::tls;
+use crate::engine::reply::{Reason, Reply};
+use crate::engine::smtp::{self, Event, Receiver};
+use async_net::{TcpListener, TcpStream};
+use futures_lite::{future, AsyncReadExt, AsyncWriteExt, StreamExt};
+use smol::{Executor, Timer};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Octets read from a client at a time; small, so that a thousand idle
+/// sessions stay cheap, large enough for a pipelined burst.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// State shared by every session of the daemon.
+struct Shared {
+    cfg: Config,
+    spool: Spool,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    active: AtomicUsize,
+    /// Closed when the daemon stops; idle sessions then say 421 and end.
+    stopping: smol::channel::Receiver<()>,
+}
+
+/// Holds a connection slot; frees it when dropped.
+struct Slot {
+    sh: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.sh.active.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut m) = self.sh.per_ip.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+fn admit(sh: &Arc<Shared>, ip: IpAddr) -> Result<Slot, Reason> {
+    let limits = &sh.cfg.limits;
+    let mut m = sh.per_ip.lock().map_err(|_| Reason::LocalError)?;
+    if sh.active.load(Ordering::SeqCst) >= limits.connections {
+        return Err(Reason::TooManyConnections);
+    }
+    let n = m.entry(ip).or_insert(0);
+    if *n >= limits.connections_per_ip {
+        return Err(Reason::TooManyFromIp);
+    }
+    *n += 1;
+    sh.active.fetch_add(1, Ordering::SeqCst);
+    Ok(Slot { sh: sh.clone(), ip })
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
+pub fn run(cfg: Config) -> Result<(), String> {
+    let tls = match &cfg.tls {
+        Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(files)?)),
+        None => None,
+    };
+    if tls.is_none() && cfg.listen.iter().any(|l| l.starttls) {
+        super::log::warn(format_args!("starttls = true but no [tls] certificate: STARTTLS is not offered"));
+    }
+    let (spool, scan) = Spool::open(&cfg.spool_dir)
+        .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
+    for (path, good) in &scan.torn {
+        super::log::warn(format_args!(
+            "spool: cut a torn tail of {} at octet {good}",
+            path.display()
+        ));
+    }
+    super::log::info(format_args!(
+        "spool: recovered {} message(s) from {}",
+        scan.messages.len(),
+        cfg.spool_dir.display()
+    ));
+    drop(scan);
+
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let listeners: Vec<(TcpListener, bool)> = smol::block_on(async {
+        let mut v = Vec::new();
+        for l in &cfg.listen {
+            let addr: SocketAddr = l
+                .address
+                .parse()
+                .map_err(|e| format!("listen address {:?}: {e}", l.address))?;
+            let sock = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("listen on {addr}: {e}"))?;
+            v.push((sock, l.starttls));
+        }
+        Ok::<_, String>(v)
+    })?;
+    let shared = Arc::new(Shared {
+        cfg,
+        spool,
+        tls,
+        per_ip: Mutex::new(HashMap::new()),
+        active: AtomicUsize::new(0),
+        stopping: stop_rx,
+    });
+    let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+        .map_err(|e| format!("signals: {e}"))?;
+
+    let ex = Arc::new(Executor::new());
+    let (end_tx, end_rx) = smol::channel::bounded::<()>(1);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let workers: Vec<_> = (1..threads)
+        .filter_map(|i| {
+            let ex = ex.clone();
+            let end = end_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("smtp-{i}"))
+                .spawn(move || smol::block_on(ex.run(end.recv())))
+                .ok()
+        })
+        .collect();
+
+    let sh = shared.clone();
+    let ex2 = ex.clone();
+    smol::block_on(ex.run(async move {
+        let mut accepts = Vec::new();
+        for (l, starttls) in listeners {
+            if let Ok(a) = l.local_addr() {
+                super::log::info(format_args!("listening on {a}"));
+            }
+            accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
+        }
+        let sig = signals.next().await;
+        super::log::info(format_args!("{sig:?}: stopping; sessions in flight may finish"));
+        drop(accepts); // cancels the accept loops: no new sessions
+        stop_tx.close();
+        let limit = sh.cfg.limits.data_timeout + Duration::from_secs(10);
+        let start = std::time::Instant::now();
+        while sh.active.load(Ordering::SeqCst) > 0 && start.elapsed() < limit {
+            Timer::after(Duration::from_millis(20)).await;
+        }
+    }));
+    end_tx.close();
+    for w in workers {
+        let _ = w.join();
+    }
+    shared.spool.close();
+    super::log::info(format_args!("stopped"));
+    Ok(())
+}
+
+async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Executor<'static>>) {
+    loop {
+        let (stream, peer) = match l.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and the like: wait rather than spin.
+                super::log::warn(format_args!("accept: {e}"));
+                Timer::after(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = admit(&sh, peer.ip());
+        let sh = sh.clone();
+        ex.spawn(async move {
+            match slot {
+                Ok(slot) => session(stream, peer, starttls, sh, slot).await,
+                Err(reason) => {
+                    let mut s = stream;
+                    let _ = s.write_all(&reply_line(reason.reply(), &sh.cfg.hostname)).await;
+                    super::log::info(format_args!("REJECT {peer}: {}", reason.reply().text));
+                }
+            }
+        })
+        .detach();
+    }
+}
+
+fn reply_line(r: Reply<'_>, host: &str) -> Vec<u8> {
+    match r.status {
+        Some((c, s, d)) => format!("{} {c}.{s}.{d} {host} {}\r\n", r.code, r.text).into_bytes(),
+        None => format!("{} {}\r\n", r.code, r.text).into_bytes(),
+    }
+}
+
+/// A client connection, plain or after STARTTLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Conn {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf).await,
+            Conn::Tls(s) => s.read(buf).await,
+            Conn::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.write_all(data).await,
+            Conn::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Conn::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// The open transaction as the shell records it.
+#[derive(Default)]
+struct Txn {
+    helo: Vec<u8>,
+    from: Vec<u8>,
+    rcpts: Vec<Vec<u8>>,
+    smtputf8: bool,
+    body8bit: bool,
+    id: u64,
+    data: Vec<u8>,
+    body_offset: Option<u64>,
+    failed: Option<SpoolError>,
+}
+
+/// What to do after an event, once its borrow of the input has ended.
+enum Action {
+    Nothing,
+    Mail(Option<u64>),
+    Rcpt,
+    Chunk,
+    Message(u64),
+    StartTls,
+}
+
+async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Shared>, _slot: Slot) {
+    let _ = stream.set_nodelay(true);
+    let limits: &Limits = &sh.cfg.limits;
+    let offer_tls = starttls && sh.tls.is_some();
+    let mut rx = Receiver::new(smtp::Config {
+        hostname: &sh.cfg.hostname,
+        max_message_size: limits.max_message_size,
+        max_recipients: limits.max_recipients,
+        starttls: offer_tls,
+        tls: false,
+        bare_line_endings: limits.bare_line_endings,
+    });
+    let mut conn = Conn::Plain(stream);
+    let mut buf = vec![0u8; READ_BUFFER];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut txn = Txn::default();
+    rx.greet();
+    'session: loop {
+        // Feed what we have until the engine wants more input.
+        loop {
+            let step = rx.feed(&buf[start..end]);
+            start += step.consumed;
+            let Some(ev) = step.event else { break };
+            let action = match ev {
+                Event::Helo { name, .. } => {
+                    txn.helo = name.to_vec();
+                    Action::Nothing
+                }
+                Event::Mail(m) => {
+                    txn.from = m.from.to_vec();
+                    txn.rcpts.clear();
+                    txn.smtputf8 = m.smtputf8;
+                    txn.body8bit = m.body == smtp::Body::EightBitMime;
+                    Action::Mail(m.size)
+                }
+                Event::Rcpt(r) => {
+                    txn.rcpts.push(r.to_vec());
+                    Action::Rcpt
+                }
+                Event::DataStart => {
+                    txn.id = sh.spool.new_id();
+                    txn.data.clear();
+                    txn.body_offset = None;
+                    txn.failed = None;
+                    Action::Nothing
+                }
+                Event::Body(b) => {
+                    txn.data.extend_from_slice(b);
+                    Action::Chunk
+                }
+                Event::EndOfHeaders { body_offset } => {
+                    txn.body_offset = Some(body_offset);
+                    Action::Nothing
+                }
+                Event::MessageEnd { size } => Action::Message(size),
+                Event::MessageRejected(reason) => {
+                    txn.data.clear();
+                    super::log::info(format_args!(
+                        "REJECT {peer} from=<{}> message: {}",
+                        String::from_utf8_lossy(&txn.from),
+                        reason.reply().text
+                    ));
+                    Action::Nothing
+                }
+                Event::StartTls => Action::StartTls,
+                Event::Rset
+                | Event::Noop
+                | Event::Help
+                | Event::Vrfy
+                | Event::Quit
+                | Event::Reject(_) => Action::Nothing,
+            };
+            match action {
+                Action::Nothing => {}
+                Action::Mail(size) => {
+                    let need = size.unwrap_or(0).saturating_add(limits.spool_reserve);
+                    match sh.spool.free_space() {
+                        Some(free) if free < need => {
+                            super::log::warn(format_args!(
+                                "spool has {free} octets free, below the reserve: refusing mail"
+                            ));
+                            rx.reject(Reason::InsufficientStorage.reply());
+                        }
+                        _ => rx.accept(),
+                    }
+                }
+                Action::Rcpt => rx.accept(),
+                Action::Chunk => {
+                    if txn.data.len() >= spool::CHUNK {
+                        if txn.failed.is_none() {
+                            if let Err(e) = sh.spool.append_chunk(txn.id, &txn.data).await {
+                                txn.failed = Some(e);
+                            }
+                        }
+                        txn.data.clear();
+                    }
+                }
+                Action::Message(size) => {
+                    let env = Envelope {
+                        from: std::mem::take(&mut txn.from),
+                        rcpts: std::mem::take(&mut txn.rcpts),
+                        helo: txn.helo.clone(),
+                        peer: peer.to_string(),
+                        received: now_secs(),
+                        size,
+                        smtputf8: txn.smtputf8,
+                        body8bit: txn.body8bit,
+                        tls: rx.is_tls(),
+                        body_offset: txn.body_offset,
+                    };
+                    let result = match txn.failed.take() {
+                        Some(e) => Err(e),
+                        None => sh.spool.commit(txn.id, &env, &txn.data).await,
+                    };
+                    txn.data.clear();
+                    if txn.data.capacity() > 2 * spool::CHUNK {
+                        txn.data = Vec::new();
+                    }
+                    let id = spool::format_id(txn.id);
+                    match result {
+                        Ok(()) => {
+                            rx.accept_message(&id);
+                            super::log::info(format_args!(
+                                "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={}",
+                                String::from_utf8_lossy(&env.from),
+                                env.rcpts.len(),
+                                env.tls
+                            ));
+                        }
+                        Err(e) => {
+                            super::log::warn(format_args!("REJECT {peer} id={id}: {e}"));
+                            rx.reject(Reason::InsufficientStorage.reply());
+                        }
+                    }
+                }
+                Action::StartTls => {
+                    // Send the 220, then forget everything the client sent
+                    // after STARTTLS in clear text (RFC 3207 §4.2, the
+                    // STARTTLS command injection flaw).
+                    if conn.write_all(rx.output()).await.is_err() {
+                        break 'session;
+                    }
+                    let n = rx.output().len();
+                    rx.output_sent(n);
+                    start = end;
+                    let Some(acceptor) = sh.tls.clone() else { break 'session };
+                    let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {
+                        break 'session;
+                    };
+                    let hs = future::or(async { Some(acceptor.accept(plain).await) }, async {
+                        Timer::after(limits.command_timeout).await;
+                        None
+                    })
+                    .await;
+                    match hs {
+                        Some(Ok(s)) => {
+                            conn = Conn::Tls(Box::new(s));
+                            rx.tls_established();
+                        }
+                        Some(Err(e)) => {
+                            super::log::info(format_args!("TLS handshake with {peer} failed: {e}"));
+                            break 'session;
+                        }
+                        None => break 'session,
+                    }
+                }
+            }
+        }
+        if !rx.output().is_empty() {
+            if conn.write_all(rx.output()).await.is_err() {
+                break;
+            }
+            let n = rx.output().len();
+            rx.output_sent(n);
+        }
+        if rx.is_closed() {
+            break;
+        }
+        // Keep unread octets at the front; read more.
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        if end == buf.len() {
+            // The engine always consumes input unless a decision is
+            // pending, which cannot be the case here.
+            super::log::warn(format_args!("session {peer}: input stalled; closing"));
+            break;
+        }
+        let in_data = rx.in_data();
+        let wait = if in_data { limits.data_timeout } else { limits.command_timeout };
+        let read = future::or(
+            async { Some(conn.read(&mut buf[end..]).await) },
+            async {
+                if in_data {
+                    Timer::after(wait).await;
+                } else {
+                    // Between commands a stopping daemon says goodbye.
+                    future::or(async { Timer::after(wait).await; }, async {
+                        let _ = sh.stopping.recv().await;
+                    })
+                    .await;
+                }
+                None
+            },
+        )
+        .await;
+        match read {
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(n)) => end += n,
+            None => {
+                let reason = if sh.stopping.is_closed() {
+                    Reason::ShuttingDown
+                } else {
+                    Reason::Timeout
+                };
+                rx.close_with(reason.reply());
+                let _ = conn.write_all(rx.output()).await;
+                break;
+            }
+        }
+    }
+    if let Conn::Tls(mut s) = conn {
+        let _ = s.close().await;
+    }
+}
