@@ -673,6 +673,9 @@ impl<'h> Receiver<'h> {
                 discard: true,
             };
             self.data_error = Some(reason);
+            if size == 0 {
+                return self.finish_chunk(last, true).event.or(Some(Event::Reject(reason)));
+            }
             return Some(Event::Reject(reason));
         }
         let first = !self.bdat;
@@ -685,8 +688,14 @@ impl<'h> Receiver<'h> {
             last,
             discard: false,
         };
-        // An empty chunk finishes on the next `feed`, with or without input.
-        first.then_some(Event::DataStart)
+        if first {
+            // An empty first chunk finishes on the next `feed`.
+            Some(Event::DataStart)
+        } else if size == 0 {
+            self.finish_chunk(last, false).event
+        } else {
+            None
+        }
     }
 
     fn cmd_starttls(&mut self, arg: usize) -> Option<Event<'_>> {
@@ -880,18 +889,28 @@ impl<'h> Receiver<'h> {
             return self.finish_chunk(last, discard);
         }
         let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len());
+        let left = remaining - n as u64;
         self.phase = Phase::Bdat {
-            remaining: remaining - n as u64,
+            remaining: left,
             last,
             discard,
         };
-        if discard {
-            return Step {
+        let step = if discard {
+            Step {
                 consumed: n,
                 event: None,
+            }
+        } else {
+            self.emit(n, &input[..n])
+        };
+        if step.event.is_none() && left == 0 {
+            // Nothing to hand out: finish the chunk in this same call.
+            return Step {
+                consumed: n,
+                event: self.finish_chunk(last, discard).event,
             };
         }
-        self.emit(n, &input[..n])
+        step
     }
 
     fn finish_chunk(&mut self, last: bool, discard: bool) -> Step<'static> {
@@ -1140,4 +1159,441 @@ fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
         }
     }
     &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::format;
+    use std::string::String;
+    use std::vec::Vec as StdVec;
+
+    fn cfg() -> Config<'static> {
+        Config {
+            hostname: "mx.test",
+            max_message_size: 10_000,
+            max_recipients: 3,
+            starttls: true,
+            tls: false,
+            bare_line_endings: BareLineEndings::Refuse,
+        }
+    }
+
+    /// What a session did: events (bodies merged), message bodies, replies.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Log {
+        events: StdVec<String>,
+        bodies: StdVec<StdVec<u8>>,
+        body: StdVec<u8>,
+        out: StdVec<u8>,
+    }
+
+    impl Log {
+        fn replies(&self) -> StdVec<String> {
+            String::from_utf8_lossy(&self.out)
+                .split("\r\n")
+                .filter(|l| !l.is_empty() && l.as_bytes().get(3) != Some(&b'-'))
+                .map(|l| {
+                    let mut w = l.splitn(3, ' ');
+                    let (code, second) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+                    if second.starts_with(|c: char| c.is_ascii_digit()) && second.contains('.') {
+                        format!("{code} {second}")
+                    } else {
+                        l.chars().take(9).collect()
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// Drives the receiver over `chunks` like the shell does: decisions are
+    /// accepted (a recipient containing "deny" is refused with 550 5.1.1),
+    /// output is flushed whenever the engine waits for input.
+    fn drive_with(rx: &mut Receiver<'_>, chunks: &[&[u8]], log: &mut Log) {
+        for chunk in chunks {
+            let mut pos = 0;
+            loop {
+                let step = rx.feed(&chunk[pos..]);
+                pos += step.consumed;
+                let Some(ev) = step.event else {
+                    log.out.extend_from_slice(rx.output());
+                    let n = rx.output().len();
+                    rx.output_sent(n);
+                    if pos >= chunk.len() || rx.is_closed() || rx.phase == Phase::AwaitTls {
+                        break;
+                    }
+                    continue;
+                };
+                let name = match ev {
+                    Event::Body(b) => {
+                        log.body.extend_from_slice(b);
+                        continue;
+                    }
+                    Event::Helo { name, extended } => {
+                        format!("helo({},{extended})", String::from_utf8_lossy(name))
+                    }
+                    Event::Mail(m) => format!(
+                        "mail({},{:?},{:?},{})",
+                        String::from_utf8_lossy(m.from),
+                        m.size,
+                        m.body,
+                        m.smtputf8
+                    ),
+                    Event::Rcpt(r) => format!("rcpt({})", String::from_utf8_lossy(r)),
+                    Event::EndOfHeaders { body_offset } => format!("eoh({body_offset})"),
+                    Event::MessageEnd { size } => format!("end({size})"),
+                    other => format!("{other:?}"),
+                };
+                let deny = name.contains("deny");
+                log.events.push(name);
+                if rx.is_pending() {
+                    if deny {
+                        rx.reject(Reply {
+                            code: 550,
+                            status: Some((5, 1, 1)),
+                            text: "No such user",
+                        });
+                    } else if log.events.last().is_some_and(|e| e.starts_with("end(")) {
+                        log.bodies.push(core::mem::take(&mut log.body));
+                        rx.accept_message("Q1");
+                    } else {
+                        rx.accept();
+                    }
+                }
+                if log.events.last().is_some_and(|e| e.starts_with("MessageRejected")) {
+                    log.body.clear();
+                }
+            }
+        }
+    }
+
+    fn session(c: Config<'static>, chunks: &[&[u8]]) -> Log {
+        let mut rx = Receiver::new(c);
+        let mut log = Log::default();
+        rx.greet();
+        drive_with(&mut rx, chunks, &mut log);
+        log
+    }
+
+    macro_rules! replies {
+        ($input:expr) => {
+            session(cfg(), &[$input]).replies()
+        };
+        ($cfg:expr, $input:expr) => {
+            session($cfg, &[$input]).replies()
+        };
+    }
+
+    const HELLO: &[u8] = b"EHLO c.test\r\n";
+    const TXN: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n";
+
+    fn cat(parts: &[&[u8]]) -> StdVec<u8> {
+        parts.concat()
+    }
+
+    // ---- greeting and EHLO ---------------------------------------------
+
+    #[test]
+    fn greeting_and_ehlo_advertise_the_extensions() {
+        let log = session(cfg(), &[HELLO]);
+        let out = String::from_utf8_lossy(&log.out);
+        assert!(out.starts_with("220 mx.test ESMTP sluice\r\n250-mx.test\r\n"));
+        for ext in ["PIPELINING", "SIZE 10000", "8BITMIME", "SMTPUTF8", "CHUNKING", "STARTTLS", "ENHANCEDSTATUSCODES"] {
+            assert!(out.contains(ext), "{ext} missing in {out}");
+        }
+        let mut c = cfg();
+        c.starttls = false;
+        let out = session(c, &[HELLO]).out;
+        assert!(!String::from_utf8_lossy(&out).contains("STARTTLS"));
+    }
+
+    #[test]
+    fn helo_needs_a_name() {
+        assert_eq!(replies!(b"HELO\r\nHELO c\r\n"), ["220 mx.te", "501 5.5.4", "250 mx.te"]);
+    }
+
+    // ---- sequence errors -----------------------------------------------
+
+    #[test]
+    fn bad_sequences_get_503() {
+        assert_eq!(replies!(b"MAIL FROM:<a@x.test>\r\n")[1], "503 5.5.1");
+        assert_eq!(replies!(b"EHLO c\r\nRCPT TO:<b@y.test>\r\n")[2], "503 5.5.1");
+        assert_eq!(replies!(b"EHLO c\r\nDATA\r\n")[2], "503 5.5.1");
+        let nested = cat(&[TXN, b"MAIL FROM:<c@x.test>\r\n"]);
+        assert_eq!(replies!(&nested)[4], "503 5.5.1");
+    }
+
+    #[test]
+    fn data_without_an_accepted_recipient_is_554() {
+        let r = replies!(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<deny@y.test>\r\nDATA\r\n");
+        assert_eq!(r[2..], ["250 2.1.0", "550 5.1.1", "554 5.5.1"]);
+    }
+
+    #[test]
+    fn unknown_and_unimplemented_commands() {
+        assert_eq!(replies!(b"FOO\r\nEXPN list\r\nVRFY x\r\nHELP\r\nNOOP\r\n")[1..], [
+            "500 5.5.2", "502 5.5.1", "252 2.5.0", "214 2.0.0", "250 2.0.0"
+        ]);
+    }
+
+    #[test]
+    fn an_overlong_line_is_refused_and_the_session_goes_on() {
+        let mut input = StdVec::from(&b"NOOP "[..]);
+        input.extend(core::iter::repeat_n(b'x', MAX_COMMAND_LINE + 10));
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        assert_eq!(replies!(&input)[1..], ["500 5.5.2", "250 2.0.0"]);
+    }
+
+    #[test]
+    fn too_many_errors_close_the_session() {
+        let input = b"BAD\r\n".repeat(25);
+        let r = replies!(&input);
+        assert_eq!(r.len(), 1 + MAX_ERRORS as usize + 1);
+        assert_eq!(r.last().map(String::as_str), Some("421 4.7.0"));
+    }
+
+    // ---- MAIL and RCPT -------------------------------------------------
+
+    #[test]
+    fn mail_parameters() {
+        let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM: <a@x.test> SIZE=100 BODY=8BITMIME\r\n"]);
+        assert_eq!(log.events[1], "mail(a@x.test,Some(100),EightBitMime,false)");
+        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=10001\r\n")[2], "552 5.3.4");
+        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> RET=FULL\r\n")[2], "555 5.5.4");
+        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=1 SIZE=2\r\n")[2], "501 5.5.4");
+        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:a@x.test\r\n")[2], "501 5.1.7");
+        assert_eq!(replies!(b"EHLO c\r\nMAIL TO:<a@x.test>\r\n")[2], "501 5.5.4");
+        let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM:<>\r\n"]);
+        assert_eq!(log.events[1], "mail(,None,SevenBit,false)");
+    }
+
+    #[test]
+    fn source_routes_are_dropped_and_postmaster_is_a_recipient() {
+        let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM:<@r.test:a@x.test>\r\nRCPT TO:<Postmaster>\r\n"]);
+        assert_eq!(log.events[1], "mail(a@x.test,None,SevenBit,false)");
+        assert_eq!(log.events[2], "rcpt(Postmaster)");
+    }
+
+    #[test]
+    fn rcpt_errors() {
+        assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<bad address@y>\r\n"]))[4], "501 5.1.3");
+        assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<c@y.test> NOTIFY=NEVER\r\n"]))[4], "555 5.5.4");
+        assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<>\r\n"]))[4], "501 5.1.3");
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let r = replies!("EHLO c\r\nMAIL FROM:<jösé@exämple.test>\r\n".as_bytes());
+        assert_eq!(r[2], "553 5.6.7");
+        let log = session(cfg(), &["EHLO c\r\nMAIL FROM:<jösé@exämple.test> SMTPUTF8\r\nRCPT TO:<ü@y.test>\r\n".as_bytes()]);
+        assert_eq!(log.replies()[2..], ["250 2.1.0", "250 2.1.5"]);
+    }
+
+    #[test]
+    fn the_recipient_limit_is_452() {
+        let input = cat(&[TXN, b"RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\nRCPT TO:<e@y.test>\r\n"]);
+        assert_eq!(replies!(&input)[3..], ["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"]);
+    }
+
+    // ---- DATA ----------------------------------------------------------
+
+    #[test]
+    fn data_is_dot_unstuffed_and_headers_end_is_reported() {
+        let log = session(cfg(), &[TXN, b"DATA\r\nSubject: x\r\n\r\n..a\r\n.b\r\n.\r\nQUIT\r\n"]);
+        assert_eq!(log.bodies, [b"Subject: x\r\n\r\n.a\r\nb\r\n".to_vec()]);
+        assert!(log.events.contains(&"eoh(14)".into()), "{:?}", log.events);
+        assert_eq!(log.replies()[4..], ["354 End d", "250 2.0.0", "221 2.0.0"]);
+    }
+
+    #[test]
+    fn an_empty_message_and_a_message_without_headers() {
+        let log = session(cfg(), &[TXN, b"DATA\r\n.\r\nDATA\r\n"]);
+        assert_eq!(log.bodies, [StdVec::<u8>::new()]);
+        let log = session(cfg(), &[TXN, b"DATA\r\n\r\nbody\r\n.\r\n"]);
+        assert!(log.events.contains(&"eoh(2)".into()));
+    }
+
+    #[test]
+    fn only_crlf_dot_crlf_ends_data() {
+        for fake in [&b"\n.\r\n"[..], b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\n.\r", b"\r\n.\r"] {
+            let smuggle = cat(&[b"DATA\r\nSubject: s\r\n\r\nhi", fake, b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n"]);
+            let log = session(cfg(), &[TXN, &smuggle]);
+            assert_eq!(log.replies()[4..], ["354 End d", "550 5.6.11"], "{fake:?}");
+            assert!(log.bodies.is_empty());
+            let mut c = cfg();
+            c.bare_line_endings = BareLineEndings::Normalize;
+            let log = session(c, &[TXN, &smuggle]);
+            assert_eq!(log.replies()[4..], ["354 End d", "250 2.0.0"], "{fake:?}");
+            assert_eq!(log.bodies.len(), 1);
+            let body = String::from_utf8_lossy(&log.bodies[0]).into_owned();
+            assert!(body.contains("MAIL FROM:<evil@x.test>\r\n") && body.contains("smuggled"), "{body:?}");
+            assert!(!body.contains("\r\r") && !body.replace("\r\n", "").contains('\n'), "{body:?}");
+        }
+    }
+
+    #[test]
+    fn the_size_limit_reads_to_the_end_then_refuses() {
+        let big = StdVec::from([&b"DATA\r\n"[..], &b"0123456789\r\n".repeat(1000), b".\r\nNOOP\r\n"].concat());
+        let log = session(cfg(), &[TXN, &big]);
+        assert_eq!(log.replies()[4..], ["354 End d", "552 5.3.4", "250 2.0.0"]);
+        assert!(log.events.iter().any(|e| e.contains("TooBig")));
+    }
+
+    #[test]
+    fn the_header_block_limit() {
+        let mut c = cfg();
+        c.max_message_size = 1 << 20;
+        let hdr = b"X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(1100);
+        let log = session(c, &[TXN, b"DATA\r\n", &hdr, b"\r\nbody\r\n.\r\n"]);
+        assert_eq!(log.replies()[4..], ["354 End d", "552 5.3.4"]);
+    }
+
+    // ---- BDAT ----------------------------------------------------------
+
+    #[test]
+    fn bdat_chunks_are_taken_verbatim() {
+        let log = session(cfg(), &[TXN, b"BDAT 9\r\nab\r\n.\r\ncdBDAT 3 LAST\r\nxyzQUIT\r\n"]);
+        assert_eq!(log.bodies, [b"ab\r\n.\r\ncdxyz".to_vec()]);
+        assert_eq!(log.replies()[4..], ["250 2.0.0", "250 2.0.0", "221 2.0.0"]);
+        let log = session(cfg(), &[TXN, b"BDAT 0 LAST\r\n"]);
+        assert_eq!(log.bodies, [StdVec::<u8>::new()]);
+    }
+
+    #[test]
+    fn a_refused_bdat_chunk_is_consumed() {
+        let r = replies!(b"EHLO c\r\nBDAT 5\r\nNOOP\rNOOP\r\n");
+        assert_eq!(r[2..], ["503 5.5.1", "250 2.0.0"]);
+        let r = replies!(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nBDAT 4 LAST\r\nQUITNOOP\r\n");
+        assert_eq!(r[2..], ["250 2.1.0", "554 5.5.1", "250 2.0.0"]);
+    }
+
+    #[test]
+    fn bdat_syntax_errors_close_and_data_after_bdat_is_refused() {
+        let r = replies!(&cat(&[TXN, b"BDAT x\r\nNOOP\r\n"]));
+        assert_eq!(r[4..], ["501 5.5.4"]);
+        let r = replies!(&cat(&[TXN, b"BDAT 1\r\nxDATA\r\n"]));
+        assert_eq!(r[4..], ["250 2.0.0", "503 5.5.1"]);
+    }
+
+    // ---- STARTTLS ------------------------------------------------------
+
+    #[test]
+    fn starttls_stops_reading_and_the_session_starts_over() {
+        let mut rx = Receiver::new(cfg());
+        let mut log = Log::default();
+        rx.greet();
+        // Pipelined cleartext after STARTTLS must never be executed.
+        drive_with(&mut rx, &[b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<inject@x.test>\r\n"], &mut log);
+        assert_eq!(log.events.last().map(String::as_str), Some("StartTls"));
+        assert_eq!(log.replies()[2], "220 2.0.0");
+        assert_eq!(log.replies().len(), 3);
+        rx.tls_established();
+        drive_with(&mut rx, &[b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nSTARTTLS\r\n"], &mut log);
+        assert_eq!(log.replies()[3..], ["503 5.5.1", "250 ENHAN", "503 5.5.1"]);
+        assert!(!String::from_utf8_lossy(&log.out).ends_with("STARTTLS\r\n"));
+    }
+
+    #[test]
+    fn starttls_when_not_offered_or_with_arguments() {
+        let mut c = cfg();
+        c.starttls = false;
+        assert_eq!(replies!(c, b"EHLO c\r\nSTARTTLS\r\n")[2], "502 5.5.1");
+        assert_eq!(replies!(b"EHLO c\r\nSTARTTLS now\r\n")[2], "501 5.5.4");
+    }
+
+    // ---- pipelining and output -----------------------------------------
+
+    #[test]
+    fn a_long_pipelined_burst_is_answered_in_order() {
+        let input = b"NOOP\r\n".repeat(600);
+        let r = replies!(&input);
+        assert_eq!(r.len(), 601);
+        assert!(r[1..].iter().all(|l| l == "250 2.0.0"));
+    }
+
+    #[test]
+    fn nothing_is_read_while_a_decision_is_pending() {
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        let input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nNOOP\r\n";
+        let s = rx.feed(input);
+        let n = s.consumed;
+        let s = rx.feed(&input[n..]);
+        let n2 = s.consumed;
+        assert!(matches!(s.event, Some(Event::Mail(_))));
+        let s = rx.feed(&input[n + n2..]);
+        assert_eq!((s.consumed, s.event), (0, None));
+        rx.accept();
+        let s = rx.feed(&input[n + n2..]);
+        assert_eq!(s.event, Some(Event::Noop));
+    }
+
+    // ---- properties ----------------------------------------------------
+
+    fn proptest_cfg(normalize: bool) -> Config<'static> {
+        let mut c = cfg();
+        c.starttls = false; // STARTTLS discards input by design
+        c.max_message_size = 2000;
+        if normalize {
+            c.bare_line_endings = BareLineEndings::Normalize;
+        }
+        c
+    }
+
+    /// Inputs that look like SMTP: command words, dots, CR, LF and noise.
+    fn smtpish() -> impl Strategy<Value = StdVec<u8>> {
+        let atoms = prop_oneof![
+            Just(b"EHLO c\r\n".to_vec()),
+            Just(b"MAIL FROM:<a@x.test>\r\n".to_vec()),
+            Just(b"RCPT TO:<b@y.test>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"BDAT 5\r\n".to_vec()),
+            Just(b"BDAT 3 LAST\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        proptest::collection::vec(atoms, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..3000), normalize: bool) {
+            let _ = session(proptest_cfg(normalize), &[&input]);
+        }
+
+        #[test]
+        fn splitting_the_input_changes_nothing(input in smtpish(), cut in any::<prop::sample::Index>(), cut2 in any::<prop::sample::Index>(), normalize: bool) {
+            let whole = session(proptest_cfg(normalize), &[&input]);
+            let (a, b) = (cut.index(input.len() + 1), cut2.index(input.len() + 1));
+            let (a, b) = (a.min(b), a.max(b));
+            let split = session(proptest_cfg(normalize), &[&input[..a], &input[a..b], &input[b..]]);
+            prop_assert_eq!(&whole.events, &split.events);
+            prop_assert_eq!(&whole.bodies, &split.bodies);
+            prop_assert_eq!(&whole.out, &split.out);
+            // Byte by byte, the hardest split of all.
+            let bytes: StdVec<&[u8]> = input.chunks(1).collect();
+            let one = session(proptest_cfg(normalize), &bytes);
+            prop_assert_eq!(&whole.events, &one.events);
+            prop_assert_eq!(&whole.bodies, &one.bodies);
+        }
+
+        #[test]
+        fn a_stored_body_never_holds_a_bare_line_ending_when_normalizing(body in proptest::collection::vec(prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')], 0..200)) {
+            let input = cat(&[TXN, b"DATA\r\n", &body, b"\r\n.\r\n"]);
+            let log = session(proptest_cfg(true), &[&input]);
+            for b in &log.bodies {
+                let s = String::from_utf8_lossy(b).replace("\r\n", "");
+                prop_assert!(!s.contains('\r') && !s.contains('\n'), "{:?}", b);
+            }
+        }
+    }
 }
