@@ -76,7 +76,7 @@ if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
     echo "WARNING: $WORK is on $FSTYPE; the spool is not durable there" >&2
 fi
 
-SINK_PID='' SLUICE_PID=''
+SINK_PID='' SLUICE_PID='' SOURCE_PID=''
 stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
     local pid=$1 i
     [ -n "$pid" ] || return 0
@@ -92,6 +92,7 @@ stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
     wait "$pid" 2>/dev/null
 }
 cleanup() {
+    stop_pid "$SOURCE_PID"; SOURCE_PID=''
     stop_pid "$SINK_PID"; SINK_PID=''
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
     if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then
@@ -101,7 +102,7 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap '[ -n "${RESULT:-}" ] && echo "# interrupted" >>"$RESULT"; exit 130' INT TERM
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -117,26 +118,30 @@ wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
     return 1
 }
 
-# smtp-source run: port size msgs sessions -> prints msg/s (or FAIL)
+# smtp-source run: port size msgs sessions log -> sets RATE (msg/s, or FAIL)
+# It runs in the background and is waited for, so a signal stops it at once.
 drive() {
     local port=$1 size=$2 msgs=$3 sessions=$4 log=$5 t0 t1 rc
     local opts=(-s "$sessions" -m "$msgs" -l "$size" -M client.bench.test
                 -f sender@client.bench.test -t rcpt@sink.bench.test)
     [ $REUSE = 1 ] && opts+=(-d)
     t0=$(date +%s.%N)
-    timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" "${opts[@]}" "127.0.0.1:$port" >"$log" 2>&1
+    timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" "${opts[@]}" "127.0.0.1:$port" >"$log" 2>&1 &
+    SOURCE_PID=$!
+    wait $SOURCE_PID
     rc=$?
     t1=$(date +%s.%N)
+    SOURCE_PID=''
     if [ $rc -ne 0 ]; then
         echo "WARNING: smtp-source exited $rc (size $size, $sessions sessions): $(head -c 300 "$log" | tr '\n' ' ')" >&2
-        echo FAIL
+        RATE=FAIL
         return 1
     fi
-    awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }'
+    RATE=$(awk -v n="$msgs" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')
 }
 
-ceiling_row() { # size msgs sessions -> msg/s
-    local port sink_opts=() rate
+ceiling_row() { # size msgs sessions -> sets RATE
+    local port sink_opts=()
     port=$(free_port)
     [ "$(id -u)" = 0 ] && sink_opts=(-u nobody)
     "$SMTP_SINK" "${sink_opts[@]}" "127.0.0.1:$port" 256 >"$WORK/sink.log" 2>&1 &
@@ -144,11 +149,10 @@ ceiling_row() { # size msgs sessions -> msg/s
     if ! wait_port "$port"; then
         echo "WARNING: smtp-sink did not listen on $port: $(head -c 300 "$WORK/sink.log")" >&2
         stop_pid "$SINK_PID"; SINK_PID=''
-        echo FAIL; return
+        RATE=FAIL; return
     fi
-    rate=$(drive "$port" "$1" "$2" "$3" "$WORK/source-ceiling-$1-$3.log")
+    drive "$port" "$1" "$2" "$3" "$WORK/source-ceiling-$1-$3.log"
     stop_pid "$SINK_PID"; SINK_PID=''
-    echo "$rate"
 }
 
 write_config() { # dir port
@@ -183,8 +187,8 @@ target = "stderr"
 EOF
 }
 
-sluice_row() { # size msgs sessions -> msg/s ; sets SPOOLED
-    local size=$1 msgs=$2 sessions=$3 dir port rate i
+sluice_row() { # size msgs sessions -> sets RATE and SPOOLED
+    local size=$1 msgs=$2 sessions=$3 dir port i
     SPOOLED='?'
     dir=$WORK/sluice-$size-$sessions
     mkdir -p "$dir"
@@ -201,9 +205,9 @@ sluice_row() { # size msgs sessions -> msg/s ; sets SPOOLED
         echo "WARNING: sluice did not come up on $port: $(tail -c 500 "$dir/stderr.log" | tr '\n' ' ')" >&2
         FAILED=1
         stop_pid "$SLUICE_PID"; SLUICE_PID=''
-        echo FAIL; return
+        RATE=FAIL; return
     fi
-    rate=$(drive "$port" "$size" "$msgs" "$sessions" "$dir/source.log") || FAILED=1
+    drive "$port" "$size" "$msgs" "$sessions" "$dir/source.log" || FAILED=1
     stop_pid "$SLUICE_PID"
     local rc=$?
     SLUICE_PID=''
@@ -219,7 +223,6 @@ sluice_row() { # size msgs sessions -> msg/s ; sets SPOOLED
     if [ "$errs" -gt 0 ]; then
         echo "WARNING: sluice logged $errs error/warning lines (size $size, $sessions sessions), e.g.: $(grep -iE 'error|panic|warn' "$dir/stderr.log" | head -3 | tr '\n' ' ')" >&2
     fi
-    echo "$rate"
 }
 
 {
@@ -239,13 +242,13 @@ for size in "${SIZES[@]}"; do
     msgs=$(msgs_for "$size")
     for sessions in "${SESSIONS[@]}"; do
         # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
-        ceiling_row "$size" "$msgs" "$sessions" >"$WORK/rate"
-        ceiling=$(cat "$WORK/rate")
+        ceiling_row "$size" "$msgs" "$sessions"
+        ceiling=$RATE
         if [ $CEILING_ONLY = 1 ]; then
             sluice=- ratio=- SPOOLED=-
         else
-            sluice_row "$size" "$msgs" "$sessions" >"$WORK/rate"
-            sluice=$(cat "$WORK/rate")
+            sluice_row "$size" "$msgs" "$sessions"
+            sluice=$RATE
             ratio=$(awk -v a="$sluice" -v b="$ceiling" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else print "-" }')
         fi
         printf '%-6s %8s %8s %12s %12s %7s %8s\n' "$((size / 1024))K" "$sessions" "$msgs" \

@@ -35,7 +35,8 @@
 //! [`scan`] looks at no more than [`MAX_HEADER_BLOCK`] bytes (plus one of
 //! look-ahead) and fails with [`Error::TooLarge`] when the end of the header
 //! block is not within them, so a caller that re-scans a growing buffer does
-//! bounded work. [`fields`], [`find`], [`find_all`] and [`end_of_headers`]
+//! bounded work (a line without a colon that runs past the bound is therefore
+//! `TooLarge` for [`scan`], where [`end_of_headers`] would call it body). [`fields`], [`find`], [`find_all`] and [`end_of_headers`]
 //! take no such bound: give them the block that [`scan`] delimited.
 
 use core::fmt;
@@ -1043,6 +1044,21 @@ mod tests {
         #[test]
         fn header_like_is_consistent(input in header_like()) {
             check_consistency(&input);
+        }
+
+        #[test]
+        fn few_slots_fill_or_fail(input in header_like(), k in 0usize..4) {
+            let all: Vec<Field<'_>> = fields(&input).collect();
+            let mut slots = [Field::EMPTY; 4];
+            let res = scan(&input, true, &mut slots[..k]);
+            if all.len() <= k {
+                let body = end_of_headers(&input, true).expect("complete input decides");
+                prop_assert_eq!(res, Ok(Status::Complete { fields: all.len(), body }));
+                prop_assert_eq!(&slots[..all.len()], &all[..]);
+            } else {
+                prop_assert_eq!(res, Err(Error::TooManyFields));
+                prop_assert_eq!(&slots[..k], &all[..k]);
+            }
         }
 
         #[test]

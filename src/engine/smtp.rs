@@ -159,6 +159,7 @@ enum Phase {
     /// Reading a BDAT chunk: octets left, LAST flag, whether it is discarded.
     Bdat {
         remaining: u64,
+        chunk: u64,
         last: bool,
         discard: bool,
     },
@@ -170,13 +171,13 @@ enum Phase {
 /// Dot handling at the start of a DATA line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dot {
-    None,
+    /// Nothing held.
+    Clear,
     /// A '.' at line start, held back.
-    Dot,
+    Held,
     /// ".\r" at line start, held back.
-    DotCr,
+    HeldCr,
 }
-
 
 /// The receive side of one SMTP session. See the module docs for the
 /// driving protocol. Holds about 6 KiB of fixed buffers.
@@ -236,7 +237,7 @@ impl<'h> Receiver<'h> {
             data_error: None,
             line_start: true,
             prev_cr: false,
-            dot: Dot::None,
+            dot: Dot::Clear,
             in_headers: true,
             hdr_line: 0,
             queued_eoh: None,
@@ -321,7 +322,11 @@ impl<'h> Receiver<'h> {
     /// `250 2.0.0 Ok: queued as ID`; the transaction ends.
     pub fn accept_message(&mut self, queue_id: &str) {
         if self.phase == Phase::Pending(Pending::Message) {
-            self.write_line(250, Some((2, 0, 0)), &[b"Ok: queued as ", queue_id.as_bytes()]);
+            self.write_line(
+                250,
+                Some((2, 0, 0)),
+                &[b"Ok: queued as ", queue_id.as_bytes()],
+            );
             self.reset_transaction();
             self.phase = Phase::Command;
         }
@@ -443,7 +448,11 @@ impl<'h> Receiver<'h> {
         for (d, s) in verb.iter_mut().zip(self.line.iter().take(verb_len)) {
             *d = s.to_ascii_uppercase();
         }
-        let verb = if verb_end > 8 { &b""[..] } else { &verb[..verb_len] };
+        let verb = if verb_end > 8 {
+            &b""[..]
+        } else {
+            &verb[..verb_len]
+        };
         let arg_start = (verb_end + 1).min(end);
         match verb {
             b"EHLO" | b"HELO" => self.cmd_helo(arg_start, verb == b"EHLO"),
@@ -480,11 +489,13 @@ impl<'h> Receiver<'h> {
                 Some(Event::Quit)
             }
             b"STARTTLS" => self.cmd_starttls(arg_start),
-            _ => Some(self.refuse(if verb == b"EXPN" || verb == b"TURN" || verb == b"ETRN" {
-                Reason::NotImplemented
-            } else {
-                Reason::Unrecognized
-            })),
+            _ => Some(
+                self.refuse(if verb == b"EXPN" || verb == b"TURN" || verb == b"ETRN" {
+                    Reason::NotImplemented
+                } else {
+                    Reason::Unrecognized
+                }),
+            ),
         }
     }
 
@@ -669,12 +680,16 @@ impl<'h> Receiver<'h> {
             // RFC 3030: the chunk follows regardless; read and drop it.
             self.phase = Phase::Bdat {
                 remaining: size,
+                chunk: size,
                 last,
                 discard: true,
             };
             self.data_error = Some(reason);
             if size == 0 {
-                return self.finish_chunk(last, true).event.or(Some(Event::Reject(reason)));
+                return self
+                    .finish_chunk(0, last, true)
+                    .event
+                    .or(Some(Event::Reject(reason)));
             }
             return Some(Event::Reject(reason));
         }
@@ -685,6 +700,7 @@ impl<'h> Receiver<'h> {
         }
         self.phase = Phase::Bdat {
             remaining: size,
+            chunk: size,
             last,
             discard: false,
         };
@@ -692,7 +708,7 @@ impl<'h> Receiver<'h> {
             // An empty first chunk finishes on the next `feed`.
             Some(Event::DataStart)
         } else if size == 0 {
-            self.finish_chunk(last, false).event
+            self.finish_chunk(0, last, false).event
         } else {
             None
         }
@@ -723,7 +739,7 @@ impl<'h> Receiver<'h> {
         self.data_error = None;
         self.line_start = true;
         self.prev_cr = false;
-        self.dot = Dot::None;
+        self.dot = Dot::Clear;
         self.in_headers = true;
         self.hdr_line = 0;
         self.queued_eoh = None;
@@ -800,11 +816,11 @@ impl<'h> Receiver<'h> {
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match self.dot {
-                Dot::Dot => {
+                Dot::Held => {
                     // A held '.' at line start, never part of a run.
-                    self.dot = Dot::None;
+                    self.dot = Dot::Clear;
                     if b == b'\r' {
-                        self.dot = Dot::DotCr;
+                        self.dot = Dot::HeldCr;
                         i += 1;
                         run = i;
                     } else {
@@ -815,8 +831,8 @@ impl<'h> Receiver<'h> {
                     }
                     continue;
                 }
-                Dot::DotCr => {
-                    self.dot = Dot::None;
+                Dot::HeldCr => {
+                    self.dot = Dot::Clear;
                     if b == b'\n' {
                         // <CRLF>.<CRLF>: the end of the message.
                         return self.finish_content(i + 1);
@@ -829,7 +845,7 @@ impl<'h> Receiver<'h> {
                     run = i;
                     continue;
                 }
-                Dot::None => {}
+                Dot::Clear => {}
             }
             if self.prev_cr && b != b'\n' {
                 // The CR before this octet was bare (and already emitted).
@@ -847,7 +863,7 @@ impl<'h> Receiver<'h> {
                 if run < i {
                     return self.emit(i, &input[run..i]);
                 }
-                self.dot = Dot::Dot;
+                self.dot = Dot::Held;
                 self.line_start = false;
                 i += 1;
                 run = i;
@@ -876,6 +892,7 @@ impl<'h> Receiver<'h> {
     fn feed_bdat<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
         let Phase::Bdat {
             remaining,
+            chunk,
             last,
             discard,
         } = self.phase
@@ -886,12 +903,15 @@ impl<'h> Receiver<'h> {
             };
         };
         if remaining == 0 {
-            return self.finish_chunk(last, discard);
+            return self.finish_chunk(chunk, last, discard);
         }
-        let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len());
+        let n = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(input.len());
         let left = remaining - n as u64;
         self.phase = Phase::Bdat {
             remaining: left,
+            chunk,
             last,
             discard,
         };
@@ -907,13 +927,13 @@ impl<'h> Receiver<'h> {
             // Nothing to hand out: finish the chunk in this same call.
             return Step {
                 consumed: n,
-                event: self.finish_chunk(last, discard).event,
+                event: self.finish_chunk(chunk, last, discard).event,
             };
         }
         step
     }
 
-    fn finish_chunk(&mut self, last: bool, discard: bool) -> Step<'static> {
+    fn finish_chunk(&mut self, chunk: u64, last: bool, discard: bool) -> Step<'static> {
         self.phase = Phase::Command;
         if discard {
             // The refusal of this chunk: reply now that it is consumed.
@@ -936,7 +956,7 @@ impl<'h> Receiver<'h> {
             };
         }
         let mut buf = [0u8; 20];
-        let n = fmt_u64(self.size, &mut buf);
+        let n = fmt_u64(chunk, &mut buf);
         self.write_line(250, Some((2, 0, 0)), &[n, b" octets received"]);
         Step {
             consumed: 0,
@@ -991,7 +1011,17 @@ impl<'h> Receiver<'h> {
     }
 
     fn write_reply(&mut self, reply: Reply<'_>) {
-        self.write_line(reply.code, reply.status, &[reply.text.as_bytes()]);
+        if reply.code == 421 {
+            // RFC 5321 §3.8: a closing 421 names the server.
+            let host = self.cfg.hostname.as_bytes();
+            self.write_line(
+                reply.code,
+                reply.status,
+                &[host, b" ", reply.text.as_bytes()],
+            );
+        } else {
+            self.write_line(reply.code, reply.status, &[reply.text.as_bytes()]);
+        }
     }
 
     fn write_line(&mut self, code: u16, status: Option<(u8, u16, u16)>, text: &[&[u8]]) {
@@ -1087,7 +1117,11 @@ fn parse_path(s: &[u8], null_ok: bool) -> Result<((usize, usize), usize), ()> {
     let mut start = 1;
     let inner = &s[1..close];
     if inner.is_empty() {
-        return if null_ok { Ok(((1, 1), params)) } else { Err(()) };
+        return if null_ok {
+            Ok(((1, 1), params))
+        } else {
+            Err(())
+        };
     }
     // A source route "@a,@b:" is accepted and ignored (RFC 5321 §4.1.2).
     if inner.first() == Some(&b'@') {
@@ -1115,7 +1149,9 @@ fn valid_mailbox(a: &[u8], postmaster_ok: bool) -> bool {
         return false;
     }
     let local_ok = if local.first() == Some(&b'"') {
-        local.len() >= 2 && local.last() == Some(&b'"') && !local.iter().any(|&b| b < 0x20 && b != b'\t')
+        local.len() >= 2
+            && local.last() == Some(&b'"')
+            && !local.iter().any(|&b| b < 0x20 && b != b'\t')
     } else {
         local
             .iter()
@@ -1262,7 +1298,11 @@ mod tests {
                         rx.accept();
                     }
                 }
-                if log.events.last().is_some_and(|e| e.starts_with("MessageRejected")) {
+                if log
+                    .events
+                    .last()
+                    .is_some_and(|e| e.starts_with("MessageRejected"))
+                {
                     log.body.clear();
                 }
             }
@@ -1300,7 +1340,15 @@ mod tests {
         let log = session(cfg(), &[HELLO]);
         let out = String::from_utf8_lossy(&log.out);
         assert!(out.starts_with("220 mx.test ESMTP sluice\r\n250-mx.test\r\n"));
-        for ext in ["PIPELINING", "SIZE 10000", "8BITMIME", "SMTPUTF8", "CHUNKING", "STARTTLS", "ENHANCEDSTATUSCODES"] {
+        for ext in [
+            "PIPELINING",
+            "SIZE 10000",
+            "8BITMIME",
+            "SMTPUTF8",
+            "CHUNKING",
+            "STARTTLS",
+            "ENHANCEDSTATUSCODES",
+        ] {
             assert!(out.contains(ext), "{ext} missing in {out}");
         }
         let mut c = cfg();
@@ -1311,7 +1359,10 @@ mod tests {
 
     #[test]
     fn helo_needs_a_name() {
-        assert_eq!(replies!(b"HELO\r\nHELO c\r\n"), ["220 mx.te", "501 5.5.4", "250 mx.te"]);
+        assert_eq!(
+            replies!(b"HELO\r\nHELO c\r\n"),
+            ["220 mx.te", "501 5.5.4", "250 mx.te"]
+        );
     }
 
     // ---- sequence errors -----------------------------------------------
@@ -1319,7 +1370,10 @@ mod tests {
     #[test]
     fn bad_sequences_get_503() {
         assert_eq!(replies!(b"MAIL FROM:<a@x.test>\r\n")[1], "503 5.5.1");
-        assert_eq!(replies!(b"EHLO c\r\nRCPT TO:<b@y.test>\r\n")[2], "503 5.5.1");
+        assert_eq!(
+            replies!(b"EHLO c\r\nRCPT TO:<b@y.test>\r\n")[2],
+            "503 5.5.1"
+        );
         assert_eq!(replies!(b"EHLO c\r\nDATA\r\n")[2], "503 5.5.1");
         let nested = cat(&[TXN, b"MAIL FROM:<c@x.test>\r\n"]);
         assert_eq!(replies!(&nested)[4], "503 5.5.1");
@@ -1333,9 +1387,16 @@ mod tests {
 
     #[test]
     fn unknown_and_unimplemented_commands() {
-        assert_eq!(replies!(b"FOO\r\nEXPN list\r\nVRFY x\r\nHELP\r\nNOOP\r\n")[1..], [
-            "500 5.5.2", "502 5.5.1", "252 2.5.0", "214 2.0.0", "250 2.0.0"
-        ]);
+        assert_eq!(
+            replies!(b"FOO\r\nEXPN list\r\nVRFY x\r\nHELP\r\nNOOP\r\n")[1..],
+            [
+                "500 5.5.2",
+                "502 5.5.1",
+                "252 2.5.0",
+                "214 2.0.0",
+                "250 2.0.0"
+            ]
+        );
     }
 
     #[test]
@@ -1358,28 +1419,55 @@ mod tests {
 
     #[test]
     fn mail_parameters() {
-        let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM: <a@x.test> SIZE=100 BODY=8BITMIME\r\n"]);
+        let log = session(
+            cfg(),
+            &[b"EHLO c\r\nMAIL FROM: <a@x.test> SIZE=100 BODY=8BITMIME\r\n"],
+        );
         assert_eq!(log.events[1], "mail(a@x.test,Some(100),EightBitMime,false)");
-        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=10001\r\n")[2], "552 5.3.4");
-        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> RET=FULL\r\n")[2], "555 5.5.4");
-        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=1 SIZE=2\r\n")[2], "501 5.5.4");
-        assert_eq!(replies!(b"EHLO c\r\nMAIL FROM:a@x.test\r\n")[2], "501 5.1.7");
-        assert_eq!(replies!(b"EHLO c\r\nMAIL TO:<a@x.test>\r\n")[2], "501 5.5.4");
+        assert_eq!(
+            replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=10001\r\n")[2],
+            "552 5.3.4"
+        );
+        assert_eq!(
+            replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> RET=FULL\r\n")[2],
+            "555 5.5.4"
+        );
+        assert_eq!(
+            replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=1 SIZE=2\r\n")[2],
+            "501 5.5.4"
+        );
+        assert_eq!(
+            replies!(b"EHLO c\r\nMAIL FROM:a@x.test\r\n")[2],
+            "501 5.1.7"
+        );
+        assert_eq!(
+            replies!(b"EHLO c\r\nMAIL TO:<a@x.test>\r\n")[2],
+            "501 5.5.4"
+        );
         let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM:<>\r\n"]);
         assert_eq!(log.events[1], "mail(,None,SevenBit,false)");
     }
 
     #[test]
     fn source_routes_are_dropped_and_postmaster_is_a_recipient() {
-        let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM:<@r.test:a@x.test>\r\nRCPT TO:<Postmaster>\r\n"]);
+        let log = session(
+            cfg(),
+            &[b"EHLO c\r\nMAIL FROM:<@r.test:a@x.test>\r\nRCPT TO:<Postmaster>\r\n"],
+        );
         assert_eq!(log.events[1], "mail(a@x.test,None,SevenBit,false)");
         assert_eq!(log.events[2], "rcpt(Postmaster)");
     }
 
     #[test]
     fn rcpt_errors() {
-        assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<bad address@y>\r\n"]))[4], "501 5.1.3");
-        assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<c@y.test> NOTIFY=NEVER\r\n"]))[4], "555 5.5.4");
+        assert_eq!(
+            replies!(&cat(&[TXN, b"RCPT TO:<bad address@y>\r\n"]))[4],
+            "501 5.1.3"
+        );
+        assert_eq!(
+            replies!(&cat(&[TXN, b"RCPT TO:<c@y.test> NOTIFY=NEVER\r\n"]))[4],
+            "555 5.5.4"
+        );
         assert_eq!(replies!(&cat(&[TXN, b"RCPT TO:<>\r\n"]))[4], "501 5.1.3");
     }
 
@@ -1387,21 +1475,36 @@ mod tests {
     fn utf8_addresses_need_smtputf8() {
         let r = replies!("EHLO c\r\nMAIL FROM:<jösé@exämple.test>\r\n".as_bytes());
         assert_eq!(r[2], "553 5.6.7");
-        let log = session(cfg(), &["EHLO c\r\nMAIL FROM:<jösé@exämple.test> SMTPUTF8\r\nRCPT TO:<ü@y.test>\r\n".as_bytes()]);
+        let log = session(
+            cfg(),
+            &[
+                "EHLO c\r\nMAIL FROM:<jösé@exämple.test> SMTPUTF8\r\nRCPT TO:<ü@y.test>\r\n"
+                    .as_bytes(),
+            ],
+        );
         assert_eq!(log.replies()[2..], ["250 2.1.0", "250 2.1.5"]);
     }
 
     #[test]
     fn the_recipient_limit_is_452() {
-        let input = cat(&[TXN, b"RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\nRCPT TO:<e@y.test>\r\n"]);
-        assert_eq!(replies!(&input)[3..], ["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"]);
+        let input = cat(&[
+            TXN,
+            b"RCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\nRCPT TO:<e@y.test>\r\n",
+        ]);
+        assert_eq!(
+            replies!(&input)[3..],
+            ["250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3"]
+        );
     }
 
     // ---- DATA ----------------------------------------------------------
 
     #[test]
     fn data_is_dot_unstuffed_and_headers_end_is_reported() {
-        let log = session(cfg(), &[TXN, b"DATA\r\nSubject: x\r\n\r\n..a\r\n.b\r\n.\r\nQUIT\r\n"]);
+        let log = session(
+            cfg(),
+            &[TXN, b"DATA\r\nSubject: x\r\n\r\n..a\r\n.b\r\n.\r\nQUIT\r\n"],
+        );
         assert_eq!(log.bodies, [b"Subject: x\r\n\r\n.a\r\nb\r\n".to_vec()]);
         assert!(log.events.contains(&"eoh(14)".into()), "{:?}", log.events);
         assert_eq!(log.replies()[4..], ["354 End d", "250 2.0.0", "221 2.0.0"]);
@@ -1417,8 +1520,19 @@ mod tests {
 
     #[test]
     fn only_crlf_dot_crlf_ends_data() {
-        for fake in [&b"\n.\r\n"[..], b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\n.\r", b"\r\n.\r"] {
-            let smuggle = cat(&[b"DATA\r\nSubject: s\r\n\r\nhi", fake, b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n"]);
+        for fake in [
+            &b"\n.\r\n"[..],
+            b"\r.\r\n",
+            b"\n.\n",
+            b"\r\n.\n",
+            b"\n.\r",
+            b"\r\n.\r",
+        ] {
+            let smuggle = cat(&[
+                b"DATA\r\nSubject: s\r\n\r\nhi",
+                fake,
+                b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
+            ]);
             let log = session(cfg(), &[TXN, &smuggle]);
             assert_eq!(log.replies()[4..], ["354 End d", "550 5.6.11"], "{fake:?}");
             assert!(log.bodies.is_empty());
@@ -1428,14 +1542,25 @@ mod tests {
             assert_eq!(log.replies()[4..], ["354 End d", "250 2.0.0"], "{fake:?}");
             assert_eq!(log.bodies.len(), 1);
             let body = String::from_utf8_lossy(&log.bodies[0]).into_owned();
-            assert!(body.contains("MAIL FROM:<evil@x.test>\r\n") && body.contains("smuggled"), "{body:?}");
-            assert!(!body.contains("\r\r") && !body.replace("\r\n", "").contains('\n'), "{body:?}");
+            assert!(
+                body.contains("MAIL FROM:<evil@x.test>\r\n") && body.contains("smuggled"),
+                "{body:?}"
+            );
+            assert!(
+                !body.contains("\r\r") && !body.replace("\r\n", "").contains('\n'),
+                "{body:?}"
+            );
         }
     }
 
     #[test]
     fn the_size_limit_reads_to_the_end_then_refuses() {
-        let big = StdVec::from([&b"DATA\r\n"[..], &b"0123456789\r\n".repeat(1000), b".\r\nNOOP\r\n"].concat());
+        let big = [
+            &b"DATA\r\n"[..],
+            &b"0123456789\r\n".repeat(1000),
+            b".\r\nNOOP\r\n",
+        ]
+        .concat();
         let log = session(cfg(), &[TXN, &big]);
         assert_eq!(log.replies()[4..], ["354 End d", "552 5.3.4", "250 2.0.0"]);
         assert!(log.events.iter().any(|e| e.contains("TooBig")));
@@ -1454,7 +1579,10 @@ mod tests {
 
     #[test]
     fn bdat_chunks_are_taken_verbatim() {
-        let log = session(cfg(), &[TXN, b"BDAT 9\r\nab\r\n.\r\ncdBDAT 3 LAST\r\nxyzQUIT\r\n"]);
+        let log = session(
+            cfg(),
+            &[TXN, b"BDAT 9\r\nab\r\n.\r\ncdBDAT 3 LAST\r\nxyzQUIT\r\n"],
+        );
         assert_eq!(log.bodies, [b"ab\r\n.\r\ncdxyz".to_vec()]);
         assert_eq!(log.replies()[4..], ["250 2.0.0", "250 2.0.0", "221 2.0.0"]);
         let log = session(cfg(), &[TXN, b"BDAT 0 LAST\r\n"]);
@@ -1485,12 +1613,20 @@ mod tests {
         let mut log = Log::default();
         rx.greet();
         // Pipelined cleartext after STARTTLS must never be executed.
-        drive_with(&mut rx, &[b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<inject@x.test>\r\n"], &mut log);
+        drive_with(
+            &mut rx,
+            &[b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<inject@x.test>\r\n"],
+            &mut log,
+        );
         assert_eq!(log.events.last().map(String::as_str), Some("StartTls"));
         assert_eq!(log.replies()[2], "220 2.0.0");
         assert_eq!(log.replies().len(), 3);
         rx.tls_established();
-        drive_with(&mut rx, &[b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nSTARTTLS\r\n"], &mut log);
+        drive_with(
+            &mut rx,
+            &[b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nSTARTTLS\r\n"],
+            &mut log,
+        );
         assert_eq!(log.replies()[3..], ["503 5.5.1", "250 ENHAN", "503 5.5.1"]);
         assert!(!String::from_utf8_lossy(&log.out).ends_with("STARTTLS\r\n"));
     }

@@ -98,7 +98,10 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
     };
     match args {
         ["list"] | [] => {
-            println!("{:<16}  {:>9}  {:>7}  sender -> recipients", "id", "size", "age");
+            println!(
+                "{:<16}  {:>9}  {:>7}  sender -> recipients",
+                "id", "size", "age"
+            );
             for m in &scan.messages {
                 let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
                 println!(
@@ -125,18 +128,19 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                 match *a {
                     "--json" => mode = "json",
                     "--raw" => mode = "raw",
-                    s => id = spool::parse_id(s),
+                    s => id = Some(s),
                 }
             }
             let Some(id) = id else {
                 return usage("queue show needs a queue id");
             };
-            let Some(m) = scan.messages.iter().find(|m| m.id == id) else {
-                return fail(&format!("no message {} in the spool", spool::format_id(id)));
+            let found = spool::parse_id(id).and_then(|n| scan.messages.iter().find(|m| m.id == n));
+            let Some(m) = found else {
+                return fail(&format!("no message {id} in the spool"));
             };
             let bytes = match m.read() {
                 Ok(b) => b,
-                Err(e) => return fail(&format!("reading {}: {e}", spool::format_id(id))),
+                Err(e) => return fail(&format!("reading {id}: {e}")),
             };
             match mode {
                 "raw" => {

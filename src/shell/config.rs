@@ -137,8 +137,8 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, String> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
                 let base = p.parent().unwrap_or(Path::new("."));
                 Config::parse(&text, base).map_err(|e| format!("{}: {e}", p.display()))
             }
@@ -227,17 +227,20 @@ impl Config {
 }
 
 fn opt_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
-    v.map(|s| parse_duration(&s).ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"")))
-        .transpose()
+    v.map(|s| {
+        parse_duration(&s)
+            .ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"2d\""))
+    })
+    .transpose()
 }
 
 fn opt_size(v: Option<toml::Value>, key: &str) -> Result<Option<u64>, String> {
     match v {
         None => Ok(None),
         Some(toml::Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
-        Some(toml::Value::String(s)) => parse_size(&s)
-            .map(Some)
-            .ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\"")),
+        Some(toml::Value::String(s)) => parse_size(&s).map(Some).ok_or_else(|| {
+            format!("{key} = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\"")
+        }),
         Some(o) => Err(format!("{key} = {o}: expected a size such as \"36 MiB\"")),
     }
 }
@@ -290,7 +293,10 @@ mod tests {
         assert_eq!(c.spool_dir, Path::new("/etc/sluice/spool"));
         assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
         assert_eq!(c.limits.data_timeout, Duration::from_secs(600));
-        assert_eq!(c.tls.map(|t| t.key), Some(PathBuf::from("/etc/sluice/tls/edge1.key")));
+        assert_eq!(
+            c.tls.map(|t| t.key),
+            Some(PathBuf::from("/etc/sluice/tls/edge1.key"))
+        );
     }
 
     #[test]
@@ -313,11 +319,17 @@ mod tests {
 
     #[test]
     fn errors_name_line_and_column() {
-        let e = Config::parse("hostname = \"a\"\n[limits]\nconnections = \"many\"\n", Path::new("."))
-            .expect_err("bad type");
+        let e = Config::parse(
+            "hostname = \"a\"\n[limits]\nconnections = \"many\"\n",
+            Path::new("."),
+        )
+        .expect_err("bad type");
         assert!(e.contains("line 3"), "{e}");
-        let e = Config::parse("[limits]\nbare_line_endings = \"sometimes\"\n", Path::new("."))
-            .expect_err("bad value");
+        let e = Config::parse(
+            "[limits]\nbare_line_endings = \"sometimes\"\n",
+            Path::new("."),
+        )
+        .expect_err("bad value");
         assert!(e.contains("bare_line_endings"), "{e}");
     }
 }

@@ -80,11 +80,15 @@ fn now_secs() -> u64 {
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 pub fn run(cfg: Config) -> Result<(), String> {
     let tls = match &cfg.tls {
-        Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(files)?)),
+        Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
+            files,
+        )?)),
         None => None,
     };
     if tls.is_none() && cfg.listen.iter().any(|l| l.starttls) {
-        super::log::warn(format_args!("starttls = true but no [tls] certificate: STARTTLS is not offered"));
+        super::log::warn(format_args!(
+            "starttls = true but no [tls] certificate: STARTTLS is not offered"
+        ));
     }
     let (spool, scan) = Spool::open(&cfg.spool_dir)
         .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
@@ -124,12 +128,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         active: AtomicUsize::new(0),
         stopping: stop_rx,
     });
-    let mut signals = async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-        .map_err(|e| format!("signals: {e}"))?;
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(|e| format!("signals: {e}"))?;
 
     let ex = Arc::new(Executor::new());
     let (end_tx, end_rx) = smol::channel::bounded::<()>(1);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
     let workers: Vec<_> = (1..threads)
         .filter_map(|i| {
             let ex = ex.clone();
@@ -152,7 +159,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
             accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
         }
         let sig = signals.next().await;
-        super::log::info(format_args!("{sig:?}: stopping; sessions in flight may finish"));
+        super::log::info(format_args!(
+            "{sig:?}: stopping; sessions in flight may finish"
+        ));
         drop(accepts); // cancels the accept loops: no new sessions
         stop_tx.close();
         let limit = sh.cfg.limits.data_timeout + Duration::from_secs(10);
@@ -188,7 +197,9 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
                 Ok(slot) => session(stream, peer, starttls, sh, slot).await,
                 Err(reason) => {
                     let mut s = stream;
-                    let _ = s.write_all(&reply_line(reason.reply(), &sh.cfg.hostname)).await;
+                    let _ = s
+                        .write_all(&reply_line(reason.reply(), &sh.cfg.hostname))
+                        .await;
                     super::log::info(format_args!("REJECT {peer}: {}", reason.reply().text));
                 }
             }
@@ -197,11 +208,10 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
     }
 }
 
+/// A 421 refusal before any session exists, naming our host (RFC 5321 §3.8).
 fn reply_line(r: Reply<'_>, host: &str) -> Vec<u8> {
-    match r.status {
-        Some((c, s, d)) => format!("{} {c}.{s}.{d} {host} {}\r\n", r.code, r.text).into_bytes(),
-        None => format!("{} {}\r\n", r.code, r.text).into_bytes(),
-    }
+    let (c, s, d) = r.status.unwrap_or((4, 0, 0));
+    format!("{} {c}.{s}.{d} {host} {}\r\n", r.code, r.text).into_bytes()
 }
 
 /// A client connection, plain or after STARTTLS.
@@ -256,7 +266,13 @@ enum Action {
     StartTls,
 }
 
-async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Shared>, _slot: Slot) {
+async fn session(
+    stream: TcpStream,
+    peer: SocketAddr,
+    starttls: bool,
+    sh: Arc<Shared>,
+    _slot: Slot,
+) {
     let _ = stream.set_nodelay(true);
     let limits: &Limits = &sh.cfg.limits;
     let offer_tls = starttls && sh.tls.is_some();
@@ -278,7 +294,12 @@ async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Sh
         loop {
             let step = rx.feed(&buf[start..end]);
             start += step.consumed;
-            let Some(ev) = step.event else { break };
+            let Some(ev) = step.event else {
+                if step.consumed > 0 && start < end {
+                    continue;
+                }
+                break;
+            };
             let action = match ev {
                 Event::Helo { name, .. } => {
                     txn.helo = name.to_vec();
@@ -401,7 +422,9 @@ async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Sh
                     let n = rx.output().len();
                     rx.output_sent(n);
                     start = end;
-                    let Some(acceptor) = sh.tls.clone() else { break 'session };
+                    let Some(acceptor) = sh.tls.clone() else {
+                        break 'session;
+                    };
                     let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {
                         break 'session;
                     };
@@ -424,7 +447,8 @@ async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Sh
                 }
             }
         }
-        if !rx.output().is_empty() {
+        let flushed = !rx.output().is_empty();
+        if flushed {
             if conn.write_all(rx.output()).await.is_err() {
                 break;
             }
@@ -433,6 +457,10 @@ async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Sh
         }
         if rx.is_closed() {
             break;
+        }
+        if flushed && start < end {
+            // The reply buffer was full: feed the rest before reading.
+            continue;
         }
         // Keep unread octets at the front; read more.
         if start > 0 {
@@ -447,22 +475,28 @@ async fn session(stream: TcpStream, peer: SocketAddr, starttls: bool, sh: Arc<Sh
             break;
         }
         let in_data = rx.in_data();
-        let wait = if in_data { limits.data_timeout } else { limits.command_timeout };
-        let read = future::or(
-            async { Some(conn.read(&mut buf[end..]).await) },
-            async {
-                if in_data {
-                    Timer::after(wait).await;
-                } else {
-                    // Between commands a stopping daemon says goodbye.
-                    future::or(async { Timer::after(wait).await; }, async {
+        let wait = if in_data {
+            limits.data_timeout
+        } else {
+            limits.command_timeout
+        };
+        let read = future::or(async { Some(conn.read(&mut buf[end..]).await) }, async {
+            if in_data {
+                Timer::after(wait).await;
+            } else {
+                // Between commands a stopping daemon says goodbye.
+                future::or(
+                    async {
+                        Timer::after(wait).await;
+                    },
+                    async {
                         let _ = sh.stopping.recv().await;
-                    })
-                    .await;
-                }
-                None
-            },
-        )
+                    },
+                )
+                .await;
+            }
+            None
+        })
         .await;
         match read {
             Some(Ok(0)) | Some(Err(_)) => break,

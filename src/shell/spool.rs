@@ -40,7 +40,8 @@ const QUEUE_DEPTH: usize = 1024;
 const BATCH_MAX: usize = 8 * 1024 * 1024;
 
 const FRAME_HEAD: usize = 9;
-const CASTAGNOLI: crc::Crc<u32, crc::Table<16>> = crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+const CASTAGNOLI: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// The envelope of a spooled message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -227,7 +228,11 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     Ok(scan)
 }
 
-fn scan_segment(path: &Arc<PathBuf>, chunks: &mut HashMap<u64, Vec<Part>>, scan: &mut Scan) -> io::Result<u64> {
+fn scan_segment(
+    path: &Arc<PathBuf>,
+    chunks: &mut HashMap<u64, Vec<Part>>,
+    scan: &mut Scan,
+) -> io::Result<u64> {
     let file = File::open(path.as_path())?;
     let mut r = BufReader::with_capacity(256 * 1024, file);
     let mut magic = [0u8; 8];
@@ -357,7 +362,14 @@ impl Spool {
     /// Appends the message record and returns once it is on stable storage.
     pub async fn commit(&self, id: u64, env: &Envelope, tail: &[u8]) -> Result<(), SpoolError> {
         let mut frames = Vec::with_capacity(tail.len() + 256);
-        frame(&Head::Message { id, env: env.clone() }, tail, &mut frames);
+        frame(
+            &Head::Message {
+                id,
+                env: env.clone(),
+            },
+            tail,
+            &mut frames,
+        );
         let (done, wait) = smol::channel::bounded(1);
         self.tx
             .send(Job {
@@ -395,7 +407,10 @@ impl Writer {
     fn rotate(&mut self) -> io::Result<()> {
         self.seg += 1;
         let path = self.dir.join(format!("seg-{:016x}.log", self.seg));
-        let f = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         f.write_all_at(SEGMENT_MAGIC, 0)?;
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
@@ -451,13 +466,16 @@ impl Writer {
         let Some(f) = &self.file else {
             return Err(SpoolError::Closed);
         };
-        let res = f.write_all_at(batch, self.pos).and_then(|()| {
-            if sync {
-                f.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let res =
+            f.write_all_at(batch, self.pos).and_then(
+                |()| {
+                    if sync {
+                        f.sync_data()
+                    } else {
+                        Ok(())
+                    }
+                },
+            );
         match res {
             Ok(()) => {
                 self.pos += batch.len() as u64;
@@ -507,9 +525,16 @@ mod tests {
         let body: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
         smol::block_on(async {
             spool.append_chunk(id, &body[..CHUNK]).await.expect("chunk");
-            spool.append_chunk(id, &body[CHUNK..2 * CHUNK]).await.expect("chunk");
             spool
-                .commit(id, &env("a@example.test", body.len() as u64), &body[2 * CHUNK..])
+                .append_chunk(id, &body[CHUNK..2 * CHUNK])
+                .await
+                .expect("chunk");
+            spool
+                .commit(
+                    id,
+                    &env("a@example.test", body.len() as u64),
+                    &body[2 * CHUNK..],
+                )
                 .await
                 .expect("commit");
         });
@@ -531,11 +556,23 @@ mod tests {
         smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello")).expect("commit");
         spool.close();
         // Simulate a crash in the middle of the next frame.
-        let seg = scan(&dir).expect("scan").messages[0].parts[0].segment.clone();
+        let seg = scan(&dir).expect("scan").messages[0].parts[0]
+            .segment
+            .clone();
         let mut torn = Vec::new();
-        frame(&Head::Message { id: id + 1, env: env("b@x.test", 5) }, b"world", &mut torn);
+        frame(
+            &Head::Message {
+                id: id + 1,
+                env: env("b@x.test", 5),
+            },
+            b"world",
+            &mut torn,
+        );
         torn.truncate(torn.len() - 3);
-        let f = OpenOptions::new().append(true).open(seg.as_path()).expect("open seg");
+        let f = OpenOptions::new()
+            .append(true)
+            .open(seg.as_path())
+            .expect("open seg");
         std::io::Write::write_all(&mut &f, &torn).expect("append");
         let before = fs::metadata(seg.as_path()).expect("meta").len();
         let (spool2, scan) = Spool::open(&dir).expect("reopen");
@@ -552,7 +589,8 @@ mod tests {
         let (spool, _) = Spool::open(&dir).expect("open");
         for i in 0..3u64 {
             let id = spool.new_id();
-            smol::block_on(spool.commit(id, &env("a@x.test", 1), &[b'0' + i as u8])).expect("commit");
+            smol::block_on(spool.commit(id, &env("a@x.test", 1), &[b'0' + i as u8]))
+                .expect("commit");
         }
         spool.close();
         let s = scan(&dir).expect("scan");

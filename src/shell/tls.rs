@@ -14,7 +14,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", files.certificate.display()))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", files.certificate.display()));
+        return Err(format!(
+            "{}: no certificate found",
+            files.certificate.display()
+        ));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("{}: {e}", files.key.display()))?;

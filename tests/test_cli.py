@@ -1,0 +1,142 @@
+"""The operator's CLI (queue list / show) and the daemon's shutdown on SIGTERM/SIGINT."""
+
+import signal
+import socket
+import time
+
+from smtpclient import ConnectionClosed, RawSMTP, check, make_message, queued_id
+
+
+def send(d, subject, rcpts, sender="alice@example.test", body=b"Hello.\r\n"):
+    msg = make_message(subject, body, sender=sender)
+    with d.session() as c:
+        qid = queued_id(c.send_mail(sender, rcpts, msg))
+        check(c.cmd("QUIT"), 221, "2.0.0")
+    return qid, msg
+
+
+def test_queue_list_and_show_with_daemon_stopped(sluice):
+    d = sluice
+    t_start = time.time()
+    q1, m1 = send(d, "cli-one", ["bob@example.test"], body=b".dot\r\nline\r\n")
+    q2, m2 = send(d, "cli-two", ["carol@example.test", "dave@example.test"], sender="eve@example.test")
+    assert q1 != q2
+
+    t0 = time.monotonic()
+    assert d.stop() == 0, "sluice did not exit 0 on SIGTERM"
+    assert time.monotonic() - t0 < 10
+
+    entries = d.queue_list()
+    assert sorted(e["id"] for e in entries) == sorted([q1, q2]), entries
+    by_id = {e["id"]: e for e in entries}
+    for qid, msg, sender, rcpts in ((q1, m1, "alice@example.test", ["bob@example.test"]),
+                                    (q2, m2, "eve@example.test", ["carol@example.test", "dave@example.test"])):
+        e = by_id[qid]
+        assert e["from"] == sender, e
+        assert sorted(e["rcpts"]) == rcpts, e
+        assert e["size"] == len(msg), e
+        assert isinstance(e["received"], int) and t_start - 5 <= e["received"] <= time.time() + 5, e
+        assert isinstance(e["age"], int) and 0 <= e["age"] <= time.time() - t_start + 5, e
+        assert d.queue_raw(qid) == msg
+
+        j = d.queue_json(qid)
+        for k in ("id", "from", "rcpts", "size", "received", "helo", "peer", "smtputf8", "body"):
+            assert k in j, "queue show --json lacks %r: %r" % (k, j)
+        assert j["id"] == qid and j["from"] == sender and sorted(j["rcpts"]) == rcpts, j
+        assert j["size"] == len(msg) and j["received"] == e["received"], j
+        assert j["helo"] == "client.test", j
+        assert "127.0.0.1" in j["peer"], j
+        assert j["smtputf8"] is False, j
+        assert isinstance(j["body"], str) and j["body"] and j["body"] in msg.decode(), j
+
+    # plain (human) listing names both
+    p = d.cli("queue", "list")
+    assert p.returncode == 0, p
+    assert q1.encode() in p.stdout and q2.encode() in p.stdout, p.stdout
+
+    for args in (("queue", "show", "no-such-id", "--raw"), ("queue", "show", "no-such-id", "--json"),
+                 ("queue", "show", "no-such-id")):
+        p = d.cli(*args)
+        assert p.returncode == 1, "%s: exit %d, %r" % (args, p.returncode, p.stdout)
+        if "--raw" in args:
+            assert p.stdout == b"", p.stdout
+
+    # and a daemon started again finds them
+    d.start()
+    assert sorted(e["id"] for e in d.queue_list()) == sorted([q1, q2])
+    assert d.queue_raw(q2) == m2
+
+
+def test_queue_list_empty(sluice):
+    assert sluice.queue_list() == []
+    assert sluice.stop() == 0
+    assert sluice.queue_list() == []
+
+
+def test_sigint_stops_cleanly(sluice):
+    q, m = send(sluice, "sigint", ["bob@example.test"])
+    sluice.signal(signal.SIGINT)
+    assert sluice.proc.wait(10) == 0
+    assert sluice.queue_raw(q) == m
+
+
+def no_new_session(d):
+    """After SIGTERM no new session starts: refused, closed, 421 4.3.2, or no greeting."""
+    try:
+        c = RawSMTP(d.host, d.port, timeout=2)
+    except OSError:
+        return True
+    with c:
+        try:
+            r = c.reply(timeout=2)
+        except (ConnectionClosed, TimeoutError, OSError):
+            return True
+        return (r.code, r.enhanced) == (421, "4.3.2")
+
+
+def test_sigterm_during_data_lets_the_session_finish(sluice):
+    d = sluice
+    msg = make_message("in-flight", b"first half\r\n" * 100 + b"second half\r\n" * 100)
+    half = len(msg) // 2
+    c = d.session()
+    with c:
+        c.mail("alice@example.test")
+        c.rcpt("bob@example.test")
+        check(c.cmd("DATA"), 354)
+        c.send(msg[:half])
+        time.sleep(0.2)
+        d.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert d.running(), "sluice exited with a session in the middle of DATA:\n" + d.stderr()
+        assert no_new_session(d), "a new session was greeted after SIGTERM"
+        c.send(msg[half:] + b".\r\n")
+        try:
+            r = c.reply(timeout=10)
+        except ConnectionClosed as e:
+            raise AssertionError("the message in flight was dropped silently: %s" % e)
+        assert (r.code, r.enhanced) in ((250, "2.0.0"), (421, "4.3.2")), r
+        try:
+            c.send(b"QUIT\r\n")
+            q = c.reply(timeout=5)
+            assert q.code in (221, 421), q
+        except (ConnectionClosed, OSError):
+            pass
+    assert d.proc.wait(10) == 0, "sluice did not exit 0 after its last session"
+    entries = d.queue_list()
+    if r.code == 250:
+        qid = queued_id(r)
+        assert [e["id"] for e in entries] == [qid], entries
+        assert d.queue_raw(qid) == msg
+
+
+def test_sigterm_exits_promptly_without_sessions(sluice):
+    t0 = time.monotonic()
+    assert sluice.stop() == 0
+    assert time.monotonic() - t0 < 10
+    # the port is closed
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        assert s.connect_ex((sluice.host, sluice.port)) != 0
+    finally:
+        s.close()
