@@ -68,6 +68,7 @@ class Sluice:
 
     def __init__(self, workdir, config_path, spool_dir, state_dir, port, port6, tls, cert):
         self.workdir = workdir
+        self.cwd = workdir  # where the daemon and the CLI run
         self.config = config_path
         self.spool_dir = spool_dir
         self.state_dir = state_dir
@@ -89,7 +90,7 @@ class Sluice:
         log.flush()
         self.proc = subprocess.Popen(
             [SLUICE_BIN, "run", "--config", self.config],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.workdir,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.cwd,
             start_new_session=True)
         log.close()
         self.wait_ready(timeout)
@@ -157,7 +158,7 @@ class Sluice:
     def cli(self, *args, timeout=30):
         return subprocess.run([SLUICE_BIN, *args, "--config", self.config],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
-                              cwd=self.workdir)
+                              cwd=self.cwd)
 
     def queue_list(self):
         p = self.cli("queue", "list", "--json")

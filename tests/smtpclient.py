@@ -263,3 +263,13 @@ def make_message(subject, body=b"Hello.\r\n", msgid=None, sender="alice@example.
     hdr = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: %s\r\n"
            "Date: Sun, 22 Nov 2026 08:00:00 +0000\r\n" % (sender, to, subject, msgid)).encode("utf-8")
     return hdr + extra_headers + b"\r\n" + body
+
+
+def send_slowly(c, data, step=1, pause=0.0005):
+    """Send in tiny writes (no Nagle), so the server sees the bytes in many reads."""
+    import socket as _s
+    c.sock.setsockopt(_s.IPPROTO_TCP, _s.TCP_NODELAY, 1)
+    for i in range(0, len(data), step):
+        c.sock.sendall(data[i:i + step])
+        if pause:
+            time.sleep(pause)

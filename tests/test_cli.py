@@ -1,9 +1,12 @@
 """The operator's CLI (queue list / show) and the daemon's shutdown on SIGTERM/SIGINT."""
 
+import os
 import signal
 import socket
+import subprocess
 import time
 
+from conftest import SLUICE_BIN
 from smtpclient import ConnectionClosed, RawSMTP, check, make_message, queued_id
 
 
@@ -140,3 +143,65 @@ def test_sigterm_exits_promptly_without_sessions(sluice):
         assert s.connect_ex((sluice.host, sluice.port)) != 0
     finally:
         s.close()
+
+
+def start_fails(d, what):
+    """`sluice run` with this config must exit non-zero, soon, and say why on stderr."""
+    try:
+        p = subprocess.run([SLUICE_BIN, "run", "--config", d.config], stdin=subprocess.DEVNULL,
+                           capture_output=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("sluice started (ran for 10 s) with %s" % what)
+    assert p.returncode != 0, "sluice started with %s" % what
+    assert p.stderr.strip(), "no error message for %s" % what
+
+
+def test_bad_configs_are_refused(sluice_factory):
+    d = sluice_factory(start=False)
+    good = open(d.config, encoding="utf-8").read()
+    cases = {
+        "a TOML syntax error": good + "\n[limits\n",
+        "an unknown bare_line_endings": good.replace("[queue]", '[limits]\nbare_line_endings = "maybe"\n\n[queue]'),
+        "a bad duration": good.replace("[queue]", '[limits]\ncommand_timeout = "soon"\n\n[queue]'),
+        "a bad size": good.replace("[queue]", '[limits]\nmax_message_size = "lots"\n\n[queue]'),
+        "a missing certificate": good.replace("starttls = false", "starttls = true").replace(
+            "[queue]", '[tls]\ncertificate = "nonexistent.pem"\nkey = "nonexistent.key"\n\n[queue]'),
+    }
+    for what, text in cases.items():
+        with open(d.config, "w", encoding="utf-8") as f:
+            f.write(text)
+        start_fails(d, what)
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(good)
+    d.start()
+
+
+def test_port_in_use_is_refused(sluice_factory):
+    d = sluice_factory(start=False)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", d.port))
+    s.listen(1)
+    try:
+        start_fails(d, "its port taken")
+    finally:
+        s.close()
+
+
+def test_relative_paths_are_relative_to_the_config_file(sluice_factory, tmp_path):
+    d = sluice_factory(start=False, tls=True)
+    text = open(d.config, encoding="utf-8").read()
+    for absolute, relative in ((d.spool_dir, "spool"), (d.state_dir, "state"),
+                               (d.cert, "cert.pem"), (d.cert.replace("cert.pem", "key.pem"), "key.pem")):
+        text = text.replace('"%s"' % absolute, '"%s"' % relative)
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(text)
+    # run from elsewhere: paths must not follow the working directory
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    d.cwd = str(other)
+    d.start()
+    q, m = send(d, "relative", ["bob@example.test"])
+    assert d.queue_raw(q) == m
+    assert os.path.isdir(d.spool_dir) and os.listdir(d.spool_dir), "spool not beside the config file"
+    assert not os.path.exists(other / "spool")

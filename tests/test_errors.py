@@ -417,3 +417,16 @@ def test_abrupt_disconnect_mid_data_spools_nothing(sluice):
     with sluice.session() as c2:
         still_works(c2)
     assert len(sluice.queue_list()) == 1
+
+
+def test_failed_tls_handshake_does_not_hurt_the_daemon(sluice_tls):
+    d = sluice_tls
+    with d.session() as c:
+        check(c.cmd("STARTTLS"), 220, "2.0.0")
+        c.send(b"this is not a TLS ClientHello\r\n" * 4)
+        assert c.wait_closed(10), "server kept a connection whose TLS handshake failed"
+    with d.session() as c:
+        c.starttls()
+        c.ehlo()
+        still_works(c)
+    assert d.running()

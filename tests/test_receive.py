@@ -6,7 +6,8 @@ import smtplib
 import pytest
 
 from conftest import HOSTNAME, ipv6_available
-from smtpclient import RawSMTP, check, make_message, queued_id, verifying_context
+from smtpclient import (RawSMTP, check, dot_stuff, make_message, queued_id, send_slowly,
+                        verifying_context)
 
 DOTTED_BODY = (b"First line.\r\n"
                b".\r\n"
@@ -300,3 +301,135 @@ def test_ipv6_listener(sluice_factory):
         qid = queued_id(c.send_mail("alice@example.test", ["bob@example.test"], msg))
     assert d.queue_raw(qid) == msg
     assert d.stderr().count("listening on") == 2, d.stderr()
+
+
+def test_dot_unstuffing_on_the_first_line(sluice):
+    msg = b".first line of the message starts with a dot\r\n\r\n.\r\n..\r\nend\r\n"
+    with sluice.session() as c:
+        c.mail("alice@example.test")
+        c.rcpt("bob@example.test")
+        check(c.cmd("DATA"), 354)
+        c.send(b"..first line of the message starts with a dot\r\n\r\n..\r\n...\r\nend\r\n.\r\n")
+        qid = queued_id(c.reply())
+    assert sluice.queue_raw(qid) == msg
+
+
+def test_commands_are_case_insensitive(sluice):
+    msg = make_message("lower-case")
+    with sluice.connect() as c:
+        check(c.cmd("ehlo client.test"), 250)
+        check(c.cmd("mail from:<alice@example.test>"), 250, "2.1.0")
+        check(c.cmd("Rcpt To:<bob@example.test>"), 250, "2.1.5")
+        check(c.cmd("data"), 354)
+        c.send(msg + b".\r\n")
+        qid = queued_id(c.reply())
+        check(c.cmd("quit"), 221, "2.0.0")
+    assert sluice.queue_raw(qid) == msg
+
+
+def test_helo_session_sends_mail(sluice):
+    msg = make_message("helo-only")
+    with sluice.connect() as c:
+        check(c.cmd("HELO client.test"), 250)
+        qid = queued_id(c.send_mail("alice@example.test", ["bob@example.test"], msg))
+    assert sluice.queue_raw(qid) == msg
+    assert sluice.queue_json(qid)["helo"] == "client.test"
+
+
+def test_ehlo_resets_the_transaction(sluice):
+    with sluice.session() as c:
+        c.mail("alice@example.test")
+        c.rcpt("bob@example.test")
+        c.ehlo()
+        # RFC 5321 4.1.4: EHLO clears the transaction like RSET
+        check(c.cmd("DATA"), 503, "5.5.1")
+        check(c.cmd("RCPT TO:<bob@example.test>"), 503, "5.5.1")
+        qid = queued_id(c.send_mail("carol@example.test", ["dave@example.test"], make_message("after-ehlo")))
+    e = sluice.queue_entry(qid)
+    assert (e["from"], e["rcpts"]) == ("carol@example.test", ["dave@example.test"])
+    assert len(sluice.queue_list()) == 1
+
+
+def test_a_long_pipelined_burst_is_answered_in_order(sluice):
+    n = 500
+    with sluice.session() as c:
+        burst = b"".join((b"NOOP\r\n" if i % 2 else b"RSET\r\n") for i in range(n))
+        c.send(burst + b"VRFY last\r\n")
+        for _ in range(n):
+            check(c.reply(), 250, "2.0.0")
+        check(c.reply(), 252, "2.5.0")
+        assert c.pending(0.3) == b""
+        still = queued_id(c.send_mail("alice@example.test", ["bob@example.test"], make_message("burst")))
+    assert sluice.queue_entry(still)
+
+
+def test_commands_and_data_in_tiny_writes(sluice):
+    """Every boundary (inside a command, inside CRLF, inside the end of data) split across reads."""
+    msg = make_message("tiny-writes", b"line\r\n.\r\n..\r\n.x\r\n\r\nend\r\n")
+    with sluice.connect() as c:
+        send_slowly(c, b"EHLO client.test\r\n")
+        check(c.reply(), 250)
+        send_slowly(c, b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        check(c.reply(), 354)
+        send_slowly(c, dot_stuff(msg))
+        qid = queued_id(c.reply())
+        chunk = b"BDAT part\r\n.\r\n"
+        send_slowly(c, b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<carol@example.test>\r\n"
+                    b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        qid2 = queued_id(c.reply())
+        send_slowly(c, b"QUIT\r\n")
+        check(c.reply(), 221, "2.0.0")
+    assert sluice.queue_raw(qid) == msg
+    assert sluice.queue_raw(qid2) == chunk
+
+
+def test_size_limit_counts_unstuffed_octets(sluice_factory):
+    """RFC 1870: the size is the message's octets, not the quoting dots nor the final dot."""
+    d = sluice_factory(limits={"max_message_size": "1 KiB"})
+    head = make_message("exact", b"")
+    filler = b"." * 20 + b"\r\n"  # each line is sent with one more dot
+    body = filler * ((1024 - len(head)) // len(filler))
+    exact = head + body + b"x" * (1024 - len(head) - len(body) - 2) + b"\r\n"
+    assert len(exact) == 1024
+    over = exact[:-2] + b"y\r\n"
+    with d.session() as c:
+        check(c.cmd("MAIL FROM:<alice@example.test> SIZE=1024"), 250, "2.1.0")
+        c.rcpt("bob@example.test")
+        qid = queued_id(c.data(exact))
+        c.mail("alice@example.test")
+        c.rcpt("bob@example.test")
+        check(c.data(over), 552, "5.3.4")
+        check(c.cmd("NOOP"), 250, "2.0.0")
+    assert [e["id"] for e in d.queue_list()] == [qid]
+    assert d.queue_raw(qid) == exact
+
+
+def test_tls_large_message_pipelined_and_bdat(sluice_tls):
+    d = sluice_tls
+    body = b"".join(b"%06d .%s\r\n" % (i, b"t" * 70) for i in range(15000))  # about 1.2 MiB
+    msg = make_message("tls-large", body)
+    with d.session(timeout=60) as c:
+        c.starttls()
+        c.ehlo()
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n")
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        check(c.reply(), 354)
+        c.send(dot_stuff(msg))
+        qid = queued_id(c.reply())
+        half = len(msg) // 2
+        c.send(b"MAIL FROM:<alice@example.test>\r\nRCPT TO:<carol@example.test>\r\n"
+               + b"BDAT %d\r\n" % half + msg[:half]
+               + b"BDAT %d LAST\r\n" % (len(msg) - half) + msg[half:])
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        check(c.reply(), 250, "2.0.0")
+        qid2 = queued_id(c.reply())
+        check(c.cmd("QUIT"), 221, "2.0.0")
+    assert d.queue_raw(qid) == msg
+    assert d.queue_raw(qid2) == msg
+    assert d.queue_json(qid)["rcpts"] == ["bob@example.test"]

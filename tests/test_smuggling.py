@@ -6,7 +6,7 @@ must neither end the message nor let the bytes after it run as commands.
 
 import pytest
 
-from smtpclient import check, make_message, queued_id, unverified_context
+from smtpclient import check, make_message, queued_id, send_slowly, unverified_context
 
 FAKE_ENDS = [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\n.\r"]
 SMUGGLED = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nsmuggled\r\n"
@@ -154,3 +154,16 @@ def test_starttls_requires_ehlo_again(sluice_tls):
         c.ehlo()
         check(c.cmd("RCPT TO:<bob@example.test>"), 503, "5.5.1")
         queued_id(c.send_mail("alice@example.test", ["bob@example.test"], make_message("tls2")))
+
+
+@pytest.mark.parametrize("fake_end", FAKE_ENDS, ids=repr)
+def test_smuggling_refused_in_tiny_writes(sluice, fake_end):
+    """The same, with every byte in its own read: the end of data split every way."""
+    with sluice.session() as c:
+        c.mail("alice@example.test")
+        c.rcpt("bob@example.test")
+        check(c.cmd("DATA"), 354)
+        send_slowly(c, smuggling_payload(fake_end))
+        check(c.reply(), 550, "5.6.11")
+        assert_no_more_replies(c)
+    assert sluice.queue_list() == []

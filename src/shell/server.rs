@@ -158,9 +158,12 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }
             accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
         }
-        let sig = signals.next().await;
+        let sig = match signals.next().await {
+            Some(Ok(async_signal::Signal::Int)) => "SIGINT",
+            _ => "SIGTERM",
+        };
         super::log::info(format_args!(
-            "{sig:?}: stopping; sessions in flight may finish"
+            "{sig}: stopping; sessions in flight may finish"
         ));
         drop(accepts); // cancels the accept loops: no new sessions
         stop_tx.close();
