@@ -205,3 +205,23 @@ def test_relative_paths_are_relative_to_the_config_file(sluice_factory, tmp_path
     assert d.queue_raw(q) == m
     assert os.path.isdir(d.spool_dir) and os.listdir(d.spool_dir), "spool not beside the config file"
     assert not os.path.exists(other / "spool")
+
+
+def test_sigterm_with_an_idle_session(sluice):
+    """After SIGTERM an idle session is either served to its end or told 421 4.3.2;
+    once it has gone, the daemon exits 0."""
+    d = sluice
+    c = d.session()
+    with c:
+        d.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            r = c.cmd("MAIL FROM:<alice@example.test>", timeout=5)
+            assert (r.code, r.enhanced) in ((250, "2.1.0"), (421, "4.3.2")), r
+            if r.code == 421:
+                assert c.wait_closed(5)
+            else:
+                check(c.cmd("QUIT"), 221, "2.0.0")
+        except ConnectionClosed:
+            raise AssertionError("the session was cut without a 421")
+    assert d.proc.wait(10) == 0

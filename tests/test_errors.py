@@ -2,6 +2,7 @@
 and the session going on afterwards where the protocol says it does."""
 
 import socket
+import struct
 import time
 
 import pytest
@@ -430,3 +431,62 @@ def test_failed_tls_handshake_does_not_hurt_the_daemon(sluice_tls):
         c.ehlo()
         still_works(c)
     assert d.running()
+
+
+def test_per_ip_count_does_not_leak_on_abrupt_disconnects(sluice_factory):
+    """Sessions that vanish in every state must give their slot back."""
+    d = sluice_factory(limits={"connections_per_ip": 3})
+    time.sleep(0.2)
+    for i in range(24):
+        c = d.connect(greet=(i % 4 != 0))
+        state = i % 4
+        if state == 2:
+            c.ehlo()
+        elif state == 3:
+            c.ehlo()
+            c.mail("alice@example.test")
+            c.rcpt("bob@example.test")
+            check(c.cmd("DATA"), 354)
+            c.send(b"Subject: cut\r\n\r\npartial")
+        if i % 2:
+            # RST instead of FIN
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    # all slots come back (give the daemon a moment to see the closes)
+    deadline = time.monotonic() + 5
+    while True:
+        conns = [RawSMTP(d.host, d.port) for _ in range(3)]
+        try:
+            codes = [c.reply().code for c in conns]
+        finally:
+            for c in conns:
+                c.close()
+        if codes == [220, 220, 220] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert codes == [220, 220, 220], "per-IP slots leaked: %r" % codes
+    assert d.queue_list() == []
+
+
+def test_many_concurrent_sessions(sluice):
+    import threading
+    results, errors = {}, []
+
+    def worker(n):
+        try:
+            with sluice.session() as c:
+                for k in range(3):
+                    m = make_message("conc-%d-%d" % (n, k))
+                    results[queued_id(c.send_mail("c%d@example.test" % n, ["bob@example.test"], m))] = m
+                check(c.cmd("QUIT"), 221, "2.0.0")
+        except Exception as e:  # reported below
+            errors.append((n, repr(e)))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert len(results) == 120
+    assert {e["id"] for e in sluice.queue_list()} == set(results)

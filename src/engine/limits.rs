@@ -37,3 +37,40 @@ pub const MAX_HEADER_BLOCK: usize = 100 * 1024;
 /// Hard ceiling on recipients per message; the configured limit may only be
 /// lower. 1000 is what large list servers send in one transaction.
 pub const MAX_RECIPIENTS: u32 = 1000;
+
+// ---- the compiled policy (engine::policy::Table) -------------------------
+// Sized for a site's rule file with room to spare, and for the 1,024-rule
+// benchmark; the whole table stays under 600 KiB.
+
+/// Octets of all strings of a policy (names, domains, addresses, texts).
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+/// Strings in lists (accepted domains, group members, smart hosts, condition lists).
+pub const MAX_ITEMS: usize = 4096;
+/// Sender / recipient groups.
+pub const MAX_GROUPS: usize = 64;
+/// Inbound connectors (CMT keeps them in a 32-bit mask).
+pub const MAX_INBOUND: usize = 32;
+/// Networks (inbound connectors, conditions, connection filter).
+pub const MAX_NETS: usize = 256;
+/// Send connectors.
+pub const MAX_CONNECTORS: usize = 64;
+/// Address spaces of all send connectors.
+pub const MAX_SPACES: usize = 256;
+/// Entries of all rewrite maps (a directory of a few thousand users fits).
+pub const MAX_REWRITES: usize = 4096;
+/// Header firewall renames.
+pub const MAX_RENAMES: usize = 16;
+/// Transport rules.
+pub const MAX_RULES: usize = 1024;
+/// Condition sets (each rule's `if` plus its `except` sets).
+pub const MAX_CONDSETS: usize = 2048;
+/// Conditions of all rules.
+pub const MAX_CONDITIONS: usize = 4096;
+/// Actions of all rules.
+pub const MAX_ACTIONS: usize = 2048;
+/// Regex patterns (compiled to sparse DFAs).
+pub const MAX_DFAS: usize = 256;
+/// Octets of all sparse DFAs; a case-insensitive header pattern takes 1-3 KiB.
+pub const MAX_DFA_BYTES: usize = 256 * 1024;
+/// Agents of the pipeline (every built-in agent once).
+pub const MAX_AGENTS: usize = 10;

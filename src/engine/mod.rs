@@ -6,5 +6,6 @@
 
 pub mod header;
 pub mod limits;
+pub mod policy;
 pub mod reply;
 pub mod smtp;

@@ -1,0 +1,661 @@
+//! The compiled policy: fixed-size tables (heapless), serialised with
+//! postcard into one blob. The rule file is checked and compiled on the
+//! std side (`shell::rules`); everything here is plain data whose every
+//! index was validated by [`Table::validate`], so evaluation cannot fail.
+//!
+//! Strings live in one pool ([`Table::strings`]) and are referenced by
+//! [`Str`]; lists of strings ([`List`]) index [`Table::items`]. Regex
+//! patterns are sparse DFAs (regex-automata) in [`Table::dfa_bytes`].
+
+use super::super::limits::{
+    MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
+    MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES, MAX_RULES, MAX_SPACES,
+    MAX_STRING_BYTES,
+};
+use heapless::Vec;
+use serde::{Deserialize, Serialize};
+
+/// Version of the blob layout; a blob of another version is refused.
+pub const FORMAT: u16 = 1;
+
+/// A string in [`Table::strings`]: offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Str {
+    /// Offset in the pool.
+    pub off: u32,
+    /// Length in octets.
+    pub len: u32,
+}
+
+/// A run of [`Table::items`] (strings): first index and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct List {
+    /// First item.
+    pub first: u16,
+    /// Number of items.
+    pub count: u16,
+}
+
+/// A run of entries of some other table (conditions, actions, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Span {
+    /// First index.
+    pub first: u16,
+    /// Number of entries.
+    pub count: u16,
+}
+
+/// What an inbound connector's sessions are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum InboundKind {
+    /// Originating: inside, trusted headers kept.
+    Organization,
+    /// Known but anonymous.
+    Partner,
+}
+
+/// An inbound connector: attribution by client network or TLS name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Inbound {
+    /// Its name.
+    pub name: Str,
+    /// Organization or partner.
+    pub kind: InboundKind,
+    /// Client networks ([`Table::nets`]).
+    pub nets: Span,
+    /// The name in the client's TLS certificate, if that attributes.
+    pub tls_name: Option<Str>,
+}
+
+/// An IP network; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`, prefix + 96).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Net {
+    /// Network address, 16 octets.
+    pub addr: [u8; 16],
+    /// Prefix length, 0..=128.
+    pub prefix: u8,
+}
+
+impl Net {
+    /// Whether `ip` (16 octets, IPv4-mapped for IPv4) is in this network.
+    pub fn contains(&self, ip: &[u8; 16]) -> bool {
+        let bits = usize::from(self.prefix.min(128));
+        let (full, rest) = (bits / 8, bits % 8);
+        if self.addr.get(..full) != ip.get(..full) {
+            return false;
+        }
+        if rest == 0 {
+            return true;
+        }
+        let mask = 0xffu8 << (8 - rest);
+        match (self.addr.get(full), ip.get(full)) {
+            (Some(a), Some(b)) => a & mask == b & mask,
+            _ => true,
+        }
+    }
+}
+
+/// TLS policy of a send connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TlsPolicy {
+    /// STARTTLS when offered.
+    Opportunistic,
+    /// Never send in clear text.
+    Required,
+    /// Required, and the certificate must match the host name.
+    Verify,
+}
+
+/// A send connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Connector {
+    /// Its name.
+    pub name: Str,
+    /// Address spaces ([`Table::spaces`]).
+    pub spaces: Span,
+    /// Smart hosts (`host[:port]`); none: MX lookup.
+    pub smart_hosts: List,
+    /// TLS policy.
+    pub tls: TlsPolicy,
+    /// Cost; the lower wins a tie of specificity.
+    pub cost: u32,
+}
+
+/// One address space of a send connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Space {
+    /// `*`: every domain.
+    Any,
+    /// `--`: the accepted domains.
+    Accepted,
+    /// `example.com`: exactly that domain.
+    Domain(Str),
+    /// `*.example.com`: any subdomain of it (not the domain itself).
+    Subdomains(Str),
+}
+
+/// A group: a name and address patterns (`user@domain`, `*@domain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Group {
+    /// Its name.
+    pub name: Str,
+    /// Member patterns.
+    pub members: List,
+}
+
+/// Direction of an address rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Direction {
+    /// Envelope recipients and To/Cc, as mail comes in.
+    Inbound,
+    /// Envelope sender and From/Reply-To of originating mail.
+    Outbound,
+}
+
+/// One rewrite: `from` (`user@domain` or `*@domain`) to `to` (same forms;
+/// a `*` local part keeps the original local part).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Rewrite {
+    /// Which way.
+    pub direction: Direction,
+    /// Pattern matched.
+    pub from: Str,
+    /// Replacement.
+    pub to: Str,
+}
+
+/// Inside (an accepted domain / originating session) or outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Location {
+    /// Inside the organisation.
+    Inside,
+    /// Outside it.
+    Outside,
+}
+
+/// One condition of a transport rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Condition {
+    /// The sender matches one of these address patterns.
+    Sender(List),
+    /// The sender's domain is one of these.
+    SenderDomain(List),
+    /// The sender is in this group ([`Table::groups`] index).
+    SenderGroup(u16),
+    /// The recipient matches one of these address patterns.
+    Recipient(List),
+    /// The recipient's domain is one of these.
+    RecipientDomain(List),
+    /// The recipient is in this group.
+    RecipientGroup(u16),
+    /// The sender is inside (originating session) or outside.
+    SenderLocation(Location),
+    /// The recipient's domain is accepted (inside) or not.
+    RecipientLocation(Location),
+    /// The header is present.
+    HeaderPresent(Str),
+    /// The header is absent.
+    HeaderAbsent(Str),
+    /// The header is present and a value matches the pattern ([`Table::dfas`]).
+    HeaderMatches(Str, u16),
+    /// The header is present and no value matches the pattern.
+    HeaderNotMatches(Str, u16),
+    /// The session came through this inbound connector.
+    Inbound(u16),
+    /// The client address is in one of these networks.
+    ClientNetwork(Span),
+    /// An attachment's file name matches the pattern.
+    AttachmentMatches(u16),
+}
+
+/// One action of a transport rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Action {
+    /// Routing override: choose the connector and next hop by this domain.
+    RouteTo(Str),
+    /// Send through this connector.
+    UseConnector(u16),
+    /// Add a header field (name, value).
+    AddHeader(Str, Str),
+    /// Replace every field of that name by one with this value.
+    SetHeader(Str, Str),
+    /// Remove every field of that name.
+    RemoveHeader(Str),
+    /// Replace the recipient address.
+    RewriteRecipient(Str),
+    /// Add a recipient to the message.
+    AddRecipient(Str),
+    /// Refuse the recipient with this reply.
+    Reject {
+        /// Reply code (4xx or 5xx).
+        code: u16,
+        /// Enhanced status code.
+        status: (u8, u16, u16),
+        /// Text.
+        text: Str,
+    },
+}
+
+/// A transport rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Rule {
+    /// Its name.
+    pub name: Str,
+    /// Priority; 1 runs first (rules are stored sorted by it).
+    pub priority: u32,
+    /// The conditions that must all hold ([`Table::condsets`] index).
+    pub when: u16,
+    /// Exception sets ([`Table::condsets`]); any one that holds vetoes.
+    pub except: Span,
+    /// Actions ([`Table::actions`]).
+    pub actions: Span,
+    /// Stop rule processing after this rule when it applied.
+    pub stop: bool,
+}
+
+/// The built-in agents of the transport pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Agent {
+    /// Refuses clients from blocked networks (OnConnect).
+    ConnectionFilter,
+    /// Attributes the session to an inbound connector (OnConnect).
+    Attribution,
+    /// Accepted domains; relay only for originating sessions (OnRcptCommand).
+    RecipientFilter,
+    /// Strips trusted headers from anonymous mail (OnEndOfHeaders).
+    HeaderFirewall,
+    /// Refuses mail over the hop limit (OnEndOfData).
+    HopCount,
+    /// Flat to location-specific recipient addresses (OnSubmittedMessage).
+    InboundRewrite,
+    /// Transport rules (OnResolvedMessage).
+    TransportRules,
+    /// Centralized mail flow stamp and override (OnResolvedMessage).
+    Cmt,
+    /// Chooses the send connector per recipient (OnRoutedMessage).
+    ConnectorSelection,
+    /// Location-specific to flat sender addresses (OnCategorizedMessage).
+    OutboundRewrite,
+}
+
+/// The events agents register on, in pipeline order (seed 003).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Stage {
+    /// SMTP receive: connection.
+    OnConnect,
+    /// SMTP receive: RCPT TO.
+    OnRcptCommand,
+    /// SMTP receive: end of headers.
+    OnEndOfHeaders,
+    /// SMTP receive: end of data.
+    OnEndOfData,
+    /// Categorizer: submitted.
+    OnSubmittedMessage,
+    /// Categorizer: recipients resolved (routing overrides are set here).
+    OnResolvedMessage,
+    /// Categorizer: routed.
+    OnRoutedMessage,
+    /// Categorizer: categorized.
+    OnCategorizedMessage,
+}
+
+/// Every agent, its event, its default priority.
+pub const AGENTS: [(Agent, Stage, u8, &str); MAX_AGENTS] = [
+    (
+        Agent::ConnectionFilter,
+        Stage::OnConnect,
+        1,
+        "connection_filter",
+    ),
+    (Agent::Attribution, Stage::OnConnect, 2, "attribution"),
+    (
+        Agent::RecipientFilter,
+        Stage::OnRcptCommand,
+        1,
+        "recipient_filter",
+    ),
+    (
+        Agent::HeaderFirewall,
+        Stage::OnEndOfHeaders,
+        1,
+        "header_firewall",
+    ),
+    (Agent::HopCount, Stage::OnEndOfData, 1, "hop_count"),
+    (
+        Agent::InboundRewrite,
+        Stage::OnSubmittedMessage,
+        1,
+        "inbound_rewrite",
+    ),
+    (
+        Agent::TransportRules,
+        Stage::OnResolvedMessage,
+        1,
+        "transport_rules",
+    ),
+    (Agent::Cmt, Stage::OnResolvedMessage, 2, "cmt"),
+    (
+        Agent::ConnectorSelection,
+        Stage::OnRoutedMessage,
+        1,
+        "connector_selection",
+    ),
+    (
+        Agent::OutboundRewrite,
+        Stage::OnCategorizedMessage,
+        1,
+        "outbound_rewrite",
+    ),
+];
+
+/// An agent's registration as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AgentSlot {
+    /// Which agent.
+    pub agent: Agent,
+    /// Its event (fixed per agent).
+    pub stage: Stage,
+    /// Priority within the event; 1 runs first.
+    pub priority: u8,
+    /// Disabled agents are listed but do nothing.
+    pub enabled: bool,
+}
+
+/// Centralized mail flow settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Cmt {
+    /// Whether CMT is on.
+    pub enabled: bool,
+    /// Bit i set: inbound connector i is listed in `from_inbound`.
+    pub from_inbound: u32,
+    /// The stamp header's name.
+    pub stamp: Str,
+}
+
+/// Message limits of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct PolicyLimits {
+    /// More `Received:` fields than this: `554 5.4.14`.
+    pub max_hops: u16,
+    /// Largest message, octets.
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: u32,
+}
+
+/// The whole compiled policy. Build it with the shell's compiler, or
+/// decode a blob with [`Table::from_blob`]; both validate it, after which
+/// evaluation cannot fail or panic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Table {
+    /// Layout version ([`FORMAT`]).
+    pub format: u16,
+    /// Hash of the rule file's text: the policy's version.
+    pub version: u64,
+    /// The string pool.
+    pub strings: Vec<u8, MAX_STRING_BYTES>,
+    /// Lists of strings.
+    pub items: Vec<Str, MAX_ITEMS>,
+    /// Accepted domains.
+    pub accepted: List,
+    /// The default accepted domain (CMT's override target).
+    pub default_domain: Option<Str>,
+    /// Groups.
+    pub groups: Vec<Group, MAX_GROUPS>,
+    /// Inbound connectors, in file order.
+    pub inbound: Vec<Inbound, MAX_INBOUND>,
+    /// Networks of inbound connectors, conditions and the connection filter.
+    pub nets: Vec<Net, MAX_NETS>,
+    /// Networks refused by the connection filter.
+    pub blocked: Span,
+    /// Send connectors, in file order.
+    pub connectors: Vec<Connector, MAX_CONNECTORS>,
+    /// Address spaces.
+    pub spaces: Vec<Space, MAX_SPACES>,
+    /// Rewrite maps (exact entries before `*@domain` ones per direction).
+    pub rewrites: Vec<Rewrite, MAX_REWRITES>,
+    /// CMT.
+    pub cmt: Cmt,
+    /// Header firewall: trusted name prefixes.
+    pub trusted_prefixes: List,
+    /// Header firewall: names renamed on anonymous mail (from, to).
+    pub renames: Vec<(Str, Str), MAX_RENAMES>,
+    /// Limits.
+    pub limits: PolicyLimits,
+    /// Transport rules, sorted by priority.
+    pub rules: Vec<Rule, MAX_RULES>,
+    /// Condition sets: runs of [`Table::conditions`].
+    pub condsets: Vec<Span, MAX_CONDSETS>,
+    /// Conditions.
+    pub conditions: Vec<Condition, MAX_CONDITIONS>,
+    /// Actions.
+    pub actions: Vec<Action, MAX_ACTIONS>,
+    /// Patterns: runs of [`Table::dfa_bytes`] holding sparse DFAs.
+    pub dfas: Vec<(u32, u32), MAX_DFAS>,
+    /// Serialised sparse DFAs (native endianness of the target).
+    pub dfa_bytes: Vec<u8, MAX_DFA_BYTES>,
+    /// The pipeline's agents.
+    pub agents: Vec<AgentSlot, MAX_AGENTS>,
+}
+
+/// Why a table or blob was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TableError {
+    /// The blob does not decode (truncated, corrupt, too large).
+    Decode,
+    /// The blob is of another layout version.
+    Format(u16),
+    /// An index or span points outside its table.
+    BadIndex,
+    /// A pattern is not a valid DFA for this target.
+    BadPattern(u16),
+}
+
+impl Table {
+    /// An empty policy: no accepted domain, no connector, no rule.
+    pub const fn new() -> Self {
+        Table {
+            format: FORMAT,
+            version: 0,
+            strings: Vec::new(),
+            items: Vec::new(),
+            accepted: List { first: 0, count: 0 },
+            default_domain: None,
+            groups: Vec::new(),
+            inbound: Vec::new(),
+            nets: Vec::new(),
+            blocked: Span { first: 0, count: 0 },
+            connectors: Vec::new(),
+            spaces: Vec::new(),
+            rewrites: Vec::new(),
+            cmt: Cmt {
+                enabled: false,
+                from_inbound: 0,
+                stamp: Str { off: 0, len: 0 },
+            },
+            trusted_prefixes: List { first: 0, count: 0 },
+            renames: Vec::new(),
+            limits: PolicyLimits {
+                max_hops: 30,
+                max_message_size: 36 * 1024 * 1024,
+                max_recipients: 200,
+            },
+            rules: Vec::new(),
+            condsets: Vec::new(),
+            conditions: Vec::new(),
+            actions: Vec::new(),
+            dfas: Vec::new(),
+            dfa_bytes: Vec::new(),
+            agents: Vec::new(),
+        }
+    }
+
+    /// The octets of `s` (empty if out of range, which validation excludes).
+    pub fn str(&self, s: Str) -> &[u8] {
+        let start = s.off as usize;
+        self.strings
+            .get(start..start.saturating_add(s.len as usize))
+            .unwrap_or(&[])
+    }
+
+    /// The strings of `l`.
+    pub fn list(&self, l: List) -> impl Iterator<Item = &[u8]> + '_ {
+        let start = usize::from(l.first);
+        self.items
+            .get(start..start + usize::from(l.count))
+            .unwrap_or(&[])
+            .iter()
+            .map(move |s| self.str(*s))
+    }
+
+    /// Decodes and validates a blob made by [`Table::to_blob`](Self).
+    pub fn from_blob(blob: &[u8]) -> Result<Self, TableError> {
+        let t: Table = postcard::from_bytes_crc32(blob, crc32()).map_err(|_| TableError::Decode)?;
+        if t.format != FORMAT {
+            return Err(TableError::Format(t.format));
+        }
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// Checks every index, span and pattern, so evaluation cannot fail.
+    pub fn validate(&self) -> Result<(), TableError> {
+        let s_ok = |s: &Str| {
+            (s.off as usize)
+                .checked_add(s.len as usize)
+                .is_some_and(|e| e <= self.strings.len())
+        };
+        let span_ok = |sp: &Span, n: usize| usize::from(sp.first) + usize::from(sp.count) <= n;
+        let list_ok = |l: &List| usize::from(l.first) + usize::from(l.count) <= self.items.len();
+        let ok = self.items.iter().all(s_ok)
+            && list_ok(&self.accepted)
+            && self.default_domain.as_ref().is_none_or(s_ok)
+            && self
+                .groups
+                .iter()
+                .all(|g| s_ok(&g.name) && list_ok(&g.members))
+            && self.inbound.iter().all(|i| {
+                s_ok(&i.name)
+                    && span_ok(&i.nets, self.nets.len())
+                    && i.tls_name.as_ref().is_none_or(s_ok)
+            })
+            && span_ok(&self.blocked, self.nets.len())
+            && self.connectors.iter().all(|c| {
+                s_ok(&c.name) && span_ok(&c.spaces, self.spaces.len()) && list_ok(&c.smart_hosts)
+            })
+            && self.spaces.iter().all(|sp| match sp {
+                Space::Domain(s) | Space::Subdomains(s) => s_ok(s),
+                Space::Any | Space::Accepted => true,
+            })
+            && self.rewrites.iter().all(|r| s_ok(&r.from) && s_ok(&r.to))
+            && s_ok(&self.cmt.stamp)
+            && list_ok(&self.trusted_prefixes)
+            && self.renames.iter().all(|(a, b)| s_ok(a) && s_ok(b))
+            && self.rules.iter().all(|r| {
+                s_ok(&r.name)
+                    && usize::from(r.when) < self.condsets.len()
+                    && span_ok(&r.except, self.condsets.len())
+                    && span_ok(&r.actions, self.actions.len())
+            })
+            && self
+                .condsets
+                .iter()
+                .all(|c| span_ok(c, self.conditions.len()))
+            && self.conditions.iter().all(|c| match c {
+                Condition::Sender(l)
+                | Condition::SenderDomain(l)
+                | Condition::Recipient(l)
+                | Condition::RecipientDomain(l) => list_ok(l),
+                Condition::SenderGroup(g) | Condition::RecipientGroup(g) => {
+                    usize::from(*g) < self.groups.len()
+                }
+                Condition::SenderLocation(_) | Condition::RecipientLocation(_) => true,
+                Condition::HeaderPresent(s) | Condition::HeaderAbsent(s) => s_ok(s),
+                Condition::HeaderMatches(s, d) | Condition::HeaderNotMatches(s, d) => {
+                    s_ok(s) && usize::from(*d) < self.dfas.len()
+                }
+                Condition::Inbound(i) => usize::from(*i) < self.inbound.len(),
+                Condition::ClientNetwork(sp) => span_ok(sp, self.nets.len()),
+                Condition::AttachmentMatches(d) => usize::from(*d) < self.dfas.len(),
+            })
+            && self.actions.iter().all(|a| match a {
+                Action::RouteTo(s)
+                | Action::RemoveHeader(s)
+                | Action::RewriteRecipient(s)
+                | Action::AddRecipient(s) => s_ok(s),
+                Action::AddHeader(a, b) | Action::SetHeader(a, b) => s_ok(a) && s_ok(b),
+                Action::UseConnector(c) => usize::from(*c) < self.connectors.len(),
+                Action::Reject { text, .. } => s_ok(text),
+            })
+            && self.dfas.iter().all(|(o, l)| {
+                (*o as usize)
+                    .checked_add(*l as usize)
+                    .is_some_and(|e| e <= self.dfa_bytes.len())
+            });
+        if !ok {
+            return Err(TableError::BadIndex);
+        }
+        for i in 0..self.dfas.len() {
+            if self.dfa(i as u16).is_none() {
+                return Err(TableError::BadPattern(i as u16));
+            }
+        }
+        Ok(())
+    }
+
+    /// The DFA of pattern `i`, checked (regex-automata validates the bytes
+    /// on each call: cheap for the small sparse DFAs of header rules).
+    pub fn dfa(&self, i: u16) -> Option<regex_automata::dfa::sparse::DFA<&[u8]>> {
+        let (off, len) = *self.dfas.get(usize::from(i))?;
+        let bytes = self
+            .dfa_bytes
+            .get(off as usize..(off as usize).checked_add(len as usize)?)?;
+        regex_automata::dfa::sparse::DFA::from_bytes(bytes)
+            .ok()
+            .map(|(d, _)| d)
+    }
+
+    /// The agent's registration, if present.
+    pub fn agent(&self, a: Agent) -> Option<&AgentSlot> {
+        self.agents.iter().find(|s| s.agent == a)
+    }
+
+    /// Whether agent `a` runs.
+    pub fn enabled(&self, a: Agent) -> bool {
+        self.agent(a).is_none_or(|s| s.enabled)
+    }
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table::new()
+    }
+}
+
+/// The CRC of blobs (CRC-32C), shared by the shell's encoder.
+pub fn crc32() -> crc::Digest<'static, u32> {
+    static CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    CASTAGNOLI.digest()
+}
