@@ -13,9 +13,14 @@ usage: sluice <command> [--config FILE]
                                127.0.0.1:2525, data under ./sluice-data/)
   queue list [--json]          what the spool holds (daemon running or not)
   queue show ID [--json|--raw] one message: envelope and content
+  rules check FILE             compile a rule file: sizes, warnings, errors
+  pipeline [--rules FILE]      events and the agents on each, by priority
+  trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N]
+        [--rules FILE] [--snapshots] [--json]
+                               run the policy offline: decisions + rule log
   help                         this text
 
-Not in this version yet: rules check|apply|send, pipeline, trace, status,
+Not in this version yet: rules apply|send|rollback, status,
 queue retry|delete|flush.
 ";
 
@@ -48,6 +53,18 @@ pub fn main(args: &[String]) -> i32 {
         },
         ["queue", rest @ ..] => match cfg() {
             Ok(c) => queue(&c, rest),
+            Err(e) => fail(&e),
+        },
+        ["rules", "check", file] => super::rules::check_command(std::path::Path::new(file)),
+        ["trace", rest @ ..] => match cfg() {
+            Ok(c) => super::trace::trace_command(rest, Some(&c)),
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                2
+            }
+        },
+        ["pipeline", rest @ ..] => match cfg() {
+            Ok(c) => super::trace::pipeline_command(rest, Some(&c)),
             Err(e) => fail(&e),
         },
         ["help"] | ["--help"] | ["-h"] => {

@@ -25,6 +25,8 @@ address = "127.0.0.1:2525"
 pub struct Config {
     /// Name in the greeting, EHLO reply and Received: lines.
     pub hostname: String,
+    /// The rule file; `None`: the embedded default policy.
+    pub rules: Option<PathBuf>,
     /// Where the compiled policy and the control socket live.
     pub state_dir: PathBuf,
     /// Where the spool segments live.
@@ -95,7 +97,6 @@ impl Default for Limits {
 #[serde(default)]
 struct Raw {
     hostname: Option<String>,
-    #[allow(dead_code)] // read by the policy issue; accepted here
     rules: Option<String>,
     state_dir: Option<String>,
     spool_dir: Option<String>,
@@ -214,6 +215,7 @@ impl Config {
         };
         Ok(Config {
             hostname,
+            rules: raw.rules.as_deref().map(rel),
             state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),
             spool_dir: rel(raw.spool_dir.as_deref().unwrap_or("spool")),
             listen,

@@ -5,6 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod policy;
+pub mod rules;
 pub mod server;
 pub mod spool;
 pub mod tls;
+pub mod trace;

@@ -1,5 +1,8 @@
-//! The policy engine: compiled tables and their evaluation, per recipient.
+//! The policy engine: compiled tables ([`table`]) and their evaluation per
+//! recipient ([`eval`]), both `no_std` and allocation-free.
 
+pub mod eval;
 pub mod table;
 
+pub use eval::*;
 pub use table::*;

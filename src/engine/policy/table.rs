@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u16 = 1;
 
 /// A string in [`Table::strings`]: offset and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Str {
     /// Offset in the pool.

@@ -1,0 +1,1060 @@
+//! Evaluation of a validated [`Table`] for one message, per recipient.
+//!
+//! The agents run in pipeline order (see [`AGENTS`]): header firewall,
+//! hop count, then per recipient the recipient filter, inbound rewriting,
+//! transport rules, CMT and connector selection, then outbound rewriting.
+//! Nothing here allocates: results go to a caller's [`Sink`] as they are
+//! decided, addresses as [`Addr`] pieces (of the input or of the table),
+//! header edits as spans of the original header block.
+
+use super::super::header;
+use super::table::*;
+use regex_automata::dfa::Automaton;
+
+/// Who the session is, as attribution decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Attribution {
+    /// The inbound connector ([`Table::inbound`] index), if any matched.
+    pub inbound: Option<u16>,
+    /// Whether the session is originating (an organization connector).
+    pub originating: bool,
+    /// Whether the connection filter refuses the client.
+    pub blocked: bool,
+}
+
+/// Attributes a client (`ip` IPv4-mapped for IPv4) with an optional TLS
+/// certificate name: the first inbound connector, in file order, whose
+/// networks contain the address or whose TLS name equals the name.
+pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attribution {
+    let blocked = t.enabled(Agent::ConnectionFilter) && nets(t, t.blocked).any(|n| n.contains(ip));
+    if !t.enabled(Agent::Attribution) {
+        return Attribution {
+            inbound: None,
+            originating: false,
+            blocked,
+        };
+    }
+    for (i, c) in t.inbound.iter().enumerate() {
+        let by_ip = nets(t, c.nets).any(|n| n.contains(ip));
+        let by_tls = match (c.tls_name, tls_name) {
+            (Some(want), Some(got)) => t.str(want).eq_ignore_ascii_case(got),
+            _ => false,
+        };
+        if by_ip || by_tls {
+            return Attribution {
+                inbound: Some(i as u16),
+                originating: c.kind == InboundKind::Organization,
+                blocked,
+            };
+        }
+    }
+    Attribution {
+        inbound: None,
+        originating: false,
+        blocked,
+    }
+}
+
+fn nets(t: &Table, s: Span) -> impl Iterator<Item = &Net> {
+    let start = usize::from(s.first);
+    t.nets
+        .get(start..start + usize::from(s.count))
+        .unwrap_or(&[])
+        .iter()
+}
+
+/// The domain of an address (after the last `@`; empty without one).
+pub fn domain_of(addr: &[u8]) -> &[u8] {
+    match addr.iter().rposition(|&b| b == b'@') {
+        Some(i) => addr.get(i + 1..).unwrap_or(&[]),
+        None => &[],
+    }
+}
+
+fn local_of(addr: &[u8]) -> &[u8] {
+    match addr.iter().rposition(|&b| b == b'@') {
+        Some(i) => addr.get(..i).unwrap_or(&[]),
+        None => addr,
+    }
+}
+
+/// Whether `domain` is one of the accepted domains.
+pub fn is_accepted(t: &Table, domain: &[u8]) -> bool {
+    t.list(t.accepted).any(|d| d.eq_ignore_ascii_case(domain))
+}
+
+/// The recipient filter (RCPT time): a recipient inside the accepted
+/// domains is always taken; any other only from an originating session.
+pub fn recipient_allowed(t: &Table, a: &Attribution, rcpt: &[u8]) -> bool {
+    !t.enabled(Agent::RecipientFilter) || a.originating || is_accepted(t, domain_of(rcpt))
+}
+
+/// Where the octets of an address piece come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Piece {
+    /// A range of the original octets (the address, or the header block
+    /// for header edits).
+    Orig(u32, u32),
+    /// A string of the table.
+    Table(Str),
+}
+
+/// An address as a local part and a domain, each a [`Piece`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Addr {
+    /// The local part.
+    pub local: Piece,
+    /// The domain (empty for `<>` or `postmaster`).
+    pub domain: Piece,
+}
+
+impl Addr {
+    /// The address `orig` unchanged.
+    pub fn of(orig: &[u8]) -> Addr {
+        Addr::in_span(orig, 0)
+    }
+
+    /// The address `addr` found at offset `base` of some original octets.
+    fn in_span(addr: &[u8], base: u32) -> Addr {
+        let len = addr.len() as u32;
+        match addr.iter().rposition(|&b| b == b'@') {
+            Some(i) => Addr {
+                local: Piece::Orig(base, base + i as u32),
+                domain: Piece::Orig(base + i as u32 + 1, base + len),
+            },
+            None => Addr {
+                local: Piece::Orig(base, base + len),
+                domain: Piece::Orig(base + len, base + len),
+            },
+        }
+    }
+
+    fn from_table(t: &Table, s: Str) -> Addr {
+        let bytes = t.str(s);
+        match bytes.iter().rposition(|&b| b == b'@') {
+            Some(i) => Addr {
+                local: Piece::Table(Str {
+                    off: s.off,
+                    len: i as u32,
+                }),
+                domain: Piece::Table(Str {
+                    off: s.off + i as u32 + 1,
+                    len: s.len - i as u32 - 1,
+                }),
+            },
+            None => Addr {
+                local: Piece::Table(s),
+                domain: Piece::Table(Str {
+                    off: s.off + s.len,
+                    len: 0,
+                }),
+            },
+        }
+    }
+
+    /// The octets of a piece, given the original octets and the table.
+    pub fn piece<'a>(p: Piece, orig: &'a [u8], t: &'a Table) -> &'a [u8] {
+        match p {
+            Piece::Orig(a, b) => orig.get(a as usize..b as usize).unwrap_or(&[]),
+            Piece::Table(s) => t.str(s),
+        }
+    }
+}
+
+/// Why a recipient took its route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Override {
+    /// A rule's `route_to`: this domain chooses connector and next hop.
+    RouteTo(Str),
+    /// A rule's `use_connector`.
+    UseConnector,
+    /// CMT: routed to the default accepted domain.
+    Cmt(Str),
+}
+
+/// Why a recipient is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Refusal {
+    /// Outside the accepted domains from an anonymous session: `554 5.7.1`.
+    Relay,
+    /// A rule's `reject` (code, enhanced status, text).
+    Rule(u16, (u8, u16, u16), Str),
+}
+
+/// The decision for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Decision {
+    /// Index of the original recipient; `None` for one added by a rule.
+    pub original: Option<u16>,
+    /// The final address (pieces of the original recipient or the table).
+    pub addr: Addr,
+    /// The send connector ([`Table::connectors`]); `None` when refused or
+    /// when no connector matches (the message then cannot be relayed).
+    pub connector: Option<u16>,
+    /// The routing override, if any.
+    pub route: Option<Override>,
+    /// The rule that overrode, refused or rewrote, if any.
+    pub rule: Option<u16>,
+    /// The rule that added this recipient.
+    pub added_by: Option<u16>,
+    /// The refusal, if refused.
+    pub refused: Option<Refusal>,
+}
+
+/// A change to the header block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Edit {
+    /// Remove the field at `start..end` of the block (line ending included).
+    Remove(u32, u32),
+    /// Replace the field name at `start..end` by the string.
+    Rename(u32, u32, Str),
+    /// Append a field (name, value).
+    Add(Str, Str),
+    /// Replace the address at `start..end` of the block by `addr` (its
+    /// `Orig` pieces are ranges of the header block).
+    Address(u32, u32, Addr),
+}
+
+/// What an agent noticed: the structured trace records of the rule log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Note<'a> {
+    /// Rule `rule` found header `name` with `value`.
+    HeaderFound(u16, &'a [u8], &'a [u8]),
+    /// Rule `rule`: header `name` was not found.
+    HeaderNotFound(u16, &'a [u8]),
+    /// Rule `rule`: header `name` has `value`, which its not-pattern excludes
+    /// (or which its pattern does not match).
+    HeaderValueExcluded(u16, &'a [u8], &'a [u8]),
+    /// Rule `rule` applies to recipient `rcpt`.
+    Applies(u16, u16),
+    /// An exception of rule `rule` holds for recipient `rcpt`.
+    Excepted(u16, u16),
+    /// Rule `rule` rerouted recipient `rcpt` to `domain` (UseOverrideDomain).
+    Rerouted(u16, u16, &'a [u8]),
+    /// Rule `rule` sends recipient `rcpt` through connector `c`.
+    UseConnector(u16, u16, u16),
+    /// Rule `rule` refused recipient `rcpt`.
+    Refused(u16, u16),
+    /// Rule `rule` rewrote recipient `rcpt`.
+    RuleRewrote(u16, u16),
+    /// Rule `rule` added recipient `rcpt`.
+    Added(u16, u16),
+    /// Rule `rule` stopped rule processing for recipient `rcpt`.
+    Stopped(u16, u16),
+    /// Recipient `rcpt` is outside and the session is anonymous.
+    RelayDenied(u16),
+    /// The address map rewrote recipient `rcpt` (inbound).
+    RecipientRewritten(u16),
+    /// The address map rewrote the envelope sender (outbound).
+    SenderRewritten,
+    /// The header firewall removed this field.
+    FirewallRemoved(&'a [u8]),
+    /// The header firewall renamed a field (from, to).
+    FirewallRenamed(&'a [u8], &'a [u8]),
+    /// CMT stamped the message.
+    CmtStamped,
+    /// CMT routed recipient `rcpt` to the default domain.
+    CmtOverride(u16),
+    /// The message carries the stamp: CMT leaves recipient `rcpt` alone.
+    CmtAlreadyStamped(u16),
+    /// The message has `hops` Received: fields, over `max`.
+    HopCount(u32, u16),
+    /// Recipient `rcpt` leaves by connector `c` (or none matched).
+    Connector(u16, Option<u16>),
+}
+
+/// Receives the results of [`evaluate`], in order.
+pub trait Sink {
+    /// A recipient's decision (`rcpt` counts decisions from 0; notes use it).
+    fn decision(&mut self, rcpt: u16, d: &Decision);
+    /// A header edit made by `agent`.
+    fn edit(&mut self, agent: Agent, e: Edit);
+    /// A trace note from `agent`.
+    fn note(&mut self, agent: Agent, n: Note<'_>);
+    /// The envelope sender's final address (after outbound rewriting).
+    fn sender(&mut self, addr: &Addr);
+}
+
+/// The message as the pipeline sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Attribution of the session.
+    pub attribution: Attribution,
+    /// Client address, IPv4-mapped for IPv4.
+    pub client_ip: [u8; 16],
+    /// Envelope sender (empty for `<>`).
+    pub sender: &'a [u8],
+    /// The header block as received.
+    pub headers: &'a [u8],
+    /// File names of the attachments (the shell extracts them).
+    pub attachments: &'a [&'a [u8]],
+}
+
+/// The message-level outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Verdict {
+    /// Accepted; `routed` when some recipient got an override.
+    Accepted {
+        /// Some recipient was overridden (result "Routed").
+        routed: bool,
+    },
+    /// Too many hops: `554 5.4.14 Hop count exceeded - possible mail loop`.
+    HopCount,
+    /// Every recipient was refused; the first refusal is the reply.
+    Refused(Refusal),
+}
+
+const RULE_WORDS: usize = super::super::limits::MAX_RULES.div_ceil(32);
+
+/// A fixed bitset over rules.
+#[derive(Clone, Copy)]
+struct RuleBits([u32; RULE_WORDS]);
+
+impl RuleBits {
+    const fn new() -> Self {
+        RuleBits([0; RULE_WORDS])
+    }
+    fn get(&self, i: usize) -> bool {
+        self.0.get(i / 32).is_some_and(|w| w & (1 << (i % 32)) != 0)
+    }
+    fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 32) {
+            *w |= 1 << (i % 32);
+        }
+    }
+}
+
+/// Field visibility after the header firewall.
+fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
+    if m.attribution.originating || !t.enabled(Agent::HeaderFirewall) {
+        return Some(name);
+    }
+    if t.list(t.trusted_prefixes).any(|p| starts_with_ci(name, p)) {
+        return None;
+    }
+    for (from, to) in &t.renames {
+        if t.str(*from).eq_ignore_ascii_case(name) {
+            return Some(t.str(*to));
+        }
+    }
+    Some(name)
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.get(..prefix.len())
+        .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
+}
+
+/// The values of the visible fields named `name` (after the firewall).
+fn values<'m>(
+    t: &'m Table,
+    m: &'m Message<'m>,
+    name: &'m [u8],
+) -> impl Iterator<Item = &'m [u8]> + 'm {
+    header::fields(m.headers).filter_map(move |f| {
+        let seen = firewall_view(t, m, f.name)?;
+        seen.eq_ignore_ascii_case(name).then_some(f.value)
+    })
+}
+
+/// Longest unfolded header value matched against a pattern; longer values
+/// are matched on their raw (trimmed) octets.
+const MATCH_BUFFER: usize = 1024;
+
+fn dfa_matches(t: &Table, dfa: u16, hay: &[u8]) -> bool {
+    let Some(d) = t.dfa(dfa) else { return false };
+    let mut buf = [0u8; MATCH_BUFFER];
+    let hay = match header::unfold_into(hay, &mut buf) {
+        Ok(n) => buf.get(..n).unwrap_or(&[]),
+        Err(_) => header::trim(hay),
+    };
+    matches!(
+        d.try_search_fwd(&regex_automata::Input::new(hay)),
+        Ok(Some(_))
+    )
+}
+
+fn addr_matches(pattern: &[u8], local: &[u8], domain: &[u8]) -> bool {
+    let (pl, pd) = (local_of(pattern), domain_of(pattern));
+    pd.eq_ignore_ascii_case(domain) && (pl == b"*" || pl.eq_ignore_ascii_case(local))
+}
+
+fn in_group(t: &Table, g: u16, local: &[u8], domain: &[u8]) -> bool {
+    t.groups
+        .get(usize::from(g))
+        .is_some_and(|g| t.list(g.members).any(|p| addr_matches(p, local, domain)))
+}
+
+/// Per-recipient state the conditions look at.
+struct Ctx<'a> {
+    local: &'a [u8],
+    domain: &'a [u8],
+}
+
+struct Eval<'a, 's, S: Sink> {
+    t: &'a Table,
+    m: &'a Message<'a>,
+    sink: &'s mut S,
+    header_logged: RuleBits,
+}
+
+impl<S: Sink> Eval<'_, '_, S> {
+    fn condset(&mut self, rule: u16, set: u16, c: &Ctx<'_>) -> bool {
+        let Some(span) = self.t.condsets.get(usize::from(set)).copied() else {
+            return false;
+        };
+        let start = usize::from(span.first);
+        let n = usize::from(span.count);
+        (start..start + n).all(|i| match self.t.conditions.get(i).copied() {
+            Some(cond) => self.condition(rule, cond, c),
+            None => false,
+        })
+    }
+
+    fn condition(&mut self, rule: u16, cond: Condition, c: &Ctx<'_>) -> bool {
+        let t = self.t;
+        let m = self.m;
+        let (sl, sd) = (local_of(m.sender), domain_of(m.sender));
+        match cond {
+            Condition::Sender(l) => t.list(l).any(|p| addr_matches(p, sl, sd)),
+            Condition::SenderDomain(l) => t.list(l).any(|d| d.eq_ignore_ascii_case(sd)),
+            Condition::SenderGroup(g) => in_group(t, g, sl, sd),
+            Condition::Recipient(l) => t.list(l).any(|p| addr_matches(p, c.local, c.domain)),
+            Condition::RecipientDomain(l) => t.list(l).any(|d| d.eq_ignore_ascii_case(c.domain)),
+            Condition::RecipientGroup(g) => in_group(t, g, c.local, c.domain),
+            Condition::SenderLocation(loc) => {
+                (loc == Location::Inside) == m.attribution.originating
+            }
+            Condition::RecipientLocation(loc) => {
+                (loc == Location::Inside) == is_accepted(t, c.domain)
+            }
+            Condition::HeaderPresent(name) => {
+                let name = t.str(name);
+                let found = values(t, m, name).next();
+                self.log_header(rule, name, found, None);
+                found.is_some()
+            }
+            Condition::HeaderAbsent(name) => values(t, m, t.str(name)).next().is_none(),
+            Condition::HeaderMatches(name, dfa) | Condition::HeaderNotMatches(name, dfa) => {
+                let want = matches!(cond, Condition::HeaderMatches(..));
+                let name = t.str(name);
+                let mut first = None;
+                let mut any_match = false;
+                for v in values(t, m, name) {
+                    first.get_or_insert(v);
+                    if dfa_matches(t, dfa, v) {
+                        any_match = true;
+                        first = Some(v);
+                        break;
+                    }
+                }
+                let holds = first.is_some() && any_match == want;
+                self.log_header(rule, name, first, Some(holds));
+                holds
+            }
+            Condition::Inbound(i) => m.attribution.inbound == Some(i),
+            Condition::ClientNetwork(span) => nets(t, span).any(|n| n.contains(&m.client_ip)),
+            Condition::AttachmentMatches(dfa) => {
+                m.attachments.iter().any(|a| dfa_matches(t, dfa, a))
+            }
+        }
+    }
+
+    /// The seed's "Found header [name: value]" / "was not found" lines, once per rule.
+    fn log_header(&mut self, rule: u16, name: &[u8], value: Option<&[u8]>, holds: Option<bool>) {
+        if self.header_logged.get(usize::from(rule)) {
+            return;
+        }
+        self.header_logged.set(usize::from(rule));
+        let agent = Agent::TransportRules;
+        match (value, holds) {
+            (None, _) => self.sink.note(agent, Note::HeaderNotFound(rule, name)),
+            (Some(v), Some(false)) => self.sink.note(
+                agent,
+                Note::HeaderValueExcluded(rule, name, header::trim(v)),
+            ),
+            (Some(v), _) => self
+                .sink
+                .note(agent, Note::HeaderFound(rule, name, header::trim(v))),
+        }
+    }
+}
+
+/// The best send connector for `domain`: an exact domain (or `--` for an
+/// accepted one) beats the longest `*.suffix`, which beats `*`; the lower
+/// cost breaks a tie, then file order.
+pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
+    let mut best: Option<(u32, u32, u16)> = None;
+    for (ci, c) in t.connectors.iter().enumerate() {
+        let start = usize::from(c.spaces.first);
+        for sp in t
+            .spaces
+            .get(start..start + usize::from(c.spaces.count))
+            .unwrap_or(&[])
+        {
+            let score = match *sp {
+                Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => {
+                    3000 + domain.len() as u32
+                }
+                Space::Accepted if is_accepted(t, domain) => 3000 + domain.len() as u32,
+                Space::Subdomains(d) => {
+                    let d = t.str(d);
+                    let n = domain.len();
+                    if n > d.len() + 1
+                        && domain
+                            .get(n - d.len()..)
+                            .is_some_and(|s| s.eq_ignore_ascii_case(d))
+                        && domain.get(n - d.len() - 1) == Some(&b'.')
+                    {
+                        1000 + d.len() as u32
+                    } else {
+                        continue;
+                    }
+                }
+                Space::Any => 1,
+                _ => continue,
+            };
+            let better = match best {
+                None => true,
+                Some((s, cost, _)) => score > s || (score == s && c.cost < cost),
+            };
+            if better {
+                best = Some((score, c.cost, ci as u16));
+            }
+        }
+    }
+    best.map(|(_, _, c)| c)
+}
+
+/// Applies the rewrite map of `dir` to `local@domain`: the new address,
+/// whose `Orig` pieces are ranges of `orig` starting at `base`.
+fn rewrite(t: &Table, dir: Direction, addr: &[u8], base: u32) -> Option<Addr> {
+    let (local, domain) = (local_of(addr), domain_of(addr));
+    let r = t.rewrites.iter().find(|r| {
+        r.direction == dir && addr_matches(t.str(r.from), local, domain) && !domain.is_empty()
+    })?;
+    let mut to = Addr::from_table(t, r.to);
+    if local_of(t.str(r.to)) == b"*" {
+        to.local = Piece::Orig(base, base + local.len() as u32);
+    }
+    Some(to)
+}
+
+/// Number of `Received:` fields.
+fn hops(block: &[u8]) -> u32 {
+    header::fields(block)
+        .filter(|f| f.name_eq(b"Received"))
+        .count() as u32
+}
+
+/// Runs the categorizer agents for one message with recipients `rcpts`
+/// (those the recipient filter let through at RCPT time, or all of them for
+/// a trace). Cannot fail or panic on a validated table.
+pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut S) -> Verdict {
+    // OnEndOfHeaders: the header firewall.
+    if t.enabled(Agent::HeaderFirewall) && !m.attribution.originating {
+        for f in header::fields(m.headers) {
+            let (start, end) = field_span(m.headers, f.name, f.value);
+            if t.list(t.trusted_prefixes)
+                .any(|p| starts_with_ci(f.name, p))
+            {
+                sink.edit(Agent::HeaderFirewall, Edit::Remove(start, end));
+                sink.note(Agent::HeaderFirewall, Note::FirewallRemoved(f.name));
+            } else if let Some((_, to)) = t
+                .renames
+                .iter()
+                .find(|(from, _)| t.str(*from).eq_ignore_ascii_case(f.name))
+            {
+                sink.edit(
+                    Agent::HeaderFirewall,
+                    Edit::Rename(start, start + f.name.len() as u32, *to),
+                );
+                sink.note(
+                    Agent::HeaderFirewall,
+                    Note::FirewallRenamed(f.name, t.str(*to)),
+                );
+            }
+        }
+    }
+    // OnEndOfData: the hop count.
+    if t.enabled(Agent::HopCount) {
+        let n = hops(m.headers);
+        if n > u32::from(t.limits.max_hops) {
+            sink.note(Agent::HopCount, Note::HopCount(n, t.limits.max_hops));
+            return Verdict::HopCount;
+        }
+    }
+    let stamped = t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some();
+    let mut ev = Eval {
+        t,
+        m,
+        sink,
+        header_logged: RuleBits::new(),
+    };
+    let mut used = RuleBits::new(); // rules whose message-level actions apply
+    let mut stamp = false;
+    let mut routed = false;
+    let mut first_refusal = None;
+    let mut all_refused = !rcpts.is_empty();
+    let mut n: u16 = 0;
+    for (i, orig) in rcpts.iter().enumerate() {
+        let rcpt = n;
+        n = n.saturating_add(1);
+        let mut d = Decision {
+            original: Some(i as u16),
+            addr: Addr::of(orig),
+            connector: None,
+            route: None,
+            rule: None,
+            added_by: None,
+            refused: None,
+        };
+        // OnRcptCommand: the recipient filter.
+        if !recipient_allowed(t, &m.attribution, orig) {
+            ev.sink
+                .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
+            d.refused = Some(Refusal::Relay);
+            first_refusal.get_or_insert(Refusal::Relay);
+            ev.sink.decision(rcpt, &d);
+            continue;
+        }
+        // OnSubmittedMessage: inbound rewriting.
+        if t.enabled(Agent::InboundRewrite) {
+            if let Some(a) = rewrite(t, Direction::Inbound, orig, 0) {
+                d.addr = a;
+                ev.sink
+                    .note(Agent::InboundRewrite, Note::RecipientRewritten(rcpt));
+            }
+        }
+        // OnResolvedMessage: transport rules, first by priority.
+        if t.enabled(Agent::TransportRules) {
+            for (ri, rule) in t.rules.iter().enumerate() {
+                let r = ri as u16;
+                let ctx = Ctx {
+                    local: Addr::piece(d.addr.local, orig, t),
+                    domain: Addr::piece(d.addr.domain, orig, t),
+                };
+                if !ev.condset(r, rule.when, &ctx) {
+                    continue;
+                }
+                let first = usize::from(rule.except.first);
+                let excepted = (first..first + usize::from(rule.except.count))
+                    .any(|s| ev.condset(r, s as u16, &ctx));
+                if excepted {
+                    ev.sink.note(Agent::TransportRules, Note::Excepted(r, rcpt));
+                    continue;
+                }
+                ev.sink.note(Agent::TransportRules, Note::Applies(r, rcpt));
+                used.set(ri);
+                let a0 = usize::from(rule.actions.first);
+                for a in t
+                    .actions
+                    .get(a0..a0 + usize::from(rule.actions.count))
+                    .unwrap_or(&[])
+                {
+                    match *a {
+                        Action::Reject { code, status, text } if d.refused.is_none() => {
+                            d.refused = Some(Refusal::Rule(code, status, text));
+                            d.rule = Some(r);
+                            ev.sink.note(Agent::TransportRules, Note::Refused(r, rcpt));
+                        }
+                        Action::RouteTo(dom) if d.route.is_none() => {
+                            d.route = Some(Override::RouteTo(dom));
+                            d.rule.get_or_insert(r);
+                            ev.sink
+                                .note(Agent::TransportRules, Note::Rerouted(r, rcpt, t.str(dom)));
+                        }
+                        Action::UseConnector(c) if d.route.is_none() => {
+                            d.route = Some(Override::UseConnector);
+                            d.connector = Some(c);
+                            d.rule.get_or_insert(r);
+                            ev.sink
+                                .note(Agent::TransportRules, Note::UseConnector(r, rcpt, c));
+                        }
+                        Action::RewriteRecipient(s) => {
+                            d.addr = Addr::from_table(t, s);
+                            ev.sink
+                                .note(Agent::TransportRules, Note::RuleRewrote(r, rcpt));
+                        }
+                        _ => {}
+                    }
+                }
+                if rule.stop {
+                    ev.sink.note(Agent::TransportRules, Note::Stopped(r, rcpt));
+                    break;
+                }
+            }
+        }
+        if d.refused.is_some() {
+            d.route = None;
+            d.connector = None;
+            if let Some(r) = d.refused {
+                first_refusal.get_or_insert(r);
+            }
+            ev.sink.decision(rcpt, &d);
+            continue;
+        }
+        all_refused = false;
+        let domain = Addr::piece(d.addr.domain, orig, t);
+        // OnResolvedMessage: CMT, only where no rule decided the route.
+        if t.enabled(Agent::Cmt) && t.cmt.enabled && d.route.is_none() {
+            let listed = m
+                .attribution
+                .inbound
+                .is_some_and(|i| i < 32 && t.cmt.from_inbound & (1 << i) != 0);
+            if listed && !is_accepted(t, domain) {
+                if stamped {
+                    ev.sink.note(Agent::Cmt, Note::CmtAlreadyStamped(rcpt));
+                } else if let Some(dd) = t.default_domain {
+                    d.route = Some(Override::Cmt(dd));
+                    stamp = true;
+                    ev.sink.note(Agent::Cmt, Note::CmtOverride(rcpt));
+                }
+            }
+        }
+        // OnRoutedMessage: connector selection.
+        if d.connector.is_none() {
+            let by = match d.route {
+                Some(Override::RouteTo(s)) | Some(Override::Cmt(s)) => t.str(s),
+                _ => domain,
+            };
+            d.connector = if t.enabled(Agent::ConnectorSelection) {
+                select_connector(t, by)
+            } else {
+                None
+            };
+        }
+        ev.sink.note(
+            Agent::ConnectorSelection,
+            Note::Connector(rcpt, d.connector),
+        );
+        routed |= d.route.is_some();
+        ev.sink.decision(rcpt, &d);
+    }
+    // Recipients added by rules (journaling): routed by address space only.
+    for (ri, rule) in t.rules.iter().enumerate() {
+        if !used.get(ri) {
+            continue;
+        }
+        let a0 = usize::from(rule.actions.first);
+        for a in t
+            .actions
+            .get(a0..a0 + usize::from(rule.actions.count))
+            .unwrap_or(&[])
+        {
+            if let Action::AddRecipient(s) = *a {
+                let rcpt = n;
+                n = n.saturating_add(1);
+                let addr = Addr::from_table(t, s);
+                let connector = select_connector(t, domain_of(t.str(s)));
+                ev.sink
+                    .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
+                ev.sink
+                    .note(Agent::ConnectorSelection, Note::Connector(rcpt, connector));
+                ev.sink.decision(
+                    rcpt,
+                    &Decision {
+                        original: None,
+                        addr,
+                        connector,
+                        route: None,
+                        rule: None,
+                        added_by: Some(ri as u16),
+                        refused: None,
+                    },
+                );
+            }
+        }
+    }
+    let sink = ev.sink;
+    // Message-level header actions of the rules that applied, in order.
+    for (ri, rule) in t.rules.iter().enumerate() {
+        if !used.get(ri) {
+            continue;
+        }
+        let a0 = usize::from(rule.actions.first);
+        for a in t
+            .actions
+            .get(a0..a0 + usize::from(rule.actions.count))
+            .unwrap_or(&[])
+        {
+            match *a {
+                Action::AddHeader(name, value) => {
+                    sink.edit(Agent::TransportRules, Edit::Add(name, value))
+                }
+                Action::SetHeader(name, value) => {
+                    remove_all(t, m, t.str(name), sink);
+                    sink.edit(Agent::TransportRules, Edit::Add(name, value));
+                }
+                Action::RemoveHeader(name) => remove_all(t, m, t.str(name), sink),
+                _ => {}
+            }
+        }
+    }
+    if stamp {
+        sink.edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
+        sink.note(Agent::Cmt, Note::CmtStamped);
+    }
+    // Inbound rewriting of To/Cc; outbound of the sender, From and Reply-To.
+    if t.enabled(Agent::InboundRewrite) {
+        rewrite_fields(
+            t,
+            m,
+            Direction::Inbound,
+            &[b"To", b"Cc"],
+            Agent::InboundRewrite,
+            sink,
+        );
+    }
+    let mut sender = Addr::of(m.sender);
+    if t.enabled(Agent::OutboundRewrite) && m.attribution.originating {
+        if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
+            sender = a;
+            sink.note(Agent::OutboundRewrite, Note::SenderRewritten);
+        }
+        rewrite_fields(
+            t,
+            m,
+            Direction::Outbound,
+            &[b"From", b"Reply-To"],
+            Agent::OutboundRewrite,
+            sink,
+        );
+    }
+    sink.sender(&sender);
+    if all_refused {
+        if let Some(r) = first_refusal {
+            return Verdict::Refused(r);
+        }
+    }
+    Verdict::Accepted { routed }
+}
+
+/// The span of a field in the block: from its name to after its line ending.
+fn field_span(block: &[u8], name: &[u8], value: &[u8]) -> (u32, u32) {
+    let base = block.as_ptr() as usize;
+    let start = (name.as_ptr() as usize).saturating_sub(base);
+    let mut end = (value.as_ptr() as usize).saturating_sub(base) + value.len();
+    if block.get(end) == Some(&b'\r') {
+        end += 1;
+    }
+    if block.get(end) == Some(&b'\n') {
+        end += 1;
+    }
+    (start as u32, end.min(block.len()) as u32)
+}
+
+fn remove_all<S: Sink>(t: &Table, m: &Message<'_>, name: &[u8], sink: &mut S) {
+    for f in header::fields(m.headers) {
+        if firewall_view(t, m, f.name).is_some_and(|n| n.eq_ignore_ascii_case(name)) {
+            let (s, e) = field_span(m.headers, f.name, f.value);
+            sink.edit(Agent::TransportRules, Edit::Remove(s, e));
+        }
+    }
+}
+
+fn is_addr_byte(b: u8) -> bool {
+    !(b.is_ascii_whitespace() || b"<>,;:\"()[]".contains(&b))
+}
+
+/// Rewrites the addresses in fields `names` with the map of `dir`.
+fn rewrite_fields<S: Sink>(
+    t: &Table,
+    m: &Message<'_>,
+    dir: Direction,
+    names: &[&[u8]],
+    agent: Agent,
+    sink: &mut S,
+) {
+    let base = m.headers.as_ptr() as usize;
+    for f in header::fields(m.headers) {
+        if !names.iter().any(|n| f.name_eq(n)) {
+            continue;
+        }
+        let voff = (f.value.as_ptr() as usize).saturating_sub(base);
+        let v = f.value;
+        let mut i = 0;
+        while i < v.len() {
+            if v.get(i) != Some(&b'@') {
+                i += 1;
+                continue;
+            }
+            let mut s = i;
+            while s > 0 && v.get(s - 1).is_some_and(|&b| is_addr_byte(b)) {
+                s -= 1;
+            }
+            let mut e = i + 1;
+            while v.get(e).is_some_and(|&b| is_addr_byte(b)) {
+                e += 1;
+            }
+            if let Some(addr) = v.get(s..e) {
+                let at = (voff + s) as u32;
+                if let Some(a) = rewrite(t, dir, addr, at) {
+                    sink.edit(agent, Edit::Address(at, (voff + e) as u32, a));
+                }
+            }
+            i = e.max(i + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Adds a string to the pool.
+    fn s(t: &mut Table, v: &str) -> Str {
+        let off = t.strings.len() as u32;
+        t.strings.extend_from_slice(v.as_bytes()).expect("pool");
+        Str {
+            off,
+            len: v.len() as u32,
+        }
+    }
+
+    fn list(t: &mut Table, v: &[&str]) -> List {
+        let first = t.items.len() as u16;
+        for x in v {
+            let st = s(t, x);
+            t.items.push(st).expect("items");
+        }
+        List {
+            first,
+            count: v.len() as u16,
+        }
+    }
+
+    fn connector(t: &mut Table, name: &str, spaces: &[Space], cost: u32) {
+        let first = t.spaces.len() as u16;
+        for sp in spaces {
+            t.spaces.push(*sp).expect("spaces");
+        }
+        let name = s(t, name);
+        t.connectors
+            .push(Connector {
+                name,
+                spaces: Span {
+                    first,
+                    count: spaces.len() as u16,
+                },
+                smart_hosts: List::default(),
+                tls: TlsPolicy::Opportunistic,
+                cost,
+            })
+            .expect("connectors");
+    }
+
+    fn table() -> Box<Table> {
+        let mut t = Box::<Table>::default();
+        t.accepted = list(&mut t, &["contoso.com", "eu.contoso.com"]);
+        connector(&mut t, "internet", &[Space::Any], 10);
+        let fab = s(&mut t, "fabrikam.com");
+        connector(
+            &mut t,
+            "fabrikam",
+            &[Space::Domain(fab), Space::Subdomains(fab)],
+            10,
+        );
+        connector(&mut t, "onprem", &[Space::Accepted], 1);
+        let cheap = s(&mut t, "fabrikam.com");
+        connector(&mut t, "fabrikam-cheap", &[Space::Domain(cheap)], 5);
+        t.validate().expect("valid");
+        t
+    }
+
+    #[test]
+    fn the_most_specific_address_space_wins_then_the_lower_cost() {
+        let t = table();
+        assert_eq!(select_connector(&t, b"example.org"), Some(0));
+        assert_eq!(
+            select_connector(&t, b"fabrikam.com"),
+            Some(3),
+            "exact, cost 5 beats cost 10"
+        );
+        assert_eq!(
+            select_connector(&t, b"eu.FABRIKAM.com"),
+            Some(1),
+            "*.fabrikam.com"
+        );
+        assert_eq!(
+            select_connector(&t, b"notfabrikam.com"),
+            Some(0),
+            "a suffix is not a subdomain"
+        );
+        assert_eq!(
+            select_connector(&t, b"eu.contoso.com"),
+            Some(2),
+            "-- is all accepted domains"
+        );
+    }
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12] = 10;
+        let net = Net {
+            addr: a,
+            prefix: 96 + 8,
+        };
+        let mut ip = a;
+        ip[15] = 7;
+        ip[13] = 200;
+        assert!(net.contains(&ip));
+        ip[12] = 11;
+        assert!(!net.contains(&ip));
+        assert!(Net {
+            addr: [0; 16],
+            prefix: 0
+        }
+        .contains(&ip));
+        let host = Net {
+            addr: ip,
+            prefix: 128,
+        };
+        assert!(host.contains(&ip));
+        let mut other = ip;
+        other[15] ^= 1;
+        assert!(!host.contains(&other));
+    }
+
+    #[test]
+    fn address_patterns() {
+        assert!(addr_matches(
+            b"*@sales.contoso.com",
+            b"anyone",
+            b"SALES.contoso.com"
+        ));
+        assert!(addr_matches(b"Jaap@contoso.com", b"jaap", b"contoso.com"));
+        assert!(!addr_matches(
+            b"jaap@contoso.com",
+            b"jaap",
+            b"eu.contoso.com"
+        ));
+        assert!(!addr_matches(b"*@contoso.com", b"x", b"sub.contoso.com"));
+    }
+
+    #[test]
+    fn the_recipient_filter_is_not_an_open_relay() {
+        let t = table();
+        let anon = Attribution::default();
+        let org = Attribution {
+            inbound: Some(0),
+            originating: true,
+            blocked: false,
+        };
+        assert!(recipient_allowed(&t, &anon, b"a@contoso.com"));
+        assert!(!recipient_allowed(&t, &anon, b"a@gmail.com"));
+        assert!(recipient_allowed(&t, &org, b"a@gmail.com"));
+    }
+}

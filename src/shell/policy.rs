@@ -1,0 +1,615 @@
+//! The shell's side of the policy: runs the engine's pipeline on a message
+//! and renders what it decided. `sluice trace` and the daemon both call
+//! [`decide`], so a trace shows exactly what the daemon would do.
+
+use crate::engine::header;
+use crate::engine::policy::{
+    self, Addr, Agent, Attribution, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table,
+    Verdict, AGENTS,
+};
+use mail_parser::MimeHeaders;
+use std::net::IpAddr;
+
+/// The embedded default policy, used when the config names no rule file:
+/// loopback clients are the organisation (they may relay), everything
+/// leaves by MX lookup. So `sluice run` works on a fresh machine without
+/// becoming an open relay: it listens on loopback only.
+pub const DEFAULT_RULES: &str = r#"
+version = 1
+[[inbound]]
+name = "loopback"
+kind = "organization"
+client_ips = ["127.0.0.0/8", "::1/128"]
+
+[[connector]]
+name = "internet"
+address_spaces = ["*"]
+"#;
+
+/// An IP address as the engine wants it: 16 octets, IPv4-mapped for IPv4.
+pub fn ip16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Where a recipient goes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    /// MX lookup of this domain.
+    Mx(String),
+    /// These smart hosts, in order.
+    SmartHosts(Vec<String>),
+    /// Nowhere (refused, or no connector matched).
+    None,
+}
+
+/// One recipient's rendered decision.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The address as given (empty for an added recipient).
+    pub original: String,
+    /// The final address.
+    pub final_addr: String,
+    /// The send connector's name.
+    pub connector: Option<String>,
+    /// The next hop.
+    pub next_hop: NextHop,
+    /// "route_to", "use_connector" or "cmt".
+    pub route: Option<&'static str>,
+    /// The domain that chose connector and next hop, when overridden.
+    pub override_domain: Option<String>,
+    /// The rule that decided.
+    pub rule: Option<String>,
+    /// The rule that added this recipient.
+    pub added_by: Option<String>,
+    /// The refusal reply, e.g. "554 5.7.1 Relay access denied".
+    pub rejected: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// A rendered header edit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    /// Remove the field at this span of the message (name given for display).
+    Remove {
+        /// Start offset.
+        start: usize,
+        /// End offset (line ending included).
+        end: usize,
+        /// The field's name.
+        name: String,
+    },
+    /// Rename the field name at this span.
+    Rename {
+        /// Start offset.
+        start: usize,
+        /// End of the name.
+        end: usize,
+        /// Old name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Append a field.
+    Add {
+        /// Name.
+        name: String,
+        /// Value (may be empty).
+        value: String,
+    },
+    /// Replace an address inside a field.
+    Address {
+        /// Start offset.
+        start: usize,
+        /// End offset.
+        end: usize,
+        /// The field's name.
+        field: String,
+        /// Old address.
+        from: String,
+        /// New address.
+        to: String,
+    },
+}
+
+/// Everything the pipeline decided for one message.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Accepted (routed or not), or refused and why.
+    pub verdict: Verdict,
+    /// The in-session reply when refused.
+    pub reply: Option<String>,
+    /// "Routed", "NoAction" or "Rejected".
+    pub result: &'static str,
+    /// Per recipient, original ones first, then added ones.
+    pub recipients: Vec<Recipient>,
+    /// The envelope sender after outbound rewriting.
+    pub sender: String,
+    /// Header edits, with the agent that made each.
+    pub edits: Vec<(Agent, HeaderEdit)>,
+    /// The rule execution log, one line per note.
+    pub log: Vec<String>,
+}
+
+/// Collects the engine's output as it comes.
+struct Collect<'a> {
+    t: &'a Table,
+    msg: &'a [u8],
+    rcpts: &'a [&'a [u8]],
+    sender: &'a [u8],
+    decisions: Vec<Decision>,
+    edits: Vec<(Agent, Edit)>,
+    notes: Vec<(Agent, OwnedNote)>,
+    final_sender: Option<Addr>,
+}
+
+/// A note with its byte strings copied, rendered once the decisions are known.
+#[derive(Debug, Clone)]
+enum OwnedNote {
+    Engine(NoteKind, Vec<Vec<u8>>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum NoteKind {
+    HeaderFound(u16),
+    HeaderNotFound(u16),
+    HeaderValueExcluded(u16),
+    Applies(u16, u16),
+    Excepted(u16, u16),
+    Rerouted(u16, u16),
+    UseConnector(u16, u16, u16),
+    Refused(u16, u16),
+    RuleRewrote(u16, u16),
+    Added(u16, u16),
+    Stopped(u16, u16),
+    RelayDenied(u16),
+    RecipientRewritten(u16),
+    SenderRewritten,
+    FirewallRemoved,
+    FirewallRenamed,
+    CmtStamped,
+    CmtOverride(u16),
+    CmtAlreadyStamped(u16),
+    HopCount(u32, u16),
+    Connector(u16, Option<u16>),
+}
+
+impl Sink for Collect<'_> {
+    fn decision(&mut self, _rcpt: u16, d: &Decision) {
+        self.decisions.push(*d);
+    }
+    fn edit(&mut self, agent: Agent, e: Edit) {
+        self.edits.push((agent, e));
+    }
+    fn note(&mut self, agent: Agent, n: Note<'_>) {
+        use NoteKind as K;
+        let v = |s: &[&[u8]]| s.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+        let (k, s) = match n {
+            Note::HeaderFound(r, a, b) => (K::HeaderFound(r), v(&[a, b])),
+            Note::HeaderNotFound(r, a) => (K::HeaderNotFound(r), v(&[a])),
+            Note::HeaderValueExcluded(r, a, b) => (K::HeaderValueExcluded(r), v(&[a, b])),
+            Note::Applies(r, i) => (K::Applies(r, i), vec![]),
+            Note::Excepted(r, i) => (K::Excepted(r, i), vec![]),
+            Note::Rerouted(r, i, d) => (K::Rerouted(r, i), v(&[d])),
+            Note::UseConnector(r, i, c) => (K::UseConnector(r, i, c), vec![]),
+            Note::Refused(r, i) => (K::Refused(r, i), vec![]),
+            Note::RuleRewrote(r, i) => (K::RuleRewrote(r, i), vec![]),
+            Note::Added(r, i) => (K::Added(r, i), vec![]),
+            Note::Stopped(r, i) => (K::Stopped(r, i), vec![]),
+            Note::RelayDenied(i) => (K::RelayDenied(i), vec![]),
+            Note::RecipientRewritten(i) => (K::RecipientRewritten(i), vec![]),
+            Note::SenderRewritten => (K::SenderRewritten, vec![]),
+            Note::FirewallRemoved(a) => (K::FirewallRemoved, v(&[a])),
+            Note::FirewallRenamed(a, b) => (K::FirewallRenamed, v(&[a, b])),
+            Note::CmtStamped => (K::CmtStamped, vec![]),
+            Note::CmtOverride(i) => (K::CmtOverride(i), vec![]),
+            Note::CmtAlreadyStamped(i) => (K::CmtAlreadyStamped(i), vec![]),
+            Note::HopCount(n, m) => (K::HopCount(n, m), vec![]),
+            Note::Connector(i, c) => (K::Connector(i, c), vec![]),
+        };
+        self.notes.push((agent, OwnedNote::Engine(k, s)));
+    }
+    fn sender(&mut self, addr: &Addr) {
+        self.final_sender = Some(*addr);
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn render_addr(a: &Addr, orig: &[u8], t: &Table) -> String {
+    let local = Addr::piece(a.local, orig, t);
+    let domain = Addr::piece(a.domain, orig, t);
+    if domain.is_empty() {
+        lossy(local)
+    } else {
+        format!("{}@{}", lossy(local), lossy(domain))
+    }
+}
+
+/// File names of the message's attachments (MIME parts), via mail-parser.
+pub fn attachment_names(msg: &[u8]) -> Vec<Vec<u8>> {
+    let Some(m) = mail_parser::MessageParser::default().parse(msg) else {
+        return Vec::new();
+    };
+    m.attachments()
+        .filter_map(|p| p.attachment_name().map(|n| n.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The header block of `msg` (up to and including the blank line).
+pub fn header_block(msg: &[u8]) -> &[u8] {
+    let end = header::end_of_headers(msg, true).unwrap_or(msg.len());
+    msg.get(..end).unwrap_or(msg)
+}
+
+/// Runs the pipeline for `msg` from `sender` to `rcpts`, as the daemon does
+/// at the end of DATA, and renders the outcome.
+pub fn decide(
+    t: &Table,
+    attribution: Attribution,
+    client: IpAddr,
+    sender: &[u8],
+    rcpts: &[&[u8]],
+    msg: &[u8],
+) -> Outcome {
+    let names = attachment_names(msg);
+    let name_refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+    let headers = header_block(msg);
+    let m = policy::Message {
+        attribution,
+        client_ip: ip16(client),
+        sender,
+        headers,
+        attachments: &name_refs,
+    };
+    let mut c = Collect {
+        t,
+        msg: headers,
+        rcpts,
+        sender,
+        decisions: Vec::new(),
+        edits: Vec::new(),
+        notes: Vec::new(),
+        final_sender: None,
+    };
+    let verdict = policy::evaluate(t, &m, rcpts, &mut c);
+    render(&c, verdict)
+}
+
+fn rule_name(t: &Table, r: u16) -> String {
+    t.rules
+        .get(usize::from(r))
+        .map(|r| lossy(t.str(r.name)))
+        .unwrap_or_default()
+}
+
+fn connector_name(t: &Table, c: u16) -> String {
+    t.connectors
+        .get(usize::from(c))
+        .map(|c| lossy(t.str(c.name)))
+        .unwrap_or_default()
+}
+
+fn refusal_reply(t: &Table, r: &Refusal) -> String {
+    match r {
+        Refusal::Relay => "554 5.7.1 Relay access denied".into(),
+        Refusal::Rule(code, (a, b, c), text) => {
+            format!("{code} {a}.{b}.{c} {}", lossy(t.str(*text)))
+        }
+    }
+}
+
+/// The event an agent is registered on.
+pub fn stage_of(t: &Table, a: Agent) -> Stage {
+    t.agent(a)
+        .map(|s| s.stage)
+        .or_else(|| AGENTS.iter().find(|x| x.0 == a).map(|x| x.1))
+        .unwrap_or(Stage::OnEndOfData)
+}
+
+/// The rule-file name of an agent.
+pub fn agent_name(a: Agent) -> &'static str {
+    AGENTS.iter().find(|x| x.0 == a).map_or("agent", |x| x.3)
+}
+
+fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
+    let t = c.t;
+    let mut recipients = Vec::new();
+    for d in &c.decisions {
+        let orig: &[u8] = d
+            .original
+            .and_then(|i| c.rcpts.get(usize::from(i)).copied())
+            .unwrap_or(&[]);
+        let final_addr = render_addr(&d.addr, orig, t);
+        let final_domain = policy::domain_of(final_addr.as_bytes()).to_vec();
+        let (route, override_domain) = match d.route {
+            Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
+            Some(Override::UseConnector) => (Some("use_connector"), None),
+            Some(Override::Cmt(s)) => (Some("cmt"), Some(lossy(t.str(s)))),
+            None => (None, None),
+        };
+        let conn = d.connector.and_then(|ci| t.connectors.get(usize::from(ci)));
+        let next_hop = match (conn, &d.refused) {
+            (_, Some(_)) | (None, _) => NextHop::None,
+            (Some(cn), None) if cn.smart_hosts.count > 0 => {
+                NextHop::SmartHosts(t.list(cn.smart_hosts).map(lossy).collect())
+            }
+            (Some(_), None) => NextHop::Mx(
+                override_domain
+                    .clone()
+                    .unwrap_or_else(|| lossy(&final_domain)),
+            ),
+        };
+        let connector = d.connector.map(|ci| connector_name(t, ci));
+        let rule = d.rule.map(|r| rule_name(t, r));
+        let rejected = d.refused.as_ref().map(|r| refusal_reply(t, r));
+        let reason = match (&d.refused, route, &connector) {
+            (Some(Refusal::Relay), _, _) => {
+                "recipient outside the accepted domains from an anonymous session".to_string()
+            }
+            (Some(Refusal::Rule(..)), _, _) => {
+                format!("refused by rule \"{}\"", rule.clone().unwrap_or_default())
+            }
+            (None, Some("route_to"), _) => format!(
+                "routing override to {} by rule \"{}\"",
+                override_domain.clone().unwrap_or_default(),
+                rule.clone().unwrap_or_default()
+            ),
+            (None, Some("use_connector"), Some(cn)) => {
+                format!(
+                    "connector {cn} chosen by rule \"{}\"",
+                    rule.clone().unwrap_or_default()
+                )
+            }
+            (None, Some("cmt"), _) => format!(
+                "centralized mail flow: routed to the default accepted domain {}",
+                override_domain.clone().unwrap_or_default()
+            ),
+            (None, _, Some(cn)) => format!(
+                "address space of connector {cn} matches {}",
+                lossy(&final_domain)
+            ),
+            (None, _, None) => format!("no send connector matches {}", lossy(&final_domain)),
+        };
+        recipients.push(Recipient {
+            original: lossy(orig),
+            final_addr,
+            connector,
+            next_hop,
+            route,
+            override_domain,
+            rule,
+            added_by: d.added_by.map(|r| rule_name(t, r)),
+            rejected,
+            reason,
+        });
+    }
+    let edits = c
+        .edits
+        .iter()
+        .map(|(a, e)| (*a, render_edit(t, c.msg, e)))
+        .collect();
+    let addr_of = |i: u16| {
+        recipients
+            .get(usize::from(i))
+            .map(|r| r.final_addr.clone())
+            .unwrap_or_default()
+    };
+    let mut log = Vec::new();
+    for (agent, OwnedNote::Engine(k, s)) in &c.notes {
+        let s0 = s.first().map(|b| lossy(b)).unwrap_or_default();
+        let s1 = s.get(1).map(|b| lossy(b)).unwrap_or_default();
+        let rule = |r: u16| format!("Rule #{} ({})", r + 1, rule_name(t, r));
+        use NoteKind as K;
+        let text = match *k {
+            K::HeaderFound(r) => format!(
+                "{}. Found header [{}: {s1}]",
+                rule(r),
+                s0.to_ascii_lowercase()
+            ),
+            K::HeaderNotFound(r) => format!(
+                "{}. Header [{}] was not found.",
+                rule(r),
+                s0.to_ascii_lowercase()
+            ),
+            K::HeaderValueExcluded(r) => format!(
+                "{}. Header [{}: {s1}] is excluded by the rule's value pattern.",
+                rule(r),
+                s0.to_ascii_lowercase()
+            ),
+            K::Applies(r, i) => {
+                format!("{}. Recipient [{}]. Conditions hold.", rule(r), addr_of(i))
+            }
+            K::Excepted(r, i) => format!(
+                "{}. Recipient [{}]. An exception applies; rule skipped.",
+                rule(r),
+                addr_of(i)
+            ),
+            K::Rerouted(r, i) => format!(
+                "{}. Recipient [{}]. Rerouted to [{s0}] via [UseOverrideDomain].",
+                rule(r),
+                addr_of(i)
+            ),
+            K::UseConnector(r, i, cn) => format!(
+                "{}. Recipient [{}]. Routed via connector [{}] (criteria-based routing).",
+                rule(r),
+                addr_of(i),
+                connector_name(t, cn)
+            ),
+            K::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(i)),
+            K::RuleRewrote(r, i) => {
+                format!("{}. Recipient rewritten to [{}].", rule(r), addr_of(i))
+            }
+            K::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(i)),
+            K::Stopped(r, i) => format!(
+                "{}. Recipient [{}]. Stop: no further rules.",
+                rule(r),
+                addr_of(i)
+            ),
+            K::RelayDenied(i) => format!(
+                "Recipient [{}]. Outside the accepted domains; relay denied.",
+                addr_of(i)
+            ),
+            K::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(i)),
+            K::SenderRewritten => "Envelope sender rewritten.".to_string(),
+            K::FirewallRemoved => format!("Removed header [{s0}] from anonymous mail."),
+            K::FirewallRenamed => format!("Renamed header [{s0}] to [{s1}] on anonymous mail."),
+            K::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
+            K::CmtOverride(i) => format!(
+                "Recipient [{}]. Routing override to the default accepted domain [{}].",
+                addr_of(i),
+                t.default_domain
+                    .map(|d| lossy(t.str(d)))
+                    .unwrap_or_default()
+            ),
+            K::CmtAlreadyStamped(i) => format!(
+                "Recipient [{}]. Message already stamped; no override.",
+                addr_of(i)
+            ),
+            K::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
+            K::Connector(i, Some(cn)) => format!(
+                "Recipient [{}]. Connector [{}].",
+                addr_of(i),
+                connector_name(t, cn)
+            ),
+            K::Connector(i, None) => {
+                format!("Recipient [{}]. No send connector matches.", addr_of(i))
+            }
+        };
+        log.push(format!(
+            "{:?} {}: {text}",
+            stage_of(t, *agent),
+            agent_name(*agent)
+        ));
+    }
+    let (result, reply) = match verdict {
+        Verdict::Accepted { routed: true } => ("Routed", None),
+        Verdict::Accepted { routed: false } => ("NoAction", None),
+        Verdict::HopCount => (
+            "Rejected",
+            Some("554 5.4.14 Hop count exceeded - possible mail loop".to_string()),
+        ),
+        Verdict::Refused(r) => ("Rejected", Some(refusal_reply(t, &r))),
+    };
+    log.push(format!("Message processing completed. Result: [{result}]."));
+    let sender = match &c.final_sender {
+        Some(a) => render_addr(a, c.sender, t),
+        None => lossy(c.sender),
+    };
+    Outcome {
+        verdict,
+        reply,
+        result,
+        recipients,
+        sender,
+        edits,
+        log,
+    }
+}
+
+fn render_edit(t: &Table, block: &[u8], e: &Edit) -> HeaderEdit {
+    let span = |a: u32, b: u32| lossy(block.get(a as usize..b as usize).unwrap_or(&[]));
+    match *e {
+        Edit::Remove(s, e2) => {
+            let text = block.get(s as usize..e2 as usize).unwrap_or(&[]);
+            let name = text
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(text, |i| &text[..i]);
+            HeaderEdit::Remove {
+                start: s as usize,
+                end: e2 as usize,
+                name: lossy(header::trim(name)),
+            }
+        }
+        Edit::Rename(s, e2, to) => HeaderEdit::Rename {
+            start: s as usize,
+            end: e2 as usize,
+            from: span(s, e2),
+            to: lossy(t.str(to)),
+        },
+        Edit::Add(n, v) => HeaderEdit::Add {
+            name: lossy(t.str(n)),
+            value: lossy(t.str(v)),
+        },
+        Edit::Address(s, e2, a) => {
+            let field = header::fields(block)
+                .find(|f| {
+                    let fs = f.name.as_ptr() as usize - block.as_ptr() as usize;
+                    let fe = f.value.as_ptr() as usize - block.as_ptr() as usize + f.value.len();
+                    fs <= s as usize && (e2 as usize) <= fe
+                })
+                .map(|f| lossy(f.name))
+                .unwrap_or_default();
+            HeaderEdit::Address {
+                start: s as usize,
+                end: e2 as usize,
+                field,
+                from: span(s, e2),
+                to: render_addr(&a, block, t),
+            }
+        }
+    }
+}
+
+/// The message with `edits` applied: spans replaced or removed, added
+/// fields placed at the end of the header block. The body is untouched.
+pub fn splice(msg: &[u8], edits: &[&HeaderEdit]) -> Vec<u8> {
+    let head_end = header::end_of_headers(msg, true).unwrap_or(msg.len());
+    // Added fields go before the blank line that ends the headers.
+    let insert_at = if msg
+        .get(..head_end)
+        .is_some_and(|h| h.ends_with(b"\r\n\r\n"))
+    {
+        head_end - 2
+    } else if msg.get(..head_end).is_some_and(|h| h.ends_with(b"\n\n")) {
+        head_end - 1
+    } else {
+        head_end
+    };
+    let mut spans: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut added = Vec::new();
+    for e in edits {
+        match e {
+            HeaderEdit::Remove { start, end, .. } => spans.push((*start, *end, Vec::new())),
+            HeaderEdit::Rename { start, end, to, .. }
+            | HeaderEdit::Address { start, end, to, .. } => {
+                spans.push((*start, *end, to.as_bytes().to_vec()))
+            }
+            HeaderEdit::Add { name, value } => {
+                added.extend_from_slice(name.as_bytes());
+                added.push(b':');
+                if !value.is_empty() {
+                    added.push(b' ');
+                    added.extend_from_slice(value.as_bytes());
+                }
+                added.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    spans.sort_by_key(|s| s.0);
+    let mut out = Vec::with_capacity(msg.len() + added.len());
+    let mut pos = 0;
+    for (s, e, with) in spans {
+        if s < pos || e > insert_at.max(s) && e > head_end {
+            continue; // overlapping or outside the header block: skip
+        }
+        out.extend_from_slice(msg.get(pos..s).unwrap_or(&[]));
+        out.extend_from_slice(&with);
+        pos = e;
+    }
+    if pos <= insert_at {
+        out.extend_from_slice(msg.get(pos..insert_at).unwrap_or(&[]));
+        out.extend_from_slice(&added);
+        out.extend_from_slice(msg.get(insert_at..).unwrap_or(&[]));
+    } else {
+        out.extend_from_slice(&added);
+        out.extend_from_slice(msg.get(pos..).unwrap_or(&[]));
+    }
+    out
+}

@@ -1,0 +1,352 @@
+//! `sluice trace` and `sluice pipeline`: the policy, offline.
+
+use super::config::Config;
+use super::policy::{self, HeaderEdit, NextHop, Outcome};
+use super::rules;
+use crate::engine::policy::{attribute, Agent, Stage, Table, AGENTS};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Loads and compiles the rule file for a command: `--rules FILE`, else
+/// the config's `rules`, else the embedded default. Errors are printed.
+pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Box<Table>, i32> {
+    let path: Option<PathBuf> = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| cfg.and_then(|c| c.rules.clone()));
+    let (text, name) = match &path {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(t) => (t, p.display().to_string()),
+            Err(e) => {
+                eprintln!("sluice: {}: {e}", p.display());
+                return Err(2);
+            }
+        },
+        None => (
+            policy::DEFAULT_RULES.to_string(),
+            "(embedded default rules)".to_string(),
+        ),
+    };
+    match rules::compile(&text) {
+        Ok(c) => Ok(c.table),
+        Err(diags) => {
+            for d in diags {
+                eprintln!("{name}:{}:{}: error: {}", d.line, d.col, d.message);
+            }
+            Err(2)
+        }
+    }
+}
+
+const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--snapshots] [--json]";
+
+/// `sluice trace`: exit 0 accepted, 1 rejected, 2 bad input.
+pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
+    let mut file = None;
+    let mut from: Option<String> = None;
+    let mut to: Vec<String> = Vec::new();
+    let mut peer: IpAddr = IpAddr::from([127, 0, 0, 1]);
+    let mut tls_name: Option<String> = None;
+    let mut rules_file: Option<PathBuf> = None;
+    let (mut json_out, mut snapshots) = (false, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |what: &str| -> Result<String, i32> {
+            it.next().map(|s| s.to_string()).ok_or_else(|| {
+                eprintln!("sluice: {what} needs a value\n{TRACE_USAGE}");
+                2
+            })
+        };
+        let r = match *a {
+            "--from" => value("--from").map(|v| from = Some(v)),
+            "--to" => value("--to").map(|v| to.push(v)),
+            "--peer" => value("--peer").and_then(|v| {
+                v.parse().map(|ip| peer = ip).map_err(|_| {
+                    eprintln!("sluice: --peer {v:?} is not an IP address");
+                    2
+                })
+            }),
+            "--tls-name" => value("--tls-name").map(|v| tls_name = Some(v)),
+            "--rules" => value("--rules").map(|v| rules_file = Some(PathBuf::from(v))),
+            "--json" => {
+                json_out = true;
+                Ok(())
+            }
+            "--snapshots" => {
+                snapshots = true;
+                Ok(())
+            }
+            "--help" | "-h" => {
+                println!("{TRACE_USAGE}");
+                return 0;
+            }
+            f if file.is_none() && !f.starts_with("--") => {
+                file = Some(PathBuf::from(f));
+                Ok(())
+            }
+            other => {
+                eprintln!("sluice: unexpected argument {other:?}\n{TRACE_USAGE}");
+                Err(2)
+            }
+        };
+        if let Err(code) = r {
+            return code;
+        }
+    }
+    let (Some(file), Some(from)) = (file, from) else {
+        eprintln!("sluice: trace needs a message file and --from\n{TRACE_USAGE}");
+        return 2;
+    };
+    if to.is_empty() {
+        eprintln!("sluice: trace needs at least one --to\n{TRACE_USAGE}");
+        return 2;
+    }
+    let msg = match std::fs::read(&file) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("sluice: {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let table = match load_rules(rules_file.as_deref(), cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let att = attribute(
+        &table,
+        &policy::ip16(peer),
+        tls_name.as_deref().map(str::as_bytes),
+    );
+    let rcpts: Vec<&[u8]> = to.iter().map(|s| s.as_bytes()).collect();
+    let out = policy::decide(&table, att, peer, from.as_bytes(), &rcpts, &msg);
+    let inbound = att
+        .inbound
+        .and_then(|i| table.inbound.get(usize::from(i)))
+        .map(|c| String::from_utf8_lossy(table.str(c.name)).into_owned());
+    if json_out {
+        let mut doc = to_json(
+            &out,
+            &table,
+            peer,
+            inbound,
+            att.originating,
+            tls_name.as_deref(),
+            &from,
+        );
+        if snapshots {
+            doc["snapshots"] = Value::Array(snapshot_list(&msg, &out));
+        }
+        println!("{doc}");
+    } else {
+        print_text(&out, peer, inbound.as_deref(), att.originating, &from);
+        if snapshots {
+            for s in snapshot_list(&msg, &out) {
+                println!(
+                    "\n--- before {}\n{}--- after {}\n{}",
+                    s["agent"].as_str().unwrap_or(""),
+                    s["before"].as_str().unwrap_or(""),
+                    s["agent"].as_str().unwrap_or(""),
+                    s["after"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    i32::from(out.result == "Rejected")
+}
+
+fn next_hop_json(n: &NextHop) -> Value {
+    match n {
+        NextHop::Mx(d) => json!({ "mx": d }),
+        NextHop::SmartHosts(h) => json!({ "smart_hosts": h }),
+        NextHop::None => Value::Null,
+    }
+}
+
+fn to_json(
+    out: &Outcome,
+    t: &Table,
+    peer: IpAddr,
+    inbound: Option<String>,
+    originating: bool,
+    tls_name: Option<&str>,
+    from: &str,
+) -> Value {
+    let recipients: Vec<Value> = out
+        .recipients
+        .iter()
+        .map(|r| {
+            json!({
+                "original": r.original, "final": r.final_addr, "connector": r.connector,
+                "next_hop": next_hop_json(&r.next_hop), "override": r.route,
+                "override_domain": r.override_domain, "rule": r.rule, "added_by": r.added_by,
+                "rejected": r.rejected, "reason": r.reason,
+            })
+        })
+        .collect();
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut renamed = Vec::new();
+    let mut rewritten = Vec::new();
+    for (_, e) in &out.edits {
+        match e {
+            HeaderEdit::Add { name, value } => added.push(json!({ "name": name, "value": value })),
+            HeaderEdit::Remove { name, .. } => removed.push(json!(name)),
+            HeaderEdit::Rename { from, to, .. } => renamed.push(json!({ "from": from, "to": to })),
+            HeaderEdit::Address {
+                field, from, to, ..
+            } => rewritten.push(json!({ "name": field, "from": from, "to": to })),
+        }
+    }
+    json!({
+        "result": out.result,
+        "reply": out.reply,
+        "policy_version": format!("{:016X}", t.version),
+        "session": { "peer": peer.to_string(), "inbound": inbound, "originating": originating, "tls_name": tls_name },
+        "sender": { "original": from, "final": out.sender },
+        "recipients": recipients,
+        "headers_added": added,
+        "headers_removed": removed,
+        "headers_renamed": renamed,
+        "headers_rewritten": rewritten,
+        "log": out.log,
+    })
+}
+
+/// Header block before and after each agent that changed it.
+fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
+    let mut list = Vec::new();
+    let mut done: Vec<&HeaderEdit> = Vec::new();
+    let mut agents: Vec<Agent> = Vec::new();
+    for (a, _) in &out.edits {
+        if !agents.contains(a) {
+            agents.push(*a);
+        }
+    }
+    for a in agents {
+        let before = policy::splice(msg, &done);
+        done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
+        let after = policy::splice(msg, &done);
+        list.push(json!({
+            "agent": policy::agent_name(a),
+            "before": String::from_utf8_lossy(policy::header_block(&before)),
+            "after": String::from_utf8_lossy(policy::header_block(&after)),
+        }));
+    }
+    list
+}
+
+fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: bool, from: &str) {
+    println!(
+        "session: peer {peer}, inbound connector {}, {}",
+        inbound.unwrap_or("(none)"),
+        if originating {
+            "originating"
+        } else {
+            "anonymous"
+        }
+    );
+    println!("sender:  <{from}> -> <{}>", out.sender);
+    println!(
+        "result:  {}{}",
+        out.result,
+        out.reply
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    );
+    for r in &out.recipients {
+        let hop = match &r.next_hop {
+            NextHop::Mx(d) => format!("MX {d}"),
+            NextHop::SmartHosts(h) => h.join(", "),
+            NextHop::None => "-".into(),
+        };
+        let who = if r.original.is_empty() {
+            format!("(added by {})", r.added_by.clone().unwrap_or_default())
+        } else {
+            r.original.clone()
+        };
+        println!("recipient {who} -> {}", r.final_addr);
+        match &r.rejected {
+            Some(rep) => println!("    rejected: {rep}"),
+            None => println!(
+                "    connector {} via {hop}",
+                r.connector.clone().unwrap_or_else(|| "-".into())
+            ),
+        }
+        println!("    why: {}", r.reason);
+    }
+    for (a, e) in &out.edits {
+        let what = match e {
+            HeaderEdit::Add { name, value } => format!("add {name}: {value}"),
+            HeaderEdit::Remove { name, .. } => format!("remove {name}"),
+            HeaderEdit::Rename { from, to, .. } => format!("rename {from} -> {to}"),
+            HeaderEdit::Address {
+                field, from, to, ..
+            } => format!("{field}: {from} -> {to}"),
+        };
+        println!("header ({}): {what}", policy::agent_name(*a));
+    }
+    println!("rule log:");
+    for l in &out.log {
+        println!("  > {l}");
+    }
+}
+
+/// `sluice pipeline`: events in order, agents by priority.
+pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
+    let mut rules_file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--rules" => match it.next() {
+                Some(f) => rules_file = Some(PathBuf::from(f)),
+                None => {
+                    eprintln!("sluice: --rules needs a file");
+                    return 2;
+                }
+            },
+            other => {
+                eprintln!("sluice: pipeline: unexpected argument {other:?}");
+                return 2;
+            }
+        }
+    }
+    let table = match load_rules(rules_file.as_deref(), cfg) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let stages = [
+        Stage::OnConnect,
+        Stage::OnRcptCommand,
+        Stage::OnEndOfHeaders,
+        Stage::OnEndOfData,
+        Stage::OnSubmittedMessage,
+        Stage::OnResolvedMessage,
+        Stage::OnRoutedMessage,
+        Stage::OnCategorizedMessage,
+    ];
+    for st in stages {
+        let mut slots: Vec<(u8, Agent, bool)> = AGENTS
+            .iter()
+            .filter(|a| a.1 == st)
+            .map(|a| match table.agent(a.0) {
+                Some(s) => (s.priority, a.0, s.enabled),
+                None => (a.2, a.0, true),
+            })
+            .collect();
+        if slots.is_empty() {
+            continue;
+        }
+        slots.sort();
+        println!("{st:?}");
+        for (prio, agent, enabled) in slots {
+            let line = format!(
+                "  {prio:>3}  {:<20}{}",
+                policy::agent_name(agent),
+                if enabled { "" } else { "  [disabled]" }
+            );
+            println!("{}", line.trim_end());
+        }
+    }
+    0
+}

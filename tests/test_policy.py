@@ -1,0 +1,853 @@
+"""The policy engine, black box: `sluice trace MESSAGE.eml ... --rules FILE --json`
+against the normative rule file config/rules.toml (= ../shared/rules.sample.toml).
+
+Each test states one decision the sample's comments (or the seeds they cite)
+make, and checks the JSON of docs/INTERFACES.md ("Policy (issue 3)"). Fixtures
+(.eml messages with CRLF line endings, rule-file variants) are in tests/policy/.
+
+Peers: 192.0.2.1 anonymous Internet client; 127.0.0.2 exchange-online and
+127.0.0.1 exchange-onprem (organization: originating); 127.0.0.3
+partner-fabrikam (partner: anonymous).
+"""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import SLUICE_BIN
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FIX = os.path.join(HERE, "policy")
+RULES = os.path.join(ROOT, "config", "rules.toml")
+
+ANON = "192.0.2.1"
+ONLINE = "127.0.0.2"
+ONPREM = "127.0.0.1"
+PARTNER = "127.0.0.3"
+
+STAMP = "X-MS-Exchange-Organization-CentralizedMailFlowOverrideSet"
+TREND_HOP = {"smart_hosts": ["hes.trend.example:25"]}
+ONPREM_HOP = {"smart_hosts": ["exch1.contoso.internal:25", "exch2.contoso.internal:25"]}
+FABRIKAM_HOP = {"smart_hosts": ["mx1.fabrikam.example", "mx2.fabrikam.example:2525"]}
+JOURNAL_HOP = {"smart_hosts": ["archive.contoso.internal"]}
+EXE_REFUSED = "550 5.7.1 Executable attachments are refused"
+RELAY_DENIED = "554 5.7.1 Relay access denied"
+
+TOP_KEYS = ("result", "reply", "policy_version", "session", "sender", "recipients", "headers_added",
+            "headers_removed", "headers_renamed", "headers_rewritten", "log")
+RCPT_KEYS = ("original", "final", "connector", "next_hop", "override", "override_domain", "rule",
+             "added_by", "rejected", "reason")
+
+
+def fx(name):
+    p = os.path.join(FIX, name)
+    assert os.path.exists(p), p
+    return p
+
+
+class Trace:
+    """One `sluice trace` run: the process and (with --json) the parsed document."""
+
+    def __init__(self, args, proc, doc):
+        self.args = args
+        self.proc = proc
+        self.rc = proc.returncode
+        self.stdout = proc.stdout.decode("utf-8", "replace")
+        self.stderr = proc.stderr.decode("utf-8", "replace")
+        self.doc = doc
+
+    def __repr__(self):
+        return "sluice %s\n-> exit %s\nstdout: %s\nstderr: %s" % (
+            " ".join(self.args), self.rc, self.stdout[:6000], self.stderr[:3000])
+
+    def __getitem__(self, k):
+        return self.doc[k]
+
+    def rcpt(self, original):
+        found = [r for r in self.doc["recipients"] if r["original"] == original and not r["added_by"]]
+        assert len(found) == 1, "recipient %s listed %d times:\n%r" % (original, len(found), self)
+        return found[0]
+
+    def added(self):
+        return [r for r in self.doc["recipients"] if r["added_by"]]
+
+    def log_lines(self, *needles):
+        """Log lines that contain every needle."""
+        return [ln for ln in self.doc["log"] if all(n in ln for n in needles)]
+
+    def header_added(self, name):
+        return [h for h in self.doc["headers_added"] if h["name"].lower() == name.lower()]
+
+
+def run_raw(args, timeout=20):
+    return subprocess.run([SLUICE_BIN, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def trace(eml, frm, to, peer=None, rules=RULES, extra=(), as_json=True, expect_rc=None):
+    """Run trace; check the document's shape and its consistency with the exit status."""
+    if isinstance(to, str):
+        to = [to]
+    assert os.path.exists(SLUICE_BIN), "no sluice binary at %s (set SLUICE_BIN)" % SLUICE_BIN
+    args = ["trace", fx(eml) if not os.path.isabs(eml) else eml, "--from", frm]
+    for t in to:
+        args += ["--to", t]
+    if peer is not None:
+        args += ["--peer", peer]
+    if rules is not None:
+        args += ["--rules", rules]
+    args += list(extra)
+    if as_json:
+        args.append("--json")
+    proc = run_raw(args)
+    t = Trace(args, proc, None)
+    if expect_rc is not None:
+        assert t.rc == expect_rc, "expected exit %d:\n%r" % (expect_rc, t)
+    if as_json and t.rc in (0, 1):
+        try:
+            t.doc = json.loads(t.stdout)
+        except ValueError as e:
+            raise AssertionError("stdout is not one JSON document (%s):\n%r" % (e, t))
+        check_shape(t, to)
+    return t
+
+
+def check_shape(t, to):
+    d = t.doc
+    assert isinstance(d, dict), t
+    for k in TOP_KEYS:
+        assert k in d, "trace JSON lacks %r:\n%r" % (k, t)
+    assert d["result"] in ("Routed", "NoAction", "Rejected"), t
+    assert isinstance(d["policy_version"], str) and re.fullmatch(r"[0-9a-fA-F]{16}", d["policy_version"]), t
+    for k in ("peer", "inbound", "originating", "tls_name"):
+        assert k in d["session"], "session lacks %r:\n%r" % (k, t)
+    assert set(d["sender"]) >= {"original", "final"}, t
+    for k in ("headers_added", "headers_removed", "headers_renamed", "headers_rewritten", "log"):
+        assert isinstance(d[k], list), "%s is not a list:\n%r" % (k, t)
+    assert all(isinstance(x, str) for x in d["log"]), t
+    assert all(isinstance(x, str) for x in d["headers_removed"]), t
+    for h in d["headers_added"]:
+        assert set(h) >= {"name", "value"}, t
+    for h in d["headers_renamed"]:
+        assert set(h) >= {"from", "to"}, t
+    for h in d["headers_rewritten"]:
+        assert set(h) >= {"name", "from", "to"}, t
+    assert isinstance(d["recipients"], list), t
+    for r in d["recipients"]:
+        for k in RCPT_KEYS:
+            assert k in r, "recipient lacks %r:\n%r" % (k, t)
+        assert r["override"] in (None, "route_to", "use_connector", "cmt"), t
+        assert isinstance(r["reason"], str), t
+        if r["rejected"] is not None:
+            assert r["connector"] is None and r["next_hop"] is None, "a rejected recipient has a route:\n%r" % t
+        elif t.rc == 0:
+            assert isinstance(r["connector"], str) and r["connector"], t
+            assert isinstance(r["next_hop"], dict) and len(r["next_hop"]) == 1, t
+        if r["override"] is None:
+            assert r["override_domain"] is None, t
+    # every --to is listed, in order, before any recipient a rule added
+    # (a session refused as a whole, e.g. at connect, may list none)
+    originals = [r["original"] for r in d["recipients"] if not r["added_by"]]
+    if not (t.rc == 1 and not originals):
+        assert originals == list(to), "recipients %r, sent %r:\n%r" % (originals, to, t)
+    # exit status, result and reply agree
+    if t.rc == 1:
+        assert d["result"] == "Rejected", t
+        assert isinstance(d["reply"], str) and re.match(r"^[45]\d\d [45]\.\d{1,3}\.\d{1,3} ", d["reply"]), t
+    else:
+        assert d["result"] != "Rejected", t
+        assert d["reply"] is None, t
+        overridden = any(r["override"] for r in d["recipients"] if r["rejected"] is None)
+        assert d["result"] == ("Routed" if overridden else "NoAction"), t
+        assert any(r["rejected"] is None for r in d["recipients"]), t
+
+
+def assert_route(t, rcpt, connector, next_hop, override=None, override_domain=None, rule=None):
+    r = t.rcpt(rcpt) if isinstance(rcpt, str) else rcpt
+    got = {k: r[k] for k in ("connector", "next_hop", "override", "rejected")}
+    want = {"connector": connector, "next_hop": next_hop, "override": override, "rejected": None}
+    assert got == want, "recipient %s: got %r, want %r\n%r" % (r["original"], got, want, t)
+    if override is None:
+        assert r["override_domain"] is None and r["rule"] is None, "%s: %r\n%r" % (r["original"], r, t)
+    if override_domain is not None:
+        assert r["override_domain"] == override_domain, "%s: %r\n%r" % (r["original"], r, t)
+    if rule is not None:
+        assert r["rule"] == rule, "%s: %r\n%r" % (r["original"], r, t)
+
+
+# ---------------------------------------------------------------------------
+# 0. Attribution: who the session is
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peer,inbound,originating", [
+    (ANON, None, False),
+    (ONLINE, "exchange-online", True),
+    (ONPREM, "exchange-onprem", True),
+    ("::1", "exchange-onprem", True),
+    (PARTNER, "partner-fabrikam", False),
+])
+def test_session_attribution_by_ip(peer, inbound, originating):
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=peer, expect_rc=0)
+    assert t["session"] == {"peer": peer, "inbound": inbound, "originating": originating, "tls_name": None}, t
+
+
+def test_default_peer_is_loopback_onprem():
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", expect_rc=0)
+    assert t["session"]["peer"] == "127.0.0.1", t
+    assert t["session"]["inbound"] == "exchange-onprem" and t["session"]["originating"] is True, t
+
+
+def test_attribution_by_tls_certificate_name_makes_cmt_apply():
+    # "either one attributes": an unknown IP presenting Exchange Online's certificate name
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ANON,
+              extra=["--tls-name", "mail.protection.outlook.com"], expect_rc=0)
+    assert t["session"] == {"peer": ANON, "inbound": "exchange-online", "originating": True,
+                            "tls_name": "mail.protection.outlook.com"}, t
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+
+
+def test_unknown_tls_name_stays_anonymous():
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ANON,
+              extra=["--tls-name", "mail.evil.example"], expect_rc=1)
+    assert t["session"]["inbound"] is None and t["session"]["originating"] is False, t
+    assert t["session"]["tls_name"] == "mail.evil.example", t
+    assert t.rcpt("x@gmail.com")["rejected"] == RELAY_DENIED, t
+
+
+def test_policy_version_is_stable_and_follows_the_file():
+    a = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM, expect_rc=0)
+    b = trace("rtm_on.eml", "bob@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    c = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM,
+              rules=fx("rules_cmt_disabled.toml"), expect_rc=0)
+    assert a["policy_version"] == b["policy_version"], (a, b)
+    assert a["policy_version"] != c["policy_version"], "two different rule files, one version:\n%r\n%r" % (a, c)
+
+
+# ---------------------------------------------------------------------------
+# 1. The header rule (seed 000, rule #1 "Route via Trend")
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_header_rule_routes_via_trend(peer):
+    t = trace("rtm_on.eml", "alice@contoso.com", "someone@gmail.com", peer=peer, expect_rc=0)
+    assert t["result"] == "Routed", t
+    r = t.rcpt("someone@gmail.com")
+    assert r["final"] == "someone@gmail.com", t  # route_to changes the route, never the address
+    assert_route(t, r, "trend", TREND_HOP, override="route_to", override_domain="trend.local",
+                 rule="Route via Trend")
+    assert t.log_lines("Found header [x-routethroughtm: On]"), t
+    rerouted = t.log_lines("Rerouted to [trend.local] via [UseOverrideDomain]")
+    assert rerouted, t
+    assert any("someone@gmail.com" in ln for ln in rerouted), "the reroute line names no recipient:\n%r" % t
+    if peer == ONLINE:
+        # a transport rule's route_to wins over CMT
+        assert t.rcpt("someone@gmail.com")["override"] == "route_to", t
+
+
+@pytest.mark.parametrize("eml", ["rtm_public.eml", "rtm_PUBLIC.eml"])
+def test_header_rule_public_label_is_not_rerouted(eml):
+    t = trace(eml, "alice@contoso.com", "someone@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "someone@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t["result"] == "NoAction", t
+    assert not t.log_lines("Rerouted to [trend.local]"), t
+    assert [ln for ln in t["log"] if "x-routethroughtm" in ln.lower()], \
+        "the rule log says nothing about the header:\n%r" % t
+
+
+def test_header_rule_pattern_is_anchored():
+    # '(?i)^public$' excludes exactly "public": "publicly" is rerouted
+    t = trace("rtm_publicly.eml", "alice@contoso.com", "someone@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "someone@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert t.log_lines("Found header [x-routethroughtm: publicly]"), t
+
+
+def test_header_rule_header_absent():
+    t = trace("plain.eml", "alice@contoso.com", "someone@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "someone@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t["result"] == "NoAction", t
+    assert t.log_lines("[x-routethroughtm] was not found"), t
+
+
+def test_header_rule_public_but_sender_in_trendusers_routed_by_rule_2():
+    t = trace("rtm_public.eml", "jaap@contoso.com", "someone@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "someone@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Sales via Trend")
+    assert t["result"] == "Routed", t
+
+
+def test_header_rule_exception_secure_domains():
+    to = ["a@gmail.com", "b@secure.com", "c@secure.eu"]
+    t = trace("rtm_on.eml", "alice@contoso.com", to, peer=ONPREM, expect_rc=0)
+    assert t["result"] == "Routed", t
+    assert_route(t, "a@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert_route(t, "b@secure.com", "internet", {"mx": "secure.com"})
+    assert_route(t, "c@secure.eu", "internet", {"mx": "secure.eu"})
+    for r in ("b@secure.com", "c@secure.eu"):
+        assert not t.log_lines(r, "Rerouted"), "%s logged as rerouted:\n%r" % (r, t)
+    assert [ln for ln in t.log_lines("Rerouted to [trend.local] via [UseOverrideDomain]") if "a@gmail.com" in ln], t
+
+
+# ---------------------------------------------------------------------------
+# 2. Source-based routing by group (rule #2 "Sales via Trend")
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sender", ["jaap@contoso.com", "anyone@sales.contoso.com", "jaap@CONTOSO.COM"])
+def test_group_sender_to_outside_routed_via_trend(sender):
+    t = trace("plain.eml", sender, "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Sales via Trend")
+    assert t["result"] == "Routed", t
+
+
+@pytest.mark.parametrize("sender", ["jaap@contoso.com", "anyone@sales.contoso.com"])
+def test_group_sender_to_inside_not_overridden(sender):
+    t = trace("plain.eml", sender, "user@contoso.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+    assert t["result"] == "NoAction", t
+
+
+def test_group_sender_mixed_recipients():
+    t = trace("plain.eml", "jaap@contoso.com", ["x@gmail.com", "user@contoso.com"], peer=ONPREM, expect_rc=0)
+    assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Sales via Trend")
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+
+
+@pytest.mark.parametrize("sender", ["jaapx@contoso.com", "anyone@notsales.contoso.com", "anyone@contoso.com"])
+def test_non_group_sender_not_routed_via_trend(sender):
+    t = trace("plain.eml", sender, "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+
+
+# ---------------------------------------------------------------------------
+# 3. Criteria-based routing with its loop guard (seed 002, rule #3)
+# ---------------------------------------------------------------------------
+
+def test_cloud_to_cloud_via_onprem():
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP, override="use_connector",
+                 rule="Cloud to cloud via on-premises")
+    assert t["result"] == "Routed", t
+
+
+@pytest.mark.parametrize("eml", ["originator_contoso.eml", "originator_eu.eml", "originator_us.eml",
+                                 "originator_upper.eml"])
+def test_cloud_to_cloud_loop_guard_exception(eml):
+    t = trace(eml, "alice@contoso.com", "user@contoso.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)  # by the "--" address space
+    assert t["result"] == "NoAction", t
+
+
+@pytest.mark.parametrize("eml", ["originator_fabrikam.eml", "originator_evil.eml"])
+def test_cloud_to_cloud_foreign_originator_still_overridden(eml):
+    t = trace(eml, "alice@contoso.com", "user@contoso.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP, override="use_connector",
+                 rule="Cloud to cloud via on-premises")
+
+
+def test_cloud_to_cloud_only_from_exchange_online():
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+
+
+# ---------------------------------------------------------------------------
+# 4. Centralized mail flow (seed 002, the CMFA)
+# ---------------------------------------------------------------------------
+
+def test_cmt_stamps_and_overrides_once():
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
+    assert {"name": STAMP, "value": ""} in t["headers_added"], t
+    assert len(t.header_added(STAMP)) == 1, t
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert t.rcpt("x@gmail.com")["rule"] is None, t
+    assert t["result"] == "Routed", t
+
+
+def test_cmt_two_outside_recipients_one_stamp():
+    t = trace("plain.eml", "alice@contoso.com", ["x@gmail.com", "y@example.org"], peer=ONLINE, expect_rc=0)
+    assert len(t.header_added(STAMP)) == 1, t
+    for r in ("x@gmail.com", "y@example.org"):
+        assert_route(t, r, "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+
+
+def test_cmt_outside_and_inside_recipients():
+    t = trace("plain.eml", "alice@contoso.com", ["x@gmail.com", "user@contoso.com"], peer=ONLINE, expect_rc=0)
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP, override="use_connector",
+                 rule="Cloud to cloud via on-premises")
+
+
+def test_cmt_stamped_message_back_from_onprem_not_overridden():
+    t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t["headers_added"] == [], t
+    assert t["result"] == "NoAction", t
+
+
+def test_cmt_stamped_message_from_online_not_overridden_again():
+    t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.header_added(STAMP) == [], "a second stamp:\n%r" % t
+    assert t["headers_added"] == [], t
+    assert t["result"] == "NoAction", t
+
+
+def test_cmt_not_for_other_organization_peer():
+    # only exchange-online is in from_inbound
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.header_added(STAMP) == [], t
+
+
+def test_rule_route_to_wins_over_cmt():
+    t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+
+
+def test_rule_route_to_on_stamped_message_still_applies():
+    t = trace("cmt_stamped_rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert t.header_added(STAMP) == [], t
+
+
+def test_cmt_agent_disabled_does_no_override():
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE,
+              rules=fx("rules_cmt_disabled.toml"), expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.header_added(STAMP) == [], t
+    assert t["result"] == "NoAction", t
+
+
+# ---------------------------------------------------------------------------
+# 5. Address rewriting (seed 001)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eml,rcpt,final", [
+    ("to_johnny.eml", "johnny@contoso.com", "johnny@eu.contoso.com"),
+    ("to_willie.eml", "willie@contoso.com", "willie@us.contoso.com"),
+])
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_inbound_rewrite(eml, rcpt, final, peer):
+    t = trace(eml, "someone@example.org", rcpt, peer=peer, expect_rc=0)
+    r = t.rcpt(rcpt)
+    assert r["final"] == final, t
+    assert_route(t, r, "onprem", ONPREM_HOP)
+    assert {"name": "To", "from": rcpt, "to": final} in t["headers_rewritten"], t
+
+
+def test_inbound_rewrite_unmapped_address_unchanged():
+    t = trace("to_other.eml", "someone@example.org", "other@contoso.com", peer=ANON, expect_rc=0)
+    assert t.rcpt("other@contoso.com")["final"] == "other@contoso.com", t
+    assert t["headers_rewritten"] == [], t
+    assert_route(t, "other@contoso.com", "onprem", ONPREM_HOP)
+
+
+def test_inbound_rewrite_two_recipients():
+    t = trace("to_johnny.eml", "someone@example.org", ["johnny@contoso.com", "other@contoso.com"],
+              peer=ANON, expect_rc=0)
+    assert t.rcpt("johnny@contoso.com")["final"] == "johnny@eu.contoso.com", t
+    assert t.rcpt("other@contoso.com")["final"] == "other@contoso.com", t
+
+
+@pytest.mark.parametrize("eml,sender", [("from_eu.eml", "someone@eu.contoso.com"),
+                                        ("from_us.eml", "someone@us.contoso.com")])
+def test_outbound_rewrite(eml, sender):
+    t = trace(eml, sender, "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert t["sender"] == {"original": sender, "final": "someone@contoso.com"}, t
+    assert {"name": "From", "from": sender, "to": "someone@contoso.com"} in t["headers_rewritten"], t
+    assert t.rcpt("x@gmail.com")["final"] == "x@gmail.com", t
+
+
+def test_outbound_rewrite_leaves_flat_sender():
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert t["sender"] == {"original": "alice@contoso.com", "final": "alice@contoso.com"}, t
+
+
+def test_null_sender_accepted():
+    t = trace("null_sender.eml", "", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert t["sender"]["original"] == "" and t["sender"]["final"] == "", t
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+
+
+# ---------------------------------------------------------------------------
+# 6. Header firewall (seed 002)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_header_firewall_anonymous(peer):
+    t = trace("firewall.eml", "someone@example.org", "user@contoso.com", peer=peer, expect_rc=0)
+    removed = t["headers_removed"]
+    assert "X-MS-Exchange-Organization-SCL" in removed, t
+    # the prefix matches whatever the case; the name is reported as in the message
+    assert "x-ms-exchange-organization-authas" in removed, t
+    assert not [h for h in removed if h.lower().startswith("x-ms-exchange-crosspremises-")], t
+    assert not [h for h in removed if h.lower().startswith("x-forefront")], t
+    assert {"from": "X-Forefront-Antispam-Report", "to": "X-Forefront-Antispam-Report-Untrusted"} \
+        in t["headers_renamed"], t
+    assert len(t["headers_renamed"]) == 1, t
+
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_header_firewall_organization_keeps_headers(peer):
+    t = trace("firewall.eml", "someone@contoso.com", "user@contoso.com", peer=peer, expect_rc=0)
+    assert t["headers_removed"] == [], t
+    assert t["headers_renamed"] == [], t
+
+
+def test_snapshots_show_the_firewall_change():
+    t = trace("firewall.eml", "someone@example.org", "user@contoso.com", peer=ANON,
+              extra=["--snapshots"], expect_rc=0)
+    snaps = t.doc.get("snapshots")
+    assert isinstance(snaps, list) and snaps, t
+    for s in snaps:
+        assert set(s) >= {"agent", "before", "after"}, t
+    fw = [s for s in snaps if s["agent"] == "header_firewall"]
+    assert len(fw) == 1, t
+    before, after = fw[0]["before"], fw[0]["after"]
+    assert "X-MS-Exchange-Organization-SCL: -1" in before, t
+    assert "X-MS-Exchange-Organization-SCL" not in after, t
+    assert "X-Forefront-Antispam-Report: " in before, t
+    assert "X-Forefront-Antispam-Report-Untrusted: SCL:5" in after, t
+    assert "X-Forefront-Antispam-Report: " not in after, t
+
+
+def test_no_snapshots_without_the_flag():
+    t = trace("firewall.eml", "someone@example.org", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert not t.doc.get("snapshots"), t
+
+
+# ---------------------------------------------------------------------------
+# 7. Journaling (rule #4)
+# ---------------------------------------------------------------------------
+
+def test_journal_executives():
+    t = trace("plain.eml", "ceo@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    added = t.added()
+    assert len(added) == 1, t
+    j = added[0]
+    assert j["final"] == "journal@journaling.contoso.com", t
+    assert j["added_by"] == "Journal executives", t
+    assert j["connector"] == "journal" and j["next_hop"] == JOURNAL_HOP and j["rejected"] is None, t
+    assert {"name": "X-Journaled", "value": "yes"} in t["headers_added"], t
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.rcpt("x@gmail.com")["added_by"] is None, t
+
+
+def test_journal_once_for_several_recipients():
+    t = trace("plain.eml", "ceo@contoso.com", ["x@gmail.com", "user@contoso.com"], peer=ONPREM, expect_rc=0)
+    added = t.added()
+    assert len(added) == 1 and added[0]["final"] == "journal@journaling.contoso.com", t
+    assert len(t.header_added("X-Journaled")) == 1, t
+
+
+def test_no_journal_for_others():
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
+    assert t.added() == [], t
+    assert t.header_added("X-Journaled") == [], t
+
+
+# ---------------------------------------------------------------------------
+# 8. Attachment names (rule #5)
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eml", ["attach_exe.eml", "attach_scr.eml"])
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_executable_from_outside_rejected(eml, peer):
+    t = trace(eml, "bad@example.org", "user@contoso.com", peer=peer, expect_rc=1)
+    assert t["result"] == "Rejected", t
+    r = t.rcpt("user@contoso.com")
+    assert r["rejected"] == EXE_REFUSED, t
+    assert r["rule"] == "Refuse executables from outside", t
+    assert t["reply"].startswith("550 5.7.1"), t
+
+
+def test_executable_from_outside_rejected_every_recipient():
+    t = trace("attach_exe.eml", "bad@example.org", ["user@contoso.com", "johnny@contoso.com"],
+              peer=ANON, expect_rc=1)
+    for r in t["recipients"]:
+        assert r["rejected"] == EXE_REFUSED, t
+
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_executable_from_organization_accepted(peer):
+    t = trace("attach_exe.eml", "alice@contoso.com", "user@contoso.com", peer=peer, expect_rc=0)
+    assert t.rcpt("user@contoso.com")["rejected"] is None, t
+    assert t["result"] != "Rejected", t
+
+
+@pytest.mark.parametrize("eml", ["attach_pdf.eml", "attach_exe_pdf_name.eml"])
+def test_non_executable_from_outside_accepted(eml):
+    t = trace(eml, "bad@example.org", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+    assert t["result"] == "NoAction", t
+
+
+# ---------------------------------------------------------------------------
+# 9. Hop count
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peer", [ANON, ONPREM])
+def test_hop_count_exceeded(peer):
+    t = trace("received_31.eml", "someone@example.org", "user@contoso.com", peer=peer, expect_rc=1)
+    assert t["result"] == "Rejected", t
+    assert t["reply"].startswith("554 5.4.14"), t
+
+
+def test_hop_count_at_limit_accepted():
+    t = trace("received_30.eml", "someone@example.org", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+
+
+def test_hop_count_follows_max_hops():
+    t = trace("received_30.eml", "someone@example.org", "user@contoso.com", peer=ANON,
+              rules=fx("rules_max_hops_5.toml"), expect_rc=1)
+    assert t["reply"].startswith("554 5.4.14"), t
+
+
+# ---------------------------------------------------------------------------
+# 10. Connector choice by address space
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rcpt,connector,hop", [
+    ("x@fabrikam.com", "fabrikam", FABRIKAM_HOP),
+    ("x@eu.fabrikam.com", "fabrikam", FABRIKAM_HOP),
+    ("x@a.b.fabrikam.com", "fabrikam", FABRIKAM_HOP),
+    ("X@FABRIKAM.COM", "fabrikam", FABRIKAM_HOP),
+    ("x@notfabrikam.com", "internet", {"mx": "notfabrikam.com"}),
+    ("x@fabrikam.com.example.org", "internet", {"mx": "fabrikam.com.example.org"}),
+    ("x@journaling.contoso.com", "journal", JOURNAL_HOP),
+    ("x@trend.local", "trend", TREND_HOP),
+    ("x@contoso.com", "onprem", ONPREM_HOP),
+    ("x@us.contoso.com", "onprem", ONPREM_HOP),
+    ("x@eu.contoso.com", "onprem", ONPREM_HOP),
+    ("x@sales.contoso.com", "internet", {"mx": "sales.contoso.com"}),
+    ("x@example.org", "internet", {"mx": "example.org"}),
+])
+def test_connector_choice(rcpt, connector, hop):
+    t = trace("plain.eml", "alice@contoso.com", rcpt, peer=ONPREM, expect_rc=0)
+    assert_route(t, rcpt, connector, hop)
+    assert t["result"] == "NoAction", t
+
+
+# ---------------------------------------------------------------------------
+# 11. Several routes for one message
+# ---------------------------------------------------------------------------
+
+def test_three_recipients_three_decisions():
+    # Rule #1 has no recipient_location condition: with the header, every recipient
+    # except secure.com / secure.eu is rerouted -- also an inside one.
+    t = trace("rtm_on.eml", "alice@contoso.com", ["a@gmail.com", "b@secure.com", "c@contoso.com"],
+              peer=ONPREM, expect_rc=0)
+    assert [r["connector"] for r in t["recipients"]] == ["trend", "internet", "trend"], t
+    assert_route(t, "a@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert_route(t, "b@secure.com", "internet", {"mx": "secure.com"})
+    assert_route(t, "c@contoso.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+
+
+def test_three_recipients_overrides_from_online():
+    # exchange-online, header On: rule #1 for a@ and c@ (priority 1 beats rule #3's
+    # use_connector for the inside recipient), CMT for the excepted outside b@
+    t = trace("rtm_on.eml", "alice@contoso.com", ["a@gmail.com", "b@secure.com", "c@contoso.com"],
+              peer=ONLINE, expect_rc=0)
+    assert_route(t, "a@gmail.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert_route(t, "b@secure.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert_route(t, "c@contoso.com", "trend", TREND_HOP, override="route_to",
+                 override_domain="trend.local", rule="Route via Trend")
+    assert len(t.header_added(STAMP)) == 1, t
+
+
+def test_three_routes_internet_onprem_trend():
+    # exchange-onprem, no header, plain sender: internet by "*", onprem by "--",
+    # and trend for a recipient in trend.local itself
+    t = trace("plain.eml", "alice@contoso.com", ["a@gmail.com", "b@secure.com", "c@contoso.com", "d@trend.local"],
+              peer=ONPREM, expect_rc=0)
+    assert [r["connector"] for r in t["recipients"]] == ["internet", "internet", "onprem", "trend"], t
+    assert_route(t, "a@gmail.com", "internet", {"mx": "gmail.com"})
+    assert_route(t, "b@secure.com", "internet", {"mx": "secure.com"})
+    assert_route(t, "c@contoso.com", "onprem", ONPREM_HOP)
+    assert_route(t, "d@trend.local", "trend", TREND_HOP)
+
+
+# ---------------------------------------------------------------------------
+# 12. Relay
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("peer,rcpt", [(ANON, "x@gmail.com"), (PARTNER, "x@gmail.com"),
+                                       (PARTNER, "x@fabrikam.com"), (ANON, "x@sales.contoso.com")])
+def test_relay_denied_only_recipient(peer, rcpt):
+    t = trace("plain.eml", "someone@example.org", rcpt, peer=peer, expect_rc=1)
+    r = t.rcpt(rcpt)
+    assert r["rejected"] == RELAY_DENIED, t
+    assert t["result"] == "Rejected", t
+
+
+def test_relay_denied_one_of_two():
+    t = trace("plain.eml", "someone@example.org", ["x@gmail.com", "user@contoso.com"], peer=ANON, expect_rc=0)
+    assert t.rcpt("x@gmail.com")["rejected"] == RELAY_DENIED, t
+    assert_route(t, "user@contoso.com", "onprem", ONPREM_HOP)
+    assert t["result"] == "NoAction", t
+
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_relay_permitted_when_originating(peer):
+    t = trace("plain.eml", "alice@contoso.com", "x@example.org", peer=peer, expect_rc=0)
+    assert t.rcpt("x@example.org")["rejected"] is None, t
+
+
+# ---------------------------------------------------------------------------
+# Agents and rules switched by the rule file
+# ---------------------------------------------------------------------------
+
+def test_disabled_rule_does_nothing():
+    t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM,
+              rules=fx("rules_rule_disabled.toml"), expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+
+
+def test_connection_filter_blocked_network():
+    t = trace("plain.eml", "someone@example.org", "user@contoso.com", peer="198.51.100.7",
+              rules=fx("rules_connection_filter.toml"), expect_rc=1)
+    assert t["result"] == "Rejected", t
+    ok = trace("plain.eml", "someone@example.org", "user@contoso.com", peer=ANON,
+               rules=fx("rules_connection_filter.toml"), expect_rc=0)
+    assert ok.rcpt("user@contoso.com")["rejected"] is None, ok
+
+
+# ---------------------------------------------------------------------------
+# 13. Bad input, text output
+# ---------------------------------------------------------------------------
+
+def _bad(args):
+    p = run_raw(args)
+    assert p.returncode == 2, "sluice %s -> exit %d\nstdout: %s\nstderr: %s" % (
+        " ".join(args), p.returncode, p.stdout[:2000], p.stderr[:2000])
+
+
+def test_bad_input_missing_message_file():
+    _bad(["trace", os.path.join(FIX, "no-such-message.eml"), "--from", "a@example.org",
+          "--to", "user@contoso.com", "--rules", RULES, "--json"])
+
+
+def test_bad_input_no_recipient():
+    _bad(["trace", fx("plain.eml"), "--from", "a@example.org", "--rules", RULES, "--json"])
+
+
+def test_bad_input_no_message_argument():
+    _bad(["trace", "--from", "a@example.org", "--to", "user@contoso.com", "--rules", RULES, "--json"])
+
+
+def test_bad_input_rules_file_with_error():
+    _bad(["trace", fx("plain.eml"), "--from", "a@example.org", "--to", "user@contoso.com",
+          "--rules", fx("rules_syntax_error.toml"), "--json"])
+
+
+def test_bad_input_missing_rules_file():
+    _bad(["trace", fx("plain.eml"), "--from", "a@example.org", "--to", "user@contoso.com",
+          "--rules", os.path.join(FIX, "no-such-rules.toml"), "--json"])
+
+
+def test_bad_input_bad_peer():
+    _bad(["trace", fx("plain.eml"), "--from", "a@example.org", "--to", "user@contoso.com",
+          "--peer", "999.0.0.1", "--rules", RULES, "--json"])
+
+
+@pytest.mark.parametrize("eml,frm,to,peer,rc,word", [
+    ("rtm_on.eml", "alice@contoso.com", "x@gmail.com", ONPREM, 0, "trend"),
+    ("attach_exe.eml", "bad@example.org", "user@contoso.com", ANON, 1, "550 5.7.1"),
+    ("received_31.eml", "someone@example.org", "user@contoso.com", ANON, 1, "5.4.14"),
+])
+def test_text_output(eml, frm, to, peer, rc, word):
+    t = trace(eml, frm, to, peer=peer, as_json=False, expect_rc=rc)
+    assert t.stdout.strip(), t
+    assert word in t.stdout, t
+
+
+# ---------------------------------------------------------------------------
+# sluice pipeline
+# ---------------------------------------------------------------------------
+
+EVENT_ORDER = ["OnConnect", "OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnSubmittedMessage",
+               "OnResolvedMessage", "OnRoutedMessage", "OnCategorizedMessage"]
+AGENTS = ["connection_filter", "attribution", "recipient_filter", "header_firewall", "hop_count",
+          "inbound_rewrite", "transport_rules", "cmt", "connector_selection", "outbound_rewrite"]
+
+
+def pipeline(rules):
+    args = ["pipeline", "--rules", rules]
+    p = run_raw(args)
+    out = p.stdout.decode("utf-8", "replace")
+    assert p.returncode == 0, "sluice %s -> exit %d\n%s\n%s" % (" ".join(args), p.returncode, out,
+                                                              p.stderr.decode(errors="replace"))
+    events = []  # [(event line, [(priority, agent, disabled)])]
+    for ln in out.splitlines():
+        if not ln.strip():
+            continue
+        if not ln[0].isspace():
+            events.append((ln.strip(), []))
+            continue
+        assert events, "agent line before any event:\n%s" % out
+        parts = ln.split()
+        assert len(parts) >= 2 and parts[0].isdigit(), "not `  PRIORITY  AGENT  [disabled]`: %r\n%s" % (ln, out)
+        disabled = "disabled" in " ".join(parts[2:]).lower()
+        events[-1][1].append((int(parts[0]), parts[1], disabled))
+    return out, events
+
+
+def event_index(name):
+    for i, e in enumerate(EVENT_ORDER):
+        if name.startswith(e):
+            return i
+    return None
+
+
+def agents_by_event(events):
+    return {a: ev for ev, lst in events for (_, a, _) in lst}
+
+
+def test_pipeline_lists_events_in_order_and_agents_by_priority():
+    out, events = pipeline(RULES)
+    idx = [event_index(ev) for ev, _ in events]
+    assert None not in idx, "unknown event line(s): %r\n%s" % ([ev for ev, _ in events], out)
+    assert idx == sorted(idx) and len(set(idx)) == len(idx), "events out of order:\n%s" % out
+    for must in ("OnConnect", "OnRcpt", "OnEndOfHeaders", "OnCategorizedMessage"):
+        assert any(ev.startswith(must) for ev, _ in events), "%s not listed:\n%s" % (must, out)
+    listed = [a for _, lst in events for (_, a, _) in lst]
+    assert sorted(listed) == sorted(AGENTS), "agents %r:\n%s" % (listed, out)
+    for ev, lst in events:
+        prios = [p for p, _, _ in lst]
+        assert prios == sorted(prios), "%s: agents not by priority:\n%s" % (ev, out)
+    assert not [a for _, lst in events for (_, a, d) in lst if d], "disabled agent(s) by default:\n%s" % out
+    where = agents_by_event(events)
+    assert where["recipient_filter"].startswith("OnRcpt"), out
+    assert where["transport_rules"].startswith("OnResolvedMessage"), out
+    assert where["cmt"].startswith("OnResolvedMessage"), out
+    assert event_index(where["header_firewall"]) < event_index(where["transport_rules"]), out
+    assert event_index(where["attribution"]) < event_index(where["recipient_filter"]), out
+
+
+def test_pipeline_shows_disabled_agent():
+    out, events = pipeline(fx("rules_cmt_disabled.toml"))
+    flags = {a: d for _, lst in events for (_, a, d) in lst}
+    assert flags.get("cmt") is True, "cmt not shown disabled:\n%s" % out
+    assert [a for a, d in flags.items() if d] == ["cmt"], out
+
+
+def test_pipeline_agent_priority_from_rule_file():
+    out, events = pipeline(fx("rules_agent_priority.toml"))
+    lst = [lst for ev, lst in events if ev.startswith("OnResolvedMessage")]
+    assert len(lst) == 1, out
+    order = [(p, a) for p, a, _ in lst[0]]
+    names = [a for _, a in order]
+    assert names.index("cmt") < names.index("transport_rules"), out
+    assert (3, "transport_rules") in order, out
