@@ -63,6 +63,12 @@ pub enum Reason {
     InsufficientStorage,
     /// `451 4.3.0`: a local error while handling the message.
     LocalError,
+    /// `554 5.7.1`: recipient outside the accepted domains, anonymous session.
+    RelayDenied,
+    /// `554 5.7.1`: the connection filter refuses the client.
+    AccessDenied,
+    /// `554 5.4.14`: more Received: fields than the policy allows.
+    HopCount,
     /// `250 2.0.0 Ok` for RSET and NOOP.
     Ok,
     /// `250 2.1.0 Ok` for MAIL.
@@ -137,6 +143,13 @@ impl Reason {
             ShuttingDown => (421, Some((4, 3, 2)), "Service shutting down"),
             InsufficientStorage => (452, Some((4, 3, 1)), "Insufficient system storage"),
             LocalError => (451, Some((4, 3, 0)), "Local error in processing"),
+            RelayDenied => (554, Some((5, 7, 1)), "Relay access denied"),
+            AccessDenied => (554, Some((5, 7, 1)), "Access denied"),
+            HopCount => (
+                554,
+                Some((5, 4, 14)),
+                "Hop count exceeded - possible mail loop",
+            ),
             Ok => (250, Some((2, 0, 0)), "Ok"),
             SenderOk => (250, Some((2, 1, 0)), "Ok"),
             RecipientOk => (250, Some((2, 1, 5)), "Ok"),
@@ -211,6 +224,9 @@ mod tests {
             ShuttingDown,
             InsufficientStorage,
             LocalError,
+            RelayDenied,
+            AccessDenied,
+            HopCount,
         ];
         for r in all {
             let rep = r.reply();

@@ -35,7 +35,7 @@ pub fn ip16(ip: IpAddr) -> [u8; 16] {
 }
 
 /// Where a recipient goes next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NextHop {
     /// MX lookup of this domain.
     Mx(String),
@@ -71,7 +71,7 @@ pub struct Recipient {
 }
 
 /// A rendered header edit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HeaderEdit {
     /// Remove the field at this span of the message (name given for display).
     Remove {
@@ -174,6 +174,7 @@ enum NoteKind {
     CmtOverride(u16),
     CmtAlreadyStamped(u16),
     HopCount(u32, u16),
+    Blocked,
     Connector(u16, Option<u16>),
 }
 
@@ -208,6 +209,7 @@ impl Sink for Collect<'_> {
             Note::CmtOverride(i) => (K::CmtOverride(i), vec![]),
             Note::CmtAlreadyStamped(i) => (K::CmtAlreadyStamped(i), vec![]),
             Note::HopCount(n, m) => (K::HopCount(n, m), vec![]),
+            Note::Blocked => (K::Blocked, vec![]),
             Note::Connector(i, c) => (K::Connector(i, c), vec![]),
         };
         self.notes.push((agent, OwnedNote::Engine(k, s)));
@@ -257,7 +259,28 @@ pub fn decide(
     rcpts: &[&[u8]],
     msg: &[u8],
 ) -> Outcome {
-    let names = attachment_names(msg);
+    decide_with(
+        t,
+        attribution,
+        client,
+        sender,
+        rcpts,
+        msg,
+        attachment_names(msg),
+    )
+}
+
+/// [`decide`] with the attachment names given (for a message too large to
+/// hold whole: `msg` then holds at least its header block).
+pub fn decide_with(
+    t: &Table,
+    attribution: Attribution,
+    client: IpAddr,
+    sender: &[u8],
+    rcpts: &[&[u8]],
+    msg: &[u8],
+    names: Vec<Vec<u8>>,
+) -> Outcome {
     let name_refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
     let headers = header_block(msg);
     let m = policy::Message {
@@ -472,6 +495,7 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
                 addr_of(i)
             ),
             K::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
+            K::Blocked => "The client's network is blocked by the connection filter.".to_string(),
             K::Connector(i, Some(cn)) => format!(
                 "Recipient [{}]. Connector [{}].",
                 addr_of(i),
@@ -494,6 +518,7 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
             "Rejected",
             Some("554 5.4.14 Hop count exceeded - possible mail loop".to_string()),
         ),
+        Verdict::Blocked => ("Rejected", Some("554 5.7.1 Access denied".to_string())),
         Verdict::Refused(r) => ("Rejected", Some(refusal_reply(t, &r))),
     };
     log.push(format!("Message processing completed. Result: [{result}]."));
@@ -612,4 +637,137 @@ pub fn splice(msg: &[u8], edits: &[&HeaderEdit]) -> Vec<u8> {
         out.extend_from_slice(msg.get(pos..).unwrap_or(&[]));
     }
     out
+}
+
+/// Collects the MIME part header lines (Content-Type, Content-Disposition
+/// and their continuations) of a message streamed in pieces, so attachment
+/// names can be found without holding the message whole.
+#[derive(Debug, Default)]
+pub struct MimeScan {
+    line: Vec<u8>,
+    long: bool,
+    keep: bool,
+    out: Vec<u8>,
+}
+
+/// Longest line looked at, and most octets of part headers kept.
+const MIME_LINE: usize = 998;
+const MIME_KEEP: usize = 256 * 1024;
+
+impl MimeScan {
+    /// Feeds message octets in order.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (piece, done) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..=i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[piece.len()..];
+            if self.line.len() + piece.len() <= MIME_LINE {
+                self.line.extend_from_slice(piece);
+            } else {
+                self.long = true;
+            }
+            if done {
+                self.end_line();
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let l = std::mem::take(&mut self.line);
+        let long = std::mem::replace(&mut self.long, false);
+        let cont = matches!(l.first(), Some(b' ' | b'\t'));
+        let starts = |p: &[u8]| l.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p));
+        if !long && (starts(b"content-type:") || starts(b"content-disposition:")) {
+            self.keep = true;
+            if self.out.len() + l.len() + 16 <= MIME_KEEP {
+                // Each kept field becomes a part of its own.
+                self.out.extend_from_slice(b"--=sluice=\r\n");
+                self.out.extend_from_slice(&l);
+            }
+        } else if cont && self.keep && !long {
+            if self.out.len() + l.len() <= MIME_KEEP {
+                self.out.extend_from_slice(&l);
+            }
+        } else {
+            if self.keep {
+                self.out.extend_from_slice(b"\r\nx\r\n");
+            }
+            self.keep = false;
+        }
+    }
+
+    /// The attachment names found (decoded by mail-parser).
+    pub fn names(mut self) -> Vec<Vec<u8>> {
+        if !self.line.is_empty() {
+            self.end_line();
+        }
+        if self.keep {
+            self.out.extend_from_slice(b"\r\nx\r\n");
+        }
+        let mut m =
+            b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"=sluice=\"\r\n\r\n"
+                .to_vec();
+        m.extend_from_slice(&self.out);
+        m.extend_from_slice(b"--=sluice=--\r\n");
+        attachment_names(&m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIME: &[u8] = b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: application/octet-stream;\r\n name=\"=?utf-8?q?r=C3=A9sum=C3=A9.exe?=\"\r\nContent-Disposition: attachment;\r\n\tfilename*=utf-8''invoice%20one.SCR\r\n\r\nAAAA\r\n--XX--\r\n";
+
+    #[test]
+    fn attachment_names_whole_and_streamed_agree() {
+        let whole = attachment_names(MIME);
+        assert!(!whole.is_empty());
+        for split in [1, 7, 50, MIME.len()] {
+            let mut s = MimeScan::default();
+            for piece in MIME.chunks(split) {
+                s.feed(piece);
+            }
+            let names = s.names();
+            for n in &whole {
+                assert!(
+                    names.contains(n),
+                    "{split}: {:?} not in {:?}",
+                    String::from_utf8_lossy(n),
+                    names
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn splice_applies_edits_and_keeps_the_body() {
+        let msg = b"A: 1\r\nX-Drop: 2\r\nTo: johnny@contoso.com\r\n\r\nbody\r\n";
+        let edits = [
+            HeaderEdit::Remove {
+                start: 6,
+                end: 17,
+                name: "X-Drop".into(),
+            },
+            HeaderEdit::Address {
+                start: 21,
+                end: 39,
+                field: "To".into(),
+                from: "johnny@contoso.com".into(),
+                to: "johnny@eu.contoso.com".into(),
+            },
+            HeaderEdit::Add {
+                name: "X-Journaled".into(),
+                value: "yes".into(),
+            },
+        ];
+        let refs: Vec<&HeaderEdit> = edits.iter().collect();
+        let out = splice(msg, &refs);
+        assert_eq!(
+            out,
+            b"A: 1\r\nTo: johnny@eu.contoso.com\r\nX-Journaled: yes\r\n\r\nbody\r\n".to_vec()
+        );
+    }
 }

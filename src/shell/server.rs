@@ -6,8 +6,10 @@
 //! spool has synced it.
 
 use super::config::{Config, Limits};
-use super::spool::{self, Envelope, Spool, SpoolError};
+use super::policy::{self as pol, MimeScan};
+use super::spool::{self, Envelope, Route, Spool, SpoolError};
 use super::tls;
+use crate::engine::policy::{attribute, recipient_allowed, Refusal, Table, Verdict};
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use async_net::{TcpListener, TcpStream};
@@ -17,7 +19,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Octets read from a client at a time; small, so that a thousand idle
@@ -29,6 +31,8 @@ struct Shared {
     cfg: Config,
     spool: Spool,
     tls: Option<futures_rustls::TlsAcceptor>,
+    /// The active policy; a session keeps the one it began with.
+    policy: RwLock<Arc<Table>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     active: AtomicUsize,
     /// Closed when the daemon stops; idle sessions then say 421 and end.
@@ -77,8 +81,32 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Compiles the config's rule file (or the embedded default policy).
+pub fn load_policy(cfg: &Config) -> Result<Arc<Table>, String> {
+    let (text, name) = match &cfg.rules {
+        Some(p) => (
+            std::fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            pol::DEFAULT_RULES.to_string(),
+            "(embedded default rules)".into(),
+        ),
+    };
+    match super::rules::compile(&text) {
+        Ok(c) => Ok(Arc::from(c.table)),
+        Err(diags) => Err(diags
+            .iter()
+            .map(|d| format!("{name}:{}:{}: error: {}", d.line, d.col, d.message))
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 pub fn run(cfg: Config) -> Result<(), String> {
+    let table = load_policy(&cfg)?;
+    super::log::info(format_args!("POLICY version {:016X} active", table.version));
     let tls = match &cfg.tls {
         Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
             files,
@@ -124,6 +152,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         cfg,
         spool,
         tls,
+        policy: RwLock::new(table),
         per_ip: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         stopping: stop_rx,
@@ -257,13 +286,17 @@ struct Txn {
     data: Vec<u8>,
     body_offset: Option<u64>,
     failed: Option<SpoolError>,
+    /// For a message appended in chunks: its first octets (the header
+    /// block is within them) and the MIME part headers seen so far.
+    head: Vec<u8>,
+    mime: Option<MimeScan>,
 }
 
 /// What to do after an event, once its borrow of the input has ended.
 enum Action {
     Nothing,
     Mail(Option<u64>),
-    Rcpt,
+    Rcpt(Vec<u8>),
     Chunk,
     Message(u64),
     StartTls,
@@ -278,6 +311,20 @@ async fn session(
 ) {
     let _ = stream.set_nodelay(true);
     let limits: &Limits = &sh.cfg.limits;
+    // The policy this session began with stays its policy to the end.
+    let table: Arc<Table> = match sh.policy.read() {
+        Ok(g) => g.clone(),
+        Err(_) => return,
+    };
+    let att = attribute(&table, &pol::ip16(peer.ip()), None);
+    if att.blocked {
+        let mut s = stream;
+        let _ = s
+            .write_all(&reply_line(Reason::AccessDenied.reply(), &sh.cfg.hostname))
+            .await;
+        super::log::info(format_args!("REJECT {peer}: connection filter"));
+        return;
+    }
     let offer_tls = starttls && sh.tls.is_some();
     let mut rx = Receiver::new(smtp::Config {
         hostname: &sh.cfg.hostname,
@@ -315,15 +362,14 @@ async fn session(
                     txn.body8bit = m.body == smtp::Body::EightBitMime;
                     Action::Mail(m.size)
                 }
-                Event::Rcpt(r) => {
-                    txn.rcpts.push(r.to_vec());
-                    Action::Rcpt
-                }
+                Event::Rcpt(r) => Action::Rcpt(r.to_vec()),
                 Event::DataStart => {
                     txn.id = sh.spool.new_id();
                     txn.data.clear();
                     txn.body_offset = None;
                     txn.failed = None;
+                    txn.head = Vec::new();
+                    txn.mime = None;
                     Action::Nothing
                 }
                 Event::Body(b) => {
@@ -366,9 +412,26 @@ async fn session(
                         _ => rx.accept(),
                     }
                 }
-                Action::Rcpt => rx.accept(),
+                Action::Rcpt(r) => {
+                    if recipient_allowed(&table, &att, &r) {
+                        txn.rcpts.push(r);
+                        rx.accept();
+                    } else {
+                        super::log::info(format_args!(
+                            "REJECT {peer} from=<{}> to=<{}>: relay access denied",
+                            String::from_utf8_lossy(&txn.from),
+                            String::from_utf8_lossy(&r)
+                        ));
+                        rx.reject(Reason::RelayDenied.reply());
+                    }
+                }
                 Action::Chunk => {
                     if txn.data.len() >= spool::CHUNK {
+                        let mime = txn.mime.get_or_insert_with(|| {
+                            txn.head = txn.data.clone();
+                            MimeScan::default()
+                        });
+                        mime.feed(&txn.data);
                         if txn.failed.is_none() {
                             if let Err(e) = sh.spool.append_chunk(txn.id, &txn.data).await {
                                 txn.failed = Some(e);
@@ -378,6 +441,70 @@ async fn session(
                     }
                 }
                 Action::Message(size) => {
+                    let id = spool::format_id(txn.id);
+                    let rcpts: Vec<&[u8]> = txn.rcpts.iter().map(Vec::as_slice).collect();
+                    let outcome = match txn.mime.take() {
+                        Some(mut scan) => {
+                            scan.feed(&txn.data);
+                            pol::decide_with(
+                                &table,
+                                att,
+                                peer.ip(),
+                                &txn.from,
+                                &rcpts,
+                                &txn.head,
+                                scan.names(),
+                            )
+                        }
+                        None => pol::decide(&table, att, peer.ip(), &txn.from, &rcpts, &txn.data),
+                    };
+                    let refusal = match outcome.verdict {
+                        Verdict::Accepted { .. } => None,
+                        Verdict::HopCount => Some((
+                            Reason::HopCount.reply().code,
+                            Reason::HopCount.reply().status,
+                            Reason::HopCount.reply().text.to_string(),
+                        )),
+                        Verdict::Blocked => {
+                            let r = Reason::AccessDenied.reply();
+                            Some((r.code, r.status, r.text.to_string()))
+                        }
+                        Verdict::Refused(Refusal::Relay) => {
+                            let r = Reason::RelayDenied.reply();
+                            Some((r.code, r.status, r.text.to_string()))
+                        }
+                        Verdict::Refused(Refusal::Rule(code, status, text)) => Some((
+                            code,
+                            Some(status),
+                            String::from_utf8_lossy(table.str(text)).into_owned(),
+                        )),
+                    };
+                    if let Some((code, status, text)) = refusal {
+                        txn.data.clear();
+                        txn.head = Vec::new();
+                        super::log::info(format_args!(
+                            "REJECT {peer} id={id} from=<{}>: {}",
+                            String::from_utf8_lossy(&txn.from),
+                            outcome.reply.clone().unwrap_or_default()
+                        ));
+                        rx.reject(Reply {
+                            code,
+                            status,
+                            text: &text,
+                        });
+                        continue;
+                    }
+                    let routes: Vec<Route> = outcome
+                        .recipients
+                        .iter()
+                        .map(|r| Route {
+                            original: r.original.as_bytes().to_vec(),
+                            rcpt: r.final_addr.as_bytes().to_vec(),
+                            connector: r.connector.clone(),
+                            next_hop: r.next_hop.clone(),
+                            refused: r.rejected.clone(),
+                        })
+                        .collect();
                     let env = Envelope {
                         from: std::mem::take(&mut txn.from),
                         rcpts: std::mem::take(&mut txn.rcpts),
@@ -389,25 +516,51 @@ async fn session(
                         body8bit: txn.body8bit,
                         tls: rx.is_tls(),
                         body_offset: txn.body_offset,
+                        policy: table.version,
+                        routes,
+                        edits: outcome.edits.iter().map(|(_, e)| e.clone()).collect(),
                     };
                     let result = match txn.failed.take() {
                         Some(e) => Err(e),
                         None => sh.spool.commit(txn.id, &env, &txn.data).await,
                     };
                     txn.data.clear();
+                    txn.head = Vec::new();
                     if txn.data.capacity() > 2 * spool::CHUNK {
                         txn.data = Vec::new();
                     }
-                    let id = spool::format_id(txn.id);
                     match result {
                         Ok(()) => {
                             rx.accept_message(&id);
                             super::log::info(format_args!(
-                                "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={}",
+                                "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={} result={}",
                                 String::from_utf8_lossy(&env.from),
                                 env.rcpts.len(),
-                                env.tls
+                                env.tls,
+                                outcome.result
                             ));
+                            for r in &outcome.recipients {
+                                super::log::info(format_args!(
+                                    "ROUTE id={id} to=<{}> orig=<{}> connector={} next_hop={} {}",
+                                    r.final_addr,
+                                    r.original,
+                                    r.connector.as_deref().unwrap_or("-"),
+                                    match &r.next_hop {
+                                        pol::NextHop::Mx(d) => format!("mx:{d}"),
+                                        pol::NextHop::SmartHosts(h) => h.join(","),
+                                        pol::NextHop::None => "-".into(),
+                                    },
+                                    r.rejected
+                                        .as_deref()
+                                        .map(|x| format!("refused=\"{x}\""))
+                                        .unwrap_or_else(|| r.reason.clone())
+                                ));
+                            }
+                            if outcome.result != "NoAction" {
+                                for l in &outcome.log {
+                                    super::log::info(format_args!("RULE id={id} {l}"));
+                                }
+                            }
                         }
                         Err(e) => {
                             super::log::warn(format_args!("REJECT {peer} id={id}: {e}"));

@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// First octets of every segment file (format version 1).
-pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL1";
+/// First octets of every segment file (format version 2: envelopes carry
+/// the routing decisions and header edits).
+pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL2";
 /// A segment is closed and a new one begun past this size: large enough
 /// for few files and large sequential writes (SD cards, eMMC), small
 /// enough to be deleted soon once its messages are delivered.
@@ -66,6 +67,27 @@ pub struct Envelope {
     pub tls: bool,
     /// Offset of the body (end of the header block), if one was found.
     pub body_offset: Option<u64>,
+    /// Version of the policy that decided the routes.
+    pub policy: u64,
+    /// Per recipient: the policy's decision (final address, connector, next hop).
+    pub routes: Vec<Route>,
+    /// Header edits to splice in when the message leaves.
+    pub edits: Vec<super::policy::HeaderEdit>,
+}
+
+/// Where one recipient goes, as the policy decided at acceptance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Route {
+    /// The recipient as given (empty for one added by a rule).
+    pub original: Vec<u8>,
+    /// The final address.
+    pub rcpt: Vec<u8>,
+    /// The send connector's name.
+    pub connector: Option<String>,
+    /// The next hop.
+    pub next_hop: super::policy::NextHop,
+    /// A refusal (the recipient is to be bounced), e.g. "550 5.7.1 ...".
+    pub refused: Option<String>,
 }
 
 /// The typed head of a record.
@@ -507,6 +529,9 @@ mod tests {
             body8bit: false,
             tls: false,
             body_offset: None,
+            policy: 0,
+            routes: Vec::new(),
+            edits: Vec::new(),
         }
     }
 

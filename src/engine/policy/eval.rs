@@ -267,6 +267,8 @@ pub enum Note<'a> {
     CmtAlreadyStamped(u16),
     /// The message has `hops` Received: fields, over `max`.
     HopCount(u32, u16),
+    /// The client's address is in a blocked network.
+    Blocked,
     /// Recipient `rcpt` leaves by connector `c` (or none matched).
     Connector(u16, Option<u16>),
 }
@@ -309,6 +311,8 @@ pub enum Verdict {
     },
     /// Too many hops: `554 5.4.14 Hop count exceeded - possible mail loop`.
     HopCount,
+    /// The connection filter refuses the client: `554 5.7.1 Access denied`.
+    Blocked,
     /// Every recipient was refused; the first refusal is the reply.
     Refused(Refusal),
 }
@@ -560,6 +564,12 @@ fn hops(block: &[u8]) -> u32 {
 /// (those the recipient filter let through at RCPT time, or all of them for
 /// a trace). Cannot fail or panic on a validated table.
 pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut S) -> Verdict {
+    // OnConnect: the connection filter (the daemon refuses such a client
+    // before its greeting; a trace shows it here).
+    if m.attribution.blocked {
+        sink.note(Agent::ConnectionFilter, Note::Blocked);
+        return Verdict::Blocked;
+    }
     // OnEndOfHeaders: the header firewall.
     if t.enabled(Agent::HeaderFirewall) && !m.attribution.originating {
         for f in header::fields(m.headers) {
