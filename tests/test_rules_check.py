@@ -130,7 +130,36 @@ ERRORS = [
     ("bad-tls-policy", 'tls = "verify"', 'tls = "sometimes"'),
     ("bad-location", 'if = { sender_group = "TrendUsers", recipient_location = "outside" }',
      'if = { sender_group = "TrendUsers", recipient_location = "elsewhere" }'),
+    # references to names the file does not define, like the unknown connector above
+    ("unknown-inbound", 'if = { inbound = "exchange-online", recipient_location = "inside" }',
+     'if = { inbound = "exchange-onlin", recipient_location = "inside" }'),
+    ("unknown-group", 'if = { sender_group = "Executives" }', 'if = { sender_group = "Executive" }'),
+    ("unknown-cmt-inbound", 'from_inbound = ["exchange-online"]', 'from_inbound = ["exchange-offline"]'),
+    ("bad-rewrite-direction", 'direction = "outbound"', 'direction = "sideways"'),
+    ("bad-size", 'max_message_size = "36 MiB"', 'max_message_size = "lots"'),
+    ("bad-stop-type", "stop = true", 'stop = "yes"'),
+    ("unknown-condition-key", 'if = { sender_group = "Executives" }', 'if = { sendr_group = "Executives" }'),
+    ("unknown-action-key", 'then = { route_to = "trend.local" }\n\n[[rule]]                         # seed 000: source',
+     'then = { route_too = "trend.local" }\n\n[[rule]]                         # seed 000: source'),
 ]
+
+
+APPENDED = [
+    ("unknown-agent", '[[agent]]\nname = "cmtt"\nenabled = false\n', 'name = "cmtt"'),
+    ("bad-blocked-network", '[connection_filter]\nblocked_networks = ["198.51.100.0/33"]\n', "blocked_networks"),
+]
+
+
+@pytest.mark.parametrize("extra,marker", [(e, m) for _, e, m in APPENDED], ids=[i for i, _, _ in APPENDED])
+def test_error_in_added_keys(tmp_path, extra, marker):
+    text = sample_text() + "\n" + extra
+    line = [i + 1 for i, ln in enumerate(text.splitlines()) if marker in ln][-1]
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    rc, out, err, info = check(str(p))
+    assert rc == 1, info
+    errs = diagnostics(str(p), out + err, "error")
+    assert line in [ln for ln, _, _ in errs], "expected an error on line %d, got %r\n%s" % (line, errs, info)
 
 
 @pytest.mark.parametrize("old,new", [(o, n) for _, o, n in ERRORS], ids=[i for i, _, _ in ERRORS])
@@ -152,6 +181,7 @@ def test_error_relative_path_is_named_as_given(tmp_path):
     errs = diagnostics("rules.toml", out + err, "error")
     assert line in [ln for ln, _, _ in errs], info
     assert "prority" in " ".join(m for _, _, m in errs), info
+    assert (line, 1) in [(ln, c) for ln, c, _ in errs], "the key starts in column 1: %r\n%s" % (errs, info)
 
 
 def generated_rules(n):
@@ -176,6 +206,40 @@ def test_too_many_rules_names_max_rules(tmp_path):
     assert any("1025" in m and "1024" in m for m in named), info
 
 
+def generated_tables(kind, n):
+    lines = ["[domains]", 'accepted = ["a.test"]', ""]
+    if kind == "groups":
+        lines.append("[groups]")
+        lines += ['G%d = ["u%d@a.test"]' % (i, i) for i in range(n)]
+        lines.append("")
+        for i in range(n):  # every group used, so no warning hides the error
+            lines += ["[[rule]]", 'name = "g%d"' % i, 'if = { sender_group = "G%d" }' % i,
+                      'then = { add_header = { "X-G" = "%d" } }' % i, ""]
+    elif kind == "inbound":
+        for i in range(n):
+            lines += ["[[inbound]]", 'name = "in%d"' % i, 'kind = "partner"',
+                      'client_ips = ["10.%d.%d.0/24"]' % (i // 256, i % 256), ""]
+    elif kind == "connectors":
+        for i in range(n):
+            lines += ["[[connector]]", 'name = "c%d"' % i, 'address_spaces = ["d%d.test"]' % i, ""]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind,cap,name", [("groups", 64, "MAX_GROUPS"), ("inbound", 32, "MAX_INBOUND"),
+                                           ("connectors", 64, "MAX_CONNECTORS")])
+def test_other_capacities_named(tmp_path, kind, cap, name):
+    p = tmp_path / ("%s.toml" % kind)
+    p.write_text(generated_tables(kind, cap + 1), encoding="utf-8")
+    rc, out, err, info = check(str(p))
+    assert rc == 1, info
+    errs = diagnostics(str(p), out + err, "error")
+    assert [m for _, _, m in errs if name in m], "no error names %s:\n%s" % (name, info)
+    q = tmp_path / ("%s-full.toml" % kind)
+    q.write_text(generated_tables(kind, cap), encoding="utf-8")
+    rc, out, err, info = check(str(q))
+    assert rc == 0, info
+
+
 def test_rules_at_capacity_pass(tmp_path):
     p = tmp_path / "full.toml"
     p.write_text(generated_rules(1024), encoding="utf-8")
@@ -195,7 +259,9 @@ def test_warning_unused_group(tmp_path):
     assert rc == 0, info
     warns = diagnostics(path, out + err, "warning")
     assert warns, "no `%s:LINE:COL: warning:` line:\n%s" % (path, info)
-    assert [w for w in warns if "Unused" in w[2]], "no warning names the group:\n" + info
+    named = [w for w in warns if "Unused" in w[2]]
+    assert named, "no warning names the group:\n" + info
+    assert line + 1 in [w[0] for w in named], "the warning is not on the group's line %d:\n%s" % (line + 1, info)
     assert not diagnostics(path, out + err, "error"), info
 
 
@@ -208,3 +274,15 @@ def test_warning_same_address_space_and_cost(tmp_path):
     warns = diagnostics(path, out + err, "warning")
     assert warns, "no `%s:LINE:COL: warning:` line:\n%s" % (path, info)
     assert not diagnostics(path, out + err, "error"), info
+
+
+def test_version_matches_trace_policy_version():
+    import json
+    rc, out, err, info = check("config/rules.toml")
+    assert rc == 0, info
+    p = subprocess.run([SLUICE_BIN, "trace", os.path.join(HERE, "policy", "plain.eml"), "--from", "a@example.org",
+                        "--to", "user@contoso.com", "--peer", "192.0.2.1", "--rules", RULES, "--json"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=20, cwd=ROOT)
+    assert p.returncode == 0, p
+    version = json.loads(p.stdout)["policy_version"]
+    assert version.lower() in (out + err).lower(), "trace's policy_version %s not in:\n%s" % (version, info)

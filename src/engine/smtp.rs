@@ -1135,6 +1135,16 @@ fn parse_path(s: &[u8], null_ok: bool) -> Result<((usize, usize), usize), ()> {
     Ok(((start, close), params))
 }
 
+/// Whether `a` is a mailbox the receiver would take in MAIL FROM
+/// (`recipient` false; empty is the null sender) or RCPT TO (`recipient`
+/// true; `postmaster` alone is allowed): the same check as the commands.
+pub fn valid_address(a: &[u8], recipient: bool) -> bool {
+    if a.is_empty() {
+        return !recipient;
+    }
+    a.len() <= MAX_PATH && valid_mailbox(a, recipient)
+}
+
 /// Checks `local@domain` (or `postmaster` alone for recipients): no spaces
 /// or controls outside a quoted local part, a non-empty domain.
 fn valid_mailbox(a: &[u8], postmaster_ok: bool) -> bool {

@@ -173,6 +173,21 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     v["smtputf8"] = m.env.smtputf8.into();
                     v["tls"] = m.env.tls.into();
                     v["body"] = lossy(&bytes).into();
+                    v["policy"] = format!("{:016X}", m.env.policy).into();
+                    v["routes"] = m
+                        .env
+                        .routes
+                        .iter()
+                        .map(|r| {
+                            serde_json::json!({
+                                "original": lossy(&r.original), "rcpt": lossy(&r.rcpt),
+                                "connector": r.connector, "refused": r.refused,
+                                "next_hop": serde_json::to_value(&r.next_hop).unwrap_or_default(),
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                        .into();
+                    v["edits"] = serde_json::to_value(&m.env.edits).unwrap_or_default();
                     println!("{v}");
                 }
                 _ => {

@@ -4,10 +4,12 @@
 
 use crate::engine::header;
 use crate::engine::policy::{
-    self, Addr, Agent, Attribution, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table,
-    Verdict, AGENTS,
+    self, Addr, Agent, Attribution, Decision, Edit, Note, Override, Patterns, Refusal, Sink, Stage,
+    Table, TableError, Verdict, AGENTS,
 };
+use crate::engine::reply::Reason;
 use mail_parser::MimeHeaders;
+use regex_automata::dfa::Automaton;
 use std::net::IpAddr;
 
 /// The embedded default policy, used when the config names no rule file:
@@ -25,6 +27,41 @@ client_ips = ["127.0.0.0/8", "::1/128"]
 name = "internet"
 address_spaces = ["*"]
 "#;
+
+/// An installed policy: the validated table and its patterns' DFAs, each
+/// validated once here rather than on every match.
+pub struct Policy {
+    /// The compiled table.
+    pub table: Box<Table>,
+    dfas: Vec<regex_automata::dfa::sparse::DFA<Vec<u8>>>,
+}
+
+impl Policy {
+    /// Validates `table` and loads its DFAs.
+    pub fn new(table: Box<Table>) -> Result<Policy, TableError> {
+        table.validate()?;
+        let dfas = (0..table.dfas.len())
+            .map(|i| {
+                table
+                    .dfa(i as u16)
+                    .map(|d| d.to_owned())
+                    .ok_or(TableError::BadPattern(i as u16))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy { table, dfas })
+    }
+}
+
+impl Patterns for Policy {
+    fn is_match(&self, dfa: u16, hay: &[u8]) -> bool {
+        self.dfas.get(usize::from(dfa)).is_some_and(|d| {
+            matches!(
+                d.try_search_fwd(&regex_automata::Input::new(hay)),
+                Ok(Some(_))
+            )
+        })
+    }
+}
 
 /// An IP address as the engine wants it: 16 octets, IPv4-mapped for IPv4.
 pub fn ip16(ip: IpAddr) -> [u8; 16] {
@@ -249,38 +286,37 @@ pub fn header_block(msg: &[u8]) -> &[u8] {
     msg.get(..end).unwrap_or(msg)
 }
 
-/// Runs the pipeline for `msg` from `sender` to `rcpts`, as the daemon does
-/// at the end of DATA, and renders the outcome.
-pub fn decide(
-    t: &Table,
-    attribution: Attribution,
-    client: IpAddr,
-    sender: &[u8],
-    rcpts: &[&[u8]],
-    msg: &[u8],
-) -> Outcome {
-    decide_with(
-        t,
-        attribution,
-        client,
-        sender,
-        rcpts,
-        msg,
-        attachment_names(msg),
-    )
+/// Who sends to whom, from where: the envelope the pipeline decides on.
+#[derive(Debug, Clone, Copy)]
+pub struct Envelope<'a> {
+    /// The session's attribution.
+    pub attribution: Attribution,
+    /// The client's address.
+    pub client: IpAddr,
+    /// The envelope sender (empty for `<>`).
+    pub sender: &'a [u8],
+    /// The recipients, in order.
+    pub rcpts: &'a [&'a [u8]],
 }
 
-/// [`decide`] with the attachment names given (for a message too large to
-/// hold whole: `msg` then holds at least its header block).
+/// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
+/// renders the outcome.
+pub fn decide(p: &Policy, env: &Envelope<'_>, msg: &[u8]) -> Outcome {
+    decide_with(p, env, msg, attachment_names(msg), msg.len() as u64)
+}
+
+/// [`decide`] for a message too large to hold whole: `head` holds at least
+/// its header block, `names` its attachment names, `size` its real size.
 pub fn decide_with(
-    t: &Table,
-    attribution: Attribution,
-    client: IpAddr,
-    sender: &[u8],
-    rcpts: &[&[u8]],
-    msg: &[u8],
+    p: &Policy,
+    env: &Envelope<'_>,
+    head: &[u8],
     names: Vec<Vec<u8>>,
+    size: u64,
 ) -> Outcome {
+    let (attribution, client, sender, rcpts, msg) =
+        (env.attribution, env.client, env.sender, env.rcpts, head);
+    let t: &Table = &p.table;
     let name_refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
     let headers = header_block(msg);
     let m = policy::Message {
@@ -289,6 +325,7 @@ pub fn decide_with(
         sender,
         headers,
         attachments: &name_refs,
+        size,
     };
     let mut c = Collect {
         t,
@@ -300,7 +337,7 @@ pub fn decide_with(
         notes: Vec::new(),
         final_sender: None,
     };
-    let verdict = policy::evaluate(t, &m, rcpts, &mut c);
+    let verdict = policy::evaluate_with(t, p, &m, rcpts, &mut c);
     render(&c, verdict)
 }
 
@@ -318,13 +355,38 @@ fn connector_name(t: &Table, c: u16) -> String {
         .unwrap_or_default()
 }
 
-fn refusal_reply(t: &Table, r: &Refusal) -> String {
+/// The reply for a refused recipient: code, enhanced status, text.
+pub fn refusal(t: &Table, r: &Refusal) -> (u16, (u8, u16, u16), String) {
     match r {
-        Refusal::Relay => "554 5.7.1 Relay access denied".into(),
-        Refusal::Rule(code, (a, b, c), text) => {
-            format!("{code} {a}.{b}.{c} {}", lossy(t.str(*text)))
-        }
+        Refusal::Relay => reason(Reason::RelayDenied),
+        Refusal::TooManyRecipients => reason(Reason::TooManyRecipients),
+        Refusal::Rule(code, status, text) => (*code, *status, lossy(t.str(*text))),
     }
+}
+
+fn reason(r: Reason) -> (u16, (u8, u16, u16), String) {
+    let rep = r.reply();
+    (
+        rep.code,
+        rep.status.unwrap_or((5, 0, 0)),
+        rep.text.to_string(),
+    )
+}
+
+/// The in-session reply for a refused message, `None` when accepted: the
+/// one mapping from the pipeline's verdicts to SMTP replies.
+pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<(u16, (u8, u16, u16), String)> {
+    match v {
+        Verdict::Accepted { .. } => None,
+        Verdict::HopCount => Some(reason(Reason::HopCount)),
+        Verdict::Blocked => Some(reason(Reason::AccessDenied)),
+        Verdict::TooBig => Some(reason(Reason::TooBig)),
+        Verdict::Refused(r) => Some(refusal(t, r)),
+    }
+}
+
+fn reply_text((code, (a, b, c), text): (u16, (u8, u16, u16), String)) -> String {
+    format!("{code} {a}.{b}.{c} {text}")
 }
 
 /// The event an agent is registered on.
@@ -370,8 +432,11 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
         };
         let connector = d.connector.map(|ci| connector_name(t, ci));
         let rule = d.rule.map(|r| rule_name(t, r));
-        let rejected = d.refused.as_ref().map(|r| refusal_reply(t, r));
+        let rejected = d.refused.as_ref().map(|r| reply_text(refusal(t, r)));
         let reason = match (&d.refused, route, &connector) {
+            (Some(Refusal::TooManyRecipients), _, _) => {
+                "more recipients than the policy's max_recipients".to_string()
+            }
             (Some(Refusal::Relay), _, _) => {
                 "recipient outside the accepted domains from an anonymous session".to_string()
             }
@@ -511,16 +576,12 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
             agent_name(*agent)
         ));
     }
-    let (result, reply) = match verdict {
-        Verdict::Accepted { routed: true } => ("Routed", None),
-        Verdict::Accepted { routed: false } => ("NoAction", None),
-        Verdict::HopCount => (
-            "Rejected",
-            Some("554 5.4.14 Hop count exceeded - possible mail loop".to_string()),
-        ),
-        Verdict::Blocked => ("Rejected", Some("554 5.7.1 Access denied".to_string())),
-        Verdict::Refused(r) => ("Rejected", Some(refusal_reply(t, &r))),
+    let result = match verdict {
+        Verdict::Accepted { routed: true } => "Routed",
+        Verdict::Accepted { routed: false } => "NoAction",
+        _ => "Rejected",
     };
+    let reply = verdict_reply(t, &verdict).map(reply_text);
     log.push(format!("Message processing completed. Result: [{result}]."));
     let sender = match &c.final_sender {
         Some(a) => render_addr(a, c.sender, t),
@@ -718,6 +779,141 @@ impl MimeScan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> (Policy, Vec<u8>) {
+        let c =
+            crate::shell::rules::compile(include_str!("../../config/rules.toml")).expect("sample");
+        let blob = c.blob.clone();
+        (Policy::new(c.table).expect("policy"), blob)
+    }
+
+    /// Decodes on a big stack: the table passes through it by value.
+    fn from_blob(blob: Vec<u8>) -> Policy {
+        std::thread::Builder::new()
+            .stack_size(32 << 20)
+            .spawn(move || {
+                Policy::new(Box::new(Table::from_blob(&blob).expect("blob"))).expect("policy")
+            })
+            .expect("thread")
+            .join()
+            .expect("join")
+    }
+
+    fn digest(o: &Outcome) -> String {
+        format!(
+            "{} {:?} {:?} {:?} {:?} {}",
+            o.result,
+            o.reply,
+            o.recipients
+                .iter()
+                .map(|r| (
+                    &r.final_addr,
+                    &r.connector,
+                    &r.next_hop,
+                    r.route,
+                    &r.rejected
+                ))
+                .collect::<Vec<_>>(),
+            o.edits,
+            o.log,
+            o.sender
+        )
+    }
+
+    #[test]
+    fn the_blob_decides_exactly_like_the_compiled_table() {
+        let (direct, blob) = sample();
+        let decoded = from_blob(blob);
+        assert_eq!(*decoded.table, *direct.table);
+        let cases: [(&str, &str, &[&str], &[u8]); 5] = [
+            ("127.0.0.1", "jaap@contoso.com", &["x@gmail.com", "b@secure.com", "c@contoso.com"], b"X-RoutethroughTM: On\r\nSubject: a\r\n\r\nb\r\n"),
+            ("127.0.0.2", "user@contoso.com", &["x@gmail.com", "y@contoso.com"], b"Subject: cmt\r\n\r\nb\r\n"),
+            ("192.0.2.1", "a@example.org", &["johnny@contoso.com", "x@gmail.com"], b"To: johnny@contoso.com\r\nX-MS-Exchange-Organization-SCL: 1\r\nX-Forefront-Antispam-Report: x\r\n\r\nb\r\n"),
+            ("127.0.0.1", "ceo@contoso.com", &["x@fabrikam.com", "y@eu.fabrikam.com"], b"Subject: j\r\n\r\nb\r\n"),
+            ("192.0.2.1", "a@example.org", &["user@contoso.com"], b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\nContent-Disposition: attachment; filename=a.exe\r\n\r\nx\r\n--B--\r\n"),
+        ];
+        for (peer, from, rcpts, msg) in cases {
+            let ip: IpAddr = peer.parse().expect("ip");
+            let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
+            let a1 = policy::attribute(&direct.table, &ip16(ip), None);
+            let a2 = policy::attribute(&decoded.table, &ip16(ip), None);
+            assert_eq!(a1, a2);
+            let o1 = decide(
+                &direct,
+                &Envelope {
+                    attribution: a1,
+                    client: ip,
+                    sender: from.as_bytes(),
+                    rcpts: &rc,
+                },
+                msg,
+            );
+            let o2 = decide(
+                &decoded,
+                &Envelope {
+                    attribution: a2,
+                    client: ip,
+                    sender: from.as_bytes(),
+                    rcpts: &rc,
+                },
+                msg,
+            );
+            assert_eq!(digest(&o1), digest(&o2));
+            // And the engine's own pattern path (DFAs loaded per match) agrees too.
+            let mut c = Collect {
+                t: &direct.table,
+                msg: header_block(msg),
+                rcpts: &rc,
+                sender: from.as_bytes(),
+                decisions: Vec::new(),
+                edits: Vec::new(),
+                notes: Vec::new(),
+                final_sender: None,
+            };
+            let names = attachment_names(msg);
+            let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
+            let m = policy::Message {
+                attribution: a1,
+                client_ip: ip16(ip),
+                sender: from.as_bytes(),
+                headers: header_block(msg),
+                attachments: &refs,
+                size: msg.len() as u64,
+            };
+            let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
+            assert_eq!(digest(&render(&c, v)), digest(&o1));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn the_pipeline_never_panics(
+            headers in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..80), 0..12),
+            rcpts in proptest::collection::vec("[a-z@.]{0,20}", 0..5),
+            from in "[a-z@.]{0,20}",
+            peer in prop_oneof![Just("127.0.0.1"), Just("127.0.0.2"), Just("192.0.2.1"), Just("::1")],
+        ) {
+            let (p, _) = sample();
+            let mut msg = Vec::new();
+            for (i, h) in headers.iter().enumerate() {
+                let name: &[u8] = [&b"X-RoutethroughTM"[..], b"To", b"Received", b"X-MS-Exchange-Organization-Foo", b"X-OriginatorOrg"][i % 5];
+                msg.extend_from_slice(name);
+                msg.extend_from_slice(b": ");
+                msg.extend_from_slice(h);
+                msg.extend_from_slice(b"\r\n");
+            }
+            msg.extend_from_slice(b"\r\nbody\r\n");
+            let ip: IpAddr = peer.parse().expect("ip");
+            let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
+            let a = policy::attribute(&p.table, &ip16(ip), None);
+            let o = decide(&p, &Envelope { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc }, &msg);
+            let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
+            let spliced = splice(&msg, &all);
+            prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));
+        }
+    }
 
     const MIME: &[u8] = b"From: a@b.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n--XX\r\nContent-Type: application/octet-stream;\r\n name=\"=?utf-8?q?r=C3=A9sum=C3=A9.exe?=\"\r\nContent-Disposition: attachment;\r\n\tfilename*=utf-8''invoice%20one.SCR\r\n\r\nAAAA\r\n--XX--\r\n";
 

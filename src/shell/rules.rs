@@ -22,7 +22,7 @@ use crate::engine::limits::{
 };
 use crate::engine::policy::{
     Action, AgentSlot, Condition, Connector, Direction, Group, Inbound, InboundKind, List,
-    Location, Net, PolicyLimits, Rewrite, Rule, Space, Span, Str, Table, TlsPolicy, AGENTS,
+    Location, Net, Rewrite, Rule, Space, Span, Str, Table, TlsPolicy, AGENTS,
 };
 use regex_automata::dfa::{dense, StartKind};
 use regex_automata::nfa::thompson;
@@ -992,6 +992,9 @@ struct RuleM {
     when_at: usize,
     except: Vec<(CondSet, usize)>,
     actions: Vec<(ActM, usize)>,
+    /// Whether `then` has any key (an action dropped for an error is not
+    /// "no action").
+    has_then: bool,
 }
 
 struct GroupM {
@@ -1021,6 +1024,14 @@ struct RewriteM {
     at: usize,
 }
 
+/// `[limits]` as given; what is missing keeps the empty table's default.
+#[derive(Default)]
+struct LimitsM {
+    max_hops: Option<u16>,
+    max_message_size: Option<u64>,
+    max_recipients: Option<u32>,
+}
+
 struct Model {
     accepted: Vec<String>,
     default_domain: Option<String>,
@@ -1034,7 +1045,7 @@ struct Model {
     cmt_stamp: String,
     trusted: Vec<String>,
     renames: Vec<(String, String, usize)>,
-    limits: PolicyLimits,
+    limits: LimitsM,
     blocked: Vec<Net>,
     rules: Vec<RuleM>,
     agents: Vec<AgentSlot>,
@@ -1103,7 +1114,7 @@ fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
         cmt_stamp: DEFAULT_STAMP.to_string(),
         trusted: Vec::new(),
         renames: Vec::new(),
-        limits: Table::new().limits,
+        limits: LimitsM::default(),
         blocked: Vec::new(),
         rules: Vec::new(),
         agents: AGENTS
@@ -1623,7 +1634,7 @@ fn parse_limits(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
         .get("max_hops")
         .and_then(|v| get_int(cx, v, "max_hops", 1, i64::from(u16::MAX)))
     {
-        m.limits.max_hops = n as u16;
+        m.limits.max_hops = Some(n as u16);
     }
     if let Some(v) = f.get("max_message_size") {
         let size = match v.get_ref() {
@@ -1648,14 +1659,14 @@ fn parse_limits(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             }
         };
         if let Some(n) = size {
-            m.limits.max_message_size = n;
+            m.limits.max_message_size = Some(n);
         }
     }
     if let Some(n) = f
         .get("max_recipients")
         .and_then(|v| get_int(cx, v, "max_recipients", 1, i64::from(MAX_RECIPIENTS)))
     {
-        m.limits.max_recipients = n as u32;
+        m.limits.max_recipients = Some(n as u32);
     }
 }
 
@@ -1799,6 +1810,9 @@ fn parse_rule(
             }
         }
     }
+    let has_then = f
+        .get("then")
+        .is_some_and(|v| !matches!(v.get_ref(), DeValue::Table(t) if t.is_empty()));
     let actions = match f.get("then") {
         Some(v) => get_table(cx, v, "then")
             .map(|t| parse_actions(cx, m, t))
@@ -1819,6 +1833,7 @@ fn parse_rule(
         when_at,
         except,
         actions,
+        has_then,
     })
 }
 
@@ -2109,7 +2124,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
     }
     // rules that can never match, duplicate priorities, no action
     let mut prios: HashMap<u32, &str> = HashMap::new();
-    for r in &m.rules {
+    for r in m.rules.iter().filter(|r| r.enabled) {
         if let Some(why) = never_matches(m, &accepted, &r.when) {
             cx.warn(
                 r.when_at,
@@ -2135,7 +2150,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
                 );
             }
         }
-        if r.actions.is_empty() && !r.stop {
+        if !r.has_then && !r.stop {
             cx.warn(r.at, format!("rule \"{}\" has no action", r.name));
         }
         let has = |f: fn(&ActM) -> bool| r.actions.iter().any(|(a, _)| f(a));
@@ -2150,7 +2165,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
                 ),
             );
         }
-        if let (Some((p, pat)), true) = (r.priority, r.enabled) {
+        if let Some((p, pat)) = r.priority {
             if let Some(first) = prios.get(&p) {
                 cx.warn(
                     pat,
@@ -2163,19 +2178,17 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
                 prios.insert(p, &r.name);
             }
         }
-        if r.enabled {
-            for (a, at) in &r.actions {
-                if let ActM::RouteTo(d) = a {
-                    let covered = m
-                        .connectors
-                        .iter()
-                        .any(|c| c.spaces.iter().any(|(s, _)| covers(s, d, &accepted)));
-                    if !covered {
-                        cx.warn(
-                            *at,
-                            format!("route_to \"{d}\": no connector's address space covers it, so it has no route"),
-                        );
-                    }
+        for (a, at) in &r.actions {
+            if let ActM::RouteTo(d) = a {
+                let covered = m
+                    .connectors
+                    .iter()
+                    .any(|c| c.spaces.iter().any(|(s, _)| covers(s, d, &accepted)));
+                if !covered {
+                    cx.warn(
+                        *at,
+                        format!("route_to \"{d}\": no connector's address space covers it, so it has no route"),
+                    );
                 }
             }
         }
@@ -2763,7 +2776,10 @@ fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
             *at,
         );
     }
-    b.t.limits = m.limits;
+    let l = &mut b.t.limits;
+    l.max_hops = m.limits.max_hops.unwrap_or(l.max_hops);
+    l.max_message_size = m.limits.max_message_size.unwrap_or(l.max_message_size);
+    l.max_recipients = m.limits.max_recipients.unwrap_or(l.max_recipients);
     // rules: enabled ones, by priority (stable); no priority: after, in file order
     let mut rules: Vec<&RuleM> = m.rules.iter().filter(|r| r.enabled).collect();
     rules.sort_by_key(|r| r.priority.map_or((1, 0), |(p, _)| (0, p)));
@@ -3272,6 +3288,43 @@ mod tests {
         assert_eq!(order, want);
     }
 
+    #[test]
+    fn limits_and_rewrite_order() {
+        let c = ok(concat!(
+            "[limits]\nmax_hops = 12\nmax_message_size = \"1 MiB\"\nmax_recipients = 50\n",
+            "[[rewrite]]\ndirection = \"outbound\"\nmap = { \"*@b.com\" = \"*@a.com\", \"z@b.com\" = \"zed@a.com\" }\n",
+            "[[rewrite]]\ndirection = \"inbound\"\nmap = { \"*@a.com\" = \"*@b.com\" }\n",
+            "[[rewrite]]\ndirection = \"inbound\"\nmap = { \"ann@a.com\" = \"*@c.com\" }\n",
+        ));
+        let t = &c.table;
+        assert_eq!(
+            (
+                t.limits.max_hops,
+                t.limits.max_message_size,
+                t.limits.max_recipients
+            ),
+            (12, 1 << 20, 50)
+        );
+        let froms: Vec<&str> = t.rewrites.iter().map(|r| s(t, r.from)).collect();
+        assert_eq!(froms, ["ann@a.com", "*@a.com", "z@b.com", "*@b.com"]);
+        let c = ok("[limits]\nmax_message_size = 1000\n");
+        assert_eq!(c.table.limits.max_message_size, 1000);
+        assert_eq!(c.table.limits.max_hops, 30);
+    }
+
+    #[test]
+    fn disabled_rules_are_checked_but_not_compiled_or_warned_about() {
+        let text = "[[rule]]\nenabled = false\nif = { sender_domain = [] }\n";
+        let c = ok(text);
+        assert!(
+            c.table.rules.is_empty() && c.warnings.is_empty(),
+            "{:?}",
+            c.warnings
+        );
+        let e = errs("[[rule]]\nenabled = false\nthen = { reject = \"nope\" }\n");
+        assert_eq!((e[0].line, e[0].col), (3, 19));
+    }
+
     // ---- errors: line and column -------------------------------------------
 
     #[test]
@@ -3601,6 +3654,38 @@ mod tests {
     }
 
     // ---- no panics ---------------------------------------------------------
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("a = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(!errs(&deep).is_empty());
+        let deep = format!("a = {}1{}\n", "{ b = ".repeat(50_000), " }".repeat(50_000));
+        assert!(!errs(&deep).is_empty());
+        let pat = format!(
+            "[[rule]]\nif = {{ attachment_name_matches = '{}a{}' }}\n",
+            "(".repeat(5000),
+            ")".repeat(5000)
+        );
+        assert!(errs(&pat).iter().any(|d| d.message.contains("bad pattern")));
+    }
+
+    #[test]
+    fn a_report_with_errors_and_warnings() {
+        let text = "[domains]\naccepted = [\"a.com\"]\n[groups]\nG = \"x@a.com\"\n[[rule]]\nprority = 1\nthen = { reject = \"550 5.7.1 No\" }\n";
+        let o = run(text);
+        let out = report("f.toml", &o);
+        assert!(out.contains("not compiled: 1 error\n"), "{out}");
+        let tail: Vec<&str> = out.lines().skip(CAPS.len() + 1).collect();
+        assert_eq!(
+            tail,
+            [
+                "f.toml:4:1: warning: group \"G\" is not used by any rule",
+                "f.toml:6:1: error: unknown key \"prority\" in [[rule]] (did you mean \"priority\"?)",
+            ],
+            "{out}"
+        );
+        println!("{out}");
+    }
 
     use proptest::prelude::*;
 

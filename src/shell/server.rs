@@ -6,10 +6,10 @@
 //! spool has synced it.
 
 use super::config::{Config, Limits};
-use super::policy::{self as pol, MimeScan};
+use super::policy::{self as pol, MimeScan, Policy};
 use super::spool::{self, Envelope, Route, Spool, SpoolError};
 use super::tls;
-use crate::engine::policy::{attribute, recipient_allowed, Refusal, Table, Verdict};
+use crate::engine::policy::{attribute, recipient_allowed, Table};
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use async_net::{TcpListener, TcpStream};
@@ -32,7 +32,7 @@ struct Shared {
     spool: Spool,
     tls: Option<futures_rustls::TlsAcceptor>,
     /// The active policy; a session keeps the one it began with.
-    policy: RwLock<Arc<Table>>,
+    policy: RwLock<Arc<Policy>>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     active: AtomicUsize,
     /// Closed when the daemon stops; idle sessions then say 421 and end.
@@ -82,7 +82,7 @@ fn now_secs() -> u64 {
 }
 
 /// Compiles the config's rule file (or the embedded default policy).
-pub fn load_policy(cfg: &Config) -> Result<Arc<Table>, String> {
+pub fn load_policy(cfg: &Config) -> Result<Arc<Policy>, String> {
     let (text, name) = match &cfg.rules {
         Some(p) => (
             std::fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
@@ -94,7 +94,9 @@ pub fn load_policy(cfg: &Config) -> Result<Arc<Table>, String> {
         ),
     };
     match super::rules::compile(&text) {
-        Ok(c) => Ok(Arc::from(c.table)),
+        Ok(c) => Policy::new(c.table)
+            .map(Arc::new)
+            .map_err(|e| format!("{name}: the compiled policy is invalid: {e:?}")),
         Err(diags) => Err(diags
             .iter()
             .map(|d| format!("{name}:{}:{}: error: {}", d.line, d.col, d.message))
@@ -106,7 +108,10 @@ pub fn load_policy(cfg: &Config) -> Result<Arc<Table>, String> {
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
 pub fn run(cfg: Config) -> Result<(), String> {
     let table = load_policy(&cfg)?;
-    super::log::info(format_args!("POLICY version {:016X} active", table.version));
+    super::log::info(format_args!(
+        "POLICY version {:016X} active",
+        table.table.version
+    ));
     let tls = match &cfg.tls {
         Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
             files,
@@ -312,11 +317,12 @@ async fn session(
     let _ = stream.set_nodelay(true);
     let limits: &Limits = &sh.cfg.limits;
     // The policy this session began with stays its policy to the end.
-    let table: Arc<Table> = match sh.policy.read() {
+    let policy: Arc<Policy> = match sh.policy.read() {
         Ok(g) => g.clone(),
         Err(_) => return,
     };
-    let att = attribute(&table, &pol::ip16(peer.ip()), None);
+    let table: &Table = &policy.table;
+    let att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         let mut s = stream;
         let _ = s
@@ -326,10 +332,11 @@ async fn session(
         return;
     }
     let offer_tls = starttls && sh.tls.is_some();
+    // The smaller of the appliance's and the policy's limits applies.
     let mut rx = Receiver::new(smtp::Config {
         hostname: &sh.cfg.hostname,
-        max_message_size: limits.max_message_size,
-        max_recipients: limits.max_recipients,
+        max_message_size: limits.max_message_size.min(table.limits.max_message_size),
+        max_recipients: limits.max_recipients.min(table.limits.max_recipients),
         starttls: offer_tls,
         tls: false,
         bare_line_endings: limits.bare_line_endings,
@@ -413,7 +420,7 @@ async fn session(
                     }
                 }
                 Action::Rcpt(r) => {
-                    if recipient_allowed(&table, &att, &r) {
+                    if recipient_allowed(table, &att, &r) {
                         txn.rcpts.push(r);
                         rx.accept();
                     } else {
@@ -443,43 +450,22 @@ async fn session(
                 Action::Message(size) => {
                     let id = spool::format_id(txn.id);
                     let rcpts: Vec<&[u8]> = txn.rcpts.iter().map(Vec::as_slice).collect();
+                    let penv = pol::Envelope {
+                        attribution: att,
+                        client: peer.ip(),
+                        sender: &txn.from,
+                        rcpts: &rcpts,
+                    };
                     let outcome = match txn.mime.take() {
                         Some(mut scan) => {
                             scan.feed(&txn.data);
-                            pol::decide_with(
-                                &table,
-                                att,
-                                peer.ip(),
-                                &txn.from,
-                                &rcpts,
-                                &txn.head,
-                                scan.names(),
-                            )
+                            pol::decide_with(&policy, &penv, &txn.head, scan.names(), size)
                         }
-                        None => pol::decide(&table, att, peer.ip(), &txn.from, &rcpts, &txn.data),
+                        None => pol::decide(&policy, &penv, &txn.data),
                     };
-                    let refusal = match outcome.verdict {
-                        Verdict::Accepted { .. } => None,
-                        Verdict::HopCount => Some((
-                            Reason::HopCount.reply().code,
-                            Reason::HopCount.reply().status,
-                            Reason::HopCount.reply().text.to_string(),
-                        )),
-                        Verdict::Blocked => {
-                            let r = Reason::AccessDenied.reply();
-                            Some((r.code, r.status, r.text.to_string()))
-                        }
-                        Verdict::Refused(Refusal::Relay) => {
-                            let r = Reason::RelayDenied.reply();
-                            Some((r.code, r.status, r.text.to_string()))
-                        }
-                        Verdict::Refused(Refusal::Rule(code, status, text)) => Some((
-                            code,
-                            Some(status),
-                            String::from_utf8_lossy(table.str(text)).into_owned(),
-                        )),
-                    };
+                    let refusal = pol::verdict_reply(table, &outcome.verdict);
                     if let Some((code, status, text)) = refusal {
+                        let status = Some(status);
                         txn.data.clear();
                         txn.head = Vec::new();
                         super::log::info(format_args!(

@@ -1,7 +1,7 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
 use super::config::Config;
-use super::policy::{self, HeaderEdit, NextHop, Outcome};
+use super::policy::{self, HeaderEdit, NextHop, Outcome, Policy};
 use super::rules;
 use crate::engine::policy::{attribute, Agent, Stage, Table, AGENTS};
 use serde_json::{json, Value};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Loads and compiles the rule file for a command: `--rules FILE`, else
 /// the config's `rules`, else the embedded default. Errors are printed.
-pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Box<Table>, i32> {
+pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Policy, i32> {
     let path: Option<PathBuf> = explicit
         .map(Path::to_path_buf)
         .or_else(|| cfg.and_then(|c| c.rules.clone()));
@@ -28,7 +28,10 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Box<T
         ),
     };
     match rules::compile(&text) {
-        Ok(c) => Ok(c.table),
+        Ok(c) => Policy::new(c.table).map_err(|e| {
+            eprintln!("{name}: the compiled policy is invalid: {e:?}");
+            2
+        }),
         Err(diags) => {
             for d in diags {
                 eprintln!("{name}:{}:{}: error: {}", d.line, d.col, d.message);
@@ -101,6 +104,21 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         eprintln!("sluice: trace needs at least one --to\n{TRACE_USAGE}");
         return 2;
     }
+    if !crate::engine::smtp::valid_address(from.as_bytes(), false) {
+        eprintln!(
+            "sluice: --from {from:?} is not a valid address (MAIL FROM would refuse it: 501 5.1.7)"
+        );
+        return 2;
+    }
+    if let Some(bad) = to
+        .iter()
+        .find(|t| !crate::engine::smtp::valid_address(t.as_bytes(), true))
+    {
+        eprintln!(
+            "sluice: --to {bad:?} is not a valid address (RCPT TO would refuse it: 501 5.1.3)"
+        );
+        return 2;
+    }
     let msg = match std::fs::read(&file) {
         Ok(m) => m,
         Err(e) => {
@@ -108,17 +126,24 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             return 2;
         }
     };
-    let table = match load_rules(rules_file.as_deref(), cfg) {
+    let pol = match load_rules(rules_file.as_deref(), cfg) {
         Ok(t) => t,
         Err(code) => return code,
     };
+    let table: &Table = &pol.table;
     let att = attribute(
-        &table,
+        table,
         &policy::ip16(peer),
         tls_name.as_deref().map(str::as_bytes),
     );
     let rcpts: Vec<&[u8]> = to.iter().map(|s| s.as_bytes()).collect();
-    let out = policy::decide(&table, att, peer, from.as_bytes(), &rcpts, &msg);
+    let env = policy::Envelope {
+        attribution: att,
+        client: peer,
+        sender: from.as_bytes(),
+        rcpts: &rcpts,
+    };
+    let out = policy::decide(&pol, &env, &msg);
     let inbound = att
         .inbound
         .and_then(|i| table.inbound.get(usize::from(i)))
@@ -126,7 +151,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     if json_out {
         let mut doc = to_json(
             &out,
-            &table,
+            table,
             peer,
             inbound,
             att.originating,
@@ -311,10 +336,11 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             }
         }
     }
-    let table = match load_rules(rules_file.as_deref(), cfg) {
+    let pol = match load_rules(rules_file.as_deref(), cfg) {
         Ok(t) => t,
         Err(code) => return code,
     };
+    let table: &Table = &pol.table;
     let stages = [
         Stage::OnConnect,
         Stage::OnRcptCommand,

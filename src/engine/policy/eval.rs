@@ -11,6 +11,26 @@ use super::super::header;
 use super::table::*;
 use regex_automata::dfa::Automaton;
 
+/// Runs the table's patterns. [`Table`] implements it by loading the DFA
+/// (and so validating its bytes) on every call, which needs nothing but
+/// the table; the shell implements it with DFAs validated once per
+/// installed table.
+pub trait Patterns {
+    /// Whether pattern `dfa` matches somewhere in `hay`.
+    fn is_match(&self, dfa: u16, hay: &[u8]) -> bool;
+}
+
+impl Patterns for Table {
+    fn is_match(&self, dfa: u16, hay: &[u8]) -> bool {
+        self.dfa(dfa).is_some_and(|d| {
+            matches!(
+                d.try_search_fwd(&regex_automata::Input::new(hay)),
+                Ok(Some(_))
+            )
+        })
+    }
+}
+
 /// Who the session is, as attribution decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -184,6 +204,8 @@ pub enum Refusal {
     Relay,
     /// A rule's `reject` (code, enhanced status, text).
     Rule(u16, (u8, u16, u16), Str),
+    /// Beyond the policy's `max_recipients`: `452 4.5.3`.
+    TooManyRecipients,
 }
 
 /// The decision for one recipient.
@@ -298,6 +320,8 @@ pub struct Message<'a> {
     pub headers: &'a [u8],
     /// File names of the attachments (the shell extracts them).
     pub attachments: &'a [&'a [u8]],
+    /// Size of the message in octets.
+    pub size: u64,
 }
 
 /// The message-level outcome.
@@ -313,6 +337,8 @@ pub enum Verdict {
     HopCount,
     /// The connection filter refuses the client: `554 5.7.1 Access denied`.
     Blocked,
+    /// Larger than the policy's `max_message_size`: `552 5.3.4`.
+    TooBig,
     /// Every recipient was refused; the first refusal is the reply.
     Refused(Refusal),
 }
@@ -374,17 +400,13 @@ fn values<'m>(
 /// are matched on their raw (trimmed) octets.
 const MATCH_BUFFER: usize = 1024;
 
-fn dfa_matches(t: &Table, dfa: u16, hay: &[u8]) -> bool {
-    let Some(d) = t.dfa(dfa) else { return false };
+fn dfa_matches<P: Patterns + ?Sized>(p: &P, dfa: u16, hay: &[u8]) -> bool {
     let mut buf = [0u8; MATCH_BUFFER];
     let hay = match header::unfold_into(hay, &mut buf) {
         Ok(n) => buf.get(..n).unwrap_or(&[]),
         Err(_) => header::trim(hay),
     };
-    matches!(
-        d.try_search_fwd(&regex_automata::Input::new(hay)),
-        Ok(Some(_))
-    )
+    p.is_match(dfa, hay)
 }
 
 fn addr_matches(pattern: &[u8], local: &[u8], domain: &[u8]) -> bool {
@@ -404,14 +426,21 @@ struct Ctx<'a> {
     domain: &'a [u8],
 }
 
-struct Eval<'a, 's, S: Sink> {
+const COND_WORDS: usize = super::super::limits::MAX_CONDITIONS.div_ceil(32);
+
+struct Eval<'a, 's, S: Sink, P: Patterns + ?Sized> {
     t: &'a Table,
+    p: &'a P,
     m: &'a Message<'a>,
     sink: &'s mut S,
     header_logged: RuleBits,
+    /// Conditions that do not depend on the recipient are evaluated once
+    /// per message: `known` bit set, result in `value`.
+    known: [u32; COND_WORDS],
+    value: [u32; COND_WORDS],
 }
 
-impl<S: Sink> Eval<'_, '_, S> {
+impl<S: Sink, P: Patterns + ?Sized> Eval<'_, '_, S, P> {
     fn condset(&mut self, rule: u16, set: u16, c: &Ctx<'_>) -> bool {
         let Some(span) = self.t.condsets.get(usize::from(set)).copied() else {
             return false;
@@ -419,9 +448,34 @@ impl<S: Sink> Eval<'_, '_, S> {
         let start = usize::from(span.first);
         let n = usize::from(span.count);
         (start..start + n).all(|i| match self.t.conditions.get(i).copied() {
-            Some(cond) => self.condition(rule, cond, c),
+            Some(cond) => self.cached(i, rule, cond, c),
             None => false,
         })
+    }
+
+    fn cached(&mut self, i: usize, rule: u16, cond: Condition, c: &Ctx<'_>) -> bool {
+        let per_recipient = matches!(
+            cond,
+            Condition::Recipient(_)
+                | Condition::RecipientDomain(_)
+                | Condition::RecipientGroup(_)
+                | Condition::RecipientLocation(_)
+        );
+        if per_recipient {
+            return self.condition(rule, cond, c);
+        }
+        let (w, bit) = (i / 32, 1u32 << (i % 32));
+        if self.known.get(w).is_some_and(|k| k & bit != 0) {
+            return self.value.get(w).is_some_and(|v| v & bit != 0);
+        }
+        let r = self.condition(rule, cond, c);
+        if let (Some(k), Some(v)) = (self.known.get_mut(w), self.value.get_mut(w)) {
+            *k |= bit;
+            if r {
+                *v |= bit;
+            }
+        }
+        r
     }
 
     fn condition(&mut self, rule: u16, cond: Condition, c: &Ctx<'_>) -> bool {
@@ -455,7 +509,7 @@ impl<S: Sink> Eval<'_, '_, S> {
                 let mut any_match = false;
                 for v in values(t, m, name) {
                     first.get_or_insert(v);
-                    if dfa_matches(t, dfa, v) {
+                    if dfa_matches(self.p, dfa, v) {
                         any_match = true;
                         first = Some(v);
                         break;
@@ -468,7 +522,7 @@ impl<S: Sink> Eval<'_, '_, S> {
             Condition::Inbound(i) => m.attribution.inbound == Some(i),
             Condition::ClientNetwork(span) => nets(t, span).any(|n| n.contains(&m.client_ip)),
             Condition::AttachmentMatches(dfa) => {
-                m.attachments.iter().any(|a| dfa_matches(t, dfa, a))
+                m.attachments.iter().any(|a| dfa_matches(self.p, dfa, a))
             }
         }
     }
@@ -562,13 +616,29 @@ fn hops(block: &[u8]) -> u32 {
 
 /// Runs the categorizer agents for one message with recipients `rcpts`
 /// (those the recipient filter let through at RCPT time, or all of them for
-/// a trace). Cannot fail or panic on a validated table.
+/// a trace). Cannot fail or panic on a validated table. Patterns run with
+/// the table's own DFAs; see [`evaluate_with`] to supply validated ones.
 pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut S) -> Verdict {
+    evaluate_with(t, t, m, rcpts, sink)
+}
+
+/// [`evaluate`] with the patterns run by `p`.
+pub fn evaluate_with<S: Sink, P: Patterns + ?Sized>(
+    t: &Table,
+    p: &P,
+    m: &Message<'_>,
+    rcpts: &[&[u8]],
+    sink: &mut S,
+) -> Verdict {
     // OnConnect: the connection filter (the daemon refuses such a client
     // before its greeting; a trace shows it here).
     if m.attribution.blocked {
         sink.note(Agent::ConnectionFilter, Note::Blocked);
         return Verdict::Blocked;
+    }
+    // The receiver applies the same limits in session; a trace meets them here.
+    if m.size > t.limits.max_message_size {
+        return Verdict::TooBig;
     }
     // OnEndOfHeaders: the header firewall.
     if t.enabled(Agent::HeaderFirewall) && !m.attribution.originating {
@@ -606,9 +676,12 @@ pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut
     let stamped = t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some();
     let mut ev = Eval {
         t,
+        p,
         m,
         sink,
         header_logged: RuleBits::new(),
+        known: [0; COND_WORDS],
+        value: [0; COND_WORDS],
     };
     let mut used = RuleBits::new(); // rules whose message-level actions apply
     let mut stamp = false;
@@ -628,6 +701,12 @@ pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut
             added_by: None,
             refused: None,
         };
+        if i >= t.limits.max_recipients as usize {
+            d.refused = Some(Refusal::TooManyRecipients);
+            first_refusal.get_or_insert(Refusal::TooManyRecipients);
+            ev.sink.decision(rcpt, &d);
+            continue;
+        }
         // OnRcptCommand: the recipient filter.
         if !recipient_allowed(t, &m.attribution, orig) {
             ev.sink
@@ -750,9 +829,11 @@ pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut
         routed |= d.route.is_some();
         ev.sink.decision(rcpt, &d);
     }
-    // Recipients added by rules (journaling): routed by address space only.
+    // Recipients added by rules (journaling): routed by address space only,
+    // and only for a message that is accepted at all.
+    let refused_whole = all_refused && first_refusal.is_some();
     for (ri, rule) in t.rules.iter().enumerate() {
-        if !used.get(ri) {
+        if refused_whole || !used.get(ri) {
             continue;
         }
         let a0 = usize::from(rule.actions.first);
