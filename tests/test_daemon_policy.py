@@ -107,3 +107,71 @@ def test_cmt_from_exchange_online_is_stamped_and_routed_on_premises(sluice_facto
     assert entry["routes"][0]["connector"] == "onprem", entry["routes"]
     assert {"Add": {"name": "X-MS-Exchange-Organization-CentralizedMailFlowOverrideSet", "value": ""}} in entry["edits"]
     o.close()
+
+
+def _openssl(*args):
+    import subprocess
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+
+def client_pki(d):
+    """A test CA and two client certificates it signs: one for the name the
+    sample's exchange-online connector expects, one for another name."""
+    ca_key, ca = str(d / "ca.key"), str(d / "ca.pem")
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", ca_key, "-out", ca, "-days", "3", "-subj", "/CN=sluice test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    out = {}
+    for tag, name in (("good", "mail.protection.outlook.com"), ("other", "mx.example.org")):
+        key, csr, crt = str(d / (tag + ".key")), str(d / (tag + ".csr")), str(d / (tag + ".pem"))
+        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", key, "-out", csr, "-subj", "/CN=" + name)
+        ext = d / (tag + ".ext")
+        ext.write_text("subjectAltName=DNS:%s\nextendedKeyUsage=clientAuth,serverAuth\n" % name)
+        _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-out", crt, "-days", "3", "-extfile", str(ext))
+        out[tag] = (crt, key)
+    return ca, out
+
+
+def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_path):
+    import ssl
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca, certs = client_pki(pki)
+    text = open(SAMPLE, encoding="utf-8").read()
+    text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
+    rules = tmp_path / "rules.toml"
+    rules.write_text(text, encoding="utf-8")
+    d = sluice_factory(tls=True, start=False)
+    cfg = open(d.config, encoding="utf-8").read()
+    cfg = cfg.replace("[tls]\n", '[tls]\nclient_ca = "%s"\n' % ca)
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write('rules = "%s"\n' % rules + cfg)
+    d.start()
+
+    def tls_session(cert):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if cert:
+            ctx.load_cert_chain(*cert)
+        c = d.session()
+        c.starttls(ctx)
+        c.ehlo()
+        return c
+
+    # Without a certificate, or with one for another name: anonymous, no relay.
+    for cert in (None, certs["other"]):
+        c = tls_session(cert)
+        c.mail("user@contoso.com")
+        c.rcpt("x@gmail.com", expect=(554, "5.7.1"))
+        c.close()
+    # With the certificate exchange-online presents: originating; CMT applies.
+    c = tls_session(certs["good"])
+    r = send(c, "user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
+    check(r, 250)
+    entry = d.queue_json(queued_id(r))
+    assert entry["routes"][0]["connector"] == "onprem", entry
+    c.close()
+    assert "attributed by certificate name mail.protection.outlook.com" in d.stderr()

@@ -55,6 +55,10 @@ pub struct TlsFiles {
     pub certificate: PathBuf,
     /// The private key.
     pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates are verified
+    /// against; when set, STARTTLS asks clients for a certificate (optional)
+    /// and a verified one attributes the session by its name.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Limits of the receive side.
@@ -118,6 +122,7 @@ struct RawTls {
     key: String,
     #[allow(dead_code)] // for tls = "verify" connectors (relay issue)
     ca: Option<String>,
+    client_ca: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -222,6 +227,7 @@ impl Config {
             tls: raw.tls.map(|t| TlsFiles {
                 certificate: rel(&t.certificate),
                 key: rel(&t.key),
+                client_ca: t.client_ca.as_deref().map(rel),
             }),
             limits,
         })

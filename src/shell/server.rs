@@ -322,7 +322,7 @@ async fn session(
         Err(_) => return,
     };
     let table: &Table = &policy.table;
-    let att = attribute(table, &pol::ip16(peer.ip()), None);
+    let mut att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         let mut s = stream;
         let _ = s
@@ -577,6 +577,26 @@ async fn session(
                     .await;
                     match hs {
                         Some(Ok(s)) => {
+                            // A verified client certificate may attribute the
+                            // session to an inbound connector by its name.
+                            let names = table
+                                .inbound
+                                .iter()
+                                .filter_map(|c| c.tls_name)
+                                .map(|n| table.str(n));
+                            let by_cert = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| tls::certificate_name(c, names));
+                            if let Some(name) = by_cert {
+                                att = attribute(table, &pol::ip16(peer.ip()), Some(name));
+                                super::log::info(format_args!(
+                                    "TLS client {peer} attributed by certificate name {}",
+                                    String::from_utf8_lossy(name)
+                                ));
+                            }
                             conn = Conn::Tls(Box::new(s));
                             rx.tls_established();
                         }

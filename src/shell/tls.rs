@@ -22,11 +22,48 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, String> {
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| format!("{}: {e}", files.key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
-        .with_no_client_auth()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+            {
+                let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            // Optional: clients without a certificate stay welcome; a
+            // certificate that does not verify fails the handshake.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("TLS certificate {}: {e}", files.certificate.display()))?;
     Ok(Arc::new(cfg))
+}
+
+/// The first of `names` that the (already verified) client certificate
+/// `cert` is valid for, as a certificate is checked against a host name.
+pub fn certificate_name<'n>(
+    cert: &CertificateDer<'_>,
+    names: impl Iterator<Item = &'n [u8]>,
+) -> Option<&'n [u8]> {
+    let parsed = rustls::server::ParsedCertificate::try_from(cert).ok()?;
+    names.into_iter().find(|n| {
+        std::str::from_utf8(n)
+            .ok()
+            .and_then(|s| rustls_pki_types::ServerName::try_from(s).ok())
+            .is_some_and(|sn| rustls::client::verify_server_name(&parsed, &sn).is_ok())
+    })
 }
