@@ -34,6 +34,9 @@ pub struct Policy {
     /// The compiled table.
     pub table: Box<Table>,
     dfas: Vec<regex_automata::dfa::sparse::DFA<Vec<u8>>>,
+    /// Whether any rule looks at attachment names: if none does, messages
+    /// are not MIME-parsed at all.
+    pub needs_attachments: bool,
 }
 
 impl Policy {
@@ -48,7 +51,16 @@ impl Policy {
                     .ok_or(TableError::BadPattern(i as u16))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Policy { table, dfas })
+        let needs_attachments = table.enabled(Agent::TransportRules)
+            && table
+                .conditions
+                .iter()
+                .any(|c| matches!(c, policy::Condition::AttachmentMatches(_)));
+        Ok(Policy {
+            table,
+            dfas,
+            needs_attachments,
+        })
     }
 }
 
@@ -302,7 +314,12 @@ pub struct Envelope<'a> {
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
 /// renders the outcome.
 pub fn decide(p: &Policy, env: &Envelope<'_>, msg: &[u8]) -> Outcome {
-    decide_with(p, env, msg, attachment_names(msg), msg.len() as u64)
+    let names = if p.needs_attachments {
+        attachment_names(msg)
+    } else {
+        Vec::new()
+    };
+    decide_with(p, env, msg, names, msg.len() as u64)
 }
 
 /// [`decide`] for a message too large to hold whole: `head` holds at least

@@ -434,11 +434,15 @@ async fn session(
                 }
                 Action::Chunk => {
                     if txn.data.len() >= spool::CHUNK {
-                        let mime = txn.mime.get_or_insert_with(|| {
+                        if txn.head.is_empty() {
+                            // The first octets hold the header block.
                             txn.head = txn.data.clone();
-                            MimeScan::default()
-                        });
-                        mime.feed(&txn.data);
+                        }
+                        if policy.needs_attachments {
+                            txn.mime
+                                .get_or_insert_with(MimeScan::default)
+                                .feed(&txn.data);
+                        }
                         if txn.failed.is_none() {
                             if let Err(e) = sh.spool.append_chunk(txn.id, &txn.data).await {
                                 txn.failed = Some(e);
@@ -456,12 +460,17 @@ async fn session(
                         sender: &txn.from,
                         rcpts: &rcpts,
                     };
-                    let outcome = match txn.mime.take() {
-                        Some(mut scan) => {
-                            scan.feed(&txn.data);
-                            pol::decide_with(&policy, &penv, &txn.head, scan.names(), size)
-                        }
-                        None => pol::decide(&policy, &penv, &txn.data),
+                    let outcome = if txn.head.is_empty() {
+                        pol::decide(&policy, &penv, &txn.data)
+                    } else {
+                        let names = match txn.mime.take() {
+                            Some(mut scan) => {
+                                scan.feed(&txn.data);
+                                scan.names()
+                            }
+                            None => Vec::new(),
+                        };
+                        pol::decide_with(&policy, &penv, &txn.head, names, size)
                     };
                     let refusal = pol::verdict_reply(table, &outcome.verdict);
                     if let Some((code, status, text)) = refusal {
