@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 struct Null(u64);
 
-impl Sink for Null {
+impl Sink<'_> for Null {
     fn decision(&mut self, _: u16, d: &Decision) {
         self.0 += u64::from(d.connector.unwrap_or(0));
     }

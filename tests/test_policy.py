@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from conftest import SLUICE_BIN
+from smtpclient import check as smtp_check, queued_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -1237,3 +1238,51 @@ def test_trace_runs_with_a_rules_file_that_only_warns(tmp_path):
     t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, rules=str(p), expect_rc=0)
     assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to",
                  override_domain="trend.local", rule="Route via Trend")
+
+
+# ---------------------------------------------------------------------------
+# The daemon takes the decisions trace shows (trace runs the daemon's code path).
+# The appliance config names the rule file (`rules = ...`, ../shared/sluice.sample.toml);
+# clients bind a loopback source address to be attributed: 127.0.0.1 exchange-onprem,
+# 127.0.0.5 anonymous.
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def policy_daemon(sluice_factory):
+    d = sluice_factory(start=False)
+    with open(d.config, encoding="utf-8") as f:
+        cfg = f.read()
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write("rules = %s\n" % json.dumps(RULES) + cfg)
+    return d.start()
+
+
+def _eml(name):
+    with open(fx(name), "rb") as f:
+        return f.read()
+
+
+def test_daemon_relay_and_attachment_decisions_for_anonymous_client(policy_daemon):
+    d = policy_daemon
+    with d.connect(source="127.0.0.5") as c:
+        c.ehlo()
+        c.mail("bad@example.org")
+        smtp_check(c.rcpt("x@gmail.com", expect=None), 554, "5.7.1")
+        c.rcpt("user@contoso.com")
+        smtp_check(c.data(_eml("attach_exe.eml")), 550, "5.7.1", "Executable attachments are refused")
+        c.mail("someone@example.org")
+        c.rcpt("user@contoso.com")
+        smtp_check(c.data(_eml("received_31.eml")), 554, "5.4.14")
+        c.mail("someone@example.org")
+        c.rcpt("user@contoso.com")
+        smtp_check(c.data(_eml("attach_pdf.eml")), 250, "2.0.0")
+        smtp_check(c.cmd("QUIT"), 221)
+
+
+def test_daemon_accepts_executable_from_organization(policy_daemon):
+    d = policy_daemon
+    with d.connect(source="127.0.0.1") as c:
+        c.ehlo()
+        qid = queued_id(c.send_mail("alice@contoso.com", ["x@gmail.com"], _eml("attach_exe.eml")))
+        smtp_check(c.cmd("QUIT"), 221)
+    assert qid in [e["id"] for e in d.queue_list()]

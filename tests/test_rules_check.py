@@ -138,6 +138,7 @@ ERRORS = [
     ("bad-rewrite-direction", 'direction = "outbound"', 'direction = "sideways"'),
     ("bad-size", 'max_message_size = "36 MiB"', 'max_message_size = "lots"'),
     ("bad-stop-type", "stop = true", 'stop = "yes"'),
+    ("bad-inbound-kind", 'kind = "partner"', 'kind = "friend"'),
     ("unknown-condition-key", 'if = { sender_group = "Executives" }', 'if = { sendr_group = "Executives" }'),
     ("unknown-action-key", 'then = { route_to = "trend.local" }\n\n[[rule]]                         # seed 000: source',
      'then = { route_too = "trend.local" }\n\n[[rule]]                         # seed 000: source'),
@@ -286,3 +287,19 @@ def test_version_matches_trace_policy_version():
     assert p.returncode == 0, p
     version = json.loads(p.stdout)["policy_version"]
     assert version.lower() in (out + err).lower(), "trace's policy_version %s not in:\n%s" % (version, info)
+
+
+def test_crlf_file_passes_and_lines_still_count(tmp_path):
+    # a rule file written on Windows: CRLF is valid TOML
+    p = tmp_path / "crlf.toml"
+    p.write_bytes(sample_text().replace("\n", "\r\n").encode("utf-8"))
+    rc, out, err, info = check(str(p))
+    assert rc == 0, info
+    path, line = variant(tmp_path, "priority = 3\n", "prority = 3\n", name="bad.toml")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    q = tmp_path / "bad-crlf.toml"
+    q.write_bytes(text.replace("\n", "\r\n").encode("utf-8"))
+    rc, out, err, info = check(str(q))
+    assert rc == 1, info
+    assert line in [ln for ln, _, _ in diagnostics(str(q), out + err, "error")], info

@@ -191,77 +191,19 @@ struct Collect<'a> {
     sender: &'a [u8],
     decisions: Vec<Decision>,
     edits: Vec<(Agent, Edit)>,
-    notes: Vec<(Agent, OwnedNote)>,
+    notes: Vec<(Agent, Note<'a>)>,
     final_sender: Option<Addr>,
 }
 
-/// A note with its byte strings copied, rendered once the decisions are known.
-#[derive(Debug, Clone)]
-enum OwnedNote {
-    Engine(NoteKind, Vec<Vec<u8>>),
-}
-
-#[derive(Debug, Clone, Copy)]
-enum NoteKind {
-    HeaderFound(u16),
-    HeaderNotFound(u16),
-    HeaderValueExcluded(u16),
-    Applies(u16, u16),
-    Excepted(u16, u16),
-    Rerouted(u16, u16),
-    UseConnector(u16, u16, u16),
-    Refused(u16, u16),
-    RuleRewrote(u16, u16),
-    Added(u16, u16),
-    Stopped(u16, u16),
-    RelayDenied(u16),
-    RecipientRewritten(u16),
-    SenderRewritten,
-    FirewallRemoved,
-    FirewallRenamed,
-    CmtStamped,
-    CmtOverride(u16),
-    CmtAlreadyStamped(u16),
-    HopCount(u32, u16),
-    Blocked,
-    Connector(u16, Option<u16>),
-}
-
-impl Sink for Collect<'_> {
+impl<'a> Sink<'a> for Collect<'a> {
     fn decision(&mut self, _rcpt: u16, d: &Decision) {
         self.decisions.push(*d);
     }
     fn edit(&mut self, agent: Agent, e: Edit) {
         self.edits.push((agent, e));
     }
-    fn note(&mut self, agent: Agent, n: Note<'_>) {
-        use NoteKind as K;
-        let v = |s: &[&[u8]]| s.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
-        let (k, s) = match n {
-            Note::HeaderFound(r, a, b) => (K::HeaderFound(r), v(&[a, b])),
-            Note::HeaderNotFound(r, a) => (K::HeaderNotFound(r), v(&[a])),
-            Note::HeaderValueExcluded(r, a, b) => (K::HeaderValueExcluded(r), v(&[a, b])),
-            Note::Applies(r, i) => (K::Applies(r, i), vec![]),
-            Note::Excepted(r, i) => (K::Excepted(r, i), vec![]),
-            Note::Rerouted(r, i, d) => (K::Rerouted(r, i), v(&[d])),
-            Note::UseConnector(r, i, c) => (K::UseConnector(r, i, c), vec![]),
-            Note::Refused(r, i) => (K::Refused(r, i), vec![]),
-            Note::RuleRewrote(r, i) => (K::RuleRewrote(r, i), vec![]),
-            Note::Added(r, i) => (K::Added(r, i), vec![]),
-            Note::Stopped(r, i) => (K::Stopped(r, i), vec![]),
-            Note::RelayDenied(i) => (K::RelayDenied(i), vec![]),
-            Note::RecipientRewritten(i) => (K::RecipientRewritten(i), vec![]),
-            Note::SenderRewritten => (K::SenderRewritten, vec![]),
-            Note::FirewallRemoved(a) => (K::FirewallRemoved, v(&[a])),
-            Note::FirewallRenamed(a, b) => (K::FirewallRenamed, v(&[a, b])),
-            Note::CmtStamped => (K::CmtStamped, vec![]),
-            Note::CmtOverride(i) => (K::CmtOverride(i), vec![]),
-            Note::CmtAlreadyStamped(i) => (K::CmtAlreadyStamped(i), vec![]),
-            Note::HopCount(n, m) => (K::HopCount(n, m), vec![]),
-            Note::Blocked => (K::Blocked, vec![]),
-            Note::Connector(i, c) => (K::Connector(i, c), vec![]),
-        };
-        self.notes.push((agent, OwnedNote::Engine(k, s)));
+    fn note(&mut self, agent: Agent, n: Note<'a>) {
+        self.notes.push((agent, n));
     }
     fn sender(&mut self, addr: &Addr) {
         self.final_sender = Some(*addr);
@@ -506,84 +448,88 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
             .unwrap_or_default()
     };
     let mut log = Vec::new();
-    for (agent, OwnedNote::Engine(k, s)) in &c.notes {
-        let s0 = s.first().map(|b| lossy(b)).unwrap_or_default();
-        let s1 = s.get(1).map(|b| lossy(b)).unwrap_or_default();
+    for (agent, note) in &c.notes {
         let rule = |r: u16| format!("Rule #{} ({})", r + 1, rule_name(t, r));
-        use NoteKind as K;
-        let text = match *k {
-            K::HeaderFound(r) => format!(
-                "{}. Found header [{}: {s1}]",
+        let low = |b: &[u8]| lossy(b).to_ascii_lowercase();
+        let text = match *note {
+            Note::HeaderFound(r, n, v) => {
+                format!("{}. Found header [{}: {}]", rule(r), low(n), lossy(v))
+            }
+            Note::HeaderNotFound(r, n) => {
+                format!("{}. Header [{}] was not found.", rule(r), low(n))
+            }
+            Note::HeaderValueExcluded(r, n, v) => format!(
+                "{}. Header [{}: {}] is excluded by the rule's value pattern.",
                 rule(r),
-                s0.to_ascii_lowercase()
+                low(n),
+                lossy(v)
             ),
-            K::HeaderNotFound(r) => format!(
-                "{}. Header [{}] was not found.",
-                rule(r),
-                s0.to_ascii_lowercase()
-            ),
-            K::HeaderValueExcluded(r) => format!(
-                "{}. Header [{}: {s1}] is excluded by the rule's value pattern.",
-                rule(r),
-                s0.to_ascii_lowercase()
-            ),
-            K::Applies(r, i) => {
+            Note::Applies(r, i) => {
                 format!("{}. Recipient [{}]. Conditions hold.", rule(r), addr_of(i))
             }
-            K::Excepted(r, i) => format!(
+            Note::Excepted(r, i) => format!(
                 "{}. Recipient [{}]. An exception applies; rule skipped.",
                 rule(r),
                 addr_of(i)
             ),
-            K::Rerouted(r, i) => format!(
-                "{}. Recipient [{}]. Rerouted to [{s0}] via [UseOverrideDomain].",
+            Note::Rerouted(r, i, d) => format!(
+                "{}. Recipient [{}]. Rerouted to [{}] via [UseOverrideDomain].",
                 rule(r),
-                addr_of(i)
+                addr_of(i),
+                lossy(d)
             ),
-            K::UseConnector(r, i, cn) => format!(
+            Note::UseConnector(r, i, cn) => format!(
                 "{}. Recipient [{}]. Routed via connector [{}] (criteria-based routing).",
                 rule(r),
                 addr_of(i),
                 connector_name(t, cn)
             ),
-            K::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(i)),
-            K::RuleRewrote(r, i) => {
+            Note::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(i)),
+            Note::RuleRewrote(r, i) => {
                 format!("{}. Recipient rewritten to [{}].", rule(r), addr_of(i))
             }
-            K::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(i)),
-            K::Stopped(r, i) => format!(
+            Note::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(i)),
+            Note::Stopped(r, i) => format!(
                 "{}. Recipient [{}]. Stop: no further rules.",
                 rule(r),
                 addr_of(i)
             ),
-            K::RelayDenied(i) => format!(
+            Note::RelayDenied(i) => format!(
                 "Recipient [{}]. Outside the accepted domains; relay denied.",
                 addr_of(i)
             ),
-            K::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(i)),
-            K::SenderRewritten => "Envelope sender rewritten.".to_string(),
-            K::FirewallRemoved => format!("Removed header [{s0}] from anonymous mail."),
-            K::FirewallRenamed => format!("Renamed header [{s0}] to [{s1}] on anonymous mail."),
-            K::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
-            K::CmtOverride(i) => format!(
+            Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(i)),
+            Note::SenderRewritten => "Envelope sender rewritten.".to_string(),
+            Note::FirewallRemoved(n) => {
+                format!("Removed header [{}] from anonymous mail.", lossy(n))
+            }
+            Note::FirewallRenamed(a, b) => format!(
+                "Renamed header [{}] to [{}] on anonymous mail.",
+                lossy(a),
+                lossy(b)
+            ),
+            Note::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
+            Note::CmtOverride(i) => format!(
                 "Recipient [{}]. Routing override to the default accepted domain [{}].",
                 addr_of(i),
                 t.default_domain
                     .map(|d| lossy(t.str(d)))
                     .unwrap_or_default()
             ),
-            K::CmtAlreadyStamped(i) => format!(
+            Note::CmtAlreadyStamped(i) => format!(
                 "Recipient [{}]. Message already stamped; no override.",
                 addr_of(i)
             ),
-            K::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
-            K::Blocked => "The client's network is blocked by the connection filter.".to_string(),
-            K::Connector(i, Some(cn)) => format!(
+            Note::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
+            Note::Blocked => {
+                "The client's network is blocked by the connection filter.".to_string()
+            }
+            Note::Connector(i, Some(cn)) => format!(
                 "Recipient [{}]. Connector [{}].",
                 addr_of(i),
                 connector_name(t, cn)
             ),
-            K::Connector(i, None) => {
+            Note::Connector(i, None) => {
                 format!("Recipient [{}]. No send connector matches.", addr_of(i))
             }
         };

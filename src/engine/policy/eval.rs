@@ -295,14 +295,15 @@ pub enum Note<'a> {
     Connector(u16, Option<u16>),
 }
 
-/// Receives the results of [`evaluate`], in order.
-pub trait Sink {
+/// Receives the results of [`evaluate`], in order. Notes borrow from the
+/// table and the message (`'a`), so a sink may keep them as they are.
+pub trait Sink<'a> {
     /// A recipient's decision (`rcpt` counts decisions from 0; notes use it).
     fn decision(&mut self, rcpt: u16, d: &Decision);
     /// A header edit made by `agent`.
     fn edit(&mut self, agent: Agent, e: Edit);
     /// A trace note from `agent`.
-    fn note(&mut self, agent: Agent, n: Note<'_>);
+    fn note(&mut self, agent: Agent, n: Note<'a>);
     /// The envelope sender's final address (after outbound rewriting).
     fn sender(&mut self, addr: &Addr);
 }
@@ -428,7 +429,7 @@ struct Ctx<'a> {
 
 const COND_WORDS: usize = super::super::limits::MAX_CONDITIONS.div_ceil(32);
 
-struct Eval<'a, 's, S: Sink, P: Patterns + ?Sized> {
+struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     t: &'a Table,
     p: &'a P,
     m: &'a Message<'a>,
@@ -440,7 +441,7 @@ struct Eval<'a, 's, S: Sink, P: Patterns + ?Sized> {
     value: [u32; COND_WORDS],
 }
 
-impl<S: Sink, P: Patterns + ?Sized> Eval<'_, '_, S, P> {
+impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     fn condset(&mut self, rule: u16, set: u16, c: &Ctx<'_>) -> bool {
         let Some(span) = self.t.condsets.get(usize::from(set)).copied() else {
             return false;
@@ -528,7 +529,13 @@ impl<S: Sink, P: Patterns + ?Sized> Eval<'_, '_, S, P> {
     }
 
     /// The seed's "Found header [name: value]" / "was not found" lines, once per rule.
-    fn log_header(&mut self, rule: u16, name: &[u8], value: Option<&[u8]>, holds: Option<bool>) {
+    fn log_header(
+        &mut self,
+        rule: u16,
+        name: &'a [u8],
+        value: Option<&'a [u8]>,
+        holds: Option<bool>,
+    ) {
         if self.header_logged.get(usize::from(rule)) {
             return;
         }
@@ -618,16 +625,21 @@ fn hops(block: &[u8]) -> u32 {
 /// (those the recipient filter let through at RCPT time, or all of them for
 /// a trace). Cannot fail or panic on a validated table. Patterns run with
 /// the table's own DFAs; see [`evaluate_with`] to supply validated ones.
-pub fn evaluate<S: Sink>(t: &Table, m: &Message<'_>, rcpts: &[&[u8]], sink: &mut S) -> Verdict {
+pub fn evaluate<'a, S: Sink<'a>>(
+    t: &'a Table,
+    m: &'a Message<'a>,
+    rcpts: &[&'a [u8]],
+    sink: &mut S,
+) -> Verdict {
     evaluate_with(t, t, m, rcpts, sink)
 }
 
 /// [`evaluate`] with the patterns run by `p`.
-pub fn evaluate_with<S: Sink, P: Patterns + ?Sized>(
-    t: &Table,
-    p: &P,
-    m: &Message<'_>,
-    rcpts: &[&[u8]],
+pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
+    t: &'a Table,
+    p: &'a P,
+    m: &'a Message<'a>,
+    rcpts: &[&'a [u8]],
     sink: &mut S,
 ) -> Verdict {
     // OnConnect: the connection filter (the daemon refuses such a client
@@ -944,7 +956,7 @@ fn field_span(block: &[u8], name: &[u8], value: &[u8]) -> (u32, u32) {
     (start as u32, end.min(block.len()) as u32)
 }
 
-fn remove_all<S: Sink>(t: &Table, m: &Message<'_>, name: &[u8], sink: &mut S) {
+fn remove_all<'a, S: Sink<'a>>(t: &'a Table, m: &'a Message<'a>, name: &[u8], sink: &mut S) {
     for f in header::fields(m.headers) {
         if firewall_view(t, m, f.name).is_some_and(|n| n.eq_ignore_ascii_case(name)) {
             let (s, e) = field_span(m.headers, f.name, f.value);
@@ -958,9 +970,9 @@ fn is_addr_byte(b: u8) -> bool {
 }
 
 /// Rewrites the addresses in fields `names` with the map of `dir`.
-fn rewrite_fields<S: Sink>(
-    t: &Table,
-    m: &Message<'_>,
+fn rewrite_fields<'a, S: Sink<'a>>(
+    t: &'a Table,
+    m: &'a Message<'a>,
     dir: Direction,
     names: &[&[u8]],
     agent: Agent,
