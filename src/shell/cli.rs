@@ -14,14 +14,18 @@ usage: sluice <command> [--config FILE]
   queue list [--json]          what the spool holds (daemon running or not)
   queue show ID [--json|--raw] one message: envelope and content
   rules check FILE             compile a rule file: sizes, warnings, errors
+  rules apply FILE|-           install it in the running daemon, atomically
+  rules rollback               go back to the previous policy
+  rules send --serial DEV [--baud N] FILE
+                               upload a rule file over a serial line
+  status [--json]              the active and previous policies
   pipeline [--rules FILE]      events and the agents on each, by priority
   trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N]
         [--rules FILE] [--snapshots] [--json]
                                run the policy offline: decisions + rule log
   help                         this text
 
-Not in this version yet: rules apply|send|rollback, status,
-queue retry|delete|flush.
+Not in this version yet: queue retry|delete|flush.
 ";
 
 /// Runs the command line `args` (without the program name); returns the
@@ -47,7 +51,7 @@ pub fn main(args: &[String]) -> i32 {
     }
     let cfg = || Config::load(config.as_deref());
     match words.as_slice() {
-        ["run"] => match cfg().and_then(super::server::run) {
+        ["run"] => match cfg().and_then(|c| super::server::run(c, config.clone())) {
             Ok(()) => 0,
             Err(e) => fail(&e),
         },
@@ -56,6 +60,23 @@ pub fn main(args: &[String]) -> i32 {
             Err(e) => fail(&e),
         },
         ["rules", "check", file] => super::rules::check_command(std::path::Path::new(file)),
+        ["rules", "apply", file] => match cfg() {
+            Ok(c) => rules_apply(&c, file),
+            Err(e) => fail(&e),
+        },
+        ["rules", "rollback"] => match cfg() {
+            Ok(c) => control(
+                &c,
+                serde_json::json!({ "cmd": "rollback", "via": via() }),
+                "",
+            ),
+            Err(e) => fail(&e),
+        },
+        ["rules", "send", rest @ ..] => rules_send(rest),
+        ["status", rest @ ..] => match cfg() {
+            Ok(c) => status(&c, rest.contains(&"--json")),
+            Err(e) => fail(&e),
+        },
         ["trace", rest @ ..] => match cfg() {
             Ok(c) => super::trace::trace_command(rest, Some(&c)),
             Err(e) => {
@@ -216,5 +237,146 @@ fn age(s: u64) -> String {
         120..=7199 => format!("{}m", s / 60),
         7200..=172_799 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
+    }
+}
+
+/// How an install came, for `sluice status`: over SSH (from where) or local.
+fn via() -> String {
+    match std::env::var("SSH_CONNECTION") {
+        Ok(conn) => format!("ssh from {}", conn.split_whitespace().next().unwrap_or("?")),
+        Err(_) => "command line".to_string(),
+    }
+}
+
+/// Sends a control request and prints the outcome, diagnostics prefixed
+/// with `prefix` (the file name): 0 ok, 1 refused, 2 no daemon.
+fn control(cfg: &Config, req: serde_json::Value, prefix: &str) -> i32 {
+    let sock = super::install::socket_path(&cfg.state_dir);
+    match super::install::request(&cfg.state_dir, &req) {
+        None => {
+            eprintln!("sluice: no daemon listening on {}", sock.display());
+            2
+        }
+        Some(Err(e)) => fail(&e),
+        Some(Ok(reply)) => {
+            for w in reply["warnings"].as_array().into_iter().flatten() {
+                eprintln!("{prefix}{}", w.as_str().unwrap_or(""));
+            }
+            if reply["ok"].as_bool() == Some(true) {
+                println!(
+                    "installed policy version {}",
+                    reply["version"].as_str().unwrap_or("?")
+                );
+                0
+            } else {
+                for e in reply["errors"].as_array().into_iter().flatten() {
+                    eprintln!("{prefix}{}", e.as_str().unwrap_or(""));
+                }
+                eprintln!("sluice: nothing changed; the running policy is as it was");
+                1
+            }
+        }
+    }
+}
+
+fn rules_apply(cfg: &Config, file: &str) -> i32 {
+    let (text, name) = if file == "-" {
+        let mut t = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
+            return fail(&format!("standard input: {e}"));
+        }
+        (t, "-".to_string())
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(t) => (t, file.to_string()),
+            Err(e) => return fail(&format!("{file}: {e}")),
+        }
+    };
+    let req = serde_json::json!({ "cmd": "apply", "source": text, "via": via() });
+    control(cfg, req, &format!("{name}:"))
+}
+
+fn rules_send(args: &[&str]) -> i32 {
+    let mut dev = None;
+    let mut baud = 115_200u32;
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--serial" => dev = it.next().copied(),
+            "--baud" => match it.next().and_then(|b| b.parse().ok()) {
+                Some(b) => baud = b,
+                None => return usage("--baud needs a number"),
+            },
+            f => file = Some(f),
+        }
+    }
+    match (dev, file) {
+        (Some(d), Some(f)) => {
+            super::upload::send_command(std::path::Path::new(d), baud, std::path::Path::new(f))
+        }
+        _ => usage("rules send --serial DEV [--baud N] FILE"),
+    }
+}
+
+fn status(cfg: &Config, json_out: bool) -> i32 {
+    let v = match super::install::request(&cfg.state_dir, &serde_json::json!({ "cmd": "status" })) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return fail(&e),
+        None => super::install::state_status(&cfg.state_dir),
+    };
+    if json_out {
+        println!("{v}");
+        return 0;
+    }
+    let running = v["running"].as_bool() == Some(true);
+    println!(
+        "daemon:   {}",
+        if running { "running" } else { "not running" }
+    );
+    for (label, key) in [("policy:", "policy"), ("previous:", "previous")] {
+        let p = &v[key];
+        if p.is_null() {
+            println!("{label:<9} none");
+        } else {
+            println!(
+                "{label:<9} version {} installed {} via {}",
+                p["version"].as_str().unwrap_or("?"),
+                p["installed_at"].as_u64().map(utc).unwrap_or_default(),
+                p["via"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    0
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (days to civil date, after
+/// H. Hinnant's algorithm).
+fn utc(t: u64) -> String {
+    let (days, secs) = ((t / 86400) as i64, t % 86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_795_336_917), "2026-11-22 08:41:57 UTC");
     }
 }

@@ -18,6 +18,9 @@ spool_dir = "sluice-data/spool"
 
 [[listen]]
 address = "127.0.0.1:2525"
+
+[syslog]
+target = "stderr"
 "#;
 
 /// The checked appliance config, with defaults filled in.
@@ -37,6 +40,14 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Session limits.
     pub limits: Limits,
+    /// Syslog target (`unix:PATH`, `udp:HOST:PORT`, `tcp:HOST:PORT`, `stderr`).
+    pub syslog_target: String,
+    /// Syslog facility name.
+    pub syslog_facility: String,
+    /// Serial device for rule uploads; `None`: no serial upload.
+    pub upload_serial: Option<PathBuf>,
+    /// Its speed (8N1).
+    pub upload_baud: u32,
 }
 
 /// One listening socket.
@@ -107,6 +118,22 @@ struct Raw {
     listen: Option<Vec<RawListen>>,
     tls: Option<RawTls>,
     limits: RawLimits,
+    syslog: RawSyslog,
+    upload: RawUpload,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawSyslog {
+    target: Option<String>,
+    facility: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawUpload {
+    serial: Option<String>,
+    baud: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +257,10 @@ impl Config {
                 client_ca: t.client_ca.as_deref().map(rel),
             }),
             limits,
+            syslog_target: raw.syslog.target.unwrap_or_else(|| "unix:/dev/log".into()),
+            syslog_facility: raw.syslog.facility.unwrap_or_else(|| "mail".into()),
+            upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
+            upload_baud: raw.upload.baud.unwrap_or(115_200),
         })
     }
 }

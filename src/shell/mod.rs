@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod install;
 pub mod log;
 pub mod policy;
 pub mod rules;
@@ -11,3 +12,4 @@ pub mod server;
 pub mod spool;
 pub mod tls;
 pub mod trace;
+pub mod upload;

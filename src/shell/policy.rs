@@ -340,6 +340,7 @@ pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<(u16, (u8, u16, u16), Str
         Verdict::HopCount => Some(reason(Reason::HopCount)),
         Verdict::Blocked => Some(reason(Reason::AccessDenied)),
         Verdict::TooBig => Some(reason(Reason::TooBig)),
+        Verdict::HeaderTooBig => Some(reason(Reason::HeaderTooBig)),
         Verdict::Refused(r) => Some(refusal(t, r)),
     }
 }

@@ -6,6 +6,7 @@
 //! spool has synced it.
 
 use super::config::{Config, Limits};
+use super::install::{self, Installer};
 use super::policy::{self as pol, MimeScan, Policy};
 use super::spool::{self, Envelope, Route, Spool, SpoolError};
 use super::tls;
@@ -18,6 +19,7 @@ use smol::{Executor, Timer};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,15 +30,48 @@ const READ_BUFFER: usize = 8 * 1024;
 
 /// State shared by every session of the daemon.
 struct Shared {
-    cfg: Config,
+    /// The appliance config and TLS, replaced as a whole on SIGHUP; a
+    /// session keeps the one it began with.
+    live: RwLock<Arc<Live>>,
     spool: Spool,
-    tls: Option<futures_rustls::TlsAcceptor>,
-    /// The active policy; a session keeps the one it began with.
-    policy: RwLock<Arc<Policy>>,
+    /// The installed policies; a session keeps the one it began with.
+    installer: Arc<Installer>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     active: AtomicUsize,
     /// Closed when the daemon stops; idle sessions then say 421 and end.
     stopping: smol::channel::Receiver<()>,
+}
+
+/// What SIGHUP reloads: the appliance config and the TLS certificates.
+struct Live {
+    cfg: Config,
+    tls: Option<futures_rustls::TlsAcceptor>,
+}
+
+impl Live {
+    fn load(cfg: Config) -> Result<Live, String> {
+        let acceptor = match &cfg.tls {
+            Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
+                files,
+            )?)),
+            None => None,
+        };
+        if acceptor.is_none() && cfg.listen.iter().any(|l| l.starttls) {
+            super::log::warn(format_args!(
+                "starttls = true but no [tls] certificate: STARTTLS is not offered"
+            ));
+        }
+        Ok(Live { cfg, tls: acceptor })
+    }
+}
+
+impl Shared {
+    fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
 }
 
 /// Holds a connection slot; frees it when dropped.
@@ -60,7 +95,8 @@ impl Drop for Slot {
 }
 
 fn admit(sh: &Arc<Shared>, ip: IpAddr) -> Result<Slot, Reason> {
-    let limits = &sh.cfg.limits;
+    let live = sh.live();
+    let limits = &live.cfg.limits;
     let mut m = sh.per_ip.lock().map_err(|_| Reason::LocalError)?;
     if sh.active.load(Ordering::SeqCst) >= limits.connections {
         return Err(Reason::TooManyConnections);
@@ -81,48 +117,16 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Compiles the config's rule file (or the embedded default policy).
-pub fn load_policy(cfg: &Config) -> Result<Arc<Policy>, String> {
-    let (text, name) = match &cfg.rules {
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
-            p.display().to_string(),
-        ),
-        None => (
-            pol::DEFAULT_RULES.to_string(),
-            "(embedded default rules)".into(),
-        ),
-    };
-    match super::rules::compile(&text) {
-        Ok(c) => Policy::new(c.table)
-            .map(Arc::new)
-            .map_err(|e| format!("{name}: the compiled policy is invalid: {e:?}")),
-        Err(diags) => Err(diags
-            .iter()
-            .map(|d| format!("{name}:{}:{}: error: {}", d.line, d.col, d.message))
-            .collect::<Vec<_>>()
-            .join("\n")),
-    }
-}
-
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
-pub fn run(cfg: Config) -> Result<(), String> {
-    let table = load_policy(&cfg)?;
+/// SIGHUP reloads the appliance config (`path`, or the embedded default)
+/// and the TLS certificates, atomically; listeners and the spool stay.
+pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
+    let installer = Arc::new(Installer::open(&cfg)?);
     super::log::info(format_args!(
         "POLICY version {:016X} active",
-        table.table.version
+        installer.current().table.version
     ));
-    let tls = match &cfg.tls {
-        Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
-            files,
-        )?)),
-        None => None,
-    };
-    if tls.is_none() && cfg.listen.iter().any(|l| l.starttls) {
-        super::log::warn(format_args!(
-            "starttls = true but no [tls] certificate: STARTTLS is not offered"
-        ));
-    }
+    let live = Live::load(cfg.clone())?;
     let (spool, scan) = Spool::open(&cfg.spool_dir)
         .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
     for (path, good) in &scan.torn {
@@ -153,18 +157,30 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         Ok::<_, String>(v)
     })?;
+    let control = install::serve_control(installer.clone()).map_err(|e| {
+        format!(
+            "control socket {}: {e}",
+            install::socket_path(&cfg.state_dir).display()
+        )
+    })?;
+    if let Some(dev) = cfg.upload_serial.clone() {
+        serve_uploads(dev, cfg.upload_baud, installer.clone())?;
+    }
+    let state_dir = cfg.state_dir.clone();
     let shared = Arc::new(Shared {
-        cfg,
+        live: RwLock::new(Arc::new(live)),
         spool,
-        tls,
-        policy: RwLock::new(table),
+        installer,
         per_ip: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         stopping: stop_rx,
     });
-    let mut signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(|e| format!("signals: {e}"))?;
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
 
     let ex = Arc::new(Executor::new());
     let (end_tx, end_rx) = smol::channel::bounded::<()>(1);
@@ -192,16 +208,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
             }
             accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
         }
-        let sig = match signals.next().await {
-            Some(Ok(async_signal::Signal::Int)) => "SIGINT",
-            _ => "SIGTERM",
+        let sig = loop {
+            match signals.next().await {
+                Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
+                Some(Ok(async_signal::Signal::Int)) => break "SIGINT",
+                _ => break "SIGTERM",
+            }
         };
         super::log::info(format_args!(
             "{sig}: stopping; sessions in flight may finish"
         ));
         drop(accepts); // cancels the accept loops: no new sessions
         stop_tx.close();
-        let limit = sh.cfg.limits.data_timeout + Duration::from_secs(10);
+        let limit = sh.live().cfg.limits.data_timeout + Duration::from_secs(10);
         let start = std::time::Instant::now();
         while sh.active.load(Ordering::SeqCst) > 0 && start.elapsed() < limit {
             Timer::after(Duration::from_millis(20)).await;
@@ -212,8 +231,72 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let _ = w.join();
     }
     shared.spool.close();
+    let _ = std::fs::remove_file(install::socket_path(&state_dir));
+    drop(control);
     super::log::info(format_args!("stopped"));
     Ok(())
+}
+
+/// SIGHUP: loads the config and certificates anew and swaps them in for
+/// new sessions; on any error the running ones stay.
+fn reload(sh: &Shared, path: Option<&std::path::Path>) {
+    let result = Config::load(path).and_then(|cfg| {
+        let old = sh.live();
+        if cfg.listen.len() != old.cfg.listen.len()
+            || cfg
+                .listen
+                .iter()
+                .zip(&old.cfg.listen)
+                .any(|(a, b)| a.address != b.address)
+            || cfg.spool_dir != old.cfg.spool_dir
+        {
+            super::log::warn(format_args!(
+                "SIGHUP: listeners and spool_dir change only with a restart"
+            ));
+        }
+        Live::load(cfg)
+    });
+    match result {
+        Ok(live) => {
+            match sh.live.write() {
+                Ok(mut g) => *g = Arc::new(live),
+                Err(p) => *p.into_inner() = Arc::new(live),
+            }
+            super::log::info(format_args!(
+                "SIGHUP: configuration and certificates reloaded"
+            ));
+        }
+        Err(e) => super::log::warn(format_args!(
+            "SIGHUP: reload refused, running config kept: {e}"
+        )),
+    }
+}
+
+/// Starts the serial upload listener: uploads are applied as `rules apply`.
+fn serve_uploads(dev: PathBuf, baud: u32, inst: Arc<Installer>) -> Result<(), String> {
+    let apply: super::upload::ApplyFn =
+        Arc::new(
+            move |text: &str, via: &str| match inst.apply_text(text, via) {
+                Ok(a) => Ok(format!(
+                    "installed policy version {:016X}{}",
+                    a.version,
+                    a.warnings
+                        .iter()
+                        .map(|w| format!("\n{w}"))
+                        .collect::<String>()
+                )),
+                Err(errs) => Err(errs.join("\n")),
+            },
+        );
+    std::thread::Builder::new()
+        .name("serial-upload".into())
+        .spawn(move || {
+            if let Err(e) = super::upload::serve_serial(&dev, baud, apply) {
+                super::log::warn(format_args!("serial upload on {}: {e}", dev.display()));
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("serial upload thread: {e}"))
 }
 
 async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Executor<'static>>) {
@@ -235,7 +318,7 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
                 Err(reason) => {
                     let mut s = stream;
                     let _ = s
-                        .write_all(&reply_line(reason.reply(), &sh.cfg.hostname))
+                        .write_all(&reply_line(reason.reply(), &sh.live().cfg.hostname))
                         .await;
                     super::log::info(format_args!("REJECT {peer}: {}", reason.reply().text));
                 }
@@ -315,26 +398,28 @@ async fn session(
     _slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits: &Limits = &sh.cfg.limits;
+    // The config and the policy this session began with stay its own.
+    let live = sh.live();
+    let limits: &Limits = &live.cfg.limits;
     // The policy this session began with stays its policy to the end.
-    let policy: Arc<Policy> = match sh.policy.read() {
-        Ok(g) => g.clone(),
-        Err(_) => return,
-    };
+    let policy: Arc<Policy> = sh.installer.current();
     let table: &Table = &policy.table;
     let mut att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         let mut s = stream;
         let _ = s
-            .write_all(&reply_line(Reason::AccessDenied.reply(), &sh.cfg.hostname))
+            .write_all(&reply_line(
+                Reason::AccessDenied.reply(),
+                &live.cfg.hostname,
+            ))
             .await;
         super::log::info(format_args!("REJECT {peer}: connection filter"));
         return;
     }
-    let offer_tls = starttls && sh.tls.is_some();
+    let offer_tls = starttls && live.tls.is_some();
     // The smaller of the appliance's and the policy's limits applies.
     let mut rx = Receiver::new(smtp::Config {
-        hostname: &sh.cfg.hostname,
+        hostname: &live.cfg.hostname,
         max_message_size: limits.max_message_size.min(table.limits.max_message_size),
         max_recipients: limits.max_recipients.min(table.limits.max_recipients),
         starttls: offer_tls,
@@ -573,7 +658,7 @@ async fn session(
                     let n = rx.output().len();
                     rx.output_sent(n);
                     start = end;
-                    let Some(acceptor) = sh.tls.clone() else {
+                    let Some(acceptor) = live.tls.clone() else {
                         break 'session;
                     };
                     let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {

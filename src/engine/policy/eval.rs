@@ -340,6 +340,8 @@ pub enum Verdict {
     Blocked,
     /// Larger than the policy's `max_message_size`: `552 5.3.4`.
     TooBig,
+    /// A header block over the receiver's limit: `552 5.3.4`.
+    HeaderTooBig,
     /// Every recipient was refused; the first refusal is the reply.
     Refused(Refusal),
 }
@@ -652,6 +654,9 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     if m.size > t.limits.max_message_size {
         return Verdict::TooBig;
     }
+    if m.headers.len() > super::super::limits::MAX_HEADER_BLOCK {
+        return Verdict::HeaderTooBig;
+    }
     // OnEndOfHeaders: the header firewall.
     if t.enabled(Agent::HeaderFirewall) && !m.attribution.originating {
         for f in header::fields(m.headers) {
@@ -879,9 +884,10 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         }
     }
     let sink = ev.sink;
-    // Message-level header actions of the rules that applied, in order.
+    // Message-level header actions of the rules that applied, in order
+    // (none for a message refused whole: nothing of it is kept).
     for (ri, rule) in t.rules.iter().enumerate() {
-        if !used.get(ri) {
+        if refused_whole || !used.get(ri) {
             continue;
         }
         let a0 = usize::from(rule.actions.first);
