@@ -4,6 +4,7 @@
 //! and carries replies out. Capacities live in [`limits`].
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod header;
 pub mod limits;
 pub mod policy;

@@ -1,0 +1,973 @@
+//! The send side of SMTP (RFC 5321), sans I/O: the outbound client that
+//! relays a spooled message to its next hop.
+//!
+//! Driving it mirrors [`super::smtp::Receiver`]: [`Client::feed`] the
+//! server's octets; it returns how many it consumed and at most one
+//! [`Event`]; send [`Client::output`] (commands) and confirm with
+//! [`Client::output_sent`]. On [`Event::StartTls`] the shell performs the
+//! handshake (checking the certificate as the connector's policy says) and
+//! calls [`Client::tls_established`]. On [`Event::SendMessage`] it streams
+//! the message (dot-stuffed with [`stuff`] for DATA, raw for BDAT) and then
+//! calls [`Client::message_sent`]. Recipients' replies come one by one
+//! ([`Event::Rcpt`]); the transaction ends with [`Event::Done`], or the
+//! session with [`Event::Failed`].
+//!
+//! Extensions are used only when offered: PIPELINING (MAIL, every RCPT and
+//! DATA in one flight), SIZE, 8BITMIME and SMTPUTF8 (a message that needs
+//! one the server lacks is not sent: [`Failure::Needs8BitMime`] /
+//! [`Failure::NeedsSmtpUtf8`], never a corrupted message), CHUNKING (BDAT).
+
+use super::limits::MAX_COMMAND_LINE;
+use heapless::Vec;
+
+/// TLS policy of the connection (the send connector's `tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TlsMode {
+    /// STARTTLS when offered, clear text otherwise.
+    Opportunistic,
+    /// Never send in clear text.
+    Required,
+    /// Required, and the shell checks the certificate's name.
+    Verify,
+}
+
+/// Settings of one outbound session.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config<'a> {
+    /// Our name for EHLO/HELO.
+    pub helo: &'a str,
+    /// TLS policy.
+    pub tls: TlsMode,
+    /// Whether TLS can be started at all (a client configuration exists).
+    pub tls_available: bool,
+}
+
+/// The transaction to run.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Envelope<'a> {
+    /// Reverse path (empty: the null sender).
+    pub from: &'a [u8],
+    /// Forward paths.
+    pub rcpts: &'a [&'a [u8]],
+    /// Message size in octets (for SIZE=).
+    pub size: u64,
+    /// The message has 8-bit octets (needs 8BITMIME).
+    pub body8bit: bool,
+    /// Addresses or headers need SMTPUTF8.
+    pub smtputf8: bool,
+}
+
+/// A server reply: code, enhanced status if given, text of its last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct ServerReply<'a> {
+    /// The three-digit code.
+    pub code: u16,
+    /// The enhanced status code (RFC 3463), if the reply carries one.
+    pub status: Option<(u8, u16, u16)>,
+    /// The text after the code (and enhanced code).
+    pub text: &'a [u8],
+}
+
+impl ServerReply<'_> {
+    /// 2xx or 3xx.
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+    /// 4xx: try again later.
+    pub fn is_temporary(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+}
+
+/// Why the session cannot deliver (everything pending is deferred, or
+/// bounced when `permanent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Failure {
+    /// The greeting, EHLO/HELO, MAIL or DATA was refused (see the reply).
+    Refused,
+    /// TLS is required and the server does not offer STARTTLS.
+    TlsNotOffered,
+    /// The message is 8-bit and the server lacks 8BITMIME.
+    Needs8BitMime,
+    /// The message needs SMTPUTF8 and the server lacks it.
+    NeedsSmtpUtf8,
+    /// The server's SIZE limit is below the message size.
+    TooBig,
+    /// A reply could not be parsed, or a line was too long.
+    Protocol,
+    /// No recipient was accepted.
+    NoRecipients,
+}
+
+/// What happened; see the module docs for what the shell does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event<'a> {
+    /// Perform the TLS handshake, then call [`Client::tls_established`].
+    StartTls,
+    /// Recipient `index` got `reply` (positive: accepted).
+    Rcpt {
+        /// Index into the envelope's recipients.
+        index: u16,
+        /// The server's reply to its RCPT.
+        reply: ServerReply<'a>,
+    },
+    /// Stream the message now (`bdat`: raw after the BDAT command already
+    /// sent; else dot-stuffed, then [`Client::message_sent`] writes the end).
+    SendMessage {
+        /// BDAT LAST (raw octets) rather than DATA (dot-stuffed).
+        bdat: bool,
+    },
+    /// The reply to the end of the message: positive means delivered to
+    /// every recipient accepted before.
+    Done(ServerReply<'a>),
+    /// The session ends without delivery; `reply` is the server's, if any.
+    Failed {
+        /// Why.
+        why: Failure,
+        /// The server's reply that caused it, if any.
+        reply: Option<ServerReply<'a>>,
+    },
+}
+
+/// What a feed did.
+#[must_use = "consumed octets must be dropped and the event handled"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step<'a> {
+    /// Octets consumed.
+    pub consumed: usize,
+    /// The event, if any.
+    pub event: Option<Event<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    AwaitTls,
+    /// Waiting for the MAIL reply, then `rcpt_next` RCPT replies, then DATA's.
+    Mail,
+    Rcpt,
+    Data,
+    Sending,
+    EndOfData,
+    Quit,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Extensions {
+    pipelining: bool,
+    size: Option<u64>,
+    eightbit: bool,
+    smtputf8: bool,
+    chunking: bool,
+    starttls: bool,
+}
+
+/// The outbound session.
+#[derive(Debug)]
+pub struct Client<'a> {
+    cfg: Config<'a>,
+    env: Envelope<'a>,
+    phase: Phase,
+    ext: Extensions,
+    tls: bool,
+    line: Vec<u8, MAX_COMMAND_LINE>,
+    out: Vec<u8, 4096>,
+    rcpt_next: u16,
+    accepted: u16,
+    /// DATA was pipelined after the RCPTs (its reply is awaited).
+    data_sent: bool,
+    /// Every RCPT was refused while DATA was pipelined.
+    no_rcpt: bool,
+    bdat: bool,
+    /// `line` holds a finished reply line (events borrow it until the next feed).
+    line_done: bool,
+    /// An event to hand out before reading more.
+    queued: Option<Kind>,
+}
+
+fn parse_reply(line: &[u8]) -> Option<(ServerReply<'_>, bool)> {
+    let code = line.get(..3)?;
+    if !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = code.iter().fold(0u16, |a, &d| a * 10 + u16::from(d - b'0'));
+    let more = line.get(3) == Some(&b'-');
+    let mut text = line.get(4..).unwrap_or(&[]);
+    while let [rest @ .., b'\r' | b'\n'] = text {
+        text = rest;
+    }
+    let mut status = None;
+    let word_end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
+    let mut parts = text.get(..word_end).unwrap_or(&[]).split(|&b| b == b'.');
+    if let (Some(a), Some(b), Some(c), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    {
+        let num = |p: &[u8]| -> Option<u16> {
+            if p.is_empty() || p.len() > 3 || !p.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            Some(p.iter().fold(0u16, |x, &d| x * 10 + u16::from(d - b'0')))
+        };
+        if let (Some(a), Some(b), Some(c)) = (num(a), num(b), num(c)) {
+            if a < 10 && u16::from(code[0] - b'0') == a {
+                status = Some((a as u8, b, c));
+                text = text.get(word_end + 1..).unwrap_or(&[]);
+            }
+        }
+    }
+    Some((
+        ServerReply {
+            code: n,
+            status,
+            text,
+        },
+        more,
+    ))
+}
+
+impl<'a> Client<'a> {
+    /// A client for one transaction of `env` on a new connection.
+    pub fn new(cfg: Config<'a>, env: Envelope<'a>) -> Self {
+        Client {
+            cfg,
+            env,
+            phase: Phase::Greeting,
+            ext: Extensions::default(),
+            tls: false,
+            line: Vec::new(),
+            out: Vec::new(),
+            rcpt_next: 0,
+            accepted: 0,
+            data_sent: false,
+            no_rcpt: false,
+            bdat: false,
+            line_done: false,
+            queued: None,
+        }
+    }
+
+    /// Commands waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Drops `n` sent octets of output.
+    pub fn output_sent(&mut self, n: usize) {
+        let n = n.min(self.out.len());
+        let rest = self.out.len() - n;
+        self.out.copy_within(n.., 0);
+        self.out.truncate(rest);
+    }
+
+    /// Whether the session is over (after QUIT's reply or a failure).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Recipients accepted so far.
+    pub fn accepted(&self) -> u16 {
+        self.accepted
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: EHLO again (RFC 3207).
+    pub fn tls_established(&mut self) {
+        if self.phase == Phase::AwaitTls {
+            self.tls = true;
+            self.ext = Extensions::default();
+            self.command(&[b"EHLO ", self.cfg.helo.as_bytes()]);
+            self.phase = Phase::Ehlo;
+        }
+    }
+
+    /// The whole message was written after [`Event::SendMessage`]: for
+    /// DATA this writes the final `.` line (the caller's stuffed message
+    /// must end with CRLF).
+    pub fn message_sent(&mut self) {
+        if self.phase == Phase::Sending {
+            if !self.bdat {
+                self.raw(b".\r\n");
+            }
+            self.phase = Phase::EndOfData;
+        }
+    }
+
+    fn raw(&mut self, b: &[u8]) {
+        let room = self.out.capacity() - self.out.len();
+        let _ = self
+            .out
+            .extend_from_slice(b.get(..b.len().min(room)).unwrap_or(&[]));
+    }
+
+    fn command(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.raw(p);
+        }
+        self.raw(b"\r\n");
+    }
+
+    /// Consumes server octets: at most one reply line per call. Replies
+    /// are read one line at a time; an event's reply text borrows the
+    /// client until the next call.
+    pub fn feed<'s>(&'s mut self, input: &[u8]) -> Step<'s> {
+        if let Some(k) = self.queued.take() {
+            return Step {
+                consumed: 0,
+                event: Some(self.event(k)),
+            };
+        }
+        if matches!(self.phase, Phase::Closed | Phase::AwaitTls | Phase::Sending) {
+            return Step {
+                consumed: 0,
+                event: None,
+            };
+        }
+        let (consumed, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (input.len(), false),
+        };
+        if self.line_done {
+            self.line.clear();
+            self.line_done = false;
+        }
+        if self
+            .line
+            .extend_from_slice(input.get(..consumed).unwrap_or(&[]))
+            .is_err()
+        {
+            self.line.clear();
+            let event = self.fail(Failure::Protocol, false);
+            return Step {
+                consumed,
+                event: event.map(|k| self.event(k)),
+            };
+        }
+        if !complete {
+            return Step {
+                consumed,
+                event: None,
+            };
+        }
+        self.line_done = true;
+        let kind = self.on_line();
+        Step {
+            consumed,
+            event: kind.map(|k| self.event(k)),
+        }
+    }
+
+    /// Builds the event, its reply text borrowing the line buffer.
+    fn event(&self, k: Kind) -> Event<'_> {
+        let reply = || parse_reply(&self.line).map(|(r, _)| r);
+        match k {
+            Kind::StartTls => Event::StartTls,
+            Kind::SendMessage(bdat) => Event::SendMessage { bdat },
+            Kind::Rcpt(index) => match reply() {
+                Some(reply) => Event::Rcpt { index, reply },
+                None => Event::Failed {
+                    why: Failure::Protocol,
+                    reply: None,
+                },
+            },
+            Kind::Done => match reply() {
+                Some(r) => Event::Done(r),
+                None => Event::Failed {
+                    why: Failure::Protocol,
+                    reply: None,
+                },
+            },
+            Kind::Failed(why, with_reply) => Event::Failed {
+                why,
+                reply: if with_reply { reply() } else { None },
+            },
+        }
+    }
+
+    fn fail(&mut self, why: Failure, with_reply: bool) -> Option<Kind> {
+        if self.phase != Phase::Greeting || with_reply {
+            self.command(&[b"QUIT"]);
+        }
+        self.phase = Phase::Closed;
+        Some(Kind::Failed(why, with_reply))
+    }
+
+    fn send_transaction(&mut self) -> Option<Kind> {
+        let env = self.env;
+        if env.body8bit && !self.ext.eightbit {
+            return self.fail(Failure::Needs8BitMime, false);
+        }
+        if env.smtputf8 && !self.ext.smtputf8 {
+            return self.fail(Failure::NeedsSmtpUtf8, false);
+        }
+        if self.ext.size.is_some_and(|max| max > 0 && env.size > max) {
+            return self.fail(Failure::TooBig, false);
+        }
+        let mut size = [0u8; 20];
+        let size = fmt_u64(env.size, &mut size);
+        self.raw(b"MAIL FROM:<");
+        self.raw(env.from);
+        self.raw(b">");
+        if self.ext.size.is_some() {
+            self.raw(b" SIZE=");
+            self.raw(size);
+        }
+        if env.body8bit {
+            self.raw(b" BODY=8BITMIME");
+        }
+        if env.smtputf8 {
+            self.raw(b" SMTPUTF8");
+        }
+        self.raw(b"\r\n");
+        self.phase = Phase::Mail;
+        self.rcpt_next = 0;
+        if self.ext.pipelining {
+            // RFC 2920: MAIL, every RCPT and DATA (or nothing for BDAT) in one flight.
+            for r in env.rcpts {
+                self.command(&[b"RCPT TO:<", r, b">"]);
+            }
+            if !self.ext.chunking {
+                self.command(&[b"DATA"]);
+                self.data_sent = true;
+            }
+        }
+        None
+    }
+
+    fn next_after_rcpts(&mut self) -> Option<Kind> {
+        if self.accepted == 0 {
+            if self.data_sent {
+                // The pipelined DATA's reply (554 or 503) is still to come.
+                self.phase = Phase::Data;
+                self.no_rcpt = true;
+                return None;
+            }
+            return self.fail(Failure::NoRecipients, false);
+        }
+        if self.ext.chunking {
+            let mut size = [0u8; 20];
+            let n = fmt_u64(self.env.size, &mut size);
+            let mut cmd: Vec<u8, 32> = Vec::new();
+            let _ = cmd.extend_from_slice(b"BDAT ");
+            let _ = cmd.extend_from_slice(n);
+            let _ = cmd.extend_from_slice(b" LAST");
+            self.command(&[&cmd]);
+            self.bdat = true;
+            self.phase = Phase::Sending;
+            return Some(Kind::SendMessage(true));
+        }
+        if !self.data_sent {
+            self.command(&[b"DATA"]);
+            self.data_sent = true;
+        }
+        self.phase = Phase::Data;
+        None
+    }
+
+    fn on_line(&mut self) -> Option<Kind> {
+        let Some((r, more)) = parse_reply(&self.line) else {
+            return self.fail(Failure::Protocol, false);
+        };
+        let (code, positive) = (r.code, r.is_positive());
+        // Note the extensions from EHLO's lines as they come.
+        if self.phase == Phase::Ehlo && positive {
+            let kw = r.text.split(|&b| b == b' ').next().unwrap_or(&[]);
+            let arg = r.text.get(kw.len() + 1..).unwrap_or(&[]);
+            let up = |s: &[u8], w: &[u8]| s.eq_ignore_ascii_case(w);
+            if up(kw, b"PIPELINING") {
+                self.ext.pipelining = true;
+            } else if up(kw, b"8BITMIME") {
+                self.ext.eightbit = true;
+            } else if up(kw, b"SMTPUTF8") {
+                self.ext.smtputf8 = true;
+            } else if up(kw, b"CHUNKING") {
+                self.ext.chunking = true;
+            } else if up(kw, b"STARTTLS") {
+                self.ext.starttls = true;
+            } else if up(kw, b"SIZE") {
+                self.ext.size = Some(parse_u64(arg).unwrap_or(0));
+            }
+        }
+        if more {
+            return None; // a multi-line reply goes on
+        }
+        match self.phase {
+            Phase::Greeting => {
+                if code != 220 {
+                    return self.fail(Failure::Refused, true);
+                }
+                self.command(&[b"EHLO ", self.cfg.helo.as_bytes()]);
+                self.phase = Phase::Ehlo;
+                None
+            }
+            Phase::Ehlo | Phase::Helo => {
+                if !positive {
+                    if self.phase == Phase::Ehlo && code >= 500 && !self.tls {
+                        // RFC 5321 §3.2: fall back to HELO.
+                        self.command(&[b"HELO ", self.cfg.helo.as_bytes()]);
+                        self.phase = Phase::Helo;
+                        return None;
+                    }
+                    return self.fail(Failure::Refused, true);
+                }
+                let must_tls = self.cfg.tls != TlsMode::Opportunistic;
+                if !self.tls && self.ext.starttls && self.cfg.tls_available {
+                    self.command(&[b"STARTTLS"]);
+                    self.phase = Phase::StartTls;
+                    return None;
+                }
+                if !self.tls && must_tls {
+                    return self.fail(Failure::TlsNotOffered, false);
+                }
+                self.send_transaction()
+            }
+            Phase::StartTls => {
+                if code != 220 {
+                    if self.cfg.tls == TlsMode::Opportunistic {
+                        return self.send_transaction();
+                    }
+                    return self.fail(Failure::TlsNotOffered, true);
+                }
+                self.phase = Phase::AwaitTls;
+                Some(Kind::StartTls)
+            }
+            Phase::Mail => {
+                if !positive {
+                    // Pipelined RCPTs and DATA will be refused too; the
+                    // QUIT after them ends the session.
+                    return self.fail(Failure::Refused, true);
+                }
+                self.phase = Phase::Rcpt;
+                if !self.ext.pipelining {
+                    if let Some(r) = self.env.rcpts.first() {
+                        self.command(&[b"RCPT TO:<", r, b">"]);
+                    }
+                }
+                if self.env.rcpts.is_empty() {
+                    return self.next_after_rcpts();
+                }
+                None
+            }
+            Phase::Rcpt => {
+                let index = self.rcpt_next;
+                self.rcpt_next += 1;
+                if positive {
+                    self.accepted += 1;
+                }
+                let n = self.env.rcpts.len() as u16;
+                if self.rcpt_next < n {
+                    if !self.ext.pipelining {
+                        if let Some(r) = self.env.rcpts.get(usize::from(self.rcpt_next)) {
+                            self.command(&[b"RCPT TO:<", r, b">"]);
+                        }
+                    }
+                } else if let Some(k) = self.next_after_rcpts() {
+                    // The last recipient's reply comes first; the next
+                    // step's event follows on the next feed.
+                    self.queued = Some(k);
+                }
+                Some(Kind::Rcpt(index))
+            }
+            Phase::Data => {
+                if self.no_rcpt {
+                    return self.fail(Failure::NoRecipients, false);
+                }
+                if code != 354 {
+                    return self.fail(Failure::Refused, true);
+                }
+                self.phase = Phase::Sending;
+                Some(Kind::SendMessage(false))
+            }
+            Phase::EndOfData => {
+                self.command(&[b"QUIT"]);
+                self.phase = Phase::Quit;
+                Some(Kind::Done)
+            }
+            Phase::Quit => {
+                self.phase = Phase::Closed;
+                None
+            }
+            Phase::AwaitTls | Phase::Sending | Phase::Closed => None,
+        }
+    }
+}
+
+/// What an event is, before its reply text is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    StartTls,
+    SendMessage(bool),
+    Rcpt(u16),
+    Done,
+    Failed(Failure, bool),
+}
+
+/// Dot-stuffs message octets for DATA into `out` (RFC 5321 §4.5.2): a
+/// line that begins with `.` gets another. `at_line_start` carries the
+/// state between calls (start with `true`); returns the octets written, or
+/// `None` when `out` is too small (it must hold `input.len() * 2`).
+pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<usize> {
+    let mut n = 0;
+    for &b in input {
+        if *at_line_start && b == b'.' {
+            *out.get_mut(n)? = b'.';
+            n += 1;
+        }
+        *out.get_mut(n)? = b;
+        n += 1;
+        *at_line_start = b == b'\n';
+    }
+    Some(n)
+}
+
+fn parse_u64(s: &[u8]) -> Option<u64> {
+    let s = s.split(|&b| b == b' ').next()?;
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')))
+}
+
+fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::engine::smtp::{self, Receiver};
+    use std::format;
+    use std::string::String;
+    use std::vec::Vec as V;
+
+    fn cfg(tls: TlsMode) -> Config<'static> {
+        Config {
+            helo: "edge1.test",
+            tls,
+            tls_available: true,
+        }
+    }
+
+    fn env<'a>(rcpts: &'a [&'a [u8]], body8bit: bool, size: u64) -> Envelope<'a> {
+        Envelope {
+            from: b"a@x.test",
+            rcpts,
+            size,
+            body8bit,
+            smtputf8: false,
+        }
+    }
+
+    fn describe(e: &Event<'_>) -> String {
+        match e {
+            Event::Rcpt { index, reply } => format!("rcpt{index}:{}", reply.code),
+            Event::Done(r) => format!("done:{}", r.code),
+            Event::Failed { why, reply } => {
+                format!("failed:{why:?}:{}", reply.map_or(0, |r| r.code))
+            }
+            Event::StartTls => "starttls".into(),
+            Event::SendMessage { bdat } => format!("send:{}", if *bdat { "bdat" } else { "data" }),
+        }
+    }
+
+    /// Our client against our receiver, in memory. Returns the client's
+    /// events and the message octets the receiver stored.
+    fn pair(rcpts: &[&[u8]], msg: &[u8]) -> (V<String>, V<V<u8>>) {
+        let mut rx = Receiver::new(smtp::Config {
+            hostname: "mx.test",
+            max_message_size: 1 << 20,
+            max_recipients: 10,
+            starttls: false,
+            tls: false,
+            bare_line_endings: smtp::BareLineEndings::Refuse,
+        });
+        let mut cl = Client::new(
+            cfg(TlsMode::Opportunistic),
+            env(rcpts, false, msg.len() as u64),
+        );
+        let (mut events, mut stored, mut body) = (V::new(), V::new(), V::new());
+        rx.greet();
+        for _ in 0..100 {
+            // server -> client
+            let s2c: V<u8> = rx.output().to_vec();
+            rx.output_sent(s2c.len());
+            let mut c2s: V<u8> = V::new();
+            let mut pos = 0;
+            loop {
+                let st = cl.feed(&s2c[pos..]);
+                pos += st.consumed;
+                let Some(ev) = st.event else {
+                    if pos >= s2c.len() || st.consumed == 0 {
+                        break;
+                    }
+                    continue;
+                };
+                events.push(describe(&ev));
+                if let Event::SendMessage { bdat } = ev {
+                    c2s.extend_from_slice(cl.output());
+                    let n = cl.output().len();
+                    cl.output_sent(n);
+                    if bdat {
+                        c2s.extend_from_slice(msg);
+                    } else {
+                        let mut out = std::vec![0u8; msg.len() * 2];
+                        let mut ls = true;
+                        let k = stuff(msg, &mut ls, &mut out).expect("room");
+                        c2s.extend_from_slice(&out[..k]);
+                    }
+                    cl.message_sent();
+                }
+            }
+            c2s.extend_from_slice(cl.output());
+            let n = cl.output().len();
+            cl.output_sent(n);
+            if c2s.is_empty() && s2c.is_empty() {
+                break;
+            }
+            // client -> server
+            let mut pos = 0;
+            loop {
+                let st = rx.feed(&c2s[pos..]);
+                pos += st.consumed;
+                match st.event {
+                    Some(smtp::Event::Body(b)) => body.extend_from_slice(b),
+                    Some(smtp::Event::Rcpt(r)) => {
+                        if r.starts_with(b"deny") {
+                            rx.reject(crate::engine::reply::Reply {
+                                code: 550,
+                                status: Some((5, 1, 1)),
+                                text: "no",
+                            });
+                        } else {
+                            rx.accept();
+                        }
+                    }
+                    Some(smtp::Event::Mail(_)) => rx.accept(),
+                    Some(smtp::Event::MessageEnd { .. }) => {
+                        stored.push(core::mem::take(&mut body));
+                        rx.accept_message("Q");
+                    }
+                    Some(_) => {}
+                    None if pos >= c2s.len() || st.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            if cl.is_closed() && rx.is_closed() {
+                break;
+            }
+        }
+        (events, stored)
+    }
+
+    /// The client against a scripted server: `script` is what the server
+    /// says, one reply per step.
+    fn scripted(c: Config<'_>, e: Envelope<'_>, script: &[&[u8]]) -> (V<String>, String) {
+        let mut cl = Client::new(c, e);
+        let mut events = V::new();
+        let mut sent = String::new();
+        for reply in script {
+            let mut pos = 0;
+            loop {
+                let st = cl.feed(&reply[pos..]);
+                pos += st.consumed;
+                match st.event {
+                    Some(ev) => {
+                        let (send, tls) = (
+                            matches!(ev, Event::SendMessage { .. }),
+                            matches!(ev, Event::StartTls),
+                        );
+                        events.push(describe(&ev));
+                        if send {
+                            cl.message_sent();
+                        }
+                        if tls {
+                            cl.tls_established();
+                        }
+                    }
+                    None if pos >= reply.len() || st.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            sent.push_str(&String::from_utf8_lossy(cl.output()));
+            let n = cl.output().len();
+            cl.output_sent(n);
+        }
+        (events, sent)
+    }
+
+    const MSG: &[u8] = b"Subject: t\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+
+    #[test]
+    fn against_our_receiver_with_pipelining_and_chunking() {
+        let (events, stored) = pair(&[b"b@y.test", b"deny@y.test", b"c@y.test"], MSG);
+        assert_eq!(
+            events,
+            [
+                "rcpt0:250",
+                "rcpt1:550",
+                "rcpt2:250",
+                "send:bdat",
+                "done:250"
+            ]
+        );
+        assert_eq!(stored, [MSG.to_vec()]);
+    }
+
+    #[test]
+    fn every_recipient_refused_ends_without_data() {
+        let (events, stored) = pair(&[b"deny1@y.test", b"deny2@y.test"], MSG);
+        assert_eq!(events, ["rcpt0:550", "rcpt1:550", "failed:NoRecipients:0"]);
+        assert!(stored.is_empty());
+    }
+
+    const EHLO_PLAIN: &[u8] =
+        b"250-mx.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000\r\n";
+
+    #[test]
+    fn data_with_dot_stuffing_when_chunking_is_not_offered() {
+        let (events, sent) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], true, 10),
+            &[
+                b"220 mx\r\n",
+                EHLO_PLAIN,
+                b"250 2.1.0 ok\r\n",
+                b"250 2.1.5 ok\r\n",
+                b"354 go\r\n",
+                b"250 2.0.0 queued\r\n",
+                b"221 bye\r\n",
+            ],
+        );
+        assert_eq!(events, ["rcpt0:250", "send:data", "done:250"]);
+        assert!(sent.starts_with("EHLO edge1.test\r\nMAIL FROM:<a@x.test> SIZE=10 BODY=8BITMIME\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"), "{sent}");
+        assert!(sent.ends_with(".\r\nQUIT\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn an_8bit_message_is_not_sent_to_a_7bit_server() {
+        let (events, sent) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], true, 10),
+            &[b"220 mx\r\n", b"250 mx.test\r\n"],
+        );
+        assert_eq!(events, ["failed:Needs8BitMime:0"]);
+        assert!(!sent.contains("MAIL"), "{sent}");
+    }
+
+    #[test]
+    fn the_server_size_limit_is_respected() {
+        let (events, _) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], false, 200_000),
+            &[b"220 mx\r\n", EHLO_PLAIN],
+        );
+        assert_eq!(events, ["failed:TooBig:0"]);
+    }
+
+    #[test]
+    fn required_tls_is_never_skipped() {
+        let (events, sent) = scripted(
+            cfg(TlsMode::Required),
+            env(&[b"b@y.test"], false, 10),
+            &[b"220 mx\r\n", EHLO_PLAIN],
+        );
+        assert_eq!(events, ["failed:TlsNotOffered:0"]);
+        assert!(!sent.contains("MAIL"));
+        let (events, sent) = scripted(
+            cfg(TlsMode::Verify),
+            env(&[b"b@y.test"], false, 10),
+            &[
+                b"220 mx\r\n",
+                b"250-mx\r\n250 STARTTLS\r\n",
+                b"220 go ahead\r\n",
+                b"250-mx\r\n250 PIPELINING\r\n",
+            ],
+        );
+        assert_eq!(events, ["starttls"]);
+        assert!(sent.contains("STARTTLS\r\nEHLO edge1.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"), "{sent}");
+        // Opportunistic goes on in clear text when STARTTLS is refused.
+        let (events, sent) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], false, 10),
+            &[
+                b"220 mx\r\n",
+                b"250-mx\r\n250 STARTTLS\r\n",
+                b"454 4.7.0 not now\r\n",
+            ],
+        );
+        assert!(events.is_empty());
+        assert!(sent.ends_with("MAIL FROM:<a@x.test>\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn helo_fallback_and_refusals() {
+        let (events, sent) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test", b"c@y.test"], false, 10),
+            &[
+                b"220 mx\r\n",
+                b"502 5.5.1 no EHLO\r\n",
+                b"250 mx\r\n",
+                b"250 ok\r\n",
+                b"450 4.2.0 busy\r\n",
+                b"250 ok\r\n",
+                b"354 go\r\n",
+                b"451 4.3.0 try later\r\n",
+            ],
+        );
+        assert_eq!(events, ["rcpt0:450", "rcpt1:250", "send:data", "done:451"]);
+        assert!(sent.starts_with("EHLO edge1.test\r\nHELO edge1.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"), "{sent}");
+        let (events, _) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], false, 10),
+            &[b"554 5.7.1 go away\r\n"],
+        );
+        assert_eq!(events, ["failed:Refused:554"]);
+        let (events, _) = scripted(
+            cfg(TlsMode::Opportunistic),
+            env(&[b"b@y.test"], false, 10),
+            &[b"220 mx\r\n", EHLO_PLAIN, b"553 5.1.8 bad sender\r\n"],
+        );
+        assert_eq!(events, ["failed:Refused:553"]);
+    }
+
+    #[test]
+    fn replies_parse_with_and_without_enhanced_codes() {
+        let (r, more) = parse_reply(b"250-2.1.5 Recipient ok\r\n").expect("reply");
+        assert_eq!(
+            (r.code, r.status, r.text, more),
+            (250, Some((2, 1, 5)), &b"Recipient ok"[..], true)
+        );
+        let (r, _) = parse_reply(b"550 No such user\r\n").expect("reply");
+        assert_eq!((r.status, r.text), (None, &b"No such user"[..]));
+        assert!(parse_reply(b"xyz\r\n").is_none());
+    }
+
+    #[test]
+    fn stuffing_keeps_state_across_calls() {
+        let mut ls = true;
+        let mut out = [0u8; 64];
+        let n1 = stuff(b".a\r\n", &mut ls, &mut out).expect("room");
+        let n2 = stuff(b".b", &mut ls, &mut out[n1..]).expect("room");
+        assert_eq!(&out[..n1 + n2], b"..a\r\n..b");
+        assert_eq!(stuff(b"....", &mut true, &mut [0u8; 4]), None);
+    }
+}
