@@ -55,6 +55,11 @@ def test_relay_is_refused_for_anonymous_clients_and_routes_are_stored(sluice_fac
     assert route["rcpt"] == "johnny@eu.contoso.com", entry["routes"]
     assert route["connector"] == "onprem"
     assert route["next_hop"] == {"SmartHosts": ["exch1.contoso.internal:25", "exch2.contoso.internal:25"]}
+    # Our Received: comes first (spliced in on the way out), naming the
+    # client, us, the protocol and the queue id.
+    first = entry["edits"][0]["Prepend"]["field"]
+    assert first.startswith("Received: from client.test ([127.0.0.1])\r\n\tby edge1.test (sluice) with ESMTP id %s" % qid), first
+    assert "for <johnny@contoso.com>" in first and first.endswith("+0000\r\n"), first
     kinds = [list(e.keys())[0] for e in entry["edits"]]
     assert "Remove" in kinds and "Address" in kinds, entry["edits"]
     # The stored bytes are the original ones; edits are spliced at delivery.

@@ -342,41 +342,10 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
             println!(
                 "{label:<9} version {} installed {} via {}",
                 p["version"].as_str().unwrap_or("?"),
-                p["installed_at"].as_u64().map(utc).unwrap_or_default(),
+                p["installed_at"].as_u64().map(super::time::utc).unwrap_or_default(),
                 p["via"].as_str().unwrap_or("?")
             );
         }
     }
     0
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (days to civil date, after
-/// H. Hinnant's algorithm).
-fn utc(t: u64) -> String {
-    let (days, secs) = ((t / 86400) as i64, t % 86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn utc_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(super::utc(1_795_336_917), "2026-11-22 08:41:57 UTC");
-    }
 }

@@ -4,12 +4,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod dns;
 pub mod install;
 pub mod log;
 pub mod policy;
 pub mod rules;
 pub mod server;
 pub mod spool;
+pub mod time;
 pub mod tls;
 pub mod trace;
 pub mod upload;

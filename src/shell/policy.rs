@@ -142,6 +142,12 @@ pub enum HeaderEdit {
         /// New name.
         to: String,
     },
+    /// Put a complete field (e.g. our `Received:`, line ending included)
+    /// at the top of the header block, where trace fields go.
+    Prepend {
+        /// The field's text.
+        field: String,
+    },
     /// Append a field.
     Add {
         /// Name.
@@ -626,6 +632,7 @@ pub fn splice(msg: &[u8], edits: &[&HeaderEdit]) -> Vec<u8> {
     let mut added = Vec::new();
     for e in edits {
         match e {
+            HeaderEdit::Prepend { field } => spans.push((0, 0, field.as_bytes().to_vec())),
             HeaderEdit::Remove { start, end, .. } => spans.push((*start, *end, Vec::new())),
             HeaderEdit::Rename { start, end, to, .. }
             | HeaderEdit::Address { start, end, to, .. } => {
@@ -642,7 +649,8 @@ pub fn splice(msg: &[u8], edits: &[&HeaderEdit]) -> Vec<u8> {
             }
         }
     }
-    spans.sort_by_key(|s| s.0);
+    // Prepends (0..0) first, then spans in order.
+    spans.sort_by_key(|s| (s.0, s.1));
     let mut out = Vec::with_capacity(msg.len() + added.len());
     let mut pos = 0;
     for (s, e, with) in spans {
@@ -900,6 +908,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_prepended_field_goes_first_even_when_the_first_field_is_removed() {
+        let msg = b"X-MS-Exchange-Organization-SCL: 1\r\nSubject: s\r\n\r\nbody\r\n";
+        let edits = [
+            HeaderEdit::Remove { start: 0, end: 35, name: "X-MS-Exchange-Organization-SCL".into() },
+            HeaderEdit::Prepend { field: "Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\n".into() },
+        ];
+        let refs: Vec<&HeaderEdit> = edits.iter().collect();
+        assert_eq!(
+            splice(msg, &refs),
+            b"Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+        );
     }
 
     #[test]

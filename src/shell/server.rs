@@ -237,6 +237,34 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// Our `Received:` field: the client's name and address, our name, the
+/// protocol (RFC 3848 / RFC 6531 keywords), the queue id, the recipient
+/// when there is only one, and the date.
+fn received(host: &str, txn: &Txn, peer: SocketAddr, tls: bool, id: &str) -> String {
+    let proto = match (txn.smtputf8, txn.esmtp, tls) {
+        (true, _, false) => "UTF8SMTP",
+        (true, _, true) => "UTF8SMTPS",
+        (false, true, true) => "ESMTPS",
+        (false, true, false) => "ESMTP",
+        (false, false, true) => "SMTPS",
+        (false, false, false) => "SMTP",
+    };
+    let helo: String = String::from_utf8_lossy(&txn.helo)
+        .chars()
+        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+        .take(255)
+        .collect();
+    let rcpt = match txn.rcpts.as_slice() {
+        [one] => format!("\r\n\tfor <{}>", String::from_utf8_lossy(one)),
+        _ => String::new(),
+    };
+    format!(
+        "Received: from {helo} ([{}])\r\n\tby {host} (sluice) with {proto} id {id}{rcpt};\r\n\t{}\r\n",
+        peer.ip(),
+        super::time::rfc5322(now_secs())
+    )
+}
+
 /// SIGHUP: loads the config and certificates anew and swaps them in for
 /// new sessions; on any error the running ones stay.
 fn reload(sh: &Shared, path: Option<&std::path::Path>) {
@@ -366,6 +394,8 @@ impl Conn {
 #[derive(Default)]
 struct Txn {
     helo: Vec<u8>,
+    /// EHLO (not HELO) was used: the Received: protocol is ESMTP.
+    esmtp: bool,
     from: Vec<u8>,
     rcpts: Vec<Vec<u8>>,
     smtputf8: bool,
@@ -443,8 +473,9 @@ async fn session(
                 break;
             };
             let action = match ev {
-                Event::Helo { name, .. } => {
+                Event::Helo { name, extended } => {
                     txn.helo = name.to_vec();
+                    txn.esmtp = extended;
                     Action::Nothing
                 }
                 Event::Mail(m) => {
@@ -585,6 +616,11 @@ async fn session(
                             refused: r.rejected.clone(),
                         })
                         .collect();
+                    // Our trace field (RFC 5321 §4.4), spliced in on the way out.
+                    let mut edits = vec![pol::HeaderEdit::Prepend {
+                        field: received(&live.cfg.hostname, &txn, peer, rx.is_tls(), &id),
+                    }];
+                    edits.extend(outcome.edits.iter().map(|(_, e)| e.clone()));
                     let env = Envelope {
                         from: std::mem::take(&mut txn.from),
                         rcpts: std::mem::take(&mut txn.rcpts),
@@ -598,7 +634,7 @@ async fn session(
                         body_offset: txn.body_offset,
                         policy: table.version,
                         routes,
-                        edits: outcome.edits.iter().map(|(_, e)| e.clone()).collect(),
+                        edits,
                     };
                     let result = match txn.failed.take() {
                         Some(e) => Err(e),

@@ -215,6 +215,7 @@ fn to_json(
     for (_, e) in &out.edits {
         match e {
             HeaderEdit::Add { name, value } => added.push(json!({ "name": name, "value": value })),
+            HeaderEdit::Prepend { field } => added.push(json!({ "field": field })),
             HeaderEdit::Remove { name, .. } => removed.push(json!(name)),
             HeaderEdit::Rename { from, to, .. } => renamed.push(json!({ "from": from, "to": to })),
             HeaderEdit::Address {
@@ -303,6 +304,7 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
     for (a, e) in &out.edits {
         let what = match e {
             HeaderEdit::Add { name, value } => format!("add {name}: {value}"),
+            HeaderEdit::Prepend { field } => format!("prepend {}", field.trim_end()),
             HeaderEdit::Remove { name, .. } => format!("remove {name}"),
             HeaderEdit::Rename { from, to, .. } => format!("rename {from} -> {to}"),
             HeaderEdit::Address {

@@ -1,0 +1,1 @@
+//! DNS for delivery (being written).
