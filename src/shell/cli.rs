@@ -132,6 +132,7 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             "size": m.env.size,
             "received": m.env.received,
             "age": now.saturating_sub(m.env.received),
+            "states": m.states.iter().map(state_word).collect::<Vec<_>>(),
         })
     };
     match args {
@@ -195,6 +196,7 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     v["tls"] = m.env.tls.into();
                     v["body"] = lossy(&bytes).into();
                     v["policy"] = format!("{:016X}", m.env.policy).into();
+                    v["states"] = serde_json::to_value(&m.states).unwrap_or_default();
                     v["routes"] = m
                         .env
                         .routes
@@ -342,10 +344,23 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
             println!(
                 "{label:<9} version {} installed {} via {}",
                 p["version"].as_str().unwrap_or("?"),
-                p["installed_at"].as_u64().map(super::time::utc).unwrap_or_default(),
+                p["installed_at"]
+                    .as_u64()
+                    .map(super::time::utc)
+                    .unwrap_or_default(),
                 p["via"].as_str().unwrap_or("?")
             );
         }
     }
     0
+}
+
+/// One word for a recipient's state, as `queue list` shows it.
+fn state_word(s: &spool::RcptState) -> &'static str {
+    match s {
+        spool::RcptState::Pending => "pending",
+        spool::RcptState::Deferred { .. } => "deferred",
+        spool::RcptState::Delivered { .. } => "delivered",
+        spool::RcptState::Bounced { .. } => "bounced",
+    }
 }

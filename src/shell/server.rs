@@ -646,7 +646,7 @@ async fn session(
                         txn.data = Vec::new();
                     }
                     match result {
-                        Ok(()) => {
+                        Ok(_parts) => {
                             rx.accept_message(&id);
                             super::log::info(format_args!(
                                 "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={} result={}",

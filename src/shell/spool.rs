@@ -105,6 +105,56 @@ pub enum Head {
         /// Its envelope.
         env: Envelope,
     },
+    /// A new delivery state of recipient `rcpt` (an index into the
+    /// envelope's routes) of message `id`; the latest record wins.
+    Status {
+        /// The message.
+        id: u64,
+        /// The route's index.
+        rcpt: u16,
+        /// Its state.
+        state: RcptState,
+    },
+}
+
+/// Where one recipient of a spooled message stands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RcptState {
+    /// Not yet tried.
+    Pending,
+    /// Tried; try again from `until` (Unix seconds).
+    Deferred {
+        /// Next attempt, Unix seconds.
+        until: u64,
+        /// Attempts so far.
+        attempts: u32,
+        /// The last reason, e.g. the remote reply.
+        reason: String,
+    },
+    /// The next hop said 250: it is off our hands.
+    Delivered {
+        /// When, Unix seconds.
+        at: u64,
+        /// The remote reply.
+        reply: String,
+    },
+    /// Permanently failed (a bounce is due to the sender).
+    Bounced {
+        /// When, Unix seconds.
+        at: u64,
+        /// Why: the remote reply or our reason.
+        reason: String,
+    },
+}
+
+impl RcptState {
+    /// Delivered or bounced: nothing more to do for this recipient.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RcptState::Delivered { .. } | RcptState::Bounced { .. }
+        )
+    }
 }
 
 /// Why an append failed; every variant maps to `452 4.3.1`.
@@ -136,18 +186,21 @@ fn io_err(e: &io::Error) -> SpoolError {
     }
 }
 
-/// Frames one record: head, then `data`.
-pub fn frame(head: &Head, data: &[u8], out: &mut Vec<u8>) {
+/// Frames one record: head, then `data`; returns where `data` starts in
+/// `out`.
+pub fn frame(head: &Head, data: &[u8], out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[b'S', 0, 0, 0, 0, 0, 0, 0, 0]);
     // Serialising a plain struct into a Vec cannot fail.
     let _ = postcard::to_io(head, &mut *out);
+    let data_at = out.len();
     out.extend_from_slice(data);
     let payload = &out[start + FRAME_HEAD..];
     let len = payload.len() as u32;
     let crc = CASTAGNOLI.checksum(payload);
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
     out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
+    data_at
 }
 
 /// A part of a message's octets inside a segment.
@@ -170,6 +223,8 @@ pub struct Stored {
     pub env: Envelope,
     /// Where its octets are, in order.
     pub parts: Vec<Part>,
+    /// Per route (`env.routes`), its delivery state.
+    pub states: Vec<RcptState>,
 }
 
 impl Stored {
@@ -238,21 +293,46 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     segs.sort();
     let mut scan = Scan::default();
     let mut chunks: HashMap<u64, Vec<Part>> = HashMap::new();
+    let mut statuses: HashMap<u64, Vec<(u16, RcptState)>> = HashMap::new();
     for (n, path) in segs {
         scan.last_segment = scan.last_segment.max(n);
         let path = Arc::new(path);
-        let good = scan_segment(&path, &mut chunks, &mut scan)?;
+        let good = scan_segment(&path, &mut chunks, &mut statuses, &mut scan)?;
         let len = fs::metadata(path.as_path())?.len();
         if good < len {
             scan.torn.push((path.as_path().to_path_buf(), good));
         }
     }
+    // Replay the status records in order: the latest one wins.
+    for m in &mut scan.messages {
+        for (rcpt, st) in statuses.remove(&m.id).unwrap_or_default() {
+            if let Some(slot) = m.states.get_mut(usize::from(rcpt)) {
+                *slot = st;
+            }
+        }
+    }
     Ok(scan)
+}
+
+/// The states a message starts with: pending, or bounced for a recipient
+/// the policy refused while the message itself was accepted.
+pub fn initial_states(env: &Envelope) -> Vec<RcptState> {
+    env.routes
+        .iter()
+        .map(|r| match &r.refused {
+            Some(why) => RcptState::Bounced {
+                at: env.received,
+                reason: why.clone(),
+            },
+            None => RcptState::Pending,
+        })
+        .collect()
 }
 
 fn scan_segment(
     path: &Arc<PathBuf>,
     chunks: &mut HashMap<u64, Vec<Part>>,
+    statuses: &mut HashMap<u64, Vec<(u16, RcptState)>>,
     scan: &mut Scan,
 ) -> io::Result<u64> {
     let file = File::open(path.as_path())?;
@@ -294,8 +374,15 @@ fn scan_segment(
                     parts.push(part);
                 }
                 scan.last_id = scan.last_id.max(id);
-                scan.messages.push(Stored { id, env, parts });
+                let states = initial_states(&env);
+                scan.messages.push(Stored {
+                    id,
+                    env,
+                    parts,
+                    states,
+                });
             }
+            Head::Status { id, rcpt, state } => statuses.entry(id).or_default().push((rcpt, state)),
         }
         pos += FRAME_HEAD as u64 + u64::from(len);
     }
@@ -304,7 +391,12 @@ fn scan_segment(
 struct Job {
     frames: Vec<u8>,
     id: u64,
-    done: Option<smol::channel::Sender<Result<(), SpoolError>>>,
+    /// Where the message octets start in `frames` and how many (a
+    /// Chunk's or Message's data; zero for Status records).
+    data: (usize, usize),
+    /// A Message record (it closes the id's parts).
+    closes: bool,
+    done: Option<smol::channel::Sender<Result<Vec<Part>, SpoolError>>>,
 }
 
 /// The daemon's handle on the spool.
@@ -335,6 +427,8 @@ impl Spool {
         let mut w = Writer {
             dir: dir.to_path_buf(),
             file: None,
+            path: Arc::new(PathBuf::new()),
+            open_parts: HashMap::new(),
             seg: scan.last_segment,
             pos: 0,
             failed: HashSet::new(),
@@ -370,21 +464,29 @@ impl Spool {
     /// of the same id fails if this write failed).
     pub async fn append_chunk(&self, id: u64, data: &[u8]) -> Result<(), SpoolError> {
         let mut frames = Vec::with_capacity(data.len() + 32);
-        frame(&Head::Chunk { id }, data, &mut frames);
+        let at = frame(&Head::Chunk { id }, data, &mut frames);
         self.tx
             .send(Job {
                 frames,
                 id,
+                data: (at, data.len()),
+                closes: false,
                 done: None,
             })
             .await
             .map_err(|_| SpoolError::Closed)
     }
 
-    /// Appends the message record and returns once it is on stable storage.
-    pub async fn commit(&self, id: u64, env: &Envelope, tail: &[u8]) -> Result<(), SpoolError> {
+    /// Appends the message record and returns once it is on stable
+    /// storage, with where the message's octets are.
+    pub async fn commit(
+        &self,
+        id: u64,
+        env: &Envelope,
+        tail: &[u8],
+    ) -> Result<Vec<Part>, SpoolError> {
         let mut frames = Vec::with_capacity(tail.len() + 256);
-        frame(
+        let at = frame(
             &Head::Message {
                 id,
                 env: env.clone(),
@@ -397,11 +499,45 @@ impl Spool {
             .send(Job {
                 frames,
                 id,
+                data: (at, tail.len()),
+                closes: true,
                 done: Some(done),
             })
             .await
             .map_err(|_| SpoolError::Closed)?;
         wait.recv().await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records new states of recipients of message `id` and returns once
+    /// they are on stable storage.
+    pub async fn record(&self, id: u64, states: &[(u16, RcptState)]) -> Result<(), SpoolError> {
+        let mut frames = Vec::new();
+        for (rcpt, state) in states {
+            frame(
+                &Head::Status {
+                    id,
+                    rcpt: *rcpt,
+                    state: state.clone(),
+                },
+                &[],
+                &mut frames,
+            );
+        }
+        let (done, wait) = smol::channel::bounded(1);
+        self.tx
+            .send(Job {
+                frames,
+                id,
+                data: (0, 0),
+                closes: false,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        wait.recv()
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .map(|_| ())
     }
 
     /// Stops the writer after it has written (and synced) all queued jobs.
@@ -418,6 +554,9 @@ impl Spool {
 struct Writer {
     dir: PathBuf,
     file: Option<File>,
+    path: Arc<PathBuf>,
+    /// Octet runs of messages whose Message record is not written yet.
+    open_parts: HashMap<u64, Vec<Part>>,
     seg: u64,
     pos: u64,
     /// Messages with a failed chunk write: their commit must fail.
@@ -437,6 +576,7 @@ impl Writer {
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.file = Some(f);
+        self.path = Arc::new(path);
         self.pos = SEGMENT_MAGIC.len() as u64;
         Ok(())
     }
@@ -459,16 +599,42 @@ impl Writer {
                 }
             }
             let result = self.write_batch(&batch, jobs.iter().any(|j| j.done.is_some()));
+            // Where the batch landed, to know each message's octets.
+            let mut at = self.pos - batch.len() as u64;
             for j in jobs.drain(..) {
+                let frame_at = at;
+                at += j.frames.len() as u64;
                 let r = match &result {
                     Err(e) => {
                         self.failed.insert(j.id);
+                        self.open_parts.remove(&j.id);
                         Err(e.clone())
                     }
-                    Ok(()) if self.failed.contains(&j.id) => Err(SpoolError::Io(
-                        "an earlier part of this message was not written".into(),
-                    )),
-                    Ok(()) => Ok(()),
+                    Ok(()) if self.failed.contains(&j.id) => {
+                        self.open_parts.remove(&j.id);
+                        Err(SpoolError::Io(
+                            "an earlier part of this message was not written".into(),
+                        ))
+                    }
+                    Ok(()) => {
+                        let part = Part {
+                            segment: self.path.clone(),
+                            offset: frame_at + j.data.0 as u64,
+                            len: j.data.1 as u64,
+                        };
+                        if j.closes {
+                            let mut parts = self.open_parts.remove(&j.id).unwrap_or_default();
+                            if part.len > 0 || parts.is_empty() {
+                                parts.push(part);
+                            }
+                            Ok(parts)
+                        } else {
+                            if j.data.1 > 0 {
+                                self.open_parts.entry(j.id).or_default().push(part);
+                            }
+                            Ok(Vec::new())
+                        }
+                    }
                 };
                 if let Some(done) = j.done {
                     self.failed.remove(&j.id);
@@ -571,6 +737,86 @@ mod tests {
         assert!(spool2.new_id() > id);
         spool2.close();
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn commit_reports_the_parts_that_recovery_finds_and_states_replay() {
+        let dir = tmpdir("states");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        let id = spool.new_id();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 97) as u8).collect();
+        let mut e = env("a@x.test", body.len() as u64);
+        e.routes = vec![
+            route("b@y.test", None),
+            route("c@y.test", None),
+            route("d@y.test", Some("550 5.7.1 no")),
+        ];
+        let parts = smol::block_on(async {
+            spool.append_chunk(id, &body[..CHUNK]).await.expect("chunk");
+            let p = spool.commit(id, &e, &body[CHUNK..]).await.expect("commit");
+            spool
+                .record(
+                    id,
+                    &[(
+                        0,
+                        RcptState::Deferred {
+                            until: 5,
+                            attempts: 1,
+                            reason: "451 later".into(),
+                        },
+                    )],
+                )
+                .await
+                .expect("status");
+            spool
+                .record(
+                    id,
+                    &[(
+                        0,
+                        RcptState::Delivered {
+                            at: 9,
+                            reply: "250 ok".into(),
+                        },
+                    )],
+                )
+                .await
+                .expect("status");
+            p
+        });
+        spool.close();
+        let s = scan(&dir).expect("scan");
+        let m = &s.messages[0];
+        assert_eq!(m.parts.len(), parts.len());
+        for (a, b) in m.parts.iter().zip(&parts) {
+            assert_eq!(
+                (a.segment.as_path(), a.offset, a.len),
+                (b.segment.as_path(), b.offset, b.len)
+            );
+        }
+        assert_eq!(m.read().expect("read"), body);
+        assert_eq!(
+            m.states[0],
+            RcptState::Delivered {
+                at: 9,
+                reply: "250 ok".into()
+            }
+        );
+        assert_eq!(m.states[1], RcptState::Pending);
+        assert!(
+            matches!(m.states[2], RcptState::Bounced { .. }),
+            "refused by policy: bounce due"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn route(rcpt: &str, refused: Option<&str>) -> Route {
+        Route {
+            original: rcpt.as_bytes().to_vec(),
+            rcpt: rcpt.as_bytes().to_vec(),
+            connector: Some("internet".into()),
+            next_hop: super::super::policy::NextHop::Mx("y.test".into()),
+            refused: refused.map(str::to_string),
+        }
     }
 
     #[test]
