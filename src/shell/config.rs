@@ -48,6 +48,40 @@ pub struct Config {
     pub upload_serial: Option<PathBuf>,
     /// Its speed (8N1).
     pub upload_baud: u32,
+    /// The delivery queue's schedule and limits.
+    pub queue: QueueConfig,
+    /// The `[dns]` table as written (the resolver reads it).
+    pub dns: Option<toml::Value>,
+    /// Extra CA roots for `tls = "verify"` connectors.
+    pub ca: Option<PathBuf>,
+}
+
+/// `[queue]`: retries, warning, expiry, concurrency.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Waits between attempts; the last repeats.
+    pub retry: Vec<Duration>,
+    /// A delay warning after this long (to the sender).
+    pub warn_after: Duration,
+    /// Give up (bounce) after this long.
+    pub expire_after: Duration,
+    /// Deliveries at once.
+    pub concurrency: usize,
+    /// Deliveries at once to one next hop.
+    pub concurrency_per_destination: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        QueueConfig {
+            retry: vec![m(1), m(5), m(15), m(30), m(60), m(120), m(240)],
+            warn_after: m(240),
+            expire_after: m(2 * 24 * 60),
+            concurrency: 100,
+            concurrency_per_destination: 10,
+        }
+    }
 }
 
 /// One listening socket.
@@ -120,6 +154,18 @@ struct Raw {
     limits: RawLimits,
     syslog: RawSyslog,
     upload: RawUpload,
+    queue: RawQueue,
+    dns: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawQueue {
+    retry: Option<Vec<String>>,
+    warn_after: Option<String>,
+    expire_after: Option<String>,
+    concurrency: Option<usize>,
+    concurrency_per_destination: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -147,7 +193,6 @@ struct RawListen {
 struct RawTls {
     certificate: String,
     key: String,
-    #[allow(dead_code)] // for tls = "verify" connectors (relay issue)
     ca: Option<String>,
     client_ca: Option<String>,
 }
@@ -245,7 +290,39 @@ impl Config {
                 starttls: false,
             }],
         };
+        let qd = QueueConfig::default();
+        let q = raw.queue;
+        let retry = match q.retry {
+            Some(list) => list
+                .iter()
+                .map(|d| {
+                    parse_duration(d).ok_or_else(|| {
+                        format!("queue.retry: {d:?} is not a duration such as \"5m\"")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => qd.retry.clone(),
+        };
+        let queue = QueueConfig {
+            retry: if retry.is_empty() {
+                qd.retry.clone()
+            } else {
+                retry
+            },
+            warn_after: opt_duration(q.warn_after, "queue.warn_after")?.unwrap_or(qd.warn_after),
+            expire_after: opt_duration(q.expire_after, "queue.expire_after")?
+                .unwrap_or(qd.expire_after),
+            concurrency: q.concurrency.unwrap_or(qd.concurrency).max(1),
+            concurrency_per_destination: q
+                .concurrency_per_destination
+                .unwrap_or(qd.concurrency_per_destination)
+                .max(1),
+        };
+        let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
         Ok(Config {
+            queue,
+            dns: raw.dns,
+            ca,
             hostname,
             rules: raw.rules.as_deref().map(rel),
             state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),

@@ -4,10 +4,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod dns;
 pub mod install;
 pub mod log;
 pub mod policy;
+pub mod queue;
 pub mod rules;
 pub mod server;
 pub mod spool;

@@ -6,8 +6,11 @@
 //! spool has synced it.
 
 use super::config::{Config, Limits};
+use super::deliver::TlsClients;
+use super::dns::{DnsConfig, Resolver};
 use super::install::{self, Installer};
 use super::policy::{self as pol, MimeScan, Policy};
+use super::queue::Queue;
 use super::spool::{self, Envelope, Route, Spool, SpoolError};
 use super::tls;
 use crate::engine::policy::{attribute, recipient_allowed, Table};
@@ -33,7 +36,8 @@ struct Shared {
     /// The appliance config and TLS, replaced as a whole on SIGHUP; a
     /// session keeps the one it began with.
     live: RwLock<Arc<Live>>,
-    spool: Spool,
+    spool: Arc<Spool>,
+    queue: Arc<Queue>,
     /// The installed policies; a session keeps the one it began with.
     installer: Arc<Installer>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
@@ -140,7 +144,22 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         scan.messages.len(),
         cfg.spool_dir.display()
     ));
-    drop(scan);
+    let spool = Arc::new(spool);
+    let resolver =
+        Resolver::new(DnsConfig::from_toml(cfg.dns.as_ref()).map_err(|e| format!("[dns]: {e}"))?);
+    let tls_clients = TlsClients::new(cfg.ca.as_deref())?;
+    let queue = Queue::new(
+        spool.clone(),
+        cfg.queue.clone(),
+        cfg.hostname.clone(),
+        installer.clone(),
+        resolver,
+        tls_clients,
+        scan.messages,
+    );
+    if !queue.is_empty() {
+        super::log::info(format_args!("queue: {} message(s) to deliver", queue.len()));
+    }
 
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
     let listeners: Vec<(TcpListener, bool)> = smol::block_on(async {
@@ -170,6 +189,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
         spool,
+        queue: queue.clone(),
         installer,
         per_ip: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
@@ -208,6 +228,9 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             }
             accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
         }
+        // Delivery runs beside the sessions; it stops with the daemon (a
+        // delivery cut short is retried at the next start).
+        let _scheduler = ex2.spawn(sh.queue.clone().run(ex2.clone()));
         let sig = loop {
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
@@ -646,7 +669,13 @@ async fn session(
                         txn.data = Vec::new();
                     }
                     match result {
-                        Ok(_parts) => {
+                        Ok(parts) => {
+                            sh.queue.add(spool::Stored {
+                                id: txn.id,
+                                states: spool::initial_states(&env),
+                                env: env.clone(),
+                                parts,
+                            });
                             rx.accept_message(&id);
                             super::log::info(format_args!(
                                 "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={} result={}",

@@ -1,0 +1,381 @@
+//! The delivery queue: every accepted message whose recipients are not all
+//! final, rebuilt from the spool at start, delivered per next hop.
+//!
+//! A scheduler wakes when a message arrives and once a second; for each
+//! message with due recipients (pending, or deferred until now) it groups
+//! them by route (connector and next hop) and hands each group to
+//! [`deliver::attempt`]. Each result is recorded in the spool (synced)
+//! before anything else happens to that recipient, so retries survive a
+//! restart; a crash between the next hop's `250` and that record means the
+//! recipient is delivered again (the only duplicate SMTP allows). Retry
+//! times follow `[queue] retry` (the last wait repeats); a recipient still
+//! undelivered `expire_after` after acceptance is bounced. Deliveries run
+//! at most `concurrency` at once, `concurrency_per_destination` per next hop.
+
+use super::config::QueueConfig;
+use super::deliver::{self, Attempt, Result1, TlsClients};
+use super::dns::Resolver;
+use super::install::Installer;
+use super::policy::NextHop;
+use super::spool::{RcptState, Spool, Stored};
+use crate::engine::client::TlsMode;
+use crate::engine::policy::TlsPolicy;
+use smol::Executor;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+struct Entry {
+    msg: Stored,
+    /// A delivery task holds this message.
+    busy: bool,
+}
+
+/// The queue shared by the sessions (which add messages) and the scheduler.
+pub struct Queue {
+    spool: Arc<Spool>,
+    cfg: QueueConfig,
+    helo: String,
+    installer: Arc<Installer>,
+    resolver: Resolver,
+    tls: TlsClients,
+    entries: Mutex<HashMap<u64, Entry>>,
+    /// Deliveries running, in total and per next hop.
+    running: Mutex<(usize, HashMap<String, usize>)>,
+    wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+}
+
+/// A group of recipients of one message that share a route.
+struct Group {
+    key: String,
+    connector: Option<String>,
+    next_hop: NextHop,
+    routes: Vec<u16>,
+    attempts: Vec<u32>,
+}
+
+impl Queue {
+    /// A queue over `spool`, starting with the messages recovered from it.
+    pub fn new(
+        spool: Arc<Spool>,
+        cfg: QueueConfig,
+        helo: String,
+        installer: Arc<Installer>,
+        resolver: Resolver,
+        tls: TlsClients,
+        recovered: Vec<Stored>,
+    ) -> Arc<Queue> {
+        let entries = recovered
+            .into_iter()
+            .filter(|m| m.states.iter().any(|s| !s.is_final()))
+            .map(|m| {
+                (
+                    m.id,
+                    Entry {
+                        msg: m,
+                        busy: false,
+                    },
+                )
+            })
+            .collect();
+        Arc::new(Queue {
+            spool,
+            cfg,
+            helo,
+            installer,
+            resolver,
+            tls,
+            entries: Mutex::new(entries),
+            running: Mutex::new((0, HashMap::new())),
+            wake: smol::channel::bounded(1),
+        })
+    }
+
+    /// Messages waiting (for `status` and logs).
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Whether the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes a newly accepted message and wakes the scheduler.
+    pub fn add(&self, msg: Stored) {
+        if msg.states.iter().all(RcptState::is_final) {
+            return;
+        }
+        if let Ok(mut e) = self.entries.lock() {
+            e.insert(msg.id, Entry { msg, busy: false });
+        }
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// Makes every deferred recipient due now (`sluice queue flush`).
+    pub fn flush(&self) {
+        if let Ok(mut e) = self.entries.lock() {
+            for entry in e.values_mut() {
+                for s in &mut entry.msg.states {
+                    if let RcptState::Deferred { until, .. } = s {
+                        *until = 0;
+                    }
+                }
+            }
+        }
+        let _ = self.wake.0.try_send(());
+    }
+
+    /// The wait before the next attempt after `attempts` attempts.
+    fn retry_after(&self, attempts: u32) -> Duration {
+        let i = (attempts.max(1) as usize - 1).min(self.cfg.retry.len().saturating_sub(1));
+        self.cfg
+            .retry
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(4 * 3600))
+    }
+
+    /// Runs the scheduler on `ex` until the executor stops.
+    pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
+        loop {
+            futures_lite::future::or(
+                async {
+                    let _ = self.wake.1.recv().await;
+                },
+                async {
+                    async_io::Timer::after(Duration::from_secs(1)).await;
+                },
+            )
+            .await;
+            self.expire().await;
+            for (id, groups) in self.due() {
+                let q = self.clone();
+                ex.spawn(async move { q.deliver(id, groups).await })
+                    .detach();
+            }
+        }
+    }
+
+    /// Bounces recipients whose time is up.
+    async fn expire(&self) {
+        let t = now();
+        let limit = self.cfg.expire_after.as_secs();
+        let mut expired: Vec<(u64, Vec<(u16, RcptState)>)> = Vec::new();
+        if let Ok(mut e) = self.entries.lock() {
+            for entry in e.values_mut().filter(|e| !e.busy) {
+                if t < entry.msg.env.received.saturating_add(limit) {
+                    continue;
+                }
+                let mut changes = Vec::new();
+                for (i, s) in entry.msg.states.iter_mut().enumerate() {
+                    if let RcptState::Deferred { reason, .. } = s {
+                        let st = RcptState::Bounced {
+                            at: t,
+                            reason: format!("554 4.4.7 Message expired after {}s in the queue; last reason: {reason}", limit),
+                        };
+                        *s = st.clone();
+                        changes.push((i as u16, st));
+                    }
+                }
+                if !changes.is_empty() {
+                    expired.push((entry.msg.id, changes));
+                }
+            }
+        }
+        for (id, changes) in expired {
+            if let Err(e) = self.spool.record(id, &changes).await {
+                super::log::warn(format_args!(
+                    "queue: recording the expiry of {}: {e}",
+                    super::spool::format_id(id)
+                ));
+            }
+            super::log::info(format_args!(
+                "BOUNCE id={} expired",
+                super::spool::format_id(id)
+            ));
+            self.forget_if_done(id);
+        }
+    }
+
+    /// Picks the messages with due recipients and marks them busy, within
+    /// the concurrency limits.
+    fn due(&self) -> Vec<(u64, Vec<Group>)> {
+        let t = now();
+        let mut out = Vec::new();
+        let (Ok(mut entries), Ok(mut running)) = (self.entries.lock(), self.running.lock()) else {
+            return out;
+        };
+        for entry in entries.values_mut().filter(|e| !e.busy) {
+            let mut groups: Vec<Group> = Vec::new();
+            for (i, (route, state)) in entry
+                .msg
+                .env
+                .routes
+                .iter()
+                .zip(&entry.msg.states)
+                .enumerate()
+            {
+                let attempts = match state {
+                    RcptState::Pending => 0,
+                    RcptState::Deferred {
+                        until, attempts, ..
+                    } if *until <= t => *attempts,
+                    _ => continue,
+                };
+                let key = format!(
+                    "{}|{:?}",
+                    route.connector.as_deref().unwrap_or("-"),
+                    route.next_hop
+                );
+                match groups.iter_mut().find(|g| g.key == key) {
+                    Some(g) => {
+                        g.routes.push(i as u16);
+                        g.attempts.push(attempts);
+                    }
+                    None => groups.push(Group {
+                        key,
+                        connector: route.connector.clone(),
+                        next_hop: route.next_hop.clone(),
+                        routes: vec![i as u16],
+                        attempts: vec![attempts],
+                    }),
+                }
+            }
+            if groups.is_empty() {
+                continue;
+            }
+            let (total, per) = &mut *running;
+            let fits = *total < self.cfg.concurrency
+                && groups.iter().all(|g| {
+                    per.get(&g.key).copied().unwrap_or(0) < self.cfg.concurrency_per_destination
+                });
+            if !fits {
+                continue;
+            }
+            *total += 1;
+            for g in &groups {
+                *per.entry(g.key.clone()).or_insert(0) += 1;
+            }
+            entry.busy = true;
+            out.push((entry.msg.id, groups));
+        }
+        out
+    }
+
+    async fn deliver(self: Arc<Self>, id: u64, groups: Vec<Group>) {
+        let msg = match self.entries.lock() {
+            Ok(e) => e.get(&id).map(|e| e.msg.clone()),
+            Err(_) => None,
+        };
+        if let Some(msg) = msg {
+            let policy = self.installer.current();
+            for g in &groups {
+                let mode = g
+                    .connector
+                    .as_deref()
+                    .and_then(|name| {
+                        policy
+                            .table
+                            .connectors
+                            .iter()
+                            .find(|c| policy.table.str(c.name) == name.as_bytes())
+                    })
+                    .map_or(TlsMode::Opportunistic, |c| match c.tls {
+                        TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+                        TlsPolicy::Required => TlsMode::Required,
+                        TlsPolicy::Verify => TlsMode::Verify,
+                    });
+                let attempt = Attempt {
+                    helo: &self.helo,
+                    resolver: &self.resolver,
+                    tls: &self.tls,
+                    mode,
+                    next_hop: &g.next_hop,
+                };
+                let results = deliver::attempt(&attempt, &msg, &g.routes).await;
+                let t = now();
+                let changes: Vec<(u16, RcptState)> = g
+                    .routes
+                    .iter()
+                    .zip(&g.attempts)
+                    .zip(&results)
+                    .map(|((i, a), r)| {
+                        let next = a + 1;
+                        (*i, r.state(next, t + self.retry_after(next).as_secs()))
+                    })
+                    .collect();
+                let qid = super::spool::format_id(id);
+                for ((i, _), r) in changes.iter().zip(&results) {
+                    let rcpt = msg
+                        .env
+                        .routes
+                        .get(usize::from(*i))
+                        .map(|r| String::from_utf8_lossy(&r.rcpt).into_owned())
+                        .unwrap_or_default();
+                    match r {
+                        Result1::Delivered(reply) => {
+                            super::log::info(format_args!("SEND id={qid} to=<{rcpt}> {reply}"))
+                        }
+                        Result1::Deferred(why) => {
+                            super::log::info(format_args!("DEFER id={qid} to=<{rcpt}> {why}"))
+                        }
+                        Result1::Bounced(why) => {
+                            super::log::info(format_args!("BOUNCE id={qid} to=<{rcpt}> {why}"))
+                        }
+                    }
+                }
+                match self.spool.record(id, &changes).await {
+                    Ok(()) => {
+                        if let Ok(mut e) = self.entries.lock() {
+                            if let Some(entry) = e.get_mut(&id) {
+                                for (i, st) in &changes {
+                                    if let Some(slot) = entry.msg.states.get_mut(usize::from(*i)) {
+                                        *slot = st.clone();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Not recorded: the states stay as they were, so the
+                    // recipients are tried again (a duplicate, not a loss).
+                    Err(e) => {
+                        super::log::warn(format_args!("queue: recording results of {qid}: {e}"))
+                    }
+                }
+            }
+        }
+        if let Ok(mut running) = self.running.lock() {
+            let (total, per) = &mut *running;
+            *total = total.saturating_sub(1);
+            for g in &groups {
+                if let Some(n) = per.get_mut(&g.key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        if let Ok(mut e) = self.entries.lock() {
+            if let Some(entry) = e.get_mut(&id) {
+                entry.busy = false;
+            }
+        }
+        self.forget_if_done(id);
+    }
+
+    fn forget_if_done(&self, id: u64) {
+        if let Ok(mut e) = self.entries.lock() {
+            if e.get(&id)
+                .is_some_and(|x| !x.busy && x.msg.states.iter().all(RcptState::is_final))
+            {
+                e.remove(&id);
+            }
+        }
+    }
+}

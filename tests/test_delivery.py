@@ -1,0 +1,171 @@
+"""Delivery, end to end: the daemon relays what it accepted to capturing
+SMTP sinks (aiosmtpd) on loopback, chosen per recipient by the policy; the
+static DNS tables of the config point the names at the sinks."""
+import os
+import time
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSMTP
+
+from conftest import free_port
+from smtpclient import check, queued_id
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
+
+
+class Sink:
+    """A capturing SMTP server; `script` gives replies for the end of data
+    (one per message, then 250)."""
+
+    def __init__(self, script=()):
+        self.messages = []
+        self.script = list(script)
+        self.port = free_port()
+        self.ctl = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.script:
+            return self.script.pop(0)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
+                              envelope.original_content or envelope.content))
+        return "250 2.0.0 captured"
+
+    def wait(self, n, timeout=15):
+        deadline = time.time() + timeout
+        while len(self.messages) < n and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(self.messages) >= n, "sink on %d got %d message(s), wanted %d" % (self.port, len(self.messages), n)
+        return self.messages
+
+
+@pytest.fixture
+def sinks():
+    made = []
+
+    def make(script=()):
+        s = Sink(script)
+        s.ctl.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.ctl.stop()
+
+
+def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"'):
+    """A daemon whose [dns] sends each name in `routes` to a sink port."""
+    d = sluice_factory(start=False)
+    cfg = open(d.config, encoding="utf-8").read()
+    cfg = cfg[:cfg.index("[queue]")]
+    static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
+    static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
+    cfg += "[queue]\nretry = [%s]\n\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (retry, static, static_mx)
+    if rules_text:
+        rules = tmp_path / "rules.toml"
+        rules.write_text(rules_text, encoding="utf-8")
+        cfg = 'rules = "%s"\n' % rules + cfg
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(cfg)
+    d.start()
+    return d
+
+
+def send(c, mail_from, rcpts, msg):
+    c.mail(mail_from)
+    for r in rcpts:
+        c.rcpt(r)
+    c.send(b"DATA\r\n")
+    check(c.reply(), 354)
+    c.send(msg + b".\r\n")
+    return c.reply()
+
+
+def states(d, qid, want, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        entry = d.queue_json(qid)
+        if [list(s.keys())[0] if isinstance(s, dict) else s for s in entry["states"]] == want:
+            return entry
+        time.sleep(0.1)
+    raise AssertionError("states of %s: %r, wanted %r" % (qid, d.queue_json(qid)["states"], want))
+
+
+def test_one_message_leaves_by_three_routes(sluice_factory, tmp_path, sinks):
+    trend, onprem, internet = sinks(), sinks(), sinks()
+    d = relay(sluice_factory, tmp_path, {
+        "hes.trend.example": trend.port, "exch1.contoso.internal": onprem.port,
+        "mx.gmail.test": internet.port, "mx": {"gmail.test": "mx.gmail.test"},
+    }, rules_text=open(SAMPLE, encoding="utf-8").read().replace(
+        'smart_hosts = ["hes.trend.example:25"]\ntls = "required"',
+        'smart_hosts = ["hes.trend.example:25"]\ntls = "opportunistic"'))
+    c = d.session()  # 127.0.0.1 is exchange-onprem in the sample: originating
+    r = send(c, "user@contoso.com", ["a@trend.local", "b@gmail.test", "c@contoso.com"],
+             b"From: user@contoso.com\r\nSubject: three ways\r\n\r\nbody\r\n")
+    check(r, 250)
+    qid = queued_id(r)
+    t = trend.wait(1)
+    o = onprem.wait(1)
+    i = internet.wait(1)
+    assert [m[1] for m in t] == [["a@trend.local"]]
+    assert [m[1] for m in o] == [["c@contoso.com"]]
+    assert [m[1] for m in i] == [["b@gmail.test"]]
+    for m in t + o + i:
+        assert m[0] == "user@contoso.com"
+        assert m[2].startswith(b"Received: from client.test ([127.0.0.1])\r\n\tby edge1.test (sluice)"), m[2][:200]
+        assert m[2].endswith(b"\r\n\r\nbody\r\n")
+    states(d, qid, ["Delivered", "Delivered", "Delivered"])
+
+
+def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
+    flaky = sinks(script=["451 4.3.0 try again"])
+    d = relay(sluice_factory, tmp_path, {"mx.flaky.test": flaky.port, "mx": {"flaky.test": "mx.flaky.test"}})
+    c = d.session()
+    r = send(c, "a@contoso.com", ["x@flaky.test"], b"Subject: retry\r\n\r\nbody\r\n")
+    qid = queued_id(r)
+    entry = states(d, qid, ["Delivered"], timeout=20)
+    assert len(flaky.messages) == 1
+    assert "DEFER id=%s" % qid in d.stderr() and "SEND id=%s" % qid in d.stderr()
+
+    hard = sinks(script=["554 5.7.1 go away"])
+    d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx": {"hard.test": "mx.hard.test"}})
+    c = d2.session()
+    r = send(c, "a@contoso.com", ["x@hard.test"], b"Subject: bounce\r\n\r\nbody\r\n")
+    entry = states(d2, queued_id(r), ["Bounced"])
+    assert "554 5.7.1 go away" in entry["states"][0]["Bounced"]["reason"]
+
+
+def test_delivery_survives_a_restart(sluice_factory, tmp_path, sinks):
+    # The sink is down at first: the message is deferred, the daemon is
+    # killed, and after a restart with the sink up it is delivered.
+    port = free_port()
+    d = relay(sluice_factory, tmp_path, {"mx.later.test": port, "mx": {"later.test": "mx.later.test"}})
+    c = d.session()
+    r = send(c, "a@contoso.com", ["x@later.test"], b"Subject: later\r\n\r\nbody\r\n")
+    qid = queued_id(r)
+    states(d, qid, ["Deferred"])
+    d.kill9()
+    s = Sink()
+    s.port = port
+    s.ctl = Controller(s, hostname="127.0.0.1", port=port)
+    s.ctl.start()
+    try:
+        d.start()
+        s.wait(1, timeout=20)
+        states(d, qid, ["Delivered"])
+    finally:
+        s.ctl.stop()
+
+
+def test_required_tls_never_sends_in_clear_text(sluice_factory, tmp_path, sinks):
+    plain = sinks()
+    d = relay(sluice_factory, tmp_path, {"hes.trend.example": plain.port},
+              rules_text=open(SAMPLE, encoding="utf-8").read())
+    c = d.session()
+    r = send(c, "user@contoso.com", ["a@trend.local"], b"Subject: secret\r\n\r\nbody\r\n")
+    entry = states(d, queued_id(r), ["Deferred"])
+    assert "TLS is required" in entry["states"][0]["Deferred"]["reason"], entry
+    time.sleep(1.5)
+    assert plain.messages == [], "nothing may reach a next hop without STARTTLS"
