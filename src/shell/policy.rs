@@ -914,13 +914,20 @@ mod tests {
     fn a_prepended_field_goes_first_even_when_the_first_field_is_removed() {
         let msg = b"X-MS-Exchange-Organization-SCL: 1\r\nSubject: s\r\n\r\nbody\r\n";
         let edits = [
-            HeaderEdit::Remove { start: 0, end: 35, name: "X-MS-Exchange-Organization-SCL".into() },
-            HeaderEdit::Prepend { field: "Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\n".into() },
+            HeaderEdit::Remove {
+                start: 0,
+                end: 35,
+                name: "X-MS-Exchange-Organization-SCL".into(),
+            },
+            HeaderEdit::Prepend {
+                field: "Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\n".into(),
+            },
         ];
         let refs: Vec<&HeaderEdit> = edits.iter().collect();
         assert_eq!(
             splice(msg, &refs),
-            b"Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\nSubject: s\r\n\r\nbody\r\n".to_vec()
+            b"Received: from a by b; Sun, 22 Nov 2026 08:00:00 +0000\r\nSubject: s\r\n\r\nbody\r\n"
+                .to_vec()
         );
     }
 

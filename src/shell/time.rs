@@ -19,13 +19,20 @@ fn civil(days: i64) -> (i64, u32, u32) {
 pub fn utc(t: u64) -> String {
     let (y, m, d) = civil((t / 86400) as i64);
     let s = t % 86400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", s / 3600, s % 3600 / 60, s % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
 }
 
 /// An RFC 5322 date in UTC: `Sun, 22 Nov 2026 08:41:57 +0000`.
 pub fn rfc5322(t: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let days = (t / 86400) as i64;
     let (y, m, d) = civil(days);
     let s = t % 86400;
