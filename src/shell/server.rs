@@ -169,9 +169,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
                 .address
                 .parse()
                 .map_err(|e| format!("listen address {:?}: {e}", l.address))?;
-            let sock = TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("listen on {addr}: {e}"))?;
+            let sock = bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
             v.push((sock, l.starttls));
         }
         Ok::<_, String>(v)
@@ -286,6 +284,26 @@ fn received(host: &str, txn: &Txn, peer: SocketAddr, tls: bool, id: &str) -> Str
         peer.ip(),
         super::time::rfc5322(now_secs())
     )
+}
+
+/// A listening socket. An IPv6 one is IPv6 only (`IPV6_V6ONLY`), so that
+/// `0.0.0.0:25` and `[::]:25` can both be configured, as on a dual-stack
+/// box; the address is reusable at once after a restart.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use rustix::net::{sockopt, AddressFamily, SocketType};
+    let family = if addr.is_ipv6() {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    TcpListener::try_from(std::net::TcpListener::from(fd))
 }
 
 /// SIGHUP: loads the config and certificates anew and swaps them in for
@@ -836,5 +854,20 @@ async fn session(
     }
     if let Conn::Tls(mut s) = conn {
         let _ = s.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `[::]:P` and `0.0.0.0:P` together, as a dual-stack board config has
+    /// them (the sockets are only bound; nothing connects).
+    #[test]
+    fn ipv4_and_ipv6_wildcards_on_one_port() {
+        let Ok(v6) = super::bind("[::]:0".parse().expect("addr")) else {
+            return; // no IPv6 on this machine
+        };
+        let port = v6.local_addr().expect("addr").port();
+        let v4 = super::bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
+        assert!(v4.is_ok(), "{v4:?}");
     }
 }
