@@ -55,14 +55,15 @@ def sinks():
         s.ctl.stop()
 
 
-def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"'):
+def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None):
     """A daemon whose [dns] sends each name in `routes` to a sink port."""
     d = sluice_factory(start=False)
     cfg = open(d.config, encoding="utf-8").read()
     cfg = cfg[:cfg.index("[queue]")]
     static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
     static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
-    cfg += "[queue]\nretry = [%s]\n\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (retry, static, static_mx)
+    cfg += "[queue]\nretry = [%s]\n%s\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (
+        retry, 'expire_after = "%s"\n' % expire if expire else "", static, static_mx)
     if rules_text:
         rules = tmp_path / "rules.toml"
         rules.write_text(rules_text, encoding="utf-8")
@@ -129,12 +130,22 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     assert len(flaky.messages) == 1
     assert "DEFER id=%s" % qid in d.stderr() and "SEND id=%s" % qid in d.stderr()
 
+    # A 5xx bounces: the sender gets a DSN from <> quoting the reply.
     hard = sinks(script=["554 5.7.1 go away"])
-    d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx": {"hard.test": "mx.hard.test"}})
+    home = sinks()
+    d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port,
+                                           "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
     c = d2.session()
-    r = send(c, "a@contoso.com", ["x@hard.test"], b"Subject: bounce\r\n\r\nbody\r\n")
-    entry = states(d2, queued_id(r), ["Bounced"])
-    assert "554 5.7.1 go away" in entry["states"][0]["Bounced"]["reason"]
+    r = send(c, "a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
+    entry = states(d2, queued_id(r), ["Notified"])
+    assert "554 5.7.1 go away" in entry["states"][0]["Notified"]["reason"]
+    frm, to, dsn = home.wait(1)[0]
+    assert frm in ("", "<>") and to == ["a@home.test"]
+    assert b"multipart/report; report-type=delivery-status" in dsn
+    assert b"Diagnostic-Code: smtp; 554 5.7.1 go away" in dsn and b"Status: 5.7.1" in dsn
+    assert b"Subject: bounce me" in dsn  # the original headers come back
+    # A bounce of a bounce never happens: from <>, no DSN.
+
 
 
 def test_delivery_survives_a_restart(sluice_factory, tmp_path, sinks):
@@ -169,3 +180,30 @@ def test_required_tls_never_sends_in_clear_text(sluice_factory, tmp_path, sinks)
     assert "TLS is required" in entry["states"][0]["Deferred"]["reason"], entry
     time.sleep(1.5)
     assert plain.messages == [], "nothing may reach a next hop without STARTTLS"
+
+
+def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path, sinks):
+    hard = sinks(script=["550 5.1.1 no such user"])
+    home = sinks()
+    dead = free_port()
+    d = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port, "mx.dead.test": dead,
+                                          "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test",
+                                                 "dead.test": "mx.dead.test"}}, expire="3s")
+    c = d.session()
+    c.send(b"MAIL FROM:<>\r\n")
+    check(c.reply(), 250)
+    c.rcpt("x@hard.test")
+    c.send(b"DATA\r\n")
+    check(c.reply(), 354)
+    c.send(b"Subject: a bounce itself\r\n\r\nbody\r\n.\r\n")
+    q1 = queued_id(c.reply())
+    # Expiry: the next hop never answers; after expire_after the sender is told.
+    r = send(c, "a@home.test", ["x@dead.test"], b"Subject: too late\r\n\r\nbody\r\n")
+    q2 = queued_id(r)
+    entry = states(d, q2, ["Notified"], timeout=20)
+    assert "4.4.7" in entry["states"][0]["Notified"]["reason"]
+    dsns = home.wait(1)
+    assert b"too late" in dsns[0][2] and b"Status: 4.4.7" in dsns[0][2]
+    states(d, q1, ["Notified"])
+    time.sleep(1.5)
+    assert len(home.messages) == 1, "no DSN for a message from <>"

@@ -362,5 +362,6 @@ fn state_word(s: &spool::RcptState) -> &'static str {
         spool::RcptState::Deferred { .. } => "deferred",
         spool::RcptState::Delivered { .. } => "delivered",
         spool::RcptState::Bounced { .. } => "bounced",
+        spool::RcptState::Notified { .. } => "bounced",
     }
 }

@@ -12,7 +12,7 @@
 
 use super::dns::{DnsError, Resolver};
 use super::policy::{splice, HeaderEdit, NextHop};
-use super::spool::{Part, RcptState, Stored};
+use super::spool::{RcptState, Stored};
 use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -21,7 +21,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -277,32 +276,11 @@ async fn timed<T>(
     .await
 }
 
-/// Reads `len` octets at `offset` of the message's parts.
-fn read_range(parts: &[Part], mut offset: u64, len: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(len);
-    for p in parts {
-        if out.len() == len {
-            break;
-        }
-        if offset >= p.len {
-            offset -= p.len;
-            continue;
-        }
-        let take = ((p.len - offset) as usize).min(len - out.len());
-        let start = out.len();
-        out.resize(start + take, 0);
-        std::fs::File::open(p.segment.as_path())?
-            .read_exact_at(&mut out[start..], p.offset + offset)?;
-        offset = 0;
-    }
-    Ok(out)
-}
-
 /// The message's header block with the edits applied, and where the
 /// original body starts.
 fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
     let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
-    let head = read_range(&m.parts, 0, head_len as usize)?;
+    let head = m.read_head()?;
     let edits: Vec<&HeaderEdit> = m.env.edits.iter().collect();
     Ok((splice(&head, &edits), head_len))
 }
@@ -527,7 +505,7 @@ async fn stream_message(
     let mut at = body_at;
     while at < m.env.size {
         let n = ((m.env.size - at) as usize).min(STREAM_CHUNK);
-        let data = read_range(&m.parts, at, n)?;
+        let data = m.read_range(at, n)?;
         at += n as u64;
         send_part(conn, &data, bdat, &mut line_start).await?;
     }

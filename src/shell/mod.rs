@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dns;
+pub mod dsn;
 pub mod install;
 pub mod log;
 pub mod policy;

@@ -32,6 +32,12 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Nothing more to do for a recipient: delivered, or bounced and the
+/// sender told (a bounced one still owes its DSN).
+fn settled(s: &RcptState) -> bool {
+    matches!(s, RcptState::Delivered { .. } | RcptState::Notified { .. })
+}
+
 struct Entry {
     msg: Stored,
     /// A delivery task holds this message.
@@ -74,7 +80,7 @@ impl Queue {
     ) -> Arc<Queue> {
         let entries = recovered
             .into_iter()
-            .filter(|m| m.states.iter().any(|s| !s.is_final()))
+            .filter(|m| m.states.iter().any(|s| !settled(s)))
             .map(|m| {
                 (
                     m.id,
@@ -110,7 +116,7 @@ impl Queue {
 
     /// Takes a newly accepted message and wakes the scheduler.
     pub fn add(&self, msg: Stored) {
-        if msg.states.iter().all(RcptState::is_final) {
+        if msg.states.iter().all(settled) {
             return;
         }
         if let Ok(mut e) = self.entries.lock() {
@@ -156,12 +162,169 @@ impl Queue {
             )
             .await;
             self.expire().await;
+            for id in self.unnotified() {
+                self.notify(id).await;
+            }
             for (id, groups) in self.due() {
                 let q = self.clone();
                 ex.spawn(async move { q.deliver(id, groups).await })
                     .detach();
             }
         }
+    }
+
+    /// Messages with bounced recipients whose sender has not been told.
+    fn unnotified(&self) -> Vec<u64> {
+        match self.entries.lock() {
+            Ok(e) => e
+                .values()
+                .filter(|x| {
+                    !x.busy
+                        && x.msg
+                            .states
+                            .iter()
+                            .any(|s| matches!(s, RcptState::Bounced { .. }))
+                })
+                .map(|x| x.msg.id)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Spools the DSN for the bounced recipients of `id` (none for a
+    /// message from `<>`), then marks them notified. The DSN goes through
+    /// the same pipeline as any message: the policy routes it.
+    async fn notify(&self, id: u64) {
+        let Some(msg) = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&id).map(|x| x.msg.clone()))
+        else {
+            return;
+        };
+        let bounced: Vec<(u16, String)> = msg
+            .states
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                RcptState::Bounced { reason, .. } => Some((i as u16, reason.clone())),
+                _ => None,
+            })
+            .collect();
+        let qid = super::spool::format_id(id);
+        let head = msg.read_head().unwrap_or_default();
+        let failed: Vec<super::dsn::Failed<'_>> = bounced
+            .iter()
+            .filter_map(|(i, reason)| {
+                msg.env
+                    .routes
+                    .get(usize::from(*i))
+                    .map(|route| super::dsn::Failed { route, reason })
+            })
+            .collect();
+        let t = now();
+        if let Some(report) = super::dsn::build(&self.helo, &qid, &msg.env, &head, &failed, t) {
+            match self.inject(&msg.env.from, report).await {
+                Ok(dsn_id) => super::log::info(format_args!(
+                    "BOUNCE id={qid} dsn={} to=<{}>",
+                    super::spool::format_id(dsn_id),
+                    String::from_utf8_lossy(&msg.env.from)
+                )),
+                Err(e) => {
+                    // Keep the recipients bounced: the DSN is tried again.
+                    super::log::warn(format_args!(
+                        "BOUNCE id={qid}: the DSN could not be spooled: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+        let changes: Vec<(u16, RcptState)> = bounced
+            .into_iter()
+            .map(|(i, reason)| (i, RcptState::Notified { at: t, reason }))
+            .collect();
+        if self.spool.record(id, &changes).await.is_ok() {
+            if let Ok(mut e) = self.entries.lock() {
+                if let Some(entry) = e.get_mut(&id) {
+                    for (i, st) in &changes {
+                        if let Some(slot) = entry.msg.states.get_mut(usize::from(*i)) {
+                            *slot = st.clone();
+                        }
+                    }
+                }
+            }
+        }
+        self.forget_if_done(id);
+    }
+
+    /// Spools a message we made (a DSN) from `<>` to `to`, routed by the
+    /// policy as local, originating mail, and queues it.
+    async fn inject(&self, to: &[u8], message: Vec<u8>) -> Result<u64, String> {
+        let policy = self.installer.current();
+        let attribution = crate::engine::policy::Attribution {
+            inbound: None,
+            originating: true,
+            blocked: false,
+        };
+        let rcpts: [&[u8]; 1] = [to];
+        let penv = super::policy::Envelope {
+            attribution,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            sender: b"",
+            rcpts: &rcpts,
+        };
+        let out = super::policy::decide(&policy, &penv, &message);
+        let routes = out
+            .recipients
+            .iter()
+            .filter(|r| r.added_by.is_none())
+            .map(|r| super::spool::Route {
+                original: r.original.as_bytes().to_vec(),
+                rcpt: r.final_addr.as_bytes().to_vec(),
+                connector: r.connector.clone(),
+                next_hop: r.next_hop.clone(),
+                refused: r.rejected.clone(),
+            })
+            .collect();
+        let env = super::spool::Envelope {
+            from: Vec::new(),
+            rcpts: vec![to.to_vec()],
+            helo: self.helo.as_bytes().to_vec(),
+            peer: "127.0.0.1:0".into(),
+            received: now(),
+            size: message.len() as u64,
+            smtputf8: false,
+            body8bit: false,
+            tls: false,
+            body_offset: crate::engine::header::end_of_headers(&message, true).map(|n| n as u64),
+            policy: policy.table.version,
+            routes,
+            edits: out.edits.iter().map(|(_, e)| e.clone()).collect(),
+        };
+        let id = self.spool.new_id();
+        let parts = self
+            .spool
+            .commit(id, &env, &message)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut states = super::spool::initial_states(&env);
+        // A DSN that cannot be delivered is never bounced in turn.
+        for s in &mut states {
+            if let RcptState::Bounced { at, reason } = s {
+                *s = RcptState::Notified {
+                    at: *at,
+                    reason: reason.clone(),
+                };
+            }
+        }
+        self.add(Stored {
+            id,
+            env,
+            parts,
+            states,
+        });
+        Ok(id)
     }
 
     /// Bounces recipients whose time is up.
@@ -372,7 +535,7 @@ impl Queue {
     fn forget_if_done(&self, id: u64) {
         if let Ok(mut e) = self.entries.lock() {
             if e.get(&id)
-                .is_some_and(|x| !x.busy && x.msg.states.iter().all(RcptState::is_final))
+                .is_some_and(|x| !x.busy && x.msg.states.iter().all(settled))
             {
                 e.remove(&id);
             }

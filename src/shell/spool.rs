@@ -145,6 +145,14 @@ pub enum RcptState {
         /// Why: the remote reply or our reason.
         reason: String,
     },
+    /// Bounced, and the delivery status notification is spooled (or none
+    /// was due: the sender was `<>`).
+    Notified {
+        /// When, Unix seconds.
+        at: u64,
+        /// Why it failed.
+        reason: String,
+    },
 }
 
 impl RcptState {
@@ -228,6 +236,36 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// Reads `len` octets at `offset` of the message (across its parts).
+    pub fn read_range(&self, mut offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
+        for p in &self.parts {
+            if out.len() == len {
+                break;
+            }
+            if offset >= p.len {
+                offset -= p.len;
+                continue;
+            }
+            let take = ((p.len - offset) as usize).min(len - out.len());
+            let start = out.len();
+            out.resize(start + take, 0);
+            File::open(p.segment.as_path())?.read_exact_at(&mut out[start..], p.offset + offset)?;
+            offset = 0;
+        }
+        Ok(out)
+    }
+
+    /// The header block as received.
+    pub fn read_head(&self) -> io::Result<Vec<u8>> {
+        let n = self
+            .env
+            .body_offset
+            .unwrap_or(self.env.size)
+            .min(self.env.size);
+        self.read_range(0, n as usize)
+    }
+
     /// Reads the message octets back.
     pub fn read(&self) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(self.env.size as usize);

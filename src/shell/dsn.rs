@@ -1,0 +1,187 @@
+//! Delivery status notifications (RFC 3464): the bounce a sender gets for
+//! recipients that failed permanently or expired.
+//!
+//! A DSN is a `multipart/report; report-type=delivery-status` message from
+//! the null sender `<>` to the original envelope sender, with a readable
+//! part, the machine-readable status per recipient (the remote reply
+//! quoted in `Diagnostic-Code`), and the original message's headers. A
+//! message whose own sender is `<>` never gets one (RFC 5321 §6.1).
+
+use super::spool::{Envelope, Route};
+use super::time::rfc5322;
+
+/// One failed recipient.
+pub struct Failed<'a> {
+    /// Its route (final and original address).
+    pub route: &'a Route,
+    /// The reply or reason, e.g. `550 5.1.1 No such user (mx.example [192.0.2.1])`.
+    pub reason: &'a str,
+}
+
+/// The enhanced status in a reason (`5.1.1`), or a default by class.
+fn status_of(reason: &str) -> String {
+    reason
+        .split_whitespace()
+        .find(|w| {
+            let p: Vec<&str> = w.split('.').collect();
+            p.len() == 3
+                && p.iter()
+                    .all(|x| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if reason.starts_with('4') {
+                "4.0.0".into()
+            } else {
+                "5.0.0".into()
+            }
+        })
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The DSN for `failed` recipients of the message `qid` (`headers`: its
+/// header block); `None` when the sender is `<>`.
+pub fn build(
+    host: &str,
+    qid: &str,
+    env: &Envelope,
+    headers: &[u8],
+    failed: &[Failed<'_>],
+    now: u64,
+) -> Option<Vec<u8>> {
+    if env.from.is_empty() {
+        return None;
+    }
+    let sender = String::from_utf8_lossy(&env.from);
+    let boundary = format!("{qid}/{host}");
+    let mut m = String::new();
+    m.push_str(&format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
+    ));
+    m.push_str(&format!("To: <{sender}>\r\n"));
+    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(&format!("Date: {}\r\n", rfc5322(now)));
+    m.push_str(&format!("Message-ID: <{qid}.{now}.dsn@{host}>\r\n"));
+    m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
+    m.push_str(&format!(
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    ));
+    m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+    m.push_str(&format!(
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    ));
+    m.push_str(&format!(
+        "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) could not be delivered to the\r\nrecipients below. The reason follows each one.\r\n\r\n"
+    ));
+    for f in failed {
+        m.push_str(&format!(
+            "<{}>: {}\r\n",
+            String::from_utf8_lossy(&f.route.rcpt),
+            clean(f.reason)
+        ));
+    }
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+    ));
+    m.push_str(&format!(
+        "Reporting-MTA: dns; {host}\r\nX-Sluice-Queue-ID: {qid}\r\n"
+    ));
+    m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322(env.received)));
+    for f in failed {
+        let rcpt = String::from_utf8_lossy(&f.route.rcpt);
+        m.push_str(&format!("\r\nFinal-Recipient: rfc822; {rcpt}\r\n"));
+        if !f.route.original.is_empty() && f.route.original != f.route.rcpt {
+            m.push_str(&format!(
+                "Original-Recipient: rfc822; {}\r\n",
+                String::from_utf8_lossy(&f.route.original)
+            ));
+        }
+        m.push_str(&format!(
+            "Action: failed\r\nStatus: {}\r\n",
+            status_of(f.reason)
+        ));
+        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(f.reason)));
+    }
+    m.push_str(&format!(
+        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+    ));
+    let mut out = m.into_bytes();
+    let mut h = headers.to_vec();
+    while h.ends_with(b"\r\n\r\n") || h.ends_with(b"\n\n") {
+        h.pop();
+    }
+    out.extend_from_slice(&h);
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::policy::NextHop;
+
+    fn env(from: &str) -> Envelope {
+        Envelope {
+            from: from.as_bytes().to_vec(),
+            rcpts: vec![b"x@y.test".to_vec()],
+            helo: b"c".to_vec(),
+            peer: "127.0.0.1:1".into(),
+            received: 0,
+            size: 10,
+            smtputf8: false,
+            body8bit: false,
+            tls: false,
+            body_offset: Some(10),
+            policy: 0,
+            routes: Vec::new(),
+            edits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_dsn_quotes_the_remote_reply_and_is_multipart_report() {
+        let route = Route {
+            original: b"x@y.test".to_vec(),
+            rcpt: b"x@eu.y.test".to_vec(),
+            connector: None,
+            next_hop: NextHop::Mx("y.test".into()),
+            refused: None,
+        };
+        let f = [Failed {
+            route: &route,
+            reason: "550 5.1.1 No such user (mx.y.test [192.0.2.1])",
+        }];
+        let d = String::from_utf8(
+            build(
+                "edge1.test",
+                "Q1",
+                &env("a@b.test"),
+                b"Subject: hi\r\n\r\n",
+                &f,
+                60,
+            )
+            .expect("dsn"),
+        )
+        .expect("utf8");
+        assert!(d.contains("Content-Type: multipart/report; report-type=delivery-status;"));
+        assert!(d.contains("Final-Recipient: rfc822; x@eu.y.test\r\nOriginal-Recipient: rfc822; x@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"));
+        assert!(d.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user"));
+        assert!(d.contains("text/rfc822-headers\r\n\r\nSubject: hi\r\n"));
+        let parsed = mail_parser::MessageParser::default()
+            .parse(d.as_bytes())
+            .expect("parses");
+        assert_eq!(parsed.parts.len(), 4, "root + 3 parts");
+        assert!(
+            build("edge1.test", "Q1", &env(""), b"", &f, 60).is_none(),
+            "never to <>"
+        );
+    }
+}
