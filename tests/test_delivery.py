@@ -55,7 +55,7 @@ def sinks():
         s.ctl.stop()
 
 
-def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None):
+def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None):
     """A daemon whose [dns] sends each name in `routes` to a sink port."""
     d = sluice_factory(start=False)
     cfg = open(d.config, encoding="utf-8").read()
@@ -63,7 +63,8 @@ def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expir
     static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
     static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
     cfg += "[queue]\nretry = [%s]\n%s\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (
-        retry, 'expire_after = "%s"\n' % expire if expire else "", static, static_mx)
+        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else ""),
+        static, static_mx)
     if rules_text:
         rules = tmp_path / "rules.toml"
         rules.write_text(rules_text, encoding="utf-8")
@@ -207,3 +208,45 @@ def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path,
     states(d, q1, ["Notified"])
     time.sleep(1.5)
     assert len(home.messages) == 1, "no DSN for a message from <>"
+
+
+def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
+    import subprocess
+    from conftest import SLUICE_BIN
+    home = sinks()
+    port = free_port()  # the next hop is down for now
+    d = relay(sluice_factory, tmp_path, {"mx.home.test": home.port, "mx.later.test": port,
+                                          "mx": {"home.test": "mx.home.test", "later.test": "mx.later.test"}},
+              retry='"1h"', warn="1s")
+    c = d.session()
+    q1 = queued_id(send(c, "a@home.test", ["x@later.test"], b"Subject: slow one\r\n\r\nbody\r\n"))
+    q2 = queued_id(send(c, "a@home.test", ["y@later.test"], b"Subject: doomed\r\n\r\nbody\r\n"))
+    states(d, q1, ["Deferred"])
+    states(d, q2, ["Deferred"])
+    # The sender hears of the delay, once per message.
+    warnings = home.wait(2)
+    assert all(b"Action: delayed" in m[2] and b"Will-Retry-Until:" in m[2] for m in warnings)
+    assert sorted(b"slow one" in m[2] for m in warnings) == [False, True]
+
+    def q(*args):
+        return subprocess.run([SLUICE_BIN, "queue", *args, "--config", d.config], capture_output=True, timeout=30)
+
+    # delete: gone without a bounce; flush: the rest is tried now (retry is 1h).
+    assert q("delete", q2).returncode == 0
+    assert q("delete", "0000000000000001").returncode == 1
+    later = Sink()
+    later.port = port
+    later.ctl = Controller(later, hostname="127.0.0.1", port=port)
+    later.ctl.start()
+    try:
+        assert q("flush").returncode == 0
+        later.wait(1)
+        assert [m[1] for m in later.messages] == [["x@later.test"]]
+        states(d, q1, ["Delivered"])
+        entry = states(d, q2, ["Notified"])
+        assert "deleted by the operator" in entry["states"][0]["Notified"]["reason"]
+        time.sleep(1.5)
+        assert len(home.messages) == 2, "no bounce for a deleted message"
+        assert q("retry", q1).returncode == 1  # delivered: no longer queued
+    finally:
+        later.ctl.stop()

@@ -13,6 +13,9 @@ usage: sluice <command> [--config FILE]
                                127.0.0.1:2525, data under ./sluice-data/)
   queue list [--json]          what the spool holds (daemon running or not)
   queue show ID [--json|--raw] one message: envelope and content
+  queue retry ID | delete ID | flush
+                               ask the running daemon to retry now, drop a
+                               message (no bounce), or retry everything
   rules check FILE             compile a rule file: sizes, warnings, errors
   rules apply FILE|-           install it in the running daemon, atomically
   rules rollback               go back to the previous policy
@@ -25,7 +28,6 @@ usage: sluice <command> [--config FILE]
                                run the policy offline: decisions + rule log
   help                         this text
 
-Not in this version yet: queue retry|delete|flush.
 ";
 
 /// Runs the command line `args` (without the program name); returns the
@@ -229,7 +231,12 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             }
             0
         }
-        _ => usage("queue: list [--json] | show ID [--json|--raw]"),
+        ["flush"] => queue_command(cfg, serde_json::json!({ "cmd": "queue_flush" })),
+        ["retry", id] => queue_command(cfg, serde_json::json!({ "cmd": "queue_retry", "id": id })),
+        ["delete", id] => {
+            queue_command(cfg, serde_json::json!({ "cmd": "queue_delete", "id": id }))
+        }
+        _ => usage("queue: list [--json] | show ID [--json|--raw] | retry ID | delete ID | flush"),
     }
 }
 
@@ -363,5 +370,26 @@ fn state_word(s: &spool::RcptState) -> &'static str {
         spool::RcptState::Delivered { .. } => "delivered",
         spool::RcptState::Bounced { .. } => "bounced",
         spool::RcptState::Notified { .. } => "bounced",
+    }
+}
+
+/// A queue command for the running daemon: 0 done, 1 refused, 2 no daemon.
+fn queue_command(cfg: &Config, req: serde_json::Value) -> i32 {
+    match super::install::request(&cfg.state_dir, &req) {
+        None => {
+            eprintln!(
+                "sluice: no daemon listening on {}",
+                super::install::socket_path(&cfg.state_dir).display()
+            );
+            2
+        }
+        Some(Err(e)) => fail(&e),
+        Some(Ok(r)) if r["ok"].as_bool() == Some(true) => 0,
+        Some(Ok(r)) => {
+            for e in r["errors"].as_array().into_iter().flatten() {
+                eprintln!("sluice: {}", e.as_str().unwrap_or(""));
+            }
+            1
+        }
     }
 }

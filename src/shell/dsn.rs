@@ -54,6 +54,32 @@ pub fn build(
     failed: &[Failed<'_>],
     now: u64,
 ) -> Option<Vec<u8>> {
+    report(host, qid, env, headers, failed, now, None)
+}
+
+/// The delay warning (RFC 3464 `Action: delayed`) for recipients still
+/// being retried; `until` is when sluice gives up.
+pub fn delayed(
+    host: &str,
+    qid: &str,
+    env: &Envelope,
+    headers: &[u8],
+    waiting: &[Failed<'_>],
+    now: u64,
+    until: u64,
+) -> Option<Vec<u8>> {
+    report(host, qid, env, headers, waiting, now, Some(until))
+}
+
+fn report(
+    host: &str,
+    qid: &str,
+    env: &Envelope,
+    headers: &[u8],
+    failed: &[Failed<'_>],
+    now: u64,
+    delayed_until: Option<u64>,
+) -> Option<Vec<u8>> {
     if env.from.is_empty() {
         return None;
     }
@@ -64,7 +90,11 @@ pub fn build(
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
     ));
     m.push_str(&format!("To: <{sender}>\r\n"));
-    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(if delayed_until.is_some() {
+        "Subject: Delayed Mail (still being retried)\r\n"
+    } else {
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+    });
     m.push_str(&format!("Date: {}\r\n", rfc5322(now)));
     m.push_str(&format!("Message-ID: <{qid}.{now}.dsn@{host}>\r\n"));
     m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
@@ -75,9 +105,15 @@ pub fn build(
     m.push_str(&format!(
         "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
     ));
-    m.push_str(&format!(
-        "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) could not be delivered to the\r\nrecipients below. The reason follows each one.\r\n\r\n"
-    ));
+    match delayed_until {
+        Some(until) => m.push_str(&format!(
+            "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) is delayed for the recipients below.\r\nDelivery is still being tried until {}; you need not resend it.\r\n\r\n",
+            rfc5322(until)
+        )),
+        None => m.push_str(&format!(
+            "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) could not be delivered to the\r\nrecipients below. The reason follows each one.\r\n\r\n"
+        )),
+    }
     for f in failed {
         m.push_str(&format!(
             "<{}>: {}\r\n",
@@ -101,10 +137,18 @@ pub fn build(
                 String::from_utf8_lossy(&f.route.original)
             ));
         }
+        let action = if delayed_until.is_some() {
+            "delayed"
+        } else {
+            "failed"
+        };
         m.push_str(&format!(
-            "Action: failed\r\nStatus: {}\r\n",
+            "Action: {action}\r\nStatus: {}\r\n",
             status_of(f.reason)
         ));
+        if let Some(until) = delayed_until {
+            m.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(until)));
+        }
         m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(f.reason)));
     }
     m.push_str(&format!(

@@ -316,10 +316,17 @@ pub fn handle(inst: &Installer, req: &Value) -> Value {
     }
 }
 
-/// Serves the control socket on a thread of its own (requests are rare and
-/// an install compiles on the host for a moment; no session waits on it).
-pub fn serve_control(inst: Arc<Installer>) -> io::Result<std::thread::JoinHandle<()>> {
-    let path = socket_path(&inst.state_dir);
+/// Answers one control request.
+pub type Handler = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+
+/// Serves the control socket of `state_dir` on a thread of its own
+/// (requests are rare and an install compiles for a moment; no session
+/// waits on it).
+pub fn serve_control(
+    state_dir: &Path,
+    handler: Handler,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let path = socket_path(state_dir);
     let _ = fs::remove_file(&path);
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
@@ -338,7 +345,7 @@ pub fn serve_control(inst: Arc<Installer>) -> io::Result<std::thread::JoinHandle
                         json!({ "ok": false, "errors": ["request too large"] })
                     }
                     Ok(_) => match serde_json::from_slice::<Value>(&line) {
-                        Ok(req) => handle(&inst, &req),
+                        Ok(req) => handler(&req),
                         Err(e) => json!({ "ok": false, "errors": [format!("bad request: {e}")] }),
                     },
                     Err(e) => json!({ "ok": false, "errors": [e.to_string()] }),

@@ -165,6 +165,9 @@ impl Queue {
             for id in self.unnotified() {
                 self.notify(id).await;
             }
+            for id in self.to_warn() {
+                self.warn(id).await;
+            }
             for (id, groups) in self.due() {
                 let q = self.clone();
                 ex.spawn(async move { q.deliver(id, groups).await })
@@ -189,6 +192,141 @@ impl Queue {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Messages with recipients deferred longer than `warn_after` whose
+    /// sender was not warned yet.
+    fn to_warn(&self) -> Vec<u64> {
+        let limit = self.cfg.warn_after.as_secs();
+        let t = now();
+        match self.entries.lock() {
+            Ok(e) => e
+                .values()
+                .filter(|x| {
+                    !x.busy
+                        && !x.msg.warned
+                        && !x.msg.env.from.is_empty()
+                        && t >= x.msg.env.received.saturating_add(limit)
+                        && x.msg
+                            .states
+                            .iter()
+                            .any(|s| matches!(s, RcptState::Deferred { .. }))
+                })
+                .map(|x| x.msg.id)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Sends the delay warning for `id` once, and records that it did.
+    async fn warn(&self, id: u64) {
+        let Some(msg) = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&id).map(|x| x.msg.clone()))
+        else {
+            return;
+        };
+        let qid = super::spool::format_id(id);
+        let waiting: Vec<super::dsn::Failed<'_>> = msg
+            .states
+            .iter()
+            .zip(&msg.env.routes)
+            .filter_map(|(s, route)| match s {
+                RcptState::Deferred { reason, .. } => Some(super::dsn::Failed { route, reason }),
+                _ => None,
+            })
+            .collect();
+        let head = msg.read_head().unwrap_or_default();
+        let until = msg.env.received + self.cfg.expire_after.as_secs();
+        if let Some(report) =
+            super::dsn::delayed(&self.helo, &qid, &msg.env, &head, &waiting, now(), until)
+        {
+            match self.inject(&msg.env.from, report).await {
+                Ok(w) => super::log::info(format_args!(
+                    "DEFER id={qid} delay warning {} to=<{}>",
+                    super::spool::format_id(w),
+                    String::from_utf8_lossy(&msg.env.from)
+                )),
+                Err(e) => {
+                    super::log::warn(format_args!(
+                        "DEFER id={qid}: the delay warning could not be spooled: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+        if self.spool.record_warned(id).await.is_ok() {
+            if let Ok(mut e) = self.entries.lock() {
+                if let Some(entry) = e.get_mut(&id) {
+                    entry.msg.warned = true;
+                }
+            }
+        }
+    }
+
+    /// Makes the deferred recipients of `id` due now; false if unknown.
+    pub fn retry(&self, id: u64) -> bool {
+        let found = match self.entries.lock() {
+            Ok(mut e) => match e.get_mut(&id) {
+                Some(entry) => {
+                    for s in &mut entry.msg.states {
+                        if let RcptState::Deferred { until, .. } = s {
+                            *until = 0;
+                        }
+                    }
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        let _ = self.wake.0.try_send(());
+        found
+    }
+
+    /// Removes `id` from the queue without a bounce (the operator's
+    /// decision, recorded in the spool); false if unknown or being delivered.
+    pub async fn delete(&self, id: u64) -> Result<bool, String> {
+        let changes: Vec<(u16, RcptState)> = match self.entries.lock() {
+            Ok(mut e) => match e.get_mut(&id) {
+                Some(entry) if !entry.busy => {
+                    entry.busy = true;
+                    entry
+                        .msg
+                        .states
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| !settled(s))
+                        .map(|(i, _)| {
+                            (
+                                i as u16,
+                                RcptState::Notified {
+                                    at: now(),
+                                    reason: "deleted by the operator".into(),
+                                },
+                            )
+                        })
+                        .collect()
+                }
+                _ => return Ok(false),
+            },
+            Err(_) => return Err("queue lock poisoned".into()),
+        };
+        let r = self
+            .spool
+            .record(id, &changes)
+            .await
+            .map_err(|e| e.to_string());
+        if let Ok(mut e) = self.entries.lock() {
+            if r.is_ok() {
+                e.remove(&id);
+            } else if let Some(entry) = e.get_mut(&id) {
+                entry.busy = false;
+            }
+        }
+        r.map(|()| true)
     }
 
     /// Spools the DSN for the bounced recipients of `id` (none for a
@@ -318,11 +456,13 @@ impl Queue {
                 };
             }
         }
+        // Our own reports are never warned about in turn.
         self.add(Stored {
             id,
             env,
             parts,
             states,
+            warned: true,
         });
         Ok(id)
     }

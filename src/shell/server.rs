@@ -174,16 +174,20 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         }
         Ok::<_, String>(v)
     })?;
-    let control = install::serve_control(installer.clone()).map_err(|e| {
-        format!(
-            "control socket {}: {e}",
-            install::socket_path(&cfg.state_dir).display()
-        )
-    })?;
     if let Some(dev) = cfg.upload_serial.clone() {
         serve_uploads(dev, cfg.upload_baud, installer.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
+    let control = install::serve_control(
+        &state_dir,
+        control_handler(installer.clone(), queue.clone()),
+    )
+    .map_err(|e| {
+        format!(
+            "control socket {}: {e}",
+            install::socket_path(&state_dir).display()
+        )
+    })?;
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
         spool,
@@ -339,6 +343,36 @@ fn reload(sh: &Shared, path: Option<&std::path::Path>) {
             "SIGHUP: reload refused, running config kept: {e}"
         )),
     }
+}
+
+/// The control socket's requests: policy commands (install) and queue
+/// commands (`queue_flush`, `queue_retry`, `queue_delete` with an `id`).
+fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> install::Handler {
+    use serde_json::json;
+    Arc::new(move |req: &serde_json::Value| {
+        let id = req["id"].as_str().and_then(spool::parse_id);
+        match (req["cmd"].as_str(), id) {
+            (Some("queue_flush"), _) => {
+                queue.flush();
+                json!({ "ok": true, "queued": queue.len() })
+            }
+            (Some("queue_retry"), Some(id)) => match queue.retry(id) {
+                true => json!({ "ok": true }),
+                false => json!({ "ok": false, "errors": ["no such message in the queue"] }),
+            },
+            (Some("queue_delete"), Some(id)) => match smol::block_on(queue.delete(id)) {
+                Ok(true) => json!({ "ok": true }),
+                Ok(false) => {
+                    json!({ "ok": false, "errors": ["no such message in the queue, or it is being delivered"] })
+                }
+                Err(e) => json!({ "ok": false, "errors": [e] }),
+            },
+            (Some("queue_retry" | "queue_delete"), None) => {
+                json!({ "ok": false, "errors": ["a queue id is needed"] })
+            }
+            _ => install::handle(&inst, req),
+        }
+    })
 }
 
 /// Starts the serial upload listener: uploads are applied as `rules apply`.
@@ -689,6 +723,7 @@ async fn session(
                     match result {
                         Ok(parts) => {
                             sh.queue.add(spool::Stored {
+                                warned: false,
                                 id: txn.id,
                                 states: spool::initial_states(&env),
                                 env: env.clone(),

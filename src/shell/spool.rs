@@ -105,6 +105,11 @@ pub enum Head {
         /// Its envelope.
         env: Envelope,
     },
+    /// The sender of message `id` was warned of the delay (once).
+    Warned {
+        /// The message.
+        id: u64,
+    },
     /// A new delivery state of recipient `rcpt` (an index into the
     /// envelope's routes) of message `id`; the latest record wins.
     Status {
@@ -233,6 +238,8 @@ pub struct Stored {
     pub parts: Vec<Part>,
     /// Per route (`env.routes`), its delivery state.
     pub states: Vec<RcptState>,
+    /// The sender was warned of a delay.
+    pub warned: bool,
 }
 
 impl Stored {
@@ -332,10 +339,11 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     let mut scan = Scan::default();
     let mut chunks: HashMap<u64, Vec<Part>> = HashMap::new();
     let mut statuses: HashMap<u64, Vec<(u16, RcptState)>> = HashMap::new();
+    let mut warned: HashSet<u64> = HashSet::new();
     for (n, path) in segs {
         scan.last_segment = scan.last_segment.max(n);
         let path = Arc::new(path);
-        let good = scan_segment(&path, &mut chunks, &mut statuses, &mut scan)?;
+        let good = scan_segment(&path, &mut chunks, &mut statuses, &mut warned, &mut scan)?;
         let len = fs::metadata(path.as_path())?.len();
         if good < len {
             scan.torn.push((path.as_path().to_path_buf(), good));
@@ -343,6 +351,7 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     }
     // Replay the status records in order: the latest one wins.
     for m in &mut scan.messages {
+        m.warned = warned.contains(&m.id);
         for (rcpt, st) in statuses.remove(&m.id).unwrap_or_default() {
             if let Some(slot) = m.states.get_mut(usize::from(rcpt)) {
                 *slot = st;
@@ -371,6 +380,7 @@ fn scan_segment(
     path: &Arc<PathBuf>,
     chunks: &mut HashMap<u64, Vec<Part>>,
     statuses: &mut HashMap<u64, Vec<(u16, RcptState)>>,
+    warned: &mut HashSet<u64>,
     scan: &mut Scan,
 ) -> io::Result<u64> {
     let file = File::open(path.as_path())?;
@@ -418,9 +428,13 @@ fn scan_segment(
                     env,
                     parts,
                     states,
+                    warned: false,
                 });
             }
             Head::Status { id, rcpt, state } => statuses.entry(id).or_default().push((rcpt, state)),
+            Head::Warned { id } => {
+                warned.insert(id);
+            }
         }
         pos += FRAME_HEAD as u64 + u64::from(len);
     }
@@ -544,6 +558,27 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::Closed)?;
         wait.recv().await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Records that the sender of `id` was warned of a delay (synced).
+    pub async fn record_warned(&self, id: u64) -> Result<(), SpoolError> {
+        let mut frames = Vec::new();
+        frame(&Head::Warned { id }, &[], &mut frames);
+        let (done, wait) = smol::channel::bounded(1);
+        self.tx
+            .send(Job {
+                frames,
+                id,
+                data: (0, 0),
+                closes: false,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        wait.recv()
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .map(|_| ())
     }
 
     /// Records new states of recipients of message `id` and returns once
