@@ -216,7 +216,7 @@ def write_config(path, *, port, port6=None, spool_dir, state_dir, tls=None, star
         for k, v in limits.items():
             lines.append("%s = %s" % (k, toml_value(v)))
         lines.append("")
-    mx = ", ".join('%s = [[10, "mx.dead.test"]]' % toml_value(d) for d in TEST_DOMAINS)
+    mx = ", ".join('%s = [[10, "mx.dead.test"]]' % toml_value(d) for d in TEST_DOMAINS if d.isascii())
     lines += ["[queue]", 'retry = ["1h"]', "",
               "[dns]",
               'servers = ["127.0.0.1:%d"]' % dead_port,

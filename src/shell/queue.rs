@@ -151,6 +151,7 @@ impl Queue {
 
     /// Runs the scheduler on `ex` until the executor stops.
     pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
+        let mut tick: u32 = 0;
         loop {
             futures_lite::future::or(
                 async {
@@ -167,6 +168,16 @@ impl Queue {
             }
             for id in self.to_warn() {
                 self.warn(id).await;
+            }
+            // Every half minute, delete spool segments whose messages are done.
+            tick = tick.wrapping_add(1);
+            if tick % 30 == 0 {
+                let n = self
+                    .spool
+                    .collect(|id| self.entries.lock().map_or(true, |e| e.contains_key(&id)));
+                if n > 0 {
+                    super::log::info(format_args!("spool: {n} finished segment(s) deleted"));
+                }
             }
             for (id, groups) in self.due() {
                 let q = self.clone();

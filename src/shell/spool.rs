@@ -314,6 +314,8 @@ pub struct Scan {
     pub last_segment: u64,
     /// Highest message id seen.
     pub last_id: u64,
+    /// Per segment, the ids of the messages it holds records of.
+    pub segment_ids: HashMap<PathBuf, HashSet<u64>>,
 }
 
 fn segment_number(path: &Path) -> Option<u64> {
@@ -408,6 +410,16 @@ fn scan_segment(
         let Ok((h, data)) = postcard::take_from_bytes::<Head>(&payload) else {
             return Ok(pos);
         };
+        let record_id = match &h {
+            Head::Chunk { id }
+            | Head::Message { id, .. }
+            | Head::Warned { id }
+            | Head::Status { id, .. } => *id,
+        };
+        scan.segment_ids
+            .entry(path.as_path().to_path_buf())
+            .or_default()
+            .insert(record_id);
         let data_off = pos + FRAME_HEAD as u64 + (payload.len() - data.len()) as u64;
         let part = Part {
             segment: path.clone(),
@@ -454,6 +466,9 @@ struct Job {
 /// The daemon's handle on the spool.
 pub struct Spool {
     dir: PathBuf,
+    /// Per segment, the message ids it holds records of; the writer adds,
+    /// [`Spool::collect`] deletes segments whose messages are all done.
+    segments: Arc<Mutex<Segments>>,
     tx: smol::channel::Sender<Job>,
     next_id: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -476,7 +491,12 @@ impl Spool {
             .map(|d| d.as_micros() as u64)
             .unwrap_or(0);
         let next_id = now_us.max(scan.last_id + 1);
+        let segments = Arc::new(Mutex::new(Segments {
+            ids: scan.segment_ids.clone(),
+            current: PathBuf::new(),
+        }));
         let mut w = Writer {
+            segments: segments.clone(),
             dir: dir.to_path_buf(),
             file: None,
             path: Arc::new(PathBuf::new()),
@@ -493,12 +513,47 @@ impl Spool {
         Ok((
             Spool {
                 dir: dir.to_path_buf(),
+                segments,
                 tx,
                 next_id: AtomicU64::new(next_id),
                 writer: Mutex::new(Some(handle)),
             },
             scan,
         ))
+    }
+
+    /// Deletes the segments (other than the one being written, and any
+    /// touched in the last minute) whose every message is done: `live`
+    /// says whether a message still has work. Returns how many went.
+    pub fn collect(&self, live: impl Fn(u64) -> bool) -> usize {
+        let recent = SystemTime::now() - std::time::Duration::from_secs(60);
+        let Ok(mut segs) = self.segments.lock() else {
+            return 0;
+        };
+        let current = segs.current.clone();
+        let dead: Vec<PathBuf> = segs
+            .ids
+            .iter()
+            .filter(|(path, ids)| {
+                **path != current
+                    && !ids.iter().any(|id| live(*id))
+                    && fs::metadata(path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t < recent)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut n = 0;
+        for p in dead {
+            if fs::remove_file(&p).is_ok() {
+                segs.ids.remove(&p);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            let _ = File::open(&self.dir).and_then(|d| d.sync_all());
+        }
+        n
     }
 
     /// A new, unique queue id.
@@ -624,7 +679,16 @@ impl Spool {
     }
 }
 
+/// What the spool knows of its segments.
+#[derive(Default)]
+struct Segments {
+    ids: HashMap<PathBuf, HashSet<u64>>,
+    /// The segment being written (never collected).
+    current: PathBuf,
+}
+
 struct Writer {
+    segments: Arc<Mutex<Segments>>,
     dir: PathBuf,
     file: Option<File>,
     path: Arc<PathBuf>,
@@ -649,6 +713,10 @@ impl Writer {
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.file = Some(f);
+        if let Ok(mut s) = self.segments.lock() {
+            s.current = path.clone();
+            s.ids.entry(path.clone()).or_default();
+        }
         self.path = Arc::new(path);
         self.pos = SEGMENT_MAGIC.len() as u64;
         Ok(())
@@ -690,6 +758,12 @@ impl Writer {
                         ))
                     }
                     Ok(()) => {
+                        if let Ok(mut s) = self.segments.lock() {
+                            s.ids
+                                .entry(self.path.as_path().to_path_buf())
+                                .or_default()
+                                .insert(j.id);
+                        }
                         let part = Part {
                             segment: self.path.clone(),
                             offset: frame_at + j.data.0 as u64,
@@ -890,6 +964,41 @@ mod tests {
             next_hop: super::super::policy::NextHop::Mx("y.test".into()),
             refused: refused.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn segments_whose_messages_are_done_are_collected() {
+        let dir = tmpdir("collect");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        let (a, b) = (spool.new_id(), spool.new_id());
+        smol::block_on(spool.commit(a, &env("a@x.test", 1), b"a")).expect("commit");
+        smol::block_on(spool.commit(b, &env("b@x.test", 1), b"b")).expect("commit");
+        spool.close();
+        let old: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        let (spool, _) = Spool::open(&dir).expect("reopen"); // a new current segment
+                                                             // Make the old segment look older than a minute.
+        let past = SystemTime::now() - std::time::Duration::from_secs(120);
+        for p in &old {
+            File::options()
+                .write(true)
+                .open(p)
+                .expect("open")
+                .set_modified(past)
+                .expect("mtime");
+        }
+        assert_eq!(spool.collect(|id| id == b), 0, "b still has work");
+        assert_eq!(spool.collect(|_| false), 1);
+        assert!(old.iter().all(|p| !p.exists()));
+        assert_eq!(
+            fs::read_dir(&dir).expect("dir").count(),
+            1,
+            "the current segment stays"
+        );
+        spool.close();
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
