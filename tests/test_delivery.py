@@ -129,7 +129,7 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     qid = queued_id(r)
     entry = states(d, qid, ["Delivered"], timeout=20)
     assert len(flaky.messages) == 1
-    assert "DEFER id=%s" % qid in d.stderr() and "SEND id=%s" % qid in d.stderr()
+    assert "DEFER qid=%s" % qid in d.stderr() and "SEND qid=%s" % qid in d.stderr()
 
     # A 5xx bounces: the sender gets a DSN from <> quoting the reply.
     hard = sinks(script=["554 5.7.1 go away"])

@@ -185,6 +185,7 @@ mod tests {
             tls: false,
             body_offset: Some(10),
             policy: 0,
+            message_id: None,
             routes: Vec::new(),
             edits: Vec::new(),
         }

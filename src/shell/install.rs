@@ -210,9 +210,12 @@ impl Installer {
         self.write_state(source, &blob, version, via)
             .map_err(|e| vec![format!("state {}: {e}", self.state_dir.display())])?;
         self.swap(policy);
-        super::log::info(format_args!(
-            "POLICY version {version:016X} installed via {via}"
-        ));
+        super::log::event(
+            super::log::Kind::Policy,
+            None,
+            None,
+            format_args!("version {version:016X} installed via {via}"),
+        );
         Ok(Applied { version, warnings })
     }
 
@@ -254,9 +257,12 @@ impl Installer {
         write_atomic(d, "policy.json", meta.to_string().as_bytes()).map_err(|e| e.to_string())?;
         sync_dir(d).map_err(|e| e.to_string())?;
         self.swap(policy);
-        super::log::info(format_args!(
-            "POLICY version {version:016X} restored by rollback via {via}"
-        ));
+        super::log::event(
+            super::log::Kind::Policy,
+            None,
+            None,
+            format_args!("version {version:016X} restored by rollback via {via}"),
+        );
         Ok(Applied {
             version,
             warnings: Vec::new(),

@@ -255,15 +255,23 @@ impl Queue {
             super::dsn::delayed(&self.helo, &qid, &msg.env, &head, &waiting, now(), until)
         {
             match self.inject(&msg.env.from, report).await {
-                Ok(w) => super::log::info(format_args!(
-                    "DEFER id={qid} delay warning {} to=<{}>",
-                    super::spool::format_id(w),
-                    String::from_utf8_lossy(&msg.env.from)
-                )),
+                Ok(w) => super::log::event(
+                    super::log::Kind::Defer,
+                    Some(&qid),
+                    msg.env.message_id.as_deref(),
+                    format_args!(
+                        "delay warning {} to=<{}>",
+                        super::spool::format_id(w),
+                        String::from_utf8_lossy(&msg.env.from)
+                    ),
+                ),
                 Err(e) => {
-                    super::log::warn(format_args!(
-                        "DEFER id={qid}: the delay warning could not be spooled: {e}"
-                    ));
+                    super::log::event(
+                        super::log::Kind::Defer,
+                        Some(&qid),
+                        msg.env.message_id.as_deref(),
+                        format_args!("the delay warning could not be spooled: {e}"),
+                    );
                     return;
                 }
             }
@@ -375,16 +383,24 @@ impl Queue {
         let t = now();
         if let Some(report) = super::dsn::build(&self.helo, &qid, &msg.env, &head, &failed, t) {
             match self.inject(&msg.env.from, report).await {
-                Ok(dsn_id) => super::log::info(format_args!(
-                    "BOUNCE id={qid} dsn={} to=<{}>",
-                    super::spool::format_id(dsn_id),
-                    String::from_utf8_lossy(&msg.env.from)
-                )),
+                Ok(dsn_id) => super::log::event(
+                    super::log::Kind::Bounce,
+                    Some(&qid),
+                    msg.env.message_id.as_deref(),
+                    format_args!(
+                        "dsn={} to=<{}>",
+                        super::spool::format_id(dsn_id),
+                        String::from_utf8_lossy(&msg.env.from)
+                    ),
+                ),
                 Err(e) => {
                     // Keep the recipients bounced: the DSN is tried again.
-                    super::log::warn(format_args!(
-                        "BOUNCE id={qid}: the DSN could not be spooled: {e}"
-                    ));
+                    super::log::event(
+                        super::log::Kind::Bounce,
+                        Some(&qid),
+                        msg.env.message_id.as_deref(),
+                        format_args!("the DSN could not be spooled: {e}"),
+                    );
                     return;
                 }
             }
@@ -448,6 +464,11 @@ impl Queue {
             tls: false,
             body_offset: crate::engine::header::end_of_headers(&message, true).map(|n| n as u64),
             policy: policy.table.version,
+            message_id: crate::engine::header::find(
+                super::policy::header_block(&message),
+                b"Message-ID",
+            )
+            .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned()),
             routes,
             edits: out.edits.iter().map(|(_, e)| e.clone()).collect(),
         };
@@ -511,10 +532,12 @@ impl Queue {
                     super::spool::format_id(id)
                 ));
             }
-            super::log::info(format_args!(
-                "BOUNCE id={} expired",
-                super::spool::format_id(id)
-            ));
+            super::log::event(
+                super::log::Kind::Bounce,
+                None,
+                None,
+                format_args!("id={} expired", super::spool::format_id(id)),
+            );
             self.forget_if_done(id);
         }
     }
@@ -635,15 +658,24 @@ impl Queue {
                         .map(|r| String::from_utf8_lossy(&r.rcpt).into_owned())
                         .unwrap_or_default();
                     match r {
-                        Result1::Delivered(reply) => {
-                            super::log::info(format_args!("SEND id={qid} to=<{rcpt}> {reply}"))
-                        }
-                        Result1::Deferred(why) => {
-                            super::log::info(format_args!("DEFER id={qid} to=<{rcpt}> {why}"))
-                        }
-                        Result1::Bounced(why) => {
-                            super::log::info(format_args!("BOUNCE id={qid} to=<{rcpt}> {why}"))
-                        }
+                        Result1::Delivered(reply) => super::log::event(
+                            super::log::Kind::Send,
+                            Some(&qid),
+                            msg.env.message_id.as_deref(),
+                            format_args!("to=<{rcpt}> {reply}"),
+                        ),
+                        Result1::Deferred(why) => super::log::event(
+                            super::log::Kind::Defer,
+                            Some(&qid),
+                            msg.env.message_id.as_deref(),
+                            format_args!("to=<{rcpt}> {why}"),
+                        ),
+                        Result1::Bounced(why) => super::log::event(
+                            super::log::Kind::Bounce,
+                            Some(&qid),
+                            msg.env.message_id.as_deref(),
+                            format_args!("to=<{rcpt}> {why}"),
+                        ),
                     }
                 }
                 match self.spool.record(id, &changes).await {

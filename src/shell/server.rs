@@ -125,11 +125,14 @@ fn now_secs() -> u64 {
 /// SIGHUP reloads the appliance config (`path`, or the embedded default)
 /// and the TLS certificates, atomically; listeners and the spool stay.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
+    super::log::init(&cfg.syslog_target, &cfg.syslog_facility, &cfg.hostname)?;
     let installer = Arc::new(Installer::open(&cfg)?);
-    super::log::info(format_args!(
-        "POLICY version {:016X} active",
-        installer.current().table.version
-    ));
+    super::log::event(
+        super::log::Kind::Policy,
+        None,
+        None,
+        format_args!("version {:016X} active", installer.current().table.version),
+    );
     let live = Live::load(cfg.clone())?;
     let (spool, scan) = Spool::open(&cfg.spool_dir)
         .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
@@ -259,6 +262,14 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let _ = std::fs::remove_file(install::socket_path(&state_dir));
     drop(control);
     super::log::info(format_args!("stopped"));
+    let (sent, dropped) = super::log::stats();
+    if dropped > 0 {
+        eprintln!(
+            "sluice: {dropped} of {} log messages were dropped (syslog too slow or absent)",
+            sent + dropped
+        );
+    }
+    super::log::flush(Duration::from_secs(2));
     Ok(())
 }
 
@@ -423,7 +434,12 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
                     let _ = s
                         .write_all(&reply_line(reason.reply(), &sh.live().cfg.hostname))
                         .await;
-                    super::log::info(format_args!("REJECT {peer}: {}", reason.reply().text));
+                    super::log::event(
+                        super::log::Kind::Reject,
+                        None,
+                        None,
+                        format_args!("{peer}: {}", reason.reply().text),
+                    );
                 }
             }
         })
@@ -518,7 +534,12 @@ async fn session(
                 &live.cfg.hostname,
             ))
             .await;
-        super::log::info(format_args!("REJECT {peer}: connection filter"));
+        super::log::event(
+            super::log::Kind::Reject,
+            None,
+            None,
+            format_args!("{peer}: connection filter"),
+        );
         return;
     }
     let offer_tls = starttls && live.tls.is_some();
@@ -581,11 +602,16 @@ async fn session(
                 Event::MessageEnd { size } => Action::Message(size),
                 Event::MessageRejected(reason) => {
                     txn.data.clear();
-                    super::log::info(format_args!(
-                        "REJECT {peer} from=<{}> message: {}",
-                        String::from_utf8_lossy(&txn.from),
-                        reason.reply().text
-                    ));
+                    super::log::event(
+                        super::log::Kind::Reject,
+                        None,
+                        None,
+                        format_args!(
+                            "{peer} from=<{}> message: {}",
+                            String::from_utf8_lossy(&txn.from),
+                            reason.reply().text
+                        ),
+                    );
                     Action::Nothing
                 }
                 Event::StartTls => Action::StartTls,
@@ -615,11 +641,16 @@ async fn session(
                         txn.rcpts.push(r);
                         rx.accept();
                     } else {
-                        super::log::info(format_args!(
-                            "REJECT {peer} from=<{}> to=<{}>: relay access denied",
-                            String::from_utf8_lossy(&txn.from),
-                            String::from_utf8_lossy(&r)
-                        ));
+                        super::log::event(
+                            super::log::Kind::Reject,
+                            None,
+                            None,
+                            format_args!(
+                                "{peer} from=<{}> to=<{}>: relay access denied",
+                                String::from_utf8_lossy(&txn.from),
+                                String::from_utf8_lossy(&r)
+                            ),
+                        );
                         rx.reject(Reason::RelayDenied.reply());
                     }
                 }
@@ -644,6 +675,16 @@ async fn session(
                 }
                 Action::Message(size) => {
                     let id = spool::format_id(txn.id);
+                    let head: &[u8] = if txn.head.is_empty() {
+                        &txn.data
+                    } else {
+                        &txn.head
+                    };
+                    let message_id = crate::engine::header::find(
+                        pol::header_block(head),
+                        b"Message-ID",
+                    )
+                    .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned());
                     let rcpts: Vec<&[u8]> = txn.rcpts.iter().map(Vec::as_slice).collect();
                     let penv = pol::Envelope {
                         attribution: att,
@@ -668,11 +709,16 @@ async fn session(
                         let status = Some(status);
                         txn.data.clear();
                         txn.head = Vec::new();
-                        super::log::info(format_args!(
-                            "REJECT {peer} id={id} from=<{}>: {}",
-                            String::from_utf8_lossy(&txn.from),
-                            outcome.reply.clone().unwrap_or_default()
-                        ));
+                        super::log::event(
+                            super::log::Kind::Reject,
+                            Some(&id),
+                            message_id.as_deref(),
+                            format_args!(
+                                "{peer} from=<{}>: {}",
+                                String::from_utf8_lossy(&txn.from),
+                                outcome.reply.clone().unwrap_or_default()
+                            ),
+                        );
                         rx.reject(Reply {
                             code,
                             status,
@@ -708,6 +754,7 @@ async fn session(
                         tls: rx.is_tls(),
                         body_offset: txn.body_offset,
                         policy: table.version,
+                        message_id: message_id.clone(),
                         routes,
                         edits,
                     };
@@ -730,38 +777,58 @@ async fn session(
                                 parts,
                             });
                             rx.accept_message(&id);
-                            super::log::info(format_args!(
-                                "RECEIVE id={id} from=<{}> rcpts={} size={size} peer={peer} tls={} result={}",
-                                String::from_utf8_lossy(&env.from),
-                                env.rcpts.len(),
-                                env.tls,
-                                outcome.result
-                            ));
+                            super::log::event(
+                                super::log::Kind::Receive,
+                                Some(&id),
+                                message_id.as_deref(),
+                                format_args!(
+                                    "from=<{}> rcpts={} size={size} peer={peer} tls={} result={}",
+                                    String::from_utf8_lossy(&env.from),
+                                    env.rcpts.len(),
+                                    env.tls,
+                                    outcome.result
+                                ),
+                            );
                             for r in &outcome.recipients {
-                                super::log::info(format_args!(
-                                    "ROUTE id={id} to=<{}> orig=<{}> connector={} next_hop={} {}",
-                                    r.final_addr,
-                                    r.original,
-                                    r.connector.as_deref().unwrap_or("-"),
-                                    match &r.next_hop {
-                                        pol::NextHop::Mx(d) => format!("mx:{d}"),
-                                        pol::NextHop::SmartHosts(h) => h.join(","),
-                                        pol::NextHop::None => "-".into(),
-                                    },
-                                    r.rejected
-                                        .as_deref()
-                                        .map(|x| format!("refused=\"{x}\""))
-                                        .unwrap_or_else(|| r.reason.clone())
-                                ));
+                                super::log::event(
+                                    super::log::Kind::Route,
+                                    Some(&id),
+                                    message_id.as_deref(),
+                                    format_args!(
+                                        "to=<{}> orig=<{}> connector={} next_hop={} {}",
+                                        r.final_addr,
+                                        r.original,
+                                        r.connector.as_deref().unwrap_or("-"),
+                                        match &r.next_hop {
+                                            pol::NextHop::Mx(d) => format!("mx:{d}"),
+                                            pol::NextHop::SmartHosts(h) => h.join(","),
+                                            pol::NextHop::None => "-".into(),
+                                        },
+                                        r.rejected
+                                            .as_deref()
+                                            .map(|x| format!("refused=\"{x}\""))
+                                            .unwrap_or_else(|| r.reason.clone())
+                                    ),
+                                );
                             }
                             if outcome.result != "NoAction" {
                                 for l in &outcome.log {
-                                    super::log::info(format_args!("RULE id={id} {l}"));
+                                    super::log::event(
+                                        super::log::Kind::Rule,
+                                        Some(&id),
+                                        message_id.as_deref(),
+                                        format_args!("{l}"),
+                                    );
                                 }
                             }
                         }
                         Err(e) => {
-                            super::log::warn(format_args!("REJECT {peer} id={id}: {e}"));
+                            super::log::event(
+                                super::log::Kind::Reject,
+                                Some(&id),
+                                message_id.as_deref(),
+                                format_args!("{peer}: {e}"),
+                            );
                             rx.reject(Reason::InsufficientStorage.reply());
                         }
                     }

@@ -22,9 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// First octets of every segment file (format version 2: envelopes carry
-/// the routing decisions and header edits).
-pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL2";
+/// First octets of every segment file (format version 3: envelopes carry
+/// the routing decisions, header edits and the Message-ID).
+pub const SEGMENT_MAGIC: &[u8; 8] = b"SLSPOOL3";
 /// A segment is closed and a new one begun past this size: large enough
 /// for few files and large sequential writes (SD cards, eMMC), small
 /// enough to be deleted soon once its messages are delivered.
@@ -71,6 +71,8 @@ pub struct Envelope {
     pub policy: u64,
     /// Per recipient: the policy's decision (final address, connector, next hop).
     pub routes: Vec<Route>,
+    /// The message's Message-ID, for the log.
+    pub message_id: Option<String>,
     /// Header edits to splice in when the message leaves.
     pub edits: Vec<super::policy::HeaderEdit>,
 }
@@ -844,6 +846,7 @@ mod tests {
             body_offset: None,
             policy: 0,
             routes: Vec::new(),
+            message_id: None,
             edits: Vec::new(),
         }
     }

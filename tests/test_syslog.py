@@ -1,0 +1,397 @@
+"""Syslog: the daemon's events in a real rsyslog (Debian package `rsyslog`).
+
+Each test starts its own rsyslogd in the foreground (`rsyslogd -n -f CONF -i
+PIDFILE`) with imudp and imtcp on free loopback ports and imuxsock on a
+socket in a temp dir, writing everything it gets to a file in
+RSYSLOG_SyslogProtocol23Format; no system service is touched. Then a sluice
+whose `[syslog] target` points there receives one message, and the file must
+hold its RECEIVE and ROUTE lines with the same queue id (and the Message-ID)
+in structured data, app name sluice, facility mail.
+
+The targets' formats (src/shell/log.rs): udp and tcp (RFC 6587 octet
+counting) carry RFC 5424 with MSGID and structured data as fields; the unix
+socket gets the local syslog(3) format `<PRI>sluice[PID]: MSGID [SD] text`,
+which rsyslog's imuxsock parses (it would mangle RFC 5424), so MSGID and SD are
+in the text there.
+
+A second group points the target at something dead or stuck (a refused port,
+a missing socket path, a unix socket nobody reads): mail must flow as fast as
+ever.
+"""
+
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from conftest import free_port
+from smtpclient import make_message
+
+RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "shell")
+
+pytestmark = pytest.mark.skipif(RSYSLOGD is None,
+                                reason="rsyslogd not found (install the Debian package rsyslog)")
+
+
+def daemon_logs_to_syslog():
+    """True once `sluice run` calls log::init (until then the daemon logs to stderr only)."""
+    for name in ("server.rs", "cli.rs", "mod.rs"):
+        try:
+            with open(os.path.join(SRC, name), encoding="utf-8") as f:
+                if "log::init(" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+needs_wiring = pytest.mark.skipif(not daemon_logs_to_syslog(),
+                                  reason="`sluice run` does not call log::init yet")
+
+FACILITY_MAIL = 2
+SEV_INFO, SEV_WARNING = 6, 4
+TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
+
+
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def parse_sd(s):
+    """RFC 5424 STRUCTURED-DATA at the start of s -> ({sd_id: {name: value}}, rest)."""
+    out = {}
+    if s.startswith("-"):
+        return out, s[1:].lstrip(" ")
+    i = 0
+    while i < len(s) and s[i] == "[":
+        j = i + 1
+        while s[j] not in " ]":
+            j += 1
+        sd_id = s[i + 1:j]
+        params = out.setdefault(sd_id, {})
+        i = j
+        while s[i] == " ":
+            i += 1
+            eq = s.index("=", i)
+            name = s[i:eq]
+            assert s[eq + 1] == '"', s
+            k = eq + 2
+            val = []
+            while s[k] != '"':
+                if s[k] == "\\" and s[k + 1] in '"\\]':
+                    k += 1
+                val.append(s[k])
+                k += 1
+            params[name] = "".join(val)
+            i = k + 1
+        assert s[i] == "]", s
+        i += 1
+    return out, s[i:].lstrip(" ")
+
+
+class Line:
+    """One line of RSYSLOG_SyslogProtocol23Format: <PRI>1 TS HOST APP PROCID MSGID SD MSG."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        m = re.match(r"<(\d+)>1 (\S+) (\S+) (\S+) (\S+) (\S+) (.*)$", raw)
+        assert m, raw
+        pri = int(m.group(1))
+        self.facility, self.severity = pri >> 3, pri & 7
+        self.timestamp, self.host, self.app, self.procid, self.msgid = m.group(2, 3, 4, 5, 6)
+        self.sd, self.msg = parse_sd(m.group(7))
+
+    def __repr__(self):
+        return self.raw
+
+
+class Rsyslog:
+    def __init__(self):
+        # Short: a unix socket path must fit in 108 octets.
+        self.dir = tempfile.mkdtemp(prefix="rsl", dir="/tmp")
+        self.udp_port = free_udp_port()
+        self.tcp_port = free_port()
+        self.sock = os.path.join(self.dir, "log")
+        self.out = os.path.join(self.dir, "messages")
+        self.conf = os.path.join(self.dir, "rsyslog.conf")
+        self.pidfile = os.path.join(self.dir, "rsyslogd.pid")
+        self.stderr_path = os.path.join(self.dir, "rsyslogd.stderr")
+        with open(self.conf, "w") as f:
+            f.write('global(workDirectory="%s")\n' % self.dir)
+            f.write('module(load="imudp")\n')
+            f.write('module(load="imtcp")\n')
+            f.write('module(load="imuxsock" SysSock.Use="off")\n')
+            f.write('input(type="imudp" port="%d" address="127.0.0.1")\n' % self.udp_port)
+            f.write('input(type="imtcp" port="%d" address="127.0.0.1")\n' % self.tcp_port)
+            f.write('input(type="imuxsock" Socket="%s")\n' % self.sock)
+            f.write('*.* action(type="omfile" file="%s" template="RSYSLOG_SyslogProtocol23Format")\n'
+                    % self.out)
+        self.proc = None
+        self.starts = 0
+
+    def target(self, kind):
+        return {"udp": "udp:127.0.0.1:%d" % self.udp_port,
+                "tcp": "tcp:127.0.0.1:%d" % self.tcp_port,
+                "unix": "unix:" + self.sock}[kind]
+
+    def start(self, timeout=15.0):
+        err = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", self.conf, "-i", self.pidfile],
+                                     stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                     start_new_session=True)
+        err.close()
+        self.starts += 1
+        # Ready when a probe sent over each input is in the file.
+        deadline = time.monotonic() + timeout
+        want = {"udp", "tcp", "unix"}
+        while want and time.monotonic() < deadline:
+            assert self.proc.poll() is None, "rsyslogd exited:\n" + self.stderr()
+            for kind in list(want):
+                token = "ready-%s-%d" % (kind, self.starts)
+                probe = "<14>1 - - probe - - - " + token
+                try:
+                    if kind == "udp":
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                            s.sendto(probe.encode(), ("127.0.0.1", self.udp_port))
+                    elif kind == "tcp":
+                        with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=2) as s:
+                            s.sendall(b"%d %s" % (len(probe), probe.encode()))
+                    else:
+                        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                            s.sendto(b"<14>probe: " + token.encode(), self.sock)
+                except OSError:
+                    continue
+            time.sleep(0.2)
+            text = self.text()
+            want = {k for k in want if "ready-%s-%d" % (k, self.starts) not in text}
+        assert not want, "rsyslogd not ready (%s):\n%s" % (want, self.stderr())
+        return self
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def text(self):
+        try:
+            with open(self.out, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def lines(self, app="sluice"):
+        out = []
+        for raw in self.text().splitlines():
+            if raw.strip():
+                ln = Line(raw)
+                if ln.app == app:
+                    out.append(ln)
+        return out
+
+    def wait_for(self, pred, timeout=10.0):
+        """Lines from sluice, once pred(lines) holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = self.lines()
+            if pred(lines):
+                return lines
+            if time.monotonic() > deadline:
+                raise AssertionError("rsyslog's file never matched; it has:\n%s" % self.text())
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def rsyslog():
+    r = Rsyslog().start()
+    yield r
+    r.stop()
+
+
+def with_target(d, target, facility=None):
+    """Point a not yet started daemon's [syslog] at target."""
+    with open(d.config, encoding="utf-8") as f:
+        cfg = f.read()
+    new = 'target = "%s"' % target
+    if facility:
+        new += '\nfacility = "%s"' % facility
+    assert 'target = "stderr"' in cfg, cfg
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(cfg.replace('target = "stderr"', new, 1))
+    return d
+
+
+def send_one(d, msgid, rcpts=("bob@example.test",), subject="syslog life"):
+    """One message over smtplib; returns its queue id (from `queued as`)."""
+    msg = make_message(subject, msgid=msgid, to=rcpts[0])
+    s = smtplib.SMTP(d.host, d.port, local_hostname="client.test", timeout=10)
+    try:
+        s.ehlo()
+        code, _ = s.mail("alice@example.test")
+        assert code == 250
+        for r in rcpts:
+            code, resp = s.rcpt(r)
+            assert code == 250, (r, code, resp)
+        code, resp = s.data(msg)
+        assert code == 250, (code, resp)
+        s.quit()
+    finally:
+        s.close()
+    m = re.search(rb"queued as <?([^\s>]+)", resp)
+    assert m, resp
+    return m.group(1).decode()
+
+
+def events_of(lines, qid, kind):
+    """[(msgid, sd_params, text)] for the events of queue id qid, whatever the transport."""
+    out = []
+    for ln in lines:
+        if ln.msgid != "-":
+            params = ln.sd.get("sluice@32473", {})
+            mid, text = ln.msgid, ln.msg
+        else:
+            # unix socket: `MSGID [SD] text` in the message part
+            parts = ln.msg.split(" ", 1)
+            if len(parts) < 2 or not parts[0].isupper():
+                continue
+            mid = parts[0]
+            sd, text = parse_sd(parts[1]) if parts[1].startswith("[") else ({}, parts[1])
+            params = sd.get("sluice@32473", {})
+        if params.get("qid") == qid and mid == kind:
+            out.append((mid, params, text))
+    return out
+
+
+@needs_wiring
+@pytest.mark.parametrize("transport", ["udp", "tcp", "unix"])
+def test_message_life_in_rsyslog(rsyslog, sluice_factory, transport):
+    d = with_target(sluice_factory(start=False), rsyslog.target(transport))
+    d.start()
+    message_id = "<life-%s.%d@client.test>" % (transport, os.getpid())
+    rcpts = ("bob@example.test", "carol@example.test")
+    qid = send_one(d, message_id, rcpts)
+
+    lines = rsyslog.wait_for(lambda ls: events_of(ls, qid, "RECEIVE")
+                             and len(events_of(ls, qid, "ROUTE")) >= len(rcpts))
+    for ln in lines:
+        assert ln.app == "sluice", ln
+        assert ln.facility == FACILITY_MAIL, ln
+        assert ln.severity in (SEV_INFO, SEV_WARNING), ln
+        assert ln.procid == str(d.proc.pid), (ln, d.proc.pid)
+        assert TS.match(ln.timestamp), ln
+        if transport != "unix":
+            assert ln.host == "edge1.test", ln
+    receive = events_of(lines, qid, "RECEIVE")
+    routes = events_of(lines, qid, "ROUTE")
+    assert len(receive) == 1, lines
+    # The Message-ID rides along in structured data, brackets or not.
+    for _, params, _ in receive + routes:
+        assert message_id.strip("<>") in params.get("msgid", ""), (params, lines)
+    for r in rcpts:
+        assert any(r in text for _, _, text in routes), (r, routes)
+
+    # One grep on the queue id finds the whole story, and nothing else.
+    grepped = [ln for ln in rsyslog.text().splitlines() if qid in ln]
+    kinds = [k for k in ("RECEIVE", "ROUTE") if any(k in g for g in grepped)]
+    assert kinds == ["RECEIVE", "ROUTE"], grepped
+    assert all("sluice" in g for g in grepped), grepped
+    assert d.running()
+
+
+@needs_wiring
+def test_facility_from_config(rsyslog, sluice_factory):
+    d = with_target(sluice_factory(start=False), rsyslog.target("udp"), facility="local3")
+    d.start()
+    qid = send_one(d, "<facility@client.test>")
+    lines = rsyslog.wait_for(lambda ls: events_of(ls, qid, "RECEIVE"))
+    assert {ln.facility for ln in lines} == {19}, lines
+
+
+@needs_wiring
+def test_rsyslog_restart_tcp_reconnects(rsyslog, sluice_factory):
+    """The server goes away and comes back: later events arrive on a new connection."""
+    d = with_target(sluice_factory(start=False), rsyslog.target("tcp"))
+    d.start()
+    q1 = send_one(d, "<before@client.test>", subject="before")
+    rsyslog.wait_for(lambda ls: events_of(ls, q1, "RECEIVE"))
+    rsyslog.proc.send_signal(signal.SIGTERM)
+    rsyslog.proc.wait(10)
+    # While it is down, mail flows.
+    t0 = time.monotonic()
+    send_one(d, "<during@client.test>", subject="during")
+    assert time.monotonic() - t0 < 3, "a dead syslog server slowed the session down"
+    rsyslog.start()
+    # The writer backs off (at most 10 s) and reconnects; keep sending until
+    # a message gets through.
+    deadline = time.monotonic() + 30
+    while True:
+        q = send_one(d, "<after@client.test>", subject="after")
+        time.sleep(0.5)
+        if events_of(rsyslog.lines(), q, "RECEIVE"):
+            break
+        assert time.monotonic() < deadline, "no line after rsyslog came back:\n" + rsyslog.text()
+    assert "log messages dropped" in rsyslog.text(), rsyslog.text()
+
+
+# -- dead or stuck targets: mail is never held up ----------------------------
+
+def assert_mail_flows(d, n=20, per_message=2.0):
+    qids = []
+    for i in range(n):
+        t0 = time.monotonic()
+        qids.append(send_one(d, "<flow-%d@client.test>" % i, subject="flow %d" % i))
+        took = time.monotonic() - t0
+        assert took < per_message, "message %d took %.2fs with a dead syslog target" % (i, took)
+    assert d.running()
+    assert len({e["id"] for e in d.queue_list()} & set(qids)) == n
+
+
+@needs_wiring
+@pytest.mark.parametrize("kind", ["udp", "tcp", "unix-missing", "unix-stuck"])
+def test_dead_target_never_blocks_mail(sluice_factory, dead_port, kind):
+    stuck = None
+    sockdir = tempfile.mkdtemp(prefix="rsl", dir="/tmp")
+    try:
+        if kind == "udp":
+            target = "udp:127.0.0.1:%d" % free_udp_port()
+        elif kind == "tcp":
+            target = "tcp:127.0.0.1:%d" % dead_port
+        elif kind == "unix-missing":
+            target = "unix:" + os.path.join(sockdir, "nothing-here")
+        else:
+            # A syslog daemon that has stopped reading: its queue fills (after
+            # net.unix.max_dgram_qlen datagrams) and sends block.
+            path = os.path.join(sockdir, "stuck")
+            stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            stuck.bind(path)
+            target = "unix:" + path
+        d = with_target(sluice_factory(start=False), target)
+        d.start()
+        assert_mail_flows(d)
+    finally:
+        if stuck is not None:
+            stuck.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
