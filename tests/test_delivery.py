@@ -250,3 +250,89 @@ def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
         assert q("retry", q1).returncode == 1  # delivered: no longer queued
     finally:
         later.ctl.stop()
+
+
+def sample_opportunistic():
+    # The sample, with the trend connector opportunistic so plain sinks can
+    # stand in for it (required TLS has its own test).
+    return open(SAMPLE, encoding="utf-8").read().replace(
+        'smart_hosts = ["hes.trend.example:25"]\ntls = "required"',
+        'smart_hosts = ["hes.trend.example:25"]\ntls = "opportunistic"')
+
+
+def scenario_daemon(sluice_factory, tmp_path, sinks):
+    trend, onprem, internet = sinks(), sinks(), sinks()
+    d = relay(sluice_factory, tmp_path, {
+        "hes.trend.example": trend.port, "exch1.contoso.internal": onprem.port,
+        "mx.gmail.test": internet.port, "mx.secure.test": internet.port,
+        "mx": {"gmail.test": "mx.gmail.test", "secure.com": "mx.secure.test"},
+    }, rules_text=sample_opportunistic())
+    return d, trend, onprem, internet
+
+
+def test_scenarios_end_to_end(sluice_factory, tmp_path, sinks):
+    d, trend, onprem, internet = scenario_daemon(sluice_factory, tmp_path, sinks)
+    # Header rule (seed 000) with its exception, from exchange-onprem (127.0.0.1).
+    c = d.session()
+    check(send(c, "someone@contoso.com", ["a@gmail.test", "b@secure.com"],
+               b"X-RoutethroughTM: On\r\nSubject: rule\r\n\r\nbody\r\n"), 250)
+    assert [m[1] for m in trend.wait(1)] == [["a@gmail.test"]]
+    assert [m[1] for m in internet.wait(1)] == [["b@secure.com"]]
+    # Source-based routing by group: jaap is in TrendUsers.
+    check(send(c, "jaap@contoso.com", ["c@gmail.test"], b"Subject: group\r\n\r\nbody\r\n"), 250)
+    assert trend.wait(2)[1][1] == ["c@gmail.test"]
+    c.close()
+    # CMT (seed 002): from exchange-online to an outside recipient: stamped
+    # and routed on-premises.
+    o = d.connect(source="127.0.0.2")
+    o.ehlo()
+    check(send(o, "user@contoso.com", ["x@gmail.test"], b"Subject: cmt\r\n\r\nbody\r\n"), 250)
+    o.close()
+    stamped = onprem.wait(1)[0]
+    assert stamped[1] == ["x@gmail.test"]
+    assert b"\r\nX-MS-Exchange-Organization-CentralizedMailFlowOverrideSet:\r\n" in stamped[2]
+    # It comes back from on-premises, stamped: no second override, out to the Internet.
+    back = d.session()
+    check(send(back, "user@contoso.com", ["x@gmail.test"], stamped[2]), 250)
+    back.close()
+    out = internet.wait(2)[1]
+    assert out[1] == ["x@gmail.test"]
+    assert out[2].count(b"CentralizedMailFlowOverrideSet") == 1, "stamped once"
+    assert len(onprem.messages) == 1
+    # Inbound rewrite (seed 001) from an anonymous client, then delivery of
+    # the location-specific address.
+    anon = d.connect(source="127.0.0.5")
+    anon.ehlo()
+    check(send(anon, "someone@example.org", ["johnny@contoso.com"],
+               b"From: someone@example.org\r\nTo: Johnny <johnny@contoso.com>\r\nSubject: flat\r\n\r\nbody\r\n"), 250)
+    anon.close()
+    got = onprem.wait(2)[1]
+    assert got[1] == ["johnny@eu.contoso.com"]
+    assert b"To: Johnny <johnny@eu.contoso.com>\r\n" in got[2]
+
+
+class SlowSink(Sink):
+    """Captures, then takes its time to answer: a crash can fall in between."""
+
+    async def handle_DATA(self, server, session, envelope):
+        import asyncio
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        await asyncio.sleep(3)
+        return "250 2.0.0 captured slowly"
+
+
+def test_kill_during_delivery_loses_nothing(sluice_factory, tmp_path):
+    slow = SlowSink()
+    slow.ctl.start()
+    try:
+        d = relay(sluice_factory, tmp_path, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
+        c = d.session()
+        qid = queued_id(send(c, "a@contoso.com", ["x@slow.test"], b"Subject: crash\r\n\r\nbody\r\n"))
+        slow.wait(1)
+        d.kill9()  # the next hop has the message but sluice has no 250 yet
+        d.start()
+        states(d, qid, ["Delivered"], timeout=30)
+        # Delivered again after the crash: the one duplicate SMTP allows, never a loss.
+        assert len(slow.messages) == 2
+    finally:
+        slow.ctl.stop()
