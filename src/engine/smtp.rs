@@ -849,14 +849,16 @@ impl<'h> Receiver<'h> {
             }
             if self.prev_cr && b != b'\n' {
                 // The CR before this octet was bare (and already emitted).
-                if normalize {
-                    if run < i {
-                        return self.emit(i, &input[run..i]);
-                    }
-                    self.prev_cr = false;
-                    return self.emit(i, b"\n");
+                if run < i && (normalize || self.data_error.is_none()) {
+                    // Hand out what came before first, so that the header
+                    // accounting (and the events) do not depend on where
+                    // the input was split.
+                    return self.emit(i, &input[run..i]);
                 }
                 self.prev_cr = false;
+                if normalize {
+                    return self.emit(i, b"\n");
+                }
                 self.bare();
             }
             if self.line_start && b == b'.' {
@@ -879,6 +881,9 @@ impl<'h> Receiver<'h> {
                     }
                     // A bare LF is stored as CRLF (but starts no line).
                     return self.emit(i + 1, b"\r\n");
+                } else if run < i && self.data_error.is_none() {
+                    // As for a bare CR: what came before goes out first.
+                    return self.emit(i, &input[run..i]);
                 } else {
                     self.bare();
                 }
