@@ -178,7 +178,9 @@ max_message_size = "36 MiB"
 [dns]
 # Loopback only: the recipient domain resolves from the static table to a
 # closed loopback port, so nothing ever leaves the box (and nothing is
-# delivered out of the spool while we count it).
+# delivered out of the spool while we count it). The queue still makes one
+# attempt per message (refused at once, deferred, the state recorded): that
+# work runs during the measurement, so the figure is a conservative one.
 servers = ["127.0.0.1:53"]
 static = { "sink.bench.test" = ["127.0.0.1:$dead_port"], "client.bench.test" = ["127.0.0.1:$dead_port"] }
 
@@ -218,10 +220,13 @@ sluice_row() { # size msgs sessions -> sets RATE and SPOOLED
         echo "WARNING: size $size, $sessions sessions: expected $msgs, spool holds $SPOOLED $(head -c 300 "$dir/queue.err" | tr '\n' ' ')" >&2
         FAILED=1
     fi
+    # Each message's first delivery attempt meets the closed port and is
+    # deferred (DEFER ... Connection refused): expected, and part of the
+    # cost measured. Anything else is worth a look.
     local errs
-    errs=$(grep -ciE 'error|panic|warn' "$dir/stderr.log")
+    errs=$(grep -iE 'error|panic|warn' "$dir/stderr.log" | grep -cvE ' DEFER .*Connection refused')
     if [ "$errs" -gt 0 ]; then
-        echo "WARNING: sluice logged $errs error/warning lines (size $size, $sessions sessions), e.g.: $(grep -iE 'error|panic|warn' "$dir/stderr.log" | head -3 | tr '\n' ' ')" >&2
+        echo "WARNING: sluice logged $errs error/warning lines (size $size, $sessions sessions), e.g.: $(grep -iE 'error|panic|warn' "$dir/stderr.log" | grep -vE ' DEFER .*Connection refused' | head -3 | tr '\n' ' ')" >&2
     fi
 }
 

@@ -21,7 +21,7 @@ use super::spool::{RcptState, Spool, Stored};
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use smol::Executor;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +52,8 @@ pub struct Queue {
     installer: Arc<Installer>,
     resolver: Resolver,
     tls: TlsClients,
-    entries: Mutex<HashMap<u64, Entry>>,
+    /// By id, so oldest first: ids grow with time.
+    entries: Mutex<BTreeMap<u64, Entry>>,
     /// Deliveries running, in total and per next hop.
     running: Mutex<(usize, HashMap<String, usize>)>,
     wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
@@ -551,6 +552,9 @@ impl Queue {
             return out;
         };
         for entry in entries.values_mut().filter(|e| !e.busy) {
+            if running.0 >= self.cfg.concurrency {
+                break;
+            }
             let mut groups: Vec<Group> = Vec::new();
             for (i, (route, state)) in entry
                 .msg
@@ -713,6 +717,9 @@ impl Queue {
             }
         }
         self.forget_if_done(id);
+        // A slot is free: messages held back by the concurrency limits go
+        // now, not at the next tick.
+        let _ = self.wake.0.try_send(());
     }
 
     fn forget_if_done(&self, id: u64) {

@@ -1,0 +1,653 @@
+#!/usr/bin/env bash
+# bench/relay.sh: end-to-end relay throughput and memory, sluice against Postfix.
+#
+# What it measures
+#   smtp-source -> relay -> smtp-sink on loopback, with two relays side by
+#   side in one run:
+#   (a) sluice: `sluice run --config <tmp>`, durable spool on the real disk
+#       (a temp dir under bench/out/, never tmpfs), embedded default policy
+#       (loopback clients relay, everything goes by MX); `[dns] static_mx`
+#       sends bench.test to sink.bench, `[dns] static` points sink.bench at
+#       the sink; [queue] concurrency 50, 20 per destination.
+#   (b) Postfix (the Debian package): a private instance with its own
+#       config_directory, queue_directory and data_directory under the
+#       run's temp dir (never /etc/postfix, /var/spool/postfix or port 25):
+#       smtpd on a free loopback port only, chroot off, relayhost =
+#       [127.0.0.1]:<sink>, TLS off, maillog_file in the temp dir, every
+#       other setting Debian's default (20 deliveries per destination,
+#       connection caching on demand, in_flow_delay 1s).
+#   Both acknowledge a message only after it is fsynced to their queue.
+#   For 4 KiB and 64 KiB messages and 10 and 50 sessions, each relay gets a
+#   fresh daemon, an empty queue and a fresh smtp-sink (-c counts messages):
+#     accepted/s  = messages / wall time of the smtp-source run
+#     delivered/s = messages / time from smtp-source's start until the sink
+#                   has received all of them (polled every 10 ms)
+#     peak PSS    = max over 0.2 s samples of the sum of Pss
+#                   (/proc/PID/smaps_rollup) over the relay's processes
+#                   (sluice: its one pid; Postfix: master and every
+#                   descendant of it)
+#   Messages per row: 3,000 (4 KiB) and 1,000 (64 KiB); --quick: a tenth.
+#   Each message uses a new client connection (smtp-source without -d).
+#   Issue target: sluice >= 3 x Postfix's delivered/s, and < 1/5 of its PSS.
+#
+#   Then (unless --no-perf) two more sluice runs, 4 KiB, 50 sessions
+#   (PROFILE_SESSIONS=N to change):
+#   `perf record -a -g` over the run (CPU by command, sluice's top symbols,
+#   user/kernel split) and `perf trace -s -p <sluice>` (syscall counts and
+#   latencies: fdatasync, connect, ...). Symbols need an unstripped binary
+#   (the release profile strips): SLUICE_PERF_BIN, default
+#   target/perf/release/sluice when it exists, built with
+#     CARGO_TARGET_DIR=target/perf CARGO_PROFILE_RELEASE_STRIP=false \
+#         cargo build --release
+#   (same code and optimisation, symbols kept).
+#
+# How to run (as root, from anywhere)
+#   bench/relay.sh [--quick] [--no-perf] [--only sluice|postfix]
+#   SLUICE_BIN=/path/to/sluice bench/relay.sh   (default: target/release/sluice)
+#   KEEP=1 bench/relay.sh                       (keep temp queues, logs, perf data)
+#   Needs /usr/sbin/smtp-source, smtp-sink, postfix, postconf (Postfix; the
+#   users postfix/postdrop), python3, awk, perf (for the profile). Loopback
+#   only. The table is printed and written to bench/out/relay-<date>.txt,
+#   the perf reports to bench/out/relay-<date>-perf-*.txt.
+set -u
+
+BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
+if [ -z "${SLUICE_PERF_BIN:-}" ]; then
+    if [ -x "$ROOT/target/perf/release/sluice" ]; then
+        SLUICE_PERF_BIN=$ROOT/target/perf/release/sluice
+    else
+        SLUICE_PERF_BIN=$SLUICE_BIN
+    fi
+fi
+SMTP_SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
+SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
+POSTFIX=${POSTFIX:-/usr/sbin/postfix}
+POSTCONF=${POSTCONF:-/usr/sbin/postconf}
+PERF=${PERF:-perf}
+OUT_DIR=$BENCH_DIR/out
+RUN_TIMEOUT=${RUN_TIMEOUT:-600}   # seconds, per row: sending plus delivery
+PROFILE_SESSIONS=${PROFILE_SESSIONS:-50}
+READY_TIMEOUT=30                  # seconds, for a listener to come up
+
+QUICK=0 NO_PERF=0 ONLY=''
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --no-perf) NO_PERF=1 ;;
+        --only) shift; ONLY=${1:-} ;;
+        --only=*) ONLY=${1#--only=} ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case $ONLY in ''|sluice|postfix) ;; *) echo "--only: sluice or postfix" >&2; exit 2 ;; esac
+RELAYS=(sluice postfix)
+[ -n "$ONLY" ] && RELAYS=("$ONLY")
+
+SIZES=(4096 65536)
+SESSIONS=(10 50)
+msgs_for() { # size -> message count
+    local n
+    if [ "$1" -le 4096 ]; then n=3000; else n=1000; fi
+    [ $QUICK = 1 ] && n=$((n / 10))
+    echo $n
+}
+
+for tool in "$SMTP_SOURCE" "$SMTP_SINK"; do
+    [ -x "$tool" ] || { echo "missing $tool (Postfix test tools)" >&2; exit 2; }
+done
+for relay in "${RELAYS[@]}"; do
+    case $relay in
+        sluice) [ -x "$SLUICE_BIN" ] || { echo "missing $SLUICE_BIN (cargo build --release, or SLUICE_BIN=)" >&2; exit 2; } ;;
+        postfix)
+            [ "$(id -u)" = 0 ] || { echo "the private Postfix instance needs root (postfix start)" >&2; exit 2; }
+            [ -x "$POSTFIX" ] && [ -x "$POSTCONF" ] || { echo "missing $POSTFIX / $POSTCONF" >&2; exit 2; }
+            getent passwd postfix >/dev/null && getent group postdrop >/dev/null ||
+                { echo "missing user postfix or group postdrop (Debian package)" >&2; exit 2; } ;;
+    esac
+done
+if [ $NO_PERF = 0 ] && { [ -n "$ONLY" ] && [ "$ONLY" != sluice ] || ! command -v "$PERF" >/dev/null; }; then
+    [ "$ONLY" != postfix ] && echo "NOTE: perf not found; no profile" >&2
+    NO_PERF=1
+fi
+
+mkdir -p "$OUT_DIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULT=$OUT_DIR/relay-$STAMP.txt
+WORK=$(mktemp -d "$OUT_DIR/relay-run-$STAMP.XXXXXX")
+chmod 755 "$WORK"   # Postfix's daemons (user postfix) must reach their queue in here
+FSTYPE=$(stat -f -c %T "$WORK")
+if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
+    echo "WARNING: $WORK is on $FSTYPE; the queues are not durable there" >&2
+fi
+
+# ---------------------------------------------------------------- helpers
+HELPER=$WORK/helper.py
+cat >"$HELPER" <<'PY'
+"""drive: run smtp-source, time it and the sink's count; pss: sample memory."""
+import os, signal, subprocess, sys, time
+
+
+def sink_count(path):
+    # smtp-sink -c rewrites "sess=N quit=N mesg=N\r" after every message.
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 256))
+            tail = f.read().decode("ascii", "replace")
+    except OSError:
+        return 0
+    i = tail.rfind("mesg=")
+    if i < 0:
+        return 0
+    digits = ""
+    for ch in tail[i + 5:]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits or 0)
+
+
+def drive(source, port, size, msgs, sessions, sink_out, log, timeout):
+    msgs, timeout = int(msgs), float(timeout)
+    cmd = [source, "-s", sessions, "-l", size, "-m", str(msgs),
+           "-f", "a@bench.test", "-t", "b@bench.test", "127.0.0.1:" + port]
+    child = []
+
+    def stop(sig, frm):
+        for p in child:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        sys.exit(128 + sig)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with open(log, "wb") as out:
+        t0 = time.monotonic()
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        child.append(p)
+        t_acc = t_del = None
+        n = 0
+        while time.monotonic() - t0 < timeout:
+            if t_acc is None and p.poll() is not None:
+                t_acc = time.monotonic() - t0
+            n = sink_count(sink_out)
+            if t_del is None and n >= msgs:
+                t_del = time.monotonic() - t0
+            if t_acc is not None and t_del is not None:
+                break
+            time.sleep(0.01)
+        if p.poll() is None:
+            p.kill()
+        rc = p.wait()
+    print("%s %s %d %d" % ("%.3f" % t_acc if t_acc is not None else "-",
+                           "%.3f" % t_del if t_del is not None else "-", n, rc))
+
+
+def descendants(root):
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                s = f.read()
+        except OSError:
+            continue
+        ppid = int(s[s.rfind(")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def pss_of(pid):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def pss(mode, root, out, stop_file, max_secs, interval):
+    root, max_secs, interval = int(root), float(max_secs), float(interval)
+    best = [0, 0]
+
+    def write():
+        with open(out, "w") as f:
+            f.write("%d %d\n" % (best[0], best[1]))
+
+    def stop(sig, frm):
+        write()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, stop)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_secs and not os.path.exists(stop_file):
+        if not os.path.exists("/proc/%d" % root):
+            break
+        pids = descendants(root) if mode == "tree" else [root]
+        total = sum(pss_of(p) for p in pids)
+        if total > best[0]:
+            best = [total, len(pids)]
+            write()
+        time.sleep(interval)
+    write()
+
+
+if __name__ == "__main__":
+    {"drive": drive, "pss": pss}[sys.argv[1]](*sys.argv[2:])
+PY
+
+SINK_PID='' SLUICE_PID='' DRIVE_PID='' SAMPLER_PID='' PERF_PID='' PF_CONF='' PF_MASTER=''
+stop_pid() { # pid [signal]: signal (TERM), wait up to 10 s, then SIGKILL
+    local pid=$1 sig=${2:-TERM} i
+    [ -n "$pid" ] || return 0
+    kill -"$sig" "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "WARNING: pid $pid ignored SIG$sig for 10 s; SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+}
+pf_cmd() { # postfix/postconf with its messages on stderr (they go to syslog when stderr is no tty)
+    if command -v script >/dev/null; then
+        script -qec "$(printf '%q ' "$@")" /dev/null
+    else
+        "$@"
+    fi
+}
+pf_stop() { # stop the private Postfix instance and wait for its master to go
+    local i
+    [ -n "$PF_CONF" ] || return 0
+    pf_cmd "$POSTFIX" -c "$PF_CONF" stop >/dev/null 2>&1
+    if [ -n "$PF_MASTER" ]; then
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$PF_MASTER" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$PF_MASTER" 2>/dev/null; then
+            echo "WARNING: Postfix master $PF_MASTER still up 10 s after 'postfix stop'; SIGKILL to it and its children" >&2
+            pkill -KILL -P "$PF_MASTER" 2>/dev/null
+            kill -KILL "$PF_MASTER" 2>/dev/null
+        fi
+    fi
+    PF_CONF='' PF_MASTER=''
+}
+cleanup() {
+    stop_pid "$DRIVE_PID"; DRIVE_PID=''
+    stop_pid "$SAMPLER_PID"; SAMPLER_PID=''
+    stop_pid "$PERF_PID" INT; PERF_PID=''
+    stop_pid "$SLUICE_PID"; SLUICE_PID=''
+    pf_stop
+    stop_pid "$SINK_PID"; SINK_PID=''
+    if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then
+        echo "temp files kept in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+trap '[ -n "${RESULT:-}" ] && echo "# interrupted" >>"$RESULT"; exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+start_sink() { # dir -> SINK_PORT, SINK_PID, SINK_OUT
+    local opts=(-c)
+    [ "$(id -u)" = 0 ] && opts+=(-u nobody)
+    SINK_PORT=$(free_port)
+    SINK_OUT=$1/sink.out
+    "$SMTP_SINK" "${opts[@]}" "127.0.0.1:$SINK_PORT" 256 >"$SINK_OUT" 2>&1 &
+    SINK_PID=$!
+    wait_port "$SINK_PORT" && return 0
+    echo "WARNING: smtp-sink did not listen on $SINK_PORT: $(head -c 300 "$SINK_OUT")" >&2
+    stop_pid "$SINK_PID"; SINK_PID=''
+    return 1
+}
+
+start_sampler() { # mode pid dir
+    rm -f "$3/pss.stop" "$3/pss.max"
+    python3 "$HELPER" pss "$1" "$2" "$3/pss.max" "$3/pss.stop" "$RUN_TIMEOUT" 0.2 &
+    SAMPLER_PID=$!
+}
+stop_sampler() { # dir -> PSS_MIB
+    local i
+    touch "$1/pss.stop"
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$SAMPLER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    stop_pid "$SAMPLER_PID"; SAMPLER_PID=''
+    PSS_MIB=$(awk '{ if ($1 > 0) printf "%.1f", $1 / 1024; else print "?" }' "$1/pss.max" 2>/dev/null)
+    [ -n "$PSS_MIB" ] || PSS_MIB='?'
+    PSS_PROCS=$(awk '{ print $2 }' "$1/pss.max" 2>/dev/null)
+}
+
+# Send msgs and wait for the sink to count them: port size msgs sessions dir
+#   -> ACC (accepted/s), DEL (delivered/s), SUNK (messages the sink counted)
+drive() {
+    local port=$1 size=$2 msgs=$3 sessions=$4 dir=$5 t_acc t_del rc res
+    python3 "$HELPER" drive "$SMTP_SOURCE" "$port" "$size" "$msgs" "$sessions" \
+        "$SINK_OUT" "$dir/source.log" "$RUN_TIMEOUT" >"$dir/drive.out" 2>&1 &
+    DRIVE_PID=$!
+    wait $DRIVE_PID
+    DRIVE_PID=''
+    read -r t_acc t_del SUNK rc <"$dir/drive.out" || { t_acc=- t_del=- SUNK='?' rc='?'; }
+    res=$(head -c 300 "$dir/drive.out" | tr '\n' ' ')
+    if [ "$rc" != 0 ]; then
+        echo "WARNING: smtp-source exited $rc ($dir): $(head -c 300 "$dir/source.log" | tr '\n' ' ') $res" >&2
+        FAILED=1
+    fi
+    if [ "$t_del" = - ]; then
+        echo "WARNING: the sink counted $SUNK of $msgs messages within ${RUN_TIMEOUT}s ($dir)" >&2
+        FAILED=1
+    fi
+    ACC=$(awk -v n="$msgs" -v t="$t_acc" 'BEGIN { if (t + 0 > 0) printf "%.0f", n / t; else print "FAIL" }')
+    DEL=$(awk -v n="$msgs" -v t="$t_del" 'BEGIN { if (t + 0 > 0) printf "%.0f", n / t; else print "FAIL" }')
+}
+
+# ---------------------------------------------------------------- sluice
+write_sluice_config() { # dir port sinkport
+    cat >"$1/sluice.toml" <<EOF
+# written by bench/relay.sh
+hostname = "bench.sluice.test"
+spool_dir = "spool"
+state_dir = "state"
+
+[[listen]]
+address = "127.0.0.1:$2"
+starttls = false
+
+[limits]
+connections = 1000
+connections_per_ip = 1000
+command_timeout = "5m"
+data_timeout = "10m"
+max_message_size = "36 MiB"
+
+[queue]
+concurrency = 50
+concurrency_per_destination = 20
+
+[dns]
+# Loopback only: no resolver (port 1), bench.test's MX is sink.bench, which
+# is the sink's port.
+servers = ["127.0.0.1:1"]
+static = { "sink.bench" = ["127.0.0.1:$3"] }
+static_mx = { "bench.test" = [[10, "sink.bench"]] }
+
+[syslog]
+target = "stderr"
+EOF
+}
+
+# size msgs sessions [record|trace] -> ACC DEL PSS_MIB SUNK NOTE
+sluice_row() {
+    local size=$1 msgs=$2 sessions=$3 prof=${4:-} dir port i n
+    ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
+    dir=$WORK/sluice-$size-$sessions${prof:+-$prof}
+    mkdir -p "$dir"
+    start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
+    port=$(free_port)
+    write_sluice_config "$dir" "$port" "$SINK_PORT"
+    local bin=$SLUICE_BIN
+    [ -n "$prof" ] && bin=$SLUICE_PERF_BIN
+    "$bin" run --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    SLUICE_PID=$!
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        grep -q 'listening on' "$dir/stderr.log" 2>/dev/null && break
+        kill -0 "$SLUICE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q 'listening on' "$dir/stderr.log" || ! wait_port "$port"; then
+        echo "WARNING: sluice did not come up on $port: $(tail -c 500 "$dir/stderr.log" | tr '\n' ' ')" >&2
+        FAILED=1 NOTE='sluice down'
+        stop_pid "$SLUICE_PID"; SLUICE_PID=''
+        stop_pid "$SINK_PID"; SINK_PID=''
+        return
+    fi
+    case $prof in
+        record)
+            "$PERF" record -a -g -F 999 -o "$dir/perf.data" >"$dir/perf.log" 2>&1 &
+            PERF_PID=$! ; sleep 1 ;;
+        trace)
+            "$PERF" trace -s -p "$SLUICE_PID" -o "$dir/trace.txt" >"$dir/perf.log" 2>&1 &
+            PERF_PID=$! ; sleep 1 ;;
+    esac
+    start_sampler pid "$SLUICE_PID" "$dir"
+    drive "$port" "$size" "$msgs" "$sessions" "$dir"
+    stop_sampler "$dir"
+    if [ -n "$PERF_PID" ]; then
+        stop_pid "$PERF_PID" INT; PERF_PID=''
+    fi
+    LAST_SLUICE_DIR=$dir LAST_SLUICE_PID=$SLUICE_PID
+    stop_pid "$SLUICE_PID"
+    local rc=$?
+    SLUICE_PID=''
+    [ $rc -ne 0 ] && echo "WARNING: sluice exited $rc after SIGTERM ($dir)" >&2
+    stop_pid "$SINK_PID"; SINK_PID=''
+    # What the log says: one SEND per delivered recipient, nothing else expected.
+    local sent defer bounce errs
+    sent=$(grep -cE ' SEND q?id=' "$dir/stderr.log")
+    defer=$(grep -cE ' DEFER q?id=' "$dir/stderr.log")
+    bounce=$(grep -cE ' BOUNCE q?id=' "$dir/stderr.log")
+    errs=$(grep -ciE 'error|panic|warn' "$dir/stderr.log")
+    NOTE="log: $sent sent"
+    [ "$defer" -gt 0 ] && NOTE+=", $defer deferred"
+    [ "$bounce" -gt 0 ] && NOTE+=", $bounce bounced"
+    [ "$errs" -gt 0 ] && NOTE+=", $errs error/warning lines"
+    if [ "$sent" != "$msgs" ] || [ "$defer" -gt 0 ] || [ "$bounce" -gt 0 ] || [ "$errs" -gt 0 ]; then
+        echo "WARNING: sluice, size $size, $sessions sessions: $NOTE, e.g.: $(grep -E ' DEFER | BOUNCE |error|panic|warn' "$dir/stderr.log" | head -3 | tr '\n' ' ')" >&2
+    fi
+}
+
+# ---------------------------------------------------------------- Postfix
+# dir port sinkport -> a private instance: config in dir/etc, queue in
+# dir/queue, data in dir/data, log in dir/maillog
+pf_setup() {
+    local dir=$1 port=$2 sinkport=$3 conf=$1/etc f
+    mkdir -p "$conf" "$dir/queue" "$dir/data"
+    # Debian's main.cf; a package installed with "No configuration" has none
+    # in /etc/postfix, only the template the installer would have used.
+    if [ -f /etc/postfix/main.cf ]; then
+        cp /etc/postfix/main.cf "$conf/"
+    else
+        cp /usr/share/postfix/main.cf.debian "$conf/main.cf"
+    fi
+    cp /etc/postfix/master.cf "$conf/"
+    for f in dynamicmaps.cf dynamicmaps.cf.d; do
+        [ -e "/etc/postfix/$f" ] && cp -r "/etc/postfix/$f" "$conf/"
+    done
+    chown postfix: "$dir/data"
+    "$POSTCONF" -c "$conf" -e \
+        "queue_directory = $dir/queue" \
+        "data_directory = $dir/data" \
+        "inet_interfaces = 127.0.0.1" \
+        "inet_protocols = ipv4" \
+        "mynetworks = 127.0.0.0/8" \
+        "relayhost = [127.0.0.1]:$sinkport" \
+        "smtp_tls_security_level = none" \
+        "smtpd_tls_security_level = none" \
+        "smtp_tls_session_cache_database =" \
+        "myhostname = bench.local" \
+        "mydestination =" \
+        "alias_maps =" \
+        "alias_database =" \
+        "compatibility_level = 3.6" \
+        "maillog_file_prefixes = $dir" \
+        "maillog_file = $dir/maillog" || return 1
+    # smtpd on the bench port only (no port 25), nothing chrooted (the
+    # private queue has no chroot tree).
+    "$POSTCONF" -c "$conf" -MX smtp/inet || return 1
+    "$POSTCONF" -c "$conf" -M "127.0.0.1:$port/inet = 127.0.0.1:$port inet n - n - - smtpd" || return 1
+    "$POSTCONF" -c "$conf" -F '*/*/chroot = n' || return 1
+}
+
+postfix_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
+    local size=$1 msgs=$2 sessions=$3 dir port i
+    ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
+    dir=$WORK/postfix-$size-$sessions
+    mkdir -p "$dir"
+    start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
+    port=$(free_port)
+    if ! pf_setup "$dir" "$port" "$SINK_PORT" >"$dir/setup.log" 2>&1; then
+        echo "WARNING: Postfix config failed: $(head -c 500 "$dir/setup.log" | tr '\n' ' ')" >&2
+        FAILED=1 NOTE='config failed'
+        stop_pid "$SINK_PID"; SINK_PID=''
+        return
+    fi
+    PF_CONF=$dir/etc
+    pf_cmd "$POSTFIX" -c "$PF_CONF" check >>"$dir/setup.log" 2>&1
+    pf_cmd "$POSTFIX" -c "$PF_CONF" start >>"$dir/setup.log" 2>&1
+    PF_MASTER=$(tr -dc 0-9 <"$dir/queue/pid/master.pid" 2>/dev/null)
+    if [ -z "$PF_MASTER" ] || ! kill -0 "$PF_MASTER" 2>/dev/null || ! wait_port "$port"; then
+        echo "WARNING: Postfix did not come up on $port: $(tail -c 600 "$dir/setup.log" | tr '\n' ' ') $(tail -c 400 "$dir/maillog" 2>/dev/null | tr '\n' ' ')" >&2
+        FAILED=1 NOTE='postfix down'
+        pf_stop
+        stop_pid "$SINK_PID"; SINK_PID=''
+        return
+    fi
+    start_sampler tree "$PF_MASTER" "$dir"
+    drive "$port" "$size" "$msgs" "$sessions" "$dir"
+    stop_sampler "$dir"
+    pf_stop
+    stop_pid "$SINK_PID"; SINK_PID=''
+    local sent defer bounce errs
+    sent=$(grep -c 'status=sent' "$dir/maillog")
+    defer=$(grep -c 'status=deferred' "$dir/maillog")
+    bounce=$(grep -c 'status=bounced' "$dir/maillog")
+    errs=$(grep -cE 'warning:|error:|fatal:|panic:' "$dir/maillog")
+    NOTE="log: $sent sent, $PSS_PROCS processes at peak"
+    [ "$defer" -gt 0 ] && NOTE+=", $defer deferred"
+    [ "$bounce" -gt 0 ] && NOTE+=", $bounce bounced"
+    [ "$errs" -gt 0 ] && NOTE+=", $errs warning lines"
+    if [ "$sent" != "$msgs" ] || [ "$defer" -gt 0 ] || [ "$bounce" -gt 0 ] || [ "$errs" -gt 0 ]; then
+        echo "WARNING: postfix, size $size, $sessions sessions: $NOTE, e.g.: $(grep -E 'status=deferred|status=bounced|warning:|error:|fatal:|panic:' "$dir/maillog" | head -3 | tr '\n' ' ')" >&2
+    fi
+}
+
+# ---------------------------------------------------------------- run
+{
+    echo "# end-to-end relay: smtp-source -> relay -> smtp-sink, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "# host $(hostname), $(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+    for relay in "${RELAYS[@]}"; do
+        case $relay in
+            sluice) echo "# sluice: $SLUICE_BIN (built $(stat -c '%y' "$SLUICE_BIN" | cut -d. -f1)); repository now at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$([ -n "$(git -C "$ROOT" status --porcelain -- src 2>/dev/null)" ] && echo ' + uncommitted changes in src/')" ;;
+            postfix) echo "# postfix: $("$POSTCONF" -dh mail_version 2>/dev/null) (Debian package), private instance, default tuning" ;;
+        esac
+    done
+    echo "# queues: $WORK ($FSTYPE); one client connection per message$([ $QUICK = 1 ] && echo '; --quick')"
+} | tee "$RESULT"
+
+declare -A R_ACC R_DEL R_PSS
+HEADER=$(printf '%-8s %5s %8s %6s %11s %12s %14s  %s' relay size sessions msgs 'accepted/s' 'delivered/s' 'peak PSS MiB' notes)
+echo "$HEADER" | tee -a "$RESULT"
+for size in "${SIZES[@]}"; do
+    msgs=$(msgs_for "$size")
+    for sessions in "${SESSIONS[@]}"; do
+        for relay in "${RELAYS[@]}"; do
+            # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
+            "${relay}_row" "$size" "$msgs" "$sessions"
+            key=$relay-$size-$sessions
+            R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB
+            printf '%-8s %5s %8s %6s %11s %12s %14s  %s\n' "$relay" "$((size / 1024))K" "$sessions" "$msgs" \
+                "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
+        done
+    done
+done
+
+if [ ${#RELAYS[@]} = 2 ]; then
+    {
+        echo
+        echo "# sluice / Postfix (target: delivered >= 3.00, memory < 0.20)"
+        printf '%5s %8s %14s %14s %11s\n' size sessions delivered/s 'peak PSS' target
+        for size in "${SIZES[@]}"; do
+            for sessions in "${SESSIONS[@]}"; do
+                s=sluice-$size-$sessions p=postfix-$size-$sessions
+                awk -v sz="$((size / 1024))K" -v ss="$sessions" \
+                    -v sd="${R_DEL[$s]}" -v pd="${R_DEL[$p]}" -v sm="${R_PSS[$s]}" -v pm="${R_PSS[$p]}" 'BEGIN {
+                    dr = (sd + 0 > 0 && pd + 0 > 0) ? sprintf("%.2f", sd / pd) : "-"
+                    mr = (sm + 0 > 0 && pm + 0 > 0) ? sprintf("%.2f", sm / pm) : "-"
+                    ok = (dr != "-" && mr != "-") ? ((dr + 0 >= 3 && mr + 0 < 0.2) ? "met" : "not met") : "-"
+                    printf "%5s %8s %14s %14s %11s\n", sz, ss, dr, mr, ok }'
+            done
+        done
+    } | tee -a "$RESULT"
+fi
+
+# ---------------------------------------------------------------- profile
+if [ $NO_PERF = 0 ]; then
+    PERF_OUT=$OUT_DIR/relay-$STAMP-perf
+    msgs=$(msgs_for 4096)
+    {
+        echo
+        echo "# profile: sluice, 4K, $PROFILE_SESSIONS sessions, $msgs messages; binary $SLUICE_PERF_BIN"
+        [ "$SLUICE_PERF_BIN" = "$SLUICE_BIN" ] && echo "# (the release binary is stripped: user symbols will not resolve; see --help for SLUICE_PERF_BIN)"
+    } | tee -a "$RESULT"
+    sluice_row 4096 "$msgs" "$PROFILE_SESSIONS" record
+    d=$LAST_SLUICE_DIR
+    printf '# under perf record -a -g: accepted/s %s, delivered/s %s (%s)\n' "$ACC" "$DEL" "$NOTE" | tee -a "$RESULT"
+    if [ -s "$d/perf.data" ]; then
+        "$PERF" report -i "$d/perf.data" --no-children --sort comm --stdio >"$PERF_OUT-comm.txt" 2>/dev/null
+        "$PERF" report -i "$d/perf.data" --no-children --pid "$LAST_SLUICE_PID" --percentage relative --sort dso --stdio -g none >"$PERF_OUT-dso.txt" 2>/dev/null
+        "$PERF" report -i "$d/perf.data" --no-children --pid "$LAST_SLUICE_PID" --percentage relative --sort sym --stdio -g none >"$PERF_OUT-sym.txt" 2>/dev/null
+        "$PERF" report -i "$d/perf.data" --children --pid "$LAST_SLUICE_PID" --percentage relative --sort sym --stdio -g none >"$PERF_OUT-children.txt" 2>/dev/null
+        {
+            echo "# CPU samples by command, all CPUs (swapper = idle; sluice's threads: sluice, smtp-N, spool-writer):"
+            grep -E '^ +[0-9]' "$PERF_OUT-comm.txt" | head -10
+            echo "# sluice, all threads (pid $LAST_SLUICE_PID), by object (share of sluice's own samples from here on):"
+            grep -E '^ +[0-9]' "$PERF_OUT-dso.txt" | head -6
+            echo "# sluice top symbols, self ([k] kernel, [.] user):"
+            grep -E '^ +[0-9]' "$PERF_OUT-sym.txt" | head -25
+            echo "# sluice top symbols, with children:"
+            grep -E '^ +[0-9]' "$PERF_OUT-children.txt" | head -20
+        } | tee -a "$RESULT"
+        [ "${KEEP:-0}" = 1 ] && cp "$d/perf.data" "$PERF_OUT.data"
+    else
+        echo "# perf record wrote nothing: $(head -c 300 "$d/perf.log" | tr '\n' ' ')" | tee -a "$RESULT"
+    fi
+    sluice_row 4096 "$msgs" "$PROFILE_SESSIONS" trace
+    d=$LAST_SLUICE_DIR
+    printf '# under perf trace -s: accepted/s %s, delivered/s %s (%s)\n' "$ACC" "$DEL" "$NOTE" | tee -a "$RESULT"
+    if [ -s "$d/trace.txt" ]; then
+        cp "$d/trace.txt" "$PERF_OUT-syscalls.txt"
+        {
+            echo "# sluice syscalls, summed over its $(grep -cE '^ +[^ ]+ \([0-9]+\), [0-9]+ events' "$d/trace.txt") threads (time in the call, msec; off-CPU waits included):"
+            printf '%-16s %9s %7s %11s %9s %9s\n' syscall calls errors total avg max
+            awk '$2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ && NF >= 8 {
+                     c[$1] += $2; e[$1] += $3; t[$1] += $4; if ($7 > m[$1]) m[$1] = $7 }
+                 END { for (k in c) printf "%-16s %9d %7d %11.1f %9.3f %9.3f\n", k, c[k], e[k], t[k], t[k] / c[k], m[k] }' \
+                "$d/trace.txt" | sort -k4,4 -g -r | head -15
+        } | tee -a "$RESULT"
+    else
+        echo "# perf trace wrote nothing: $(head -c 300 "$d/perf.log" | tr '\n' ' ')" | tee -a "$RESULT"
+    fi
+fi
+
+echo "written to $RESULT"
+[ "${FAILED:-0}" = 1 ] && exit 1
+exit 0
