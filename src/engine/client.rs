@@ -20,6 +20,13 @@
 use super::limits::MAX_COMMAND_LINE;
 use heapless::Vec;
 
+/// Commands waiting to be written: MAIL with its parameters and a flight
+/// of pipelined RCPTs. More recipients than fit go in further flights as
+/// the replies come (any number; see `pipeline_rcpts`).
+pub const OUTPUT_BUFFER: usize = 4096;
+/// `RCPT TO:<` + `>` + CRLF around each recipient's address.
+const RCPT_OVERHEAD: usize = 12;
+
 /// TLS policy of the connection (the send connector's `tls`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -181,8 +188,11 @@ pub struct Client<'a> {
     ext: Extensions,
     tls: bool,
     line: Vec<u8, MAX_COMMAND_LINE>,
-    out: Vec<u8, 4096>,
+    out: Vec<u8, OUTPUT_BUFFER>,
+    /// The next recipient whose reply is awaited.
     rcpt_next: u16,
+    /// RCPT commands written so far (with PIPELINING, ahead of the replies).
+    rcpt_sent: u16,
     accepted: u16,
     /// DATA was pipelined after the RCPTs (its reply is awaited).
     data_sent: bool,
@@ -247,6 +257,7 @@ impl<'a> Client<'a> {
             line: Vec::new(),
             out: Vec::new(),
             rcpt_next: 0,
+            rcpt_sent: 0,
             accepted: 0,
             data_sent: false,
             no_rcpt: false,
@@ -313,6 +324,29 @@ impl<'a> Client<'a> {
             self.raw(p);
         }
         self.raw(b"\r\n");
+    }
+
+    fn room(&self) -> usize {
+        self.out.capacity() - self.out.len()
+    }
+
+    /// With PIPELINING: writes as many of the remaining RCPT commands as
+    /// fit whole in the output buffer, then DATA once every RCPT is out
+    /// (unless BDAT follows). Called again as replies arrive, so any
+    /// number of recipients goes out in flights that fit.
+    fn pipeline_rcpts(&mut self) {
+        let rcpts = self.env.rcpts;
+        while let Some(r) = rcpts.get(usize::from(self.rcpt_sent)) {
+            if self.room() < RCPT_OVERHEAD + r.len() {
+                return;
+            }
+            self.command(&[b"RCPT TO:<", r, b">"]);
+            self.rcpt_sent += 1;
+        }
+        if !self.ext.chunking && !self.data_sent && self.room() >= b"DATA\r\n".len() {
+            self.command(&[b"DATA"]);
+            self.data_sent = true;
+        }
     }
 
     /// Consumes server octets: at most one reply line per call. Replies
@@ -429,15 +463,11 @@ impl<'a> Client<'a> {
         self.raw(b"\r\n");
         self.phase = Phase::Mail;
         self.rcpt_next = 0;
+        self.rcpt_sent = 0;
         if self.ext.pipelining {
-            // RFC 2920: MAIL, every RCPT and DATA (or nothing for BDAT) in one flight.
-            for r in env.rcpts {
-                self.command(&[b"RCPT TO:<", r, b">"]);
-            }
-            if !self.ext.chunking {
-                self.command(&[b"DATA"]);
-                self.data_sent = true;
-            }
+            // RFC 2920: MAIL, the RCPTs and DATA (or nothing for BDAT) in
+            // one flight, as far as the buffer holds them.
+            self.pipeline_rcpts();
         }
         None
     }
@@ -549,6 +579,7 @@ impl<'a> Client<'a> {
                 if !self.ext.pipelining {
                     if let Some(r) = self.env.rcpts.first() {
                         self.command(&[b"RCPT TO:<", r, b">"]);
+                        self.rcpt_sent = 1;
                     }
                 }
                 if self.env.rcpts.is_empty() {
@@ -564,10 +595,11 @@ impl<'a> Client<'a> {
                 }
                 let n = self.env.rcpts.len() as u16;
                 if self.rcpt_next < n {
-                    if !self.ext.pipelining {
-                        if let Some(r) = self.env.rcpts.get(usize::from(self.rcpt_next)) {
-                            self.command(&[b"RCPT TO:<", r, b">"]);
-                        }
+                    if self.ext.pipelining {
+                        self.pipeline_rcpts();
+                    } else if let Some(r) = self.env.rcpts.get(usize::from(self.rcpt_next)) {
+                        self.command(&[b"RCPT TO:<", r, b">"]);
+                        self.rcpt_sent = self.rcpt_next + 1;
                     }
                 } else if let Some(k) = self.next_after_rcpts() {
                     // The last recipient's reply comes first; the next
@@ -691,10 +723,14 @@ mod tests {
     /// Our client against our receiver, in memory. Returns the client's
     /// events and the message octets the receiver stored.
     fn pair(rcpts: &[&[u8]], msg: &[u8]) -> (V<String>, V<V<u8>>) {
+        pair_max(10, rcpts, msg)
+    }
+
+    fn pair_max(max_recipients: u32, rcpts: &[&[u8]], msg: &[u8]) -> (V<String>, V<V<u8>>) {
         let mut rx = Receiver::new(smtp::Config {
             hostname: "mx.test",
             max_message_size: 1 << 20,
-            max_recipients: 10,
+            max_recipients,
             starttls: false,
             tls: false,
             bare_line_endings: smtp::BareLineEndings::Refuse,
@@ -704,12 +740,14 @@ mod tests {
             env(rcpts, false, msg.len() as u64),
         );
         let (mut events, mut stored, mut body) = (V::new(), V::new(), V::new());
+        // Client octets the receiver has not taken yet (it stops reading
+        // while its replies wait to be sent).
+        let mut c2s: V<u8> = V::new();
         rx.greet();
-        for _ in 0..100 {
+        for _ in 0..1000 {
             // server -> client
             let s2c: V<u8> = rx.output().to_vec();
             rx.output_sent(s2c.len());
-            let mut c2s: V<u8> = V::new();
             let mut pos = 0;
             loop {
                 let st = cl.feed(&s2c[pos..]);
@@ -745,6 +783,9 @@ mod tests {
             // client -> server
             let mut pos = 0;
             loop {
+                if rx.is_closed() {
+                    break;
+                }
                 let st = rx.feed(&c2s[pos..]);
                 pos += st.consumed;
                 match st.event {
@@ -770,6 +811,7 @@ mod tests {
                     None => {}
                 }
             }
+            c2s.drain(..pos.min(c2s.len()));
             if cl.is_closed() && rx.is_closed() {
                 break;
             }
@@ -829,6 +871,67 @@ mod tests {
             ]
         );
         assert_eq!(stored, [MSG.to_vec()]);
+    }
+
+    #[test]
+    fn more_recipients_than_one_flight_holds_all_go_out_whole() {
+        // 300 addresses of ~50 octets: ~19 KB of RCPT commands, far more
+        // than OUTPUT_BUFFER; they go in flights as the replies come.
+        let names: V<V<u8>> = (0..300)
+            .map(|i| format!("recipient-number-{i:04}@a-rather-long-domain.example").into_bytes())
+            .collect();
+        let mut rcpts: V<&[u8]> = names.iter().map(V::as_slice).collect();
+        rcpts[7] = b"deny@y.test";
+        let (events, stored) = pair_max(1000, &rcpts, MSG);
+        let mut want: V<String> = (0..300)
+            .map(|i| format!("rcpt{i}:{}", if i == 7 { 550 } else { 250 }))
+            .collect();
+        want.extend(["send:bdat".into(), "done:250".into()]);
+        assert_eq!(events, want);
+        assert_eq!(stored, [MSG.to_vec()]);
+    }
+
+    #[test]
+    fn pipelined_flights_never_cut_a_command() {
+        // A scripted PIPELINING server without CHUNKING: every command the
+        // client writes is whole, and DATA comes after the last RCPT.
+        let names: V<V<u8>> = (0..200)
+            .map(|i| format!("r{i:03}-padding-padding-padding-padding@y.test").into_bytes())
+            .collect();
+        let rcpts: V<&[u8]> = names.iter().map(V::as_slice).collect();
+        let mut script: V<&[u8]> = V::new();
+        script.push(b"220 mx\r\n");
+        script.push(b"250-mx\r\n250 PIPELINING\r\n");
+        script.push(b"250 ok\r\n"); // MAIL
+        for _ in 0..200 {
+            script.push(b"250 ok\r\n");
+        }
+        script.push(b"354 go\r\n");
+        script.push(b"250 queued\r\n");
+        script.push(b"221 bye\r\n");
+        let (events, sent) = scripted(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10), &script);
+        assert_eq!(events.len(), 202, "{events:?}");
+        assert_eq!(events[199], "rcpt199:250");
+        assert_eq!(events[200], "send:data");
+        let lines: V<&str> = sent.split("\r\n").collect();
+        let rcpt_lines: V<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("RCPT"))
+            .collect();
+        assert_eq!(rcpt_lines.len(), 200);
+        for (i, l) in rcpt_lines.iter().enumerate() {
+            assert_eq!(
+                *l,
+                format!("RCPT TO:<{}>", String::from_utf8_lossy(&names[i]))
+            );
+        }
+        let data_at = lines.iter().position(|l| *l == "DATA").expect("DATA");
+        let last_rcpt = lines
+            .iter()
+            .rposition(|l| l.starts_with("RCPT"))
+            .expect("RCPT");
+        assert!(data_at > last_rcpt);
     }
 
     #[test]
