@@ -903,9 +903,7 @@ mod tests {
         script.push(b"220 mx\r\n");
         script.push(b"250-mx\r\n250 PIPELINING\r\n");
         script.push(b"250 ok\r\n"); // MAIL
-        for _ in 0..200 {
-            script.push(b"250 ok\r\n");
-        }
+        script.extend(core::iter::repeat_n(&b"250 ok\r\n"[..], 200));
         script.push(b"354 go\r\n");
         script.push(b"250 queued\r\n");
         script.push(b"221 bye\r\n");
