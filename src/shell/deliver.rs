@@ -289,8 +289,14 @@ fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
 enum Session {
     /// The transaction ran: a result per recipient.
     Done(Vec<Result1>),
+    /// Every recipient was refused for now (4xx): try the next address;
+    /// these results stand if none is left.
+    TempFailed(Vec<Result1>),
     /// Nothing was delivered; try the next address (the reason).
     Next(String),
+    /// The TLS handshake failed (the reason): with opportunistic TLS the
+    /// same address is tried again in clear text, as RFC 7435 allows.
+    TlsFailed(String),
     /// Stop: every recipient failed permanently (the reason).
     Permanent(String),
 }
@@ -303,25 +309,47 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
         Err(r) => return vec![r; routes.len()],
     };
     let mut last = "451 4.4.1 No answer from the next hop".to_string();
+    let mut tempfailed: Option<Vec<Result1>> = None;
     for (host, addr) in targets {
-        let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(s) => s,
-            Err(e) => {
-                last = format!("451 4.4.1 {host} [{addr}]: {e}");
-                continue;
+        // Opportunistic TLS that fails its handshake: once more in clear text.
+        let mut use_tls = true;
+        loop {
+            let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = format!("451 4.4.1 {host} [{addr}]: {e}");
+                    break;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match session(a, m, routes, &host, Conn::Plain(stream), use_tls).await {
+                Ok(Session::Done(results)) => return results,
+                Ok(Session::TempFailed(results)) => {
+                    last = format!("451 4.4.2 every recipient deferred by {host} [{addr}]");
+                    tempfailed = Some(results);
+                }
+                Ok(Session::Next(why)) => last = format!("{why} ({host} [{addr}])"),
+                Ok(Session::TlsFailed(why)) => {
+                    last = format!("{why} ({host} [{addr}])");
+                    if a.mode == TlsMode::Opportunistic && use_tls {
+                        super::log::info(format_args!(
+                            "deliver: {last}; opportunistic TLS, trying again without STARTTLS"
+                        ));
+                        use_tls = false;
+                        continue;
+                    }
+                }
+                Ok(Session::Permanent(why)) => {
+                    return vec![Result1::Bounced(format!("{why} ({host} [{addr}])")); routes.len()]
+                }
+                Err(e) => last = format!("451 4.4.2 {host} [{addr}]: {e}"),
             }
-        };
-        let _ = stream.set_nodelay(true);
-        match session(a, m, routes, &host, Conn::Plain(stream)).await {
-            Ok(Session::Done(results)) => return results,
-            Ok(Session::Next(why)) => last = format!("{why} ({host} [{addr}])"),
-            Ok(Session::Permanent(why)) => {
-                return vec![Result1::Bounced(format!("{why} ({host} [{addr}])")); routes.len()]
-            }
-            Err(e) => last = format!("451 4.4.2 {host} [{addr}]: {e}"),
+            break;
         }
     }
-    vec![Result1::Deferred(last); routes.len()]
+    // The last host that answered every recipient with 4xx keeps its
+    // per-recipient replies; otherwise the last reason stands for all.
+    tempfailed.unwrap_or_else(|| vec![Result1::Deferred(last); routes.len()])
 }
 
 async fn session(
@@ -330,6 +358,7 @@ async fn session(
     routes: &[u16],
     host: &str,
     mut conn: Conn,
+    use_tls: bool,
 ) -> io::Result<Session> {
     let rcpts: Vec<&[u8]> = routes
         .iter()
@@ -347,7 +376,7 @@ async fn session(
     let cfg = client::Config {
         helo: a.helo,
         tls: a.mode,
-        tls_available: true,
+        tls_available: use_tls,
     };
     let mut cl = Client::new(cfg, env);
     let mut results: Vec<Option<Result1>> = vec![None; rcpts.len()];
@@ -393,16 +422,22 @@ async fn session(
                 Event::Failed { why, reply } => {
                     let t = reply.map(|r| text(&r));
                     return Ok(match (why, reply) {
-                        (Failure::NoRecipients, _) => Session::Done(
-                            results
+                        (Failure::NoRecipients, _) => {
+                            let done: Vec<Result1> = results
                                 .iter()
                                 .map(|r| {
                                     r.clone().unwrap_or_else(|| {
                                         Result1::Deferred("451 4.3.0 not tried".into())
                                     })
                                 })
-                                .collect(),
-                        ),
+                                .collect();
+                            // All 4xx: another MX may take them (RFC 5321 §5.1).
+                            if done.iter().all(|r| matches!(r, Result1::Deferred(_))) {
+                                Session::TempFailed(done)
+                            } else {
+                                Session::Done(done)
+                            }
+                        }
                         (Failure::Needs8BitMime, _) => Session::Next(
                             "451 4.6.3 the next hop does not offer 8BITMIME for this 8-bit message"
                                 .into(),
@@ -449,7 +484,7 @@ async fn session(
                             cl.tls_established();
                         }
                         Err(e) => {
-                            return Ok(Session::Next(format!(
+                            return Ok(Session::TlsFailed(format!(
                                 "451 4.7.5 TLS handshake with {host} failed: {e}"
                             )))
                         }
