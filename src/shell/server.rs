@@ -142,6 +142,22 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             path.display()
         ));
     }
+    for (path, from, to) in &scan.damaged {
+        super::log::warn(format_args!(
+            "spool: {} is damaged at octets {from}..{to}: skipped (the records after it are \
+             read; a copy as found is in {}/); a message in the damaged range is lost",
+            path.display(),
+            cfg.spool_dir.join(spool::CORRUPT_DIR).display()
+        ));
+    }
+    for path in &scan.foreign {
+        super::log::warn(format_args!(
+            "spool: {} is not a {} segment: moved whole to {}/, not read",
+            path.display(),
+            String::from_utf8_lossy(spool::SEGMENT_MAGIC),
+            cfg.spool_dir.join(spool::CORRUPT_DIR).display()
+        ));
+    }
     super::log::info(format_args!(
         "spool: recovered {} message(s) from {}",
         scan.messages.len(),

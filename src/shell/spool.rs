@@ -8,13 +8,18 @@
 //! without that record the message does not exist. One writer thread owns
 //! the open segment; sessions hand it framed records, and one `fdatasync`
 //! makes durable every message committed since the previous one (group
-//! commit). Recovery reads every frame whose CRC holds, drops a torn tail,
-//! and never reads past a bad frame.
+//! commit). Recovery reads every frame whose CRC holds. A bad frame with
+//! nothing valid after it is a torn tail (a crash mid-write; nothing in it
+//! was acknowledged) and is cut. A bad frame with valid frames after it is
+//! damage, not a crash: the damaged octets are skipped, the records after
+//! them are read, the file is never cut, and a copy goes to `corrupt/`
+//! for the operator. A segment of an unknown format is moved to
+//! `corrupt/` whole, never truncated.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -310,8 +315,13 @@ pub fn parse_id(s: &str) -> Option<u64> {
 pub struct Scan {
     /// Complete messages, oldest first.
     pub messages: Vec<Stored>,
-    /// Segments with a bad or torn frame: path and the length that is good.
+    /// Segments with a torn tail: path and the length that is good.
     pub torn: Vec<(PathBuf, u64)>,
+    /// Damaged octet ranges skipped inside segments: path, from, to.
+    pub damaged: Vec<(PathBuf, u64, u64)>,
+    /// Files named like segments that do not start with [`SEGMENT_MAGIC`]
+    /// (another format version, or not ours).
+    pub foreign: Vec<PathBuf>,
     /// Highest segment number seen.
     pub last_segment: u64,
     /// Highest message id seen.
@@ -347,10 +357,15 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     for (n, path) in segs {
         scan.last_segment = scan.last_segment.max(n);
         let path = Arc::new(path);
-        let good = scan_segment(&path, &mut chunks, &mut statuses, &mut warned, &mut scan)?;
         let len = fs::metadata(path.as_path())?.len();
-        if good < len {
-            scan.torn.push((path.as_path().to_path_buf(), good));
+        match scan_segment(&path, &mut chunks, &mut statuses, &mut warned, &mut scan)? {
+            None if len >= SEGMENT_MAGIC.len() as u64 => {
+                scan.foreign.push(path.as_path().to_path_buf());
+            }
+            // Shorter than the magic: a crash while the segment was made.
+            None => scan.torn.push((path.as_path().to_path_buf(), 0)),
+            Some(good) if good < len => scan.torn.push((path.as_path().to_path_buf(), good)),
+            Some(_) => {}
         }
     }
     // Replay the status records in order: the latest one wins.
@@ -364,6 +379,51 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
     }
     Ok(scan)
 }
+
+/// Reads one frame into `payload`; false when it is cut short, not a
+/// frame, too large or fails its CRC.
+fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> bool {
+    let mut head = [0u8; FRAME_HEAD];
+    if r.read_exact(&mut head).is_err() || head[0] != b'S' {
+        return false;
+    }
+    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+    let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
+    if len > MAX_FRAME {
+        return false;
+    }
+    payload.resize(len as usize, 0);
+    r.read_exact(payload).is_ok() && CASTAGNOLI.checksum(payload) == crc
+}
+
+/// The offset of the first valid frame (CRC and record) at or after
+/// `from` in the segment at `path`, if any. Only run after a bad frame,
+/// so reading the rest of the segment into memory is fine.
+fn next_frame(path: &Path, from: u64) -> io::Result<Option<u64>> {
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest)?;
+    let mut payload = Vec::new();
+    for (i, _) in rest.iter().enumerate().filter(|(_, &b)| b == b'S') {
+        let Some(head) = rest.get(i..i + FRAME_HEAD) else {
+            break;
+        };
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len as u64 > u64::from(MAX_FRAME) || i + FRAME_HEAD + len > rest.len() {
+            continue;
+        }
+        let mut at = &rest[i..];
+        if read_frame(&mut at, &mut payload) && postcard::take_from_bytes::<Head>(&payload).is_ok()
+        {
+            return Ok(Some(from + i as u64));
+        }
+    }
+    Ok(None)
+}
+
+/// Where segments that recovery could not use are kept for the operator.
+pub const CORRUPT_DIR: &str = "corrupt";
 
 /// The states a message starts with: pending, or bounced for a recipient
 /// the policy refused while the message itself was accepted.
@@ -386,31 +446,32 @@ fn scan_segment(
     statuses: &mut HashMap<u64, Vec<(u16, RcptState)>>,
     warned: &mut HashSet<u64>,
     scan: &mut Scan,
-) -> io::Result<u64> {
+) -> io::Result<Option<u64>> {
     let file = File::open(path.as_path())?;
     let mut r = BufReader::with_capacity(256 * 1024, file);
     let mut magic = [0u8; 8];
     if r.read_exact(&mut magic).is_err() || &magic != SEGMENT_MAGIC {
-        return Ok(0);
+        return Ok(None);
     }
     let mut pos = SEGMENT_MAGIC.len() as u64;
     let mut payload = Vec::new();
     loop {
-        let mut head = [0u8; FRAME_HEAD];
-        if r.read_exact(&mut head).is_err() || head[0] != b'S' {
-            return Ok(pos);
-        }
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-        let crc = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
-        if len > MAX_FRAME {
-            return Ok(pos);
-        }
-        payload.resize(len as usize, 0);
-        if r.read_exact(&mut payload).is_err() || CASTAGNOLI.checksum(&payload) != crc {
-            return Ok(pos);
-        }
-        let Ok((h, data)) = postcard::take_from_bytes::<Head>(&payload) else {
-            return Ok(pos);
+        let parsed = if read_frame(&mut r, &mut payload) {
+            postcard::take_from_bytes::<Head>(&payload).ok()
+        } else {
+            None
+        };
+        let Some((h, data)) = parsed else {
+            // A bad frame: damage if a valid one follows, else the tail.
+            match next_frame(path.as_path(), pos + 1)? {
+                Some(next) => {
+                    scan.damaged.push((path.as_path().to_path_buf(), pos, next));
+                    r.seek(SeekFrom::Start(next))?;
+                    pos = next;
+                    continue;
+                }
+                None => return Ok(Some(pos)),
+            }
         };
         let record_id = match &h {
             Head::Chunk { id }
@@ -450,7 +511,7 @@ fn scan_segment(
                 warned.insert(id);
             }
         }
-        pos += FRAME_HEAD as u64 + u64::from(len);
+        pos += (FRAME_HEAD + payload.len()) as u64;
     }
 }
 
@@ -472,6 +533,7 @@ pub struct Spool {
     /// [`Spool::collect`] deletes segments whose messages are all done.
     segments: Arc<Mutex<Segments>>,
     tx: smol::channel::Sender<Job>,
+    durable: Arc<Mutex<Durable>>,
     next_id: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -481,12 +543,45 @@ impl Spool {
     /// starts the writer on a fresh segment.
     pub fn open(dir: &Path) -> io::Result<(Spool, Scan)> {
         fs::create_dir_all(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // The spool directory's own entry, on first start.
+            File::open(parent)?.sync_all()?;
+        }
         let scan = scan(dir)?;
         for (path, good) in &scan.torn {
             // A torn tail is what a crash leaves; nothing in it was acknowledged.
             let f = OpenOptions::new().write(true).open(path)?;
             f.set_len(*good)?;
             f.sync_all()?;
+        }
+        let corrupt = dir.join(CORRUPT_DIR);
+        let keep = |p: &Path, suffix: &str| -> io::Result<PathBuf> {
+            fs::create_dir_all(&corrupt)?;
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            Ok(corrupt.join(format!("{}{suffix}", name.unwrap_or_default())))
+        };
+        for path in &scan.foreign {
+            // Not ours to read, and not ours to cut: out of the way, whole
+            // (never over an earlier one of the same name).
+            let mut to = keep(path, "")?;
+            let mut n = 1;
+            while to.exists() {
+                to = keep(path, &format!(".{n}"))?;
+                n += 1;
+            }
+            fs::rename(path, to)?;
+        }
+        for (path, _, _) in &scan.damaged {
+            // The file stays (its good records are live); a copy as it was,
+            // once (the damage is found again at every start).
+            let to = keep(path, ".damaged")?;
+            if !to.exists() {
+                fs::copy(path, to)?;
+            }
+        }
+        if !scan.foreign.is_empty() || !scan.damaged.is_empty() {
+            File::open(dir)?.sync_all()?;
+            File::open(&corrupt)?.sync_all()?;
         }
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -497,8 +592,10 @@ impl Spool {
             ids: scan.segment_ids.clone(),
             current: PathBuf::new(),
         }));
+        let durable = Arc::new(Mutex::new(Durable::default()));
         let mut w = Writer {
             segments: segments.clone(),
+            durable: durable.clone(),
             dir: dir.to_path_buf(),
             file: None,
             path: Arc::new(PathBuf::new()),
@@ -516,6 +613,7 @@ impl Spool {
             Spool {
                 dir: dir.to_path_buf(),
                 segments,
+                durable,
                 tx,
                 next_id: AtomicU64::new(next_id),
                 writer: Mutex::new(Some(handle)),
@@ -561,6 +659,11 @@ impl Spool {
     /// A new, unique queue id.
     pub fn new_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// How far the spool is on stable storage, and how many syncs it took.
+    pub fn durable(&self) -> Durable {
+        self.durable.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// Free octets on the spool's file system, if known.
@@ -700,6 +803,18 @@ struct Writer {
     pos: u64,
     /// Messages with a failed chunk write: their commit must fail.
     failed: HashSet<u64>,
+    durable: Arc<Mutex<Durable>>,
+}
+
+/// How far the spool is known to be on stable storage.
+#[derive(Debug, Clone, Default)]
+pub struct Durable {
+    /// The segment last synced, and up to which octet.
+    pub segment: PathBuf,
+    /// Octets of `segment` synced.
+    pub upto: u64,
+    /// `fdatasync` calls that acknowledged commits (group commits).
+    pub syncs: u64,
 }
 
 impl Writer {
@@ -816,6 +931,13 @@ impl Writer {
         match res {
             Ok(()) => {
                 self.pos += batch.len() as u64;
+                if sync {
+                    if let Ok(mut d) = self.durable.lock() {
+                        d.segment = self.path.as_path().to_path_buf();
+                        d.upto = self.pos;
+                        d.syncs += 1;
+                    }
+                }
                 Ok(())
             }
             Err(e) => {
@@ -1040,8 +1162,50 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_bit_ends_the_scan_of_that_segment() {
-        let dir = tmpdir("crc");
+    fn commits_are_durable_when_they_return_and_share_syncs() {
+        let dir = tmpdir("group");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        let spool = Arc::new(spool);
+        const N: usize = 64;
+        let ex = smol::Executor::new();
+        let tasks: Vec<_> = (0..N)
+            .map(|i| {
+                let sp = spool.clone();
+                ex.spawn(async move {
+                    let id = sp.new_id();
+                    let body = vec![b'a' + (i % 26) as u8; 2000];
+                    let parts = sp
+                        .commit(id, &env("a@x.test", 2000), &body)
+                        .await
+                        .expect("commit");
+                    // Acknowledged: the record is inside what was synced.
+                    let d = sp.durable();
+                    let last = parts.last().expect("part");
+                    assert_eq!(d.segment, *last.segment.as_path());
+                    assert!(d.upto >= last.offset + last.len, "{d:?} vs {last:?}");
+                })
+            })
+            .collect();
+        smol::block_on(ex.run(async {
+            for t in tasks {
+                t.await;
+            }
+        }));
+        let d = spool.durable();
+        assert!(
+            d.syncs >= 1 && d.syncs < N as u64,
+            "{} syncs for {N} concurrent commits",
+            d.syncs
+        );
+        if let Ok(sp) = Arc::try_unwrap(spool) {
+            sp.close();
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn damage_is_skipped_and_what_follows_is_read_never_cut() {
+        let dir = tmpdir("damage");
         let (spool, _) = Spool::open(&dir).expect("open");
         for i in 0..3u64 {
             let id = spool.new_id();
@@ -1050,13 +1214,59 @@ mod tests {
         }
         spool.close();
         let s = scan(&dir).expect("scan");
-        assert_eq!(s.messages.len(), 3);
-        let p = &s.messages[1].parts[0];
+        let p = s.messages[1].parts[0].clone();
         let mut bytes = fs::read(p.segment.as_path()).expect("read");
         bytes[p.offset as usize] ^= 0x40;
         fs::write(p.segment.as_path(), &bytes).expect("write");
-        let s = scan(&dir).expect("scan");
-        assert_eq!(s.messages.len(), 1, "no record after a bad CRC is trusted");
+        let len = bytes.len() as u64;
+        let (spool2, s) = Spool::open(&dir).expect("reopen");
+        let got: Vec<Vec<u8>> = s.messages.iter().map(|m| m.read().expect("read")).collect();
+        assert_eq!(
+            got,
+            [b"0".to_vec(), b"2".to_vec()],
+            "the third message is read"
+        );
+        assert_eq!(s.damaged.len(), 1);
+        assert!(s.torn.is_empty(), "damage is not a torn tail");
+        assert_eq!(
+            fs::metadata(p.segment.as_path()).expect("meta").len(),
+            len,
+            "never cut"
+        );
+        let copy = dir.join(CORRUPT_DIR).join(format!(
+            "{}.damaged",
+            p.segment.file_name().expect("name").to_string_lossy()
+        ));
+        assert_eq!(fs::read(&copy).expect("copy"), bytes);
+        spool2.close();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_of_another_format_is_moved_aside_whole() {
+        let dir = tmpdir("foreign");
+        fs::create_dir_all(&dir).expect("dir");
+        let old = dir.join("seg-0000000000000001.log");
+        let content = b"SLSPOOL1 some older records that this version cannot read".to_vec();
+        fs::write(&old, &content).expect("write");
+        let (spool, s) = Spool::open(&dir).expect("open");
+        assert_eq!(s.foreign, std::slice::from_ref(&old));
+        assert!(!old.exists());
+        let moved = dir.join(CORRUPT_DIR).join("seg-0000000000000001.log");
+        assert_eq!(fs::read(&moved).expect("moved"), content, "kept whole");
+        // New mail still goes in.
+        let id = spool.new_id();
+        smol::block_on(spool.commit(id, &env("a@x.test", 2), b"ok")).expect("commit");
+        spool.close();
+        // A second old file of the same name does not overwrite the first.
+        fs::write(&old, b"SLSPOOL2 another").expect("write");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        spool.close();
+        assert_eq!(fs::read(&moved).expect("moved"), content);
+        assert!(dir
+            .join(CORRUPT_DIR)
+            .join("seg-0000000000000001.log.1")
+            .exists());
         let _ = fs::remove_dir_all(&dir);
     }
 
