@@ -144,6 +144,7 @@ pub enum Event<'a> {
 
 /// What a feed did.
 #[must_use = "consumed octets must be dropped and the event handled"]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step<'a> {
     /// Octets consumed.

@@ -134,6 +134,7 @@ pub enum Event<'a> {
 
 /// What one call of [`Receiver::feed`] did.
 #[must_use = "consumed bytes must be dropped from the input and the event handled"]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step<'a> {
     /// Input octets consumed; the caller drops them and feeds the rest.

@@ -191,8 +191,8 @@ struct RawListen {
 
 #[derive(Deserialize)]
 struct RawTls {
-    certificate: String,
-    key: String,
+    certificate: Option<String>,
+    key: Option<String>,
     ca: Option<String>,
     client_ca: Option<String>,
 }
@@ -319,6 +319,36 @@ impl Config {
                 .max(1),
         };
         let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
+        // `[tls]` may hold only `ca` (outbound verification); a server
+        // certificate needs both its chain and its key.
+        let tls = match raw.tls {
+            Some(RawTls {
+                certificate: Some(c),
+                key: Some(k),
+                client_ca,
+                ..
+            }) => Some(TlsFiles {
+                certificate: rel(&c),
+                key: rel(&k),
+                client_ca: client_ca.as_deref().map(rel),
+            }),
+            Some(RawTls {
+                certificate: None,
+                key: None,
+                client_ca: None,
+                ..
+            })
+            | None => None,
+            Some(RawTls {
+                certificate: None,
+                key: None,
+                client_ca: Some(_),
+                ..
+            }) => return Err("tls.client_ca needs tls.certificate and tls.key".into()),
+            Some(_) => {
+                return Err("tls.certificate and tls.key go together: give both or neither".into())
+            }
+        };
         Ok(Config {
             queue,
             dns: raw.dns,
@@ -328,11 +358,7 @@ impl Config {
             state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),
             spool_dir: rel(raw.spool_dir.as_deref().unwrap_or("spool")),
             listen,
-            tls: raw.tls.map(|t| TlsFiles {
-                certificate: rel(&t.certificate),
-                key: rel(&t.key),
-                client_ca: t.client_ca.as_deref().map(rel),
-            }),
+            tls,
             limits,
             syslog_target: raw.syslog.target.unwrap_or_else(|| "unix:/dev/log".into()),
             syslog_facility: raw.syslog.facility.unwrap_or_else(|| "mail".into()),
@@ -413,6 +439,47 @@ mod tests {
             c.tls.map(|t| t.key),
             Some(PathBuf::from("/etc/sluice/tls/edge1.key"))
         );
+    }
+
+    #[test]
+    fn the_shared_normative_sample_is_accepted_as_written() {
+        // The normative file itself (beside the project), not only our copy.
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sluice.sample.toml");
+        let Ok(text) = std::fs::read_to_string(&shared) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} is missing",
+                shared.display()
+            );
+            return;
+        };
+        assert_eq!(
+            text,
+            include_str!("../../config/sluice.toml"),
+            "config/sluice.toml drifted from the sample"
+        );
+        let c = Config::parse(&text, Path::new("/etc/sluice")).expect("sample parses");
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.listen.iter().all(|l| l.starttls));
+        assert_eq!(c.limits.connections, 1000);
+        assert_eq!(c.limits.connections_per_ip, 50);
+        assert_eq!(c.limits.bare_line_endings, BareLineEndings::Refuse);
+        assert_eq!(c.queue.retry.len(), 7);
+        assert_eq!(c.queue.retry[6], Duration::from_secs(4 * 3600));
+        assert_eq!(c.queue.warn_after, Duration::from_secs(4 * 3600));
+        assert_eq!(c.queue.expire_after, Duration::from_secs(2 * 86400));
+        assert_eq!(c.queue.concurrency, 100);
+        assert_eq!(c.queue.concurrency_per_destination, 10);
+    }
+
+    #[test]
+    fn tls_may_hold_only_the_outbound_ca() {
+        let c =
+            Config::parse("[tls]\nca = \"ca.pem\"\n", Path::new("/etc/sluice")).expect("ca only");
+        assert!(c.tls.is_none());
+        assert_eq!(c.ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
+        let e = Config::parse("[tls]\ncertificate = \"c.pem\"\n", Path::new("/x")).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
     }
 
     #[test]
