@@ -170,6 +170,15 @@ enum Phase {
 }
 
 /// Dot handling at the start of a DATA line.
+/// The header-line scanner's state (see `Receiver::header_octet`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hdr {
+    LineStart,
+    CrAtStart,
+    Name { wsp: bool },
+    Value,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dot {
     /// Nothing held.
@@ -208,8 +217,13 @@ pub struct Receiver<'h> {
     prev_cr: bool,
     dot: Dot,
     in_headers: bool,
-    /// Octets on the current header line, CR excluded (0 at a blank line).
-    hdr_line: u32,
+    /// Where the scan of the current header line is (the grammar of
+    /// [`super::header`], a byte at a time, so both agree on the body).
+    hdr: Hdr,
+    /// Offset of the current header line's first octet.
+    hdr_line_at: u64,
+    /// A field line has been seen (a continuation line before one is body).
+    hdr_field_seen: bool,
     /// End of headers found, to hand out on the next `feed`.
     queued_eoh: Option<u64>,
 }
@@ -240,7 +254,9 @@ impl<'h> Receiver<'h> {
             prev_cr: false,
             dot: Dot::Clear,
             in_headers: true,
-            hdr_line: 0,
+            hdr: Hdr::LineStart,
+            hdr_line_at: 0,
+            hdr_field_seen: false,
             queued_eoh: None,
         }
     }
@@ -742,7 +758,9 @@ impl<'h> Receiver<'h> {
         self.prev_cr = false;
         self.dot = Dot::Clear;
         self.in_headers = true;
-        self.hdr_line = 0;
+        self.hdr = Hdr::LineStart;
+        self.hdr_line_at = 0;
+        self.hdr_field_seen = false;
         self.queued_eoh = None;
     }
 
@@ -764,16 +782,11 @@ impl<'h> Receiver<'h> {
         }
         if self.in_headers {
             for (i, &b) in bytes.iter().enumerate() {
-                match b {
-                    b'\n' if self.hdr_line == 0 => {
-                        // A blank line (CRLF or LF alone) ends the headers.
-                        self.in_headers = false;
-                        self.queued_eoh = Some(start + i as u64 + 1);
-                        break;
-                    }
-                    b'\n' => self.hdr_line = 0,
-                    b'\r' => {}
-                    _ => self.hdr_line = self.hdr_line.saturating_add(1),
+                let at = start + i as u64;
+                if let Some(body) = self.header_octet(b, at) {
+                    self.in_headers = false;
+                    self.queued_eoh = Some(body);
+                    break;
                 }
             }
             if self.in_headers && self.size > MAX_HEADER_BLOCK as u64 {
@@ -785,6 +798,44 @@ impl<'h> Receiver<'h> {
             consumed,
             event: Some(Event::Body(bytes)),
         }
+    }
+
+    /// One octet of the header block at offset `at`; returns where the body
+    /// starts when this octet decides it: after a blank line (CRLF or LF),
+    /// or at the start of a line that is not a field line (no colon, an
+    /// empty name or one with a byte outside `!`..=`~`, a lone CR, a
+    /// continuation before any field), as [`super::header`] decides.
+    fn header_octet(&mut self, b: u8, at: u64) -> Option<u64> {
+        let line_at = self.hdr_line_at;
+        match self.hdr {
+            Hdr::LineStart => match b {
+                b'\n' => return Some(at + 1),
+                b'\r' => self.hdr = Hdr::CrAtStart,
+                b' ' | b'\t' if self.hdr_field_seen => self.hdr = Hdr::Value,
+                b':' => return Some(line_at),
+                b'!'..=b'~' => self.hdr = Hdr::Name { wsp: false },
+                _ => return Some(line_at),
+            },
+            Hdr::CrAtStart => {
+                return Some(if b == b'\n' { at + 1 } else { line_at });
+            }
+            Hdr::Name { wsp } => match b {
+                b':' => {
+                    self.hdr = Hdr::Value;
+                    self.hdr_field_seen = true;
+                }
+                b' ' | b'\t' => self.hdr = Hdr::Name { wsp: true },
+                b'!'..=b'~' if !wsp => {}
+                _ => return Some(line_at),
+            },
+            Hdr::Value => {
+                if b == b'\n' {
+                    self.hdr = Hdr::LineStart;
+                    self.hdr_line_at = at + 1;
+                }
+            }
+        }
+        None
     }
 
     fn bare(&mut self) {
@@ -1527,6 +1578,25 @@ mod tests {
     }
 
     #[test]
+    fn a_line_that_is_not_a_field_ends_the_headers_there() {
+        // No blank line: the body starts at the first line without a colon
+        // (as the header scanner and Postfix's cleanup say), so a long body
+        // is not refused as an oversized header block.
+        let mut msg = b"Subject: x\r\nthis is body\r\n".to_vec();
+        msg.extend(b"more body\r\n".repeat(12_000));
+        let mut c = cfg();
+        c.max_message_size = 1 << 20;
+        let log = session(c, &[TXN, b"DATA\r\n", &msg, b".\r\n"]);
+        assert!(
+            log.events.contains(&"eoh(12)".into()),
+            "{:?}",
+            &log.events[..5]
+        );
+        assert_eq!(log.bodies, [msg]);
+        assert_eq!(&log.replies()[4..], ["354 End d", "250 2.0.0"]);
+    }
+
+    #[test]
     fn an_empty_message_and_a_message_without_headers() {
         let log = session(cfg(), &[TXN, b"DATA\r\n.\r\nDATA\r\n"]);
         assert_eq!(log.bodies, [StdVec::<u8>::new()]);
@@ -1684,6 +1754,23 @@ mod tests {
 
     // ---- properties ----------------------------------------------------
 
+    const HEADER_PIECES: [&[u8]; 14] = [
+        b"Subject: x",
+        b"X-A:1",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b" folded",
+        b"\t",
+        b"no colon",
+        b"a",
+        b":",
+        b"Name :v",
+        b"\xc3\xa9",
+        b"\x00",
+        b".",
+    ];
+
     fn proptest_cfg(normalize: bool) -> Config<'static> {
         let mut c = cfg();
         c.starttls = false; // STARTTLS discards input by design
@@ -1736,6 +1823,27 @@ mod tests {
             let one = session(proptest_cfg(normalize), &bytes);
             prop_assert_eq!(&whole.events, &one.events);
             prop_assert_eq!(&whole.bodies, &one.bodies);
+        }
+
+        #[test]
+        fn the_end_of_headers_agrees_with_the_header_scanner(
+            parts in proptest::collection::vec(0..HEADER_PIECES.len(), 0..40),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let body: StdVec<u8> = parts.iter().flat_map(|&i| HEADER_PIECES[i].iter().copied()).collect();
+            let input = cat(&[TXN, b"DATA\r\n", &body, b"\r\n.\r\n"]);
+            let at = cut.index(input.len() + 1);
+            let log = session(proptest_cfg(true), &[&input[..at], &input[at..]]);
+            prop_assume!(log.bodies.len() == 1);
+            let stored = &log.bodies[0];
+            let scanner = crate::engine::header::end_of_headers(stored, true);
+            let eoh = log.events.iter().find_map(|e| e.strip_prefix("eoh(")
+                .and_then(|r| r.strip_suffix(')')).and_then(|n| n.parse::<usize>().ok()));
+            match eoh {
+                Some(off) => prop_assert_eq!(Some(off), scanner, "{:?}", stored),
+                // No end seen: every line was a field, up to the end.
+                None => prop_assert_eq!(Some(stored.len()), scanner, "{:?}", stored),
+            }
         }
 
         #[test]
