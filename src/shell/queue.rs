@@ -115,6 +115,29 @@ impl Queue {
         self.len() == 0
     }
 
+    /// The live state of every message in the queue, for `sluice queue
+    /// list|show` over the control socket: per message its id, whether a
+    /// delivery holds it now (`busy`), whether the sender was warned, and
+    /// its per-recipient states as the queue has them (which include what
+    /// `flush` and `retry` changed and the spool does not record).
+    pub fn inspect(&self) -> serde_json::Value {
+        let messages: Vec<serde_json::Value> = match self.entries.lock() {
+            Ok(e) => e
+                .values()
+                .map(|x| {
+                    serde_json::json!({
+                        "id": super::spool::format_id(x.msg.id),
+                        "busy": x.busy,
+                        "warned": x.msg.warned,
+                        "states": serde_json::to_value(&x.msg.states).unwrap_or_default(),
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        serde_json::json!({ "ok": true, "now": now(), "messages": messages })
+    }
+
     /// Takes a newly accepted message and wakes the scheduler.
     pub fn add(&self, msg: Stored) {
         if msg.states.iter().all(settled) {
