@@ -56,7 +56,7 @@ def sinks():
         s.ctl.stop()
 
 
-def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None):
+def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None, queue_extra=""):
     """A daemon whose [dns] sends each name in `routes` to a sink port."""
     d = sluice_factory(start=False)
     cfg = open(d.config, encoding="utf-8").read()
@@ -64,7 +64,8 @@ def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expir
     static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
     static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
     cfg += "[queue]\nretry = [%s]\n%s\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (
-        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else ""),
+        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else "")
+        + queue_extra,
         static, static_mx)
     if rules_text:
         rules = tmp_path / "rules.toml"
