@@ -2,7 +2,6 @@
 per-recipient replies in one transaction, a next hop lacking 8BITMIME and
 SMTPUTF8, CHUNKING to a second sluice, the per-destination concurrency
 limit, retry times across a restart, criteria-based routing and journaling."""
-import os
 import re
 import socket
 import socketserver
@@ -11,7 +10,7 @@ import time
 
 from conftest import free_port
 from smtpclient import check, queued_id
-from test_delivery import SAMPLE, Sink, dsn_of, dsns_of, relay, sample_opportunistic, send, states, sinks  # noqa: F401
+from test_delivery import Sink, dsns_of, relay, sample_opportunistic, send, states, sinks  # noqa: F401 (sinks: a fixture)
 
 
 class RawSink:
@@ -255,7 +254,7 @@ def test_chunking_to_a_second_sluice_arrives_intact(sluice_factory, tmp_path):
 
 
 class Proxy:
-    """Forwards one loopback port to another, keeping what the client sent."""
+    """Forwards a loopback port to another, keeping what the client sent."""
 
     def __init__(self, to_port):
         self.upstream = bytearray()
@@ -331,3 +330,89 @@ def test_concurrency_per_destination_is_a_ceiling(sluice_factory, tmp_path):
         assert raw.max_open == 2, "sessions open at once: %d, the limit is 2" % raw.max_open
     finally:
         raw.stop()
+
+
+# ------------------------------------------------ (e) retries and restarts -------
+
+def test_retry_time_and_attempts_survive_a_restart(sluice_factory, tmp_path):
+    down = RawSink(greeting="451 4.3.2 not today")  # every session refused at once
+    try:
+        d = relay(sluice_factory, tmp_path, {"mx.down.test": down.port, "mx": {"down.test": "mx.down.test"}},
+                  retry='"1h"')
+        c = d.session()
+        qid = queued_id(send(c, "a@contoso.com", ["x@down.test"], b"Subject: patience\r\n\r\nbody\r\n"))
+        c.close()
+        before = states(d, qid, ["Deferred"])["states"][0]["Deferred"]
+        assert before["attempts"] == 1 and "451 4.3.2 not today" in before["reason"], before
+        assert before["until"] > time.time() + 3500, before
+        assert down.connections == 1
+        d.restart()
+        time.sleep(3)  # several scheduler ticks
+        after = d.queue_json(qid)
+        assert after["source"] == "daemon", after
+        assert after["states"][0]["Deferred"] == before, (before, after)
+        r = after["recipients"][0]
+        assert (r["attempts"], r["next_attempt"]) == (1, before["until"]), r
+        assert down.connections == 1, "an attempt before the retry time, after the restart"
+        # The operator can still ask for it now.
+        assert d.cli("queue", "retry", qid).returncode == 0
+        deadline = time.time() + 10
+        while time.time() < deadline and d.queue_json(qid)["states"][0]["Deferred"]["attempts"] < 2:
+            time.sleep(0.1)
+        assert d.queue_json(qid)["states"][0]["Deferred"]["attempts"] == 2
+        assert down.connections == 2
+    finally:
+        down.stop()
+
+
+# ------------------------------------- (f) criteria-based routing, journal -------
+
+def test_criteria_based_routing_and_the_journal_recipient(sluice_factory, tmp_path, sinks):
+    onprem, internet, archive = sinks(), sinks(), sinks()
+    d = relay(sluice_factory, tmp_path, {
+        "exch1.contoso.internal": onprem.port, "mx.gmail.test": internet.port,
+        "archive.contoso.internal": archive.port, "hes.trend.example": free_port(),
+        "mx": {"gmail.test": "mx.gmail.test"},
+    }, rules_text=sample_opportunistic())
+    # Exchange Online (127.0.0.2) to an inside recipient: the rule's
+    # use_connector = "onprem" sends it on-premises.
+    o = d.connect(source="127.0.0.2")
+    o.ehlo()
+    r = send(o, "user@contoso.com", ["bob@contoso.com"], b"Subject: cloud to cloud\r\n\r\nbody\r\n")
+    check(r, 250)
+    q1 = queued_id(r)
+    # With X-OriginatorOrg: the exception holds, the rule does not apply
+    # (the address space still sends it on-premises: no loop, no override).
+    r = send(o, "user@contoso.com", ["carol@contoso.com"],
+             b"X-OriginatorOrg: eu.contoso.com\r\nSubject: already on-prem\r\n\r\nbody\r\n")
+    check(r, 250)
+    q2 = queued_id(r)
+    o.close()
+    got = onprem.wait(2)
+    assert sorted(m[1][0] for m in got) == ["bob@contoso.com", "carol@contoso.com"], got
+    r1 = d.queue_json(q1)["routes"][0]
+    r2 = d.queue_json(q2)["routes"][0]
+    assert r1["connector"] == r2["connector"] == "onprem", (r1, r2)
+    route1 = [ln for ln in d.stderr().splitlines() if "ROUTE qid=%s " % q1 in ln]
+    route2 = [ln for ln in d.stderr().splitlines() if "ROUTE qid=%s " % q2 in ln]
+    assert len(route1) == 1 and 'connector onprem chosen by rule "Cloud to cloud via on-premises"' in route1[0], route1
+    assert len(route2) == 1 and "address space of connector onprem matches contoso.com" in route2[0], route2
+    assert "Routed via connector [onprem] (criteria-based routing)" in d.stderr()
+
+    # Journaling: the CEO's mail to the Internet also goes to the journal
+    # mailbox through the journal connector, stamped X-Journaled.
+    c = d.session()
+    r = send(c, "ceo@contoso.com", ["x@gmail.test"], b"Subject: board minutes\r\n\r\nbody\r\n")
+    check(r, 250)
+    qj = queued_id(r)
+    c.close()
+    j = archive.wait(1)[0]
+    assert j[1] == ["journal@journaling.contoso.com"] and j[0] == "ceo@contoso.com", j
+    assert b"\r\nX-Journaled: yes\r\n" in j[2] and b"Subject: board minutes" in j[2], j[2][:500]
+    i = internet.wait(1)[0]
+    assert i[1] == ["x@gmail.test"], i
+    routes = d.queue_json(qj)["routes"]
+    assert sorted((x["rcpt"], x["connector"]) for x in routes) == [
+        ("journal@journaling.contoso.com", "journal"), ("x@gmail.test", "internet")], routes
+    states(d, qj, ["Delivered", "Delivered"])
+    assert len(onprem.messages) == 2
