@@ -10,7 +10,7 @@ import time
 
 from conftest import free_port
 from smtpclient import check, queued_id
-from test_delivery import Sink, dsns_of, relay, sample_opportunistic, send, states, sinks  # noqa: F401 (sinks: a fixture)
+from test_delivery import Sink, dsn_of, dsns_of, relay, sample_opportunistic, send, states, sinks  # noqa: F401 (sinks: a fixture)
 
 
 class RawSink:
@@ -416,3 +416,30 @@ def test_criteria_based_routing_and_the_journal_recipient(sluice_factory, tmp_pa
         ("journal@journaling.contoso.com", "journal"), ("x@gmail.test", "internet")], routes
     states(d, qj, ["Delivered", "Delivered"])
     assert len(onprem.messages) == 2
+
+
+# ----------------------------------------------------- DSN of 8-bit mail -------
+
+def test_a_dsn_quoting_8bit_headers_is_itself_8bit(sluice_factory, tmp_path, sinks):
+    # The DSN quotes the original's UTF-8 Subject: a next hop without
+    # 8BITMIME must not get it (deferred 4.6.3, not sent as 7-bit).
+    hard = sinks(script=["554 5.7.1 go away"])
+    old_home = RawSink(extensions=["ENHANCEDSTATUSCODES"])
+    try:
+        d = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": old_home.port,
+                                             "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
+        c = d.session()
+        c.send(b"MAIL FROM:<a@home.test> BODY=8BITMIME\r\n")
+        check(c.reply(), 250)
+        c.rcpt("x@hard.test")
+        c.send(b"DATA\r\n")
+        check(c.reply(), 354)
+        c.send("Subject: r\u00e9sum\u00e9\r\n\r\nbody\r\n.\r\n".encode("utf-8"))
+        qid = queued_id(c.reply())
+        states(d, qid, ["Notified"])
+        dsn = dsn_of(d, qid)
+        entry = states(d, dsn, ["Deferred"])
+        assert "4.6.3" in entry["states"][0]["Deferred"]["reason"], entry
+        assert old_home.messages == [] and old_home.connections >= 1
+    finally:
+        old_home.stop()
