@@ -2,6 +2,7 @@
 SMTP sinks (aiosmtpd) on loopback, chosen per recipient by the policy; the
 static DNS tables of the config point the names at the sinks."""
 import os
+import re
 import time
 
 import pytest
@@ -55,7 +56,7 @@ def sinks():
         s.ctl.stop()
 
 
-def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None):
+def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None, queue_extra=""):
     """A daemon whose [dns] sends each name in `routes` to a sink port."""
     d = sluice_factory(start=False)
     cfg = open(d.config, encoding="utf-8").read()
@@ -63,7 +64,8 @@ def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expir
     static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
     static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
     cfg += "[queue]\nretry = [%s]\n%s\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (
-        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else ""),
+        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else "")
+        + queue_extra,
         static, static_mx)
     if rules_text:
         rules = tmp_path / "rules.toml"
@@ -93,6 +95,22 @@ def states(d, qid, want, timeout=15):
             return entry
         time.sleep(0.1)
     raise AssertionError("states of %s: %r, wanted %r" % (qid, d.queue_json(qid)["states"], want))
+
+
+def dsns_of(d, qid):
+    """The ids of the DSNs the log says were spooled for `qid`."""
+    return re.findall(r"BOUNCE qid=%s\b.* dsn=([0-9A-F]{16})" % qid, d.stderr())
+
+
+def dsn_of(d, qid, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        ids = dsns_of(d, qid)
+        if ids:
+            assert len(ids) == 1, ids
+            return ids[0]
+        time.sleep(0.1)
+    raise AssertionError("no DSN logged for %s:\n%s" % (qid, d.stderr()))
 
 
 def test_one_message_leaves_by_three_routes(sluice_factory, tmp_path, sinks):
@@ -132,12 +150,12 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     assert "DEFER qid=%s" % qid in d.stderr() and "SEND qid=%s" % qid in d.stderr()
 
     # A 5xx bounces: the sender gets a DSN from <> quoting the reply.
-    hard = sinks(script=["554 5.7.1 go away"])
+    hard = sinks(script=["554 5.7.1 go away", "550 5.1.1 unknown", "550 5.1.1 no bounce address"])
     home = sinks()
     d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port,
                                            "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
     c = d2.session()
-    r = send(c, "a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
+    r0 = r = send(c, "a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
     entry = states(d2, queued_id(r), ["Notified"])
     assert "554 5.7.1 go away" in entry["states"][0]["Notified"]["reason"]
     frm, to, dsn = home.wait(1)[0]
@@ -145,7 +163,22 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     assert b"multipart/report; report-type=delivery-status" in dsn
     assert b"Diagnostic-Code: smtp; 554 5.7.1 go away" in dsn and b"Status: 5.7.1" in dsn
     assert b"Subject: bounce me" in dsn  # the original headers come back
-    # A bounce of a bounce never happens: from <>, no DSN.
+
+    # A bounce of a bounce never happens: a DSN (from <>) that fails in turn
+    # is settled without another DSN.
+    c = d2.session()
+    r = send(c, "a@hard.test", ["y@hard.test"], b"Subject: back to a dead end\r\n\r\nbody\r\n")
+    q2 = queued_id(r)
+    states(d2, q2, ["Notified"])
+    dsn2 = dsn_of(d2, q2)
+    entry = states(d2, dsn2, ["Notified"])
+    assert entry["from"] == "" and entry["rcpts"] == ["a@hard.test"], entry
+    assert "550 5.1.1 no bounce address" in entry["states"][0]["Notified"]["reason"], entry
+    time.sleep(1.5)
+    assert dsns_of(d2, dsn2) == [], d2.stderr()
+    assert [e["id"] for e in d2.queue_list() if e["from"] == ""] == sorted([dsn_of(d2, queued_id(r0)), dsn2]), \
+        d2.queue_list()
+    assert hard.messages == [] and len(home.messages) == 1
 
 
 
@@ -205,8 +238,13 @@ def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path,
     assert "4.4.7" in entry["states"][0]["Notified"]["reason"]
     dsns = home.wait(1)
     assert b"too late" in dsns[0][2] and b"Status: 4.4.7" in dsns[0][2]
-    states(d, q1, ["Notified"])
+    entry = states(d, q1, ["Notified"])
+    assert "550 5.1.1 no such user" in entry["states"][0]["Notified"]["reason"], entry
     time.sleep(1.5)
+    # q2's DSN is logged and spooled; q1 (from <>) got none.
+    assert dsns_of(d, q2) and dsns_of(d, q1) == [], d.stderr()
+    from_null = [e["id"] for e in d.queue_list() if e["from"] == ""]
+    assert set(from_null) <= {q1, dsn_of(d, q2)}, (from_null, q1, d.stderr())
     assert len(home.messages) == 1, "no DSN for a message from <>"
 
 

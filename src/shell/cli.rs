@@ -11,8 +11,10 @@ usage: sluice <command> [--config FILE]
 
   run                          serve SMTP (no --config: embedded default,
                                127.0.0.1:2525, data under ./sluice-data/)
-  queue list [--json]          what the spool holds (daemon running or not)
-  queue show ID [--json|--raw] one message: envelope and content
+  queue list [--json]          per recipient: state, attempts, next attempt,
+                               reason; from the running daemon's queue, or
+                               the spool files when no daemon answers
+  queue show ID [--json|--raw] one message: envelope, states and content
   queue retry ID | delete ID | flush
                                ask the running daemon to retry now, drop a
                                message (no bounce), or retry everything
@@ -117,16 +119,153 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// What the running daemon's queue holds for one message.
+struct LiveEntry {
+    /// A delivery holds it now.
+    busy: bool,
+    /// Per route, the state as the queue has it.
+    states: Vec<spool::RcptState>,
+}
+
+/// Where `queue list|show` got the states from.
+enum Source {
+    /// The running daemon answered on the control socket: its queue's
+    /// entries, by id (a message it no longer holds is finished, and the
+    /// spool's record of it is final).
+    Daemon(std::collections::HashMap<u64, LiveEntry>),
+    /// No daemon answered (why): the spool files only.
+    Spool(String),
+}
+
+impl Source {
+    fn word(&self) -> &'static str {
+        match self {
+            Source::Daemon(_) => "daemon",
+            Source::Spool(_) => "spool",
+        }
+    }
+
+    fn header(&self) -> String {
+        match self {
+            Source::Daemon(_) => "source: daemon (live queue state)".to_string(),
+            Source::Spool(why) => format!("source: spool files ({why})"),
+        }
+    }
+}
+
+/// Asks the running daemon for its queue's state.
+fn live_queue(cfg: &Config) -> Source {
+    let sock = super::install::socket_path(&cfg.state_dir);
+    let reply =
+        match super::install::request(&cfg.state_dir, &serde_json::json!({ "cmd": "queue_state" }))
+        {
+            None => return Source::Spool(format!("no daemon listening on {}", sock.display())),
+            Some(Err(e)) => return Source::Spool(format!("the daemon did not answer: {e}")),
+            Some(Ok(r)) => r,
+        };
+    if reply["ok"].as_bool() != Some(true) {
+        return Source::Spool("the daemon refused the queue_state request".to_string());
+    }
+    let mut live = std::collections::HashMap::new();
+    for m in reply["messages"].as_array().into_iter().flatten() {
+        let Some(id) = m["id"].as_str().and_then(spool::parse_id) else {
+            continue;
+        };
+        let Ok(states) = serde_json::from_value::<Vec<spool::RcptState>>(m["states"].clone())
+        else {
+            continue;
+        };
+        let busy = m["busy"].as_bool().unwrap_or(false);
+        live.insert(id, LiveEntry { busy, states });
+    }
+    Source::Daemon(live)
+}
+
+/// One recipient's state in detail: address, state word, attempts, next
+/// attempt (Unix seconds) and the last reason or reply.
+fn recipient_json(route: Option<&spool::Route>, s: &spool::RcptState) -> serde_json::Value {
+    let (attempts, next, reason) = match s {
+        spool::RcptState::Pending => (0, None, None),
+        spool::RcptState::Deferred {
+            until,
+            attempts,
+            reason,
+        } => (*attempts, Some(*until), Some(reason.as_str())),
+        spool::RcptState::Delivered { reply, .. } => (0, None, Some(reply.as_str())),
+        spool::RcptState::Bounced { reason, .. } | spool::RcptState::Notified { reason, .. } => {
+            (0, None, Some(reason.as_str()))
+        }
+    };
+    serde_json::json!({
+        "rcpt": route.map(|r| lossy(&r.rcpt)),
+        "state": state_word(s),
+        "attempts": attempts,
+        "next_attempt": next,
+        "reason": reason,
+    })
+}
+
+/// A recipient's state on one line, for the text outputs.
+fn recipient_line(route: Option<&spool::Route>, s: &spool::RcptState, now: u64) -> String {
+    let rcpt = route.map(|r| lossy(&r.rcpt)).unwrap_or_default();
+    let detail = match s {
+        spool::RcptState::Pending => String::new(),
+        spool::RcptState::Deferred {
+            until,
+            attempts,
+            reason,
+        } => {
+            let next = if *until <= now {
+                "due now".to_string()
+            } else {
+                format!("next in {}", age(until - now))
+            };
+            format!("  ({attempts} attempt(s), {next}) {reason}")
+        }
+        spool::RcptState::Delivered { reply, .. } => format!("  {reply}"),
+        spool::RcptState::Bounced { reason, .. } | spool::RcptState::Notified { reason, .. } => {
+            format!("  {reason}")
+        }
+    };
+    format!("<{rcpt}>  {}{detail}", state_word(s))
+}
+
 fn queue(cfg: &Config, args: &[&str]) -> i32 {
+    // Only list and show read the queue; the other commands go to the daemon.
+    if !matches!(args.first(), None | Some(&"list" | &"show" | &"--json")) {
+        return queue_control(cfg, args);
+    }
     let scan = match spool::scan(&cfg.spool_dir) {
         Ok(s) => s,
         Err(e) => return fail(&format!("spool {}: {e}", cfg.spool_dir.display())),
     };
+    let source = live_queue(cfg);
+    // The spool's messages with the daemon's states laid over them.
+    let (messages, busy): (Vec<spool::Stored>, Vec<Option<bool>>) = scan
+        .messages
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            let busy = match &source {
+                Source::Daemon(live) => match live.get(&m.id) {
+                    Some(l) => {
+                        if l.states.len() == m.states.len() {
+                            m.states = l.states.clone();
+                        }
+                        Some(l.busy)
+                    }
+                    None => Some(false),
+                },
+                Source::Spool(_) => None,
+            };
+            (m, busy)
+        })
+        .unzip();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let summary = |m: &spool::Stored| {
+    let summary = |m: &spool::Stored, busy: Option<bool>| {
         serde_json::json!({
             "id": spool::format_id(m.id),
             "from": lossy(&m.env.from),
@@ -135,30 +274,51 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             "received": m.env.received,
             "age": now.saturating_sub(m.env.received),
             "states": m.states.iter().map(state_word).collect::<Vec<_>>(),
+            "recipients": m
+                .states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| recipient_json(m.env.routes.get(i), s))
+                .collect::<Vec<_>>(),
+            "source": source.word(),
+            "busy": busy,
         })
     };
     match args {
         ["list"] | [] => {
+            println!("{}", source.header());
             println!(
                 "{:<16}  {:>9}  {:>7}  sender -> recipients",
                 "id", "size", "age"
             );
-            for m in &scan.messages {
+            for (m, b) in messages.iter().zip(&busy) {
                 let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
                 println!(
-                    "{:<16}  {:>9}  {:>7}  <{}> -> {}",
+                    "{:<16}  {:>9}  {:>7}  <{}> -> {}{}",
                     spool::format_id(m.id),
                     m.env.size,
                     age(now.saturating_sub(m.env.received)),
                     lossy(&m.env.from),
-                    rcpts.join(", ")
+                    rcpts.join(", "),
+                    if *b == Some(true) {
+                        "  [in delivery]"
+                    } else {
+                        ""
+                    }
                 );
+                for (i, s) in m.states.iter().enumerate() {
+                    println!("    {}", recipient_line(m.env.routes.get(i), s, now));
+                }
             }
-            println!("{} message(s)", scan.messages.len());
+            println!("{} message(s)", messages.len());
             0
         }
         ["list", "--json"] | ["--json", "list"] => {
-            let v: Vec<_> = scan.messages.iter().map(summary).collect();
+            let v: Vec<_> = messages
+                .iter()
+                .zip(&busy)
+                .map(|(m, b)| summary(m, *b))
+                .collect();
             println!("{}", serde_json::Value::Array(v));
             0
         }
@@ -175,8 +335,9 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             let Some(id) = id else {
                 return usage("queue show needs a queue id");
             };
-            let found = spool::parse_id(id).and_then(|n| scan.messages.iter().find(|m| m.id == n));
-            let Some(m) = found else {
+            let found = spool::parse_id(id)
+                .and_then(|n| messages.iter().zip(&busy).find(|(m, _)| m.id == n));
+            let Some((m, b)) = found else {
                 return fail(&format!("no message {id} in the spool"));
             };
             let bytes = match m.read() {
@@ -191,7 +352,7 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     }
                 }
                 "json" => {
-                    let mut v = summary(m);
+                    let mut v = summary(m, *b);
                     v["helo"] = lossy(&m.env.helo).into();
                     v["peer"] = m.env.peer.clone().into();
                     v["smtputf8"] = m.env.smtputf8.into();
@@ -216,6 +377,7 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     println!("{v}");
                 }
                 _ => {
+                    println!("{}", source.header());
                     println!("id:        {}", spool::format_id(m.id));
                     println!("from:      <{}>", lossy(&m.env.from));
                     for r in &m.env.rcpts {
@@ -225,12 +387,25 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     println!("age:       {}", age(now.saturating_sub(m.env.received)));
                     println!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
                     println!("tls:       {}", m.env.tls);
+                    if *b == Some(true) {
+                        println!("delivery:  in progress");
+                    }
+                    for (i, s) in m.states.iter().enumerate() {
+                        println!("state:     {}", recipient_line(m.env.routes.get(i), s, now));
+                    }
                     println!();
                     print!("{}", lossy(&bytes));
                 }
             }
             0
         }
+        _ => queue_control(cfg, args),
+    }
+}
+
+/// `queue retry|delete|flush`: commands for the running daemon.
+fn queue_control(cfg: &Config, args: &[&str]) -> i32 {
+    match args {
         ["flush"] => queue_command(cfg, serde_json::json!({ "cmd": "queue_flush" })),
         ["retry", id] => queue_command(cfg, serde_json::json!({ "cmd": "queue_retry", "id": id })),
         ["delete", id] => {

@@ -32,6 +32,19 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// What a report we made needs from the next hop: SMTPUTF8 when an
+/// envelope address (the recipient as given or as routed) is not ASCII,
+/// 8BITMIME when any octet of it is 0x80 or above (it quotes the original
+/// headers, which may be UTF-8). So a host lacking them gets it deferred,
+/// never corrupted.
+fn report_flags(to: &[u8], routes: &[super::spool::Route], message: &[u8]) -> (bool, bool) {
+    let smtputf8 = !to.is_ascii()
+        || routes
+            .iter()
+            .any(|r| !r.rcpt.is_ascii() || !r.original.is_ascii());
+    (smtputf8, !message.is_ascii())
+}
+
 /// Nothing more to do for a recipient: delivered, or bounced and the
 /// sender told (a bounced one still owes its DSN).
 fn settled(s: &RcptState) -> bool {
@@ -113,6 +126,29 @@ impl Queue {
     /// Whether the queue is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The live state of every message in the queue, for `sluice queue
+    /// list|show` over the control socket: per message its id, whether a
+    /// delivery holds it now (`busy`), whether the sender was warned, and
+    /// its per-recipient states as the queue has them (which include what
+    /// `flush` and `retry` changed and the spool does not record).
+    pub fn inspect(&self) -> serde_json::Value {
+        let messages: Vec<serde_json::Value> = match self.entries.lock() {
+            Ok(e) => e
+                .values()
+                .map(|x| {
+                    serde_json::json!({
+                        "id": super::spool::format_id(x.msg.id),
+                        "busy": x.busy,
+                        "warned": x.msg.warned,
+                        "states": serde_json::to_value(&x.msg.states).unwrap_or_default(),
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        serde_json::json!({ "ok": true, "now": now(), "messages": messages })
     }
 
     /// Takes a newly accepted message and wakes the scheduler.
@@ -452,7 +488,8 @@ impl Queue {
                 next_hop: r.next_hop.clone(),
                 refused: r.rejected.clone(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let (smtputf8, body8bit) = report_flags(to, &routes, &message);
         let env = super::spool::Envelope {
             from: Vec::new(),
             rcpts: vec![to.to_vec()],
@@ -460,8 +497,8 @@ impl Queue {
             peer: "127.0.0.1:0".into(),
             received: now(),
             size: message.len() as u64,
-            smtputf8: false,
-            body8bit: false,
+            smtputf8,
+            body8bit,
             tls: false,
             body_offset: crate::engine::header::end_of_headers(&message, true).map(|n| n as u64),
             policy: policy.table.version,
@@ -730,5 +767,41 @@ impl Queue {
                 e.remove(&id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(original: &str, rcpt: &str) -> super::super::spool::Route {
+        super::super::spool::Route {
+            original: original.as_bytes().to_vec(),
+            rcpt: rcpt.as_bytes().to_vec(),
+            connector: None,
+            next_hop: NextHop::Mx("example.test".into()),
+            refused: None,
+        }
+    }
+
+    #[test]
+    fn report_flags_follow_the_octets_and_the_addresses() {
+        let ascii = b"Subject: Undelivered\r\n\r\nplain\r\n";
+        let r = [route("a@example.test", "a@example.test")];
+        assert_eq!(report_flags(b"a@example.test", &r, ascii), (false, false));
+        // A quoted UTF-8 header makes the report 8-bit, not SMTPUTF8.
+        let quoted = "Subject: Undelivered\r\n\r\nSubject: caf\u{e9}\r\n".as_bytes();
+        assert_eq!(report_flags(b"a@example.test", &r, quoted), (false, true));
+        assert_eq!(
+            report_flags(b"a@example.test", &r, &[b'x', 0x80]),
+            (false, true)
+        );
+        // A UTF-8 sender (the report's recipient) needs SMTPUTF8.
+        let u = "j\u{f6}rg@example.test";
+        let ru = [route(u, u)];
+        assert_eq!(report_flags(u.as_bytes(), &ru, ascii), (true, false));
+        // Or only the routed address, after a rewrite.
+        let rw = [route("a@example.test", "\u{e4}@example.test")];
+        assert_eq!(report_flags(b"a@example.test", &rw, ascii), (true, false));
     }
 }

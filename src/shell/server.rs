@@ -373,12 +373,14 @@ fn reload(sh: &Shared, path: Option<&std::path::Path>) {
 }
 
 /// The control socket's requests: policy commands (install) and queue
-/// commands (`queue_flush`, `queue_retry`, `queue_delete` with an `id`).
+/// commands (`queue_state`, `queue_flush`, `queue_retry`, `queue_delete`
+/// with an `id`).
 fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> install::Handler {
     use serde_json::json;
     Arc::new(move |req: &serde_json::Value| {
         let id = req["id"].as_str().and_then(spool::parse_id);
         match (req["cmd"].as_str(), id) {
+            (Some("queue_state"), _) => queue.inspect(),
             (Some("queue_flush"), _) => {
                 queue.flush();
                 json!({ "ok": true, "queued": queue.len() })
