@@ -28,6 +28,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// §4.5.3.2 allows 5 minutes for most replies and 10 after the data).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The reply to the end of the data may take longer: the next hop may
+/// scan or spool the message first (RFC 5321 §4.5.3.2.6).
+const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 /// Octets read from the spool and written at a time while streaming.
 const STREAM_CHUNK: usize = 64 * 1024;
 
@@ -382,6 +385,8 @@ async fn session(
     let mut results: Vec<Option<Result1>> = vec![None; rcpts.len()];
     let mut buf = vec![0u8; 8192];
     let (mut start, mut end) = (0usize, 0usize);
+    // The message is out: the next reply is the end of data's.
+    let mut data_sent = false;
     loop {
         // Feed what the server said.
         loop {
@@ -496,6 +501,7 @@ async fn session(
                     cl.output_sent(n);
                     stream_message(&mut conn, m, &head, body_at, bdat).await?;
                     cl.message_sent();
+                    data_sent = true;
                 }
             }
         }
@@ -516,7 +522,12 @@ async fn session(
         if end == buf.len() {
             return Ok(Session::Next("451 4.5.0 reply line too long".into()));
         }
-        let n = timed(REPLY_TIMEOUT, conn.read(&mut buf[end..])).await?;
+        let wait = if data_sent {
+            DATA_END_TIMEOUT
+        } else {
+            REPLY_TIMEOUT
+        };
+        let n = timed(wait, conn.read(&mut buf[end..])).await?;
         if n == 0 {
             return Ok(Session::Next(
                 "451 4.4.2 the next hop closed the connection".into(),
