@@ -101,7 +101,10 @@ def info(p):
 
 
 def policy_source(d):
-    with open(os.path.join(d.state_dir, "policy.toml"), encoding="utf-8") as f:
+    # state.json names the active generation directory.
+    with open(os.path.join(d.state_dir, "state.json"), encoding="utf-8") as f:
+        gen = json.load(f)["policy"]["dir"]
+    with open(os.path.join(d.state_dir, gen, "policy.toml"), encoding="utf-8") as f:
         return f.read()
 
 
