@@ -303,14 +303,25 @@ impl Installer {
     /// to the state directory, then swapped in for new sessions. A file
     /// that does not compile changes nothing.
     pub fn apply_text(&self, source: &str, via: &str) -> Result<Applied, Vec<String>> {
-        let (policy, blob, warnings) = compile(source)?;
+        let refused = |errors: Vec<String>| {
+            super::log::event_warn(
+                super::log::Kind::Policy,
+                format_args!(
+                    "install via {via} refused: {} error(s), first: {}",
+                    errors.len(),
+                    errors.first().map(String::as_str).unwrap_or("-")
+                ),
+            );
+            errors
+        };
+        let (policy, blob, warnings) = compile(source).map_err(refused)?;
         let version = policy.table.version;
         let _g = self
             .lock
             .lock()
-            .map_err(|_| vec!["install lock poisoned".to_string()])?;
+            .map_err(|_| refused(vec!["install lock poisoned".to_string()]))?;
         self.write_state(source, &blob, version, via)
-            .map_err(|e| vec![format!("state {}: {e}", self.state_dir.display())])?;
+            .map_err(|e| refused(vec![format!("state {}: {e}", self.state_dir.display())]))?;
         self.swap(policy);
         super::log::event(
             super::log::Kind::Policy,

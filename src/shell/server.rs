@@ -709,6 +709,15 @@ async fn session(
                         let status = Some(status);
                         txn.data.clear();
                         txn.head = Vec::new();
+                        // The rule execution log first: why it was refused.
+                        for l in &outcome.log {
+                            super::log::event(
+                                super::log::Kind::Rule,
+                                Some(&id),
+                                message_id.as_deref(),
+                                format_args!("{l}"),
+                            );
+                        }
                         super::log::event(
                             super::log::Kind::Reject,
                             Some(&id),
@@ -811,15 +820,15 @@ async fn session(
                                     ),
                                 );
                             }
-                            if outcome.result != "NoAction" {
-                                for l in &outcome.log {
-                                    super::log::event(
-                                        super::log::Kind::Rule,
-                                        Some(&id),
-                                        message_id.as_deref(),
-                                        format_args!("{l}"),
-                                    );
-                                }
+                            // Also when no rule acted: the log then says
+                            // which rules were evaluated and that none held.
+                            for l in &outcome.log {
+                                super::log::event(
+                                    super::log::Kind::Rule,
+                                    Some(&id),
+                                    message_id.as_deref(),
+                                    format_args!("{l}"),
+                                );
                             }
                         }
                         Err(e) => {
