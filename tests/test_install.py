@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import signal
+import smtplib
+import ssl
 import stat
 import subprocess
 import time
@@ -126,6 +128,63 @@ def test_sighup_reloads_the_config_atomically(sluice_factory):
     c = d.session()
     check(c.cmd("NOOP"), 250)
     c.close()
+
+
+def served_certificate(d):
+    """The DER certificate the daemon presents after STARTTLS."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = smtplib.SMTP(d.host, d.port, local_hostname="client.test", timeout=10)
+    try:
+        s.ehlo()
+        code, resp = s.starttls(context=ctx)
+        assert code == 220, (code, resp)
+        return s.sock.getpeercert(binary_form=True)
+    finally:
+        s.close()
+
+
+def pem_to_der(path):
+    with open(path, encoding="ascii") as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def wait_stderr(d, text, count=1, timeout=5):
+    deadline = time.time() + timeout
+    while d.stderr().count(text) < count and time.time() < deadline:
+        time.sleep(0.05)
+    assert d.stderr().count(text) >= count, d.stderr()
+
+
+def test_sighup_serves_the_new_certificate_and_names_what_needs_a_restart(sluice_factory, tmp_path):
+    d = sluice_factory(tls=True)
+    old = pem_to_der(d.cert)
+    assert served_certificate(d) == old
+    # A new key and certificate, put in place of the old files.
+    cert, key = str(tmp_path / "new.crt"), str(tmp_path / "new.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "3", "-subj", "/CN=edge1.test",
+                    "-addext", "subjectAltName=DNS:edge1.test"], check=True, capture_output=True, timeout=30)
+    key_path = os.path.join(os.path.dirname(d.cert), "key.pem")
+    shutil.copy(key, key_path + ".new")
+    shutil.copy(cert, d.cert + ".new")
+    os.rename(key_path + ".new", key_path)
+    os.rename(d.cert + ".new", d.cert)
+    new = pem_to_der(d.cert)
+    assert new != old
+    # Until the SIGHUP, the old one.
+    assert served_certificate(d) == old
+    # And a section that is not reloaded changes too: the daemon says so.
+    cfg = open(d.config, encoding="utf-8").read()
+    assert 'retry = ["1h"]' in cfg, cfg
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(cfg.replace('retry = ["1h"]', 'retry = ["2h"]'))
+    d.signal(signal.SIGHUP)
+    wait_stderr(d, "reloaded")
+    assert served_certificate(d) == new
+    assert "[queue] changed; takes effect after a restart" in d.stderr(), d.stderr()
+    assert "[dns] changed" not in d.stderr() and "[[listen]] changed" not in d.stderr(), d.stderr()
 
 
 @pytest.mark.skipif(not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"),

@@ -326,16 +326,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn reload(sh: &Shared, path: Option<&std::path::Path>) {
     let result = Config::load(path).and_then(|cfg| {
         let old = sh.live();
-        if cfg.listen.len() != old.cfg.listen.len()
-            || cfg
-                .listen
-                .iter()
-                .zip(&old.cfg.listen)
-                .any(|(a, b)| a.address != b.address)
-            || cfg.spool_dir != old.cfg.spool_dir
-        {
+        for section in old.cfg.restart_only_changes(&cfg) {
             super::log::warn(format_args!(
-                "SIGHUP: listeners and spool_dir change only with a restart"
+                "SIGHUP: {section} changed; takes effect after a restart"
             ));
         }
         Live::load(cfg)
