@@ -2,6 +2,7 @@
 control socket, refusal of a bad file, sessions in flight keeping their
 policy, restart on the last installed policy, rollback, status, SIGHUP, and
 the SSH forced-command path with a real OpenSSH server on loopback."""
+import getpass
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SLUICE_BIN, free_port
+from conftest import SLUICE_BIN, free_port, needs_tool
 from smtpclient import check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -187,8 +188,7 @@ def test_sighup_serves_the_new_certificate_and_names_what_needs_a_restart(sluice
     assert "[dns] changed" not in d.stderr() and "[[listen]] changed" not in d.stderr(), d.stderr()
 
 
-@pytest.mark.skipif(not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"),
-                    reason="OpenSSH server (Debian openssh-server) not installed")
+@needs_tool(os.path.exists("/usr/sbin/sshd"), "OpenSSH server (Debian openssh-server) not installed")
 def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
     d = sluice_factory()
     ssh_dir = tmp_path / "ssh"
@@ -222,7 +222,7 @@ def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
                 time.sleep(0.1)
         ssh = ["ssh", "-i", str(user_key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-               "root@127.0.0.1"]
+               "%s@127.0.0.1" % getpass.getuser()]
         before = status(d)["policy"]["version"]
         # The operator's command; the forced command replaces whatever is asked.
         p = subprocess.run(ssh + ["sluice", "rules", "apply", "-"], input=sample_text().encode(),

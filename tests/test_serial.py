@@ -22,12 +22,12 @@ import time
 
 import pytest
 
-from conftest import SLUICE_BIN
+from conftest import SLUICE_BIN, needs_tool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
 
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+pytestmark = needs_tool(shutil.which("socat") is not None, "socat is not installed")
 
 
 # ---------------------------------------------------------------------------

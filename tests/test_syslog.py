@@ -34,30 +34,11 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, needs_tool
 from smtpclient import make_message
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "shell")
-
-pytestmark = pytest.mark.skipif(RSYSLOGD is None,
-                                reason="rsyslogd not found (install the Debian package rsyslog)")
-
-
-def daemon_logs_to_syslog():
-    """True once `sluice run` calls log::init (until then the daemon logs to stderr only)."""
-    for name in ("server.rs", "cli.rs", "mod.rs"):
-        try:
-            with open(os.path.join(SRC, name), encoding="utf-8") as f:
-                if "log::init(" in f.read():
-                    return True
-        except OSError:
-            pass
-    return False
-
-
-needs_wiring = pytest.mark.skipif(not daemon_logs_to_syslog(),
-                                  reason="`sluice run` does not call log::init yet")
+pytestmark = needs_tool(RSYSLOGD is not None, "rsyslogd not found (install the Debian package rsyslog)")
 
 FACILITY_MAIL = 2
 SEV_INFO, SEV_WARNING = 6, 4
@@ -288,7 +269,6 @@ def events_of(lines, qid, kind):
     return out
 
 
-@needs_wiring
 @pytest.mark.parametrize("transport", ["udp", "tcp", "unix"])
 def test_message_life_in_rsyslog(rsyslog, sluice_factory, transport):
     d = with_target(sluice_factory(start=False), rsyslog.target(transport))
@@ -462,7 +442,6 @@ def test_whole_life_of_a_message_in_rsyslog(rsyslog, sluice_factory, tmp_path):
         sink.ctl.stop()
 
 
-@needs_wiring
 def test_facility_from_config(rsyslog, sluice_factory):
     d = with_target(sluice_factory(start=False), rsyslog.target("udp"), facility="local3")
     d.start()
@@ -471,7 +450,6 @@ def test_facility_from_config(rsyslog, sluice_factory):
     assert {ln.facility for ln in lines} == {19}, lines
 
 
-@needs_wiring
 def test_rsyslog_restart_tcp_reconnects(rsyslog, sluice_factory):
     """The server goes away and comes back: later events arrive on a new connection."""
     d = with_target(sluice_factory(start=False), rsyslog.target("tcp"))
@@ -510,7 +488,6 @@ def assert_mail_flows(d, n=20, per_message=2.0):
     assert len({e["id"] for e in d.queue_list()} & set(qids)) == n
 
 
-@needs_wiring
 @pytest.mark.parametrize("kind", ["udp", "tcp", "unix-missing", "unix-stuck"])
 def test_dead_target_never_blocks_mail(sluice_factory, dead_port, kind):
     stuck = None
