@@ -198,8 +198,8 @@ def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True, timeout=30)
     forced = "%s rules apply --config %s -" % (SLUICE_BIN, d.config)
     auth = ssh_dir / "authorized_keys"
-    auth.write_text('command="%s",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding %s'
-                    % (forced, open(str(user_key) + ".pub").read()))
+    # The README's line.
+    auth.write_text('restrict,command="%s" %s' % (forced, open(str(user_key) + ".pub").read()))
     os.chmod(auth, 0o600)
     port = free_port()
     conf = ssh_dir / "sshd_config"
