@@ -26,6 +26,26 @@ sys.path.insert(0, os.path.dirname(__file__))
 from smtpclient import RawSMTP, check  # noqa: E402
 
 SLUICE_BIN = os.environ.get("SLUICE_BIN", "/work/main/target/debug/sluice")
+
+
+def needs_tool(available, reason):
+    """Mark for tests that need an outside tool (socat, sshd, rsyslogd):
+    skipped when it is missing, except under CI (the CI environment
+    variable set), where a missing tool fails the test instead."""
+    if available or not os.environ.get("CI"):
+        return pytest.mark.skipif(not available, reason=reason)
+    return pytest.mark.missing_tool(reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "missing_tool(reason): a needed tool is missing under CI: fail")
+
+
+@pytest.fixture(autouse=True)
+def _fail_when_a_tool_is_missing_under_ci(request):
+    m = request.node.get_closest_marker("missing_tool")
+    if m is not None:
+        pytest.fail("CI is set and %s" % m.args[0], pytrace=False)
 HOSTNAME = "edge1.test"
 # Every domain a test sends to or from: given a static MX so no DNS is needed.
 TEST_DOMAINS = ["example.test", "exämple.test", "xn--exmple-cua.test", "x", "y",

@@ -2,17 +2,20 @@
 control socket, refusal of a bad file, sessions in flight keeping their
 policy, restart on the last installed policy, rollback, status, SIGHUP, and
 the SSH forced-command path with a real OpenSSH server on loopback."""
+import getpass
 import json
 import os
 import shutil
 import signal
+import smtplib
+import ssl
 import stat
 import subprocess
 import time
 
 import pytest
 
-from conftest import SLUICE_BIN, free_port
+from conftest import SLUICE_BIN, free_port, needs_tool
 from smtpclient import check
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,8 +131,64 @@ def test_sighup_reloads_the_config_atomically(sluice_factory):
     c.close()
 
 
-@pytest.mark.skipif(not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"),
-                    reason="OpenSSH server (Debian openssh-server) not installed")
+def served_certificate(d):
+    """The DER certificate the daemon presents after STARTTLS."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = smtplib.SMTP(d.host, d.port, local_hostname="client.test", timeout=10)
+    try:
+        s.ehlo()
+        code, resp = s.starttls(context=ctx)
+        assert code == 220, (code, resp)
+        return s.sock.getpeercert(binary_form=True)
+    finally:
+        s.close()
+
+
+def pem_to_der(path):
+    with open(path, encoding="ascii") as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def wait_stderr(d, text, count=1, timeout=5):
+    deadline = time.time() + timeout
+    while d.stderr().count(text) < count and time.time() < deadline:
+        time.sleep(0.05)
+    assert d.stderr().count(text) >= count, d.stderr()
+
+
+def test_sighup_serves_the_new_certificate_and_names_what_needs_a_restart(sluice_factory, tmp_path):
+    d = sluice_factory(tls=True)
+    old = pem_to_der(d.cert)
+    assert served_certificate(d) == old
+    # A new key and certificate, put in place of the old files.
+    cert, key = str(tmp_path / "new.crt"), str(tmp_path / "new.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "3", "-subj", "/CN=edge1.test",
+                    "-addext", "subjectAltName=DNS:edge1.test"], check=True, capture_output=True, timeout=30)
+    key_path = os.path.join(os.path.dirname(d.cert), "key.pem")
+    shutil.copy(key, key_path + ".new")
+    shutil.copy(cert, d.cert + ".new")
+    os.rename(key_path + ".new", key_path)
+    os.rename(d.cert + ".new", d.cert)
+    new = pem_to_der(d.cert)
+    assert new != old
+    # Until the SIGHUP, the old one.
+    assert served_certificate(d) == old
+    # And a section that is not reloaded changes too: the daemon says so.
+    cfg = open(d.config, encoding="utf-8").read()
+    assert 'retry = ["1h"]' in cfg, cfg
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(cfg.replace('retry = ["1h"]', 'retry = ["2h"]'))
+    d.signal(signal.SIGHUP)
+    wait_stderr(d, "reloaded")
+    assert served_certificate(d) == new
+    assert "[queue] changed; takes effect after a restart" in d.stderr(), d.stderr()
+    assert "[dns] changed" not in d.stderr() and "[[listen]] changed" not in d.stderr(), d.stderr()
+
+
+@needs_tool(os.path.exists("/usr/sbin/sshd"), "OpenSSH server (Debian openssh-server) not installed")
 def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
     d = sluice_factory()
     ssh_dir = tmp_path / "ssh"
@@ -139,8 +198,8 @@ def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True, timeout=30)
     forced = "%s rules apply --config %s -" % (SLUICE_BIN, d.config)
     auth = ssh_dir / "authorized_keys"
-    auth.write_text('command="%s",no-pty,no-port-forwarding,no-agent-forwarding,no-X11-forwarding %s'
-                    % (forced, open(str(user_key) + ".pub").read()))
+    # The README's line.
+    auth.write_text('restrict,command="%s" %s' % (forced, open(str(user_key) + ".pub").read()))
     os.chmod(auth, 0o600)
     port = free_port()
     conf = ssh_dir / "sshd_config"
@@ -163,7 +222,7 @@ def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
                 time.sleep(0.1)
         ssh = ["ssh", "-i", str(user_key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
                "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-               "root@127.0.0.1"]
+               "%s@127.0.0.1" % getpass.getuser()]
         before = status(d)["policy"]["version"]
         # The operator's command; the forced command replaces whatever is asked.
         p = subprocess.run(ssh + ["sluice", "rules", "apply", "-"], input=sample_text().encode(),

@@ -22,12 +22,12 @@ import time
 
 import pytest
 
-from conftest import SLUICE_BIN
+from conftest import SLUICE_BIN, needs_tool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
 
-pytestmark = pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+pytestmark = needs_tool(shutil.which("socat") is not None, "socat is not installed")
 
 
 # ---------------------------------------------------------------------------
@@ -101,7 +101,10 @@ def info(p):
 
 
 def policy_source(d):
-    with open(os.path.join(d.state_dir, "policy.toml"), encoding="utf-8") as f:
+    # state.json names the active generation directory.
+    with open(os.path.join(d.state_dir, "state.json"), encoding="utf-8") as f:
+        gen = json.load(f)["policy"]["dir"]
+    with open(os.path.join(d.state_dir, gen, "policy.toml"), encoding="utf-8") as f:
         return f.read()
 
 

@@ -6,7 +6,10 @@ socket in a temp dir, writing everything it gets to a file in
 RSYSLOG_SyslogProtocol23Format; no system service is touched. Then a sluice
 whose `[syslog] target` points there receives one message, and the file must
 hold its RECEIVE and ROUTE lines with the same queue id (and the Message-ID)
-in structured data, app name sluice, facility mail.
+in structured data, app name sluice, facility mail. A whole life goes
+further: RULE, SEND to a capturing sink (aiosmtpd, static DNS), BOUNCE for a
+recipient the sink refuses, REJECT of a message a rule refuses (after its
+RULE lines), and POLICY for an install and a refused one.
 
 The targets' formats (src/shell/log.rs): udp and tcp (RFC 6587 octet
 counting) carry RFC 5424 with MSGID and structured data as fields; the unix
@@ -31,30 +34,11 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, needs_tool
 from smtpclient import make_message
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src", "shell")
-
-pytestmark = pytest.mark.skipif(RSYSLOGD is None,
-                                reason="rsyslogd not found (install the Debian package rsyslog)")
-
-
-def daemon_logs_to_syslog():
-    """True once `sluice run` calls log::init (until then the daemon logs to stderr only)."""
-    for name in ("server.rs", "cli.rs", "mod.rs"):
-        try:
-            with open(os.path.join(SRC, name), encoding="utf-8") as f:
-                if "log::init(" in f.read():
-                    return True
-        except OSError:
-            pass
-    return False
-
-
-needs_wiring = pytest.mark.skipif(not daemon_logs_to_syslog(),
-                                  reason="`sluice run` does not call log::init yet")
+pytestmark = needs_tool(RSYSLOGD is not None, "rsyslogd not found (install the Debian package rsyslog)")
 
 FACILITY_MAIL = 2
 SEV_INFO, SEV_WARNING = 6, 4
@@ -285,7 +269,6 @@ def events_of(lines, qid, kind):
     return out
 
 
-@needs_wiring
 @pytest.mark.parametrize("transport", ["udp", "tcp", "unix"])
 def test_message_life_in_rsyslog(rsyslog, sluice_factory, transport):
     d = with_target(sluice_factory(start=False), rsyslog.target(transport))
@@ -321,7 +304,144 @@ def test_message_life_in_rsyslog(rsyslog, sluice_factory, transport):
     assert d.running()
 
 
-@needs_wiring
+LIFE_RULES = """
+version = 1
+[[inbound]]
+name = "loopback"
+kind = "organization"
+client_ips = ["127.0.0.0/8", "::1/128"]
+
+[[connector]]
+name = "internet"
+address_spaces = ["*"]
+
+[[rule]]
+name = "Refuse marked"
+if = { header = "X-Refuse-Me" }
+then = { reject = "550 5.7.1 Marked for refusal" }
+"""
+
+
+def life_daemon(sluice_factory, tmp_path, target, sink_port):
+    """A daemon on LIFE_RULES whose static DNS sends sink.test to the sink,
+    retrying after 1 s, logging to target."""
+    d = sluice_factory(start=False)
+    rules = tmp_path / "life-rules.toml"
+    rules.write_text(LIFE_RULES, encoding="utf-8")
+    with open(d.config, encoding="utf-8") as f:
+        cfg = f.read()
+    cfg = 'rules = "%s"\n' % rules + cfg[:cfg.index("[queue]")]
+    cfg += ('[queue]\nretry = ["1s"]\n\n[dns]\nservers = ["127.0.0.1:1"]\n'
+            'static = { "mx.sink.test" = ["127.0.0.1:%d"] }\n'
+            'static_mx = { "sink.test" = [[10, "mx.sink.test"]] }\n\n'
+            '[syslog]\ntarget = "%s"\n' % (sink_port, target))
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write(cfg)
+    d.start()
+    return d
+
+
+def grep_kinds(text, needle):
+    """The MSGIDs, in order, of the lines containing needle."""
+    out = []
+    for raw in text.splitlines():
+        if needle in raw and raw.strip():
+            ln = Line(raw)
+            assert ln.app == "sluice", raw
+            out.append(ln.msgid)
+    return out
+
+
+def test_whole_life_of_a_message_in_rsyslog(rsyslog, sluice_factory, tmp_path):
+    """Accepted, its rules, routed, sent to one recipient, bounced for the
+    other (the next hop refuses it with a 5xx); a second message refused by a
+    rule; a policy installed and one refused. One grep by queue id follows
+    each message."""
+    from test_delivery import Sink
+
+    class RefusingSink(Sink):
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+            if address.startswith("nobody@"):
+                return "550 5.1.1 No such user here"
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
+
+    sink = RefusingSink()
+    sink.ctl.start()
+    try:
+        d = life_daemon(sluice_factory, tmp_path, rsyslog.target("udp"), sink.port)
+        # 1. Accepted: one recipient delivered, one refused by the next hop.
+        mid = "<whole-life.%d@client.test>" % os.getpid()
+        msg = make_message("whole life", msgid=mid, sender="alice@sink.test", to="bob@sink.test")
+        s = smtplib.SMTP(d.host, d.port, local_hostname="client.test", timeout=10)
+        try:
+            s.ehlo()
+            assert s.mail("alice@sink.test")[0] == 250
+            assert s.rcpt("bob@sink.test")[0] == 250
+            assert s.rcpt("nobody@sink.test")[0] == 250
+            code, resp = s.data(msg)
+            assert code == 250, (code, resp)
+            # 2. Refused by a rule: RULE lines, then REJECT.
+            rmid = "<refused.%d@client.test>" % os.getpid()
+            s.rset()
+            assert s.mail("alice@sink.test")[0] == 250
+            assert s.rcpt("bob@sink.test")[0] == 250
+            code, rresp = s.data(make_message("refuse me", msgid=rmid, to="bob@sink.test",
+                                              extra_headers=b"X-Refuse-Me: yes\r\n"))
+            assert code == 550, (code, rresp)
+            s.quit()
+        finally:
+            s.close()
+        qid = re.search(rb"queued as <?([^\s>]+)", resp).group(1).decode()
+
+        lines = rsyslog.wait_for(lambda ls: events_of(ls, qid, "SEND") and events_of(ls, qid, "BOUNCE")
+                                 and any(ln.msgid == "REJECT" for ln in ls), timeout=20)
+        assert [m[1] for m in sink.messages if m[1] == ["bob@sink.test"]], sink.messages
+
+        # One grep by the queue id: the whole story, in order.
+        kinds = grep_kinds(rsyslog.text(), 'qid="%s"' % qid)
+        for k in ("RECEIVE", "ROUTE", "RULE", "SEND", "BOUNCE"):
+            assert k in kinds, (k, kinds, rsyslog.text())
+        assert kinds[0] == "RECEIVE", kinds
+        assert kinds.index("SEND") > kinds.index("ROUTE"), kinds
+        assert "REJECT" not in kinds, kinds
+        send = events_of(lines, qid, "SEND")
+        assert any("bob@sink.test" in t for _, _, t in send), send
+        bounce = events_of(lines, qid, "BOUNCE")
+        assert any("nobody@sink.test" in t for _, _, t in bounce), bounce
+        assert any("550 5.1.1" in t for _, _, t in bounce), bounce
+        for _, params, _ in send + bounce:
+            assert params.get("msgid", "").strip("<>") == mid.strip("<>"), params
+
+        # The refused message: its lines carry a queue id too, and a grep by
+        # it gives the rule log, then the refusal.
+        refused = [ln for ln in lines if rmid.strip("<>") in ln.sd.get("sluice@32473", {}).get("msgid", "")]
+        assert refused, rsyslog.text()
+        rqid = refused[0].sd["sluice@32473"]["qid"]
+        rkinds = grep_kinds(rsyslog.text(), 'qid="%s"' % rqid)
+        assert "RULE" in rkinds and rkinds[-1] == "REJECT", rkinds
+        assert "RECEIVE" not in rkinds and "SEND" not in rkinds, rkinds
+        assert any("Refuse marked" in t for _, _, t in events_of(lines, rqid, "RULE")), lines
+
+        # 3. A policy installed, then one refused: POLICY info and warning.
+        good = tmp_path / "good.toml"
+        good.write_text(LIFE_RULES + "\n# v2\n", encoding="utf-8")
+        p = d.cli("rules", "apply", str(good))
+        assert p.returncode == 0, p
+        bad = tmp_path / "bad.toml"
+        bad.write_text(LIFE_RULES + "\n[[rule]]\nthen = { nonsense = 1 }\n", encoding="utf-8")
+        p = d.cli("rules", "apply", str(bad))
+        assert p.returncode == 1, p
+        lines = rsyslog.wait_for(lambda ls: len([ln for ln in ls if ln.msgid == "POLICY"]) >= 2)
+        policy = [ln for ln in lines if ln.msgid == "POLICY"]
+        assert any(ln.severity == SEV_INFO and "installed" in ln.msg for ln in policy), policy
+        assert any(ln.severity == SEV_WARNING and "refused" in ln.msg and "error" in ln.msg
+                   for ln in policy), policy
+        assert d.running()
+    finally:
+        sink.ctl.stop()
+
+
 def test_facility_from_config(rsyslog, sluice_factory):
     d = with_target(sluice_factory(start=False), rsyslog.target("udp"), facility="local3")
     d.start()
@@ -330,7 +450,6 @@ def test_facility_from_config(rsyslog, sluice_factory):
     assert {ln.facility for ln in lines} == {19}, lines
 
 
-@needs_wiring
 def test_rsyslog_restart_tcp_reconnects(rsyslog, sluice_factory):
     """The server goes away and comes back: later events arrive on a new connection."""
     d = with_target(sluice_factory(start=False), rsyslog.target("tcp"))
@@ -369,7 +488,6 @@ def assert_mail_flows(d, n=20, per_message=2.0):
     assert len({e["id"] for e in d.queue_list()} & set(qids)) == n
 
 
-@needs_wiring
 @pytest.mark.parametrize("kind", ["udp", "tcp", "unix-missing", "unix-stuck"])
 def test_dead_target_never_blocks_mail(sluice_factory, dead_port, kind):
     stuck = None

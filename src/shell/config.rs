@@ -57,7 +57,7 @@ pub struct Config {
 }
 
 /// `[queue]`: retries, warning, expiry, concurrency.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
     /// Waits between attempts; the last repeats.
     pub retry: Vec<Duration>,
@@ -85,7 +85,7 @@ impl Default for QueueConfig {
 }
 
 /// One listening socket.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     /// `ip:port`, e.g. `127.0.0.1:2525` or `[::1]:2525`.
     pub address: String,
@@ -222,6 +222,35 @@ impl Config {
             }
             None => Config::parse(DEFAULT_CONFIG, Path::new(".")),
         }
+    }
+
+    /// The parts of `new` that differ from `self` and that a SIGHUP does
+    /// not reload (only the hostname, `[limits]` and the inbound TLS
+    /// files are): listeners, paths, the rule file, `[queue]`, `[dns]`,
+    /// `[tls] ca`, `[syslog]`, `[upload]`. Named as in the config file.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |changed: bool, name: &'static str| {
+            if changed {
+                out.push(name);
+            }
+        };
+        check(self.listen != new.listen, "[[listen]]");
+        check(self.spool_dir != new.spool_dir, "spool_dir");
+        check(self.state_dir != new.state_dir, "state_dir");
+        check(self.rules != new.rules, "rules");
+        check(self.queue != new.queue, "[queue]");
+        check(self.dns != new.dns, "[dns]");
+        check(self.ca != new.ca, "[tls] ca");
+        check(
+            self.syslog_target != new.syslog_target || self.syslog_facility != new.syslog_facility,
+            "[syslog]",
+        );
+        check(
+            self.upload_serial != new.upload_serial || self.upload_baud != new.upload_baud,
+            "[upload]",
+        );
+        out
     }
 
     /// Parses config text; relative paths are joined to `base`.
@@ -487,6 +516,37 @@ mod tests {
         let c = Config::load(None).expect("default");
         assert_eq!(c.listen[0].address, "127.0.0.1:2525");
         assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn a_reload_names_the_sections_that_need_a_restart() {
+        let base = "hostname = \"a\"\n[[listen]]\naddress = \"127.0.0.1:25\"\n";
+        let old = Config::parse(base, Path::new(".")).expect("old");
+        let same = Config::parse(
+            &format!("{base}[limits]\nconnections = 5\n"),
+            Path::new("."),
+        )
+        .expect("limits");
+        assert!(old.restart_only_changes(&same).is_empty());
+        let new = Config::parse(
+            "hostname = \"b\"\nspool_dir = \"s2\"\n[[listen]]\naddress = \"127.0.0.1:26\"\n\
+             [queue]\nretry = [\"1s\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\n[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n\
+             [syslog]\ntarget = \"stderr\"\n[upload]\nbaud = 9600\n",
+            Path::new("."),
+        )
+        .expect("new");
+        assert_eq!(
+            old.restart_only_changes(&new),
+            [
+                "[[listen]]",
+                "spool_dir",
+                "[queue]",
+                "[dns]",
+                "[tls] ca",
+                "[syslog]",
+                "[upload]"
+            ]
+        );
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! and the control socket that `sluice rules apply`, `rules rollback` and
 //! `status` talk to.
 //!
-//! The state directory holds the active policy (`policy.blob`, its source
-//! `policy.toml`, and `policy.json`: version, when, how) and the one before
-//! it (`previous.*`). Files are written to a temporary name, synced, renamed
-//! into place, and the directory synced: a power cut leaves either the old
-//! or the new policy, never half of one. A daemon starts on `policy.blob`
-//! when present. Sessions hold the policy they began with (an `Arc`); an
-//! install swaps the pointer for new sessions only.
+//! The state directory holds one generation directory per installed policy
+//! (`gen-N/policy.blob` and its source `gen-N/policy.toml`, written and
+//! synced before anything points at them) and one pointer file,
+//! `state.json`, naming the active generation and the one before it with
+//! their version, when and how they were installed. `state.json` is
+//! replaced by write, sync, rename, sync(dir): that rename is the single
+//! commit point of an install and of a rollback, so a power cut at any
+//! moment leaves the box booting on either the old or the new policy.
+//! Generations no longer named by `state.json` (an install cut short, or
+//! older than the previous one) are deleted afterwards and at start.
+//! Sessions hold the policy they began with (an `Arc`); an install swaps the
+//! pointer for new sessions only.
 
 use super::config::Config;
 use super::policy::{Policy, DEFAULT_RULES};
@@ -85,6 +90,84 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// The pointer file: the single commit point of the state directory.
+const POINTER: &str = "state.json";
+
+/// Reads the pointer file (`Null` when absent or unreadable).
+fn read_pointer(dir: &Path) -> Value {
+    fs::read_to_string(dir.join(POINTER))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Replaces the pointer file atomically and makes the rename durable.
+fn commit_pointer(dir: &Path, pointer: &Value) -> io::Result<()> {
+    write_atomic(dir, POINTER, pointer.to_string().as_bytes())?;
+    sync_dir(dir)
+}
+
+/// Writes a new generation directory holding `blob` and `source`, every
+/// file and the directory entries synced; returns its name. Nothing points
+/// at it yet.
+fn stage_generation(dir: &Path, source: &str, blob: &[u8]) -> io::Result<String> {
+    let next = generations(dir).into_iter().max().unwrap_or(0) + 1;
+    let name = format!("gen-{next}");
+    let gen = dir.join(&name);
+    fs::create_dir(&gen)?;
+    for (file, data) in [("policy.blob", blob), ("policy.toml", source.as_bytes())] {
+        let mut f = fs::File::create(gen.join(file))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    sync_dir(&gen)?;
+    sync_dir(dir)?;
+    Ok(name)
+}
+
+/// The generation numbers present in `dir`.
+fn generations(dir: &Path) -> Vec<u64> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("gen-"))
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
+}
+
+/// Deletes the generations the pointer does not name, and a pointer
+/// temporary left by a crash. Best effort: leftovers are harmless.
+fn collect_garbage(dir: &Path, pointer: &Value) {
+    let keep = |n: u64| {
+        let name = format!("gen-{n}");
+        ["policy", "previous"]
+            .iter()
+            .any(|k| pointer[k]["dir"].as_str() == Some(name.as_str()))
+    };
+    for n in generations(dir) {
+        if !keep(n) {
+            let _ = fs::remove_dir_all(dir.join(format!("gen-{n}")));
+        }
+    }
+    let _ = fs::remove_file(dir.join(format!(".{POINTER}.tmp")));
+}
+
+/// Loads the policy of the generation named by `entry` (a pointer's
+/// `policy` or `previous`).
+fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
+    let gen = entry["dir"]
+        .as_str()
+        .filter(|g| g.starts_with("gen-") && !g.contains('/'))
+        .ok_or_else(|| "no generation named".to_string())?;
+    let blob = fs::read(dir.join(gen).join("policy.blob")).map_err(|e| format!("{gen}: {e}"))?;
+    decode_blob(blob).map_err(|e| format!("{gen}: {e}"))
+}
+
 fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> {
     let c = rules::compile(source).map_err(|diags| {
         diags
@@ -104,27 +187,56 @@ fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> 
 }
 
 impl Installer {
-    /// Opens the state directory and the policy to start on: the installed
-    /// one, else the config's rule file (or the embedded default), which is
-    /// then installed.
+    /// Opens the state directory and the policy to start on: the one
+    /// `state.json` names as active; if that does not load, the previous
+    /// one (with a warning); else the config's rule file (or the embedded
+    /// default), which is then installed.
     pub fn open(cfg: &Config) -> Result<Installer, String> {
         let dir = cfg.state_dir.clone();
         fs::create_dir_all(&dir).map_err(|e| format!("state {}: {e}", dir.display()))?;
         let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-        if let Ok(blob) = fs::read(dir.join("policy.blob")) {
-            match decode_blob(blob) {
-                Ok(p) => {
-                    return Ok(Installer {
-                        state_dir: dir,
-                        current: RwLock::new(Arc::new(p)),
-                        lock: Mutex::new(()),
-                    })
+        let mut pointer = read_pointer(&dir);
+        let mut loaded = None;
+        if pointer.is_object() {
+            match load_entry(&dir, &pointer["policy"]) {
+                Ok(p) => loaded = Some(p),
+                Err(e) => {
+                    super::log::warn(format_args!(
+                        "state {}: the installed policy does not load ({e})",
+                        dir.display()
+                    ));
+                    match load_entry(&dir, &pointer["previous"]) {
+                        Ok(p) => {
+                            super::log::warn(format_args!(
+                                "state {}: starting on the previous policy",
+                                dir.display()
+                            ));
+                            // It is the active one now; the broken one goes.
+                            pointer = json!({ "policy": pointer["previous"].clone(), "previous": Value::Null });
+                            commit_pointer(&dir, &pointer)
+                                .map_err(|e| format!("state {}: {e}", dir.display()))?;
+                            loaded = Some(p);
+                        }
+                        Err(e) => super::log::warn(format_args!(
+                            "state {}: the previous policy does not load either ({e}); starting from the config's rules",
+                            dir.display()
+                        )),
+                    }
                 }
-                Err(e) => super::log::warn(format_args!(
-                    "state {}: the installed policy does not load ({e}); starting from the config's rules",
-                    dir.display()
-                )),
             }
+        } else if dir.join(POINTER).exists() {
+            super::log::warn(format_args!(
+                "state {}: {POINTER} is unreadable; starting from the config's rules",
+                dir.display()
+            ));
+        }
+        if let Some(p) = loaded {
+            collect_garbage(&dir, &pointer);
+            return Ok(Installer {
+                state_dir: dir,
+                current: RwLock::new(Arc::new(p)),
+                lock: Mutex::new(()),
+            });
         }
         let (source, name, via) = match &cfg.rules {
             Some(p) => (
@@ -171,44 +283,45 @@ impl Installer {
         }
     }
 
-    /// Writes the new state: current files become `previous.*`, the new
-    /// ones `policy.*`; each file is written atomically, then the directory
-    /// is synced.
+    /// Writes the new state: a new generation directory, then the pointer
+    /// naming it active and the old active one previous (the commit
+    /// point), then the generations no longer named are deleted.
     fn write_state(&self, source: &str, blob: &[u8], version: u64, via: &str) -> io::Result<()> {
         let d = &self.state_dir;
-        let meta =
-            json!({ "version": format!("{version:016X}"), "installed_at": now(), "via": via });
-        // Stage the new files first, so a failure leaves the old state whole.
-        write_atomic(d, "incoming.blob", blob)?;
-        write_atomic(d, "incoming.toml", source.as_bytes())?;
-        write_atomic(d, "incoming.json", meta.to_string().as_bytes())?;
-        for ext in ["blob", "toml", "json"] {
-            let cur = d.join(format!("policy.{ext}"));
-            if cur.exists() {
-                fs::rename(&cur, d.join(format!("previous.{ext}")))?;
-            }
-        }
-        for ext in ["blob", "toml", "json"] {
-            fs::rename(
-                d.join(format!("incoming.{ext}")),
-                d.join(format!("policy.{ext}")),
-            )?;
-        }
-        sync_dir(d)
+        let old = read_pointer(d);
+        let gen = stage_generation(d, source, blob)?;
+        let pointer = json!({
+            "policy": { "dir": gen, "version": format!("{version:016X}"), "installed_at": now(), "via": via },
+            "previous": old.get("policy").cloned().unwrap_or(Value::Null),
+        });
+        commit_pointer(d, &pointer)?;
+        collect_garbage(d, &pointer);
+        Ok(())
     }
 
     /// Checks and compiles `source`, then installs it atomically: written
     /// to the state directory, then swapped in for new sessions. A file
     /// that does not compile changes nothing.
     pub fn apply_text(&self, source: &str, via: &str) -> Result<Applied, Vec<String>> {
-        let (policy, blob, warnings) = compile(source)?;
+        let refused = |errors: Vec<String>| {
+            super::log::event_warn(
+                super::log::Kind::Policy,
+                format_args!(
+                    "install via {via} refused: {} error(s), first: {}",
+                    errors.len(),
+                    errors.first().map(String::as_str).unwrap_or("-")
+                ),
+            );
+            errors
+        };
+        let (policy, blob, warnings) = compile(source).map_err(refused)?;
         let version = policy.table.version;
         let _g = self
             .lock
             .lock()
-            .map_err(|_| vec!["install lock poisoned".to_string()])?;
+            .map_err(|_| refused(vec!["install lock poisoned".to_string()]))?;
         self.write_state(source, &blob, version, via)
-            .map_err(|e| vec![format!("state {}: {e}", self.state_dir.display())])?;
+            .map_err(|e| refused(vec![format!("state {}: {e}", self.state_dir.display())]))?;
         self.swap(policy);
         super::log::event(
             super::log::Kind::Policy,
@@ -227,35 +340,19 @@ impl Installer {
             .lock()
             .map_err(|_| "install lock poisoned".to_string())?;
         let d = &self.state_dir;
-        let blob = fs::read(d.join("previous.blob"))
-            .map_err(|_| "no previous policy to roll back to".to_string())?;
-        let policy = decode_blob(blob)?;
-        let version = policy.table.version;
-        // Swap the file sets through temporary names, then sync.
-        for ext in ["blob", "toml", "json"] {
-            let (cur, prev, tmp) = (
-                d.join(format!("policy.{ext}")),
-                d.join(format!("previous.{ext}")),
-                d.join(format!("swap.{ext}")),
-            );
-            let step = || -> io::Result<()> {
-                if cur.exists() {
-                    fs::rename(&cur, &tmp)?;
-                }
-                if prev.exists() {
-                    fs::rename(&prev, &cur)?;
-                }
-                if tmp.exists() {
-                    fs::rename(&tmp, &prev)?;
-                }
-                Ok(())
-            };
-            step().map_err(|e| format!("state {}: {e}", d.display()))?;
+        let old = read_pointer(d);
+        if !old["previous"].is_object() {
+            return Err("no previous policy to roll back to".to_string());
         }
-        // Record how the now-current policy was installed.
-        let meta = json!({ "version": format!("{version:016X}"), "installed_at": now(), "via": format!("rollback, {via}") });
-        write_atomic(d, "policy.json", meta.to_string().as_bytes()).map_err(|e| e.to_string())?;
-        sync_dir(d).map_err(|e| e.to_string())?;
+        let policy = load_entry(d, &old["previous"])?;
+        let version = policy.table.version;
+        // One pointer rewrite swaps the two; it records how the now-current
+        // policy came back.
+        let mut back = old["previous"].clone();
+        back["installed_at"] = now().into();
+        back["via"] = format!("rollback, {via}").into();
+        let pointer = json!({ "policy": back, "previous": old["policy"].clone() });
+        commit_pointer(d, &pointer).map_err(|e| format!("state {}: {e}", d.display()))?;
         self.swap(policy);
         super::log::event(
             super::log::Kind::Policy,
@@ -280,16 +377,11 @@ impl Installer {
 
 /// What the state directory says (works with the daemon stopped).
 pub fn state_status(state_dir: &Path) -> Value {
-    let read = |name: &str| -> Value {
-        fs::read_to_string(state_dir.join(name))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .unwrap_or(Value::Null)
-    };
+    let pointer = read_pointer(state_dir);
     json!({
         "state_dir": state_dir.display().to_string(),
-        "policy": read("policy.json"),
-        "previous": read("previous.json"),
+        "policy": pointer["policy"].clone(),
+        "previous": pointer["previous"].clone(),
         "running": false,
     })
 }
@@ -375,4 +467,195 @@ pub fn request(state_dir: &Path, req: &Value) -> Option<Result<Value, String>> {
         serde_json::from_slice(&line).map_err(|e| format!("bad reply from the daemon: {e}"))
     };
     Some(run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: &str = "\n# policy B\n";
+    const C: &str = "\n# policy C\n";
+
+    fn src(extra: &str) -> String {
+        format!("{DEFAULT_RULES}{extra}")
+    }
+
+    fn version_of(source: &str) -> u64 {
+        compile(source).expect("compiles").0.table.version
+    }
+
+    /// A state directory holding policy B with the embedded default as the
+    /// previous one, and the config that opens it.
+    fn setup(name: &str) -> (PathBuf, Config) {
+        let base =
+            std::env::temp_dir().join(format!("sluice-install-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).expect("mkdir");
+        let cfg = Config::parse("state_dir = \"state\"\n", &base).expect("config");
+        let inst = Installer::open(&cfg).expect("open");
+        inst.apply_text(&src(B), "test").expect("apply B");
+        let dir = cfg.state_dir.clone();
+        (dir, cfg)
+    }
+
+    fn active(cfg: &Config) -> u64 {
+        Installer::open(cfg)
+            .expect("reopen")
+            .current()
+            .table
+            .version
+    }
+
+    fn gens(dir: &Path) -> Vec<u64> {
+        let mut g = generations(dir);
+        g.sort();
+        g
+    }
+
+    /// The pointer an install of `source` staged as `gen` would commit.
+    fn next_pointer(dir: &Path, gen: &str, source: &str) -> Value {
+        json!({
+            "policy": { "dir": gen, "version": format!("{:016X}", version_of(source)), "installed_at": now(), "via": "test" },
+            "previous": read_pointer(dir)["policy"].clone(),
+        })
+    }
+
+    #[test]
+    fn an_install_and_a_reboot_keep_the_new_policy_and_the_previous_one() {
+        let (dir, cfg) = setup("plain");
+        assert_eq!(active(&cfg), version_of(&src(B)));
+        let st = state_status(&dir);
+        assert_eq!(
+            st["policy"]["version"],
+            format!("{:016X}", version_of(&src(B)))
+        );
+        assert_eq!(
+            st["previous"]["version"],
+            format!("{:016X}", version_of(DEFAULT_RULES))
+        );
+        assert_eq!(
+            gens(&dir).len(),
+            2,
+            "only the active and previous generations stay"
+        );
+    }
+
+    #[test]
+    fn a_crash_while_staging_the_generation_boots_on_the_old_policy() {
+        let (dir, cfg) = setup("stage");
+        // Cut off mid-way: the directory and half a blob, no source.
+        let (_, blob, _) = compile(&src(C)).expect("compiles");
+        let gen = dir.join("gen-99");
+        fs::create_dir(&gen).expect("mkdir");
+        fs::write(gen.join("policy.blob"), &blob[..blob.len() / 2]).expect("write");
+        assert_eq!(active(&cfg), version_of(&src(B)));
+        assert!(!gen.exists(), "the torn generation is cleaned up at start");
+        // And the next install still works and keeps B as previous.
+        let inst = Installer::open(&cfg).expect("open");
+        inst.apply_text(&src(C), "test").expect("apply C");
+        assert_eq!(active(&cfg), version_of(&src(C)));
+        assert_eq!(
+            state_status(&dir)["previous"]["version"],
+            format!("{:016X}", version_of(&src(B)))
+        );
+    }
+
+    #[test]
+    fn a_crash_after_staging_before_the_pointer_boots_on_the_old_policy() {
+        let (dir, cfg) = setup("staged");
+        let (_, blob, _) = compile(&src(C)).expect("compiles");
+        stage_generation(&dir, &src(C), &blob).expect("stage");
+        assert_eq!(gens(&dir).len(), 3);
+        assert_eq!(active(&cfg), version_of(&src(B)));
+        assert_eq!(gens(&dir).len(), 2);
+    }
+
+    #[test]
+    fn a_crash_before_the_pointer_rename_boots_on_the_old_policy() {
+        let (dir, cfg) = setup("tmp");
+        let (_, blob, _) = compile(&src(C)).expect("compiles");
+        let gen = stage_generation(&dir, &src(C), &blob).expect("stage");
+        let p = next_pointer(&dir, &gen, &src(C)).to_string();
+        // Whole or torn, a pointer temporary is not the pointer.
+        for tmp in [&p[..], &p[..p.len() / 2]] {
+            fs::write(dir.join(format!(".{POINTER}.tmp")), tmp).expect("write");
+            assert_eq!(active(&cfg), version_of(&src(B)));
+        }
+        assert!(!dir.join(format!(".{POINTER}.tmp")).exists());
+    }
+
+    #[test]
+    fn a_crash_after_the_pointer_rename_boots_on_the_new_policy() {
+        let (dir, cfg) = setup("renamed");
+        let (_, blob, _) = compile(&src(C)).expect("compiles");
+        let gen = stage_generation(&dir, &src(C), &blob).expect("stage");
+        let p = next_pointer(&dir, &gen, &src(C));
+        commit_pointer(&dir, &p).expect("commit");
+        // Crashed before the garbage collection: three generations.
+        assert_eq!(gens(&dir).len(), 3);
+        assert_eq!(active(&cfg), version_of(&src(C)));
+        assert_eq!(gens(&dir).len(), 2, "the oldest generation goes at start");
+        assert_eq!(
+            state_status(&dir)["previous"]["version"],
+            format!("{:016X}", version_of(&src(B)))
+        );
+    }
+
+    #[test]
+    fn a_rollback_cut_before_or_after_its_commit_is_all_or_nothing() {
+        let (dir, cfg) = setup("rollback");
+        let old = read_pointer(&dir);
+        let flipped =
+            json!({ "policy": old["previous"].clone(), "previous": old["policy"].clone() });
+        fs::write(dir.join(format!(".{POINTER}.tmp")), flipped.to_string()).expect("write");
+        assert_eq!(
+            active(&cfg),
+            version_of(&src(B)),
+            "before the rename: unchanged"
+        );
+        commit_pointer(&dir, &flipped).expect("commit");
+        assert_eq!(
+            active(&cfg),
+            version_of(DEFAULT_RULES),
+            "after it: rolled back"
+        );
+        // And the real thing, twice, goes back and forth.
+        let inst = Installer::open(&cfg).expect("open");
+        assert_eq!(
+            inst.rollback("test").expect("rollback").version,
+            version_of(&src(B))
+        );
+        assert_eq!(active(&cfg), version_of(&src(B)));
+        assert!(state_status(&dir)["policy"]["via"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("rollback")));
+        assert_eq!(
+            inst.rollback("test").expect("rollback").version,
+            version_of(DEFAULT_RULES)
+        );
+    }
+
+    #[test]
+    fn a_broken_active_generation_falls_back_to_the_previous_one() {
+        let (dir, cfg) = setup("broken");
+        let gen = read_pointer(&dir)["policy"]["dir"]
+            .as_str()
+            .expect("dir")
+            .to_string();
+        fs::write(dir.join(&gen).join("policy.blob"), b"not a blob").expect("write");
+        assert_eq!(active(&cfg), version_of(DEFAULT_RULES));
+        assert!(read_pointer(&dir)["previous"].is_null());
+        assert!(!dir.join(&gen).exists());
+    }
+
+    #[test]
+    fn a_refused_file_changes_nothing() {
+        let (dir, cfg) = setup("refused");
+        let before = read_pointer(&dir);
+        let inst = Installer::open(&cfg).expect("open");
+        assert!(inst.apply_text("this is = = not toml", "test").is_err());
+        assert_eq!(read_pointer(&dir), before);
+        assert_eq!(gens(&dir).len(), 2);
+        assert_eq!(active(&cfg), version_of(&src(B)));
+    }
 }

@@ -125,6 +125,18 @@ pub fn event(kind: Kind, queue_id: Option<&str>, message_id: Option<&str>, args:
     });
 }
 
+/// A mail event an operator should look at (severity warning, MSGID from
+/// `kind`, no message ids), e.g. a refused policy install.
+pub fn event_warn(kind: Kind, args: Arguments<'_>) {
+    emit(&Record {
+        severity: Severity::Warning,
+        kind: Some(kind),
+        queue_id: None,
+        message_id: None,
+        args,
+    });
+}
+
 /// An ordinary daemon lifecycle line (MSGID `-`).
 pub fn info(args: Arguments<'_>) {
     emit(&Record {

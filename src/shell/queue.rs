@@ -541,7 +541,9 @@ impl Queue {
     async fn expire(&self) {
         let t = now();
         let limit = self.cfg.expire_after.as_secs();
-        let mut expired: Vec<(u64, Vec<(u16, RcptState)>)> = Vec::new();
+        // (message, its Message-ID, the recipients bounced)
+        type Expired = (u64, Option<String>, Vec<(u16, RcptState)>);
+        let mut expired: Vec<Expired> = Vec::new();
         if let Ok(mut e) = self.entries.lock() {
             for entry in e.values_mut().filter(|e| !e.busy) {
                 if t < entry.msg.env.received.saturating_add(limit) {
@@ -559,11 +561,12 @@ impl Queue {
                     }
                 }
                 if !changes.is_empty() {
-                    expired.push((entry.msg.id, changes));
+                    expired.push((entry.msg.id, entry.msg.env.message_id.clone(), changes));
                 }
             }
         }
-        for (id, changes) in expired {
+        for (id, message_id, changes) in expired {
+            let qid = super::spool::format_id(id);
             if let Err(e) = self.spool.record(id, &changes).await {
                 super::log::warn(format_args!(
                     "queue: recording the expiry of {}: {e}",
@@ -572,9 +575,9 @@ impl Queue {
             }
             super::log::event(
                 super::log::Kind::Bounce,
-                None,
-                None,
-                format_args!("id={} expired", super::spool::format_id(id)),
+                Some(&qid),
+                message_id.as_deref(),
+                format_args!("expired: {} recipient(s) after {limit}s", changes.len()),
             );
             self.forget_if_done(id);
         }

@@ -342,16 +342,9 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn reload(sh: &Shared, path: Option<&std::path::Path>) {
     let result = Config::load(path).and_then(|cfg| {
         let old = sh.live();
-        if cfg.listen.len() != old.cfg.listen.len()
-            || cfg
-                .listen
-                .iter()
-                .zip(&old.cfg.listen)
-                .any(|(a, b)| a.address != b.address)
-            || cfg.spool_dir != old.cfg.spool_dir
-        {
+        for section in old.cfg.restart_only_changes(&cfg) {
             super::log::warn(format_args!(
-                "SIGHUP: listeners and spool_dir change only with a restart"
+                "SIGHUP: {section} changed; takes effect after a restart"
             ));
         }
         Live::load(cfg)
@@ -727,6 +720,15 @@ async fn session(
                         let status = Some(status);
                         txn.data.clear();
                         txn.head = Vec::new();
+                        // The rule execution log first: why it was refused.
+                        for l in &outcome.log {
+                            super::log::event(
+                                super::log::Kind::Rule,
+                                Some(&id),
+                                message_id.as_deref(),
+                                format_args!("{l}"),
+                            );
+                        }
                         super::log::event(
                             super::log::Kind::Reject,
                             Some(&id),
@@ -829,15 +831,15 @@ async fn session(
                                     ),
                                 );
                             }
-                            if outcome.result != "NoAction" {
-                                for l in &outcome.log {
-                                    super::log::event(
-                                        super::log::Kind::Rule,
-                                        Some(&id),
-                                        message_id.as_deref(),
-                                        format_args!("{l}"),
-                                    );
-                                }
+                            // Also when no rule acted: the log then says
+                            // which rules were evaluated and that none held.
+                            for l in &outcome.log {
+                                super::log::event(
+                                    super::log::Kind::Rule,
+                                    Some(&id),
+                                    message_id.as_deref(),
+                                    format_args!("{l}"),
+                                );
                             }
                         }
                         Err(e) => {

@@ -16,12 +16,12 @@
 //!
 //! Operator to daemon (seq: `Begin` is 0, `Data` 1..=chunks, `End` chunks+1):
 //!
-//! * `Begin { session, len, chunks, file_crc }` — a new upload; `session` is
+//! * `Begin { session, len, chunks, file_hash }` — a new upload; `session` is
 //!   a random non-zero id, `len` the file's length in octets, `chunks` =
-//!   ceil(len / 256), `file_crc` the CRC-32C (Castagnoli) of the whole file;
+//!   ceil(len / 256), `file_hash` the SHA-256 of the whole file (32 octets);
 //! * `Data { session, seq, bytes }` — 1 to 256 octets of the file, in order,
 //!   so a frame stays under ~280 octets and fits small UART buffers;
-//! * `End { session, seq, file_crc }` — the whole file's CRC-32C again.
+//! * `End { session, seq, file_hash }` — the whole file's SHA-256 again.
 //!
 //! Daemon to operator:
 //!
@@ -30,7 +30,7 @@
 //! * `Nak { session, seq, reason }` — `BadFrame` (resend at once), `OutOfOrder`,
 //!   `NoSession` (the daemon has no such session: it timed out or restarted),
 //!   `Invalid` (inconsistent lengths), `TooLarge` (over 1 MiB), `Mismatch` (the
-//!   assembled file's length or CRC is wrong: nothing was applied);
+//!   assembled file's length or SHA-256 is wrong: nothing was applied);
 //! * `Result { session, ok, text }` — the outcome of applying the file exactly
 //!   as `rules apply` does: `ok` with the report, or the errors (`LINE:COL:
 //!   error: ...`). A repeated `End` of an applied session gets the same
@@ -74,7 +74,14 @@ const MAX_DOWN_FRAME: usize = 80 * 1024;
 const MAX_RESULT_TEXT: usize = 64 * 1024;
 
 const FRAME_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-const FILE_CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// The whole file's SHA-256, carried by `Begin` and `End`.
+type FileHash = [u8; 32];
+
+fn sha256(data: &[u8]) -> FileHash {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, data).as_ref());
+    out
+}
 
 /// The envelope of every frame.
 #[derive(Serialize, Deserialize)]
@@ -91,7 +98,7 @@ enum Up<'a> {
         session: u32,
         len: u32,
         chunks: u32,
-        file_crc: u32,
+        file_hash: FileHash,
     },
     Data {
         session: u32,
@@ -102,7 +109,7 @@ enum Up<'a> {
     End {
         session: u32,
         seq: u32,
-        file_crc: u32,
+        file_hash: FileHash,
     },
 }
 
@@ -474,7 +481,7 @@ struct Session {
     id: u32,
     len: u32,
     chunks: u32,
-    file_crc: u32,
+    file_hash: FileHash,
     /// The next `Data` seq expected (1-based).
     next: u32,
     data: Vec<u8>,
@@ -580,8 +587,8 @@ impl Receiver {
                 session,
                 len,
                 chunks,
-                file_crc,
-            } => self.begin(session, len, chunks, file_crc, now),
+                file_hash,
+            } => self.begin(session, len, chunks, file_hash, now),
             Up::Data {
                 session,
                 seq,
@@ -590,8 +597,8 @@ impl Receiver {
             Up::End {
                 session,
                 seq,
-                file_crc,
-            } => self.end(session, seq, file_crc),
+                file_hash,
+            } => self.end(session, seq, file_hash),
         }
     }
 
@@ -600,7 +607,7 @@ impl Receiver {
         id: u32,
         len: u32,
         chunks: u32,
-        file_crc: u32,
+        file_hash: FileHash,
         now: Instant,
     ) -> Vec<Vec<u8>> {
         let ack = Down::Ack {
@@ -608,7 +615,7 @@ impl Receiver {
             seq: 0,
         };
         if let Some(s) = &mut self.cur {
-            if s.id == id && s.len == len && s.chunks == chunks && s.file_crc == file_crc {
+            if s.id == id && s.len == len && s.chunks == chunks && s.file_hash == file_hash {
                 s.last = now;
                 return reply(&ack);
             }
@@ -641,7 +648,7 @@ impl Receiver {
             id,
             len,
             chunks,
-            file_crc,
+            file_hash,
             next: 1,
             data: Vec::with_capacity(len as usize),
             last: now,
@@ -684,7 +691,7 @@ impl Receiver {
         reply(&ack)
     }
 
-    fn end(&mut self, id: u32, seq: u32, file_crc: u32) -> Vec<Vec<u8>> {
+    fn end(&mut self, id: u32, seq: u32, file_hash: FileHash) -> Vec<Vec<u8>> {
         if let Some(d) = &self.done {
             if d.id == id && d.end_seq == seq {
                 return vec![d.reply.clone()];
@@ -711,11 +718,11 @@ impl Receiver {
         if seq != s.chunks + 1
             || s.next != s.chunks + 1
             || s.data.len() != s.len as usize
-            || file_crc != s.file_crc
-            || FILE_CRC.checksum(&s.data) != file_crc
+            || file_hash != s.file_hash
+            || sha256(&s.data) != file_hash
         {
             super::log::warn(format_args!(
-                "serial upload: session {id:08x}: assembled file does not match its checksum; nothing applied"
+                "serial upload: session {id:08x}: assembled file does not match its length or SHA-256; nothing applied"
             ));
             return reply(&Down::Nak {
                 session: id,
@@ -860,12 +867,12 @@ fn new_session_id() -> u32 {
 fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> Outcome {
     let len = text.len() as u32;
     let chunks = text.chunks(CHUNK).count() as u32;
-    let file_crc = FILE_CRC.checksum(text);
+    let file_hash = sha256(text);
     let begin = Up::Begin {
         session,
         len,
         chunks,
-        file_crc,
+        file_hash,
     };
     if let Err(o) = exchange(link, &begin, session, 0, t, true) {
         return o;
@@ -885,7 +892,7 @@ fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> Outcome {
     let end = Up::End {
         session,
         seq: end_seq,
-        file_crc,
+        file_hash,
     };
     match exchange(link, &end, session, end_seq, t, true) {
         Err(o) => o,
@@ -1146,7 +1153,7 @@ mod tests {
                     session: 1,
                     len: 10,
                     chunks: 1,
-                    file_crc: 0,
+                    file_hash: [0; 32],
                 })
                 .unwrap();
                 b.retain(|&x| x != 0);
@@ -1357,7 +1364,7 @@ mod tests {
         let (apply, log) = recorder();
         let mut rx = Receiver::new(apply, "t".into(), fast());
         let text = sample(600);
-        let crc = FILE_CRC.checksum(&text);
+        let hash = sha256(&text);
         let mut frame = |m: &Up<'_>| {
             let mut f = encode(m).unwrap();
             f.retain(|&b| b != 0);
@@ -1367,7 +1374,7 @@ mod tests {
             session: 1,
             len: 600,
             chunks: 3,
-            file_crc: crc,
+            file_hash: hash,
         });
         frame(&Up::Data {
             session: 1,
@@ -1469,6 +1476,14 @@ mod tests {
     }
 
     #[test]
+    fn the_file_hash_is_sha_256() {
+        // FIPS 180-2, appendix B.1.
+        let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let got: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn hash_mismatch_applies_nothing() {
         let (apply, log) = recorder();
         let mut rx = Receiver::new(apply, "t".into(), fast());
@@ -1484,7 +1499,7 @@ mod tests {
             session: 4,
             len: 3,
             chunks: 1,
-            file_crc: 1234,
+            file_hash: sha256(b"abd"),
         });
         send(&Up::Data {
             session: 4,
@@ -1494,7 +1509,7 @@ mod tests {
         let r = send(&Up::End {
             session: 4,
             seq: 2,
-            file_crc: 1234,
+            file_hash: sha256(b"abd"),
         });
         assert!(r.contains("Mismatch"), "{r}");
         assert!(log.lock().unwrap().is_empty());
@@ -1516,7 +1531,7 @@ mod tests {
                 session: 3,
                 len,
                 chunks,
-                file_crc: 0,
+                file_hash: [0; 32],
             })
             .unwrap();
             f.retain(|&b| b != 0);
@@ -1568,8 +1583,16 @@ mod tests {
 
     #[test]
     fn over_a_pseudo_terminal() {
-        let Ok((master, slave)) = serialport::TTYPort::pair() else {
-            return; // no ptys in this sandbox
+        let (master, slave) = match serialport::TTYPort::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                // No ptys in this sandbox: fine on a laptop, not in CI.
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI is set and no pseudo-terminal pair: {e}"
+                );
+                return;
+            }
         };
         let (apply, log) = recorder();
         let mw = master.try_clone_native().unwrap();
