@@ -238,13 +238,32 @@ impl Installer {
                 lock: Mutex::new(()),
             });
         }
-        let (source, name, via) = match &cfg.rules {
-            Some(p) => (
+        // A state dir of the layout before generations (policy.toml beside
+        // policy.blob, no pointer): the box keeps its installed policy.
+        let legacy = dir.join("policy.toml");
+        let legacy = if pointer.is_null() && !dir.join(POINTER).exists() {
+            fs::read_to_string(&legacy).ok()
+        } else {
+            None
+        };
+        let (source, name, via) = match (&legacy, &cfg.rules) {
+            (Some(text), _) if compile(text).is_ok() => {
+                super::log::info(format_args!(
+                    "state {}: policy.toml of the older layout taken over as the installed policy",
+                    dir.display()
+                ));
+                (
+                    text.clone(),
+                    dir.join("policy.toml").display().to_string(),
+                    "state (older layout)".to_string(),
+                )
+            }
+            (_, Some(p)) => (
                 fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
                 p.display().to_string(),
                 format!("config {}", p.display()),
             ),
-            None => (
+            (_, None) => (
                 DEFAULT_RULES.to_string(),
                 "(embedded default rules)".into(),
                 "embedded default".into(),
@@ -538,6 +557,31 @@ mod tests {
             2,
             "only the active and previous generations stay"
         );
+    }
+
+    #[test]
+    fn a_state_dir_of_the_older_layout_keeps_its_policy() {
+        let base =
+            std::env::temp_dir().join(format!("sluice-install-legacy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let dir = base.join("state");
+        fs::create_dir_all(&dir).expect("mkdir");
+        // policy.{toml,blob} side by side, as before generations.
+        let (_, blob, _) = compile(&src(C)).expect("compiles");
+        fs::write(dir.join("policy.toml"), src(C)).expect("write");
+        fs::write(dir.join("policy.blob"), &blob).expect("write");
+        let cfg = Config::parse("state_dir = \"state\"\n", &base).expect("config");
+        assert_eq!(
+            active(&cfg),
+            version_of(&src(C)),
+            "taken over, not the default"
+        );
+        assert_eq!(
+            state_status(&dir)["policy"]["via"],
+            "state (older layout)",
+            "and written in the new layout"
+        );
+        let _ = fs::remove_dir_all(&base);
     }
 
     #[test]
