@@ -577,6 +577,52 @@ def test_snapshots_show_the_inbound_rewrite():
     assert "To: johnny@eu.contoso.com\r\n" in rw[0]["after"], t
 
 
+LOCATION_SPECIFIC = re.compile(r"@(eu|us)\.contoso\.com", re.I)
+
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_originating_mail_to_the_internet_leaks_no_location_specific_address(peer):
+    # Inbound rewriting is for mail on the way in: a message the organisation
+    # sends out, even one that names johnny and willie in To/Cc, leaves flat.
+    t = trace("cc_willie.eml", "alice@contoso.com", "x@gmail.com", peer=peer,
+              extra=["--snapshots"], expect_rc=0)
+    assert t["session"]["originating"] is True, t
+    assert t.rcpt("x@gmail.com")["final"] == "x@gmail.com", t
+    assert [h for h in t["headers_rewritten"] if h["name"] in ("To", "Cc")] == [], t
+    assert [s["agent"] for s in t.doc["snapshots"] if s["agent"] == "inbound_rewrite"] == [], t
+    assert not LOCATION_SPECIFIC.search(t.stdout), t
+    assert t.log_lines("ewrit") == [], t
+
+
+def test_originating_mail_to_a_flat_inside_address_is_not_rewritten():
+    # From on-premises to johnny@contoso.com: the organisation's own mail,
+    # delivered by the onprem connector under the flat address.
+    t = trace("cc_willie.eml", "alice@contoso.com", ["johnny@contoso.com", "willie@contoso.com"],
+              peer=ONPREM, expect_rc=0)
+    assert t.rcpt("johnny@contoso.com")["final"] == "johnny@contoso.com", t
+    assert t.rcpt("willie@contoso.com")["final"] == "willie@contoso.com", t
+    assert_route(t, "johnny@contoso.com", "onprem", ONPREM_HOP)
+    assert t["headers_rewritten"] == [], t
+
+
+def test_inbound_rewrite_still_applies_to_anonymous_mail_with_an_outside_address_in_cc():
+    t = trace("cc_willie.eml", "someone@example.org", "johnny@contoso.com", peer=ANON, expect_rc=0)
+    assert t.rcpt("johnny@contoso.com")["final"] == "johnny@eu.contoso.com", t
+    assert {"name": "Cc", "from": "willie@contoso.com", "to": "willie@us.contoso.com"} in t["headers_rewritten"], t
+
+
+def test_snapshots_are_in_pipeline_order():
+    # ceo@contoso.com is journaled (a transport rule adds X-Journaled); the
+    # inbound rewrite of To runs before the transport rules, and is shown first.
+    t = trace("to_johnny.eml", "ceo@contoso.com", "johnny@contoso.com", peer=ANON,
+              extra=["--snapshots"], expect_rc=0)
+    assert [s["agent"] for s in t.doc["snapshots"]] == ["inbound_rewrite", "transport_rules"], t
+    first, second = t.doc["snapshots"]
+    assert "To: johnny@eu.contoso.com\r\n" in first["after"] and "X-Journaled" not in first["after"], t
+    assert second["before"] == first["after"], t
+    assert "X-Journaled: yes\r\n" in second["after"], t
+
+
 def test_null_sender_accepted():
     t = trace("null_sender.eml", "", "user@contoso.com", peer=ANON, expect_rc=0)
     assert t["sender"]["original"] == "" and t["sender"]["final"] == "", t

@@ -248,6 +248,9 @@ fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
             agents.push(*a);
         }
     }
+    // In pipeline order (the agents are declared in it), whatever order
+    // their edits came in.
+    agents.sort();
     for a in agents {
         let before = policy::splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));

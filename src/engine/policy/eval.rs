@@ -1,8 +1,11 @@
 //! Evaluation of a validated [`Table`] for one message, per recipient.
 //!
 //! The agents run in pipeline order (see [`AGENTS`]): header firewall,
-//! hop count, then per recipient the recipient filter, inbound rewriting,
-//! transport rules, CMT and connector selection, then outbound rewriting.
+//! hop count, inbound rewriting of To/Cc, then per recipient the recipient
+//! filter, inbound rewriting, transport rules, CMT and connector selection,
+//! then outbound rewriting. Inbound rewriting applies only to mail coming
+//! in (non-originating sessions), outbound only to mail going out
+//! (originating sessions). Header edits reach the [`Sink`] in that order.
 //! Nothing here allocates: results go to a caller's [`Sink`] as they are
 //! decided, addresses as [`Addr`] pieces (of the input or of the table),
 //! header edits as spans of the original header block.
@@ -690,6 +693,21 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             return Verdict::HopCount;
         }
     }
+    // OnSubmittedMessage: inbound rewriting of To/Cc (the envelope
+    // recipients follow per recipient), before any later agent's edits.
+    // Inbound means on the way in: only mail from a non-originating
+    // session, so mail the organisation sends out keeps its flat addresses.
+    let inbound_rewriting = t.enabled(Agent::InboundRewrite) && !m.attribution.originating;
+    if inbound_rewriting {
+        rewrite_fields(
+            t,
+            m,
+            Direction::Inbound,
+            &[b"To", b"Cc"],
+            Agent::InboundRewrite,
+            sink,
+        );
+    }
     let stamped = t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some();
     let mut ev = Eval {
         t,
@@ -733,8 +751,8 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             ev.sink.decision(rcpt, &d);
             continue;
         }
-        // OnSubmittedMessage: inbound rewriting.
-        if t.enabled(Agent::InboundRewrite) {
+        // OnSubmittedMessage: inbound rewriting, for mail coming in only.
+        if inbound_rewriting {
             if let Some(a) = rewrite(t, Direction::Inbound, orig, 0) {
                 d.addr = a;
                 ev.sink
@@ -913,17 +931,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         sink.edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
         sink.note(Agent::Cmt, Note::CmtStamped);
     }
-    // Inbound rewriting of To/Cc; outbound of the sender, From and Reply-To.
-    if t.enabled(Agent::InboundRewrite) {
-        rewrite_fields(
-            t,
-            m,
-            Direction::Inbound,
-            &[b"To", b"Cc"],
-            Agent::InboundRewrite,
-            sink,
-        );
-    }
+    // Outbound rewriting of the sender, From and Reply-To.
     let mut sender = Addr::of(m.sender);
     if t.enabled(Agent::OutboundRewrite) && m.attribution.originating {
         if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
