@@ -21,7 +21,7 @@ use crate::engine::limits::{
     MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
 use crate::engine::policy::{
-    Action, AgentSlot, Condition, Connector, Direction, Group, Inbound, InboundKind, List,
+    Action, Agent, AgentSlot, Condition, Connector, Direction, Group, Inbound, InboundKind, List,
     Location, Net, Rewrite, Rule, Space, Span, Str, Table, TlsPolicy, AGENTS,
 };
 use regex_automata::dfa::{dense, StartKind};
@@ -1702,6 +1702,15 @@ fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
         }
         seen.push((i, name.at()));
         let enabled = f.get("enabled").and_then(|v| get_bool(cx, v, "enabled"));
+        if enabled == Some(false) && AGENTS.get(i).is_some_and(|a| a.0 == Agent::RecipientFilter) {
+            let at = f.get("enabled").map_or(name.at(), |v| v.span().start);
+            cx.err(
+                at,
+                "agent \"recipient_filter\" cannot be disabled: that would make an open relay \
+                 (any client could relay to any domain)",
+            );
+            continue;
+        }
         let priority = f
             .get("priority")
             .and_then(|v| get_int(cx, v, "priority", 1, i64::from(u8::MAX)));
