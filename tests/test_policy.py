@@ -577,6 +577,25 @@ def test_snapshots_show_the_inbound_rewrite():
     assert "To: johnny@eu.contoso.com\r\n" in rw[0]["after"], t
 
 
+def test_defaults_connector_and_inbound_names_and_rewrite_direction():
+    rules = fx("rules_defaults.toml")
+    t = trace("plain.eml", "alice@a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert t["session"]["inbound"] == "Inbound 1" and t["session"]["originating"] is True, t
+    assert_route(t, "x@gmail.com", "Connector 1", {"mx": "gmail.com"})
+    t = trace("plain.eml", "someone@example.org", "x@a.test", peer="127.0.0.10", rules=rules, expect_rc=0)
+    assert t["session"]["inbound"] == "Inbound 2" and t["session"]["originating"] is False, t
+    assert_route(t, "x@a.test", "Connector 2", {"smart_hosts": ["inside.a.test:25"]})
+    # a rule names a connector by its default name
+    t = trace("plain.eml", "boss@a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert_route(t, "x@gmail.com", "Connector 3", {"smart_hosts": ["relay.test:25"]},
+                 override="use_connector", rule="Rule 1")
+    # a map without direction is inbound: it rewrites mail coming in, not going out
+    t = trace("to_johnny.eml", "someone@example.org", "johnny@a.test", peer=ANON, rules=rules, expect_rc=0)
+    assert t.rcpt("johnny@a.test")["final"] == "johnny@eu.a.test", t
+    t = trace("plain.eml", "johnny@eu.a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert t["sender"]["final"] == "johnny@eu.a.test", t
+
+
 LOCATION_SPECIFIC = re.compile(r"@(eu|us)\.contoso\.com", re.I)
 
 

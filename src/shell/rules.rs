@@ -1247,14 +1247,15 @@ fn parse_groups(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "inbound") {
+    for (nth, (t, at)) in get_tables(cx, v, "inbound").into_iter().enumerate() {
         let f = Fields::new(
             cx,
             t,
             &["name", "kind", "client_ips", "tls_certificate_name"],
             "[[inbound]]",
         );
-        let Some(name) = name_of(cx, &f, at, "[[inbound]]") else {
+        let default = format!("Inbound {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[inbound]]", Some(default)) else {
             continue;
         };
         if let Some(prev) = m.inbound.iter().find(|i| i.name.v == name.v) {
@@ -1327,11 +1328,26 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn name_of(cx: &mut Cx<'_>, f: &Fields<'_, '_>, at: usize, ctx: &str) -> Option<S> {
+    name_or(cx, f, at, ctx, None)
+}
+
+/// The `name` key, or `default` (at the table's position) when it is
+/// missing; without a default a missing name is an error.
+fn name_or(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_, '_>,
+    at: usize,
+    ctx: &str,
+    default: Option<String>,
+) -> Option<S> {
     match f.get("name") {
-        None => {
-            cx.err(at, format!("{ctx} needs a name"));
-            None
-        }
+        None => match default {
+            Some(v) => Some(S { v, span: at..at }),
+            None => {
+                cx.err(at, format!("{ctx} needs a name"));
+                None
+            }
+        },
         Some(v) => {
             let s = get_str(cx, v, "name")?;
             if s.v.trim().is_empty() || s.v.chars().any(char::is_control) {
@@ -1371,14 +1387,15 @@ fn nets(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<Net> {
 }
 
 fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "connector") {
+    for (nth, (t, at)) in get_tables(cx, v, "connector").into_iter().enumerate() {
         let f = Fields::new(
             cx,
             t,
             &["name", "address_spaces", "smart_hosts", "tls", "cost"],
             "[[connector]]",
         );
-        let Some(name) = name_of(cx, &f, at, "[[connector]]") else {
+        let default = format!("Connector {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[connector]]", Some(default)) else {
             continue;
         };
         if let Some(prev) = m.connectors.iter().find(|c| c.name.v == name.v) {
@@ -1461,18 +1478,12 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn parse_rewrites(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "rewrite") {
+    for (t, _) in get_tables(cx, v, "rewrite") {
         let f = Fields::new(cx, t, &["direction", "map"], "[[rewrite]]");
         let dir = match f.get("direction").and_then(|v| get_str(cx, v, "direction")) {
-            None => {
-                if f.get("direction").is_none() {
-                    cx.err(
-                        at,
-                        "[[rewrite]] needs direction = \"inbound\" or \"outbound\"",
-                    );
-                }
-                None
-            }
+            // No direction: inbound (seed 001's rewrite of what comes in).
+            None if f.get("direction").is_none() => Some(Direction::Inbound),
+            None => None,
             Some(s) => match s.v.as_str() {
                 "inbound" => Some(Direction::Inbound),
                 "outbound" => Some(Direction::Outbound),
