@@ -226,6 +226,26 @@ def test_tls_name_attribution_ignores_case():
     assert t["session"]["inbound"] == "exchange-online", t
 
 
+@pytest.mark.parametrize("name,inbound", [
+    ("mail.protection.outlook.com", "exchange-online"),
+    ("EU1.Protection.Outlook.com", "exchange-online"),
+    ("protection.outlook.com", None),            # no label for the star
+    ("a.mail.protection.outlook.com", None),     # the star is exactly one label
+    ("mail.protection.outlook.com.evil.example", None),
+    ("mailprotection.outlook.com", None),
+])
+def test_wildcard_tls_certificate_name_fits_one_left_most_label(tmp_path, name, inbound):
+    text = open(RULES, encoding="utf-8").read()
+    old = 'tls_certificate_name = "mail.protection.outlook.com"'
+    assert text.count(old) == 1
+    p = tmp_path / "rules.toml"
+    p.write_text(text.replace(old, 'tls_certificate_name = "*.protection.outlook.com"'), encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ANON, rules=str(p),
+              extra=["--tls-name", name], expect_rc=0)
+    assert t["session"]["inbound"] == inbound, t
+    assert t["session"]["originating"] is (inbound is not None), t
+
+
 def test_unknown_tls_name_stays_anonymous():
     t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ANON,
               extra=["--tls-name", "mail.evil.example"], expect_rc=1)

@@ -46,9 +46,29 @@ pub struct Attribution {
     pub blocked: bool,
 }
 
+/// Whether a certificate name `name` fits a connector's
+/// `tls_certificate_name` `pattern`, ignoring case: equal, or, for a
+/// pattern `*.suffix`, exactly one left-most label (non-empty, no `*`)
+/// followed by `.suffix` (RFC 6125 §6.4.3: `*.contoso.com` fits
+/// `mail.contoso.com`, not `contoso.com` nor `a.b.contoso.com`).
+pub fn tls_name_matches(pattern: &[u8], name: &[u8]) -> bool {
+    if pattern.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    let Some(suffix) = pattern.strip_prefix(b"*") else {
+        return false;
+    };
+    if suffix.first() != Some(&b'.') || name.len() <= suffix.len() {
+        return false;
+    }
+    let (label, tail) = name.split_at(name.len() - suffix.len());
+    tail.eq_ignore_ascii_case(suffix) && !label.iter().any(|&b| b == b'.' || b == b'*')
+}
+
 /// Attributes a client (`ip` IPv4-mapped for IPv4) with an optional TLS
 /// certificate name: the first inbound connector, in file order, whose
-/// networks contain the address or whose TLS name equals the name.
+/// networks contain the address or whose TLS name fits the name
+/// ([`tls_name_matches`]).
 pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attribution {
     let blocked = t.enabled(Agent::ConnectionFilter) && nets(t, t.blocked).any(|n| n.contains(ip));
     if !t.enabled(Agent::Attribution) {
@@ -61,7 +81,7 @@ pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attributi
     for (i, c) in t.inbound.iter().enumerate() {
         let by_ip = nets(t, c.nets).any(|n| n.contains(ip));
         let by_tls = match (c.tls_name, tls_name) {
-            (Some(want), Some(got)) => t.str(want).eq_ignore_ascii_case(got),
+            (Some(want), Some(got)) => tls_name_matches(t.str(want), got),
             _ => false,
         };
         if by_ip || by_tls {
@@ -1114,6 +1134,26 @@ mod tests {
             Some(2),
             "-- is all accepted domains"
         );
+    }
+
+    #[test]
+    fn a_wildcard_tls_name_fits_exactly_one_left_most_label() {
+        let p = b"*.contoso.com";
+        assert!(tls_name_matches(p, b"mail.contoso.com"));
+        assert!(tls_name_matches(p, b"MAIL.Contoso.COM"));
+        assert!(tls_name_matches(p, b"*.contoso.com"));
+        assert!(!tls_name_matches(p, b"contoso.com"));
+        assert!(!tls_name_matches(p, b".contoso.com"));
+        assert!(!tls_name_matches(p, b"a.b.contoso.com"));
+        assert!(!tls_name_matches(p, b"mailcontoso.com"));
+        assert!(!tls_name_matches(p, b"mail.contoso.com.evil.org"));
+        assert!(!tls_name_matches(p, b"x*.contoso.com"));
+        assert!(tls_name_matches(b"mail.contoso.com", b"Mail.contoso.com"));
+        assert!(!tls_name_matches(
+            b"mail.contoso.com",
+            b"x.mail.contoso.com"
+        ));
+        assert!(!tls_name_matches(b"*contoso.com", b"xcontoso.com"));
     }
 
     #[test]
