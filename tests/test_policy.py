@@ -896,6 +896,25 @@ def test_connector_choice(rcpt, connector, hop):
     assert t["result"] == "NoAction", t
 
 
+@pytest.mark.parametrize("cost", ["1", "1000"])
+def test_an_exact_accepted_domain_beats_double_dash_whatever_the_cost(tmp_path, cost):
+    # onprem has "--" at cost 1; a connector naming eu.contoso.com, later in
+    # the file, at the same or a higher cost, takes eu.contoso.com (and only it).
+    text = open(RULES, encoding="utf-8").read() + (
+        '\n[[connector]]\nname = "eu-site"\naddress_spaces = ["eu.contoso.com"]\n'
+        'smart_hosts = ["eu.contoso.internal"]\ncost = %s\n' % cost)
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", ["x@eu.contoso.com", "x@contoso.com", "x@us.contoso.com"],
+              peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@eu.contoso.com", "eu-site", {"smart_hosts": ["eu.contoso.internal"]})
+    assert_route(t, "x@contoso.com", "onprem", ONPREM_HOP)
+    assert_route(t, "x@us.contoso.com", "onprem", ONPREM_HOP)
+    chk = run_raw(["rules", "check", str(p)])
+    out = (chk.stdout + chk.stderr).decode()
+    assert chk.returncode == 0 and "eu-site" not in out, out
+
+
 # ---------------------------------------------------------------------------
 # 11. Several routes for one message
 # ---------------------------------------------------------------------------

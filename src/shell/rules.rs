@@ -2248,7 +2248,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
             m.connectors.iter().enumerate().find(|(di, d)| {
                 *di != ci
                     && (d.cost < c.cost || (d.cost == c.cost && *di < ci))
-                    && d.spaces.iter().any(|(x, _)| dominates(x, s, &accepted))
+                    && d.spaces.iter().any(|(x, _)| dominates(x, s))
             })
         };
         if !named && c.spaces.iter().all(|(s, _)| beaten_by(s).is_some()) {
@@ -2297,10 +2297,10 @@ fn covers(s: &SpaceM, domain: &str, accepted: &HashSet<&str>) -> bool {
 }
 
 /// Whether space `a` matches every domain `b` matches, at least as
-/// specifically (the engine's score: exact and `--` > `*.x` > `*`).
-fn dominates(a: &SpaceM, b: &SpaceM, accepted: &HashSet<&str>) -> bool {
+/// specifically (the engine's score: exact > `--` > `*.x` > `*`), so
+/// only the same space does.
+fn dominates(a: &SpaceM, b: &SpaceM) -> bool {
     a == b
-        || matches!((a, b), (SpaceM::Accepted, SpaceM::Domain(d)) if accepted.contains(d.as_str()))
 }
 
 /// Why a condition set can never hold, if it is contradictory.
@@ -3538,12 +3538,12 @@ mod tests {
         ));
         assert!(has(&ws, "connector \"dear\" is never chosen"), "{ws:?}");
         assert!(!has(&ws, "\"cheap\" is never"), "{ws:?}");
-        // an accepted domain is also covered by "--"
+        // an accepted domain named exactly beats "--", whatever the costs
         let ws = warns_with(concat!(
             "[[connector]]\nname = \"org\"\naddress_spaces = [\"--\"]\ncost = 1\n",
             "[[connector]]\nname = \"dear\"\naddress_spaces = [\"contoso.com\"]\n",
         ));
-        assert!(has(&ws, "connector \"dear\" is never chosen"), "{ws:?}");
+        assert!(!has(&ws, "never chosen"), "{ws:?}");
         // the same space and cost: a tie
         let ws = warns_with(concat!(
             "[[connector]]\nname = \"a\"\naddress_spaces = [\"x.com\", \"y.com\"]\n",

@@ -581,9 +581,10 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     }
 }
 
-/// The best send connector for `domain`: an exact domain (or `--` for an
-/// accepted one) beats the longest `*.suffix`, which beats `*`; the lower
-/// cost breaks a tie, then file order.
+/// The best send connector for `domain`: an exact domain beats `--` (an
+/// accepted domain), which beats the longest `*.suffix`, which beats `*`;
+/// the lower cost breaks a tie, then file order. So a connector that names
+/// an accepted domain takes it from the `--` connector whatever the costs.
 pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
     let mut best: Option<(u32, u32, u16)> = None;
     for (ci, c) in t.connectors.iter().enumerate() {
@@ -594,10 +595,8 @@ pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
             .unwrap_or(&[])
         {
             let score = match *sp {
-                Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => {
-                    3000 + domain.len() as u32
-                }
-                Space::Accepted if is_accepted(t, domain) => 3000 + domain.len() as u32,
+                Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => 4000,
+                Space::Accepted if is_accepted(t, domain) => 3000,
                 Space::Subdomains(d) => {
                     let d = t.str(d);
                     let n = domain.len();
@@ -1133,6 +1132,28 @@ mod tests {
             select_connector(&t, b"eu.contoso.com"),
             Some(2),
             "-- is all accepted domains"
+        );
+    }
+
+    #[test]
+    fn an_exact_accepted_domain_beats_double_dash_whatever_the_costs() {
+        let mut t = table();
+        let eu = s(&mut t, "eu.contoso.com");
+        connector(&mut t, "eu-exact", &[Space::Domain(eu)], 1);
+        let eu = s(&mut t, "eu.contoso.com");
+        connector(&mut t, "eu-dear", &[Space::Domain(eu)], 50);
+        t.validate().expect("valid");
+        assert_eq!(
+            select_connector(&t, b"eu.contoso.com"),
+            Some(4),
+            "same cost as --"
+        );
+        assert_eq!(select_connector(&t, b"contoso.com"), Some(2), "-- still");
+        t.connectors[4].cost = 99;
+        assert_eq!(
+            select_connector(&t, b"eu.contoso.com"),
+            Some(5),
+            "cost 50 < 99"
         );
     }
 
