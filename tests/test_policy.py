@@ -555,6 +555,16 @@ def test_outbound_rewrite_wildcard(sender, final):
     assert t["sender"] == {"original": sender, "final": final}, t
 
 
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_outbound_rewrite_skipped_for_anonymous_sessions(peer):
+    # outbound maps flatten what the organisation sends; a non-originating
+    # client's sender and From are left as they are
+    t = trace("from_eu.eml", "someone@eu.contoso.com", "user@contoso.com", peer=peer, expect_rc=0)
+    assert t["session"]["originating"] is False, t
+    assert t["sender"] == {"original": "someone@eu.contoso.com", "final": "someone@eu.contoso.com"}, t
+    assert t["headers_rewritten"] == [], t
+
+
 def test_outbound_rewrite_leaves_flat_sender():
     t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
     assert t["sender"] == {"original": "alice@contoso.com", "final": "alice@contoso.com"}, t
@@ -614,6 +624,53 @@ def test_defaults_connector_and_inbound_names_and_rewrite_direction():
     assert t.rcpt("johnny@a.test")["final"] == "johnny@eu.a.test", t
     t = trace("plain.eml", "johnny@eu.a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
     assert t["sender"]["final"] == "johnny@eu.a.test", t
+
+
+def group_rules(tmp_path):
+    text = open(RULES, encoding="utf-8").read()
+    old = 'Executives = ["ceo@contoso.com"]\n'
+    assert text.count(old) == 1
+    text = text.replace(old, old + 'Vips = ["vip@contoso.com", "*@vip.example"]\n')
+    text += '\n[[rule]]\nname = "VIPs via Trend"\nif = { recipient_group = "Vips" }\nthen = { route_to = "trend.local" }\n'
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def test_recipient_group_condition_is_per_recipient(tmp_path):
+    rules = group_rules(tmp_path)
+    t = trace("plain.eml", "alice@contoso.com",
+              ["VIP@Contoso.com", "anyone@vip.example", "other@contoso.com", "x@sub.vip.example"],
+              peer=ONPREM, rules=rules, expect_rc=0)
+    for r in ("VIP@Contoso.com", "anyone@vip.example"):
+        assert_route(t, r, "trend", TREND_HOP, override="route_to", override_domain="trend.local",
+                     rule="VIPs via Trend")
+    assert_route(t, "other@contoso.com", "onprem", ONPREM_HOP)
+    assert_route(t, "x@sub.vip.example", "internet", {"mx": "sub.vip.example"})
+
+
+def test_recipient_group_does_not_look_at_the_sender(tmp_path):
+    t = trace("plain.eml", "vip@contoso.com", "other@contoso.com", peer=ONPREM,
+              rules=group_rules(tmp_path), expect_rc=0)
+    assert_route(t, "other@contoso.com", "onprem", ONPREM_HOP)
+
+
+@pytest.mark.parametrize("how", ["enabled = false", "missing"])
+def test_cmt_disabled_in_the_cmt_section(tmp_path, how):
+    text = open(RULES, encoding="utf-8").read()
+    old = "[cmt]\nenabled = true\n"
+    assert text.count(old) == 1
+    if how == "missing":  # [cmt] enabled defaults to false
+        text = text.replace(old, "[cmt]\n")
+    else:
+        text = text.replace(old, "[cmt]\n%s\n" % how)
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, rules=str(p), expect_rc=0)
+    assert t["session"]["inbound"] == "exchange-online", t
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.header_added(STAMP) == [], t
+    assert t["result"] == "NoAction", t
 
 
 LOCATION_SPECIFIC = re.compile(r"@(eu|us)\.contoso\.com", re.I)
@@ -1080,6 +1137,16 @@ def test_added_client_network_and_set_header(peer):
               extra=["--snapshots"], expect_rc=0)
     snaps = [s for s in t.doc.get("snapshots") or [] if "X-Net: dmz\r\n" in s["after"]]
     assert snaps and "X-Net" not in snaps[0]["before"], t
+
+
+def test_set_header_replaces_every_existing_field_of_that_name():
+    t = trace("net_tagged.eml", "a@example.org", "user@contoso.com", peer="198.51.100.7", rules=fx(ADDED),
+              extra=["--snapshots"], expect_rc=0)
+    assert sorted(h.lower() for h in t["headers_removed"]) == ["x-net", "x-net"], t
+    assert [h for h in t["headers_added"] if h["name"] == "X-Net"] == [{"name": "X-Net", "value": "dmz"}], t
+    after = [s for s in t.doc["snapshots"] if s["agent"] == "transport_rules"][0]["after"]
+    assert re.findall(r"(?im)^x-net:.*$", after) == ["X-Net: dmz\r"], after
+    assert "Subject: Net tagged twice\r\n" in after and "To: user@contoso.com\r\n" in after, after
 
 
 def test_added_client_network_outside_range():
