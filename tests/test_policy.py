@@ -462,6 +462,27 @@ def test_cmt_stamped_message_back_from_onprem_not_overridden():
     assert t["result"] == "NoAction", t
 
 
+def test_cmt_stamped_message_back_from_a_listed_onprem_connector_not_overridden(tmp_path):
+    # With exchange-onprem also in from_inbound, only the stamp keeps CMT
+    # from overriding again (the test above passes even if the stamp were
+    # ignored, since exchange-onprem is not listed in the sample).
+    text = open(RULES, encoding="utf-8").read()
+    old = 'from_inbound = ["exchange-online"]'
+    assert text.count(old) == 1
+    p = tmp_path / "rules.toml"
+    p.write_text(text.replace(old, 'from_inbound = ["exchange-online", "exchange-onprem"]'), encoding="utf-8")
+    # unstamped from on-premises: CMT applies (so the variant is live) ...
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert len(t.header_added(STAMP)) == 1, t
+    # ... stamped: left alone, out to the Internet, no second stamp
+    t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t["headers_added"] == [], t
+    assert t["result"] == "NoAction", t
+    assert t.log_lines("Recipient [x@gmail.com]. Message already stamped; no override."), t
+
+
 def test_cmt_stamped_message_from_online_not_overridden_again():
     t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
     assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})

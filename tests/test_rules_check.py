@@ -296,8 +296,25 @@ def test_warning_same_address_space_and_cost(tmp_path):
     rc, out, err, info = check(path)
     assert rc == 0, info
     warns = diagnostics(path, out + err, "warning")
-    assert warns, "no `%s:LINE:COL: warning:` line:\n%s" % (path, info)
+    # the tie is reported on internet2's "*", naming both and who wins
+    tie = (line + 2, len('address_spaces = [') + 1,
+           'connectors "internet" and "internet2" both have address space "*" and cost 10: '
+           '"internet" (first in the file) is chosen')
+    assert tie in warns, "expected %r among:\n%r\n%s" % (tie, warns, info)
+    assert [w for w in warns if "internet2" in w[2]] == [
+        (line + 1, len('name = ') + 1, 'connector "internet2" is never chosen: each of its address spaces '
+                                       'is also on "internet" with a lower cost (or earlier in the file)'),
+        tie], info
     assert not diagnostics(path, out + err, "error"), info
+
+
+def test_no_tie_warning_for_different_costs(tmp_path):
+    old = '[[connector]]\nname = "trend"'
+    new = '[[connector]]\nname = "internet2"\naddress_spaces = ["*"]\ncost = 11\n\n' + old
+    path, line = variant(tmp_path, old, new)
+    rc, out, err, info = check(path)
+    assert rc == 0, info
+    assert not [w for w in diagnostics(path, out + err, "warning") if "both have address space" in w[2]], info
 
 
 def test_version_matches_trace_policy_version():
