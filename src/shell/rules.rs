@@ -116,7 +116,7 @@ pub fn check_command(path: &Path) -> i32 {
         }
     };
     let o = run(&text);
-    print!("{}", report(&path.display().to_string(), &o));
+    out!("{}", report(&path.display().to_string(), &o));
     i32::from(!o.errors.is_empty())
 }
 
