@@ -273,3 +273,45 @@ def test_run_with_no_config_uses_the_embedded_default(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_into_closed_pipe(args, cwd=ROOT):
+    """Run sluice with standard output a pipe nobody reads any more (as
+    `sluice ... | head` leaves it): every write fails with EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = subprocess.run([SLUICE_BIN, *args], stdin=subprocess.DEVNULL, stdout=w,
+                           stderr=subprocess.PIPE, timeout=30, cwd=cwd)
+    finally:
+        os.close(w)
+    return p.returncode, p.stderr.decode("utf-8", "replace")
+
+
+TRACE = ["trace", "tests/policy/to_johnny.eml", "--from", "someone@example.org",
+         "--to", "johnny@contoso.com", "--peer", "192.0.2.1", "--rules", "config/rules.toml"]
+
+
+def test_a_closed_standard_output_is_no_panic():
+    for args, rc in ((TRACE, 0), (TRACE + ["--json"], 0), (TRACE + ["--snapshots"], 0),
+                     (TRACE[:5] + ["x@gmail.com"] + TRACE[6:], 1),  # rejected: its status is kept
+                     (["pipeline", "--rules", "config/rules.toml"], 0),
+                     (["rules", "check", "config/rules.toml"], 0),
+                     (["help"], 0)):
+        got, err = run_into_closed_pipe(args)
+        assert "panicked" not in err and "Broken pipe" not in err, (args, err)
+        assert got == rc, (args, got, err)
+
+
+def test_queue_commands_into_a_closed_pipe(sluice):
+    d = sluice
+    qid, _ = send(d, "pipe", ["bob@example.test"])
+    assert d.stop() == 0
+    for args in (["queue", "list"], ["queue", "list", "--json"], ["queue", "show", qid],
+                 ["queue", "show", qid, "--json"], ["queue", "show", qid, "--raw"]):
+        got, err = run_into_closed_pipe([*args, "--config", d.config], cwd=d.cwd)
+        assert "panicked" not in err and "Broken pipe" not in err, (args, err)
+        assert got == 0, (args, got, err)

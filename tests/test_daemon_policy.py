@@ -119,15 +119,15 @@ def _openssl(*args):
     subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
 
 
-def client_pki(d):
-    """A test CA and two client certificates it signs: one for the name the
-    sample's exchange-online connector expects, one for another name."""
+def client_pki(d, names=(("good", "mail.protection.outlook.com"), ("other", "mx.example.org"))):
+    """A test CA and client certificates it signs, by default one for the name
+    the sample's exchange-online connector expects and one for another name."""
     ca_key, ca = str(d / "ca.key"), str(d / "ca.pem")
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
              "-keyout", ca_key, "-out", ca, "-days", "3", "-subj", "/CN=sluice test CA",
              "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
     out = {}
-    for tag, name in (("good", "mail.protection.outlook.com"), ("other", "mx.example.org")):
+    for tag, name in names:
         key, csr, crt = str(d / (tag + ".key")), str(d / (tag + ".csr")), str(d / (tag + ".pem"))
         _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                  "-keyout", key, "-out", csr, "-subj", "/CN=" + name)
@@ -180,3 +180,50 @@ def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_pa
     assert entry["routes"][0]["connector"] == "onprem", entry
     c.close()
     assert "attributed by certificate name mail.protection.outlook.com" in d.stderr()
+
+
+def test_a_wildcard_tls_certificate_name_attributes_by_the_certificate_dns_name(sluice_factory, tmp_path):
+    # tls_certificate_name = "*.protection.outlook.com": a certificate for
+    # eu1.protection.outlook.com attributes; one for a name two labels down,
+    # or for another domain, does not.
+    import ssl
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    ca, certs = client_pki(pki, (("one", "eu1.protection.outlook.com"),
+                                 ("two", "a.eu1.protection.outlook.com"),
+                                 ("other", "mx.example.org")))
+    text = open(SAMPLE, encoding="utf-8").read()
+    text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
+    text = text.replace('tls_certificate_name = "mail.protection.outlook.com"',
+                        'tls_certificate_name = "*.protection.outlook.com"')
+    rules = tmp_path / "rules.toml"
+    rules.write_text(text, encoding="utf-8")
+    d = sluice_factory(tls=True, start=False)
+    cfg = open(d.config, encoding="utf-8").read()
+    cfg = cfg.replace("[tls]\n", '[tls]\nclient_ca = "%s"\n' % ca)
+    with open(d.config, "w", encoding="utf-8") as f:
+        f.write('rules = "%s"\n' % rules + cfg)
+    d.start()
+
+    def tls_session(cert):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(*cert)
+        c = d.session()
+        c.starttls(ctx)
+        c.ehlo()
+        return c
+
+    for tag in ("two", "other"):
+        c = tls_session(certs[tag])
+        c.mail("user@contoso.com")
+        c.rcpt("x@gmail.com", expect=(554, "5.7.1"))
+        c.close()
+    c = tls_session(certs["one"])
+    r = send(c, "user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
+    check(r, 250)
+    entry = d.queue_json(queued_id(r))
+    assert entry["routes"][0]["connector"] == "onprem", entry
+    c.close()
+    assert "attributed by certificate name eu1.protection.outlook.com" in d.stderr()

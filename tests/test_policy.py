@@ -226,6 +226,26 @@ def test_tls_name_attribution_ignores_case():
     assert t["session"]["inbound"] == "exchange-online", t
 
 
+@pytest.mark.parametrize("name,inbound", [
+    ("mail.protection.outlook.com", "exchange-online"),
+    ("EU1.Protection.Outlook.com", "exchange-online"),
+    ("protection.outlook.com", None),            # no label for the star
+    ("a.mail.protection.outlook.com", None),     # the star is exactly one label
+    ("mail.protection.outlook.com.evil.example", None),
+    ("mailprotection.outlook.com", None),
+])
+def test_wildcard_tls_certificate_name_fits_one_left_most_label(tmp_path, name, inbound):
+    text = open(RULES, encoding="utf-8").read()
+    old = 'tls_certificate_name = "mail.protection.outlook.com"'
+    assert text.count(old) == 1
+    p = tmp_path / "rules.toml"
+    p.write_text(text.replace(old, 'tls_certificate_name = "*.protection.outlook.com"'), encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ANON, rules=str(p),
+              extra=["--tls-name", name], expect_rc=0)
+    assert t["session"]["inbound"] == inbound, t
+    assert t["session"]["originating"] is (inbound is not None), t
+
+
 def test_unknown_tls_name_stays_anonymous():
     t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ANON,
               extra=["--tls-name", "mail.evil.example"], expect_rc=1)
@@ -442,6 +462,27 @@ def test_cmt_stamped_message_back_from_onprem_not_overridden():
     assert t["result"] == "NoAction", t
 
 
+def test_cmt_stamped_message_back_from_a_listed_onprem_connector_not_overridden(tmp_path):
+    # With exchange-onprem also in from_inbound, only the stamp keeps CMT
+    # from overriding again (the test above passes even if the stamp were
+    # ignored, since exchange-onprem is not listed in the sample).
+    text = open(RULES, encoding="utf-8").read()
+    old = 'from_inbound = ["exchange-online"]'
+    assert text.count(old) == 1
+    p = tmp_path / "rules.toml"
+    p.write_text(text.replace(old, 'from_inbound = ["exchange-online", "exchange-onprem"]'), encoding="utf-8")
+    # unstamped from on-premises: CMT applies (so the variant is live) ...
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert len(t.header_added(STAMP)) == 1, t
+    # ... stamped: left alone, out to the Internet, no second stamp
+    t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t["headers_added"] == [], t
+    assert t["result"] == "NoAction", t
+    assert t.log_lines("Recipient [x@gmail.com]. Message already stamped; no override."), t
+
+
 def test_cmt_stamped_message_from_online_not_overridden_again():
     t = trace("cmt_stamped.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
     assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
@@ -535,6 +576,16 @@ def test_outbound_rewrite_wildcard(sender, final):
     assert t["sender"] == {"original": sender, "final": final}, t
 
 
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_outbound_rewrite_skipped_for_anonymous_sessions(peer):
+    # outbound maps flatten what the organisation sends; a non-originating
+    # client's sender and From are left as they are
+    t = trace("from_eu.eml", "someone@eu.contoso.com", "user@contoso.com", peer=peer, expect_rc=0)
+    assert t["session"]["originating"] is False, t
+    assert t["sender"] == {"original": "someone@eu.contoso.com", "final": "someone@eu.contoso.com"}, t
+    assert t["headers_rewritten"] == [], t
+
+
 def test_outbound_rewrite_leaves_flat_sender():
     t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
     assert t["sender"] == {"original": "alice@contoso.com", "final": "alice@contoso.com"}, t
@@ -575,6 +626,118 @@ def test_snapshots_show_the_inbound_rewrite():
     assert len(rw) == 1, t
     assert "To: johnny@contoso.com\r\n" in rw[0]["before"], t
     assert "To: johnny@eu.contoso.com\r\n" in rw[0]["after"], t
+
+
+def test_defaults_connector_and_inbound_names_and_rewrite_direction():
+    rules = fx("rules_defaults.toml")
+    t = trace("plain.eml", "alice@a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert t["session"]["inbound"] == "Inbound 1" and t["session"]["originating"] is True, t
+    assert_route(t, "x@gmail.com", "Connector 1", {"mx": "gmail.com"})
+    t = trace("plain.eml", "someone@example.org", "x@a.test", peer="127.0.0.10", rules=rules, expect_rc=0)
+    assert t["session"]["inbound"] == "Inbound 2" and t["session"]["originating"] is False, t
+    assert_route(t, "x@a.test", "Connector 2", {"smart_hosts": ["inside.a.test:25"]})
+    # a rule names a connector by its default name
+    t = trace("plain.eml", "boss@a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert_route(t, "x@gmail.com", "Connector 3", {"smart_hosts": ["relay.test:25"]},
+                 override="use_connector", rule="Rule 1")
+    # a map without direction is inbound: it rewrites mail coming in, not going out
+    t = trace("to_johnny.eml", "someone@example.org", "johnny@a.test", peer=ANON, rules=rules, expect_rc=0)
+    assert t.rcpt("johnny@a.test")["final"] == "johnny@eu.a.test", t
+    t = trace("plain.eml", "johnny@eu.a.test", "x@gmail.com", peer="127.0.0.9", rules=rules, expect_rc=0)
+    assert t["sender"]["final"] == "johnny@eu.a.test", t
+
+
+def group_rules(tmp_path):
+    text = open(RULES, encoding="utf-8").read()
+    old = 'Executives = ["ceo@contoso.com"]\n'
+    assert text.count(old) == 1
+    text = text.replace(old, old + 'Vips = ["vip@contoso.com", "*@vip.example"]\n')
+    text += '\n[[rule]]\nname = "VIPs via Trend"\nif = { recipient_group = "Vips" }\nthen = { route_to = "trend.local" }\n'
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def test_recipient_group_condition_is_per_recipient(tmp_path):
+    rules = group_rules(tmp_path)
+    t = trace("plain.eml", "alice@contoso.com",
+              ["VIP@Contoso.com", "anyone@vip.example", "other@contoso.com", "x@sub.vip.example"],
+              peer=ONPREM, rules=rules, expect_rc=0)
+    for r in ("VIP@Contoso.com", "anyone@vip.example"):
+        assert_route(t, r, "trend", TREND_HOP, override="route_to", override_domain="trend.local",
+                     rule="VIPs via Trend")
+    assert_route(t, "other@contoso.com", "onprem", ONPREM_HOP)
+    assert_route(t, "x@sub.vip.example", "internet", {"mx": "sub.vip.example"})
+
+
+def test_recipient_group_does_not_look_at_the_sender(tmp_path):
+    t = trace("plain.eml", "vip@contoso.com", "other@contoso.com", peer=ONPREM,
+              rules=group_rules(tmp_path), expect_rc=0)
+    assert_route(t, "other@contoso.com", "onprem", ONPREM_HOP)
+
+
+@pytest.mark.parametrize("how", ["enabled = false", "missing"])
+def test_cmt_disabled_in_the_cmt_section(tmp_path, how):
+    text = open(RULES, encoding="utf-8").read()
+    old = "[cmt]\nenabled = true\n"
+    assert text.count(old) == 1
+    if how == "missing":  # [cmt] enabled defaults to false
+        text = text.replace(old, "[cmt]\n")
+    else:
+        text = text.replace(old, "[cmt]\n%s\n" % how)
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, rules=str(p), expect_rc=0)
+    assert t["session"]["inbound"] == "exchange-online", t
+    assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
+    assert t.header_added(STAMP) == [], t
+    assert t["result"] == "NoAction", t
+
+
+LOCATION_SPECIFIC = re.compile(r"@(eu|us)\.contoso\.com", re.I)
+
+
+@pytest.mark.parametrize("peer", [ONPREM, ONLINE])
+def test_originating_mail_to_the_internet_leaks_no_location_specific_address(peer):
+    # Inbound rewriting is for mail on the way in: a message the organisation
+    # sends out, even one that names johnny and willie in To/Cc, leaves flat.
+    t = trace("cc_willie.eml", "alice@contoso.com", "x@gmail.com", peer=peer,
+              extra=["--snapshots"], expect_rc=0)
+    assert t["session"]["originating"] is True, t
+    assert t.rcpt("x@gmail.com")["final"] == "x@gmail.com", t
+    assert [h for h in t["headers_rewritten"] if h["name"] in ("To", "Cc")] == [], t
+    assert [s["agent"] for s in t.doc["snapshots"] if s["agent"] == "inbound_rewrite"] == [], t
+    assert not LOCATION_SPECIFIC.search(t.stdout), t
+    assert t.log_lines("ewrit") == [], t
+
+
+def test_originating_mail_to_a_flat_inside_address_is_not_rewritten():
+    # From on-premises to johnny@contoso.com: the organisation's own mail,
+    # delivered by the onprem connector under the flat address.
+    t = trace("cc_willie.eml", "alice@contoso.com", ["johnny@contoso.com", "willie@contoso.com"],
+              peer=ONPREM, expect_rc=0)
+    assert t.rcpt("johnny@contoso.com")["final"] == "johnny@contoso.com", t
+    assert t.rcpt("willie@contoso.com")["final"] == "willie@contoso.com", t
+    assert_route(t, "johnny@contoso.com", "onprem", ONPREM_HOP)
+    assert t["headers_rewritten"] == [], t
+
+
+def test_inbound_rewrite_still_applies_to_anonymous_mail_with_an_outside_address_in_cc():
+    t = trace("cc_willie.eml", "someone@example.org", "johnny@contoso.com", peer=ANON, expect_rc=0)
+    assert t.rcpt("johnny@contoso.com")["final"] == "johnny@eu.contoso.com", t
+    assert {"name": "Cc", "from": "willie@contoso.com", "to": "willie@us.contoso.com"} in t["headers_rewritten"], t
+
+
+def test_snapshots_are_in_pipeline_order():
+    # ceo@contoso.com is journaled (a transport rule adds X-Journaled); the
+    # inbound rewrite of To runs before the transport rules, and is shown first.
+    t = trace("to_johnny.eml", "ceo@contoso.com", "johnny@contoso.com", peer=ANON,
+              extra=["--snapshots"], expect_rc=0)
+    assert [s["agent"] for s in t.doc["snapshots"]] == ["inbound_rewrite", "transport_rules"], t
+    first, second = t.doc["snapshots"]
+    assert "To: johnny@eu.contoso.com\r\n" in first["after"] and "X-Journaled" not in first["after"], t
+    assert second["before"] == first["after"], t
+    assert "X-Journaled: yes\r\n" in second["after"], t
 
 
 def test_null_sender_accepted():
@@ -811,6 +974,25 @@ def test_connector_choice(rcpt, connector, hop):
     assert t["result"] == "NoAction", t
 
 
+@pytest.mark.parametrize("cost", ["1", "1000"])
+def test_an_exact_accepted_domain_beats_double_dash_whatever_the_cost(tmp_path, cost):
+    # onprem has "--" at cost 1; a connector naming eu.contoso.com, later in
+    # the file, at the same or a higher cost, takes eu.contoso.com (and only it).
+    text = open(RULES, encoding="utf-8").read() + (
+        '\n[[connector]]\nname = "eu-site"\naddress_spaces = ["eu.contoso.com"]\n'
+        'smart_hosts = ["eu.contoso.internal"]\ncost = %s\n' % cost)
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    t = trace("plain.eml", "alice@contoso.com", ["x@eu.contoso.com", "x@contoso.com", "x@us.contoso.com"],
+              peer=ONPREM, rules=str(p), expect_rc=0)
+    assert_route(t, "x@eu.contoso.com", "eu-site", {"smart_hosts": ["eu.contoso.internal"]})
+    assert_route(t, "x@contoso.com", "onprem", ONPREM_HOP)
+    assert_route(t, "x@us.contoso.com", "onprem", ONPREM_HOP)
+    chk = run_raw(["rules", "check", str(p)])
+    out = (chk.stdout + chk.stderr).decode()
+    assert chk.returncode == 0 and "eu-site" not in out, out
+
+
 # ---------------------------------------------------------------------------
 # 11. Several routes for one message
 # ---------------------------------------------------------------------------
@@ -976,6 +1158,16 @@ def test_added_client_network_and_set_header(peer):
               extra=["--snapshots"], expect_rc=0)
     snaps = [s for s in t.doc.get("snapshots") or [] if "X-Net: dmz\r\n" in s["after"]]
     assert snaps and "X-Net" not in snaps[0]["before"], t
+
+
+def test_set_header_replaces_every_existing_field_of_that_name():
+    t = trace("net_tagged.eml", "a@example.org", "user@contoso.com", peer="198.51.100.7", rules=fx(ADDED),
+              extra=["--snapshots"], expect_rc=0)
+    assert sorted(h.lower() for h in t["headers_removed"]) == ["x-net", "x-net"], t
+    assert [h for h in t["headers_added"] if h["name"] == "X-Net"] == [{"name": "X-Net", "value": "dmz"}], t
+    after = [s for s in t.doc["snapshots"] if s["agent"] == "transport_rules"][0]["after"]
+    assert re.findall(r"(?im)^x-net:.*$", after) == ["X-Net: dmz\r"], after
+    assert "Subject: Net tagged twice\r\n" in after and "To: user@contoso.com\r\n" in after, after
 
 
 def test_added_client_network_outside_range():

@@ -163,6 +163,29 @@ def test_error_in_added_keys(tmp_path, extra, marker):
     assert line in [ln for ln, _, _ in errs], "expected an error on line %d, got %r\n%s" % (line, errs, info)
 
 
+def test_disabling_the_recipient_filter_is_an_open_relay_error(tmp_path):
+    text = sample_text() + '\n[[agent]]\nname = "recipient_filter"\nenabled = false\n'
+    lines = text.splitlines()
+    line = max(i + 1 for i, ln in enumerate(lines) if ln == "enabled = false")
+    p = tmp_path / "rules.toml"
+    p.write_text(text, encoding="utf-8")
+    rc, out, err, info = check(str(p))
+    assert rc == 1, info
+    errs = diagnostics(str(p), out + err, "error")
+    assert [(ln, c) for ln, c, m in errs if "open relay" in m] == [(line, len("enabled = ") + 1)], info
+
+
+@pytest.mark.parametrize("agent,enabled", [("recipient_filter", "true"), ("cmt", "false"),
+                                           ("header_firewall", "false")])
+def test_other_agent_settings_still_pass(tmp_path, agent, enabled):
+    p = tmp_path / "rules.toml"
+    p.write_text(sample_text() + '\n[[agent]]\nname = "%s"\nenabled = %s\n' % (agent, enabled),
+                 encoding="utf-8")
+    rc, out, err, info = check(str(p))
+    assert rc == 0, info
+    assert "open relay" not in out + err, info
+
+
 @pytest.mark.parametrize("old,new", [(o, n) for _, o, n in ERRORS], ids=[i for i, _, _ in ERRORS])
 def test_error_names_the_line(tmp_path, old, new):
     path, line = variant(tmp_path, old, new)
@@ -273,8 +296,25 @@ def test_warning_same_address_space_and_cost(tmp_path):
     rc, out, err, info = check(path)
     assert rc == 0, info
     warns = diagnostics(path, out + err, "warning")
-    assert warns, "no `%s:LINE:COL: warning:` line:\n%s" % (path, info)
+    # the tie is reported on internet2's "*", naming both and who wins
+    tie = (line + 2, len('address_spaces = [') + 1,
+           'connectors "internet" and "internet2" both have address space "*" and cost 10: '
+           '"internet" (first in the file) is chosen')
+    assert tie in warns, "expected %r among:\n%r\n%s" % (tie, warns, info)
+    assert [w for w in warns if "internet2" in w[2]] == [
+        (line + 1, len('name = ') + 1, 'connector "internet2" is never chosen: each of its address spaces '
+                                       'is also on "internet" with a lower cost (or earlier in the file)'),
+        tie], info
     assert not diagnostics(path, out + err, "error"), info
+
+
+def test_no_tie_warning_for_different_costs(tmp_path):
+    old = '[[connector]]\nname = "trend"'
+    new = '[[connector]]\nname = "internet2"\naddress_spaces = ["*"]\ncost = 11\n\n' + old
+    path, line = variant(tmp_path, old, new)
+    rc, out, err, info = check(path)
+    assert rc == 0, info
+    assert not [w for w in diagnostics(path, out + err, "warning") if "both have address space" in w[2]], info
 
 
 def test_version_matches_trace_policy_version():

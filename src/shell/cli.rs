@@ -32,6 +32,27 @@ usage: sluice <command> [--config FILE]
 
 ";
 
+/// Set once standard output is found closed: nothing more is written.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes to standard output through a locked handle. When the reader has
+/// gone away (`EPIPE`, as `sluice trace ... | head` does), the rest of the
+/// output is dropped quietly and the command ends with its own status; any
+/// other write error is reported once on standard error.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("sluice: standard output: {e}");
+        }
+    }
+}
+
 /// Runs the command line `args` (without the program name); returns the
 /// exit status: 0 ok, 1 failure (e.g. unknown queue id), 2 usage error.
 pub fn main(args: &[String]) -> i32 {
@@ -93,11 +114,11 @@ pub fn main(args: &[String]) -> i32 {
             Err(e) => fail(&e),
         },
         ["help"] | ["--help"] | ["-h"] => {
-            print!("{USAGE}");
+            out!("{USAGE}");
             0
         }
         ["--version"] | ["version"] => {
-            println!("sluice {}", env!("CARGO_PKG_VERSION"));
+            outln!("sluice {}", env!("CARGO_PKG_VERSION"));
             0
         }
         [] => usage("no command"),
@@ -286,14 +307,16 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
     };
     match args {
         ["list"] | [] => {
-            println!("{}", source.header());
-            println!(
+            outln!("{}", source.header());
+            outln!(
                 "{:<16}  {:>9}  {:>7}  sender -> recipients",
-                "id", "size", "age"
+                "id",
+                "size",
+                "age"
             );
             for (m, b) in messages.iter().zip(&busy) {
                 let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
-                println!(
+                outln!(
                     "{:<16}  {:>9}  {:>7}  <{}> -> {}{}",
                     spool::format_id(m.id),
                     m.env.size,
@@ -307,10 +330,10 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                     }
                 );
                 for (i, s) in m.states.iter().enumerate() {
-                    println!("    {}", recipient_line(m.env.routes.get(i), s, now));
+                    outln!("    {}", recipient_line(m.env.routes.get(i), s, now));
                 }
             }
-            println!("{} message(s)", messages.len());
+            outln!("{} message(s)", messages.len());
             0
         }
         ["list", "--json"] | ["--json", "list"] => {
@@ -319,7 +342,7 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                 .zip(&busy)
                 .map(|(m, b)| summary(m, *b))
                 .collect();
-            println!("{}", serde_json::Value::Array(v));
+            outln!("{}", serde_json::Value::Array(v));
             0
         }
         ["show", rest @ ..] => {
@@ -347,8 +370,10 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             match mode {
                 "raw" => {
                     let mut out = std::io::stdout().lock();
-                    if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
-                        return 1;
+                    match out.write_all(&bytes).and_then(|()| out.flush()) {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        Err(_) => return 1,
+                        Ok(()) => {}
                     }
                 }
                 "json" => {
@@ -374,27 +399,27 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
                         .collect::<Vec<_>>()
                         .into();
                     v["edits"] = serde_json::to_value(&m.env.edits).unwrap_or_default();
-                    println!("{v}");
+                    outln!("{v}");
                 }
                 _ => {
-                    println!("{}", source.header());
-                    println!("id:        {}", spool::format_id(m.id));
-                    println!("from:      <{}>", lossy(&m.env.from));
+                    outln!("{}", source.header());
+                    outln!("id:        {}", spool::format_id(m.id));
+                    outln!("from:      <{}>", lossy(&m.env.from));
                     for r in &m.env.rcpts {
-                        println!("to:        <{}>", lossy(r));
+                        outln!("to:        <{}>", lossy(r));
                     }
-                    println!("size:      {}", m.env.size);
-                    println!("age:       {}", age(now.saturating_sub(m.env.received)));
-                    println!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
-                    println!("tls:       {}", m.env.tls);
+                    outln!("size:      {}", m.env.size);
+                    outln!("age:       {}", age(now.saturating_sub(m.env.received)));
+                    outln!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
+                    outln!("tls:       {}", m.env.tls);
                     if *b == Some(true) {
-                        println!("delivery:  in progress");
+                        outln!("delivery:  in progress");
                     }
                     for (i, s) in m.states.iter().enumerate() {
-                        println!("state:     {}", recipient_line(m.env.routes.get(i), s, now));
+                        outln!("state:     {}", recipient_line(m.env.routes.get(i), s, now));
                     }
-                    println!();
-                    print!("{}", lossy(&bytes));
+                    outln!();
+                    out!("{}", lossy(&bytes));
                 }
             }
             0
@@ -447,7 +472,7 @@ fn control(cfg: &Config, req: serde_json::Value, prefix: &str) -> i32 {
                 eprintln!("{prefix}{}", w.as_str().unwrap_or(""));
             }
             if reply["ok"].as_bool() == Some(true) {
-                println!(
+                outln!(
                     "installed policy version {}",
                     reply["version"].as_str().unwrap_or("?")
                 );
@@ -510,20 +535,20 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
         None => super::install::state_status(&cfg.state_dir),
     };
     if json_out {
-        println!("{v}");
+        outln!("{v}");
         return 0;
     }
     let running = v["running"].as_bool() == Some(true);
-    println!(
+    outln!(
         "daemon:   {}",
         if running { "running" } else { "not running" }
     );
     for (label, key) in [("policy:", "policy"), ("previous:", "previous")] {
         let p = &v[key];
         if p.is_null() {
-            println!("{label:<9} none");
+            outln!("{label:<9} none");
         } else {
-            println!(
+            outln!(
                 "{label:<9} version {} installed {} via {}",
                 p["version"].as_str().unwrap_or("?"),
                 p["installed_at"]

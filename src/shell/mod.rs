@@ -2,6 +2,25 @@
 //! the engine.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+/// `print!` for the commands' standard output: through one locked handle,
+/// and a reader that went away (`sluice trace ... | head`) is no panic
+/// (see [`cli::out`]).
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::shell::cli::out(format_args!($($t)*))
+    };
+}
+
+/// `println!` for the commands' standard output, like [`out!`].
+macro_rules! outln {
+    () => {
+        $crate::shell::cli::out(format_args!("\n"))
+    };
+    ($($t:tt)*) => {
+        $crate::shell::cli::out(format_args!("{}\n", format_args!($($t)*)))
+    };
+}
+
 pub mod cli;
 pub mod config;
 pub mod deliver;

@@ -21,7 +21,7 @@ use crate::engine::limits::{
     MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
 use crate::engine::policy::{
-    Action, AgentSlot, Condition, Connector, Direction, Group, Inbound, InboundKind, List,
+    Action, Agent, AgentSlot, Condition, Connector, Direction, Group, Inbound, InboundKind, List,
     Location, Net, Rewrite, Rule, Space, Span, Str, Table, TlsPolicy, AGENTS,
 };
 use regex_automata::dfa::{dense, StartKind};
@@ -116,7 +116,7 @@ pub fn check_command(path: &Path) -> i32 {
         }
     };
     let o = run(&text);
-    print!("{}", report(&path.display().to_string(), &o));
+    out!("{}", report(&path.display().to_string(), &o));
     i32::from(!o.errors.is_empty())
 }
 
@@ -1247,14 +1247,15 @@ fn parse_groups(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "inbound") {
+    for (nth, (t, at)) in get_tables(cx, v, "inbound").into_iter().enumerate() {
         let f = Fields::new(
             cx,
             t,
             &["name", "kind", "client_ips", "tls_certificate_name"],
             "[[inbound]]",
         );
-        let Some(name) = name_of(cx, &f, at, "[[inbound]]") else {
+        let default = format!("Inbound {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[inbound]]", Some(default)) else {
             continue;
         };
         if let Some(prev) = m.inbound.iter().find(|i| i.name.v == name.v) {
@@ -1327,11 +1328,26 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn name_of(cx: &mut Cx<'_>, f: &Fields<'_, '_>, at: usize, ctx: &str) -> Option<S> {
+    name_or(cx, f, at, ctx, None)
+}
+
+/// The `name` key, or `default` (at the table's position) when it is
+/// missing; without a default a missing name is an error.
+fn name_or(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_, '_>,
+    at: usize,
+    ctx: &str,
+    default: Option<String>,
+) -> Option<S> {
     match f.get("name") {
-        None => {
-            cx.err(at, format!("{ctx} needs a name"));
-            None
-        }
+        None => match default {
+            Some(v) => Some(S { v, span: at..at }),
+            None => {
+                cx.err(at, format!("{ctx} needs a name"));
+                None
+            }
+        },
         Some(v) => {
             let s = get_str(cx, v, "name")?;
             if s.v.trim().is_empty() || s.v.chars().any(char::is_control) {
@@ -1371,14 +1387,15 @@ fn nets(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<Net> {
 }
 
 fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "connector") {
+    for (nth, (t, at)) in get_tables(cx, v, "connector").into_iter().enumerate() {
         let f = Fields::new(
             cx,
             t,
             &["name", "address_spaces", "smart_hosts", "tls", "cost"],
             "[[connector]]",
         );
-        let Some(name) = name_of(cx, &f, at, "[[connector]]") else {
+        let default = format!("Connector {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[connector]]", Some(default)) else {
             continue;
         };
         if let Some(prev) = m.connectors.iter().find(|c| c.name.v == name.v) {
@@ -1461,18 +1478,12 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 fn parse_rewrites(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    for (t, at) in get_tables(cx, v, "rewrite") {
+    for (t, _) in get_tables(cx, v, "rewrite") {
         let f = Fields::new(cx, t, &["direction", "map"], "[[rewrite]]");
         let dir = match f.get("direction").and_then(|v| get_str(cx, v, "direction")) {
-            None => {
-                if f.get("direction").is_none() {
-                    cx.err(
-                        at,
-                        "[[rewrite]] needs direction = \"inbound\" or \"outbound\"",
-                    );
-                }
-                None
-            }
+            // No direction: inbound (seed 001's rewrite of what comes in).
+            None if f.get("direction").is_none() => Some(Direction::Inbound),
+            None => None,
             Some(s) => match s.v.as_str() {
                 "inbound" => Some(Direction::Inbound),
                 "outbound" => Some(Direction::Outbound),
@@ -1702,6 +1713,15 @@ fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
         }
         seen.push((i, name.at()));
         let enabled = f.get("enabled").and_then(|v| get_bool(cx, v, "enabled"));
+        if enabled == Some(false) && AGENTS.get(i).is_some_and(|a| a.0 == Agent::RecipientFilter) {
+            let at = f.get("enabled").map_or(name.at(), |v| v.span().start);
+            cx.err(
+                at,
+                "agent \"recipient_filter\" cannot be disabled: that would make an open relay \
+                 (any client could relay to any domain)",
+            );
+            continue;
+        }
         let priority = f
             .get("priority")
             .and_then(|v| get_int(cx, v, "priority", 1, i64::from(u8::MAX)));
@@ -2228,7 +2248,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
             m.connectors.iter().enumerate().find(|(di, d)| {
                 *di != ci
                     && (d.cost < c.cost || (d.cost == c.cost && *di < ci))
-                    && d.spaces.iter().any(|(x, _)| dominates(x, s, &accepted))
+                    && d.spaces.iter().any(|(x, _)| dominates(x, s))
             })
         };
         if !named && c.spaces.iter().all(|(s, _)| beaten_by(s).is_some()) {
@@ -2277,10 +2297,10 @@ fn covers(s: &SpaceM, domain: &str, accepted: &HashSet<&str>) -> bool {
 }
 
 /// Whether space `a` matches every domain `b` matches, at least as
-/// specifically (the engine's score: exact and `--` > `*.x` > `*`).
-fn dominates(a: &SpaceM, b: &SpaceM, accepted: &HashSet<&str>) -> bool {
+/// specifically (the engine's score: exact > `--` > `*.x` > `*`), so
+/// only the same space does.
+fn dominates(a: &SpaceM, b: &SpaceM) -> bool {
     a == b
-        || matches!((a, b), (SpaceM::Accepted, SpaceM::Domain(d)) if accepted.contains(d.as_str()))
 }
 
 /// Why a condition set can never hold, if it is contradictory.
@@ -3518,12 +3538,12 @@ mod tests {
         ));
         assert!(has(&ws, "connector \"dear\" is never chosen"), "{ws:?}");
         assert!(!has(&ws, "\"cheap\" is never"), "{ws:?}");
-        // an accepted domain is also covered by "--"
+        // an accepted domain named exactly beats "--", whatever the costs
         let ws = warns_with(concat!(
             "[[connector]]\nname = \"org\"\naddress_spaces = [\"--\"]\ncost = 1\n",
             "[[connector]]\nname = \"dear\"\naddress_spaces = [\"contoso.com\"]\n",
         ));
-        assert!(has(&ws, "connector \"dear\" is never chosen"), "{ws:?}");
+        assert!(!has(&ws, "never chosen"), "{ws:?}");
         // the same space and cost: a tie
         let ws = warns_with(concat!(
             "[[connector]]\nname = \"a\"\naddress_spaces = [\"x.com\", \"y.com\"]\n",

@@ -890,10 +890,10 @@ async fn session(
                                 .and_then(|c| c.first())
                                 .and_then(|c| tls::certificate_name(c, names));
                             if let Some(name) = by_cert {
-                                att = attribute(table, &pol::ip16(peer.ip()), Some(name));
+                                att =
+                                    attribute(table, &pol::ip16(peer.ip()), Some(name.as_bytes()));
                                 super::log::info(format_args!(
-                                    "TLS client {peer} attributed by certificate name {}",
-                                    String::from_utf8_lossy(name)
+                                    "TLS client {peer} attributed by certificate name {name}"
                                 ));
                             }
                             conn = Conn::Tls(Box::new(s));

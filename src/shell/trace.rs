@@ -80,7 +80,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
                 Ok(())
             }
             "--help" | "-h" => {
-                println!("{TRACE_USAGE}");
+                outln!("{TRACE_USAGE}");
                 return 0;
             }
             f if file.is_none() && !f.starts_with("--") => {
@@ -161,12 +161,12 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         if snapshots {
             doc["snapshots"] = Value::Array(snapshot_list(&msg, &out));
         }
-        println!("{doc}");
+        outln!("{doc}");
     } else {
         print_text(&out, peer, inbound.as_deref(), att.originating, &from);
         if snapshots {
             for s in snapshot_list(&msg, &out) {
-                println!(
+                outln!(
                     "\n--- before {}\n{}--- after {}\n{}",
                     s["agent"].as_str().unwrap_or(""),
                     s["before"].as_str().unwrap_or(""),
@@ -248,6 +248,9 @@ fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
             agents.push(*a);
         }
     }
+    // In pipeline order (the agents are declared in it), whatever order
+    // their edits came in.
+    agents.sort();
     for a in agents {
         let before = policy::splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
@@ -262,7 +265,7 @@ fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
 }
 
 fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: bool, from: &str) {
-    println!(
+    outln!(
         "session: peer {peer}, inbound connector {}, {}",
         inbound.unwrap_or("(none)"),
         if originating {
@@ -271,8 +274,8 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
             "anonymous"
         }
     );
-    println!("sender:  <{from}> -> <{}>", out.sender);
-    println!(
+    outln!("sender:  <{from}> -> <{}>", out.sender);
+    outln!(
         "result:  {}{}",
         out.result,
         out.reply
@@ -291,15 +294,15 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
         } else {
             r.original.clone()
         };
-        println!("recipient {who} -> {}", r.final_addr);
+        outln!("recipient {who} -> {}", r.final_addr);
         match &r.rejected {
-            Some(rep) => println!("    rejected: {rep}"),
-            None => println!(
+            Some(rep) => outln!("    rejected: {rep}"),
+            None => outln!(
                 "    connector {} via {hop}",
                 r.connector.clone().unwrap_or_else(|| "-".into())
             ),
         }
-        println!("    why: {}", r.reason);
+        outln!("    why: {}", r.reason);
     }
     for (a, e) in &out.edits {
         let what = match e {
@@ -311,11 +314,11 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
                 field, from, to, ..
             } => format!("{field}: {from} -> {to}"),
         };
-        println!("header ({}): {what}", policy::agent_name(*a));
+        outln!("header ({}): {what}", policy::agent_name(*a));
     }
-    println!("rule log:");
+    outln!("rule log:");
     for l in &out.log {
-        println!("  > {l}");
+        outln!("  > {l}");
     }
 }
 
@@ -366,14 +369,14 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             continue;
         }
         slots.sort();
-        println!("{st:?}");
+        outln!("{st:?}");
         for (prio, agent, enabled) in slots {
             let line = format!(
                 "  {prio:>3}  {:<20}{}",
                 policy::agent_name(agent),
                 if enabled { "" } else { "  [disabled]" }
             );
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end());
         }
     }
     0

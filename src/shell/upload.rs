@@ -823,7 +823,7 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
     match upload(&mut link, &text, new_session_id(), Timing::for_baud(baud)) {
         Outcome::Applied(report) => {
             let mut lines = report.lines();
-            println!("{}", lines.next().unwrap_or("installed"));
+            outln!("{}", lines.next().unwrap_or("installed"));
             for w in lines {
                 eprintln!("{name}:{w}");
             }

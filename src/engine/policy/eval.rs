@@ -1,8 +1,11 @@
 //! Evaluation of a validated [`Table`] for one message, per recipient.
 //!
 //! The agents run in pipeline order (see [`AGENTS`]): header firewall,
-//! hop count, then per recipient the recipient filter, inbound rewriting,
-//! transport rules, CMT and connector selection, then outbound rewriting.
+//! hop count, inbound rewriting of To/Cc, then per recipient the recipient
+//! filter, inbound rewriting, transport rules, CMT and connector selection,
+//! then outbound rewriting. Inbound rewriting applies only to mail coming
+//! in (non-originating sessions), outbound only to mail going out
+//! (originating sessions). Header edits reach the [`Sink`] in that order.
 //! Nothing here allocates: results go to a caller's [`Sink`] as they are
 //! decided, addresses as [`Addr`] pieces (of the input or of the table),
 //! header edits as spans of the original header block.
@@ -43,9 +46,29 @@ pub struct Attribution {
     pub blocked: bool,
 }
 
+/// Whether a certificate name `name` fits a connector's
+/// `tls_certificate_name` `pattern`, ignoring case: equal, or, for a
+/// pattern `*.suffix`, exactly one left-most label (non-empty, no `*`)
+/// followed by `.suffix` (RFC 6125 §6.4.3: `*.contoso.com` fits
+/// `mail.contoso.com`, not `contoso.com` nor `a.b.contoso.com`).
+pub fn tls_name_matches(pattern: &[u8], name: &[u8]) -> bool {
+    if pattern.eq_ignore_ascii_case(name) {
+        return true;
+    }
+    let Some(suffix) = pattern.strip_prefix(b"*") else {
+        return false;
+    };
+    if suffix.first() != Some(&b'.') || name.len() <= suffix.len() {
+        return false;
+    }
+    let (label, tail) = name.split_at(name.len() - suffix.len());
+    tail.eq_ignore_ascii_case(suffix) && !label.iter().any(|&b| b == b'.' || b == b'*')
+}
+
 /// Attributes a client (`ip` IPv4-mapped for IPv4) with an optional TLS
 /// certificate name: the first inbound connector, in file order, whose
-/// networks contain the address or whose TLS name equals the name.
+/// networks contain the address or whose TLS name fits the name
+/// ([`tls_name_matches`]).
 pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attribution {
     let blocked = t.enabled(Agent::ConnectionFilter) && nets(t, t.blocked).any(|n| n.contains(ip));
     if !t.enabled(Agent::Attribution) {
@@ -58,7 +81,7 @@ pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attributi
     for (i, c) in t.inbound.iter().enumerate() {
         let by_ip = nets(t, c.nets).any(|n| n.contains(ip));
         let by_tls = match (c.tls_name, tls_name) {
-            (Some(want), Some(got)) => t.str(want).eq_ignore_ascii_case(got),
+            (Some(want), Some(got)) => tls_name_matches(t.str(want), got),
             _ => false,
         };
         if by_ip || by_tls {
@@ -106,8 +129,10 @@ pub fn is_accepted(t: &Table, domain: &[u8]) -> bool {
 
 /// The recipient filter (RCPT time): a recipient inside the accepted
 /// domains is always taken; any other only from an originating session.
+/// It applies even in a table that marks the agent disabled (the compiler
+/// refuses that: it would make an open relay).
 pub fn recipient_allowed(t: &Table, a: &Attribution, rcpt: &[u8]) -> bool {
-    !t.enabled(Agent::RecipientFilter) || a.originating || is_accepted(t, domain_of(rcpt))
+    a.originating || is_accepted(t, domain_of(rcpt))
 }
 
 /// Where the octets of an address piece come from.
@@ -556,9 +581,10 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     }
 }
 
-/// The best send connector for `domain`: an exact domain (or `--` for an
-/// accepted one) beats the longest `*.suffix`, which beats `*`; the lower
-/// cost breaks a tie, then file order.
+/// The best send connector for `domain`: an exact domain beats `--` (an
+/// accepted domain), which beats the longest `*.suffix`, which beats `*`;
+/// the lower cost breaks a tie, then file order. So a connector that names
+/// an accepted domain takes it from the `--` connector whatever the costs.
 pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
     let mut best: Option<(u32, u32, u16)> = None;
     for (ci, c) in t.connectors.iter().enumerate() {
@@ -569,10 +595,8 @@ pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
             .unwrap_or(&[])
         {
             let score = match *sp {
-                Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => {
-                    3000 + domain.len() as u32
-                }
-                Space::Accepted if is_accepted(t, domain) => 3000 + domain.len() as u32,
+                Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => 4000,
+                Space::Accepted if is_accepted(t, domain) => 3000,
                 Space::Subdomains(d) => {
                     let d = t.str(d);
                     let n = domain.len();
@@ -690,6 +714,21 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             return Verdict::HopCount;
         }
     }
+    // OnSubmittedMessage: inbound rewriting of To/Cc (the envelope
+    // recipients follow per recipient), before any later agent's edits.
+    // Inbound means on the way in: only mail from a non-originating
+    // session, so mail the organisation sends out keeps its flat addresses.
+    let inbound_rewriting = t.enabled(Agent::InboundRewrite) && !m.attribution.originating;
+    if inbound_rewriting {
+        rewrite_fields(
+            t,
+            m,
+            Direction::Inbound,
+            &[b"To", b"Cc"],
+            Agent::InboundRewrite,
+            sink,
+        );
+    }
     let stamped = t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some();
     let mut ev = Eval {
         t,
@@ -733,8 +772,8 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             ev.sink.decision(rcpt, &d);
             continue;
         }
-        // OnSubmittedMessage: inbound rewriting.
-        if t.enabled(Agent::InboundRewrite) {
+        // OnSubmittedMessage: inbound rewriting, for mail coming in only.
+        if inbound_rewriting {
             if let Some(a) = rewrite(t, Direction::Inbound, orig, 0) {
                 d.addr = a;
                 ev.sink
@@ -913,17 +952,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         sink.edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
         sink.note(Agent::Cmt, Note::CmtStamped);
     }
-    // Inbound rewriting of To/Cc; outbound of the sender, From and Reply-To.
-    if t.enabled(Agent::InboundRewrite) {
-        rewrite_fields(
-            t,
-            m,
-            Direction::Inbound,
-            &[b"To", b"Cc"],
-            Agent::InboundRewrite,
-            sink,
-        );
-    }
+    // Outbound rewriting of the sender, From and Reply-To.
     let mut sender = Addr::of(m.sender);
     if t.enabled(Agent::OutboundRewrite) && m.attribution.originating {
         if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
@@ -1104,6 +1133,48 @@ mod tests {
             Some(2),
             "-- is all accepted domains"
         );
+    }
+
+    #[test]
+    fn an_exact_accepted_domain_beats_double_dash_whatever_the_costs() {
+        let mut t = table();
+        let eu = s(&mut t, "eu.contoso.com");
+        connector(&mut t, "eu-exact", &[Space::Domain(eu)], 1);
+        let eu = s(&mut t, "eu.contoso.com");
+        connector(&mut t, "eu-dear", &[Space::Domain(eu)], 50);
+        t.validate().expect("valid");
+        assert_eq!(
+            select_connector(&t, b"eu.contoso.com"),
+            Some(4),
+            "same cost as --"
+        );
+        assert_eq!(select_connector(&t, b"contoso.com"), Some(2), "-- still");
+        t.connectors[4].cost = 99;
+        assert_eq!(
+            select_connector(&t, b"eu.contoso.com"),
+            Some(5),
+            "cost 50 < 99"
+        );
+    }
+
+    #[test]
+    fn a_wildcard_tls_name_fits_exactly_one_left_most_label() {
+        let p = b"*.contoso.com";
+        assert!(tls_name_matches(p, b"mail.contoso.com"));
+        assert!(tls_name_matches(p, b"MAIL.Contoso.COM"));
+        assert!(tls_name_matches(p, b"*.contoso.com"));
+        assert!(!tls_name_matches(p, b"contoso.com"));
+        assert!(!tls_name_matches(p, b".contoso.com"));
+        assert!(!tls_name_matches(p, b"a.b.contoso.com"));
+        assert!(!tls_name_matches(p, b"mailcontoso.com"));
+        assert!(!tls_name_matches(p, b"mail.contoso.com.evil.org"));
+        assert!(!tls_name_matches(p, b"x*.contoso.com"));
+        assert!(tls_name_matches(b"mail.contoso.com", b"Mail.contoso.com"));
+        assert!(!tls_name_matches(
+            b"mail.contoso.com",
+            b"x.mail.contoso.com"
+        ));
+        assert!(!tls_name_matches(b"*contoso.com", b"xcontoso.com"));
     }
 
     #[test]

@@ -283,7 +283,8 @@ pub enum Agent {
     HeaderFirewall,
     /// Refuses mail over the hop limit (OnEndOfData).
     HopCount,
-    /// Flat to location-specific recipient addresses (OnSubmittedMessage).
+    /// Flat to location-specific recipient addresses, on mail from
+    /// non-originating sessions (OnSubmittedMessage).
     InboundRewrite,
     /// Transport rules (OnResolvedMessage).
     TransportRules,
