@@ -180,7 +180,9 @@ def test_smtputf8_addresses(sluice):
         c.mail("alice@example.test")
         check(c.cmd("RCPT TO:<%s>" % rcpt), 553, "5.6.7")
         check(c.cmd("RSET"), 250, "2.0.0")
-    assert len(sluice.queue_list()) == 1
+    # (exämple.test has no address here: the message bounces and its DSN to
+    # the UTF-8 sender is queued too; only the refused ones must be absent.)
+    assert len([e for e in sluice.queue_list() if e["from"]]) == 1, sluice.queue_list()
 
 
 def test_8bitmime_body_is_stored_verbatim(sluice):

@@ -189,6 +189,7 @@ impl Queue {
     /// Runs the scheduler on `ex` until the executor stops.
     pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
         let mut tick: u32 = 0;
+        let mut synced = std::time::Instant::now();
         loop {
             futures_lite::future::or(
                 async {
@@ -199,6 +200,14 @@ impl Queue {
                 },
             )
             .await;
+            // Delivery results are written unsynced (a lost one is a retry,
+            // never a loss); make them durable at least once a second.
+            if synced.elapsed() >= Duration::from_secs(1) {
+                synced = std::time::Instant::now();
+                if let Err(e) = self.spool.sync().await {
+                    super::log::warn(format_args!("queue: spool sync: {e}"));
+                }
+            }
             self.expire().await;
             for id in self.unnotified() {
                 self.notify(id).await;

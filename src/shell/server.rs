@@ -789,13 +789,6 @@ async fn session(
                     }
                     match result {
                         Ok(parts) => {
-                            sh.queue.add(spool::Stored {
-                                warned: false,
-                                id: txn.id,
-                                states: spool::initial_states(&env),
-                                env: env.clone(),
-                                parts,
-                            });
                             rx.accept_message(&id);
                             super::log::event(
                                 super::log::Kind::Receive,
@@ -841,6 +834,15 @@ async fn session(
                                     format_args!("{l}"),
                                 );
                             }
+                            // Queued after its RECEIVE/ROUTE/RULE lines, so the
+                            // log never shows a delivery before the acceptance.
+                            sh.queue.add(spool::Stored {
+                                warned: false,
+                                id: txn.id,
+                                states: spool::initial_states(&env),
+                                env: env.clone(),
+                                parts,
+                            });
                         }
                         Err(e) => {
                             super::log::event(

@@ -523,6 +523,9 @@ struct Job {
     data: (usize, usize),
     /// A Message record (it closes the id's parts).
     closes: bool,
+    /// Answer only once the batch is on stable storage (commits). Status
+    /// records need not wait: they ride on the next sync (see [`Spool::sync`]).
+    sync: bool,
     done: Option<smol::channel::Sender<Result<Vec<Part>, SpoolError>>>,
 }
 
@@ -596,6 +599,7 @@ impl Spool {
         let mut w = Writer {
             segments: segments.clone(),
             durable: durable.clone(),
+            dirty: false,
             dir: dir.to_path_buf(),
             file: None,
             path: Arc::new(PathBuf::new()),
@@ -666,6 +670,27 @@ impl Spool {
         self.durable.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
+    /// Makes everything written so far durable (a no-op when nothing was
+    /// written since the last sync).
+    pub async fn sync(&self) -> Result<(), SpoolError> {
+        let (done, wait) = smol::channel::bounded(1);
+        self.tx
+            .send(Job {
+                frames: Vec::new(),
+                id: 0,
+                data: (0, 0),
+                closes: false,
+                sync: true,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        wait.recv()
+            .await
+            .map_err(|_| SpoolError::Closed)?
+            .map(|_| ())
+    }
+
     /// Free octets on the spool's file system, if known.
     pub fn free_space(&self) -> Option<u64> {
         let s = rustix::fs::statvfs(&self.dir).ok()?;
@@ -683,6 +708,7 @@ impl Spool {
                 id,
                 data: (at, data.len()),
                 closes: false,
+                sync: false,
                 done: None,
             })
             .await
@@ -713,6 +739,7 @@ impl Spool {
                 id,
                 data: (at, tail.len()),
                 closes: true,
+                sync: true,
                 done: Some(done),
             })
             .await
@@ -731,6 +758,7 @@ impl Spool {
                 id,
                 data: (0, 0),
                 closes: false,
+                sync: true,
                 done: Some(done),
             })
             .await
@@ -743,6 +771,11 @@ impl Spool {
 
     /// Records new states of recipients of message `id` and returns once
     /// they are on stable storage.
+    ///
+    /// Returns once the records are written, not synced: losing one to a
+    /// power cut means a recipient is tried again (a duplicate, never a
+    /// loss), so they ride on the next commit's sync or on [`Spool::sync`],
+    /// which the queue calls at least once a second.
     pub async fn record(&self, id: u64, states: &[(u16, RcptState)]) -> Result<(), SpoolError> {
         let mut frames = Vec::new();
         for (rcpt, state) in states {
@@ -763,6 +796,7 @@ impl Spool {
                 id,
                 data: (0, 0),
                 closes: false,
+                sync: false,
                 done: Some(done),
             })
             .await
@@ -804,6 +838,8 @@ struct Writer {
     /// Messages with a failed chunk write: their commit must fail.
     failed: HashSet<u64>,
     durable: Arc<Mutex<Durable>>,
+    /// Octets written since the last sync.
+    dirty: bool,
 }
 
 /// How far the spool is known to be on stable storage.
@@ -856,7 +892,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.write_batch(&batch, jobs.iter().any(|j| j.done.is_some()));
+            let result = self.write_batch(&batch, jobs.iter().any(|j| j.sync));
             // Where the batch landed, to know each message's octets.
             let mut at = self.pos - batch.len() as u64;
             for j in jobs.drain(..) {
@@ -874,6 +910,7 @@ impl Writer {
                             "an earlier part of this message was not written".into(),
                         ))
                     }
+                    Ok(()) if j.frames.is_empty() => Ok(Vec::new()), // a sync alone
                     Ok(()) => {
                         if let Ok(mut s) = self.segments.lock() {
                             s.ids
@@ -906,6 +943,12 @@ impl Writer {
                 }
             }
         }
+        // Closed: what was written without a sync is made durable too.
+        if self.dirty {
+            if let Some(f) = &self.file {
+                let _ = f.sync_data();
+            }
+        }
     }
 
     fn write_batch(&mut self, batch: &[u8], sync: bool) -> Result<(), SpoolError> {
@@ -918,6 +961,7 @@ impl Writer {
         let Some(f) = &self.file else {
             return Err(SpoolError::Closed);
         };
+        let sync = sync && (self.dirty || !batch.is_empty());
         let res =
             f.write_all_at(batch, self.pos).and_then(
                 |()| {
@@ -931,6 +975,7 @@ impl Writer {
         match res {
             Ok(()) => {
                 self.pos += batch.len() as u64;
+                self.dirty = !sync && (self.dirty || !batch.is_empty());
                 if sync {
                     if let Ok(mut d) = self.durable.lock() {
                         d.segment = self.path.as_path().to_path_buf();
@@ -1200,6 +1245,50 @@ mod tests {
         if let Ok(sp) = Arc::try_unwrap(spool) {
             sp.close();
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn status_records_ride_on_the_next_sync() {
+        let dir = tmpdir("lazy");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        let id = spool.new_id();
+        let mut e = env("a@x.test", 2);
+        e.routes.push(Route {
+            original: b"b@example.test".to_vec(),
+            rcpt: b"b@example.test".to_vec(),
+            connector: None,
+            next_hop: super::super::policy::NextHop::None,
+            refused: None,
+        });
+        smol::block_on(spool.commit(id, &e, b"ok")).expect("commit");
+        let after_commit = spool.durable();
+        assert_eq!(after_commit.syncs, 1);
+        let st = RcptState::Delivered {
+            at: 1,
+            reply: "250 ok".into(),
+        };
+        smol::block_on(spool.record(id, &[(0, st)])).expect("record");
+        assert_eq!(
+            spool.durable().syncs,
+            1,
+            "a status record does not wait for a sync"
+        );
+        smol::block_on(spool.sync()).expect("sync");
+        let d = spool.durable();
+        assert_eq!(d.syncs, 2);
+        assert!(
+            d.upto > after_commit.upto,
+            "the status record is inside the synced range"
+        );
+        smol::block_on(spool.sync()).expect("sync");
+        assert_eq!(spool.durable().syncs, 2, "nothing new: no sync");
+        spool.close();
+        let s = scan(&dir).expect("scan");
+        assert!(matches!(
+            s.messages[0].states[0],
+            RcptState::Delivered { .. }
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 
