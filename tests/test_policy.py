@@ -1333,8 +1333,8 @@ def test_text_output(eml, frm, to, peer, rc, word):
 # sluice pipeline
 # ---------------------------------------------------------------------------
 
-EVENT_ORDER = ["OnConnect", "OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnSubmittedMessage",
-               "OnResolvedMessage", "OnRoutedMessage", "OnCategorizedMessage"]
+EVENT_ORDER = ["OnConnect", "OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnDisconnect",
+               "OnSubmittedMessage", "OnResolvedMessage", "OnRoutedMessage", "OnCategorizedMessage"]
 AGENTS = ["connection_filter", "attribution", "recipient_filter", "header_firewall", "hop_count",
           "inbound_rewrite", "transport_rules", "cmt", "connector_selection", "outbound_rewrite"]
 
@@ -1376,7 +1376,7 @@ def test_pipeline_lists_events_in_order_and_agents_by_priority():
     idx = [event_index(ev) for ev, _ in events]
     assert None not in idx, "unknown event line(s): %r\n%s" % ([ev for ev, _ in events], out)
     assert idx == sorted(idx) and len(set(idx)) == len(idx), "events out of order:\n%s" % out
-    for must in ("OnConnect", "OnRcpt", "OnEndOfHeaders", "OnCategorizedMessage"):
+    for must in ("OnConnect", "OnRcpt", "OnEndOfHeaders", "OnDisconnect", "OnCategorizedMessage"):
         assert any(ev.startswith(must) for ev, _ in events), "%s not listed:\n%s" % (must, out)
     listed = [a for _, lst in events for (_, a, _) in lst]
     assert sorted(listed) == sorted(AGENTS), "agents %r:\n%s" % (listed, out)

@@ -1,7 +1,9 @@
 //! The SMTP receive state machine (RFC 5321 for a relay), sans I/O.
 //!
 //! Driving it, in the style of quinn-proto:
-//! 1. [`Receiver::greet`] once, then send [`Receiver::output`].
+//! 1. [`Receiver::greet`] once; the first [`Receiver::feed`] after it
+//!    hands out [`Event::Connect`] (it consumes nothing), then send
+//!    [`Receiver::output`].
 //! 2. [`Receiver::feed`] the bytes read; it returns how many it consumed
 //!    and at most one [`Event`]. Call it again with the rest until it
 //!    returns no event; then send the output (RFC 2920: replies are flushed
@@ -14,7 +16,12 @@
 //!    byte it still holds from the client (pipelined cleartext after
 //!    STARTTLS is an injection), performs the handshake and calls
 //!    [`Receiver::tls_established`].
-//! 5. When [`Receiver::is_closed`] is true, flush and close.
+//! 5. When the session ends — after QUIT's reply, an error reply that
+//!    closes (421, too many errors), [`Receiver::close_with`] (timeout,
+//!    shutdown) or [`Receiver::connection_lost`] (the client went away) —
+//!    the next `feed` hands out [`Event::Disconnect`], exactly once per
+//!    session: flush the output, then close. [`Receiver::is_closed`] is
+//!    true from then on.
 //!
 //! Only `<CR><LF>.<CR><LF>` ends DATA: a dot after a bare CR or LF never
 //! does (SMTP smuggling). Bare CR or LF in DATA are refused or normalised
@@ -81,12 +88,18 @@ pub struct Mail<'a> {
     pub smtputf8: bool,
 }
 
-/// An event surfaced to the shell (the receive events of the transport
-/// pipeline: helo/ehlo, starttls, mail, rcpt, data, end-of-headers,
-/// end-of-data, rset, noop, help, reject, quit).
+/// An event surfaced to the shell (the SMTP receive events of the
+/// transport pipeline, seed 003: connect, helo/ehlo, starttls, mail, rcpt,
+/// data, end-of-headers, end-of-data, rset, noop, help, reject, quit,
+/// disconnect). A session's events begin with [`Event::Connect`] and end
+/// with [`Event::Disconnect`], each handed out once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum Event<'a> {
+    /// The session began: the 220 greeting is queued (OnConnectEvent).
+    /// Always the first event, handed out by the first `feed` after
+    /// [`Receiver::greet`].
+    Connect,
     /// HELO or EHLO was answered; `extended` for EHLO.
     Helo {
         /// The client's claimed name.
@@ -126,10 +139,13 @@ pub enum Event<'a> {
     Help,
     /// VRFY (answered 252).
     Vrfy,
-    /// QUIT: flush and close.
+    /// QUIT: the 221 reply is queued; [`Event::Disconnect`] follows.
     Quit,
     /// A command was refused with this reason (the reply is sent).
     Reject(Reason),
+    /// The session is over (OnDisconnectEvent): flush the output, then
+    /// close the connection. Handed out exactly once, as the last event.
+    Disconnect,
 }
 
 /// What one call of [`Receiver::feed`] did.
@@ -204,6 +220,10 @@ pub struct Receiver<'h> {
     out: Vec<u8, REPLY_BUFFER>,
     tls: bool,
     greeted: bool,
+    /// [`Event::Connect`] is due on the next `feed`.
+    connect_due: bool,
+    /// [`Event::Disconnect`] has been handed out.
+    disconnected: bool,
     helo: bool,
     mail: bool,
     smtputf8: bool,
@@ -242,6 +262,8 @@ impl<'h> Receiver<'h> {
             line_done: false,
             out: Vec::new(),
             greeted: false,
+            connect_due: false,
+            disconnected: false,
             helo: false,
             mail: false,
             smtputf8: false,
@@ -296,10 +318,12 @@ impl<'h> Receiver<'h> {
 
     // ---- mutators ------------------------------------------------------
 
-    /// Writes the 220 greeting.
+    /// Writes the 220 greeting; the next `feed` hands out
+    /// [`Event::Connect`]. Only the first call does anything.
     pub fn greet(&mut self) {
         if !self.greeted {
             self.greeted = true;
+            self.connect_due = true;
             self.write_line(220, None, &[self.cfg.hostname.as_bytes(), b" ESMTP sluice"]);
         }
     }
@@ -363,10 +387,24 @@ impl<'h> Receiver<'h> {
     }
 
     /// Ends the session with `reply` (timeouts, shutdown, limits): the
-    /// reply is queued and the receiver is closed.
+    /// reply is queued and the receiver is closed; the next `feed` hands
+    /// out [`Event::Disconnect`].
     pub fn close_with(&mut self, reply: Reply<'_>) {
         if self.phase != Phase::Closed {
             self.write_reply(reply);
+            self.phase = Phase::Closed;
+        }
+    }
+
+    /// The client closed the connection, or the transport failed (a read
+    /// or write error, a failed TLS handshake): the session ends without a
+    /// reply. Queued output and an undelivered end of headers are dropped;
+    /// the next `feed` hands out [`Event::Disconnect`] unless it already
+    /// was. Nothing happens if the receiver is already closed.
+    pub fn connection_lost(&mut self) {
+        if self.phase != Phase::Closed {
+            self.out.clear();
+            self.queued_eoh = None;
             self.phase = Phase::Closed;
         }
     }
@@ -390,21 +428,56 @@ impl<'h> Receiver<'h> {
     /// Bytes of a partial command line are kept inside (they count as
     /// consumed). Never panics, whatever the input.
     pub fn feed<'a>(&'a mut self, input: &'a [u8]) -> Step<'a> {
+        if self.connect_due {
+            self.connect_due = false;
+            return Step {
+                consumed: 0,
+                event: Some(Event::Connect),
+            };
+        }
         if let Some(off) = self.queued_eoh.take() {
             return Step {
                 consumed: 0,
                 event: Some(Event::EndOfHeaders { body_offset: off }),
             };
         }
+        if self.phase == Phase::Closed && !self.disconnected {
+            self.disconnected = true;
+            return Step {
+                consumed: 0,
+                event: Some(Event::Disconnect),
+            };
+        }
         match self.phase {
             Phase::Command => self.feed_command(input),
-            Phase::Data => self.feed_data(input),
-            Phase::Bdat { .. } => self.feed_bdat(input),
+            Phase::Data => {
+                let step = self.feed_data(input);
+                self.or_disconnect(step)
+            }
+            Phase::Bdat { .. } => {
+                let step = self.feed_bdat(input);
+                self.or_disconnect(step)
+            }
             Phase::Pending(_) | Phase::AwaitTls | Phase::Closed => Step {
                 consumed: 0,
                 event: None,
             },
         }
+    }
+
+    /// A step that closed the session without an event of its own (a
+    /// refused BDAT chunk, answered once it is read, that was one error too
+    /// many) hands out [`Event::Disconnect`] at once, so that `feed` never
+    /// returns no event from a closed receiver before Disconnect.
+    fn or_disconnect<'i>(&mut self, step: Step<'i>) -> Step<'i> {
+        if step.event.is_none() && self.phase == Phase::Closed && !self.disconnected {
+            self.disconnected = true;
+            return Step {
+                consumed: step.consumed,
+                event: Some(Event::Disconnect),
+            };
+        }
+        step
     }
 
     fn feed_command<'a>(&'a mut self, input: &'a [u8]) -> Step<'a> {
@@ -1380,6 +1453,9 @@ mod tests {
         let mut rx = Receiver::new(c);
         let mut log = Log::default();
         rx.greet();
+        // As the shell does, feed before the first read: Connect comes out
+        // whatever the input (even none).
+        drive_with(&mut rx, &[b""], &mut log);
         drive_with(&mut rx, chunks, &mut log);
         log
     }
@@ -1490,7 +1566,7 @@ mod tests {
             cfg(),
             &[b"EHLO c\r\nMAIL FROM: <a@x.test> SIZE=100 BODY=8BITMIME\r\n"],
         );
-        assert_eq!(log.events[1], "mail(a@x.test,Some(100),EightBitMime,false)");
+        assert_eq!(log.events[2], "mail(a@x.test,Some(100),EightBitMime,false)");
         assert_eq!(
             replies!(b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=10001\r\n")[2],
             "552 5.3.4"
@@ -1512,7 +1588,7 @@ mod tests {
             "501 5.5.4"
         );
         let log = session(cfg(), &[b"EHLO c\r\nMAIL FROM:<>\r\n"]);
-        assert_eq!(log.events[1], "mail(,None,SevenBit,false)");
+        assert_eq!(log.events[2], "mail(,None,SevenBit,false)");
     }
 
     #[test]
@@ -1521,8 +1597,8 @@ mod tests {
             cfg(),
             &[b"EHLO c\r\nMAIL FROM:<@r.test:a@x.test>\r\nRCPT TO:<Postmaster>\r\n"],
         );
-        assert_eq!(log.events[1], "mail(a@x.test,None,SevenBit,false)");
-        assert_eq!(log.events[2], "rcpt(Postmaster)");
+        assert_eq!(log.events[2], "mail(a@x.test,None,SevenBit,false)");
+        assert_eq!(log.events[3], "rcpt(Postmaster)");
     }
 
     #[test]
@@ -1741,6 +1817,8 @@ mod tests {
         rx.greet();
         let input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nNOOP\r\n";
         let s = rx.feed(input);
+        assert_eq!((s.consumed, s.event), (0, Some(Event::Connect)));
+        let s = rx.feed(input);
         let n = s.consumed;
         let s = rx.feed(&input[n..]);
         let n2 = s.consumed;
@@ -1750,6 +1828,133 @@ mod tests {
         rx.accept();
         let s = rx.feed(&input[n + n2..]);
         assert_eq!(s.event, Some(Event::Noop));
+    }
+
+    // ---- connect and disconnect ----------------------------------------
+
+    fn count(log: &Log, event: &str) -> usize {
+        log.events.iter().filter(|e| *e == event).count()
+    }
+
+    #[test]
+    fn connect_is_the_first_event_and_comes_once() {
+        let mut rx = Receiver::new(cfg());
+        // Nothing before the greeting.
+        assert_eq!(rx.feed(b"").event, None);
+        rx.greet();
+        rx.greet();
+        let s = rx.feed(b"NOOP\r\n");
+        assert_eq!((s.consumed, s.event), (0, Some(Event::Connect)));
+        // The greeting is still queued when Connect is handed out.
+        assert_eq!(rx.output(), b"220 mx.test ESMTP sluice\r\n");
+        let s = rx.feed(b"NOOP\r\n");
+        assert_eq!(s.event, Some(Event::Noop));
+        assert_eq!(rx.feed(b"").event, None);
+        let log = session(cfg(), &[TXN]);
+        assert_eq!(log.events[..2], ["Connect", "helo(c.test,true)"]);
+        assert_eq!(count(&log, "Connect"), 1);
+    }
+
+    #[test]
+    fn disconnect_comes_once_after_quit() {
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        let input = b"NOOP\r\nQUIT\r\nNOOP\r\n";
+        let mut pos = 0;
+        let mut events = StdVec::new();
+        for _ in 0..10 {
+            let s = rx.feed(&input[pos..]);
+            pos += s.consumed;
+            let event = s.event.map(|e| format!("{e:?}"));
+            if event.as_deref() == Some("Disconnect") {
+                // QUIT's reply is queued before the session ends.
+                assert!(rx.output().ends_with(b"221 2.0.0 Bye\r\n"));
+            }
+            events.extend(event);
+        }
+        assert_eq!(events, ["Connect", "Noop", "Quit", "Disconnect"]);
+        assert_eq!(pos, 12, "nothing is read after QUIT");
+        assert!(rx.is_closed());
+        // Closing again changes nothing.
+        rx.connection_lost();
+        rx.close_with(Reason::Timeout.reply());
+        assert_eq!(rx.feed(b"").event, None);
+        let log = session(cfg(), &[TXN, b"QUIT\r\n", b"NOOP\r\n"]);
+        assert_eq!(log.events[log.events.len() - 2..], ["Quit", "Disconnect"]);
+        assert_eq!(count(&log, "Disconnect"), 1);
+    }
+
+    #[test]
+    fn disconnect_comes_once_after_too_many_errors() {
+        let log = session(cfg(), &[&b"BAD\r\n".repeat(25)]);
+        assert_eq!(log.events.last().map(String::as_str), Some("Disconnect"));
+        assert_eq!(count(&log, "Disconnect"), 1);
+        assert_eq!(count(&log, "Reject(Unrecognized)"), MAX_ERRORS as usize);
+        // A refused BDAT chunk is answered once read; the 20th error closes
+        // the session in the same step, which hands out Disconnect.
+        let mut input = b"BAD\r\n".repeat(MAX_ERRORS as usize - 1);
+        input.extend_from_slice(b"EHLO c\r\nBDAT 5\r\nEHLO c\r\n");
+        let log = session(cfg(), &[&input]);
+        assert_eq!(
+            log.events[log.events.len() - 2..],
+            ["Reject(NeedMail)", "Disconnect"]
+        );
+        assert_eq!(log.replies().last().map(String::as_str), Some("421 4.7.0"));
+        // A BDAT without a valid size closes too.
+        let log = session(cfg(), &[TXN, b"BDAT x\r\n"]);
+        assert_eq!(
+            log.events[log.events.len() - 2..],
+            ["Reject(Syntax)", "Disconnect"]
+        );
+    }
+
+    #[test]
+    fn no_disconnect_while_the_session_is_open() {
+        let input = cat(&[TXN, b"DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\nRSET\r\nBAD\r\n"]);
+        let log = session(cfg(), &[&input, b"", b"NOOP\r\n"]);
+        assert_eq!(count(&log, "Disconnect"), 0, "{:?}", log.events);
+        assert_eq!(log.events.last().map(String::as_str), Some("Noop"));
+        // Waiting for a decision, or for the TLS handshake, is not the end.
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        let mut log = Log::default();
+        drive_with(&mut rx, &[b"EHLO c\r\nSTARTTLS\r\n"], &mut log);
+        for _ in 0..3 {
+            assert_eq!(rx.feed(b"").event, None);
+        }
+        assert!(!rx.is_closed());
+    }
+
+    #[test]
+    fn disconnect_after_close_with_or_a_lost_connection() {
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        assert_eq!(rx.feed(b"").event, Some(Event::Connect));
+        rx.close_with(Reason::Timeout.reply());
+        assert!(String::from_utf8_lossy(rx.output()).contains("\r\n421 4.4.2 mx.test "));
+        assert_eq!(rx.feed(b"NOOP\r\n").event, Some(Event::Disconnect));
+        assert_eq!(rx.feed(b"NOOP\r\n").event, None);
+
+        // The client goes away in the middle of a message.
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        let mut log = Log::default();
+        drive_with(&mut rx, &[TXN, b"DATA\r\nSubject: x\r\n"], &mut log);
+        assert!(rx.in_data());
+        rx.connection_lost();
+        assert!(rx.is_closed() && rx.output().is_empty());
+        let s = rx.feed(b"\r\n.\r\n");
+        assert_eq!((s.consumed, s.event), (0, Some(Event::Disconnect)));
+        rx.connection_lost();
+        assert_eq!(rx.feed(b"").event, None);
+
+        // Connect still comes first when the session is closed at once.
+        let mut rx = Receiver::new(cfg());
+        rx.greet();
+        rx.close_with(Reason::ShuttingDown.reply());
+        assert_eq!(rx.feed(b"").event, Some(Event::Connect));
+        assert_eq!(rx.feed(b"").event, Some(Event::Disconnect));
+        assert_eq!(rx.feed(b"").event, None);
     }
 
     // ---- properties ----------------------------------------------------
@@ -1806,7 +2011,15 @@ mod tests {
 
         #[test]
         fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..3000), normalize: bool) {
-            let _ = session(proptest_cfg(normalize), &[&input]);
+            let log = session(proptest_cfg(normalize), &[&input]);
+            // Connect first and once; Disconnect at most once, and last.
+            prop_assert_eq!(log.events.first().map(String::as_str), Some("Connect"));
+            prop_assert_eq!(count(&log, "Connect"), 1);
+            let ends = count(&log, "Disconnect");
+            prop_assert!(ends <= 1, "{:?}", log.events);
+            if ends == 1 {
+                prop_assert_eq!(log.events.last().map(String::as_str), Some("Disconnect"));
+            }
         }
 
         #[test]

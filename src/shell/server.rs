@@ -520,6 +520,8 @@ enum Action {
     Chunk,
     Message(u64),
     StartTls,
+    /// The engine ended the session: send what is queued, then close.
+    Disconnect,
 }
 
 async fn session(
@@ -580,6 +582,10 @@ async fn session(
                 break;
             };
             let action = match ev {
+                // OnConnect: the connection filter and the attribution ran
+                // before the receiver was made (a blocked client is refused
+                // before it has a session), so there is nothing to decide.
+                Event::Connect => Action::Nothing,
                 Event::Helo { name, extended } => {
                     txn.helo = name.to_vec();
                     txn.esmtp = extended;
@@ -632,9 +638,22 @@ async fn session(
                 | Event::Vrfy
                 | Event::Quit
                 | Event::Reject(_) => Action::Nothing,
+                // OnDisconnect: no agent and no log line of its own (the
+                // reason, if any, was logged where it arose).
+                Event::Disconnect => Action::Disconnect,
             };
             match action {
                 Action::Nothing => {}
+                Action::Disconnect => {
+                    // After QUIT's 221, a reply that closes (421, too many
+                    // errors), or a timeout or shutdown (`close_with`).
+                    if !rx.output().is_empty() {
+                        let _ = conn.write_all(rx.output()).await;
+                        let n = rx.output().len();
+                        rx.output_sent(n);
+                    }
+                    break 'session;
+                }
                 Action::Mail(size) => {
                     let need = size.unwrap_or(0).saturating_add(limits.spool_reserve);
                     match sh.spool.free_space() {
@@ -919,6 +938,8 @@ async fn session(
             rx.output_sent(n);
         }
         if rx.is_closed() {
+            // Not reached: a closed receiver hands out Disconnect (which
+            // ends the session above) before it returns no event.
             break;
         }
         if flushed && start < end {
@@ -971,10 +992,20 @@ async fn session(
                     Reason::Timeout
                 };
                 rx.close_with(reason.reply());
-                let _ = conn.write_all(rx.output()).await;
-                break;
+                // The engine now hands out Disconnect, which sends the
+                // 421 and ends the session.
+                continue;
             }
         }
+    }
+    // Here the session ended without the engine's Disconnect only if the
+    // client went away or the transport failed (end of input, a read or
+    // write error, a failed TLS handshake, stalled input): tell the engine,
+    // so that its Disconnect, the last event, comes exactly once per
+    // session. It logs nothing, as before.
+    rx.connection_lost();
+    while let Some(ev) = rx.feed(&[]).event {
+        debug_assert!(matches!(ev, Event::Disconnect), "{ev:?}");
     }
     if let Conn::Tls(mut s) = conn {
         let _ = s.close().await;

@@ -3,7 +3,7 @@
 use super::config::Config;
 use super::policy::{self, HeaderEdit, NextHop, Outcome, Policy};
 use super::rules;
-use crate::engine::policy::{attribute, Agent, Stage, Table, AGENTS};
+use crate::engine::policy::{attribute, Agent, Table, AGENTS, STAGES};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -346,17 +346,9 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Err(code) => return code,
     };
     let table: &Table = &pol.table;
-    let stages = [
-        Stage::OnConnect,
-        Stage::OnRcptCommand,
-        Stage::OnEndOfHeaders,
-        Stage::OnEndOfData,
-        Stage::OnSubmittedMessage,
-        Stage::OnResolvedMessage,
-        Stage::OnRoutedMessage,
-        Stage::OnCategorizedMessage,
-    ];
-    for st in stages {
+    // Every event is listed, also one without agents (OnDisconnect), as
+    // Get-TransportPipeline does.
+    for st in STAGES {
         let mut slots: Vec<(u8, Agent, bool)> = AGENTS
             .iter()
             .filter(|a| a.1 == st)
@@ -365,9 +357,6 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
                 None => (a.2, a.0, true),
             })
             .collect();
-        if slots.is_empty() {
-            continue;
-        }
         slots.sort();
         outln!("{st:?}");
         for (prio, agent, enabled) in slots {

@@ -316,7 +316,25 @@ pub enum Stage {
     OnRoutedMessage,
     /// Categorizer: categorized.
     OnCategorizedMessage,
+    /// SMTP receive: the session ended (no built-in agent). In the
+    /// pipeline it comes after [`Stage::OnEndOfData`] (see [`STAGES`]); it
+    /// is declared last so that compiled tables keep their encoding.
+    OnDisconnect,
 }
+
+/// The events in pipeline order, as `sluice pipeline` lists them: the SMTP
+/// receive events, then the categorizer events (seed 003).
+pub const STAGES: [Stage; 9] = [
+    Stage::OnConnect,
+    Stage::OnRcptCommand,
+    Stage::OnEndOfHeaders,
+    Stage::OnEndOfData,
+    Stage::OnDisconnect,
+    Stage::OnSubmittedMessage,
+    Stage::OnResolvedMessage,
+    Stage::OnRoutedMessage,
+    Stage::OnCategorizedMessage,
+];
 
 /// Every agent, its event, its default priority.
 pub const AGENTS: [(Agent, Stage, u8, &str); MAX_AGENTS] = [
