@@ -12,8 +12,11 @@
 //! `priority` after every explicit one in file order, `stop` false,
 //! `enabled` true; `[[agent]]` every agent enabled at its default priority.
 //!
-//! Precedence per recipient, as the engine applies it: a rule's `reject` >
-//! the first rule's `route_to` / `use_connector` > CMT > address spaces.
+//! Precedence per recipient, as the engine applies it with the built-in
+//! agent priorities: a rule's `reject` > the first rule's `route_to` /
+//! `use_connector` > CMT > address spaces. `[[agent]]` priorities order
+//! the agents of one event; with CMT before the transport rules, CMT's
+//! override stands (a rule's `reject` still wins).
 
 use crate::engine::limits::{
     MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
