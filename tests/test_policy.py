@@ -804,6 +804,43 @@ def test_no_snapshots_without_the_flag():
     assert not t.doc.get("snapshots"), t
 
 
+ORG_FORGED = ["X-MS-Exchange-Organization-SCL", "X-MS-Exchange-Organization-AuthAs", STAMP]
+
+
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_default_header_firewall_strips_organization_headers_from_anonymous_mail(peer):
+    # No [header_firewall] section: as Exchange's edge, anonymous mail loses
+    # X-MS-Exchange-Organization-* (a forged SCL, AuthAs or CMT stamp);
+    # nothing is renamed (no rename_untrusted by default).
+    t = trace("forged_org_headers.eml", "someone@example.org", "user@contoso.com", peer=peer,
+              rules=fx("rules_no_firewall.toml"), extra=["--snapshots"], expect_rc=0)
+    assert t["session"]["originating"] is False, t
+    assert sorted(t["headers_removed"]) == sorted(ORG_FORGED), t
+    assert t["headers_renamed"] == [], t
+    fw = [s for s in t.doc["snapshots"] if s["agent"] == "header_firewall"]
+    assert len(fw) == 1 and "X-MS-Exchange-Organization-" not in fw[0]["after"], t
+    assert "X-Forefront-Antispam-Report: SCL:5" in fw[0]["after"], t
+    assert len(t.log_lines("header_firewall", "Removed header")) == 3, t
+
+
+def test_default_header_firewall_keeps_organization_headers_of_originating_mail():
+    t = trace("forged_org_headers.eml", "someone@contoso.com", "user@contoso.com", peer=ONPREM,
+              rules=fx("rules_no_firewall.toml"), expect_rc=0)
+    assert t["session"]["originating"] is True, t
+    assert t["headers_removed"] == [] and t["headers_renamed"] == [], t
+
+
+def test_explicit_header_firewall_without_trusted_prefixes_strips_nothing(tmp_path):
+    # an explicit section says exactly what is stripped: here nothing
+    text = open(fx("rules_no_firewall.toml"), encoding="utf-8").read()
+    p = tmp_path / "rules.toml"
+    p.write_text(text + '\n[header_firewall]\nrename_untrusted = { "X-Forefront-Antispam-Report" = "X-Untrusted" }\n',
+                 encoding="utf-8")
+    t = trace("forged_org_headers.eml", "someone@example.org", "user@contoso.com", peer=ANON,
+              rules=str(p), expect_rc=0)
+    assert t["headers_removed"] == [], t
+    assert t["headers_renamed"] == [{"from": "X-Forefront-Antispam-Report", "to": "X-Untrusted"}], t
+
 
 # ---------------------------------------------------------------------------
 # 7. Journaling (rule #4)
