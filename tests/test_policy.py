@@ -804,6 +804,44 @@ def test_no_snapshots_without_the_flag():
     assert not t.doc.get("snapshots"), t
 
 
+ORG_FORGED = ["X-MS-Exchange-Organization-SCL", "X-MS-Exchange-Organization-AuthAs", STAMP]
+
+
+@pytest.mark.parametrize("peer", [ANON, PARTNER])
+def test_default_header_firewall_strips_organization_headers_from_anonymous_mail(peer):
+    # No [header_firewall] section: as Exchange's edge, anonymous mail loses
+    # X-MS-Exchange-Organization-* (a forged SCL, AuthAs or CMT stamp);
+    # nothing is renamed (no rename_untrusted by default).
+    t = trace("forged_org_headers.eml", "someone@example.org", "user@contoso.com", peer=peer,
+              rules=fx("rules_no_firewall.toml"), extra=["--snapshots"], expect_rc=0)
+    assert t["session"]["originating"] is False, t
+    assert sorted(t["headers_removed"]) == sorted(ORG_FORGED), t
+    assert t["headers_renamed"] == [], t
+    fw = [s for s in t.doc["snapshots"] if s["agent"] == "header_firewall"]
+    assert len(fw) == 1 and "X-MS-Exchange-Organization-" not in fw[0]["after"], t
+    assert "X-Forefront-Antispam-Report: SCL:5" in fw[0]["after"], t
+    assert len(t.log_lines("header_firewall", "Removed header")) == 3, t
+
+
+def test_default_header_firewall_keeps_organization_headers_of_originating_mail():
+    t = trace("forged_org_headers.eml", "someone@contoso.com", "user@contoso.com", peer=ONPREM,
+              rules=fx("rules_no_firewall.toml"), expect_rc=0)
+    assert t["session"]["originating"] is True, t
+    assert t["headers_removed"] == [] and t["headers_renamed"] == [], t
+
+
+def test_explicit_header_firewall_without_trusted_prefixes_strips_nothing(tmp_path):
+    # an explicit section says exactly what is stripped: here nothing
+    text = open(fx("rules_no_firewall.toml"), encoding="utf-8").read()
+    p = tmp_path / "rules.toml"
+    p.write_text(text + '\n[header_firewall]\nrename_untrusted = { "X-Forefront-Antispam-Report" = "X-Untrusted" }\n',
+                 encoding="utf-8")
+    t = trace("forged_org_headers.eml", "someone@example.org", "user@contoso.com", peer=ANON,
+              rules=str(p), expect_rc=0)
+    assert t["headers_removed"] == [], t
+    assert t["headers_renamed"] == [{"from": "X-Forefront-Antispam-Report", "to": "X-Untrusted"}], t
+
+
 # ---------------------------------------------------------------------------
 # 7. Journaling (rule #4)
 # ---------------------------------------------------------------------------
@@ -1407,6 +1445,57 @@ def test_pipeline_agent_priority_from_rule_file():
     names = [a for _, a in order]
     assert names.index("cmt") < names.index("transport_rules"), out
     assert (3, "transport_rules") in order, out
+
+
+# Agent priorities within an event take effect: rules_agent_priority.toml is the
+# sample with transport_rules at priority 3, so cmt (2) runs first on
+# OnResolvedMessage, the one event two agents share. The first of them to set
+# a recipient's route keeps it.
+
+def resolved_agents(t):
+    """The OnResolvedMessage agents in the order their log lines come."""
+    seen = []
+    for ln in t["log"]:
+        m = re.match(r"OnResolvedMessage (\w+): ", ln)
+        if m and m.group(1) not in seen:
+            seen.append(m.group(1))
+    return seen
+
+
+def test_agent_priority_cmt_before_transport_rules_keeps_the_cmt_route():
+    # Built-in order: rule #1's route_to wins over CMT (test_rule_route_to_wins_over_cmt).
+    t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE,
+              rules=fx("rules_agent_priority.toml"), expect_rc=0)
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert len(t.header_added(STAMP)) == 1, t
+    assert resolved_agents(t) == ["cmt", "transport_rules"], t
+    assert t.log_lines("transport_rules", "Route via Trend", "Found header [x-routethroughtm: On]"), t
+    assert t.log_lines("transport_rules", "Route via Trend", "override not applied"), t
+    assert not t.log_lines("UseOverrideDomain"), t
+    # the same message with the built-in priorities
+    t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE, expect_rc=0)
+    assert_route(t, "x@gmail.com", "trend", TREND_HOP, override="route_to", override_domain="trend.local")
+    assert t.header_added(STAMP) == [], t
+    assert resolved_agents(t) == ["transport_rules"], t
+
+
+@pytest.mark.parametrize("rules,order", [
+    (RULES, ["transport_rules", "cmt"]),
+    (fx("rules_agent_priority.toml"), ["cmt", "transport_rules"]),
+])
+def test_agent_priority_orders_the_log_the_edits_and_the_snapshots(rules, order):
+    # ceo@contoso.com from exchange-online to the Internet: CMT overrides and
+    # stamps, the journal rule adds X-Journaled; both agents edit the headers.
+    t = trace("plain.eml", "ceo@contoso.com", "x@gmail.com", peer=ONLINE, rules=rules,
+              extra=["--snapshots"], expect_rc=0)
+    assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
+    assert resolved_agents(t) == order, t
+    assert [s["agent"] for s in t.doc["snapshots"]] == order, t
+    first, second = t.doc["snapshots"]
+    assert second["before"] == first["after"], t
+    names = [h["name"] for h in t["headers_added"]]
+    want = {"cmt": STAMP, "transport_rules": "X-Journaled"}
+    assert names == [want[a] for a in order], t
 
 
 def test_pipeline_without_rules_file():

@@ -356,11 +356,12 @@ fn reply_text((code, (a, b, c), text): (u16, (u8, u16, u16), String)) -> String 
 }
 
 /// The event an agent is registered on.
-pub fn stage_of(t: &Table, a: Agent) -> Stage {
-    t.agent(a)
-        .map(|s| s.stage)
-        .or_else(|| AGENTS.iter().find(|x| x.0 == a).map(|x| x.1))
-        .unwrap_or(Stage::OnEndOfData)
+pub fn stage_of(a: Agent) -> Stage {
+    // Fixed per agent: the rule file changes priorities, never events.
+    AGENTS
+        .iter()
+        .find(|x| x.0 == a)
+        .map_or(Stage::OnEndOfData, |x| x.1)
 }
 
 /// The rule-file name of an agent.
@@ -527,6 +528,11 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
                 "Recipient [{}]. Message already stamped; no override.",
                 addr_of(i)
             ),
+            Note::RouteKept(r, i) => format!(
+                "{}. Recipient [{}]. Already routed by centralized mail flow (cmt runs first); override not applied.",
+                rule(r),
+                addr_of(i)
+            ),
             Note::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
             Note::Blocked => {
                 "The client's network is blocked by the connection filter.".to_string()
@@ -542,7 +548,7 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
         };
         log.push(format!(
             "{:?} {}: {text}",
-            stage_of(t, *agent),
+            stage_of(*agent),
             agent_name(*agent)
         ));
     }
@@ -856,6 +862,50 @@ mod tests {
             let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
             assert_eq!(digest(&render(&c, v)), digest(&o1));
         }
+    }
+
+    fn outcome(rules: &str, peer: &str, from: &str, rcpts: &[&str], msg: &[u8]) -> Outcome {
+        let c = crate::shell::rules::compile(rules).expect("rules");
+        let p = Policy::new(c.table).expect("policy");
+        let ip: IpAddr = peer.parse().expect("ip");
+        let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
+        let env = Envelope {
+            attribution: policy::attribute(&p.table, &ip16(ip), None),
+            client: ip,
+            sender: from.as_bytes(),
+            rcpts: &rc,
+        };
+        decide(&p, &env, msg)
+    }
+
+    #[test]
+    fn the_first_agent_of_resolved_message_to_route_a_recipient_keeps_it() {
+        let sample = include_str!("../../config/rules.toml");
+        let swapped = format!("{sample}\n[[agent]]\nname = \"transport_rules\"\npriority = 3\n");
+        let msg = b"X-RoutethroughTM: On\r\nSubject: a\r\n\r\nb\r\n";
+        let rcpt = ["x@gmail.com"];
+        let o = outcome(sample, "127.0.0.2", "a@contoso.com", &rcpt, msg);
+        assert_eq!(o.recipients[0].route, Some("route_to"));
+        assert!(o.edits.is_empty());
+        let o = outcome(&swapped, "127.0.0.2", "a@contoso.com", &rcpt, msg);
+        assert_eq!(o.recipients[0].route, Some("cmt"));
+        assert_eq!(o.recipients[0].connector.as_deref(), Some("onprem"));
+        assert_eq!(o.edits.len(), 1, "stamped");
+        // A rule's reject still wins when CMT ran first, and a refused
+        // recipient leaves no stamp.
+        let reject = format!(
+            "{swapped}\n[[rule]]\nname = \"No gmail\"\nif = {{ recipient_domain = [\"gmail.com\"] }}\nthen = {{ reject = \"550 5.7.1 No\" }}\n"
+        );
+        let o = outcome(
+            &reject,
+            "127.0.0.2",
+            "a@contoso.com",
+            &rcpt,
+            b"Subject: a\r\n\r\nb\r\n",
+        );
+        assert_eq!(o.result, "Rejected");
+        assert!(o.recipients[0].rejected.is_some() && o.recipients[0].route.is_none());
+        assert!(o.edits.is_empty(), "{:?}", o.edits);
     }
 
     proptest! {

@@ -8,12 +8,17 @@
 //! domain; `[[inbound]] kind` "partner"; `[[connector]] tls`
 //! "opportunistic", `cost` 10, no smart hosts (MX lookup); `[cmt] enabled`
 //! false, `stamp_header` [`DEFAULT_STAMP`]; `[limits]` 30 hops, 36 MiB,
-//! 200 recipients; `[[rule]] name` "Rule N" (N its place in the file),
+//! 200 recipients; no `[header_firewall]` section: trusted prefix
+//! [`DEFAULT_TRUSTED_PREFIX`] (a section without `trusted_prefixes`: none);
+//! `[[rule]] name` "Rule N" (N its place in the file),
 //! `priority` after every explicit one in file order, `stop` false,
 //! `enabled` true; `[[agent]]` every agent enabled at its default priority.
 //!
-//! Precedence per recipient, as the engine applies it: a rule's `reject` >
-//! the first rule's `route_to` / `use_connector` > CMT > address spaces.
+//! Precedence per recipient, as the engine applies it with the built-in
+//! agent priorities: a rule's `reject` > the first rule's `route_to` /
+//! `use_connector` > CMT > address spaces. `[[agent]]` priorities order
+//! the agents of one event; with CMT before the transport rules, CMT's
+//! override stands (a rule's `reject` still wins).
 
 use crate::engine::limits::{
     MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
@@ -38,6 +43,12 @@ use toml::Spanned;
 /// The CMT stamp header when `[cmt] stamp_header` is not given (the name
 /// Exchange's Centralized Mail Flow agent uses, seed 002).
 pub const DEFAULT_STAMP: &str = "X-MS-Exchange-Organization-CentralizedMailFlowOverrideSet";
+
+/// The header firewall's trusted prefix when the rule file has no
+/// `[header_firewall]` section: fields named so are removed from
+/// anonymous mail (as Exchange's edge does), so an Internet sender cannot
+/// forge the CMT stamp, an SCL or an authentication verdict.
+pub const DEFAULT_TRUSTED_PREFIX: &str = "X-MS-Exchange-Organization-";
 
 /// A send connector's cost when `cost` is not given; the lower cost wins a
 /// tie of address-space specificity.
@@ -1157,8 +1168,12 @@ fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     if let Some(v) = top.get("cmt") {
         parse_cmt(cx, &mut m, v);
     }
-    if let Some(v) = top.get("header_firewall") {
-        parse_firewall(cx, &mut m, v);
+    match top.get("header_firewall") {
+        Some(v) => parse_firewall(cx, &mut m, v),
+        // No section: Exchange's edge behaviour, anonymous mail loses the
+        // organisation's own headers (an explicit section says exactly
+        // what is stripped, possibly nothing).
+        None => m.trusted.push(DEFAULT_TRUSTED_PREFIX.to_string()),
     }
     if let Some(v) = top.get("connection_filter") {
         if let Some(t) = get_table(cx, v, "connection_filter") {
@@ -3293,6 +3308,19 @@ mod tests {
     }
 
     #[test]
+    fn without_a_header_firewall_section_organization_headers_are_trusted_only() {
+        let c = ok("[domains]\naccepted = [\"a.test\"]\n");
+        let t = &c.table;
+        assert_eq!(list(t, t.trusted_prefixes), [DEFAULT_TRUSTED_PREFIX]);
+        assert!(t.renames.is_empty());
+        // an explicit section keeps its own meaning: no prefixes, nothing stripped
+        let c = ok("[header_firewall]\nrename_untrusted = { \"X-A\" = \"X-B\" }\n");
+        let t = &c.table;
+        assert!(list(t, t.trusted_prefixes).is_empty());
+        assert_eq!(t.renames.len(), 1);
+    }
+
+    #[test]
     fn agents_can_be_disabled_and_reprioritised() {
         let c = ok("[[agent]]\nname = \"cmt\"\nenabled = false\n[[agent]]\nname = \"hop_count\"\npriority = 5\n");
         let t = &c.table;
@@ -3636,7 +3664,9 @@ mod tests {
         assert!(
             e.iter().any(|d| d
                 .message
-                .contains("too many list items (4097 > 4096, MAX_ITEMS)")),
+                // one more than the domains: the default header firewall's
+                // trusted prefix (no [header_firewall] section)
+                .contains("too many list items (4098 > 4096, MAX_ITEMS)")),
             "{e:?}"
         );
         let long = "x".repeat(60);

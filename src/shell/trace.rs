@@ -3,7 +3,7 @@
 use super::config::Config;
 use super::policy::{self, HeaderEdit, NextHop, Outcome, Policy};
 use super::rules;
-use crate::engine::policy::{attribute, Agent, Table, AGENTS, STAGES};
+use crate::engine::policy::{attribute, run_order, run_position, Agent, Table, STAGES};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -159,13 +159,13 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             &from,
         );
         if snapshots {
-            doc["snapshots"] = Value::Array(snapshot_list(&msg, &out));
+            doc["snapshots"] = Value::Array(snapshot_list(table, &msg, &out));
         }
         outln!("{doc}");
     } else {
         print_text(&out, peer, inbound.as_deref(), att.originating, &from);
         if snapshots {
-            for s in snapshot_list(&msg, &out) {
+            for s in snapshot_list(table, &msg, &out) {
                 outln!(
                     "\n--- before {}\n{}--- after {}\n{}",
                     s["agent"].as_str().unwrap_or(""),
@@ -239,7 +239,7 @@ fn to_json(
 }
 
 /// Header block before and after each agent that changed it.
-fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
+fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     let mut list = Vec::new();
     let mut done: Vec<&HeaderEdit> = Vec::new();
     let mut agents: Vec<Agent> = Vec::new();
@@ -248,9 +248,9 @@ fn snapshot_list(msg: &[u8], out: &Outcome) -> Vec<Value> {
             agents.push(*a);
         }
     }
-    // In pipeline order (the agents are declared in it), whatever order
-    // their edits came in.
-    agents.sort();
+    // In the order the agents ran (events in pipeline order, agents of an
+    // event by priority), whatever order their edits came in.
+    agents.sort_by_key(|a| run_position(t, *a));
     for a in agents {
         let before = policy::splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
@@ -347,23 +347,17 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     };
     let table: &Table = &pol.table;
     // Every event is listed, also one without agents (OnDisconnect), as
-    // Get-TransportPipeline does.
+    // Get-TransportPipeline does; on each, its agents in the order the
+    // pipeline runs them (by priority).
+    let order = run_order(table);
     for st in STAGES {
-        let mut slots: Vec<(u8, Agent, bool)> = AGENTS
-            .iter()
-            .filter(|a| a.1 == st)
-            .map(|a| match table.agent(a.0) {
-                Some(s) => (s.priority, a.0, s.enabled),
-                None => (a.2, a.0, true),
-            })
-            .collect();
-        slots.sort();
         outln!("{st:?}");
-        for (prio, agent, enabled) in slots {
+        for s in order.iter().filter(|s| s.stage == st) {
             let line = format!(
-                "  {prio:>3}  {:<20}{}",
-                policy::agent_name(agent),
-                if enabled { "" } else { "  [disabled]" }
+                "  {:>3}  {:<20}{}",
+                s.priority,
+                policy::agent_name(s.agent),
+                if s.enabled { "" } else { "  [disabled]" }
             );
             outln!("{}", line.trim_end());
         }

@@ -1,16 +1,22 @@
 //! Evaluation of a validated [`Table`] for one message, per recipient.
 //!
-//! The agents run in pipeline order (see [`AGENTS`]): header firewall,
-//! hop count, inbound rewriting of To/Cc, then per recipient the recipient
-//! filter, inbound rewriting, transport rules, CMT and connector selection,
-//! then outbound rewriting. Inbound rewriting applies only to mail coming
-//! in (non-originating sessions), outbound only to mail going out
-//! (originating sessions). Header edits reach the [`Sink`] in that order.
+//! The agents run in [`run_order`]: the events in the pipeline's order
+//! (see [`AGENTS`]), and within an event the enabled agents by the
+//! priority the table gives them (1 first), each agent one function. With
+//! the built-in priorities: header firewall, hop count, inbound rewriting
+//! of To/Cc, then per recipient the recipient filter, inbound rewriting,
+//! transport rules, CMT and connector selection, then outbound rewriting.
+//! Two agents share an event, transport rules and CMT (OnResolvedMessage):
+//! the first of them to set a recipient's route keeps it. Inbound
+//! rewriting applies only to mail coming in (non-originating sessions),
+//! outbound only to mail going out (originating sessions). Header edits
+//! and notes reach the [`Sink`] in the order the agents run.
 //! Nothing here allocates: results go to a caller's [`Sink`] as they are
 //! decided, addresses as [`Addr`] pieces (of the input or of the table),
 //! header edits as spans of the original header block.
 
 use super::super::header;
+use super::super::limits::MAX_AGENTS;
 use super::table::*;
 use regex_automata::dfa::Automaton;
 
@@ -70,33 +76,46 @@ pub fn tls_name_matches(pattern: &[u8], name: &[u8]) -> bool {
 /// networks contain the address or whose TLS name fits the name
 /// ([`tls_name_matches`]).
 pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attribution {
-    let blocked = t.enabled(Agent::ConnectionFilter) && nets(t, t.blocked).any(|n| n.contains(ip));
-    if !t.enabled(Agent::Attribution) {
-        return Attribution {
-            inbound: None,
-            originating: false,
-            blocked,
-        };
-    }
-    for (i, c) in t.inbound.iter().enumerate() {
-        let by_ip = nets(t, c.nets).any(|n| n.contains(ip));
-        let by_tls = match (c.tls_name, tls_name) {
-            (Some(want), Some(got)) => tls_name_matches(t.str(want), got),
-            _ => false,
-        };
-        if by_ip || by_tls {
-            return Attribution {
-                inbound: Some(i as u16),
-                originating: c.kind == InboundKind::Organization,
-                blocked,
-            };
+    let mut a = Attribution::default();
+    // OnConnect, its enabled agents by priority.
+    for s in run_order(t)
+        .iter()
+        .filter(|s| s.enabled && s.stage == Stage::OnConnect)
+    {
+        match s.agent {
+            Agent::ConnectionFilter => a.blocked = connection_filter(t, ip),
+            Agent::Attribution => {
+                a.inbound = inbound_connector(t, ip, tls_name);
+                a.originating = a
+                    .inbound
+                    .and_then(|i| t.inbound.get(usize::from(i)))
+                    .is_some_and(|c| c.kind == InboundKind::Organization);
+            }
+            _ => {}
         }
     }
-    Attribution {
-        inbound: None,
-        originating: false,
-        blocked,
-    }
+    a
+}
+
+/// The connection filter: whether the client is in a blocked network.
+fn connection_filter(t: &Table, ip: &[u8; 16]) -> bool {
+    nets(t, t.blocked).any(|n| n.contains(ip))
+}
+
+/// Attribution: the first inbound connector, in file order, whose networks
+/// contain the address or whose TLS name fits the certificate's name.
+fn inbound_connector(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Option<u16> {
+    t.inbound
+        .iter()
+        .position(|c| {
+            let by_ip = nets(t, c.nets).any(|n| n.contains(ip));
+            let by_tls = match (c.tls_name, tls_name) {
+                (Some(want), Some(got)) => tls_name_matches(t.str(want), got),
+                _ => false,
+            };
+            by_ip || by_tls
+        })
+        .map(|i| i as u16)
 }
 
 fn nets(t: &Table, s: Span) -> impl Iterator<Item = &Net> {
@@ -312,6 +331,10 @@ pub enum Note<'a> {
     CmtOverride(u16),
     /// The message carries the stamp: CMT leaves recipient `rcpt` alone.
     CmtAlreadyStamped(u16),
+    /// Rule `rule` applies to recipient `rcpt`, whose route CMT (run
+    /// before the rules) already set: its `route_to` / `use_connector`
+    /// is not applied.
+    RouteKept(u16, u16),
     /// The message has `hops` Received: fields, over `max`.
     HopCount(u32, u16),
     /// The client's address is in a blocked network.
@@ -660,7 +683,301 @@ pub fn evaluate<'a, S: Sink<'a>>(
     evaluate_with(t, t, m, rcpts, sink)
 }
 
+/// The pipeline's agents in the order they run: by event (the pipeline's
+/// order, fixed per agent), then by priority within the event (1 first;
+/// from the table, else the built-in one), a tie in the built-in order.
+/// Disabled agents are listed, flagged; an agent the table does not list
+/// runs at its built-in priority. `sluice pipeline` prints this order and
+/// [`evaluate`] follows it.
+pub fn run_order(t: &Table) -> [AgentSlot; MAX_AGENTS] {
+    let mut order = AGENTS.map(|(agent, stage, priority, _)| {
+        let (priority, enabled) = t
+            .agent(agent)
+            .map_or((priority, true), |s| (s.priority, s.enabled));
+        AgentSlot {
+            agent,
+            stage,
+            priority,
+            enabled,
+        }
+    });
+    order.sort_unstable_by_key(|s| (s.stage, s.priority, s.agent));
+    order
+}
+
+/// Where agent `a` runs in [`run_order`]: its position, for sorting what
+/// agents did into the order they did it.
+pub fn run_position(t: &Table, a: Agent) -> usize {
+    run_order(t)
+        .iter()
+        .position(|s| s.agent == a)
+        .unwrap_or(MAX_AGENTS)
+}
+
+/// Per-message state of the categorizer agents.
+struct Run {
+    /// Rules whose message-level actions apply.
+    used: RuleBits,
+    /// Whether the message arrived with the CMT stamp (visible after the
+    /// header firewall).
+    stamped: bool,
+}
+
+impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
+    /// OnEndOfHeaders: the header firewall strips trusted headers from
+    /// anonymous mail and renames untrusted verdict headers.
+    fn header_firewall(&mut self) {
+        let (t, m) = (self.t, self.m);
+        if m.attribution.originating {
+            return;
+        }
+        for f in header::fields(m.headers) {
+            let (start, end) = field_span(m.headers, f.name, f.value);
+            if t.list(t.trusted_prefixes)
+                .any(|p| starts_with_ci(f.name, p))
+            {
+                self.sink
+                    .edit(Agent::HeaderFirewall, Edit::Remove(start, end));
+                self.sink
+                    .note(Agent::HeaderFirewall, Note::FirewallRemoved(f.name));
+            } else if let Some((_, to)) = t
+                .renames
+                .iter()
+                .find(|(from, _)| t.str(*from).eq_ignore_ascii_case(f.name))
+            {
+                self.sink.edit(
+                    Agent::HeaderFirewall,
+                    Edit::Rename(start, start + f.name.len() as u32, *to),
+                );
+                self.sink.note(
+                    Agent::HeaderFirewall,
+                    Note::FirewallRenamed(f.name, t.str(*to)),
+                );
+            }
+        }
+    }
+
+    /// OnEndOfData: more `Received:` fields than `max_hops` refuses the message.
+    fn hop_count(&mut self) -> Option<Verdict> {
+        let n = hops(self.m.headers);
+        let max = self.t.limits.max_hops;
+        if n > u32::from(max) {
+            self.sink.note(Agent::HopCount, Note::HopCount(n, max));
+            return Some(Verdict::HopCount);
+        }
+        None
+    }
+
+    /// OnSubmittedMessage, message part: inbound rewriting of To/Cc, for
+    /// mail coming in (non-originating sessions) only.
+    fn inbound_rewrite_fields(&mut self) {
+        if self.m.attribution.originating {
+            return;
+        }
+        rewrite_fields(
+            self.t,
+            self.m,
+            Direction::Inbound,
+            &[b"To", b"Cc"],
+            Agent::InboundRewrite,
+            &mut *self.sink,
+        );
+    }
+
+    /// OnSubmittedMessage, per recipient: inbound rewriting of the envelope
+    /// recipient, for mail coming in only.
+    fn inbound_rewrite(&mut self, rcpt: u16, orig: &[u8], d: &mut Decision) {
+        if self.m.attribution.originating {
+            return;
+        }
+        if let Some(a) = rewrite(self.t, Direction::Inbound, orig, 0) {
+            d.addr = a;
+            self.sink
+                .note(Agent::InboundRewrite, Note::RecipientRewritten(rcpt));
+        }
+    }
+
+    /// OnResolvedMessage, per recipient: the transport rules, first by
+    /// priority. A route set before (by a rule of higher priority, or by
+    /// CMT when it runs first) is kept.
+    fn transport_rules(&mut self, rcpt: u16, orig: &[u8], d: &mut Decision, run: &mut Run) {
+        let t = self.t;
+        for (ri, rule) in t.rules.iter().enumerate() {
+            let r = ri as u16;
+            let ctx = Ctx {
+                local: Addr::piece(d.addr.local, orig, t),
+                domain: Addr::piece(d.addr.domain, orig, t),
+            };
+            if !self.condset(r, rule.when, &ctx) {
+                continue;
+            }
+            let first = usize::from(rule.except.first);
+            let excepted = (first..first + usize::from(rule.except.count))
+                .any(|s| self.condset(r, s as u16, &ctx));
+            if excepted {
+                self.sink
+                    .note(Agent::TransportRules, Note::Excepted(r, rcpt));
+                continue;
+            }
+            self.sink
+                .note(Agent::TransportRules, Note::Applies(r, rcpt));
+            run.used.set(ri);
+            let a0 = usize::from(rule.actions.first);
+            for a in t
+                .actions
+                .get(a0..a0 + usize::from(rule.actions.count))
+                .unwrap_or(&[])
+            {
+                match *a {
+                    Action::Reject { code, status, text } if d.refused.is_none() => {
+                        d.refused = Some(Refusal::Rule(code, status, text));
+                        d.rule = Some(r);
+                        self.sink
+                            .note(Agent::TransportRules, Note::Refused(r, rcpt));
+                    }
+                    Action::RouteTo(_) | Action::UseConnector(_)
+                        if matches!(d.route, Some(Override::Cmt(_))) =>
+                    {
+                        self.sink
+                            .note(Agent::TransportRules, Note::RouteKept(r, rcpt));
+                    }
+                    Action::RouteTo(dom) if d.route.is_none() => {
+                        d.route = Some(Override::RouteTo(dom));
+                        d.rule.get_or_insert(r);
+                        self.sink
+                            .note(Agent::TransportRules, Note::Rerouted(r, rcpt, t.str(dom)));
+                    }
+                    Action::UseConnector(c) if d.route.is_none() => {
+                        d.route = Some(Override::UseConnector);
+                        d.connector = Some(c);
+                        d.rule.get_or_insert(r);
+                        self.sink
+                            .note(Agent::TransportRules, Note::UseConnector(r, rcpt, c));
+                    }
+                    Action::RewriteRecipient(s) => {
+                        d.addr = Addr::from_table(t, s);
+                        self.sink
+                            .note(Agent::TransportRules, Note::RuleRewrote(r, rcpt));
+                    }
+                    _ => {}
+                }
+            }
+            if rule.stop {
+                self.sink
+                    .note(Agent::TransportRules, Note::Stopped(r, rcpt));
+                break;
+            }
+        }
+    }
+
+    /// OnResolvedMessage, per recipient: CMT routes a recipient outside the
+    /// accepted domains, of mail from a listed inbound connector, to the
+    /// default accepted domain, unless a route is already set (by a rule,
+    /// when the rules run first) or the message carries the stamp.
+    fn cmt(&mut self, rcpt: u16, orig: &[u8], d: &mut Decision, run: &Run) {
+        let t = self.t;
+        if !t.cmt.enabled || d.route.is_some() {
+            return;
+        }
+        let listed = self
+            .m
+            .attribution
+            .inbound
+            .is_some_and(|i| i < 32 && t.cmt.from_inbound & (1 << i) != 0);
+        if !listed || is_accepted(t, Addr::piece(d.addr.domain, orig, t)) {
+            return;
+        }
+        if run.stamped {
+            self.sink.note(Agent::Cmt, Note::CmtAlreadyStamped(rcpt));
+        } else if let Some(dd) = t.default_domain {
+            d.route = Some(Override::Cmt(dd));
+            self.sink.note(Agent::Cmt, Note::CmtOverride(rcpt));
+        }
+    }
+
+    /// OnRoutedMessage, per recipient: the send connector, by the override
+    /// domain or the recipient's own, unless a rule named one.
+    fn connector_selection(&mut self, rcpt: u16, orig: &[u8], d: &mut Decision, enabled: bool) {
+        let t = self.t;
+        if d.connector.is_none() {
+            let by = match d.route {
+                Some(Override::RouteTo(s)) | Some(Override::Cmt(s)) => t.str(s),
+                _ => Addr::piece(d.addr.domain, orig, t),
+            };
+            d.connector = if enabled {
+                select_connector(t, by)
+            } else {
+                None
+            };
+        }
+        self.sink.note(
+            Agent::ConnectorSelection,
+            Note::Connector(rcpt, d.connector),
+        );
+    }
+
+    /// OnResolvedMessage, message part: the header actions of the rules
+    /// that applied, in rule order.
+    fn rule_header_actions(&mut self, run: &Run) {
+        let (t, m) = (self.t, self.m);
+        for (ri, rule) in t.rules.iter().enumerate() {
+            if !run.used.get(ri) {
+                continue;
+            }
+            let a0 = usize::from(rule.actions.first);
+            for a in t
+                .actions
+                .get(a0..a0 + usize::from(rule.actions.count))
+                .unwrap_or(&[])
+            {
+                match *a {
+                    Action::AddHeader(name, value) => self
+                        .sink
+                        .edit(Agent::TransportRules, Edit::Add(name, value)),
+                    Action::SetHeader(name, value) => {
+                        remove_all(t, m, t.str(name), &mut *self.sink);
+                        self.sink
+                            .edit(Agent::TransportRules, Edit::Add(name, value));
+                    }
+                    Action::RemoveHeader(name) => remove_all(t, m, t.str(name), &mut *self.sink),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// OnCategorizedMessage: outbound rewriting of the envelope sender,
+    /// From and Reply-To of originating mail.
+    fn outbound_rewrite(&mut self, sender: &mut Addr) {
+        let (t, m) = (self.t, self.m);
+        if !m.attribution.originating {
+            return;
+        }
+        if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
+            *sender = a;
+            self.sink
+                .note(Agent::OutboundRewrite, Note::SenderRewritten);
+        }
+        rewrite_fields(
+            t,
+            m,
+            Direction::Outbound,
+            &[b"From", b"Reply-To"],
+            Agent::OutboundRewrite,
+            &mut *self.sink,
+        );
+    }
+}
+
 /// [`evaluate`] with the patterns run by `p`.
+///
+/// The agents run in [`run_order`]: events in the pipeline's order, and
+/// within an event the enabled agents by priority. The message-level
+/// agents of the SMTP events (header firewall, hop count, inbound
+/// rewriting of To/Cc) run first; then, per recipient, the recipient filter
+/// and the agents of the categorizer events; then what the categorizer
+/// agents do to the message as a whole (the rules' header actions, the CMT
+/// stamp, outbound rewriting), again in that order.
 pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     t: &'a Table,
     p: &'a P,
@@ -681,55 +998,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     if m.headers.len() > super::super::limits::MAX_HEADER_BLOCK {
         return Verdict::HeaderTooBig;
     }
-    // OnEndOfHeaders: the header firewall.
-    if t.enabled(Agent::HeaderFirewall) && !m.attribution.originating {
-        for f in header::fields(m.headers) {
-            let (start, end) = field_span(m.headers, f.name, f.value);
-            if t.list(t.trusted_prefixes)
-                .any(|p| starts_with_ci(f.name, p))
-            {
-                sink.edit(Agent::HeaderFirewall, Edit::Remove(start, end));
-                sink.note(Agent::HeaderFirewall, Note::FirewallRemoved(f.name));
-            } else if let Some((_, to)) = t
-                .renames
-                .iter()
-                .find(|(from, _)| t.str(*from).eq_ignore_ascii_case(f.name))
-            {
-                sink.edit(
-                    Agent::HeaderFirewall,
-                    Edit::Rename(start, start + f.name.len() as u32, *to),
-                );
-                sink.note(
-                    Agent::HeaderFirewall,
-                    Note::FirewallRenamed(f.name, t.str(*to)),
-                );
-            }
-        }
-    }
-    // OnEndOfData: the hop count.
-    if t.enabled(Agent::HopCount) {
-        let n = hops(m.headers);
-        if n > u32::from(t.limits.max_hops) {
-            sink.note(Agent::HopCount, Note::HopCount(n, t.limits.max_hops));
-            return Verdict::HopCount;
-        }
-    }
-    // OnSubmittedMessage: inbound rewriting of To/Cc (the envelope
-    // recipients follow per recipient), before any later agent's edits.
-    // Inbound means on the way in: only mail from a non-originating
-    // session, so mail the organisation sends out keeps its flat addresses.
-    let inbound_rewriting = t.enabled(Agent::InboundRewrite) && !m.attribution.originating;
-    if inbound_rewriting {
-        rewrite_fields(
-            t,
-            m,
-            Direction::Inbound,
-            &[b"To", b"Cc"],
-            Agent::InboundRewrite,
-            sink,
-        );
-    }
-    let stamped = t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some();
+    let order = run_order(t);
     let mut ev = Eval {
         t,
         p,
@@ -739,7 +1008,24 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
     };
-    let mut used = RuleBits::new(); // rules whose message-level actions apply
+    // The message-level agents of the SMTP receive events and the
+    // message part of inbound rewriting (before any later agent's edits).
+    for s in order.iter().filter(|s| s.enabled) {
+        match s.agent {
+            Agent::HeaderFirewall => ev.header_firewall(),
+            Agent::HopCount => {
+                if let Some(v) = ev.hop_count() {
+                    return v;
+                }
+            }
+            Agent::InboundRewrite => ev.inbound_rewrite_fields(),
+            _ => {}
+        }
+    }
+    let mut run = Run {
+        used: RuleBits::new(),
+        stamped: t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some(),
+    };
     let mut stamp = false;
     let mut routed = false;
     let mut first_refusal = None;
@@ -763,7 +1049,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             ev.sink.decision(rcpt, &d);
             continue;
         }
-        // OnRcptCommand: the recipient filter.
+        // OnRcptCommand: the recipient filter (never disabled).
         if !recipient_allowed(t, &m.attribution, orig) {
             ev.sink
                 .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
@@ -772,124 +1058,43 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             ev.sink.decision(rcpt, &d);
             continue;
         }
-        // OnSubmittedMessage: inbound rewriting, for mail coming in only.
-        if inbound_rewriting {
-            if let Some(a) = rewrite(t, Direction::Inbound, orig, 0) {
-                d.addr = a;
-                ev.sink
-                    .note(Agent::InboundRewrite, Note::RecipientRewritten(rcpt));
+        // The categorizer agents, per recipient; a refused recipient goes
+        // no further.
+        for s in order.iter() {
+            if d.refused.is_some() {
+                break;
+            }
+            match s.agent {
+                Agent::InboundRewrite if s.enabled => ev.inbound_rewrite(rcpt, orig, &mut d),
+                Agent::TransportRules if s.enabled => {
+                    ev.transport_rules(rcpt, orig, &mut d, &mut run)
+                }
+                Agent::Cmt if s.enabled => ev.cmt(rcpt, orig, &mut d, &run),
+                // Logged even when disabled: the recipient then has no connector.
+                Agent::ConnectorSelection => ev.connector_selection(rcpt, orig, &mut d, s.enabled),
+                _ => {}
             }
         }
-        // OnResolvedMessage: transport rules, first by priority.
-        if t.enabled(Agent::TransportRules) {
-            for (ri, rule) in t.rules.iter().enumerate() {
-                let r = ri as u16;
-                let ctx = Ctx {
-                    local: Addr::piece(d.addr.local, orig, t),
-                    domain: Addr::piece(d.addr.domain, orig, t),
-                };
-                if !ev.condset(r, rule.when, &ctx) {
-                    continue;
-                }
-                let first = usize::from(rule.except.first);
-                let excepted = (first..first + usize::from(rule.except.count))
-                    .any(|s| ev.condset(r, s as u16, &ctx));
-                if excepted {
-                    ev.sink.note(Agent::TransportRules, Note::Excepted(r, rcpt));
-                    continue;
-                }
-                ev.sink.note(Agent::TransportRules, Note::Applies(r, rcpt));
-                used.set(ri);
-                let a0 = usize::from(rule.actions.first);
-                for a in t
-                    .actions
-                    .get(a0..a0 + usize::from(rule.actions.count))
-                    .unwrap_or(&[])
-                {
-                    match *a {
-                        Action::Reject { code, status, text } if d.refused.is_none() => {
-                            d.refused = Some(Refusal::Rule(code, status, text));
-                            d.rule = Some(r);
-                            ev.sink.note(Agent::TransportRules, Note::Refused(r, rcpt));
-                        }
-                        Action::RouteTo(dom) if d.route.is_none() => {
-                            d.route = Some(Override::RouteTo(dom));
-                            d.rule.get_or_insert(r);
-                            ev.sink
-                                .note(Agent::TransportRules, Note::Rerouted(r, rcpt, t.str(dom)));
-                        }
-                        Action::UseConnector(c) if d.route.is_none() => {
-                            d.route = Some(Override::UseConnector);
-                            d.connector = Some(c);
-                            d.rule.get_or_insert(r);
-                            ev.sink
-                                .note(Agent::TransportRules, Note::UseConnector(r, rcpt, c));
-                        }
-                        Action::RewriteRecipient(s) => {
-                            d.addr = Addr::from_table(t, s);
-                            ev.sink
-                                .note(Agent::TransportRules, Note::RuleRewrote(r, rcpt));
-                        }
-                        _ => {}
-                    }
-                }
-                if rule.stop {
-                    ev.sink.note(Agent::TransportRules, Note::Stopped(r, rcpt));
-                    break;
-                }
-            }
-        }
-        if d.refused.is_some() {
+        if let Some(r) = d.refused {
             d.route = None;
             d.connector = None;
-            if let Some(r) = d.refused {
-                first_refusal.get_or_insert(r);
-            }
+            first_refusal.get_or_insert(r);
             ev.sink.decision(rcpt, &d);
             continue;
         }
         all_refused = false;
-        let domain = Addr::piece(d.addr.domain, orig, t);
-        // OnResolvedMessage: CMT, only where no rule decided the route.
-        if t.enabled(Agent::Cmt) && t.cmt.enabled && d.route.is_none() {
-            let listed = m
-                .attribution
-                .inbound
-                .is_some_and(|i| i < 32 && t.cmt.from_inbound & (1 << i) != 0);
-            if listed && !is_accepted(t, domain) {
-                if stamped {
-                    ev.sink.note(Agent::Cmt, Note::CmtAlreadyStamped(rcpt));
-                } else if let Some(dd) = t.default_domain {
-                    d.route = Some(Override::Cmt(dd));
-                    stamp = true;
-                    ev.sink.note(Agent::Cmt, Note::CmtOverride(rcpt));
-                }
-            }
-        }
-        // OnRoutedMessage: connector selection.
-        if d.connector.is_none() {
-            let by = match d.route {
-                Some(Override::RouteTo(s)) | Some(Override::Cmt(s)) => t.str(s),
-                _ => domain,
-            };
-            d.connector = if t.enabled(Agent::ConnectorSelection) {
-                select_connector(t, by)
-            } else {
-                None
-            };
-        }
-        ev.sink.note(
-            Agent::ConnectorSelection,
-            Note::Connector(rcpt, d.connector),
-        );
+        stamp |= matches!(d.route, Some(Override::Cmt(_)));
         routed |= d.route.is_some();
         ev.sink.decision(rcpt, &d);
     }
     // Recipients added by rules (journaling): routed by address space only,
     // and only for a message that is accepted at all.
     let refused_whole = all_refused && first_refusal.is_some();
+    if refused_whole {
+        run.used = RuleBits::new();
+    }
     for (ri, rule) in t.rules.iter().enumerate() {
-        if refused_whole || !used.get(ri) {
+        if !run.used.get(ri) {
             continue;
         }
         let a0 = usize::from(rule.actions.first);
@@ -922,53 +1127,23 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
             }
         }
     }
-    let sink = ev.sink;
-    // Message-level header actions of the rules that applied, in order
-    // (none for a message refused whole: nothing of it is kept).
-    for (ri, rule) in t.rules.iter().enumerate() {
-        if refused_whole || !used.get(ri) {
-            continue;
-        }
-        let a0 = usize::from(rule.actions.first);
-        for a in t
-            .actions
-            .get(a0..a0 + usize::from(rule.actions.count))
-            .unwrap_or(&[])
-        {
-            match *a {
-                Action::AddHeader(name, value) => {
-                    sink.edit(Agent::TransportRules, Edit::Add(name, value))
-                }
-                Action::SetHeader(name, value) => {
-                    remove_all(t, m, t.str(name), sink);
-                    sink.edit(Agent::TransportRules, Edit::Add(name, value));
-                }
-                Action::RemoveHeader(name) => remove_all(t, m, t.str(name), sink),
-                _ => {}
-            }
-        }
-    }
-    if stamp {
-        sink.edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
-        sink.note(Agent::Cmt, Note::CmtStamped);
-    }
-    // Outbound rewriting of the sender, From and Reply-To.
+    // What the categorizer agents do to the message as a whole, in the
+    // order they run (none of the rules' header actions for a message
+    // refused whole: nothing of it is kept).
     let mut sender = Addr::of(m.sender);
-    if t.enabled(Agent::OutboundRewrite) && m.attribution.originating {
-        if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
-            sender = a;
-            sink.note(Agent::OutboundRewrite, Note::SenderRewritten);
+    for s in order.iter().filter(|s| s.enabled) {
+        match s.agent {
+            Agent::TransportRules => ev.rule_header_actions(&run),
+            Agent::Cmt if stamp => {
+                ev.sink
+                    .edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
+                ev.sink.note(Agent::Cmt, Note::CmtStamped);
+            }
+            Agent::OutboundRewrite => ev.outbound_rewrite(&mut sender),
+            _ => {}
         }
-        rewrite_fields(
-            t,
-            m,
-            Direction::Outbound,
-            &[b"From", b"Reply-To"],
-            Agent::OutboundRewrite,
-            sink,
-        );
     }
-    sink.sender(&sender);
+    ev.sink.sender(&sender);
     if all_refused {
         if let Some(r) = first_refusal {
             return Verdict::Refused(r);
@@ -1222,6 +1397,55 @@ mod tests {
             b"eu.contoso.com"
         ));
         assert!(!addr_matches(b"*@contoso.com", b"x", b"sub.contoso.com"));
+    }
+
+    #[test]
+    fn agents_run_by_event_then_by_priority() {
+        let mut t = table();
+        let builtin: [Agent; MAX_AGENTS] = AGENTS.map(|a| a.0);
+        assert_eq!(
+            run_order(&t).map(|s| s.agent),
+            builtin,
+            "no slots: built-in"
+        );
+        for (agent, stage, priority, _) in AGENTS {
+            t.agents
+                .push(AgentSlot {
+                    agent,
+                    stage,
+                    priority,
+                    enabled: true,
+                })
+                .expect("agents");
+        }
+        assert_eq!(run_order(&t).map(|s| s.agent), builtin);
+        for s in t.agents.iter_mut() {
+            match s.agent {
+                Agent::TransportRules => s.priority = 3,
+                // a priority never moves an agent to another event
+                Agent::OutboundRewrite => s.priority = 0,
+                Agent::Cmt => s.enabled = false,
+                _ => {}
+            }
+        }
+        let order = run_order(&t);
+        let pos = |a| order.iter().position(|s| s.agent == a).expect("listed");
+        assert!(pos(Agent::Cmt) < pos(Agent::TransportRules));
+        assert!(pos(Agent::TransportRules) < pos(Agent::ConnectorSelection));
+        assert_eq!(pos(Agent::OutboundRewrite), MAX_AGENTS - 1);
+        assert!(
+            !order[pos(Agent::Cmt)].enabled,
+            "disabled agents are listed"
+        );
+        assert_eq!(run_position(&t, Agent::Cmt), pos(Agent::Cmt));
+        // equal priorities: the built-in order
+        t.agents
+            .iter_mut()
+            .filter(|s| s.agent == Agent::TransportRules)
+            .for_each(|s| s.priority = 2);
+        let order = run_order(&t);
+        let pos = |a| order.iter().position(|s| s.agent == a).expect("listed");
+        assert!(pos(Agent::TransportRules) < pos(Agent::Cmt));
     }
 
     #[test]
