@@ -69,6 +69,7 @@ PERF=${PERF:-perf}
 OUT_DIR=$BENCH_DIR/out
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}   # seconds, per row: sending plus delivery
 PROFILE_SESSIONS=${PROFILE_SESSIONS:-50}
+PROFILE_SIZE=${PROFILE_SIZE:-4096}   # octets per message in the profile runs
 READY_TIMEOUT=30                  # seconds, for a listener to come up
 
 QUICK=0 NO_PERF=0 ONLY=''
@@ -602,13 +603,13 @@ fi
 # ---------------------------------------------------------------- profile
 if [ $NO_PERF = 0 ]; then
     PERF_OUT=$OUT_DIR/relay-$STAMP-perf
-    msgs=$(msgs_for 4096)
+    msgs=$(msgs_for "$PROFILE_SIZE")
     {
         echo
-        echo "# profile: sluice, 4K, $PROFILE_SESSIONS sessions, $msgs messages; binary $SLUICE_PERF_BIN"
+        echo "# profile: sluice, $((PROFILE_SIZE / 1024))K, $PROFILE_SESSIONS sessions, $msgs messages; binary $SLUICE_PERF_BIN"
         [ "$SLUICE_PERF_BIN" = "$SLUICE_BIN" ] && echo "# (the release binary is stripped: user symbols will not resolve; see --help for SLUICE_PERF_BIN)"
     } | tee -a "$RESULT"
-    sluice_row 4096 "$msgs" "$PROFILE_SESSIONS" record
+    sluice_row "$PROFILE_SIZE" "$msgs" "$PROFILE_SESSIONS" record
     d=$LAST_SLUICE_DIR
     printf '# under perf record -a -g: accepted/s %s, delivered/s %s (%s)\n' "$ACC" "$DEL" "$NOTE" | tee -a "$RESULT"
     if [ -s "$d/perf.data" ]; then
@@ -630,7 +631,7 @@ if [ $NO_PERF = 0 ]; then
     else
         echo "# perf record wrote nothing: $(head -c 300 "$d/perf.log" | tr '\n' ' ')" | tee -a "$RESULT"
     fi
-    sluice_row 4096 "$msgs" "$PROFILE_SESSIONS" trace
+    sluice_row "$PROFILE_SIZE" "$msgs" "$PROFILE_SESSIONS" trace
     d=$LAST_SLUICE_DIR
     printf '# under perf trace -s: accepted/s %s, delivered/s %s (%s)\n' "$ACC" "$DEL" "$NOTE" | tee -a "$RESULT"
     if [ -s "$d/trace.txt" ]; then

@@ -649,14 +649,19 @@ enum Kind {
 /// `None` when `out` is too small (it must hold `input.len() * 2`).
 pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<usize> {
     let mut n = 0;
-    for &b in input {
-        if *at_line_start && b == b'.' {
+    let mut rest = input;
+    while let Some(&first) = rest.first() {
+        if *at_line_start && first == b'.' {
             *out.get_mut(n)? = b'.';
             n += 1;
         }
-        *out.get_mut(n)? = b;
-        n += 1;
-        *at_line_start = b == b'\n';
+        // A line at a time (memchr finds its end), copied whole.
+        let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(len);
+        out.get_mut(n..n + line.len())?.copy_from_slice(line);
+        n += line.len();
+        *at_line_start = line.last() == Some(&b'\n');
+        rest = tail;
     }
     Some(n)
 }
@@ -1071,5 +1076,40 @@ mod tests {
         let n2 = stuff(b".b", &mut ls, &mut out[n1..]).expect("room");
         assert_eq!(&out[..n1 + n2], b"..a\r\n..b");
         assert_eq!(stuff(b"....", &mut true, &mut [0u8; 4]), None);
+    }
+
+    /// The byte-at-a-time definition of RFC 5321 §4.5.2 stuffing.
+    fn stuff_reference(input: &[u8], at_line_start: &mut bool) -> V<u8> {
+        let mut out = V::new();
+        for &b in input {
+            if *at_line_start && b == b'.' {
+                out.push(b'.');
+            }
+            out.push(b);
+            *at_line_start = b == b'\n';
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stuffing_equals_the_byte_at_a_time_definition(
+            input in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b'.'), proptest::strategy::Just(b'\n'),
+                proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'a'),
+            ], 0..300),
+            cut in 0usize..300,
+            start in proptest::bool::ANY,
+        ) {
+            let cut = cut.min(input.len());
+            let mut want_ls = start;
+            let want = stuff_reference(&input, &mut want_ls);
+            let mut ls = start;
+            let mut out = std::vec![0u8; input.len() * 2];
+            let n1 = stuff(&input[..cut], &mut ls, &mut out).expect("room");
+            let n2 = stuff(&input[cut..], &mut ls, &mut out[n1..]).expect("room");
+            proptest::prop_assert_eq!(&out[..n1 + n2], &want[..]);
+            proptest::prop_assert_eq!(ls, want_ls);
+        }
     }
 }

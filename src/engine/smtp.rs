@@ -939,7 +939,21 @@ impl<'h> Receiver<'h> {
         let normalize = self.cfg.bare_line_endings == BareLineEndings::Normalize;
         let mut run = 0; // start of the octets to emit as they are
         let mut i = 0;
-        while let Some(&b) = input.get(i) {
+        loop {
+            // Inside a line nothing but CR and LF changes the state: skip
+            // to the next one (memchr: many octets at a time).
+            if self.dot == Dot::Clear && !self.prev_cr && !self.line_start {
+                match input
+                    .get(i..)
+                    .and_then(|r| memchr::memchr2(b'\r', b'\n', r))
+                {
+                    Some(k) => i += k,
+                    None => break,
+                }
+            }
+            let Some(&b) = input.get(i) else {
+                break;
+            };
             match self.dot {
                 Dot::Held => {
                     // A held '.' at line start, never part of a run.

@@ -547,13 +547,15 @@ async fn stream_message(
     bdat: bool,
 ) -> io::Result<()> {
     let mut line_start = true;
-    send_part(conn, head, bdat, &mut line_start).await?;
+    // One buffer for the stuffed octets of every part (at most twice a part).
+    let mut stuffed = Vec::new();
+    send_part(conn, head, bdat, &mut line_start, &mut stuffed).await?;
     let mut at = body_at;
     while at < m.env.size {
         let n = ((m.env.size - at) as usize).min(STREAM_CHUNK);
         let data = m.read_range(at, n)?;
         at += n as u64;
-        send_part(conn, &data, bdat, &mut line_start).await?;
+        send_part(conn, &data, bdat, &mut line_start, &mut stuffed).await?;
     }
     if !bdat && !line_start {
         // DATA must end with CRLF before the final dot.
@@ -567,11 +569,14 @@ async fn send_part(
     data: &[u8],
     bdat: bool,
     line_start: &mut bool,
+    out: &mut Vec<u8>,
 ) -> io::Result<()> {
     if bdat {
         return conn.write_all(data).await;
     }
-    let mut out = vec![0u8; data.len() * 2];
-    let n = client::stuff(data, line_start, &mut out).unwrap_or(0);
+    if out.len() < data.len() * 2 {
+        out.resize(data.len() * 2, 0);
+    }
+    let n = client::stuff(data, line_start, out).unwrap_or(0);
     conn.write_all(out.get(..n).unwrap_or(&[])).await
 }
