@@ -643,27 +643,39 @@ enum Kind {
     Failed(Failure, bool),
 }
 
-/// Dot-stuffs message octets for DATA into `out` (RFC 5321 §4.5.2): a
-/// line that begins with `.` gets another. `at_line_start` carries the
-/// state between calls (start with `true`); returns the octets written, or
-/// `None` when `out` is too small (it must hold `input.len() * 2`).
-pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<usize> {
-    let mut n = 0;
+/// Dot-stuffs message octets for DATA (RFC 5321 §4.5.2), handing `emit`
+/// the output in runs: a line that begins with `.` gets another.
+/// `at_line_start` carries the state between calls (start with `true`).
+/// No buffer of its own: the caller's `emit` decides where the octets go.
+pub fn stuff_runs(input: &[u8], at_line_start: &mut bool, mut emit: impl FnMut(&[u8])) {
     let mut rest = input;
     while let Some(&first) = rest.first() {
         if *at_line_start && first == b'.' {
-            *out.get_mut(n)? = b'.';
-            n += 1;
+            emit(b".");
         }
-        // A line at a time (memchr finds its end), copied whole.
+        // A line at a time (memchr finds its end), handed on whole.
         let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
         let (line, tail) = rest.split_at(len);
-        out.get_mut(n..n + line.len())?.copy_from_slice(line);
-        n += line.len();
+        emit(line);
         *at_line_start = line.last() == Some(&b'\n');
         rest = tail;
     }
-    Some(n)
+}
+
+/// Dot-stuffs message octets for DATA into `out` (see [`stuff_runs`]);
+/// returns the octets written, or `None` when `out` is too small (it must
+/// hold `input.len() * 2`).
+pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<usize> {
+    let mut n = 0;
+    let mut room = true;
+    stuff_runs(input, at_line_start, |run| {
+        match out.get_mut(n..n + run.len()) {
+            Some(dst) if room => dst.copy_from_slice(run),
+            _ => room = false,
+        }
+        n += run.len();
+    });
+    room.then_some(n)
 }
 
 fn parse_u64(s: &[u8]) -> Option<u64> {

@@ -574,9 +574,7 @@ async fn send_part(
     if bdat {
         return conn.write_all(data).await;
     }
-    if out.len() < data.len() * 2 {
-        out.resize(data.len() * 2, 0);
-    }
-    let n = client::stuff(data, line_start, out).unwrap_or(0);
-    conn.write_all(out.get(..n).unwrap_or(&[])).await
+    out.clear();
+    client::stuff_runs(data, line_start, |run| out.extend_from_slice(run));
+    conn.write_all(out).await
 }

@@ -262,9 +262,13 @@ impl Stored {
                 continue;
             }
             let take = ((p.len - offset) as usize).min(len - out.len());
-            let start = out.len();
-            out.resize(start + take, 0);
-            File::open(p.segment.as_path())?.read_exact_at(&mut out[start..], p.offset + offset)?;
+            let mut f = File::open(p.segment.as_path())?;
+            f.seek(SeekFrom::Start(p.offset + offset))?;
+            // read_to_end fills the spare capacity without zeroing it first.
+            let got = f.take(take as u64).read_to_end(&mut out)?;
+            if got < take {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
             offset = 0;
         }
         Ok(out)
