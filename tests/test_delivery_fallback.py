@@ -165,3 +165,25 @@ def test_opportunistic_tls_handshake_failure_falls_back_to_clear_text(sluice_fac
         assert "trying again without STARTTLS" in d.stderr()
     finally:
         srv.stop()
+
+
+def test_a_held_queue_accepts_and_delivers_nothing(sluice_factory):
+    sink = Sink()
+    sink.ctl.start()
+    try:
+        d = two_mx(sluice_factory, sink.port, sink.port, queue_extra="hold = true\n")
+        qid = submit(d, "a@contoso.com", ["x@two.test"], "held")
+        time.sleep(2.5)  # two scheduler ticks and more
+        assert sink.messages == [] and sink.ehlos == [], "a held queue delivered"
+        assert state_names(d.queue_json(qid)) == ["Pending"]
+        assert "queue: on hold" in d.stderr()
+        # Lifted (a restart reads [queue]): it goes.
+        d.stop()
+        cfg = open(d.config, encoding="utf-8").read().replace("hold = true\n", "")
+        with open(d.config, "w", encoding="utf-8") as f:
+            f.write(cfg)
+        d.start()
+        sink.wait(1)
+        states(d, qid, ["Delivered"])
+    finally:
+        sink.ctl.stop()

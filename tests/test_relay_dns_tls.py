@@ -144,7 +144,7 @@ def servers():
 # ------------------------------------------------------------ daemon --------
 
 def daemon(sluice_factory, dns_servers, static=None, static_mx=None, rules_text=None,
-           tmp_path=None, tls=False, ca=None, retry='"1s"'):
+           tmp_path=None, tls=False, ca=None, retry='"1s"', queue_extra=""):
     """A daemon like test_delivery's relay(): its [dns] asks `dns_servers`
     and knows only `static` (name -> ["ip:port"]) and `static_mx`
     (domain -> [[pref, "host"]])."""
@@ -157,9 +157,9 @@ def daemon(sluice_factory, dns_servers, static=None, static_mx=None, rules_text=
                    for n, addrs in (static or {}).items())
     smx = ", ".join('"%s" = [%s]' % (dom, ", ".join('[%d, "%s"]' % (p, h) for p, h in mxs))
                     for dom, mxs in (static_mx or {}).items())
-    cfg += ("[queue]\nretry = [%s]\n\n[dns]\nservers = [%s]\ntimeout = 2\nattempts = 1\n"
+    cfg += ("[queue]\nretry = [%s]\n%s\n[dns]\nservers = [%s]\ntimeout = 2\nattempts = 1\n"
             "static = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n") % (
-        retry, ", ".join('"%s"' % s for s in dns_servers), st, smx)
+        retry, queue_extra, ", ".join('"%s"' % s for s in dns_servers), st, smx)
     if rules_text is not None:
         rules = tmp_path / "rules.toml"
         rules.write_text(rules_text, encoding="utf-8")

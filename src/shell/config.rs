@@ -69,6 +69,10 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Deliveries at once to one next hop.
     pub concurrency_per_destination: usize,
+    /// Accept and spool, deliver nothing (a maintenance window at the
+    /// next hop, or measuring the accept path alone). Warnings and expiry
+    /// still run.
+    pub hold: bool,
 }
 
 impl Default for QueueConfig {
@@ -80,6 +84,7 @@ impl Default for QueueConfig {
             expire_after: m(2 * 24 * 60),
             concurrency: 100,
             concurrency_per_destination: 10,
+            hold: false,
         }
     }
 }
@@ -166,6 +171,7 @@ struct RawQueue {
     expire_after: Option<String>,
     concurrency: Option<usize>,
     concurrency_per_destination: Option<usize>,
+    hold: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -346,6 +352,7 @@ impl Config {
                 .concurrency_per_destination
                 .unwrap_or(qd.concurrency_per_destination)
                 .max(1),
+            hold: q.hold.unwrap_or(false),
         };
         let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
         // `[tls]` may hold only `ca` (outbound verification); a server

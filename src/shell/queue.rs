@@ -225,6 +225,9 @@ impl Queue {
                     super::log::info(format_args!("spool: {n} finished segment(s) deleted"));
                 }
             }
+            if self.cfg.hold {
+                continue;
+            }
             for (id, groups) in self.due() {
                 let q = self.clone();
                 ex.spawn(async move { q.deliver(id, groups).await })

@@ -163,6 +163,11 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         scan.messages.len(),
         cfg.spool_dir.display()
     ));
+    if cfg.queue.hold {
+        super::log::warn(format_args!(
+            "queue: on hold ([queue] hold = true): mail is accepted and spooled, nothing is delivered"
+        ));
+    }
     let spool = Arc::new(spool);
     let resolver =
         Resolver::new(DnsConfig::from_toml(cfg.dns.as_ref()).map_err(|e| format!("[dns]: {e}"))?);
