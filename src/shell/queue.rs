@@ -21,7 +21,8 @@ use super::spool::{RcptState, Spool, Stored};
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use smol::Executor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +56,20 @@ struct Entry {
     msg: Stored,
     /// A delivery task holds this message.
     busy: bool,
+    /// In `waiting`: due, held back by a concurrency limit.
+    waiting: bool,
+}
+
+/// Candidates the scheduler looks at between its full passes: new
+/// messages and `retry` targets (`fresh`), and due messages a concurrency
+/// limit held back (`waiting`, oldest first). A wake (a new message, a
+/// finished delivery) looks only at these, so accepting mail costs the
+/// same with a queue of ten messages or of a hundred thousand; the whole
+/// queue is walked once a second (due retries, expiry, warnings, DSNs).
+#[derive(Default)]
+struct Candidates {
+    fresh: VecDeque<u64>,
+    waiting: VecDeque<u64>,
 }
 
 /// The queue shared by the sessions (which add messages) and the scheduler.
@@ -70,6 +85,9 @@ pub struct Queue {
     /// Deliveries running, in total and per next hop.
     running: Mutex<(usize, HashMap<String, usize>)>,
     wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
+    candidates: Mutex<Candidates>,
+    /// `flush`: the next pass walks the whole queue.
+    rescan: AtomicBool,
 }
 
 /// A group of recipients of one message that share a route.
@@ -101,6 +119,7 @@ impl Queue {
                     Entry {
                         msg: m,
                         busy: false,
+                        waiting: false,
                     },
                 )
             })
@@ -115,6 +134,9 @@ impl Queue {
             entries: Mutex::new(entries),
             running: Mutex::new((0, HashMap::new())),
             wake: smol::channel::bounded(1),
+            candidates: Mutex::new(Candidates::default()),
+            // The first pass walks what was recovered.
+            rescan: AtomicBool::new(true),
         })
     }
 
@@ -156,8 +178,19 @@ impl Queue {
         if msg.states.iter().all(settled) {
             return;
         }
+        let id = msg.id;
         if let Ok(mut e) = self.entries.lock() {
-            e.insert(msg.id, Entry { msg, busy: false });
+            e.insert(
+                msg.id,
+                Entry {
+                    msg,
+                    busy: false,
+                    waiting: false,
+                },
+            );
+        }
+        if let Ok(mut c) = self.candidates.lock() {
+            c.fresh.push_back(id);
         }
         let _ = self.wake.0.try_send(());
     }
@@ -173,6 +206,7 @@ impl Queue {
                 }
             }
         }
+        self.rescan.store(true, Ordering::Relaxed);
         let _ = self.wake.0.try_send(());
     }
 
@@ -189,7 +223,7 @@ impl Queue {
     /// Runs the scheduler on `ex` until the executor stops.
     pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
         let mut tick: u32 = 0;
-        let mut synced = std::time::Instant::now();
+        let mut last_full = std::time::Instant::now();
         loop {
             futures_lite::future::or(
                 async {
@@ -200,13 +234,21 @@ impl Queue {
                 },
             )
             .await;
+            let full = self.rescan.swap(false, Ordering::Relaxed)
+                || last_full.elapsed() >= Duration::from_secs(1);
+            if !full {
+                // A wake: new messages, freed slots.
+                if !self.cfg.hold {
+                    let ids = self.next_candidates();
+                    self.start(&ex, ids);
+                }
+                continue;
+            }
+            last_full = std::time::Instant::now();
             // Delivery results are written unsynced (a lost one is a retry,
             // never a loss); make them durable at least once a second.
-            if synced.elapsed() >= Duration::from_secs(1) {
-                synced = std::time::Instant::now();
-                if let Err(e) = self.spool.sync().await {
-                    super::log::warn(format_args!("queue: spool sync: {e}"));
-                }
+            if let Err(e) = self.spool.sync().await {
+                super::log::warn(format_args!("queue: spool sync: {e}"));
             }
             self.expire().await;
             for id in self.unnotified() {
@@ -228,11 +270,42 @@ impl Queue {
             if self.cfg.hold {
                 continue;
             }
-            for (id, groups) in self.due() {
-                let q = self.clone();
-                ex.spawn(async move { q.deliver(id, groups).await })
-                    .detach();
-            }
+            // The whole queue, oldest first; the lists start over.
+            let ids: Vec<u64> = match (self.entries.lock(), self.candidates.lock()) {
+                (Ok(mut e), Ok(mut c)) => {
+                    c.fresh.clear();
+                    c.waiting.clear();
+                    e.values_mut().for_each(|x| x.waiting = false);
+                    e.keys().copied().collect()
+                }
+                _ => Vec::new(),
+            };
+            self.start(&ex, ids);
+        }
+    }
+
+    /// The candidates of a wake: every fresh id, then as many waiting ones
+    /// as deliveries may start (the rest keep their place).
+    fn next_candidates(&self) -> Vec<u64> {
+        let free = match self.running.lock() {
+            Ok(r) => self.cfg.concurrency.saturating_sub(r.0),
+            Err(_) => 0,
+        };
+        let Ok(mut c) = self.candidates.lock() else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u64> = c.fresh.drain(..).collect();
+        let n = free.min(c.waiting.len());
+        ids.extend(c.waiting.drain(..n));
+        ids
+    }
+
+    /// Starts a delivery for each of `ids` that is due and fits.
+    fn start(self: &Arc<Self>, ex: &Arc<Executor<'static>>, ids: Vec<u64>) {
+        for (id, groups) in self.due(ids) {
+            let q = self.clone();
+            ex.spawn(async move { q.deliver(id, groups).await })
+                .detach();
         }
     }
 
@@ -350,6 +423,11 @@ impl Queue {
             },
             Err(_) => false,
         };
+        if found {
+            if let Ok(mut c) = self.candidates.lock() {
+                c.fresh.push_back(id);
+            }
+        }
         let _ = self.wake.0.try_send(());
         found
     }
@@ -597,16 +675,37 @@ impl Queue {
 
     /// Picks the messages with due recipients and marks them busy, within
     /// the concurrency limits.
-    fn due(&self) -> Vec<(u64, Vec<Group>)> {
+    fn due(&self, ids: Vec<u64>) -> Vec<(u64, Vec<Group>)> {
         let t = now();
         let mut out = Vec::new();
-        let (Ok(mut entries), Ok(mut running)) = (self.entries.lock(), self.running.lock()) else {
+        let (Ok(mut entries), Ok(mut running), Ok(mut cands)) = (
+            self.entries.lock(),
+            self.running.lock(),
+            self.candidates.lock(),
+        ) else {
             return out;
         };
-        for entry in entries.values_mut().filter(|e| !e.busy) {
+        let mut ids = ids.into_iter();
+        while let Some(id) = ids.next() {
             if running.0 >= self.cfg.concurrency {
+                // No slot left: the rest wait for one, in their order.
+                for id in std::iter::once(id).chain(ids) {
+                    if let Some(e) = entries.get_mut(&id) {
+                        if !e.busy && !e.waiting {
+                            e.waiting = true;
+                            cands.waiting.push_back(id);
+                        }
+                    }
+                }
                 break;
             }
+            let Some(entry) = entries.get_mut(&id) else {
+                continue;
+            };
+            if entry.busy {
+                continue;
+            }
+            entry.waiting = false;
             let mut groups: Vec<Group> = Vec::new();
             for (i, (route, state)) in entry
                 .msg
@@ -651,6 +750,8 @@ impl Queue {
                     per.get(&g.key).copied().unwrap_or(0) < self.cfg.concurrency_per_destination
                 });
             if !fits {
+                entry.waiting = true;
+                cands.waiting.push_back(id);
                 continue;
             }
             *total += 1;
