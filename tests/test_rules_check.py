@@ -317,6 +317,55 @@ def test_no_tie_warning_for_different_costs(tmp_path):
     assert not [w for w in diagnostics(path, out + err, "warning") if "both have address space" in w[2]], info
 
 
+CMT_ANON_WARNING = (
+    '[cmt] from_inbound "partner-fabrikam" is not an organization connector: its mail is anonymous, '
+    'so the header firewall strips the stamp "X-MS-Exchange-Organization-CentralizedMailFlowOverrideSet" '
+    '(trusted prefix "X-MS-Exchange-Organization-") and a message from it is stamped and re-routed '
+    'again on every pass')
+
+
+def test_warning_cmt_from_a_partner_connector(tmp_path):
+    # the sample's firewall strips X-MS-Exchange-Organization-* from anonymous mail,
+    # so CMT never sees mail from a partner connector as stamped
+    old = 'from_inbound = ["exchange-online"]'
+    path, line = variant(tmp_path, old, 'from_inbound = ["exchange-online", "partner-fabrikam"]')
+    rc, out, err, info = check(path)
+    assert rc == 0, info
+    col = len('from_inbound = ["exchange-online", ') + 1
+    assert diagnostics(path, out + err, "warning") == [(line, col, CMT_ANON_WARNING)], info
+    assert not diagnostics(path, out + err, "error"), info
+
+
+def test_warning_cmt_from_a_partner_connector_default_firewall(tmp_path):
+    # no [header_firewall] section: the default trusted prefix strips the stamp too
+    s = sample_text()
+    start = s.index("[header_firewall]")
+    end = s.index("[limits]")
+    s = s[:start] + s[end:]
+    s = s.replace('from_inbound = ["exchange-online"]', 'from_inbound = ["partner-fabrikam"]')
+    p = tmp_path / "rules.toml"
+    p.write_text(s, encoding="utf-8")
+    line = s[:s.index('from_inbound = ["partner-fabrikam"]')].count("\n") + 1
+    rc, out, err, info = check(str(p))
+    assert rc == 0, info
+    warns = diagnostics(str(p), out + err, "warning")
+    assert (line, len('from_inbound = [') + 1, CMT_ANON_WARNING) in warns, info
+
+
+def test_no_cmt_warning_when_the_stamp_survives(tmp_path):
+    # a firewall section without trusted_prefixes strips nothing: the stamp survives
+    old = 'trusted_prefixes = ["X-MS-Exchange-Organization-"]\n'
+    s = sample_text()
+    assert s.count(old) == 1
+    s = s.replace(old, "").replace('from_inbound = ["exchange-online"]',
+                                   'from_inbound = ["exchange-online", "partner-fabrikam"]')
+    p = tmp_path / "rules.toml"
+    p.write_text(s, encoding="utf-8")
+    rc, out, err, info = check(str(p))
+    assert rc == 0, info
+    assert not [w for w in diagnostics(str(p), out + err, "warning") if "from_inbound" in w[2]], info
+
+
 def test_version_matches_trace_policy_version():
     import json
     rc, out, err, info = check("config/rules.toml")

@@ -1053,6 +1053,8 @@ struct Model {
     rewrites: Vec<RewriteM>,
     cmt_enabled: bool,
     cmt_from: Vec<u16>,
+    /// Where each `from_inbound` entry is (beside `cmt_from`).
+    cmt_from_at: Vec<usize>,
     cmt_stamp: String,
     trusted: Vec<String>,
     renames: Vec<(String, String, usize)>,
@@ -1122,6 +1124,7 @@ fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
         rewrites: Vec::new(),
         cmt_enabled: false,
         cmt_from: Vec::new(),
+        cmt_from_at: Vec::new(),
         cmt_stamp: DEFAULT_STAMP.to_string(),
         trusted: Vec::new(),
         renames: Vec::new(),
@@ -1562,7 +1565,10 @@ fn parse_cmt(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     if let Some(v) = f.get("from_inbound") {
         for s in get_strs(cx, v, "from_inbound") {
             match m.inbound.iter().position(|i| i.name.v == s.v) {
-                Some(i) => m.cmt_from.push(i as u16),
+                Some(i) => {
+                    m.cmt_from.push(i as u16);
+                    m.cmt_from_at.push(s.at());
+                }
                 None => cx.err(
                     s.at(),
                     unknown_name(
@@ -2228,6 +2234,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
             }
         }
     }
+    cmt_from_anonymous(cx, m);
     // connectors
     for (ci, c) in m.connectors.iter().enumerate() {
         let named = m.conn_named.get(ci).copied().unwrap_or(false);
@@ -2296,6 +2303,48 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
                 ),
             );
         }
+    }
+}
+
+/// CMT from a connector whose sessions are anonymous (kind not
+/// `organization`): the header firewall strips the stamp from its mail
+/// when a trusted prefix covers the stamp header, so CMT never sees a
+/// message from it as stamped and re-stamps and re-routes it on every
+/// pass. Only when every agent involved runs: attribution (else no
+/// session has a connector), the header firewall and CMT.
+fn cmt_from_anonymous(cx: &mut Cx<'_>, m: &Model) {
+    let runs = |a: Agent| m.agents.iter().any(|s| s.agent == a && s.enabled);
+    if !m.cmt_enabled
+        || !runs(Agent::Cmt)
+        || !runs(Agent::HeaderFirewall)
+        || !runs(Agent::Attribution)
+    {
+        return;
+    }
+    let stamp = m.cmt_stamp.as_bytes();
+    let Some(prefix) = m.trusted.iter().find(|p| {
+        stamp
+            .get(..p.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+    }) else {
+        return;
+    };
+    for (i, at) in m.cmt_from.iter().zip(m.cmt_from_at.iter()) {
+        let Some(c) = m.inbound.get(usize::from(*i)) else {
+            continue;
+        };
+        if c.kind == InboundKind::Organization {
+            continue;
+        }
+        cx.warn(
+            *at,
+            format!(
+                "[cmt] from_inbound \"{}\" is not an organization connector: its mail is anonymous, \
+                 so the header firewall strips the stamp \"{}\" (trusted prefix \"{prefix}\") and a \
+                 message from it is stamped and re-routed again on every pass",
+                c.name.v, m.cmt_stamp
+            ),
+        );
     }
 }
 
@@ -3614,6 +3663,64 @@ mod tests {
         assert!(has(&ws, "no connector's address space covers it"), "{ws:?}");
         let ws = warns_with("[[rule]]\nif = { header = \"X\", header_value_matches = '(?i)\\w+@\\w+' }\nthen = { add_header = { X-B = \"1\" } }\n");
         assert!(has(&ws, "large DFA"), "{ws:?}");
+    }
+
+    #[test]
+    fn cmt_from_an_anonymous_connector_warns_when_the_firewall_strips_the_stamp() {
+        let want = "[cmt] from_inbound \"partner\" is not an organization connector: its mail is \
+                    anonymous, so the header firewall strips the stamp \
+                    \"X-MS-Exchange-Organization-CentralizedMailFlowOverrideSet\" (trusted prefix \
+                    \"X-MS-Exchange-Organization-\") and a message from it is stamped and \
+                    re-routed again on every pass";
+        let cmt = "[cmt]\nenabled = true\nfrom_inbound = [\"org\", \"partner\"]\n";
+        // the default firewall (no section): warned, on the name in from_inbound
+        let c = ok(&format!("{BASE}{cmt}"));
+        let w: Vec<&Diag> = c.warnings.iter().filter(|d| d.message == want).collect();
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert_eq!((w[0].line, w[0].col), (16, 24), "{:?}", w[0]);
+        assert_eq!(
+            c.warnings.len(),
+            1,
+            "only partner, not org: {:?}",
+            c.warnings
+        );
+        // an explicit prefix covering the stamp, in another case: warned
+        let ws = warns_with(&format!(
+            "{cmt}[header_firewall]\ntrusted_prefixes = [\"x-ms-exchange-\"]\n"
+        ));
+        assert!(
+            has(&ws, "from_inbound \"partner\" is not an organization"),
+            "{ws:?}"
+        );
+        // the stamp survives: no warning
+        for extra in [
+            // a section without trusted_prefixes strips nothing
+            "[header_firewall]\nrename_untrusted = { \"X-A\" = \"X-B\" }\n",
+            // a prefix that does not cover the stamp
+            "[header_firewall]\ntrusted_prefixes = [\"X-Other-\"]\n",
+            // a stamp header outside the trusted prefix
+            "[header_firewall]\ntrusted_prefixes = [\"X-MS-Exchange-Organization-\"]\n",
+            // the firewall disabled
+            "[[agent]]\nname = \"header_firewall\"\nenabled = false\n",
+            // CMT disabled as an agent
+            "[[agent]]\nname = \"cmt\"\nenabled = false\n",
+        ] {
+            let text = if extra.contains("X-MS-Exchange-Organization-\"]") {
+                format!("{BASE}{}stamp_header = \"X-Cmt-Stamp\"\n{extra}", cmt)
+            } else {
+                format!("{BASE}{cmt}{extra}")
+            };
+            let ws = warnings(&text);
+            assert!(
+                !has(&ws, "is not an organization connector"),
+                "{extra}: {ws:?}"
+            );
+        }
+        // CMT not enabled, or only organization connectors: no warning
+        let ws = warns_with("[cmt]\nenabled = false\nfrom_inbound = [\"partner\"]\n");
+        assert!(!has(&ws, "is not an organization connector"), "{ws:?}");
+        let ws = warns_with("[cmt]\nenabled = true\nfrom_inbound = [\"org\"]\n");
+        assert!(ws.is_empty(), "{ws:?}");
     }
 
     // ---- capacities --------------------------------------------------------
