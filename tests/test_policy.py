@@ -948,6 +948,51 @@ def test_non_executable_from_outside_accepted(eml):
     assert t["result"] == "NoAction", t
 
 
+R5 = "OnResolvedMessage transport_rules: Rule #5 (Refuse executables from outside). "
+
+
+def test_trace_log_shows_attachment_names():
+    # the names the shell extracted (mail-parser) are logged once, when a rule first
+    # looks at the attachments, then the rule's match names the attachment
+    t = trace("attach_exe.eml", "bad@example.org", "user@contoso.com", peer=ANON, expect_rc=1)
+    log = t["log"]
+    want = ["OnResolvedMessage transport_rules: Attachment [invoice.exe]",
+            R5 + "Found attachment [invoice.exe]",
+            R5 + "Recipient [user@contoso.com]. Conditions hold."]
+    i = log.index(want[0])
+    assert log[i:i + 3] == want, t
+    assert t.log_lines("Attachment [") == [want[0]], t
+    # the existing lines are still there, unrenamed
+    assert R5 + "Recipient [user@contoso.com]. Rejected." in log, t
+    assert log[-1] == "Message processing completed. Result: [Rejected].", t
+
+
+def test_trace_log_shows_attachment_names_decoded():
+    t = trace("attach_rfc2231.eml", "bad@example.org", "user@contoso.com", peer=ANON, expect_rc=1)
+    assert t.log_lines("Attachment [") == [
+        "OnResolvedMessage transport_rules: Attachment [invoice d\u00e9cembre.exe]"], t
+    assert R5 + "Found attachment [invoice d\u00e9cembre.exe]" in t["log"], t
+
+
+def test_trace_log_attachment_without_match():
+    t = trace("attach_pdf.eml", "bad@example.org", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert t.log_lines("Attachment [") == ["OnResolvedMessage transport_rules: Attachment [invoice.pdf]"], t
+    assert t.log_lines("Found attachment") == [], t
+
+
+def test_trace_log_no_attachment_lines_when_no_rule_looks():
+    # from an organization connector rule #5 fails on sender_location before the
+    # attachments are looked at
+    t = trace("attach_exe.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM, expect_rc=0)
+    assert t.log_lines("ttachment") == [], t
+
+
+def test_trace_log_no_attachment():
+    t = trace("plain.eml", "bad@example.org", "user@contoso.com", peer=ANON, expect_rc=0)
+    assert "OnResolvedMessage transport_rules: No attachment." in t["log"], t
+    assert t.log_lines("Attachment [") == [], t
+
+
 # ---------------------------------------------------------------------------
 # 9. Hop count
 # ---------------------------------------------------------------------------

@@ -466,6 +466,11 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
             Note::HeaderNotFound(r, n) => {
                 format!("{}. Header [{}] was not found.", rule(r), low(n))
             }
+            Note::Attachment(n) => format!("Attachment [{}]", lossy(n)),
+            Note::NoAttachment => "No attachment.".to_string(),
+            Note::AttachmentFound(r, n) => {
+                format!("{}. Found attachment [{}]", rule(r), lossy(n))
+            }
             Note::HeaderValueExcluded(r, n, v) => format!(
                 "{}. Header [{}: {}] is excluded by the rule's value pattern.",
                 rule(r),
@@ -797,6 +802,47 @@ mod tests {
             o.log,
             o.sender
         )
+    }
+
+    #[test]
+    fn the_log_names_the_attachments_a_rule_looks_at() {
+        let (direct, _) = sample();
+        let run = |peer: &str, msg: &[u8]| {
+            let ip: IpAddr = peer.parse().expect("ip");
+            let rc: [&[u8]; 1] = [b"user@contoso.com"];
+            let env = Envelope {
+                attribution: policy::attribute(&direct.table, &ip16(ip), None),
+                client: ip,
+                sender: b"a@example.org",
+                rcpts: &rc,
+            };
+            decide(&direct, &env, msg).log
+        };
+        let r5 = "OnResolvedMessage transport_rules: Rule #5 (Refuse executables from outside). ";
+        let log = run("192.0.2.1", MIME);
+        // MIME's one attachment part: filename* (RFC 2231) wins over name
+        let names: Vec<&str> = log
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.contains("Attachment ["))
+            .collect();
+        assert_eq!(
+            names,
+            ["OnResolvedMessage transport_rules: Attachment [invoice one.SCR]"],
+            "{log:#?}"
+        );
+        let found = format!("{r5}Found attachment [invoice one.SCR]");
+        assert!(log.contains(&found), "{log:#?}");
+        // no attachment at all
+        let log = run("192.0.2.1", b"Subject: x\r\n\r\nb\r\n");
+        assert!(
+            log.iter()
+                .any(|l| l == "OnResolvedMessage transport_rules: No attachment."),
+            "{log:#?}"
+        );
+        // from inside, rule #5 stops at sender_location: no attachment lines
+        let log = run("127.0.0.1", MIME);
+        assert!(!log.iter().any(|l| l.contains("ttachment")), "{log:#?}");
     }
 
     #[test]

@@ -296,6 +296,13 @@ pub enum Note<'a> {
     HeaderFound(u16, &'a [u8], &'a [u8]),
     /// Rule `rule`: header `name` was not found.
     HeaderNotFound(u16, &'a [u8]),
+    /// An attachment name the shell extracted, noted once per message
+    /// when a rule first looks at the attachments.
+    Attachment(&'a [u8]),
+    /// The message has no named attachment (noted like [`Note::Attachment`]).
+    NoAttachment,
+    /// Rule `rule`'s attachment condition matched attachment `name`.
+    AttachmentFound(u16, &'a [u8]),
     /// Rule `rule`: header `name` has `value`, which its not-pattern excludes
     /// (or which its pattern does not match).
     HeaderValueExcluded(u16, &'a [u8], &'a [u8]),
@@ -485,6 +492,8 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     m: &'a Message<'a>,
     sink: &'s mut S,
     header_logged: RuleBits,
+    /// Whether the attachment names have been noted.
+    attachments_logged: bool,
     /// Conditions that do not depend on the recipient are evaluated once
     /// per message: `known` bit set, result in `value`.
     known: [u32; COND_WORDS],
@@ -573,8 +582,30 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             Condition::Inbound(i) => m.attribution.inbound == Some(i),
             Condition::ClientNetwork(span) => nets(t, span).any(|n| n.contains(&m.client_ip)),
             Condition::AttachmentMatches(dfa) => {
-                m.attachments.iter().any(|a| dfa_matches(self.p, dfa, a))
+                self.log_attachments();
+                let found = m.attachments.iter().find(|a| dfa_matches(self.p, dfa, a));
+                if let Some(a) = found {
+                    self.sink
+                        .note(Agent::TransportRules, Note::AttachmentFound(rule, a));
+                }
+                found.is_some()
             }
+        }
+    }
+
+    /// The attachment names, once per message, before the first rule's
+    /// attachment condition is decided.
+    fn log_attachments(&mut self) {
+        if self.attachments_logged {
+            return;
+        }
+        self.attachments_logged = true;
+        let m = self.m;
+        if m.attachments.is_empty() {
+            self.sink.note(Agent::TransportRules, Note::NoAttachment);
+        }
+        for a in m.attachments {
+            self.sink.note(Agent::TransportRules, Note::Attachment(a));
         }
     }
 
@@ -1005,6 +1036,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         m,
         sink,
         header_logged: RuleBits::new(),
+        attachments_logged: false,
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
     };
