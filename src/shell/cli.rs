@@ -256,11 +256,14 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
     if !matches!(args.first(), None | Some(&"list" | &"show" | &"--json")) {
         return queue_control(cfg, args);
     }
+    // The daemon first, then the spool: a message accepted in between is
+    // in the spool (with its first states) rather than missing, and one the
+    // daemon finished in between has its final states in the spool.
+    let source = live_queue(cfg);
     let scan = match spool::scan(&cfg.spool_dir) {
         Ok(s) => s,
         Err(e) => return fail(&format!("spool {}: {e}", cfg.spool_dir.display())),
     };
-    let source = live_queue(cfg);
     // The spool's messages with the daemon's states laid over them.
     let (messages, busy): (Vec<spool::Stored>, Vec<Option<bool>>) = scan
         .messages
