@@ -6,6 +6,11 @@
 //! part, the machine-readable status per recipient (the remote reply
 //! quoted in `Diagnostic-Code`), and the original message's headers. A
 //! message whose own sender is `<>` never gets one (RFC 5321 §6.1).
+//!
+//! With a non-ASCII address (an SMTPUTF8 message) the status part is
+//! `message/global-delivery-status` with the `utf-8` address type, and
+//! 8-bit original headers go back as `message/global-headers` (RFC 6533);
+//! the report type names the status part (RFC 6522).
 
 use super::spool::{Envelope, Route};
 use super::time::rfc5322;
@@ -85,6 +90,19 @@ fn report(
     }
     let sender = String::from_utf8_lossy(&env.from);
     let boundary = format!("{qid}/{host}");
+    let global = !env.from.is_ascii()
+        || failed
+            .iter()
+            .any(|f| !f.route.rcpt.is_ascii() || !f.route.original.is_ascii());
+    let status_type = if global {
+        "global-delivery-status"
+    } else {
+        "delivery-status"
+    };
+    let addr = |a: &[u8]| {
+        let kind = if a.is_ascii() { "rfc822" } else { "utf-8" };
+        format!("{kind}; {}", String::from_utf8_lossy(a))
+    };
     let mut m = String::new();
     m.push_str(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
@@ -99,7 +117,7 @@ fn report(
     m.push_str(&format!("Message-ID: <{qid}.{now}.dsn@{host}>\r\n"));
     m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
     m.push_str(&format!(
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+        "Content-Type: multipart/report; report-type={status_type};\r\n\tboundary=\"{boundary}\"\r\n\r\n"
     ));
     m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
     m.push_str(&format!(
@@ -122,19 +140,18 @@ fn report(
         ));
     }
     m.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "\r\n--{boundary}\r\nContent-Type: message/{status_type}\r\n\r\n"
     ));
     m.push_str(&format!(
         "Reporting-MTA: dns; {host}\r\nX-Sluice-Queue-ID: {qid}\r\n"
     ));
     m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322(env.received)));
     for f in failed {
-        let rcpt = String::from_utf8_lossy(&f.route.rcpt);
-        m.push_str(&format!("\r\nFinal-Recipient: rfc822; {rcpt}\r\n"));
+        m.push_str(&format!("\r\nFinal-Recipient: {}\r\n", addr(&f.route.rcpt)));
         if !f.route.original.is_empty() && f.route.original != f.route.rcpt {
             m.push_str(&format!(
-                "Original-Recipient: rfc822; {}\r\n",
-                String::from_utf8_lossy(&f.route.original)
+                "Original-Recipient: {}\r\n",
+                addr(&f.route.original)
             ));
         }
         let action = if delayed_until.is_some() {
@@ -151,8 +168,13 @@ fn report(
         }
         m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(f.reason)));
     }
+    let headers_type = if headers.is_ascii() {
+        "text/rfc822-headers"
+    } else {
+        "message/global-headers"
+    };
     m.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        "\r\n--{boundary}\r\nContent-Type: {headers_type}\r\n\r\n"
     ));
     let mut out = m.into_bytes();
     let mut h = headers.to_vec();
@@ -228,5 +250,69 @@ mod tests {
             build("edge1.test", "Q1", &env(""), b"", &f, 60).is_none(),
             "never to <>"
         );
+    }
+
+    #[test]
+    fn a_dsn_for_utf8_addresses_is_the_global_kind() {
+        let route = Route {
+            original: "ünïcode@exämple.test".as_bytes().to_vec(),
+            rcpt: "ünïcode@exämple.test".as_bytes().to_vec(),
+            connector: None,
+            next_hop: NextHop::Mx("exämple.test".into()),
+            refused: None,
+        };
+        let f = [Failed {
+            route: &route,
+            reason: "550 5.1.1 No such user",
+        }];
+        let d = String::from_utf8(
+            build(
+                "edge1.test",
+                "Q2",
+                &env("jösé@exämple.test"),
+                "Subject: grüße\r\n\r\n".as_bytes(),
+                &f,
+                60,
+            )
+            .expect("dsn"),
+        )
+        .expect("utf8");
+        assert!(
+            d.contains("multipart/report; report-type=global-delivery-status;"),
+            "{d}"
+        );
+        assert!(d.contains("Content-Type: message/global-delivery-status\r\n"));
+        assert!(d.contains("Final-Recipient: utf-8; ünïcode@exämple.test\r\n"));
+        assert!(d.contains("Content-Type: message/global-headers\r\n\r\nSubject: grüße\r\n"));
+        // ASCII addresses but 8-bit headers: the classic status part, the
+        // headers as global-headers.
+        let ascii = Route {
+            original: b"x@y.test".to_vec(),
+            rcpt: b"x@y.test".to_vec(),
+            connector: None,
+            next_hop: NextHop::Mx("y.test".into()),
+            refused: None,
+        };
+        let f = [Failed {
+            route: &ascii,
+            reason: "550 5.1.1 No such user",
+        }];
+        let d = String::from_utf8(
+            build(
+                "edge1.test",
+                "Q3",
+                &env("a@b.test"),
+                "Subject: ü\r\n\r\n".as_bytes(),
+                &f,
+                60,
+            )
+            .expect("dsn"),
+        )
+        .expect("utf8");
+        assert!(
+            d.contains("report-type=delivery-status;")
+                && d.contains("Final-Recipient: rfc822; x@y.test")
+        );
+        assert!(d.contains("Content-Type: message/global-headers"));
     }
 }
