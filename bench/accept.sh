@@ -38,6 +38,8 @@ SMTP_SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 OUT_DIR=$BENCH_DIR/out
 RUN_TIMEOUT=${RUN_TIMEOUT:-600}   # seconds, per smtp-source run
 READY_TIMEOUT=30                  # seconds, for a listener to come up
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 QUICK=0 REUSE=0 CEILING_ONLY=0
 for arg in "$@"; do
@@ -77,20 +79,6 @@ if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
 fi
 
 SINK_PID='' SLUICE_PID='' SOURCE_PID=''
-stop_pid() { # pid: SIGTERM, wait up to 10 s, then SIGKILL
-    local pid=$1 i
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "WARNING: pid $pid ignored SIGTERM for 10 s; SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-}
 cleanup() {
     stop_pid "$SOURCE_PID"; SOURCE_PID=''
     stop_pid "$SINK_PID"; SINK_PID=''
@@ -104,19 +92,6 @@ cleanup() {
 trap cleanup EXIT
 trap '[ -n "${RESULT:-}" ] && echo "# interrupted" >>"$RESULT"; exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
-    local i
-    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # smtp-source run: port size msgs sessions log -> sets RATE (msg/s, or FAIL)
 # It runs in the background and is waited for, so a signal stops it at once.

@@ -71,6 +71,8 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-600}   # seconds, per row: sending plus delivery
 PROFILE_SESSIONS=${PROFILE_SESSIONS:-50}
 PROFILE_SIZE=${PROFILE_SIZE:-4096}   # octets per message in the profile runs
 READY_TIMEOUT=30                  # seconds, for a listener to come up
+# shellcheck source=bench/lib.sh
+. "$BENCH_DIR/lib.sh"
 
 QUICK=0 NO_PERF=0 ONLY=''
 while [ $# -gt 0 ]; do
@@ -249,20 +251,6 @@ if __name__ == "__main__":
 PY
 
 SINK_PID='' SLUICE_PID='' DRIVE_PID='' SAMPLER_PID='' PERF_PID='' PF_CONF='' PF_MASTER=''
-stop_pid() { # pid [signal]: signal (TERM), wait up to 10 s, then SIGKILL
-    local pid=$1 sig=${2:-TERM} i
-    [ -n "$pid" ] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "WARNING: pid $pid ignored SIG$sig for 10 s; SIGKILL" >&2
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-}
 pf_cmd() { # postfix/postconf with its messages on stderr (they go to syslog when stderr is no tty)
     if command -v script >/dev/null; then
         script -qec "$(printf '%q ' "$@")" /dev/null
@@ -303,19 +291,6 @@ cleanup() {
 trap cleanup EXIT
 trap '[ -n "${RESULT:-}" ] && echo "# interrupted" >>"$RESULT"; exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
-    local i
-    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
-        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 start_sink() { # dir -> SINK_PORT, SINK_PID, SINK_OUT
     local opts=(-c)

@@ -240,41 +240,41 @@ impl Installer {
         }
         // A state dir of the layout before generations (policy.toml beside
         // policy.blob, no pointer): the box keeps its installed policy.
-        let legacy = dir.join("policy.toml");
-        let legacy = if pointer.is_null() && !dir.join(POINTER).exists() {
-            fs::read_to_string(&legacy).ok()
-        } else {
-            None
-        };
-        let (source, name, via) = match (&legacy, &cfg.rules) {
-            (Some(text), _) if compile(text).is_ok() => {
+        let legacy_path = dir.join("policy.toml");
+        let legacy = (pointer.is_null() && !dir.join(POINTER).exists())
+            .then(|| fs::read_to_string(&legacy_path).ok())
+            .flatten()
+            .and_then(|text| compile(&text).ok().map(|c| (text, c)));
+        let (source, via, (policy, blob, _)) = match legacy {
+            Some((text, compiled)) => {
                 super::log::info(format_args!(
                     "state {}: policy.toml of the older layout taken over as the installed policy",
                     dir.display()
                 ));
-                (
-                    text.clone(),
-                    dir.join("policy.toml").display().to_string(),
-                    "state (older layout)".to_string(),
-                )
+                (text, "state (older layout)".to_string(), compiled)
             }
-            (_, Some(p)) => (
-                fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
-                p.display().to_string(),
-                format!("config {}", p.display()),
-            ),
-            (_, None) => (
-                DEFAULT_RULES.to_string(),
-                "(embedded default rules)".into(),
-                "embedded default".into(),
-            ),
+            None => {
+                let (source, name, via) = match &cfg.rules {
+                    Some(p) => (
+                        fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
+                        p.display().to_string(),
+                        format!("config {}", p.display()),
+                    ),
+                    None => (
+                        DEFAULT_RULES.to_string(),
+                        "(embedded default rules)".into(),
+                        "embedded default".into(),
+                    ),
+                };
+                let compiled = compile(&source).map_err(|errs| {
+                    errs.iter()
+                        .map(|e| format!("{name}:{e}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })?;
+                (source, via, compiled)
+            }
         };
-        let (policy, blob, _) = compile(&source).map_err(|errs| {
-            errs.iter()
-                .map(|e| format!("{name}:{e}"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
         let inst = Installer {
             state_dir: dir,
             current: RwLock::new(Arc::new(policy)),

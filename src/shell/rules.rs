@@ -2270,7 +2270,7 @@ fn check_model(cx: &mut Cx<'_>, m: &Model) {
             m.connectors.iter().enumerate().find(|(di, d)| {
                 *di != ci
                     && (d.cost < c.cost || (d.cost == c.cost && *di < ci))
-                    && d.spaces.iter().any(|(x, _)| dominates(x, s))
+                    && d.spaces.iter().any(|(x, _)| x == s)
             })
         };
         if !named && c.spaces.iter().all(|(s, _)| beaten_by(s).is_some()) {
@@ -2322,11 +2322,11 @@ fn cmt_from_anonymous(cx: &mut Cx<'_>, m: &Model) {
         return;
     }
     let stamp = m.cmt_stamp.as_bytes();
-    let Some(prefix) = m.trusted.iter().find(|p| {
-        stamp
-            .get(..p.len())
-            .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
-    }) else {
+    let Some(prefix) = m
+        .trusted
+        .iter()
+        .find(|p| crate::engine::policy::starts_with_ci(stamp, p.as_bytes()))
+    else {
         return;
     };
     for (i, at) in m.cmt_from.iter().zip(m.cmt_from_at.iter()) {
@@ -2358,13 +2358,6 @@ fn covers(s: &SpaceM, domain: &str, accepted: &HashSet<&str>) -> bool {
             .strip_suffix(d.as_str())
             .is_some_and(|p| p.len() > 1 && p.ends_with('.')),
     }
-}
-
-/// Whether space `a` matches every domain `b` matches, at least as
-/// specifically (the engine's score: exact > `--` > `*.x` > `*`), so
-/// only the same space does.
-fn dominates(a: &SpaceM, b: &SpaceM) -> bool {
-    a == b
 }
 
 /// Why a condition set can never hold, if it is contradictory.

@@ -677,22 +677,34 @@ impl Spool {
     /// Makes everything written so far durable (a no-op when nothing was
     /// written since the last sync).
     pub async fn sync(&self) -> Result<(), SpoolError> {
+        self.run_job(Vec::new(), 0, (0, 0), false, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// Hands the writer a job and waits for its answer (after the sync
+    /// when `sync`).
+    async fn run_job(
+        &self,
+        frames: Vec<u8>,
+        id: u64,
+        data: (usize, usize),
+        closes: bool,
+        sync: bool,
+    ) -> Result<Vec<Part>, SpoolError> {
         let (done, wait) = smol::channel::bounded(1);
         self.tx
             .send(Job {
-                frames: Vec::new(),
-                id: 0,
-                data: (0, 0),
-                closes: false,
-                sync: true,
+                frames,
+                id,
+                data,
+                closes,
+                sync,
                 done: Some(done),
             })
             .await
             .map_err(|_| SpoolError::Closed)?;
-        wait.recv()
-            .await
-            .map_err(|_| SpoolError::Closed)?
-            .map(|_| ())
+        wait.recv().await.map_err(|_| SpoolError::Closed)?
     }
 
     /// Free octets on the spool's file system, if known.
@@ -736,45 +748,19 @@ impl Spool {
             tail,
             &mut frames,
         );
-        let (done, wait) = smol::channel::bounded(1);
-        self.tx
-            .send(Job {
-                frames,
-                id,
-                data: (at, tail.len()),
-                closes: true,
-                sync: true,
-                done: Some(done),
-            })
-            .await
-            .map_err(|_| SpoolError::Closed)?;
-        wait.recv().await.map_err(|_| SpoolError::Closed)?
+        self.run_job(frames, id, (at, tail.len()), true, true).await
     }
 
     /// Records that the sender of `id` was warned of a delay (synced).
     pub async fn record_warned(&self, id: u64) -> Result<(), SpoolError> {
         let mut frames = Vec::new();
         frame(&Head::Warned { id }, &[], &mut frames);
-        let (done, wait) = smol::channel::bounded(1);
-        self.tx
-            .send(Job {
-                frames,
-                id,
-                data: (0, 0),
-                closes: false,
-                sync: true,
-                done: Some(done),
-            })
+        self.run_job(frames, id, (0, 0), false, true)
             .await
-            .map_err(|_| SpoolError::Closed)?;
-        wait.recv()
-            .await
-            .map_err(|_| SpoolError::Closed)?
             .map(|_| ())
     }
 
-    /// Records new states of recipients of message `id` and returns once
-    /// they are on stable storage.
+    /// Records new states of recipients of message `id`.
     ///
     /// Returns once the records are written, not synced: losing one to a
     /// power cut means a recipient is tried again (a duplicate, never a
@@ -793,21 +779,8 @@ impl Spool {
                 &mut frames,
             );
         }
-        let (done, wait) = smol::channel::bounded(1);
-        self.tx
-            .send(Job {
-                frames,
-                id,
-                data: (0, 0),
-                closes: false,
-                sync: false,
-                done: Some(done),
-            })
+        self.run_job(frames, id, (0, 0), false, false)
             .await
-            .map_err(|_| SpoolError::Closed)?;
-        wait.recv()
-            .await
-            .map_err(|_| SpoolError::Closed)?
             .map(|_| ())
     }
 

@@ -118,6 +118,14 @@ fn inbound_connector(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Optio
         .map(|i| i as u16)
 }
 
+/// A rule's actions.
+fn actions<'t>(t: &'t Table, rule: &Rule) -> &'t [Action] {
+    let start = usize::from(rule.actions.first);
+    t.actions
+        .get(start..start + usize::from(rule.actions.count))
+        .unwrap_or(&[])
+}
+
 fn nets(t: &Table, s: Span) -> impl Iterator<Item = &Net> {
     let start = usize::from(s.first);
     t.nets
@@ -437,7 +445,8 @@ fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'
     Some(name)
 }
 
-fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+/// Whether `s` begins with `prefix`, ASCII case ignored.
+pub fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
     s.get(..prefix.len())
         .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
 }
@@ -853,12 +862,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             self.sink
                 .note(Agent::TransportRules, Note::Applies(r, rcpt));
             run.used.set(ri);
-            let a0 = usize::from(rule.actions.first);
-            for a in t
-                .actions
-                .get(a0..a0 + usize::from(rule.actions.count))
-                .unwrap_or(&[])
-            {
+            for a in actions(t, rule) {
                 match *a {
                     Action::Reject { code, status, text } if d.refused.is_none() => {
                         d.refused = Some(Refusal::Rule(code, status, text));
@@ -955,12 +959,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             if !run.used.get(ri) {
                 continue;
             }
-            let a0 = usize::from(rule.actions.first);
-            for a in t
-                .actions
-                .get(a0..a0 + usize::from(rule.actions.count))
-                .unwrap_or(&[])
-            {
+            for a in actions(t, rule) {
                 match *a {
                     Action::AddHeader(name, value) => self
                         .sink
@@ -1129,12 +1128,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         if !run.used.get(ri) {
             continue;
         }
-        let a0 = usize::from(rule.actions.first);
-        for a in t
-            .actions
-            .get(a0..a0 + usize::from(rule.actions.count))
-            .unwrap_or(&[])
-        {
+        for a in actions(t, rule) {
             if let Action::AddRecipient(s) = *a {
                 let rcpt = n;
                 n = n.saturating_add(1);

@@ -1,0 +1,32 @@
+# bench/lib.sh: helpers shared by accept.sh and relay.sh (sourced, not run).
+# Needs READY_TIMEOUT (seconds) set by the caller.
+
+stop_pid() { # pid [signal]: signal (TERM), wait up to 10 s, then SIGKILL
+    local pid=$1 sig=${2:-TERM} i
+    [ -n "$pid" ] || return 0
+    kill -"$sig" "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "WARNING: pid $pid ignored SIG$sig for 10 s; SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+}
+
+free_port() { # -> a free TCP port on 127.0.0.1
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        if python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
