@@ -9,7 +9,6 @@ import time
 
 from test_relay_dns_tls import Sink, daemon, detail, servers, state_names, states, submit  # noqa: F401
 
-from conftest import free_port
 
 
 class RcptSink(Sink):
@@ -77,12 +76,11 @@ class BrokenTlsServer:
     ALERT = b"\x15\x03\x03\x00\x02\x02\x28"  # fatal handshake_failure
 
     def __init__(self):
-        self.port = free_port()
         self.sessions = []  # [commands] per connection
         self.messages = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.bind(("127.0.0.1", 0))  # the kernel picks: no race for the port
+        self.port = self.sock.getsockname()[1]
         self.sock.listen(8)
         self.sock.settimeout(0.1)
         self.stopping = threading.Event()
