@@ -60,6 +60,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle writer looks for drops to report.
 const IDLE_TICK: Duration = Duration::from_millis(250);
+/// Lines the writer takes from the queue at once: on a stream target
+/// (stderr, a stream socket, TCP) they go out in one write, so a message's
+/// RECEIVE, ROUTE and RULE lines cost one system call, not one each.
+const BATCH_LINES: usize = 64;
 
 /// What an event is about; its MSGID is the upper-case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -543,12 +547,10 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     )
 }
 
-/// RFC 6587 §3.4.1 octet counting: `LEN SP MSG`.
-fn octet_frame(line: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(line.len() + 6);
-    let _ = write!(f, "{} ", line.len());
-    f.extend_from_slice(line);
-    f
+/// RFC 6587 §3.4.1 octet counting: `LEN SP MSG`, appended to `out`.
+fn octet_frame(line: &[u8], out: &mut Vec<u8>) {
+    let _ = write!(out, "{} ", line.len());
+    out.extend_from_slice(line);
 }
 
 // ---- the queue and the writer ------------------------------------------------
@@ -658,18 +660,26 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: &Receiver<String>) {
+        let mut lines = Vec::with_capacity(BATCH_LINES);
         loop {
             let next = rx.recv_timeout(IDLE_TICK);
-            // Before the next line, so the report comes first.
+            // Before the next lines, so the report comes first.
             self.report_drops();
             match next {
                 Ok(line) => {
-                    if self.deliver(line.as_bytes()) {
-                        self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    lines.push(line);
+                    while lines.len() < BATCH_LINES {
+                        match rx.try_recv() {
+                            Ok(l) => lines.push(l),
+                            Err(_) => break,
+                        }
                     }
-                    self.counters.done.fetch_add(1, Ordering::Relaxed);
+                    let n = lines.len() as u64;
+                    let sent = self.deliver(&lines) as u64;
+                    self.counters.sent.fetch_add(sent, Ordering::Relaxed);
+                    self.counters.dropped.fetch_add(n - sent, Ordering::Relaxed);
+                    self.counters.done.fetch_add(n, Ordering::Relaxed);
+                    lines.clear();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -692,21 +702,23 @@ impl Writer {
             args: format_args!("{n} log messages dropped"),
         };
         let line = self.report.line(&r, SystemTime::now());
-        if self.deliver(line.as_bytes()) {
+        if self.deliver(std::slice::from_ref(&line)) == 1 {
             self.reported = dropped;
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Sends one line, connecting first if need be; false if it was lost.
-    fn deliver(&mut self, line: &[u8]) -> bool {
+    /// Sends lines in order, connecting first if need be; how many went
+    /// (the rest are lost).
+    fn deliver(&mut self, lines: &[String]) -> usize {
         // A connection that worked may have gone stale (server restarted):
         // one fresh connection is tried at once before backing off.
         let mut last_err = None;
+        let mut done = 0;
         for _ in 0..2 {
             if self.conn.is_none() {
                 if Instant::now() < self.retry_at {
-                    return false;
+                    return done;
                 }
                 match connect(&self.target) {
                     Ok(c) => self.conn = Some(c),
@@ -719,16 +731,17 @@ impl Writer {
             let Some(conn) = self.conn.as_mut() else {
                 break;
             };
-            match send(conn, line) {
+            match send(conn, &lines[done..]) {
                 Ok(()) => {
                     self.backoff = BACKOFF_MIN;
                     if self.down {
                         self.down = false;
                         stderr_note(format_args!("syslog {}: sending again", self.target));
                     }
-                    return true;
+                    return lines.len();
                 }
-                Err(e) => {
+                Err((went, e)) => {
+                    done += went;
                     self.conn = None;
                     last_err = Some(e);
                 }
@@ -744,7 +757,7 @@ impl Writer {
                 self.target
             ));
         }
-        false
+        done
     }
 }
 
@@ -825,31 +838,53 @@ fn connect(target: &Target) -> io::Result<Conn> {
     }
 }
 
-fn send(conn: &mut Conn, line: &[u8]) -> io::Result<()> {
+/// Sends `lines` in order: one datagram each, or one write for all on a
+/// stream. On an error, how many had gone (none, on a stream: a write cut
+/// short may have delivered a part, which the next attempt repeats).
+fn send(conn: &mut Conn, lines: &[String]) -> Result<(), (usize, io::Error)> {
+    let stream = |lines: &[String], frame: fn(&[u8], &mut Vec<u8>)| {
+        let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 8).sum());
+        for l in lines {
+            frame(l.as_bytes(), &mut buf);
+        }
+        buf
+    };
+    let lf = |l: &[u8], b: &mut Vec<u8>| {
+        b.extend_from_slice(l);
+        b.push(b'\n');
+    };
     match conn {
-        Conn::Stderr => {
-            let mut e = io::stderr().lock();
-            e.write_all(line)?;
-            e.write_all(b"\n")
-        }
-        Conn::Udp(s) => s.send(line).map(drop),
-        Conn::UnixDgram(s) => s.send(line).map(drop),
-        Conn::UnixStream(s) => {
-            let mut buf = Vec::with_capacity(line.len() + 1);
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
-            s.write_all(&buf)
-        }
+        Conn::Stderr => io::stderr()
+            .lock()
+            .write_all(&stream(lines, lf))
+            .map_err(|e| (0, e)),
+        Conn::Udp(s) => datagrams(lines, |l| s.send(l)),
+        Conn::UnixDgram(s) => datagrams(lines, |l| s.send(l)),
+        Conn::UnixStream(s) => s.write_all(&stream(lines, lf)).map_err(|e| (0, e)),
         Conn::Tcp(s) => {
             if !tcp_open(s) {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "server closed the connection",
+                return Err((
+                    0,
+                    io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "server closed the connection",
+                    ),
                 ));
             }
-            s.write_all(&octet_frame(line))
+            s.write_all(&stream(lines, octet_frame)).map_err(|e| (0, e))
         }
     }
+}
+
+/// One datagram per line; on an error, how many went.
+fn datagrams(
+    lines: &[String],
+    mut send: impl FnMut(&[u8]) -> io::Result<usize>,
+) -> Result<(), (usize, io::Error)> {
+    for (i, l) in lines.iter().enumerate() {
+        send(l.as_bytes()).map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
 
 /// False if the server has closed the connection (a write would still
@@ -1090,12 +1125,49 @@ mod tests {
 
     #[test]
     fn octet_counting() {
-        assert_eq!(
-            octet_frame(b"<22>1 - - - - - - x"),
-            b"19 <22>1 - - - - - - x"
-        );
-        assert_eq!(octet_frame("é".as_bytes()), "2 é".as_bytes());
-        assert_eq!(octet_frame(b""), b"0 ");
+        let framed = |l: &[u8]| {
+            let mut out = Vec::new();
+            octet_frame(l, &mut out);
+            out
+        };
+        assert_eq!(framed(b"<22>1 - - - - - - x"), b"19 <22>1 - - - - - - x");
+        assert_eq!(framed("é".as_bytes()), "2 é".as_bytes());
+        assert_eq!(framed(b""), b"0 ");
+        // A batch is the frames one after the other.
+        let mut two = Vec::new();
+        octet_frame(b"a", &mut two);
+        octet_frame(b"bc", &mut two);
+        assert_eq!(two, b"1 a2 bc");
+    }
+
+    #[test]
+    fn a_batch_is_one_write_on_a_stream_and_a_datagram_per_line() {
+        let lines: Vec<String> = ["one", "two", "three"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut conn = Conn::UnixStream(a);
+        assert!(send(&mut conn, &lines).is_ok());
+        drop(conn);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut b, &mut got).unwrap();
+        assert_eq!(got, "one\ntwo\nthree\n");
+
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let mut conn = Conn::UnixDgram(a);
+        assert!(send(&mut conn, &lines).is_ok());
+        let mut buf = [0u8; 64];
+        for want in &lines {
+            let n = b.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want.as_bytes());
+        }
+        // The peer gone after the first line: one went, the error says so.
+        drop(b);
+        let Err((went, _)) = send(&mut conn, &lines) else {
+            panic!("sending to a closed peer succeeded");
+        };
+        assert_eq!(went, 0);
     }
 
     /// Reads RFC 6587 octet-counted frames.

@@ -23,6 +23,7 @@ macro_rules! outln {
 
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod deliver;
 pub mod dns;
 pub mod dsn;

@@ -6,6 +6,7 @@
 //! spool has synced it.
 
 use super::config::{Config, Limits};
+use super::deadline::Deadlines;
 use super::deliver::TlsClients;
 use super::dns::{DnsConfig, Resolver};
 use super::install::{self, Installer};
@@ -44,6 +45,8 @@ struct Shared {
     active: AtomicUsize,
     /// Closed when the daemon stops; idle sessions then say 421 and end.
     stopping: smol::channel::Receiver<()>,
+    /// The command and data timeouts of every session.
+    deadlines: Deadlines,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -220,6 +223,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         per_ip: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         stopping: stop_rx,
+        deadlines: Deadlines::new(),
     });
     let mut signals = async_signal::Signals::new([
         async_signal::Signal::Term,
@@ -257,6 +261,17 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         // Delivery runs beside the sessions; it stops with the daemon (a
         // delivery cut short is retried at the next start).
         let _scheduler = ex2.spawn(sh.queue.clone().run(ex2.clone()));
+        let _deadlines = ex2.spawn({
+            let sh = sh.clone();
+            async move {
+                loop {
+                    let limits = &sh.live().cfg.limits;
+                    let shortest = limits.command_timeout.min(limits.data_timeout);
+                    Timer::after(Deadlines::tick(shortest)).await;
+                    sh.deadlines.check();
+                }
+            }
+        });
         let sig = loop {
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
@@ -574,6 +589,7 @@ async fn session(
     let mut buf = vec![0u8; READ_BUFFER];
     let (mut start, mut end) = (0usize, 0usize);
     let mut txn = Txn::default();
+    let deadline = sh.deadlines.register();
     rx.greet();
     'session: loop {
         // Feed what we have until the engine wants more input.
@@ -969,24 +985,21 @@ async fn session(
         } else {
             limits.command_timeout
         };
+        deadline.arm(wait);
         let read = future::or(async { Some(conn.read(&mut buf[end..]).await) }, async {
             if in_data {
-                Timer::after(wait).await;
+                deadline.expired().await;
             } else {
                 // Between commands a stopping daemon says goodbye.
-                future::or(
-                    async {
-                        Timer::after(wait).await;
-                    },
-                    async {
-                        let _ = sh.stopping.recv().await;
-                    },
-                )
+                future::or(deadline.expired(), async {
+                    let _ = sh.stopping.recv().await;
+                })
                 .await;
             }
             None
         })
         .await;
+        deadline.disarm();
         match read {
             Some(Ok(0)) | Some(Err(_)) => break,
             Some(Ok(n)) => end += n,

@@ -1,0 +1,215 @@
+//! Session read deadlines, kept by one ticking task.
+//!
+//! A session waits for its client with a deadline (RFC 5321 §4.5.3.2). An
+//! async-io `Timer` per read would do, but inserting a timer wakes the
+//! reactor thread every time (async-io notifies it so that it recomputes its
+//! sleep), and a session waits once per command: a context switch per
+//! command on a loaded relay. Here a session only stores when its wait ends
+//! (an atomic), and one task checks all of them a few times a second and
+//! wakes those whose time has passed. The price is resolution: a deadline
+//! fires up to one tick late, and the tick is a small part of the shortest
+//! timeout ([`Deadlines::tick`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// No deadline armed.
+const NONE: u64 = u64::MAX;
+
+/// The longest tick: a deadline fires at most this late.
+const TICK_MAX: Duration = Duration::from_secs(1);
+/// The shortest tick, however short the timeouts (tests use seconds).
+const TICK_MIN: Duration = Duration::from_millis(50);
+/// A tick is at most this part of the shortest timeout.
+const TICK_DIVISOR: u32 = 8;
+
+/// Every session's deadline, for the task that checks them.
+pub struct Deadlines {
+    epoch: Instant,
+    list: Mutex<Vec<Weak<Deadline>>>,
+}
+
+/// One session's deadline: when its current wait ends, and the wake-up.
+pub struct Deadline {
+    epoch: Instant,
+    /// Milliseconds after `epoch`, or [`NONE`].
+    at: AtomicU64,
+    tx: smol::channel::Sender<()>,
+    rx: smol::channel::Receiver<()>,
+}
+
+impl Deadlines {
+    /// An empty set; its clock starts now.
+    pub fn new() -> Deadlines {
+        Deadlines {
+            epoch: Instant::now(),
+            list: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A deadline for a new session, unarmed; it leaves the set when dropped.
+    pub fn register(&self) -> Arc<Deadline> {
+        let (tx, rx) = smol::channel::bounded(1);
+        let d = Arc::new(Deadline {
+            epoch: self.epoch,
+            at: AtomicU64::new(NONE),
+            tx,
+            rx,
+        });
+        if let Ok(mut l) = self.list.lock() {
+            l.push(Arc::downgrade(&d));
+        }
+        d
+    }
+
+    /// How often to check so that no timeout fires much late: an eighth of
+    /// the shortest timeout, between 50 ms and 1 s.
+    pub fn tick(shortest: Duration) -> Duration {
+        (shortest / TICK_DIVISOR).clamp(TICK_MIN, TICK_MAX)
+    }
+
+    /// Wakes every session whose deadline has passed and forgets the
+    /// sessions that ended. Returns how many were woken.
+    pub fn check(&self) -> usize {
+        let now = millis(self.epoch, Instant::now());
+        let mut woken = 0;
+        if let Ok(mut l) = self.list.lock() {
+            l.retain(|w| match w.upgrade() {
+                Some(d) => {
+                    if d.at.load(Ordering::Acquire) <= now {
+                        // Full means a wake-up is already waiting.
+                        let _ = d.tx.try_send(());
+                        woken += 1;
+                    }
+                    true
+                }
+                None => false,
+            });
+        }
+        woken
+    }
+
+    /// Sessions registered and not yet dropped (pruned at each check).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.list.lock().map_or(0, |l| l.len())
+    }
+}
+
+impl Deadline {
+    /// The current wait ends `after` from now.
+    pub fn arm(&self, after: Duration) {
+        let at = millis(self.epoch, Instant::now())
+            .saturating_add(u64::try_from(after.as_millis()).unwrap_or(NONE));
+        self.at.store(at.min(NONE - 1), Ordering::Release);
+    }
+
+    /// No wait in progress.
+    pub fn disarm(&self) {
+        self.at.store(NONE, Ordering::Release);
+    }
+
+    fn passed(&self) -> bool {
+        self.at.load(Ordering::Acquire) <= millis(self.epoch, Instant::now())
+    }
+
+    /// Resolves once the armed deadline has passed (a wake-up left over
+    /// from an earlier wait is recognised and skipped).
+    pub async fn expired(&self) {
+        loop {
+            if self.passed() {
+                return;
+            }
+            if self.rx.recv().await.is_err() {
+                // Cannot happen (we hold the sender); never resolve early.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines::new()
+    }
+}
+
+fn millis(epoch: Instant, t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(epoch).as_millis()).unwrap_or(NONE - 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future;
+
+    #[test]
+    fn a_deadline_fires_after_its_time_and_not_before() {
+        let set = Deadlines::new();
+        let d = set.register();
+        d.arm(Duration::from_millis(200));
+        assert_eq!(set.check(), 0, "nothing has passed yet");
+        // Not expired: polling once leaves it pending.
+        assert!(future::block_on(future::poll_once(d.expired())).is_none());
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(set.check(), 1);
+        assert!(future::block_on(future::poll_once(d.expired())).is_some());
+    }
+
+    #[test]
+    fn a_stale_wake_up_does_not_end_the_next_wait() {
+        let set = Deadlines::new();
+        let d = set.register();
+        d.arm(Duration::ZERO);
+        assert_eq!(set.check(), 1); // a wake-up is left in the channel
+        d.arm(Duration::from_secs(60)); // the next wait
+        assert!(future::block_on(future::poll_once(d.expired())).is_none());
+        d.disarm();
+        assert_eq!(set.check(), 0, "a disarmed deadline never fires");
+    }
+
+    #[test]
+    fn the_checker_wakes_a_waiting_task() {
+        let set = Arc::new(Deadlines::new());
+        let d = set.register();
+        d.arm(Duration::from_millis(100));
+        let checker = {
+            let set = set.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    std::thread::sleep(Duration::from_millis(25));
+                    set.check();
+                }
+            })
+        };
+        let t0 = Instant::now();
+        future::block_on(d.expired());
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        let _ = checker.join();
+    }
+
+    #[test]
+    fn ended_sessions_leave_the_set() {
+        let set = Deadlines::new();
+        let a = set.register();
+        let b = set.register();
+        drop(a);
+        set.check();
+        assert_eq!(set.len(), 1);
+        drop(b);
+        set.check();
+        assert_eq!(set.len(), 0);
+    }
+
+    #[test]
+    fn the_tick_is_a_small_part_of_the_shortest_timeout() {
+        assert_eq!(Deadlines::tick(Duration::from_secs(300)), TICK_MAX);
+        assert_eq!(
+            Deadlines::tick(Duration::from_secs(2)),
+            Duration::from_millis(250)
+        );
+        assert_eq!(Deadlines::tick(Duration::from_millis(10)), TICK_MIN);
+    }
+}
