@@ -43,7 +43,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Lines the queue between callers and the writer thread holds.
+/// Entries (a line, or a [`Batch`] of a message's lines) the queue between
+/// callers and the writer thread holds.
 pub const QUEUE_LINES: usize = 4096;
 /// Longest line sent, in octets (rsyslog's default limit is 8 KiB).
 pub const MAX_LINE: usize = 8000;
@@ -139,6 +140,53 @@ pub fn event_warn(kind: Kind, args: Arguments<'_>) {
         message_id: None,
         args,
     });
+}
+
+/// Mail events that go to the writer together, when dropped: a message's
+/// RECEIVE, ROUTE and RULE lines are one hand-off to the writer thread (one
+/// wake-up of it) instead of one each. Lines keep their order.
+#[derive(Default)]
+pub struct Batch {
+    lines: Vec<String>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Like [`event`], held back until the batch is dropped.
+    pub fn event(
+        &mut self,
+        kind: Kind,
+        queue_id: Option<&str>,
+        message_id: Option<&str>,
+        args: Arguments<'_>,
+    ) {
+        let r = Record {
+            severity: Severity::Info,
+            kind: Some(kind),
+            queue_id,
+            message_id,
+            args,
+        };
+        match LOGGER.get() {
+            Some(l) => self.lines.push(l.fmt.line(&r, SystemTime::now())),
+            // Before `init`: straight to stderr, as `event` does.
+            None => emit(&r),
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(l) = LOGGER.get() {
+            if !self.lines.is_empty() {
+                l.push(std::mem::take(&mut self.lines));
+            }
+        }
+    }
 }
 
 /// An ordinary daemon lifecycle line (MSGID `-`).
@@ -465,15 +513,28 @@ struct Clean<'a> {
     out: &'a mut String,
     room: usize,
     sd: bool,
+    /// The room there was when a [`Clean::put`] did not fit.
+    cut_at: usize,
 }
 
 impl<'a> Clean<'a> {
     fn new(out: &'a mut String, room: usize, sd: bool) -> Self {
-        Clean { out, room, sd }
+        Clean {
+            out,
+            room,
+            sd,
+            cut_at: 0,
+        }
+    }
+
+    /// The octets of a run that did not fit that still had room.
+    fn room_before_cut(&self, len: usize) -> usize {
+        self.cut_at.min(len)
     }
 
     fn put(&mut self, s: &str) -> bool {
         if s.len() > self.room {
+            self.cut_at = self.room;
             self.room = 0;
             return false;
         }
@@ -485,23 +546,43 @@ impl<'a> Clean<'a> {
 
 impl fmt::Write for Clean<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            let mut buf = [0u8; 4];
-            let ok = if c.is_ascii_control() {
-                self.put(&format!("#{:03o}", c as u32))
-            } else if self.sd && c == '"' {
-                self.put("\\\"")
-            } else if self.sd && c == '\\' {
-                self.put("\\\\")
-            } else if self.sd && c == ']' {
-                self.put("\\]")
-            } else {
-                self.put(c.encode_utf8(&mut buf))
+        // Runs of plain text are copied whole; the characters that need
+        // care are all ASCII, so a byte search finds them.
+        let sd = self.sd;
+        let special = |b: u8| b.is_ascii_control() || (sd && matches!(b, b'"' | b'\\' | b']'));
+        let mut rest = s;
+        while !rest.is_empty() {
+            let run = rest.bytes().position(special).unwrap_or(rest.len());
+            if run > 0 {
+                let (plain, after) = rest.split_at(run);
+                if !self.put(plain) {
+                    // Out of room: as much as fits, on a character
+                    // boundary; the rest is cut, silently.
+                    let mut cut = self.room_before_cut(plain.len());
+                    while !plain.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    self.out.push_str(&plain[..cut]);
+                    return Ok(());
+                }
+                rest = after;
+                continue;
+            }
+            let b = rest.as_bytes()[0];
+            let esc: [u8; 4];
+            let text: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b']' => "\\]",
+                _ => {
+                    esc = [b'#', b'0' + (b >> 6), b'0' + ((b >> 3) & 7), b'0' + (b & 7)];
+                    std::str::from_utf8(&esc).unwrap_or("#???")
+                }
             };
-            if !ok {
-                // Out of room: the rest is cut, silently.
+            if !self.put(text) {
                 return Ok(());
             }
+            rest = &rest[1..];
         }
         Ok(())
     }
@@ -556,7 +637,7 @@ fn octet_frame(line: &[u8], out: &mut Vec<u8>) {
 // ---- the queue and the writer ------------------------------------------------
 
 struct Logger {
-    tx: SyncSender<String>,
+    tx: SyncSender<Vec<String>>,
     fmt: Format,
     counters: &'static Counters,
 }
@@ -569,7 +650,7 @@ impl Logger {
         fmt: Format,
         capacity: usize,
         counters: &'static Counters,
-    ) -> (Logger, Writer, Receiver<String>) {
+    ) -> (Logger, Writer, Receiver<Vec<String>>) {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let writer = Writer {
             report: Format {
@@ -604,17 +685,18 @@ impl Logger {
     }
 
     fn log(&self, r: &Record<'_>) {
-        self.push(self.fmt.line(r, SystemTime::now()));
+        self.push(vec![self.fmt.line(r, SystemTime::now())]);
     }
 
-    /// Never blocks: a full queue drops the line.
-    fn push(&self, line: String) {
-        match self.tx.try_send(line) {
+    /// Never blocks: a full queue drops the lines.
+    fn push(&self, lines: Vec<String>) {
+        let n = lines.len() as u64;
+        match self.tx.try_send(lines) {
             Ok(()) => {
-                self.counters.queued.fetch_add(1, Ordering::Relaxed);
+                self.counters.queued.fetch_add(n, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -659,18 +741,18 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &Receiver<String>) {
+    fn run(mut self, rx: &Receiver<Vec<String>>) {
         let mut lines = Vec::with_capacity(BATCH_LINES);
         loop {
             let next = rx.recv_timeout(IDLE_TICK);
             // Before the next lines, so the report comes first.
             self.report_drops();
             match next {
-                Ok(line) => {
-                    lines.push(line);
+                Ok(first) => {
+                    lines.extend(first);
                     while lines.len() < BATCH_LINES {
                         match rx.try_recv() {
-                            Ok(l) => lines.push(l),
+                            Ok(more) => lines.extend(more),
                             Err(_) => break,
                         }
                     }
@@ -1162,12 +1244,59 @@ mod tests {
             let n = b.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], want.as_bytes());
         }
-        // The peer gone after the first line: one went, the error says so.
+        // With the peer gone nothing goes, and the error says how much did.
         drop(b);
         let Err((went, _)) = send(&mut conn, &lines) else {
             panic!("sending to a closed peer succeeded");
         };
         assert_eq!(went, 0);
+    }
+
+    #[test]
+    fn clean_copies_plain_runs_and_escapes_the_rest_within_its_room() {
+        // The character-at-a-time definition, to compare with.
+        fn reference(s: &str, room: usize, sd: bool) -> String {
+            let mut out = String::new();
+            let mut left = room;
+            for c in s.chars() {
+                let t = if c.is_ascii_control() {
+                    format!("#{:03o}", c as u32)
+                } else if sd && matches!(c, '"' | '\\' | ']') {
+                    format!("\\{c}")
+                } else {
+                    c.to_string()
+                };
+                if t.len() > left {
+                    break;
+                }
+                left -= t.len();
+                out.push_str(&t);
+            }
+            out
+        }
+        let inputs = [
+            "plain text",
+            "a\r\nX-Evil: 1\tend\u{7f}",
+            "quote \" back \\ bracket ] done",
+            "caf\u{e9} \u{1F600} na\u{ef}ve",
+            "",
+            "\u{0}\u{1}",
+        ];
+        for s in inputs {
+            for sd in [false, true] {
+                for room in 0..s.len() + 8 {
+                    let mut out = String::new();
+                    let _ = Clean::new(&mut out, room, sd).write_str(s);
+                    assert_eq!(out, reference(s, room, sd), "{s:?} room {room} sd {sd}");
+                }
+            }
+        }
+        // Two writes share the room.
+        let mut out = String::new();
+        let mut c = Clean::new(&mut out, 6, false);
+        let _ = c.write_str("abcd");
+        let _ = c.write_str("\u{e9}\u{e9}");
+        assert_eq!(out, "abcd\u{e9}");
     }
 
     /// Reads RFC 6587 octet-counted frames.

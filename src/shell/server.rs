@@ -830,7 +830,9 @@ async fn session(
                     match result {
                         Ok(parts) => {
                             rx.accept_message(&id);
-                            super::log::event(
+                            // One hand-off to the log writer for all of them.
+                            let mut lines = super::log::Batch::new();
+                            lines.event(
                                 super::log::Kind::Receive,
                                 Some(&id),
                                 message_id.as_deref(),
@@ -843,7 +845,7 @@ async fn session(
                                 ),
                             );
                             for r in &outcome.recipients {
-                                super::log::event(
+                                lines.event(
                                     super::log::Kind::Route,
                                     Some(&id),
                                     message_id.as_deref(),
@@ -867,13 +869,14 @@ async fn session(
                             // Also when no rule acted: the log then says
                             // which rules were evaluated and that none held.
                             for l in &outcome.log {
-                                super::log::event(
+                                lines.event(
                                     super::log::Kind::Rule,
                                     Some(&id),
                                     message_id.as_deref(),
                                     format_args!("{l}"),
                                 );
                             }
+                            drop(lines);
                             // Queued after its RECEIVE/ROUTE/RULE lines, so the
                             // log never shows a delivery before the acceptance.
                             sh.queue.add(spool::Stored {
