@@ -10,8 +10,10 @@
 //! fires up to one tick late, and the tick is a small part of the shortest
 //! timeout ([`Deadlines::tick`]).
 
+use atomic_waker::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// No deadline armed.
@@ -35,8 +37,8 @@ pub struct Deadline {
     epoch: Instant,
     /// Milliseconds after `epoch`, or [`NONE`].
     at: AtomicU64,
-    tx: smol::channel::Sender<()>,
-    rx: smol::channel::Receiver<()>,
+    /// The task waiting in [`Deadline::expired`] (a few octets a session).
+    waker: AtomicWaker,
 }
 
 impl Deadlines {
@@ -50,12 +52,10 @@ impl Deadlines {
 
     /// A deadline for a new session, unarmed; it leaves the set when dropped.
     pub fn register(&self) -> Arc<Deadline> {
-        let (tx, rx) = smol::channel::bounded(1);
         let d = Arc::new(Deadline {
             epoch: self.epoch,
             at: AtomicU64::new(NONE),
-            tx,
-            rx,
+            waker: AtomicWaker::new(),
         });
         if let Ok(mut l) = self.list.lock() {
             l.push(Arc::downgrade(&d));
@@ -78,8 +78,7 @@ impl Deadlines {
             l.retain(|w| match w.upgrade() {
                 Some(d) => {
                     if d.at.load(Ordering::Acquire) <= now {
-                        // Full means a wake-up is already waiting.
-                        let _ = d.tx.try_send(());
+                        d.waker.wake();
                         woken += 1;
                     }
                     true
@@ -114,18 +113,19 @@ impl Deadline {
         self.at.load(Ordering::Acquire) <= millis(self.epoch, Instant::now())
     }
 
-    /// Resolves once the armed deadline has passed (a wake-up left over
-    /// from an earlier wait is recognised and skipped).
+    /// Resolves once the armed deadline has passed (a wake-up for an
+    /// earlier wait finds it not passed and waits on).
     pub async fn expired(&self) {
-        loop {
+        futures_lite::future::poll_fn(|cx| {
+            // Registered before the check, so a check in between is not missed.
+            self.waker.register(cx.waker());
             if self.passed() {
-                return;
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            if self.rx.recv().await.is_err() {
-                // Cannot happen (we hold the sender); never resolve early.
-                std::future::pending::<()>().await;
-            }
-        }
+        })
+        .await
     }
 }
 
@@ -162,7 +162,7 @@ mod tests {
         let set = Deadlines::new();
         let d = set.register();
         d.arm(Duration::ZERO);
-        assert_eq!(set.check(), 1); // a wake-up is left in the channel
+        assert_eq!(set.check(), 1); // a wake-up for the earlier wait
         d.arm(Duration::from_secs(60)); // the next wait
         assert!(future::block_on(future::poll_once(d.expired())).is_none());
         d.disarm();
