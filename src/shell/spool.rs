@@ -1253,15 +1253,31 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn preallocated_zeros_are_the_unused_end_not_a_torn_tail() {
-        let dir = tmpdir("prealloc");
-        let (spool, _) = Spool::open(&dir).expect("open");
+    /// A spool in `dir` holding one message: the spool, its segment, and
+    /// the octets of the segment in use.
+    fn one_message(dir: &Path) -> (Spool, Arc<PathBuf>, u64) {
+        let (spool, _) = Spool::open(dir).expect("open");
         let id = spool.new_id();
         let parts =
             smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello")).expect("commit");
-        let seg = parts[0].segment.clone();
         let used = parts[0].offset + parts[0].len;
+        (spool, parts[0].segment.clone(), used)
+    }
+
+    /// The segment as a crash would leave it (the writer still open), in a
+    /// spool directory of its own: that directory and the copy.
+    fn crashed_copy(dir: &Path, seg: &Path) -> (PathBuf, PathBuf) {
+        let copy = dir.join("crashed");
+        fs::create_dir_all(&copy).expect("mkdir");
+        let crashed = copy.join(seg.file_name().expect("name"));
+        fs::copy(seg, &crashed).expect("copy");
+        (copy, crashed)
+    }
+
+    #[test]
+    fn preallocated_zeros_are_the_unused_end_not_a_torn_tail() {
+        let dir = tmpdir("prealloc");
+        let (spool, seg, used) = one_message(&dir);
         // While the daemon runs (or after a crash) zeros follow the frames.
         let len = fs::metadata(seg.as_path()).expect("meta").len();
         assert_eq!(
@@ -1279,10 +1295,7 @@ mod tests {
         );
         assert_eq!(s.unused, vec![(seg.as_path().to_path_buf(), used)]);
         // A crash leaves them there: the next start trims them, silently.
-        let copy = dir.join("crashed");
-        fs::create_dir_all(&copy).expect("mkdir");
-        let crashed = copy.join(seg.file_name().expect("name"));
-        fs::copy(seg.as_path(), &crashed).expect("copy");
+        let (copy, crashed) = crashed_copy(&dir, &seg);
         let (spool2, s2) = Spool::open(&copy).expect("open the crashed copy");
         assert_eq!(s2.messages.len(), 1);
         assert!(s2.torn.is_empty() && s2.damaged.is_empty());
@@ -1328,16 +1341,8 @@ mod tests {
     #[test]
     fn zeros_then_junk_is_still_a_torn_tail() {
         let dir = tmpdir("zerojunk");
-        let (spool, _) = Spool::open(&dir).expect("open");
-        let id = spool.new_id();
-        let parts =
-            smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello")).expect("commit");
-        let seg = parts[0].segment.clone();
-        let used = parts[0].offset + parts[0].len;
-        let copy = dir.join("crashed");
-        fs::create_dir_all(&copy).expect("mkdir");
-        let crashed = copy.join(seg.file_name().expect("name"));
-        fs::copy(seg.as_path(), &crashed).expect("copy");
+        let (spool, seg, used) = one_message(&dir);
+        let (copy, crashed) = crashed_copy(&dir, &seg);
         spool.close();
         let f = OpenOptions::new()
             .append(true)
