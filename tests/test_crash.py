@@ -206,3 +206,35 @@ def test_torn_tail_is_dropped_and_the_spool_stays_appendable(sluice):
     assert {e["id"] for e in d.queue_list()} == set(kept)
     for q, m in kept.items():
         assert d.queue_raw(q) == m
+
+
+def test_kill9_at_rest_leaves_no_torn_tail_and_the_restart_trims_the_unused_end(sluice):
+    """The writer keeps zeros written ahead of its last frame; a crash leaves them
+    in the segment. The next start must read every message, call nothing torn or
+    damaged, and cut the zeros (no new record is ever appended to that file)."""
+    d = sluice
+    kept = {}
+    with d.session() as c:
+        for i in range(5):
+            m = make_message("at-rest-%d" % i, b"y" * (i * 3000) + b"\r\n")
+            kept[queued_id(c.send_mail("alice@example.test", ["bob@example.test"], m))] = m
+    segs = [os.path.join(d.spool_dir, f) for f in os.listdir(d.spool_dir) if f.startswith("seg-")]
+    assert segs, os.listdir(d.spool_dir)
+    newest = max(segs)
+    size_running = os.path.getsize(newest)
+    with open(newest, "rb") as f:
+        tail = f.read()[-4096:]
+    assert tail == b"\0" * 4096, "no preallocated zeros at the end of %s" % newest
+    d.kill9()
+    before = d.stderr()
+    d.start()
+    log = d.stderr()[len(before):]
+    assert "torn" not in log and "damaged" not in log, log
+    assert "recovered 5 message(s)" in log, log
+    trimmed = os.path.getsize(newest)
+    assert trimmed < size_running, (trimmed, size_running)
+    with open(newest, "rb") as f:
+        assert not f.read().endswith(b"\0" * 64), "zeros left after the last frame"
+    assert {e["id"] for e in d.queue_list()} == set(kept)
+    for q, m in kept.items():
+        assert d.queue_raw(q) == m
