@@ -263,8 +263,13 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
             let sh = sh.clone();
             async move {
                 loop {
-                    let limits = &sh.live().cfg.limits;
-                    let shortest = limits.command_timeout.min(limits.data_timeout);
+                    let shortest = {
+                        let live = sh.live(); // not held across the wait
+                        live.cfg
+                            .limits
+                            .command_timeout
+                            .min(live.cfg.limits.data_timeout)
+                    };
                     Timer::after(Deadlines::tick(shortest)).await;
                     sh.deadlines.check();
                 }

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// First octets of every segment file (format version 3: envelopes carry
 /// the routing decisions, header edits and the Message-ID).
@@ -378,7 +378,15 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         scan.last_segment = scan.last_segment.max(n);
         let path = Arc::new(path);
         let len = fs::metadata(path.as_path())?.len();
-        match scan_segment(&path, &mut chunks, &mut statuses, &mut warned, &mut scan)? {
+        let found = scan_segment(&path, &mut chunks, &mut statuses, &mut warned, &mut scan)?;
+        if found.is_some() {
+            // Known even with no record in it (a run without mail), so that
+            // it is collected like the others.
+            scan.segment_ids
+                .entry(path.as_path().to_path_buf())
+                .or_default();
+        }
+        match found {
             None if len >= SEGMENT_MAGIC.len() as u64 => {
                 scan.foreign.push(path.as_path().to_path_buf());
             }
@@ -649,6 +657,7 @@ impl Spool {
             seg: scan.last_segment,
             pos: 0,
             filled: 0,
+            prefill_failed: std::cell::Cell::new(None),
             failed: HashSet::new(),
         };
         w.rotate()?;
@@ -853,6 +862,8 @@ struct Writer {
     pos: u64,
     /// Octets of the segment that exist (frames, then preallocated zeros).
     filled: u64,
+    /// When writing the zeros last failed (the disk was full).
+    prefill_failed: std::cell::Cell<Option<Instant>>,
     /// Messages with a failed chunk write: their commit must fail.
     failed: HashSet<u64>,
     durable: Arc<Mutex<Durable>>,
@@ -872,6 +883,35 @@ pub struct Durable {
 }
 
 impl Writer {
+    /// Writes [`PREALLOC_STEP`] zeros at `from` (the end of what is in use)
+    /// and returns where the segment now ends. Best effort: when the disk
+    /// has no room for them the file is cut back to `from`, the spool goes
+    /// on without (each sync then also writes the inode, as without this)
+    /// and tries again after [`PREFILL_RETRY`].
+    fn prefill(&self, f: &File, from: u64) -> u64 {
+        if self
+            .prefill_failed
+            .get()
+            .is_some_and(|t| t.elapsed() < PREFILL_RETRY)
+        {
+            return from;
+        }
+        let steps = PREALLOC_STEP / ZEROS.len() as u64;
+        let written =
+            (0..steps).try_for_each(|i| f.write_all_at(&ZEROS, from + i * ZEROS.len() as u64));
+        match written {
+            Ok(()) => {
+                self.prefill_failed.set(None);
+                from + PREALLOC_STEP
+            }
+            Err(_) => {
+                let _ = f.set_len(from);
+                self.prefill_failed.set(Some(Instant::now()));
+                from
+            }
+        }
+    }
+
     /// Starts the next segment and makes its directory entry durable.
     fn rotate(&mut self) -> io::Result<()> {
         self.seg += 1;
@@ -881,10 +921,11 @@ impl Writer {
             .create_new(true)
             .open(&path)?;
         f.write_all_at(SEGMENT_MAGIC, 0)?;
-        self.filled = prefill(&f, SEGMENT_MAGIC.len() as u64);
+        let filled = self.prefill(&f, SEGMENT_MAGIC.len() as u64);
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.file = Some(f);
+        self.filled = filled;
         if let Ok(mut s) = self.segments.lock() {
             s.current = path.clone();
             s.ids.entry(path.clone()).or_default();
@@ -913,7 +954,8 @@ impl Writer {
             }
             let result = self.write_batch(&batch, jobs.iter().any(|j| j.sync));
             // Where the batch landed, to know each message's octets.
-            let mut at = self.pos - batch.len() as u64;
+            // (Unused when the write failed: then `pos` did not move.)
+            let mut at = self.pos.saturating_sub(batch.len() as u64);
             for j in jobs.drain(..) {
                 let frame_at = at;
                 at += j.frames.len() as u64;
@@ -981,6 +1023,7 @@ impl Writer {
                 // Its unused zeros (should this not reach the disk before a
                 // crash, recovery trims them).
                 let _ = f.set_len(self.pos);
+                self.filled = self.pos;
             }
             self.rotate().map_err(|e| io_err(&e))?;
         }
@@ -990,11 +1033,12 @@ impl Writer {
         let sync = sync && (self.dirty || !batch.is_empty());
         let end = self.pos + batch.len() as u64;
         let mut filled = self.filled;
+        let grow = end > filled || filled - end < FRAME_HEAD as u64;
         let res = f.write_all_at(batch, self.pos).and_then(|()| {
-            if end > filled || filled - end < FRAME_HEAD as u64 {
+            if grow {
                 // Past the zeros: the next step, before the sync, so that
                 // one inode update covers both.
-                filled = prefill(f, end);
+                filled = self.prefill(f, end);
             }
             if sync {
                 f.sync_data()
@@ -1027,20 +1071,12 @@ impl Writer {
     }
 }
 
-/// Writes [`PREALLOC_STEP`] zeros at `from` (the end of what is in use)
-/// and returns where the segment now ends. Best effort: when the disk has
-/// no room for them the file is cut back to `from` and the spool goes on
-/// without (each sync then also writes the inode, as without this).
-fn prefill(f: &File, from: u64) -> u64 {
-    let zeros = vec![0u8; PREALLOC_STEP as usize];
-    match f.write_all_at(&zeros, from) {
-        Ok(()) => from + PREALLOC_STEP,
-        Err(_) => {
-            let _ = f.set_len(from);
-            from
-        }
-    }
-}
+/// Zeros for [`Writer::prefill`] (in .bss: no flash, no allocation).
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// After the disk had no room for the zeros, the next try waits this long
+/// (a full disk would otherwise cost every commit a failed 1 MiB write).
+const PREFILL_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
@@ -1334,6 +1370,29 @@ mod tests {
         }
         assert_eq!(s.unused.len(), 1);
         assert_eq!(Some(s.unused[0].1), last);
+        spool.close();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_without_records_is_collected_too() {
+        let dir = tmpdir("empty");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        spool.close(); // a run without mail
+        let first: Vec<PathBuf> = fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(first.len(), 1);
+        let old = SystemTime::now() - std::time::Duration::from_secs(120);
+        File::options()
+            .write(true)
+            .open(&first[0])
+            .and_then(|f| f.set_modified(old))
+            .expect("age it");
+        let (spool, _) = Spool::open(&dir).expect("reopen");
+        assert_eq!(spool.collect(|_| false), 1);
+        assert!(!first[0].exists());
         spool.close();
         let _ = fs::remove_dir_all(&dir);
     }
