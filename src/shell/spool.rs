@@ -896,9 +896,9 @@ impl Writer {
         {
             return from;
         }
-        let steps = PREALLOC_STEP / ZEROS.len() as u64;
-        let written =
-            (0..steps).try_for_each(|i| f.write_all_at(&ZEROS, from + i * ZEROS.len() as u64));
+        let zeros = vec![0u8; ZEROS_LEN as usize];
+        let written = (0..PREALLOC_STEP / ZEROS_LEN)
+            .try_for_each(|i| f.write_all_at(&zeros, from + i * ZEROS_LEN));
         match written {
             Ok(()) => {
                 self.prefill_failed.set(None);
@@ -1071,8 +1071,9 @@ impl Writer {
     }
 }
 
-/// Zeros for [`Writer::prefill`] (in .bss: no flash, no allocation).
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Octets of zeros [`Writer::prefill`] writes at a time (allocated per
+/// step: an immutable static would sit in the binary's read-only data).
+const ZEROS_LEN: u64 = 64 * 1024;
 
 /// After the disk had no room for the zeros, the next try waits this long
 /// (a full disk would otherwise cost every commit a failed 1 MiB write).
