@@ -89,6 +89,16 @@ impl Deadlines {
         woken
     }
 
+    /// Checks the deadlines forever, every [`Deadlines::tick`] of the
+    /// shortest timeout that `shortest` gives at the time (it follows a
+    /// reloaded config).
+    pub async fn keep(&self, shortest: impl Fn() -> Duration) {
+        loop {
+            async_io::Timer::after(Deadlines::tick(shortest())).await;
+            self.check();
+        }
+    }
+
     /// Sessions registered and not yet dropped (pruned at each check).
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -121,13 +121,7 @@ impl Severity {
 /// A mail event: MSGID from `kind`, the queue id and Message-ID in
 /// structured data.
 pub fn event(kind: Kind, queue_id: Option<&str>, message_id: Option<&str>, args: Arguments<'_>) {
-    emit(&Record {
-        severity: Severity::Info,
-        kind: Some(kind),
-        queue_id,
-        message_id,
-        args,
-    });
+    emit(&Record::event(kind, queue_id, message_id, args));
 }
 
 /// A mail event an operator should look at (severity warning, MSGID from
@@ -164,13 +158,7 @@ impl Batch {
         message_id: Option<&str>,
         args: Arguments<'_>,
     ) {
-        let r = Record {
-            severity: Severity::Info,
-            kind: Some(kind),
-            queue_id,
-            message_id,
-            args,
-        };
+        let r = Record::event(kind, queue_id, message_id, args);
         match LOGGER.get() {
             Some(l) => self.lines.push(l.fmt.line(&r, SystemTime::now())),
             // Before `init`: straight to stderr, as `event` does.
@@ -267,6 +255,24 @@ struct Record<'a> {
     queue_id: Option<&'a str>,
     message_id: Option<&'a str>,
     args: Arguments<'a>,
+}
+
+impl<'a> Record<'a> {
+    /// A mail event (severity info).
+    fn event(
+        kind: Kind,
+        queue_id: Option<&'a str>,
+        message_id: Option<&'a str>,
+        args: Arguments<'a>,
+    ) -> Self {
+        Record {
+            severity: Severity::Info,
+            kind: Some(kind),
+            queue_id,
+            message_id,
+            args,
+        }
+    }
 }
 
 struct Counters {
@@ -513,28 +519,15 @@ struct Clean<'a> {
     out: &'a mut String,
     room: usize,
     sd: bool,
-    /// The room there was when a [`Clean::put`] did not fit.
-    cut_at: usize,
 }
 
 impl<'a> Clean<'a> {
     fn new(out: &'a mut String, room: usize, sd: bool) -> Self {
-        Clean {
-            out,
-            room,
-            sd,
-            cut_at: 0,
-        }
-    }
-
-    /// The octets of a run that did not fit that still had room.
-    fn room_before_cut(&self, len: usize) -> usize {
-        self.cut_at.min(len)
+        Clean { out, room, sd }
     }
 
     fn put(&mut self, s: &str) -> bool {
         if s.len() > self.room {
-            self.cut_at = self.room;
             self.room = 0;
             return false;
         }
@@ -555,16 +548,18 @@ impl fmt::Write for Clean<'_> {
             let run = rest.bytes().position(special).unwrap_or(rest.len());
             if run > 0 {
                 let (plain, after) = rest.split_at(run);
-                if !self.put(plain) {
+                if plain.len() > self.room {
                     // Out of room: as much as fits, on a character
                     // boundary; the rest is cut, silently.
-                    let mut cut = self.room_before_cut(plain.len());
+                    let mut cut = self.room;
                     while !plain.is_char_boundary(cut) {
                         cut -= 1;
                     }
-                    self.out.push_str(&plain[..cut]);
+                    self.put(&plain[..cut]);
+                    self.room = 0;
                     return Ok(());
                 }
+                self.put(plain);
                 rest = after;
                 continue;
             }

@@ -262,17 +262,11 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         let _deadlines = ex2.spawn({
             let sh = sh.clone();
             async move {
-                loop {
-                    let shortest = {
-                        let live = sh.live(); // not held across the wait
-                        live.cfg
-                            .limits
-                            .command_timeout
-                            .min(live.cfg.limits.data_timeout)
-                    };
-                    Timer::after(Deadlines::tick(shortest)).await;
-                    sh.deadlines.check();
-                }
+                let shortest = || {
+                    let limits = &sh.live().cfg.limits;
+                    limits.command_timeout.min(limits.data_timeout)
+                };
+                sh.deadlines.keep(shortest).await;
             }
         });
         let sig = loop {

@@ -392,10 +392,12 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
             }
             // Shorter than the magic: a crash while the segment was made.
             None => scan.torn.push((path.as_path().to_path_buf(), 0)),
-            Some(good) if good < len && zeros_from(path.as_path(), good)? => {
+            Some((good, true)) if good < len => {
                 scan.unused.push((path.as_path().to_path_buf(), good));
             }
-            Some(good) if good < len => scan.torn.push((path.as_path().to_path_buf(), good)),
+            Some((good, false)) if good < len => {
+                scan.torn.push((path.as_path().to_path_buf(), good))
+            }
             Some(_) => {}
         }
     }
@@ -409,23 +411,6 @@ pub fn scan(dir: &Path) -> io::Result<Scan> {
         }
     }
     Ok(scan)
-}
-
-/// Whether the segment at `path` holds only zeros from `from` to its end:
-/// the writer's preallocation, never written.
-fn zeros_from(path: &Path, from: u64) -> io::Result<bool> {
-    let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(from))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-    }
 }
 
 /// Reads one frame into `payload`; false when it is cut short, not a
@@ -444,16 +429,28 @@ fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> bool {
     r.read_exact(payload).is_ok() && CASTAGNOLI.checksum(payload) == crc
 }
 
-/// The offset of the first valid frame (CRC and record) at or after
-/// `from` in the segment at `path`, if any. Only run after a bad frame,
-/// so reading the rest of the segment into memory is fine.
-fn next_frame(path: &Path, from: u64) -> io::Result<Option<u64>> {
+/// What follows a bad frame at `at`.
+enum AfterBad {
+    /// A valid frame (CRC and record) starts here: the bad octets are damage.
+    Frame(u64),
+    /// Zeros to the end of the file: the writer's unused preallocation.
+    Zeros,
+    /// Anything else: a torn tail.
+    Torn,
+}
+
+/// Looks past a bad frame at `at` in the segment at `path`. Only run after a
+/// bad frame, so reading the rest of the segment into memory is fine.
+fn after_bad_frame(path: &Path, at: u64) -> io::Result<AfterBad> {
     let mut f = File::open(path)?;
-    f.seek(SeekFrom::Start(from))?;
+    f.seek(SeekFrom::Start(at))?;
     let mut rest = Vec::new();
     f.read_to_end(&mut rest)?;
+    if rest.iter().all(|&b| b == 0) {
+        return Ok(AfterBad::Zeros);
+    }
     let mut payload = Vec::new();
-    for (i, _) in rest.iter().enumerate().filter(|(_, &b)| b == b'S') {
+    for (i, _) in rest.iter().enumerate().skip(1).filter(|(_, &b)| b == b'S') {
         let Some(head) = rest.get(i..i + FRAME_HEAD) else {
             break;
         };
@@ -461,13 +458,14 @@ fn next_frame(path: &Path, from: u64) -> io::Result<Option<u64>> {
         if len as u64 > u64::from(MAX_FRAME) || i + FRAME_HEAD + len > rest.len() {
             continue;
         }
-        let mut at = &rest[i..];
-        if read_frame(&mut at, &mut payload) && postcard::take_from_bytes::<Head>(&payload).is_ok()
+        let mut frame = &rest[i..];
+        if read_frame(&mut frame, &mut payload)
+            && postcard::take_from_bytes::<Head>(&payload).is_ok()
         {
-            return Ok(Some(from + i as u64));
+            return Ok(AfterBad::Frame(at + i as u64));
         }
     }
-    Ok(None)
+    Ok(AfterBad::Torn)
 }
 
 /// Where segments that recovery could not use are kept for the operator.
@@ -488,13 +486,15 @@ pub fn initial_states(env: &Envelope) -> Vec<RcptState> {
         .collect()
 }
 
+/// Reads one segment's records into `scan`: `None` if it is not a segment
+/// of ours, else the octets in use and whether only zeros follow them.
 fn scan_segment(
     path: &Arc<PathBuf>,
     chunks: &mut HashMap<u64, Vec<Part>>,
     statuses: &mut HashMap<u64, Vec<(u16, RcptState)>>,
     warned: &mut HashSet<u64>,
     scan: &mut Scan,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<(u64, bool)>> {
     let file = File::open(path.as_path())?;
     let mut r = BufReader::with_capacity(256 * 1024, file);
     let mut magic = [0u8; 8];
@@ -510,15 +510,16 @@ fn scan_segment(
             None
         };
         let Some((h, data)) = parsed else {
-            // A bad frame: damage if a valid one follows, else the tail.
-            match next_frame(path.as_path(), pos + 1)? {
-                Some(next) => {
+            // A bad frame: damage if a valid one follows, else the end.
+            match after_bad_frame(path.as_path(), pos)? {
+                AfterBad::Frame(next) => {
                     scan.damaged.push((path.as_path().to_path_buf(), pos, next));
                     r.seek(SeekFrom::Start(next))?;
                     pos = next;
                     continue;
                 }
-                None => return Ok(Some(pos)),
+                AfterBad::Zeros => return Ok(Some((pos, true))),
+                AfterBad::Torn => return Ok(Some((pos, false))),
             }
         };
         let record_id = match &h {
@@ -657,7 +658,7 @@ impl Spool {
             seg: scan.last_segment,
             pos: 0,
             filled: 0,
-            prefill_failed: std::cell::Cell::new(None),
+            prefill_failed: None,
             failed: HashSet::new(),
         };
         w.rotate()?;
@@ -863,7 +864,7 @@ struct Writer {
     /// Octets of the segment that exist (frames, then preallocated zeros).
     filled: u64,
     /// When writing the zeros last failed (the disk was full).
-    prefill_failed: std::cell::Cell<Option<Instant>>,
+    prefill_failed: Option<Instant>,
     /// Messages with a failed chunk write: their commit must fail.
     failed: HashSet<u64>,
     durable: Arc<Mutex<Durable>>,
@@ -883,35 +884,6 @@ pub struct Durable {
 }
 
 impl Writer {
-    /// Writes [`PREALLOC_STEP`] zeros at `from` (the end of what is in use)
-    /// and returns where the segment now ends. Best effort: when the disk
-    /// has no room for them the file is cut back to `from`, the spool goes
-    /// on without (each sync then also writes the inode, as without this)
-    /// and tries again after [`PREFILL_RETRY`].
-    fn prefill(&self, f: &File, from: u64) -> u64 {
-        if self
-            .prefill_failed
-            .get()
-            .is_some_and(|t| t.elapsed() < PREFILL_RETRY)
-        {
-            return from;
-        }
-        let zeros = vec![0u8; ZEROS_LEN as usize];
-        let written = (0..PREALLOC_STEP / ZEROS_LEN)
-            .try_for_each(|i| f.write_all_at(&zeros, from + i * ZEROS_LEN));
-        match written {
-            Ok(()) => {
-                self.prefill_failed.set(None);
-                from + PREALLOC_STEP
-            }
-            Err(_) => {
-                let _ = f.set_len(from);
-                self.prefill_failed.set(Some(Instant::now()));
-                from
-            }
-        }
-    }
-
     /// Starts the next segment and makes its directory entry durable.
     fn rotate(&mut self) -> io::Result<()> {
         self.seg += 1;
@@ -921,7 +893,7 @@ impl Writer {
             .create_new(true)
             .open(&path)?;
         f.write_all_at(SEGMENT_MAGIC, 0)?;
-        let filled = self.prefill(&f, SEGMENT_MAGIC.len() as u64);
+        let filled = prefill(&f, SEGMENT_MAGIC.len() as u64, &mut self.prefill_failed);
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()?;
         self.file = Some(f);
@@ -1034,11 +1006,12 @@ impl Writer {
         let end = self.pos + batch.len() as u64;
         let mut filled = self.filled;
         let grow = end > filled || filled - end < FRAME_HEAD as u64;
+        let failed = &mut self.prefill_failed;
         let res = f.write_all_at(batch, self.pos).and_then(|()| {
             if grow {
                 // Past the zeros: the next step, before the sync, so that
                 // one inode update covers both.
-                filled = self.prefill(f, end);
+                filled = prefill(f, end, failed);
             }
             if sync {
                 f.sync_data()
@@ -1071,7 +1044,32 @@ impl Writer {
     }
 }
 
-/// Octets of zeros [`Writer::prefill`] writes at a time (allocated per
+/// Writes [`PREALLOC_STEP`] zeros at `from` (the end of what is in use)
+/// and returns where the segment now ends. Best effort: when the disk has
+/// no room for them the file is cut back to `from`, the spool goes on
+/// without (each sync then also writes the inode, as without this) and
+/// tries again [`PREFILL_RETRY`] after the `failed` time.
+fn prefill(f: &File, from: u64, failed: &mut Option<Instant>) -> u64 {
+    if failed.is_some_and(|t| t.elapsed() < PREFILL_RETRY) {
+        return from;
+    }
+    let zeros = vec![0u8; ZEROS_LEN as usize];
+    let written = (0..PREALLOC_STEP / ZEROS_LEN)
+        .try_for_each(|i| f.write_all_at(&zeros, from + i * ZEROS_LEN));
+    match written {
+        Ok(()) => {
+            *failed = None;
+            from + PREALLOC_STEP
+        }
+        Err(_) => {
+            let _ = f.set_len(from);
+            *failed = Some(Instant::now());
+            from
+        }
+    }
+}
+
+/// Octets of zeros [`prefill`] writes at a time (allocated per
 /// step: an immutable static would sit in the binary's read-only data).
 const ZEROS_LEN: u64 = 64 * 1024;
 
