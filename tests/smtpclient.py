@@ -231,9 +231,10 @@ class RawSMTP:
         self.send(dot_stuff(message))
         return self.reply()
 
-    def send_mail(self, mail_from, rcpts, message):
-        """One transaction, step by step; returns the final reply to the data."""
-        self.mail(mail_from)
+    def send_mail(self, mail_from, rcpts, message, params=""):
+        """One transaction, step by step (`params` for MAIL FROM); returns the
+        final reply to the data."""
+        self.mail(mail_from, params)
         for r in rcpts:
             self.rcpt(r)
         return self.data(message)

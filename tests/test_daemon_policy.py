@@ -25,28 +25,14 @@ def policy_daemon(sluice_factory, tmp_path):
     return d
 
 
-def send(c, mail_from, rcpts, msg):
-    c.mail(mail_from)
-    for r in rcpts:
-        c.rcpt(r)
-    c.send(b"DATA\r\n")
-    check(c.reply(), 354)
-    body = msg if msg.endswith(b"\r\n") else msg + b"\r\n"
-    c.send(re.sub(rb"(?m)^\.", b"..", body) + b".\r\n")
-    return c.reply()
-
-
 def test_relay_is_refused_for_anonymous_clients_and_routes_are_stored(sluice_factory, tmp_path):
     d = policy_daemon(sluice_factory, tmp_path)
     c = d.session()
     c.mail("someone@example.org")
     c.rcpt("x@gmail.com", expect=(554, "5.7.1"))
     c.rcpt("johnny@contoso.com")
-    c.send(b"DATA\r\n")
-    check(c.reply(), 354)
-    c.send(b"From: someone@example.org\r\nTo: johnny@contoso.com\r\nX-MS-Exchange-Organization-SCL: -1\r\n"
-           b"Subject: hi\r\n\r\nhello\r\n.\r\n")
-    r = c.reply()
+    r = c.data(b"From: someone@example.org\r\nTo: johnny@contoso.com\r\nX-MS-Exchange-Organization-SCL: -1\r\n"
+               b"Subject: hi\r\n\r\nhello\r\n")
     check(r, 250, "2.0.0")
     qid = queued_id(r)
     entry = d.queue_json(qid)
@@ -71,9 +57,9 @@ def test_hop_count_is_refused_in_session(sluice_factory, tmp_path):
     d = policy_daemon(sluice_factory, tmp_path)
     c = d.session()
     hops = b"".join(b"Received: from h%d.example by x; Sun, 22 Nov 2026 08:00:00 +0000\r\n" % i for i in range(31))
-    r = send(c, "a@example.org", ["user@contoso.com"], hops + b"Subject: loop\r\n\r\nbody\r\n")
+    r = c.send_mail("a@example.org", ["user@contoso.com"], hops + b"Subject: loop\r\n\r\nbody\r\n")
     check(r, 554, "5.4.14")
-    r = send(c, "a@example.org", ["user@contoso.com"], hops.split(b"\r\n", 1)[1] + b"Subject: ok\r\n\r\nbody\r\n")
+    r = c.send_mail("a@example.org", ["user@contoso.com"], hops.split(b"\r\n", 1)[1] + b"Subject: ok\r\n\r\nbody\r\n")
     check(r, 250)
     assert len(d.queue_list()) == 1
 
@@ -88,17 +74,17 @@ def mime(name, filler=b""):
 def test_executable_attachments_are_refused_from_outside(sluice_factory, tmp_path):
     d = policy_daemon(sluice_factory, tmp_path)
     c = d.session()
-    check(send(c, "a@example.org", ["user@contoso.com"], mime(b"invoice.exe")), 550, "5.7.1")
-    check(send(c, "a@example.org", ["user@contoso.com"], mime(b"invoice.pdf")), 250)
+    check(c.send_mail("a@example.org", ["user@contoso.com"], mime(b"invoice.exe")), 550, "5.7.1")
+    check(c.send_mail("a@example.org", ["user@contoso.com"], mime(b"invoice.pdf")), 250)
     # A message large enough to reach the spool in chunks before the end:
     # the attachment comes after 600 KiB of text and is still found.
     filler = (b"x" * 76 + b"\r\n") * 8000
-    check(send(c, "a@example.org", ["user@contoso.com"], mime(b"payload.SCR", filler)), 550, "5.7.1")
+    check(c.send_mail("a@example.org", ["user@contoso.com"], mime(b"payload.SCR", filler)), 550, "5.7.1")
     assert len(d.queue_list()) == 1
     # From the organisation (exchange-online, 127.0.0.2) the rule does not apply.
     o = d.connect(source="127.0.0.2")
     o.ehlo()
-    check(send(o, "user@contoso.com", ["x@gmail.com"], mime(b"tool.exe")), 250)
+    check(o.send_mail("user@contoso.com", ["x@gmail.com"], mime(b"tool.exe")), 250)
     o.close()
 
 
@@ -106,7 +92,7 @@ def test_cmt_from_exchange_online_is_stamped_and_routed_on_premises(sluice_facto
     d = policy_daemon(sluice_factory, tmp_path)
     o = d.connect(source="127.0.0.2")
     o.ehlo()
-    r = send(o, "user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: out\r\n\r\nhi\r\n")
+    r = o.send_mail("user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: out\r\n\r\nhi\r\n")
     check(r, 250)
     entry = d.queue_json(queued_id(r))
     assert entry["routes"][0]["connector"] == "onprem", entry["routes"]
@@ -139,13 +125,20 @@ def client_pki(d, names=(("good", "mail.protection.outlook.com"), ("other", "mx.
     return ca, out
 
 
-def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_path):
+def cert_daemon(sluice_factory, tmp_path, names=None, replace=()):
+    """The sample rules with the organization's IP range moved off loopback
+    (so only a client certificate can attribute a session), `replace`d
+    (old, new) texts, and TLS that asks for client certificates from a test
+    CA: the daemon, the certificates by tag, and a function that opens a TLS
+    session with one (or none)."""
     import ssl
     pki = tmp_path / "pki"
     pki.mkdir()
-    ca, certs = client_pki(pki)
+    ca, certs = client_pki(pki, names) if names else client_pki(pki)
     text = open(SAMPLE, encoding="utf-8").read()
     text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
+    for old, new in replace:
+        text = text.replace(old, new)
     rules = tmp_path / "rules.toml"
     rules.write_text(text, encoding="utf-8")
     d = sluice_factory(tls=True, start=False)
@@ -166,6 +159,12 @@ def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_pa
         c.ehlo()
         return c
 
+    return d, certs, tls_session
+
+
+def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_path):
+    d, certs, tls_session = cert_daemon(sluice_factory, tmp_path)
+
     # Without a certificate, or with one for another name: anonymous, no relay.
     for cert in (None, certs["other"]):
         c = tls_session(cert)
@@ -174,7 +173,7 @@ def test_a_client_certificate_name_attributes_the_session(sluice_factory, tmp_pa
         c.close()
     # With the certificate exchange-online presents: originating; CMT applies.
     c = tls_session(certs["good"])
-    r = send(c, "user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
+    r = c.send_mail("user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
     check(r, 250)
     entry = d.queue_json(queued_id(r))
     assert entry["routes"][0]["connector"] == "onprem", entry
@@ -186,34 +185,12 @@ def test_a_wildcard_tls_certificate_name_attributes_by_the_certificate_dns_name(
     # tls_certificate_name = "*.protection.outlook.com": a certificate for
     # eu1.protection.outlook.com attributes; one for a name two labels down,
     # or for another domain, does not.
-    import ssl
-    pki = tmp_path / "pki"
-    pki.mkdir()
-    ca, certs = client_pki(pki, (("one", "eu1.protection.outlook.com"),
-                                 ("two", "a.eu1.protection.outlook.com"),
-                                 ("other", "mx.example.org")))
-    text = open(SAMPLE, encoding="utf-8").read()
-    text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
-    text = text.replace('tls_certificate_name = "mail.protection.outlook.com"',
-                        'tls_certificate_name = "*.protection.outlook.com"')
-    rules = tmp_path / "rules.toml"
-    rules.write_text(text, encoding="utf-8")
-    d = sluice_factory(tls=True, start=False)
-    cfg = open(d.config, encoding="utf-8").read()
-    cfg = cfg.replace("[tls]\n", '[tls]\nclient_ca = "%s"\n' % ca)
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write('rules = "%s"\n' % rules + cfg)
-    d.start()
-
-    def tls_session(cert):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.load_cert_chain(*cert)
-        c = d.session()
-        c.starttls(ctx)
-        c.ehlo()
-        return c
+    d, certs, tls_session = cert_daemon(
+        sluice_factory, tmp_path,
+        (("one", "eu1.protection.outlook.com"), ("two", "a.eu1.protection.outlook.com"),
+         ("other", "mx.example.org")),
+        [('tls_certificate_name = "mail.protection.outlook.com"',
+          'tls_certificate_name = "*.protection.outlook.com"')])
 
     for tag in ("two", "other"):
         c = tls_session(certs[tag])
@@ -221,7 +198,7 @@ def test_a_wildcard_tls_certificate_name_attributes_by_the_certificate_dns_name(
         c.rcpt("x@gmail.com", expect=(554, "5.7.1"))
         c.close()
     c = tls_session(certs["one"])
-    r = send(c, "user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
+    r = c.send_mail("user@contoso.com", ["x@gmail.com"], b"From: user@contoso.com\r\nSubject: cloud\r\n\r\nhi\r\n")
     check(r, 250)
     entry = d.queue_json(queued_id(r))
     assert entry["routes"][0]["connector"] == "onprem", entry

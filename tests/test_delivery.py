@@ -77,16 +77,6 @@ def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expir
     return d
 
 
-def send(c, mail_from, rcpts, msg):
-    c.mail(mail_from)
-    for r in rcpts:
-        c.rcpt(r)
-    c.send(b"DATA\r\n")
-    check(c.reply(), 354)
-    c.send(msg + b".\r\n")
-    return c.reply()
-
-
 def states(d, qid, want, timeout=15):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -122,7 +112,7 @@ def test_one_message_leaves_by_three_routes(sluice_factory, tmp_path, sinks):
         'smart_hosts = ["hes.trend.example:25"]\ntls = "required"',
         'smart_hosts = ["hes.trend.example:25"]\ntls = "opportunistic"'))
     c = d.session()  # 127.0.0.1 is exchange-onprem in the sample: originating
-    r = send(c, "user@contoso.com", ["a@trend.local", "b@gmail.test", "c@contoso.com"],
+    r = c.send_mail("user@contoso.com", ["a@trend.local", "b@gmail.test", "c@contoso.com"],
              b"From: user@contoso.com\r\nSubject: three ways\r\n\r\nbody\r\n")
     check(r, 250)
     qid = queued_id(r)
@@ -143,7 +133,7 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     flaky = sinks(script=["451 4.3.0 try again"])
     d = relay(sluice_factory, tmp_path, {"mx.flaky.test": flaky.port, "mx": {"flaky.test": "mx.flaky.test"}})
     c = d.session()
-    r = send(c, "a@contoso.com", ["x@flaky.test"], b"Subject: retry\r\n\r\nbody\r\n")
+    r = c.send_mail("a@contoso.com", ["x@flaky.test"], b"Subject: retry\r\n\r\nbody\r\n")
     qid = queued_id(r)
     entry = states(d, qid, ["Delivered"], timeout=20)
     assert len(flaky.messages) == 1
@@ -155,7 +145,7 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port,
                                            "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
     c = d2.session()
-    r0 = r = send(c, "a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
+    r0 = r = c.send_mail("a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
     entry = states(d2, queued_id(r), ["Notified"])
     assert "554 5.7.1 go away" in entry["states"][0]["Notified"]["reason"]
     frm, to, dsn = home.wait(1)[0]
@@ -167,7 +157,7 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     # A bounce of a bounce never happens: a DSN (from <>) that fails in turn
     # is settled without another DSN.
     c = d2.session()
-    r = send(c, "a@hard.test", ["y@hard.test"], b"Subject: back to a dead end\r\n\r\nbody\r\n")
+    r = c.send_mail("a@hard.test", ["y@hard.test"], b"Subject: back to a dead end\r\n\r\nbody\r\n")
     q2 = queued_id(r)
     states(d2, q2, ["Notified"])
     dsn2 = dsn_of(d2, q2)
@@ -188,7 +178,7 @@ def test_delivery_survives_a_restart(sluice_factory, tmp_path, sinks):
     port = free_port()
     d = relay(sluice_factory, tmp_path, {"mx.later.test": port, "mx": {"later.test": "mx.later.test"}})
     c = d.session()
-    r = send(c, "a@contoso.com", ["x@later.test"], b"Subject: later\r\n\r\nbody\r\n")
+    r = c.send_mail("a@contoso.com", ["x@later.test"], b"Subject: later\r\n\r\nbody\r\n")
     qid = queued_id(r)
     states(d, qid, ["Deferred"])
     d.kill9()
@@ -209,7 +199,7 @@ def test_required_tls_never_sends_in_clear_text(sluice_factory, tmp_path, sinks)
     d = relay(sluice_factory, tmp_path, {"hes.trend.example": plain.port},
               rules_text=open(SAMPLE, encoding="utf-8").read())
     c = d.session()
-    r = send(c, "user@contoso.com", ["a@trend.local"], b"Subject: secret\r\n\r\nbody\r\n")
+    r = c.send_mail("user@contoso.com", ["a@trend.local"], b"Subject: secret\r\n\r\nbody\r\n")
     entry = states(d, queued_id(r), ["Deferred"])
     assert "TLS is required" in entry["states"][0]["Deferred"]["reason"], entry
     time.sleep(1.5)
@@ -224,15 +214,9 @@ def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path,
                                           "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test",
                                                  "dead.test": "mx.dead.test"}}, expire="3s")
     c = d.session()
-    c.send(b"MAIL FROM:<>\r\n")
-    check(c.reply(), 250)
-    c.rcpt("x@hard.test")
-    c.send(b"DATA\r\n")
-    check(c.reply(), 354)
-    c.send(b"Subject: a bounce itself\r\n\r\nbody\r\n.\r\n")
-    q1 = queued_id(c.reply())
+    q1 = queued_id(c.send_mail("", ["x@hard.test"], b"Subject: a bounce itself\r\n\r\nbody\r\n"))
     # Expiry: the next hop never answers; after expire_after the sender is told.
-    r = send(c, "a@home.test", ["x@dead.test"], b"Subject: too late\r\n\r\nbody\r\n")
+    r = c.send_mail("a@home.test", ["x@dead.test"], b"Subject: too late\r\n\r\nbody\r\n")
     q2 = queued_id(r)
     entry = states(d, q2, ["Notified"], timeout=20)
     assert "4.4.7" in entry["states"][0]["Notified"]["reason"]
@@ -257,8 +241,8 @@ def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
                                           "mx": {"home.test": "mx.home.test", "later.test": "mx.later.test"}},
               retry='"1h"', warn="1s")
     c = d.session()
-    q1 = queued_id(send(c, "a@home.test", ["x@later.test"], b"Subject: slow one\r\n\r\nbody\r\n"))
-    q2 = queued_id(send(c, "a@home.test", ["y@later.test"], b"Subject: doomed\r\n\r\nbody\r\n"))
+    q1 = queued_id(c.send_mail("a@home.test", ["x@later.test"], b"Subject: slow one\r\n\r\nbody\r\n"))
+    q2 = queued_id(c.send_mail("a@home.test", ["y@later.test"], b"Subject: doomed\r\n\r\nbody\r\n"))
     states(d, q1, ["Deferred"])
     states(d, q2, ["Deferred"])
     # The sender hears of the delay, once per message.
@@ -312,26 +296,26 @@ def test_scenarios_end_to_end(sluice_factory, tmp_path, sinks):
     d, trend, onprem, internet = scenario_daemon(sluice_factory, tmp_path, sinks)
     # Header rule (seed 000) with its exception, from exchange-onprem (127.0.0.1).
     c = d.session()
-    check(send(c, "someone@contoso.com", ["a@gmail.test", "b@secure.com"],
+    check(c.send_mail("someone@contoso.com", ["a@gmail.test", "b@secure.com"],
                b"X-RoutethroughTM: On\r\nSubject: rule\r\n\r\nbody\r\n"), 250)
     assert [m[1] for m in trend.wait(1)] == [["a@gmail.test"]]
     assert [m[1] for m in internet.wait(1)] == [["b@secure.com"]]
     # Source-based routing by group: jaap is in TrendUsers.
-    check(send(c, "jaap@contoso.com", ["c@gmail.test"], b"Subject: group\r\n\r\nbody\r\n"), 250)
+    check(c.send_mail("jaap@contoso.com", ["c@gmail.test"], b"Subject: group\r\n\r\nbody\r\n"), 250)
     assert trend.wait(2)[1][1] == ["c@gmail.test"]
     c.close()
     # CMT (seed 002): from exchange-online to an outside recipient: stamped
     # and routed on-premises.
     o = d.connect(source="127.0.0.2")
     o.ehlo()
-    check(send(o, "user@contoso.com", ["x@gmail.test"], b"Subject: cmt\r\n\r\nbody\r\n"), 250)
+    check(o.send_mail("user@contoso.com", ["x@gmail.test"], b"Subject: cmt\r\n\r\nbody\r\n"), 250)
     o.close()
     stamped = onprem.wait(1)[0]
     assert stamped[1] == ["x@gmail.test"]
     assert b"\r\nX-MS-Exchange-Organization-CentralizedMailFlowOverrideSet:\r\n" in stamped[2]
     # It comes back from on-premises, stamped: no second override, out to the Internet.
     back = d.session()
-    check(send(back, "user@contoso.com", ["x@gmail.test"], stamped[2]), 250)
+    check(back.send_mail("user@contoso.com", ["x@gmail.test"], stamped[2]), 250)
     back.close()
     out = internet.wait(2)[1]
     assert out[1] == ["x@gmail.test"]
@@ -341,7 +325,7 @@ def test_scenarios_end_to_end(sluice_factory, tmp_path, sinks):
     # the location-specific address.
     anon = d.connect(source="127.0.0.5")
     anon.ehlo()
-    check(send(anon, "someone@example.org", ["johnny@contoso.com"],
+    check(anon.send_mail("someone@example.org", ["johnny@contoso.com"],
                b"From: someone@example.org\r\nTo: Johnny <johnny@contoso.com>\r\nSubject: flat\r\n\r\nbody\r\n"), 250)
     anon.close()
     got = onprem.wait(2)[1]
@@ -365,7 +349,7 @@ def test_kill_during_delivery_loses_nothing(sluice_factory, tmp_path):
     try:
         d = relay(sluice_factory, tmp_path, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
         c = d.session()
-        qid = queued_id(send(c, "a@contoso.com", ["x@slow.test"], b"Subject: crash\r\n\r\nbody\r\n"))
+        qid = queued_id(c.send_mail("a@contoso.com", ["x@slow.test"], b"Subject: crash\r\n\r\nbody\r\n"))
         slow.wait(1)
         d.kill9()  # the next hop has the message but sluice has no 250 yet
         d.start()

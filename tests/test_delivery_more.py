@@ -10,7 +10,7 @@ import time
 
 from conftest import free_port
 from smtpclient import check, queued_id
-from test_delivery import Sink, dsn_of, dsns_of, relay, sample_opportunistic, send, states, sinks  # noqa: F401 (sinks: a fixture)
+from test_delivery import Sink, dsn_of, dsns_of, relay, sample_opportunistic, states, sinks  # noqa: F401 (sinks: a fixture)
 
 
 class RawSink:
@@ -146,7 +146,7 @@ def test_mixed_replies_in_one_transaction(sluice_factory, tmp_path, sinks):
                                              "mx": {"mixed.test": "mx.mixed.test", "home.test": "mx.home.test"}},
                   retry='"2s"')
         c = d.session()
-        r = send(c, "a@home.test", ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"],
+        r = c.send_mail("a@home.test", ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"],
                  b"Subject: three answers\r\n\r\nbody\r\n")
         qid = queued_id(r)
         first = mixed.wait(1)[0]
@@ -182,20 +182,11 @@ def test_no_8bitmime_or_smtputf8_at_the_next_hop_defers(sluice_factory, tmp_path
         d = relay(sluice_factory, tmp_path, {"mx.old.test": raw.port, "mx": {"old.test": "mx.old.test"}},
                   retry='"1s"')
         c = d.session()
-        c.send(b"MAIL FROM:<a@contoso.com> BODY=8BITMIME\r\n")
-        check(c.reply(), 250)
-        c.rcpt("x@old.test")
-        c.send(b"DATA\r\n")
-        check(c.reply(), 354)
-        c.send("Subject: caf\u00e9\r\n\r\nna\u00efve 8-bit body\r\n.\r\n".encode("utf-8"))
-        q8 = queued_id(c.reply())
-        c.send("MAIL FROM:<j\u00f6rg@contoso.com> SMTPUTF8\r\n".encode("utf-8"))
-        check(c.reply(), 250)
-        c.rcpt("x@old.test")
-        c.send(b"DATA\r\n")
-        check(c.reply(), 354)
-        c.send(b"Subject: utf8 sender\r\n\r\nascii body\r\n.\r\n")
-        qu = queued_id(c.reply())
+        q8 = queued_id(c.send_mail("a@contoso.com", ["x@old.test"],
+                                   "Subject: caf\u00e9\r\n\r\nna\u00efve 8-bit body\r\n".encode("utf-8"),
+                                   params="BODY=8BITMIME"))
+        qu = queued_id(c.send_mail("j\u00f6rg@contoso.com", ["x@old.test"],
+                                   b"Subject: utf8 sender\r\n\r\nascii body\r\n", params="SMTPUTF8"))
         e8 = states(d, q8, ["Deferred"])
         eu = states(d, qu, ["Deferred"])
         assert "4.6.3" in e8["states"][0]["Deferred"]["reason"], e8
@@ -229,14 +220,7 @@ def test_chunking_to_a_second_sluice_arrives_intact(sluice_factory, tmp_path):
     body = (b"Subject: chunked\r\nX-Dots: yes\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnot the end\r\n"
             + "8-bit: \u00e9\u00e8\u00ea\r\n".encode("utf-8") + b"x" * 5000 + b"\r\nlast line\r\n")
     c = d.session()
-    c.send(b"MAIL FROM:<a@contoso.com> BODY=8BITMIME\r\n")
-    check(c.reply(), 250)
-    c.rcpt("x@far.test")
-    c.send(b"DATA\r\n")
-    check(c.reply(), 354)
-    stuffed = b"".join(b"." + ln if ln.startswith(b".") else ln for ln in body.splitlines(keepends=True))
-    c.send(stuffed + b".\r\n")
-    qid = queued_id(c.reply())
+    qid = queued_id(c.send_mail("a@contoso.com", ["x@far.test"], body, params="BODY=8BITMIME"))
     entry = states(d, qid, ["Delivered"])
     reply = entry["states"][0]["Delivered"]["reply"]
     m = re.search(r"queued as ([0-9A-F]{16})", reply)
@@ -321,7 +305,7 @@ def test_concurrency_per_destination_is_a_ceiling(sluice_factory, tmp_path):
         d = relay(sluice_factory, tmp_path, {"mx.busy.test": raw.port, "mx": {"busy.test": "mx.busy.test"}},
                   queue_extra="concurrency_per_destination = 2\n")
         c = d.session()
-        qids = [queued_id(send(c, "a@contoso.com", ["x%d@busy.test" % i], b"Subject: n%d\r\n\r\nbody\r\n" % i))
+        qids = [queued_id(c.send_mail("a@contoso.com", ["x%d@busy.test" % i], b"Subject: n%d\r\n\r\nbody\r\n" % i))
                 for i in range(10)]
         raw.wait(10, timeout=40)
         for q in qids:
@@ -340,7 +324,7 @@ def test_retry_time_and_attempts_survive_a_restart(sluice_factory, tmp_path):
         d = relay(sluice_factory, tmp_path, {"mx.down.test": down.port, "mx": {"down.test": "mx.down.test"}},
                   retry='"1h"')
         c = d.session()
-        qid = queued_id(send(c, "a@contoso.com", ["x@down.test"], b"Subject: patience\r\n\r\nbody\r\n"))
+        qid = queued_id(c.send_mail("a@contoso.com", ["x@down.test"], b"Subject: patience\r\n\r\nbody\r\n"))
         c.close()
         before = states(d, qid, ["Deferred"])["states"][0]["Deferred"]
         assert before["attempts"] == 1 and "451 4.3.2 not today" in before["reason"], before
@@ -378,12 +362,12 @@ def test_criteria_based_routing_and_the_journal_recipient(sluice_factory, tmp_pa
     # use_connector = "onprem" sends it on-premises.
     o = d.connect(source="127.0.0.2")
     o.ehlo()
-    r = send(o, "user@contoso.com", ["bob@contoso.com"], b"Subject: cloud to cloud\r\n\r\nbody\r\n")
+    r = o.send_mail("user@contoso.com", ["bob@contoso.com"], b"Subject: cloud to cloud\r\n\r\nbody\r\n")
     check(r, 250)
     q1 = queued_id(r)
     # With X-OriginatorOrg: the exception holds, the rule does not apply
     # (the address space still sends it on-premises: no loop, no override).
-    r = send(o, "user@contoso.com", ["carol@contoso.com"],
+    r = o.send_mail("user@contoso.com", ["carol@contoso.com"],
              b"X-OriginatorOrg: eu.contoso.com\r\nSubject: already on-prem\r\n\r\nbody\r\n")
     check(r, 250)
     q2 = queued_id(r)
@@ -402,7 +386,7 @@ def test_criteria_based_routing_and_the_journal_recipient(sluice_factory, tmp_pa
     # Journaling: the CEO's mail to the Internet also goes to the journal
     # mailbox through the journal connector, stamped X-Journaled.
     c = d.session()
-    r = send(c, "ceo@contoso.com", ["x@gmail.test"], b"Subject: board minutes\r\n\r\nbody\r\n")
+    r = c.send_mail("ceo@contoso.com", ["x@gmail.test"], b"Subject: board minutes\r\n\r\nbody\r\n")
     check(r, 250)
     qj = queued_id(r)
     c.close()
@@ -429,13 +413,9 @@ def test_a_dsn_quoting_8bit_headers_is_itself_8bit(sluice_factory, tmp_path, sin
         d = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": old_home.port,
                                              "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
         c = d.session()
-        c.send(b"MAIL FROM:<a@home.test> BODY=8BITMIME\r\n")
-        check(c.reply(), 250)
-        c.rcpt("x@hard.test")
-        c.send(b"DATA\r\n")
-        check(c.reply(), 354)
-        c.send("Subject: r\u00e9sum\u00e9\r\n\r\nbody\r\n.\r\n".encode("utf-8"))
-        qid = queued_id(c.reply())
+        qid = queued_id(c.send_mail("a@home.test", ["x@hard.test"],
+                                    "Subject: r\u00e9sum\u00e9\r\n\r\nbody\r\n".encode("utf-8"),
+                                    params="BODY=8BITMIME"))
         states(d, qid, ["Notified"])
         dsn = dsn_of(d, qid)
         entry = states(d, dsn, ["Deferred"])

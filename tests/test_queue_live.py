@@ -9,7 +9,7 @@ import time
 
 from conftest import free_port
 from smtpclient import queued_id
-from test_delivery import Sink, relay, send, states, sinks  # noqa: F401  (sinks is a fixture)
+from test_delivery import Sink, relay, states, sinks  # noqa: F401  (sinks is a fixture)
 
 
 class SlowSink(Sink):
@@ -40,7 +40,7 @@ def test_queue_list_shows_a_delivery_in_progress(sluice_factory, tmp_path):
     try:
         d = relay(sluice_factory, tmp_path, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
         c = d.session()
-        qid = queued_id(send(c, "a@contoso.com", ["x@slow.test"], b"Subject: slow\r\n\r\nbody\r\n"))
+        qid = queued_id(c.send_mail("a@contoso.com", ["x@slow.test"], b"Subject: slow\r\n\r\nbody\r\n"))
         deadline = time.time() + 3
         while time.time() < deadline and not listed(d, qid)["busy"]:
             time.sleep(0.05)
@@ -65,7 +65,7 @@ def test_queue_list_reports_attempts_next_attempt_and_reason(sluice_factory, tmp
     d = relay(sluice_factory, tmp_path, {"mx.later.test": dead, "mx": {"later.test": "mx.later.test"}},
               retry='"1h"')
     c = d.session()
-    qid = queued_id(send(c, "a@contoso.com", ["x@later.test", "y@later.test"], b"Subject: later\r\n\r\nbody\r\n"))
+    qid = queued_id(c.send_mail("a@contoso.com", ["x@later.test", "y@later.test"], b"Subject: later\r\n\r\nbody\r\n"))
     states(d, qid, ["Deferred", "Deferred"])
     t = time.time()
     e = listed(d, qid)
