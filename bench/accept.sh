@@ -140,22 +140,7 @@ ceiling_row() { # size msgs sessions -> sets RATE
 write_config() { # dir port
     local dead_port
     dead_port=$(free_port)   # nothing listens there: any delivery attempt is refused
-    cat >"$1/sluice.toml" <<EOF
-# written by bench/accept.sh
-hostname = "bench.sluice.test"
-spool_dir = "spool"
-state_dir = "state"
-
-[[listen]]
-address = "127.0.0.1:$2"
-starttls = false
-
-[limits]
-connections = 1000
-connections_per_ip = 200
-command_timeout = "5m"
-data_timeout = "10m"
-max_message_size = "36 MiB"
+    { sluice_config_head accept.sh "$2" 200; cat <<EOF; } >"$1/sluice.toml"
 
 [dns]
 # Loopback only: the recipient domain resolves from the static table to a
@@ -169,9 +154,6 @@ static = { "sink.bench.test" = ["127.0.0.1:$dead_port"], "client.bench.test" = [
 
 [queue]
 hold = $([ "${HOLD:-1}" = 1 ] && echo true || echo false)
-
-[syslog]
-target = "stderr"
 EOF
 }
 

@@ -30,3 +30,28 @@ wait_port() { # port -> 0 when something accepts on 127.0.0.1:port
     done
     return 1
 }
+
+sluice_config_head() { # script port connections_per_ip -> the start of a sluice.toml
+    # What both benchmarks' configs share: names, dirs, a plain listener on
+    # loopback, limits far above the load they put on it, logs on stderr.
+    cat <<EOF
+# written by bench/$1
+hostname = "bench.sluice.test"
+spool_dir = "spool"
+state_dir = "state"
+
+[[listen]]
+address = "127.0.0.1:$2"
+starttls = false
+
+[limits]
+connections = 1000
+connections_per_ip = $3
+command_timeout = "5m"
+data_timeout = "10m"
+max_message_size = "36 MiB"
+
+[syslog]
+target = "stderr"
+EOF
+}

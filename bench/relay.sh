@@ -348,22 +348,7 @@ drive() {
 
 # ---------------------------------------------------------------- sluice
 write_sluice_config() { # dir port sinkport
-    cat >"$1/sluice.toml" <<EOF
-# written by bench/relay.sh
-hostname = "bench.sluice.test"
-spool_dir = "spool"
-state_dir = "state"
-
-[[listen]]
-address = "127.0.0.1:$2"
-starttls = false
-
-[limits]
-connections = 1000
-connections_per_ip = 1000
-command_timeout = "5m"
-data_timeout = "10m"
-max_message_size = "36 MiB"
+    { sluice_config_head relay.sh "$2" 1000; cat <<EOF; } >"$1/sluice.toml"
 
 [queue]
 concurrency = 50
@@ -375,9 +360,6 @@ concurrency_per_destination = 20
 servers = ["127.0.0.1:1"]
 static = { "sink.bench" = ["127.0.0.1:$3"] }
 static_mx = { "bench.test" = [[10, "sink.bench"]] }
-
-[syslog]
-target = "stderr"
 EOF
 }
 
@@ -427,17 +409,26 @@ sluice_row() {
     [ $rc -ne 0 ] && echo "WARNING: sluice exited $rc after SIGTERM ($dir)" >&2
     stop_pid "$SINK_PID"; SINK_PID=''
     # What the log says: one SEND per delivered recipient, nothing else expected.
-    local sent defer bounce errs
-    sent=$(grep -cE ' SEND q?id=' "$dir/stderr.log")
-    defer=$(grep -cE ' DEFER q?id=' "$dir/stderr.log")
-    bounce=$(grep -cE ' BOUNCE q?id=' "$dir/stderr.log")
-    errs=$(grep -ciE 'error|panic|warn' "$dir/stderr.log")
-    NOTE="log: $sent sent"
+    log_note sluice "$dir/stderr.log" "$msgs" "$size" "$sessions" "" \
+        ' SEND q?id=' ' DEFER q?id=' ' BOUNCE q?id=' 'error|panic|warn'
+}
+
+# What a relay's log says of a row: one sent line per message, nothing
+# else expected (patterns: extended, case-insensitive). Sets NOTE; warns
+# otherwise.
+# who log msgs size sessions extra sent_re defer_re bounce_re err_re
+log_note() {
+    local who=$1 log=$2 msgs=$3 size=$4 sessions=$5 extra=$6 sent defer bounce errs
+    sent=$(grep -ciE "$7" "$log")
+    defer=$(grep -ciE "$8" "$log")
+    bounce=$(grep -ciE "$9" "$log")
+    errs=$(grep -ciE "${10}" "$log")
+    NOTE="log: $sent sent$extra"
     [ "$defer" -gt 0 ] && NOTE+=", $defer deferred"
     [ "$bounce" -gt 0 ] && NOTE+=", $bounce bounced"
     [ "$errs" -gt 0 ] && NOTE+=", $errs error/warning lines"
     if [ "$sent" != "$msgs" ] || [ "$defer" -gt 0 ] || [ "$bounce" -gt 0 ] || [ "$errs" -gt 0 ]; then
-        echo "WARNING: sluice, size $size, $sessions sessions: $NOTE, e.g.: $(grep -E ' DEFER | BOUNCE |error|panic|warn' "$dir/stderr.log" | head -3 | tr '\n' ' ')" >&2
+        echo "WARNING: $who, size $size, $sessions sessions: $NOTE, e.g.: $(grep -iE "$8|$9|${10}" "$log" | head -3 | tr '\n' ' ')" >&2
     fi
 }
 
@@ -512,18 +503,8 @@ postfix_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     stop_sampler "$dir"
     pf_stop
     stop_pid "$SINK_PID"; SINK_PID=''
-    local sent defer bounce errs
-    sent=$(grep -c 'status=sent' "$dir/maillog")
-    defer=$(grep -c 'status=deferred' "$dir/maillog")
-    bounce=$(grep -c 'status=bounced' "$dir/maillog")
-    errs=$(grep -cE 'warning:|error:|fatal:|panic:' "$dir/maillog")
-    NOTE="log: $sent sent, $PSS_PROCS processes at peak"
-    [ "$defer" -gt 0 ] && NOTE+=", $defer deferred"
-    [ "$bounce" -gt 0 ] && NOTE+=", $bounce bounced"
-    [ "$errs" -gt 0 ] && NOTE+=", $errs warning lines"
-    if [ "$sent" != "$msgs" ] || [ "$defer" -gt 0 ] || [ "$bounce" -gt 0 ] || [ "$errs" -gt 0 ]; then
-        echo "WARNING: postfix, size $size, $sessions sessions: $NOTE, e.g.: $(grep -E 'status=deferred|status=bounced|warning:|error:|fatal:|panic:' "$dir/maillog" | head -3 | tr '\n' ' ')" >&2
-    fi
+    log_note postfix "$dir/maillog" "$msgs" "$size" "$sessions" ", $PSS_PROCS processes at peak" \
+        'status=sent' 'status=deferred' 'status=bounced' 'warning:|error:|fatal:|panic:'
 }
 
 # ---------------------------------------------------------------- run
