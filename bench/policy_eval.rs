@@ -12,7 +12,7 @@
 use sluice::engine::policy::{
     attribute, evaluate_with, Addr, Agent, Decision, Edit, Note, Sink, Table,
 };
-use sluice::shell::{policy, rules};
+use sluice::shell::policy::{compile as rules, runtime as policy};
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

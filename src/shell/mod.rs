@@ -1,5 +1,16 @@
 //! The std shell: sockets, disk, TLS, timers and the command line around
 //! the engine.
+//!
+//! The folders follow a message and then the operator:
+//! * [`smtpd`] receives it (listeners, sessions, STARTTLS, deadlines);
+//! * [`policy`] decides what happens to it (rule-file compiler, install,
+//!   runtime, trace);
+//! * [`spool`] keeps it durable;
+//! * [`relay`] hands it on (queue, delivery, DNS, bounces);
+//! * [`ops`] is the operator's side of the running daemon (control socket,
+//!   serial upload, syslog), [`cli`] the command line.
+//!
+//! [`config`], [`tls`] and [`time`] serve them all.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// `print!` for the commands' standard output: through one locked handle,
@@ -23,18 +34,10 @@ macro_rules! outln {
 
 pub mod cli;
 pub mod config;
-pub mod deadline;
-pub mod deliver;
-pub mod dns;
-pub mod dsn;
-pub mod install;
-pub mod log;
+pub mod ops;
 pub mod policy;
-pub mod queue;
-pub mod rules;
-pub mod server;
+pub mod relay;
+pub mod smtpd;
 pub mod spool;
 pub mod time;
 pub mod tls;
-pub mod trace;
-pub mod upload;

@@ -1,7 +1,7 @@
 //! rustls configurations built from the PEM files of the appliance config.
 
-use super::config::TlsFiles;
 use crate::engine::policy::tls_name_matches;
+use crate::shell::config::TlsFiles;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};

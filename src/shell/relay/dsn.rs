@@ -12,8 +12,8 @@
 //! 8-bit original headers go back as `message/global-headers` (RFC 6533);
 //! the report type names the status part (RFC 6522).
 
-use super::spool::{Envelope, Route};
-use super::time::rfc5322;
+use crate::shell::spool::{Envelope, Route};
+use crate::shell::time::rfc5322;
 
 /// One failed recipient.
 pub struct Failed<'a> {
@@ -192,7 +192,7 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::policy::NextHop;
+    use crate::shell::policy::runtime::NextHop;
 
     fn env(from: &str) -> Envelope {
         Envelope {

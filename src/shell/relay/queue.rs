@@ -12,14 +12,14 @@
 //! undelivered `expire_after` after acceptance is bounced. Deliveries run
 //! at most `concurrency` at once, `concurrency_per_destination` per next hop.
 
-use super::config::QueueConfig;
-use super::deliver::{self, Attempt, Result1, TlsClients};
-use super::dns::Resolver;
-use super::install::Installer;
-use super::policy::NextHop;
-use super::spool::{RcptState, Spool, Stored};
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
+use crate::shell::config::QueueConfig;
+use crate::shell::policy::install::Installer;
+use crate::shell::policy::runtime::NextHop;
+use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
+use crate::shell::relay::dns::Resolver;
+use crate::shell::spool::{RcptState, Spool, Stored};
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +38,7 @@ fn now() -> u64 {
 /// 8BITMIME when any octet of it is 0x80 or above (it quotes the original
 /// headers, which may be UTF-8). So a host lacking them gets it deferred,
 /// never corrupted.
-fn report_flags(to: &[u8], routes: &[super::spool::Route], message: &[u8]) -> (bool, bool) {
+fn report_flags(to: &[u8], routes: &[crate::shell::spool::Route], message: &[u8]) -> (bool, bool) {
     let smtputf8 = !to.is_ascii()
         || routes
             .iter()
@@ -161,7 +161,7 @@ impl Queue {
                 .values()
                 .map(|x| {
                     serde_json::json!({
-                        "id": super::spool::format_id(x.msg.id),
+                        "id": crate::shell::spool::format_id(x.msg.id),
                         "busy": x.busy,
                         "warned": x.msg.warned,
                         "states": serde_json::to_value(&x.msg.states).unwrap_or_default(),
@@ -248,7 +248,7 @@ impl Queue {
             // Delivery results are written unsynced (a lost one is a retry,
             // never a loss); make them durable at least once a second.
             if let Err(e) = self.spool.sync().await {
-                super::log::warn(format_args!("queue: spool sync: {e}"));
+                crate::shell::ops::log::warn(format_args!("queue: spool sync: {e}"));
             }
             self.expire().await;
             for id in self.unnotified() {
@@ -264,7 +264,9 @@ impl Queue {
                     .spool
                     .collect(|id| self.entries.lock().map_or(true, |e| e.contains_key(&id)));
                 if n > 0 {
-                    super::log::info(format_args!("spool: {n} finished segment(s) deleted"));
+                    crate::shell::ops::log::info(format_args!(
+                        "spool: {n} finished segment(s) deleted"
+                    ));
                 }
             }
             if self.cfg.hold {
@@ -361,35 +363,43 @@ impl Queue {
         else {
             return;
         };
-        let qid = super::spool::format_id(id);
-        let waiting: Vec<super::dsn::Failed<'_>> = msg
+        let qid = crate::shell::spool::format_id(id);
+        let waiting: Vec<crate::shell::relay::dsn::Failed<'_>> = msg
             .states
             .iter()
             .zip(&msg.env.routes)
             .filter_map(|(s, route)| match s {
-                RcptState::Deferred { reason, .. } => Some(super::dsn::Failed { route, reason }),
+                RcptState::Deferred { reason, .. } => {
+                    Some(crate::shell::relay::dsn::Failed { route, reason })
+                }
                 _ => None,
             })
             .collect();
         let head = msg.read_head().unwrap_or_default();
         let until = msg.env.received + self.cfg.expire_after.as_secs();
-        if let Some(report) =
-            super::dsn::delayed(&self.helo, &qid, &msg.env, &head, &waiting, now(), until)
-        {
+        if let Some(report) = crate::shell::relay::dsn::delayed(
+            &self.helo,
+            &qid,
+            &msg.env,
+            &head,
+            &waiting,
+            now(),
+            until,
+        ) {
             match self.inject(&msg.env.from, report).await {
-                Ok(w) => super::log::event(
-                    super::log::Kind::Defer,
+                Ok(w) => crate::shell::ops::log::event(
+                    crate::shell::ops::log::Kind::Defer,
                     Some(&qid),
                     msg.env.message_id.as_deref(),
                     format_args!(
                         "delay warning {} to=<{}>",
-                        super::spool::format_id(w),
+                        crate::shell::spool::format_id(w),
                         String::from_utf8_lossy(&msg.env.from)
                     ),
                 ),
                 Err(e) => {
-                    super::log::event(
-                        super::log::Kind::Defer,
+                    crate::shell::ops::log::event(
+                        crate::shell::ops::log::Kind::Defer,
                         Some(&qid),
                         msg.env.message_id.as_deref(),
                         format_args!("the delay warning could not be spooled: {e}"),
@@ -496,34 +506,36 @@ impl Queue {
                 _ => None,
             })
             .collect();
-        let qid = super::spool::format_id(id);
+        let qid = crate::shell::spool::format_id(id);
         let head = msg.read_head().unwrap_or_default();
-        let failed: Vec<super::dsn::Failed<'_>> = bounced
+        let failed: Vec<crate::shell::relay::dsn::Failed<'_>> = bounced
             .iter()
             .filter_map(|(i, reason)| {
                 msg.env
                     .routes
                     .get(usize::from(*i))
-                    .map(|route| super::dsn::Failed { route, reason })
+                    .map(|route| crate::shell::relay::dsn::Failed { route, reason })
             })
             .collect();
         let t = now();
-        if let Some(report) = super::dsn::build(&self.helo, &qid, &msg.env, &head, &failed, t) {
+        if let Some(report) =
+            crate::shell::relay::dsn::build(&self.helo, &qid, &msg.env, &head, &failed, t)
+        {
             match self.inject(&msg.env.from, report).await {
-                Ok(dsn_id) => super::log::event(
-                    super::log::Kind::Bounce,
+                Ok(dsn_id) => crate::shell::ops::log::event(
+                    crate::shell::ops::log::Kind::Bounce,
                     Some(&qid),
                     msg.env.message_id.as_deref(),
                     format_args!(
                         "dsn={} to=<{}>",
-                        super::spool::format_id(dsn_id),
+                        crate::shell::spool::format_id(dsn_id),
                         String::from_utf8_lossy(&msg.env.from)
                     ),
                 ),
                 Err(e) => {
                     // Keep the recipients bounced: the DSN is tried again.
-                    super::log::event(
-                        super::log::Kind::Bounce,
+                    crate::shell::ops::log::event(
+                        crate::shell::ops::log::Kind::Bounce,
                         Some(&qid),
                         msg.env.message_id.as_deref(),
                         format_args!("the DSN could not be spooled: {e}"),
@@ -560,18 +572,18 @@ impl Queue {
             blocked: false,
         };
         let rcpts: [&[u8]; 1] = [to];
-        let penv = super::policy::Envelope {
+        let penv = crate::shell::policy::runtime::Envelope {
             attribution,
             client: std::net::IpAddr::from([127, 0, 0, 1]),
             sender: b"",
             rcpts: &rcpts,
         };
-        let out = super::policy::decide(&policy, &penv, &message);
+        let out = crate::shell::policy::runtime::decide(&policy, &penv, &message);
         let routes = out
             .recipients
             .iter()
             .filter(|r| r.added_by.is_none())
-            .map(|r| super::spool::Route {
+            .map(|r| crate::shell::spool::Route {
                 original: r.original.as_bytes().to_vec(),
                 rcpt: r.final_addr.as_bytes().to_vec(),
                 connector: r.connector.clone(),
@@ -580,7 +592,7 @@ impl Queue {
             })
             .collect::<Vec<_>>();
         let (smtputf8, body8bit) = report_flags(to, &routes, &message);
-        let env = super::spool::Envelope {
+        let env = crate::shell::spool::Envelope {
             from: Vec::new(),
             rcpts: vec![to.to_vec()],
             helo: self.helo.as_bytes().to_vec(),
@@ -593,7 +605,7 @@ impl Queue {
             body_offset: crate::engine::header::end_of_headers(&message, true).map(|n| n as u64),
             policy: policy.table.version,
             message_id: crate::engine::header::find(
-                super::policy::header_block(&message),
+                crate::shell::policy::runtime::header_block(&message),
                 b"Message-ID",
             )
             .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned()),
@@ -606,7 +618,7 @@ impl Queue {
             .commit(id, &env, &message)
             .await
             .map_err(|e| e.to_string())?;
-        let mut states = super::spool::initial_states(&env);
+        let mut states = crate::shell::spool::initial_states(&env);
         // A DSN that cannot be delivered is never bounced in turn.
         for s in &mut states {
             if let RcptState::Bounced { at, reason } = s {
@@ -656,15 +668,15 @@ impl Queue {
             }
         }
         for (id, message_id, changes) in expired {
-            let qid = super::spool::format_id(id);
+            let qid = crate::shell::spool::format_id(id);
             if let Err(e) = self.spool.record(id, &changes).await {
-                super::log::warn(format_args!(
+                crate::shell::ops::log::warn(format_args!(
                     "queue: recording the expiry of {}: {e}",
-                    super::spool::format_id(id)
+                    crate::shell::spool::format_id(id)
                 ));
             }
-            super::log::event(
-                super::log::Kind::Bounce,
+            crate::shell::ops::log::event(
+                crate::shell::ops::log::Kind::Bounce,
                 Some(&qid),
                 message_id.as_deref(),
                 format_args!("expired: {} recipient(s) after {limit}s", changes.len()),
@@ -806,7 +818,7 @@ impl Queue {
                         (*i, r.state(next, t + self.retry_after(next).as_secs()))
                     })
                     .collect();
-                let qid = super::spool::format_id(id);
+                let qid = crate::shell::spool::format_id(id);
                 for ((i, _), r) in changes.iter().zip(&results) {
                     let rcpt = msg
                         .env
@@ -815,20 +827,20 @@ impl Queue {
                         .map(|r| String::from_utf8_lossy(&r.rcpt).into_owned())
                         .unwrap_or_default();
                     match r {
-                        Result1::Delivered(reply) => super::log::event(
-                            super::log::Kind::Send,
+                        Result1::Delivered(reply) => crate::shell::ops::log::event(
+                            crate::shell::ops::log::Kind::Send,
                             Some(&qid),
                             msg.env.message_id.as_deref(),
                             format_args!("to=<{rcpt}> {reply}"),
                         ),
-                        Result1::Deferred(why) => super::log::event(
-                            super::log::Kind::Defer,
+                        Result1::Deferred(why) => crate::shell::ops::log::event(
+                            crate::shell::ops::log::Kind::Defer,
                             Some(&qid),
                             msg.env.message_id.as_deref(),
                             format_args!("to=<{rcpt}> {why}"),
                         ),
-                        Result1::Bounced(why) => super::log::event(
-                            super::log::Kind::Bounce,
+                        Result1::Bounced(why) => crate::shell::ops::log::event(
+                            crate::shell::ops::log::Kind::Bounce,
                             Some(&qid),
                             msg.env.message_id.as_deref(),
                             format_args!("to=<{rcpt}> {why}"),
@@ -849,9 +861,9 @@ impl Queue {
                     }
                     // Not recorded: the states stay as they were, so the
                     // recipients are tried again (a duplicate, not a loss).
-                    Err(e) => {
-                        super::log::warn(format_args!("queue: recording results of {qid}: {e}"))
-                    }
+                    Err(e) => crate::shell::ops::log::warn(format_args!(
+                        "queue: recording results of {qid}: {e}"
+                    )),
                 }
             }
         }
@@ -890,8 +902,8 @@ impl Queue {
 mod tests {
     use super::*;
 
-    fn route(original: &str, rcpt: &str) -> super::super::spool::Route {
-        super::super::spool::Route {
+    fn route(original: &str, rcpt: &str) -> crate::shell::spool::Route {
+        crate::shell::spool::Route {
             original: original.as_bytes().to_vec(),
             rcpt: rcpt.as_bytes().to_vec(),
             connector: None,

@@ -5,18 +5,20 @@
 //! a decision get one here. A message is answered `250` only after the
 //! spool has synced it.
 
-use super::config::{Config, Limits};
-use super::deadline::Deadlines;
-use super::deliver::TlsClients;
-use super::dns::{DnsConfig, Resolver};
-use super::install::{self, Installer};
-use super::policy::{self as pol, MimeScan, Policy};
-use super::queue::Queue;
-use super::spool::{self, Envelope, Route, Spool, SpoolError};
-use super::tls;
+pub mod deadline;
+
 use crate::engine::policy::{attribute, recipient_allowed, Table};
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
+use crate::shell::config::{Config, Limits};
+use crate::shell::policy::install::{self, Installer};
+use crate::shell::policy::runtime::{self as pol, MimeScan, Policy};
+use crate::shell::relay::deliver::TlsClients;
+use crate::shell::relay::dns::{DnsConfig, Resolver};
+use crate::shell::relay::queue::Queue;
+use crate::shell::smtpd::deadline::Deadlines;
+use crate::shell::spool::{self, Envelope, Route, Spool, SpoolError};
+use crate::shell::tls;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt, StreamExt};
 use smol::{Executor, Timer};
@@ -64,7 +66,7 @@ impl Live {
             None => None,
         };
         if acceptor.is_none() && cfg.listen.iter().any(|l| l.starttls) {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "starttls = true but no [tls] certificate: STARTTLS is not offered"
             ));
         }
@@ -128,10 +130,10 @@ fn now_secs() -> u64 {
 /// SIGHUP reloads the appliance config (`path`, or the embedded default)
 /// and the TLS certificates, atomically; listeners and the spool stay.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
-    super::log::init(&cfg.syslog_target, &cfg.syslog_facility, &cfg.hostname)?;
+    crate::shell::ops::log::init(&cfg.syslog_target, &cfg.syslog_facility, &cfg.hostname)?;
     let installer = Arc::new(Installer::open(&cfg)?);
-    super::log::event(
-        super::log::Kind::Policy,
+    crate::shell::ops::log::event(
+        crate::shell::ops::log::Kind::Policy,
         None,
         None,
         format_args!("version {:016X} active", installer.current().table.version),
@@ -140,13 +142,13 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let (spool, scan) = Spool::open(&cfg.spool_dir)
         .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
     for (path, good) in &scan.torn {
-        super::log::warn(format_args!(
+        crate::shell::ops::log::warn(format_args!(
             "spool: cut a torn tail of {} at octet {good}",
             path.display()
         ));
     }
     for (path, from, to) in &scan.damaged {
-        super::log::warn(format_args!(
+        crate::shell::ops::log::warn(format_args!(
             "spool: {} is damaged at octets {from}..{to}: skipped (the records after it are \
              read; a copy as found is in {}/); a message in the damaged range is lost",
             path.display(),
@@ -154,20 +156,20 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         ));
     }
     for path in &scan.foreign {
-        super::log::warn(format_args!(
+        crate::shell::ops::log::warn(format_args!(
             "spool: {} is not a {} segment: moved whole to {}/, not read",
             path.display(),
             String::from_utf8_lossy(spool::SEGMENT_MAGIC),
             cfg.spool_dir.join(spool::CORRUPT_DIR).display()
         ));
     }
-    super::log::info(format_args!(
+    crate::shell::ops::log::info(format_args!(
         "spool: recovered {} message(s) from {}",
         scan.messages.len(),
         cfg.spool_dir.display()
     ));
     if cfg.queue.hold {
-        super::log::warn(format_args!(
+        crate::shell::ops::log::warn(format_args!(
             "queue: on hold ([queue] hold = true): mail is accepted and spooled, nothing is delivered"
         ));
     }
@@ -185,7 +187,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         scan.messages,
     );
     if !queue.is_empty() {
-        super::log::info(format_args!("queue: {} message(s) to deliver", queue.len()));
+        crate::shell::ops::log::info(format_args!("queue: {} message(s) to deliver", queue.len()));
     }
 
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
@@ -252,7 +254,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         let mut accepts = Vec::new();
         for (l, starttls) in listeners {
             if let Ok(a) = l.local_addr() {
-                super::log::info(format_args!("listening on {a}"));
+                crate::shell::ops::log::info(format_args!("listening on {a}"));
             }
             accepts.push(ex2.spawn(accept_loop(l, starttls, sh.clone(), ex2.clone())));
         }
@@ -276,7 +278,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
                 _ => break "SIGTERM",
             }
         };
-        super::log::info(format_args!(
+        crate::shell::ops::log::info(format_args!(
             "{sig}: stopping; sessions in flight may finish"
         ));
         drop(accepts); // cancels the accept loops: no new sessions
@@ -294,15 +296,15 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     shared.spool.close();
     let _ = std::fs::remove_file(install::socket_path(&state_dir));
     drop(control);
-    super::log::info(format_args!("stopped"));
-    let (sent, dropped) = super::log::stats();
+    crate::shell::ops::log::info(format_args!("stopped"));
+    let (sent, dropped) = crate::shell::ops::log::stats();
     if dropped > 0 {
         eprintln!(
             "sluice: {dropped} of {} log messages were dropped (syslog too slow or absent)",
             sent + dropped
         );
     }
-    super::log::flush(Duration::from_secs(2));
+    crate::shell::ops::log::flush(Duration::from_secs(2));
     Ok(())
 }
 
@@ -340,7 +342,7 @@ fn received(host: &str, txn: &Txn, peer: SocketAddr, tls: bool, id: &str) -> Str
     format!(
         "Received: from {helo} ([{}])\r\n\tby {host} (sluice) with {proto} id {id}{rcpt};\r\n\t{}\r\n",
         peer.ip(),
-        super::time::rfc5322(now_secs())
+        crate::shell::time::rfc5322(now_secs())
     )
 }
 
@@ -370,7 +372,7 @@ fn reload(sh: &Shared, path: Option<&std::path::Path>) {
     let result = Config::load(path).and_then(|cfg| {
         let old = sh.live();
         for section in old.cfg.restart_only_changes(&cfg) {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "SIGHUP: {section} changed; takes effect after a restart"
             ));
         }
@@ -382,11 +384,11 @@ fn reload(sh: &Shared, path: Option<&std::path::Path>) {
                 Ok(mut g) => *g = Arc::new(live),
                 Err(p) => *p.into_inner() = Arc::new(live),
             }
-            super::log::info(format_args!(
+            crate::shell::ops::log::info(format_args!(
                 "SIGHUP: configuration and certificates reloaded"
             ));
         }
-        Err(e) => super::log::warn(format_args!(
+        Err(e) => crate::shell::ops::log::warn(format_args!(
             "SIGHUP: reload refused, running config kept: {e}"
         )),
     }
@@ -426,25 +428,27 @@ fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> install::Handler 
 
 /// Starts the serial upload listener: uploads are applied as `rules apply`.
 fn serve_uploads(dev: PathBuf, baud: u32, inst: Arc<Installer>) -> Result<(), String> {
-    let apply: super::upload::ApplyFn =
-        Arc::new(
-            move |text: &str, via: &str| match inst.apply_text(text, via) {
-                Ok(a) => Ok(format!(
-                    "installed policy version {:016X}{}",
-                    a.version,
-                    a.warnings
-                        .iter()
-                        .map(|w| format!("\n{w}"))
-                        .collect::<String>()
-                )),
-                Err(errs) => Err(errs.join("\n")),
-            },
-        );
+    let apply: crate::shell::ops::upload::ApplyFn = Arc::new(
+        move |text: &str, via: &str| match inst.apply_text(text, via) {
+            Ok(a) => Ok(format!(
+                "installed policy version {:016X}{}",
+                a.version,
+                a.warnings
+                    .iter()
+                    .map(|w| format!("\n{w}"))
+                    .collect::<String>()
+            )),
+            Err(errs) => Err(errs.join("\n")),
+        },
+    );
     std::thread::Builder::new()
         .name("serial-upload".into())
         .spawn(move || {
-            if let Err(e) = super::upload::serve_serial(&dev, baud, apply) {
-                super::log::warn(format_args!("serial upload on {}: {e}", dev.display()));
+            if let Err(e) = crate::shell::ops::upload::serve_serial(&dev, baud, apply) {
+                crate::shell::ops::log::warn(format_args!(
+                    "serial upload on {}: {e}",
+                    dev.display()
+                ));
             }
         })
         .map(|_| ())
@@ -457,7 +461,7 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and the like: wait rather than spin.
-                super::log::warn(format_args!("accept: {e}"));
+                crate::shell::ops::log::warn(format_args!("accept: {e}"));
                 Timer::after(Duration::from_millis(100)).await;
                 continue;
             }
@@ -472,8 +476,8 @@ async fn accept_loop(l: TcpListener, starttls: bool, sh: Arc<Shared>, ex: Arc<Ex
                     let _ = s
                         .write_all(&reply_line(reason.reply(), &sh.live().cfg.hostname))
                         .await;
-                    super::log::event(
-                        super::log::Kind::Reject,
+                    crate::shell::ops::log::event(
+                        crate::shell::ops::log::Kind::Reject,
                         None,
                         None,
                         format_args!("{peer}: {}", reason.reply().text),
@@ -574,8 +578,8 @@ async fn session(
                 &live.cfg.hostname,
             ))
             .await;
-        super::log::event(
-            super::log::Kind::Reject,
+        crate::shell::ops::log::event(
+            crate::shell::ops::log::Kind::Reject,
             None,
             None,
             format_args!("{peer}: connection filter"),
@@ -647,8 +651,8 @@ async fn session(
                 Event::MessageEnd { size } => Action::Message(size),
                 Event::MessageRejected(reason) => {
                     txn.data.clear();
-                    super::log::event(
-                        super::log::Kind::Reject,
+                    crate::shell::ops::log::event(
+                        crate::shell::ops::log::Kind::Reject,
                         None,
                         None,
                         format_args!(
@@ -686,7 +690,7 @@ async fn session(
                     let need = size.unwrap_or(0).saturating_add(limits.spool_reserve);
                     match sh.spool.free_space() {
                         Some(free) if free < need => {
-                            super::log::warn(format_args!(
+                            crate::shell::ops::log::warn(format_args!(
                                 "spool has {free} octets free, below the reserve: refusing mail"
                             ));
                             rx.reject(Reason::InsufficientStorage.reply());
@@ -699,8 +703,8 @@ async fn session(
                         txn.rcpts.push(r);
                         rx.accept();
                     } else {
-                        super::log::event(
-                            super::log::Kind::Reject,
+                        crate::shell::ops::log::event(
+                            crate::shell::ops::log::Kind::Reject,
                             None,
                             None,
                             format_args!(
@@ -769,15 +773,15 @@ async fn session(
                         txn.head = Vec::new();
                         // The rule execution log first: why it was refused.
                         for l in &outcome.log {
-                            super::log::event(
-                                super::log::Kind::Rule,
+                            crate::shell::ops::log::event(
+                                crate::shell::ops::log::Kind::Rule,
                                 Some(&id),
                                 message_id.as_deref(),
                                 format_args!("{l}"),
                             );
                         }
-                        super::log::event(
-                            super::log::Kind::Reject,
+                        crate::shell::ops::log::event(
+                            crate::shell::ops::log::Kind::Reject,
                             Some(&id),
                             message_id.as_deref(),
                             format_args!(
@@ -838,9 +842,9 @@ async fn session(
                         Ok(parts) => {
                             rx.accept_message(&id);
                             // One hand-off to the log writer for all of them.
-                            let mut lines = super::log::Batch::new();
+                            let mut lines = crate::shell::ops::log::Batch::new();
                             lines.event(
-                                super::log::Kind::Receive,
+                                crate::shell::ops::log::Kind::Receive,
                                 Some(&id),
                                 message_id.as_deref(),
                                 format_args!(
@@ -853,7 +857,7 @@ async fn session(
                             );
                             for r in &outcome.recipients {
                                 lines.event(
-                                    super::log::Kind::Route,
+                                    crate::shell::ops::log::Kind::Route,
                                     Some(&id),
                                     message_id.as_deref(),
                                     format_args!(
@@ -877,7 +881,7 @@ async fn session(
                             // which rules were evaluated and that none held.
                             for l in &outcome.log {
                                 lines.event(
-                                    super::log::Kind::Rule,
+                                    crate::shell::ops::log::Kind::Rule,
                                     Some(&id),
                                     message_id.as_deref(),
                                     format_args!("{l}"),
@@ -895,8 +899,8 @@ async fn session(
                             });
                         }
                         Err(e) => {
-                            super::log::event(
-                                super::log::Kind::Reject,
+                            crate::shell::ops::log::event(
+                                crate::shell::ops::log::Kind::Reject,
                                 Some(&id),
                                 message_id.as_deref(),
                                 format_args!("{peer}: {e}"),
@@ -944,7 +948,7 @@ async fn session(
                             if let Some(name) = by_cert {
                                 att =
                                     attribute(table, &pol::ip16(peer.ip()), Some(name.as_bytes()));
-                                super::log::info(format_args!(
+                                crate::shell::ops::log::info(format_args!(
                                     "TLS client {peer} attributed by certificate name {name}"
                                 ));
                             }
@@ -952,7 +956,9 @@ async fn session(
                             rx.tls_established();
                         }
                         Some(Err(e)) => {
-                            super::log::info(format_args!("TLS handshake with {peer} failed: {e}"));
+                            crate::shell::ops::log::info(format_args!(
+                                "TLS handshake with {peer} failed: {e}"
+                            ));
                             break 'session;
                         }
                         None => break 'session,
@@ -986,7 +992,7 @@ async fn session(
         if end == buf.len() {
             // The engine always consumes input unless a decision is
             // pending, which cannot be the case here.
-            super::log::warn(format_args!("session {peer}: input stalled; closing"));
+            crate::shell::ops::log::warn(format_args!("session {peer}: input stalled; closing"));
             break;
         }
         let in_data = rx.in_data();

@@ -442,7 +442,7 @@ pub fn serve_serial(dev: &Path, baud: u32, apply: ApplyFn) -> io::Result<()> {
             Err(e) if first => return Err(e),
             Err(e) => {
                 if streak == 0 {
-                    super::log::warn(format_args!(
+                    crate::shell::ops::log::warn(format_args!(
                         "serial upload: cannot reopen {}: {e}; retrying",
                         dev.display()
                     ));
@@ -454,7 +454,7 @@ pub fn serve_serial(dev: &Path, baud: u32, apply: ApplyFn) -> io::Result<()> {
         };
         if first || noted {
             noted = false;
-            super::log::info(format_args!(
+            crate::shell::ops::log::info(format_args!(
                 "serial upload: listening on {} at {baud} 8N1",
                 dev.display()
             ));
@@ -467,7 +467,7 @@ pub fn serve_serial(dev: &Path, baud: u32, apply: ApplyFn) -> io::Result<()> {
             streak = 0;
         }
         if streak == 0 {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "serial upload: {} failed ({e}); reopening",
                 dev.display()
             ));
@@ -537,7 +537,7 @@ impl Receiver {
                 Next::Timeout => self.expire(Instant::now()),
                 Next::Closed(e) => {
                     if let Some(s) = self.cur.take() {
-                        super::log::warn(format_args!(
+                        crate::shell::ops::log::warn(format_args!(
                             "serial upload: session {:08x} dropped with the line; nothing applied",
                             s.id
                         ));
@@ -551,7 +551,7 @@ impl Receiver {
     fn expire(&mut self, now: Instant) {
         if let Some(s) = &self.cur {
             if now >= s.last + self.timing.stall {
-                super::log::warn(format_args!(
+                crate::shell::ops::log::warn(format_args!(
                     "serial upload: session {:08x} stalled after {} of {} octets; discarded, nothing applied",
                     s.id,
                     s.data.len(),
@@ -637,7 +637,7 @@ impl Receiver {
             return nak(Reason::Invalid);
         }
         if let Some(old) = self.cur.take() {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "serial upload: session {:08x} replaced by {id:08x} after {} of {} octets; nothing applied",
                 old.id,
                 old.data.len(),
@@ -721,7 +721,7 @@ impl Receiver {
             || file_hash != s.file_hash
             || sha256(&s.data) != file_hash
         {
-            super::log::warn(format_args!(
+            crate::shell::ops::log::warn(format_args!(
                 "serial upload: session {id:08x}: assembled file does not match its length or SHA-256; nothing applied"
             ));
             return reply(&Down::Nak {
@@ -738,7 +738,7 @@ impl Receiver {
                 Err(errors) => (false, errors),
             },
         };
-        super::log::info(format_args!(
+        crate::shell::ops::log::info(format_args!(
             "serial upload: session {id:08x}: {} octets {}",
             s.len,
             if ok { "applied" } else { "refused" }

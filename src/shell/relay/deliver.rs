@@ -10,10 +10,10 @@
 //! TCP, TLS per the connector's policy, and the message streamed from the
 //! spool with the header edits spliced into the header block only.
 
-use super::dns::{DnsError, Resolver};
-use super::policy::{splice, HeaderEdit, NextHop};
-use super::spool::{RcptState, Stored};
 use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
+use crate::shell::policy::runtime::{splice, HeaderEdit, NextHop};
+use crate::shell::relay::dns::{DnsError, Resolver};
+use crate::shell::spool::{RcptState, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -335,7 +335,7 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
                 Ok(Session::TlsFailed(why)) => {
                     last = format!("{why} ({host} [{addr}])");
                     if a.mode == TlsMode::Opportunistic && use_tls {
-                        super::log::info(format_args!(
+                        crate::shell::ops::log::info(format_args!(
                             "deliver: {last}; opportunistic TLS, trying again without STARTTLS"
                         ));
                         use_tls = false;

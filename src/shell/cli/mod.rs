@@ -1,7 +1,7 @@
 //! The operator's command line: `run`, `queue list|show`, `help`.
 
-use super::config::Config;
-use super::spool;
+use crate::shell::config::Config;
+use crate::shell::spool;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -76,7 +76,7 @@ pub fn main(args: &[String]) -> i32 {
     }
     let cfg = || Config::load(config.as_deref());
     match words.as_slice() {
-        ["run"] => match cfg().and_then(|c| super::server::run(c, config.clone())) {
+        ["run"] => match cfg().and_then(|c| crate::shell::smtpd::run(c, config.clone())) {
             Ok(()) => 0,
             Err(e) => fail(&e),
         },
@@ -84,7 +84,9 @@ pub fn main(args: &[String]) -> i32 {
             Ok(c) => queue(&c, rest),
             Err(e) => fail(&e),
         },
-        ["rules", "check", file] => super::rules::check_command(std::path::Path::new(file)),
+        ["rules", "check", file] => {
+            crate::shell::policy::compile::check_command(std::path::Path::new(file))
+        }
         ["rules", "apply", file] => match cfg() {
             Ok(c) => rules_apply(&c, file),
             Err(e) => fail(&e),
@@ -103,14 +105,14 @@ pub fn main(args: &[String]) -> i32 {
             Err(e) => fail(&e),
         },
         ["trace", rest @ ..] => match cfg() {
-            Ok(c) => super::trace::trace_command(rest, Some(&c)),
+            Ok(c) => crate::shell::policy::trace::trace_command(rest, Some(&c)),
             Err(e) => {
                 eprintln!("sluice: {e}");
                 2
             }
         },
         ["pipeline", rest @ ..] => match cfg() {
-            Ok(c) => super::trace::pipeline_command(rest, Some(&c)),
+            Ok(c) => crate::shell::policy::trace::pipeline_command(rest, Some(&c)),
             Err(e) => fail(&e),
         },
         ["help"] | ["--help"] | ["-h"] => {
@@ -176,14 +178,15 @@ impl Source {
 
 /// Asks the running daemon for its queue's state.
 fn live_queue(cfg: &Config) -> Source {
-    let sock = super::install::socket_path(&cfg.state_dir);
-    let reply =
-        match super::install::request(&cfg.state_dir, &serde_json::json!({ "cmd": "queue_state" }))
-        {
-            None => return Source::Spool(format!("no daemon listening on {}", sock.display())),
-            Some(Err(e)) => return Source::Spool(format!("the daemon did not answer: {e}")),
-            Some(Ok(r)) => r,
-        };
+    let sock = crate::shell::policy::install::socket_path(&cfg.state_dir);
+    let reply = match crate::shell::policy::install::request(
+        &cfg.state_dir,
+        &serde_json::json!({ "cmd": "queue_state" }),
+    ) {
+        None => return Source::Spool(format!("no daemon listening on {}", sock.display())),
+        Some(Err(e)) => return Source::Spool(format!("the daemon did not answer: {e}")),
+        Some(Ok(r)) => r,
+    };
     if reply["ok"].as_bool() != Some(true) {
         return Source::Spool("the daemon refused the queue_state request".to_string());
     }
@@ -463,8 +466,8 @@ fn via() -> String {
 /// Sends a control request and prints the outcome, diagnostics prefixed
 /// with `prefix` (the file name): 0 ok, 1 refused, 2 no daemon.
 fn control(cfg: &Config, req: serde_json::Value, prefix: &str) -> i32 {
-    let sock = super::install::socket_path(&cfg.state_dir);
-    match super::install::request(&cfg.state_dir, &req) {
+    let sock = crate::shell::policy::install::socket_path(&cfg.state_dir);
+    match crate::shell::policy::install::request(&cfg.state_dir, &req) {
         None => {
             eprintln!("sluice: no daemon listening on {}", sock.display());
             2
@@ -524,18 +527,23 @@ fn rules_send(args: &[&str]) -> i32 {
         }
     }
     match (dev, file) {
-        (Some(d), Some(f)) => {
-            super::upload::send_command(std::path::Path::new(d), baud, std::path::Path::new(f))
-        }
+        (Some(d), Some(f)) => crate::shell::ops::upload::send_command(
+            std::path::Path::new(d),
+            baud,
+            std::path::Path::new(f),
+        ),
         _ => usage("rules send --serial DEV [--baud N] FILE"),
     }
 }
 
 fn status(cfg: &Config, json_out: bool) -> i32 {
-    let v = match super::install::request(&cfg.state_dir, &serde_json::json!({ "cmd": "status" })) {
+    let v = match crate::shell::policy::install::request(
+        &cfg.state_dir,
+        &serde_json::json!({ "cmd": "status" }),
+    ) {
         Some(Ok(v)) => v,
         Some(Err(e)) => return fail(&e),
-        None => super::install::state_status(&cfg.state_dir),
+        None => crate::shell::policy::install::state_status(&cfg.state_dir),
     };
     if json_out {
         outln!("{v}");
@@ -556,7 +564,7 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
                 p["version"].as_str().unwrap_or("?"),
                 p["installed_at"]
                     .as_u64()
-                    .map(super::time::utc)
+                    .map(crate::shell::time::utc)
                     .unwrap_or_default(),
                 p["via"].as_str().unwrap_or("?")
             );
@@ -578,11 +586,11 @@ fn state_word(s: &spool::RcptState) -> &'static str {
 
 /// A queue command for the running daemon: 0 done, 1 refused, 2 no daemon.
 fn queue_command(cfg: &Config, req: serde_json::Value) -> i32 {
-    match super::install::request(&cfg.state_dir, &req) {
+    match crate::shell::policy::install::request(&cfg.state_dir, &req) {
         None => {
             eprintln!(
                 "sluice: no daemon listening on {}",
-                super::install::socket_path(&cfg.state_dir).display()
+                crate::shell::policy::install::socket_path(&cfg.state_dir).display()
             );
             2
         }

@@ -765,8 +765,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample() -> (Policy, Vec<u8>) {
-        let c =
-            crate::shell::rules::compile(include_str!("../../config/rules.toml")).expect("sample");
+        let c = crate::shell::policy::compile::compile(include_str!("../../../config/rules.toml"))
+            .expect("sample");
         let blob = c.blob.clone();
         (Policy::new(c.table).expect("policy"), blob)
     }
@@ -911,7 +911,7 @@ mod tests {
     }
 
     fn outcome(rules: &str, peer: &str, from: &str, rcpts: &[&str], msg: &[u8]) -> Outcome {
-        let c = crate::shell::rules::compile(rules).expect("rules");
+        let c = crate::shell::policy::compile::compile(rules).expect("rules");
         let p = Policy::new(c.table).expect("policy");
         let ip: IpAddr = peer.parse().expect("ip");
         let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
@@ -926,7 +926,7 @@ mod tests {
 
     #[test]
     fn the_first_agent_of_resolved_message_to_route_a_recipient_keeps_it() {
-        let sample = include_str!("../../config/rules.toml");
+        let sample = include_str!("../../../config/rules.toml");
         let swapped = format!("{sample}\n[[agent]]\nname = \"transport_rules\"\npriority = 3\n");
         let msg = b"X-RoutethroughTM: On\r\nSubject: a\r\n\r\nb\r\n";
         let rcpt = ["x@gmail.com"];

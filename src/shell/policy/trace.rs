@@ -1,9 +1,9 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
-use super::config::Config;
-use super::policy::{self, HeaderEdit, NextHop, Outcome, Policy};
-use super::rules;
 use crate::engine::policy::{attribute, run_order, run_position, Agent, Table, STAGES};
+use crate::shell::config::Config;
+use crate::shell::policy::compile;
+use crate::shell::policy::runtime::{self, HeaderEdit, NextHop, Outcome, Policy};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,11 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
             }
         },
         None => (
-            policy::DEFAULT_RULES.to_string(),
+            runtime::DEFAULT_RULES.to_string(),
             "(embedded default rules)".to_string(),
         ),
     };
-    match rules::compile(&text) {
+    match compile::compile(&text) {
         Ok(c) => Policy::new(c.table).map_err(|e| {
             eprintln!("{name}: the compiled policy is invalid: {e:?}");
             2
@@ -133,17 +133,17 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     let table: &Table = &pol.table;
     let att = attribute(
         table,
-        &policy::ip16(peer),
+        &runtime::ip16(peer),
         tls_name.as_deref().map(str::as_bytes),
     );
     let rcpts: Vec<&[u8]> = to.iter().map(|s| s.as_bytes()).collect();
-    let env = policy::Envelope {
+    let env = runtime::Envelope {
         attribution: att,
         client: peer,
         sender: from.as_bytes(),
         rcpts: &rcpts,
     };
-    let out = policy::decide(&pol, &env, &msg);
+    let out = runtime::decide(&pol, &env, &msg);
     let inbound = att
         .inbound
         .and_then(|i| table.inbound.get(usize::from(i)))
@@ -252,13 +252,13 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     // event by priority), whatever order their edits came in.
     agents.sort_by_key(|a| run_position(t, *a));
     for a in agents {
-        let before = policy::splice(msg, &done);
+        let before = runtime::splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
-        let after = policy::splice(msg, &done);
+        let after = runtime::splice(msg, &done);
         list.push(json!({
-            "agent": policy::agent_name(a),
-            "before": String::from_utf8_lossy(policy::header_block(&before)),
-            "after": String::from_utf8_lossy(policy::header_block(&after)),
+            "agent": runtime::agent_name(a),
+            "before": String::from_utf8_lossy(runtime::header_block(&before)),
+            "after": String::from_utf8_lossy(runtime::header_block(&after)),
         }));
     }
     list
@@ -314,7 +314,7 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
                 field, from, to, ..
             } => format!("{field}: {from} -> {to}"),
         };
-        outln!("header ({}): {what}", policy::agent_name(*a));
+        outln!("header ({}): {what}", runtime::agent_name(*a));
     }
     outln!("rule log:");
     for l in &out.log {
@@ -356,7 +356,7 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             let line = format!(
                 "  {:>3}  {:<20}{}",
                 s.priority,
-                policy::agent_name(s.agent),
+                runtime::agent_name(s.agent),
                 if s.enabled { "" } else { "  [disabled]" }
             );
             outln!("{}", line.trim_end());
