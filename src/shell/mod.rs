@@ -10,7 +10,7 @@
 //! * [`ops`] is the operator's side of the running daemon (control socket,
 //!   serial upload, syslog), [`cli`] the command line.
 //!
-//! [`config`], [`tls`] and [`time`] serve them all.
+//! [`config`], [`reply`], [`tls`] and [`time`] serve them all.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// `print!` for the commands' standard output: through one locked handle,
@@ -37,6 +37,7 @@ pub mod config;
 pub mod ops;
 pub mod policy;
 pub mod relay;
+pub mod reply;
 pub mod smtpd;
 pub mod spool;
 pub mod time;
