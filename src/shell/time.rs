@@ -27,6 +27,14 @@ pub fn utc(t: u64) -> String {
     )
 }
 
+/// Seconds since the Unix epoch by the system clock (0 before 1970).
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// An RFC 5322 date in UTC: `Sun, 22 Nov 2026 08:41:57 +0000`.
 pub fn rfc5322(t: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];

@@ -1,0 +1,364 @@
+//! `sluice run`: start-up (log, policy, spool recovery, queue, listeners,
+//! control socket), the executor threads, SIGHUP reload and the drain on
+//! SIGTERM.
+
+use super::deadline::Deadlines;
+use super::listen::{accept_loop, bind};
+use crate::shell::config::Config;
+use crate::shell::ops::control::{control_handler, serve_uploads};
+use crate::shell::ops::log;
+use crate::shell::policy::install::{self, Installer};
+use crate::shell::relay::deliver::TlsClients;
+use crate::shell::relay::dns::{DnsConfig, Resolver};
+use crate::shell::relay::queue::Queue;
+use crate::shell::spool::{self, Scan, Spool};
+use crate::shell::tls;
+use async_net::TcpListener;
+use futures_lite::StreamExt;
+use smol::{Executor, Timer};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// State shared by every session of the daemon.
+pub(super) struct Shared {
+    /// The appliance config and TLS, replaced as a whole on SIGHUP; a
+    /// session keeps the one it began with.
+    pub(super) live: RwLock<Arc<Live>>,
+    /// The durable spool every accepted message is committed to.
+    pub(super) spool: Arc<Spool>,
+    /// The delivery queue accepted messages are handed to.
+    pub(super) queue: Arc<Queue>,
+    /// The installed policies; a session keeps the one it began with.
+    pub(super) installer: Arc<Installer>,
+    /// Sessions per client address, for `connections_per_ip`.
+    pub(super) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Sessions in all, for `connections` and the drain.
+    pub(super) active: AtomicUsize,
+    /// Closed when the daemon stops; idle sessions then say 421 and end.
+    pub(super) stopping: smol::channel::Receiver<()>,
+    /// The command and data timeouts of every session.
+    pub(super) deadlines: Deadlines,
+}
+
+/// What SIGHUP reloads: the appliance config and the TLS certificates.
+pub(super) struct Live {
+    /// The appliance config.
+    pub(super) cfg: Config,
+    /// The STARTTLS acceptor, when `[tls]` has a certificate.
+    pub(super) tls: Option<futures_rustls::TlsAcceptor>,
+}
+
+impl Live {
+    /// Builds the TLS acceptor for `cfg`; warns when STARTTLS is asked for
+    /// without a certificate.
+    fn load(cfg: Config) -> Result<Live, String> {
+        let acceptor = match &cfg.tls {
+            Some(files) => Some(futures_rustls::TlsAcceptor::from(tls::server_config(
+                files,
+            )?)),
+            None => None,
+        };
+        if acceptor.is_none() && cfg.listen.iter().any(|l| l.starttls) {
+            log::warn(format_args!(
+                "starttls = true but no [tls] certificate: STARTTLS is not offered"
+            ));
+        }
+        Ok(Live { cfg, tls: acceptor })
+    }
+}
+
+impl Shared {
+    /// The config and TLS new sessions begin with.
+    pub(super) fn live(&self) -> Arc<Live> {
+        match self.live.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
+/// SIGHUP reloads the appliance config (`path`, or the embedded default)
+/// and the TLS certificates, atomically; listeners and the spool stay.
+pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
+    log::init(&cfg.syslog_target, &cfg.syslog_facility, &cfg.hostname)?;
+    let installer = Arc::new(Installer::open(&cfg)?);
+    log::event(
+        log::Kind::Policy,
+        None,
+        None,
+        format_args!("version {:016X} active", installer.current().table.version),
+    );
+    let live = Live::load(cfg.clone())?;
+    let (spool, scan) = open_spool(&cfg)?;
+    let queue = start_queue(&cfg, spool.clone(), installer.clone(), scan)?;
+    let listeners = open_listeners(&cfg)?;
+    if let Some(dev) = cfg.upload_serial.clone() {
+        serve_uploads(dev, cfg.upload_baud, installer.clone())?;
+    }
+    let state_dir = cfg.state_dir.clone();
+    let control = install::serve_control(
+        &state_dir,
+        control_handler(installer.clone(), queue.clone()),
+    )
+    .map_err(|e| {
+        format!(
+            "control socket {}: {e}",
+            install::socket_path(&state_dir).display()
+        )
+    })?;
+    let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let shared = Arc::new(Shared {
+        live: RwLock::new(Arc::new(live)),
+        spool,
+        queue,
+        installer,
+        per_ip: Mutex::new(HashMap::new()),
+        active: AtomicUsize::new(0),
+        stopping: stop_rx,
+        deadlines: Deadlines::new(),
+    });
+    serve(&shared, listeners, path, stop_tx)?;
+    shared.spool.close();
+    let _ = std::fs::remove_file(install::socket_path(&state_dir));
+    drop(control);
+    log::info(format_args!("stopped"));
+    finish_log();
+    Ok(())
+}
+
+/// Opens the spool and logs what recovery found.
+fn open_spool(cfg: &Config) -> Result<(Arc<Spool>, Scan), String> {
+    let (spool, scan) = Spool::open(&cfg.spool_dir)
+        .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
+    let corrupt = cfg.spool_dir.join(spool::CORRUPT_DIR);
+    for (path, good) in &scan.torn {
+        log::warn(format_args!(
+            "spool: cut a torn tail of {} at octet {good}",
+            path.display()
+        ));
+    }
+    for (path, from, to) in &scan.damaged {
+        log::warn(format_args!(
+            "spool: {} is damaged at octets {from}..{to}: skipped (the records after it are \
+             read; a copy as found is in {}/); a message in the damaged range is lost",
+            path.display(),
+            corrupt.display()
+        ));
+    }
+    for path in &scan.foreign {
+        log::warn(format_args!(
+            "spool: {} is not a {} segment: moved whole to {}/, not read",
+            path.display(),
+            String::from_utf8_lossy(spool::SEGMENT_MAGIC),
+            corrupt.display()
+        ));
+    }
+    log::info(format_args!(
+        "spool: recovered {} message(s) from {}",
+        scan.messages.len(),
+        cfg.spool_dir.display()
+    ));
+    Ok((Arc::new(spool), scan))
+}
+
+/// The delivery queue, holding every recovered message.
+fn start_queue(
+    cfg: &Config,
+    spool: Arc<Spool>,
+    installer: Arc<Installer>,
+    scan: Scan,
+) -> Result<Arc<Queue>, String> {
+    if cfg.queue.hold {
+        log::warn(format_args!(
+            "queue: on hold ([queue] hold = true): mail is accepted and spooled, nothing is delivered"
+        ));
+    }
+    let resolver =
+        Resolver::new(DnsConfig::from_toml(cfg.dns.as_ref()).map_err(|e| format!("[dns]: {e}"))?);
+    let tls_clients = TlsClients::new(cfg.ca.as_deref())?;
+    let queue = Queue::new(
+        spool,
+        cfg.queue.clone(),
+        cfg.hostname.clone(),
+        installer,
+        resolver,
+        tls_clients,
+        scan.messages,
+    );
+    if !queue.is_empty() {
+        log::info(format_args!("queue: {} message(s) to deliver", queue.len()));
+    }
+    Ok(queue)
+}
+
+/// Binds every `[[listen]]` address; any failure stops the start.
+fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
+    smol::block_on(async {
+        let mut v = Vec::new();
+        for l in &cfg.listen {
+            let addr: SocketAddr = l
+                .address
+                .parse()
+                .map_err(|e| format!("listen address {:?}: {e}", l.address))?;
+            let sock = bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
+            v.push((sock, l.starttls));
+        }
+        Ok(v)
+    })
+}
+
+/// Runs the sessions, the scheduler and the deadline ticker on
+/// [`session_threads`] threads until a stopping signal, then drains.
+fn serve(
+    shared: &Arc<Shared>,
+    listeners: Vec<(TcpListener, bool)>,
+    path: Option<PathBuf>,
+    stop_tx: smol::channel::Sender<()>,
+) -> Result<(), String> {
+    let mut signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])
+    .map_err(|e| format!("signals: {e}"))?;
+    let ex = Arc::new(Executor::new());
+    let (end_tx, end_rx) = smol::channel::bounded::<()>(1);
+    let threads = session_threads(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers: Vec<_> = (1..threads)
+        .filter_map(|i| {
+            let ex = ex.clone();
+            let end = end_rx.clone();
+            std::thread::Builder::new()
+                .name(format!("smtp-{i}"))
+                .spawn(move || smol::block_on(ex.run(end.recv())))
+                .ok()
+        })
+        .collect();
+    let sh = shared.clone();
+    let ex2 = ex.clone();
+    smol::block_on(ex.run(async move {
+        let (accepts, _background) = start_tasks(&sh, &ex2, listeners);
+        let sig = loop {
+            match signals.next().await {
+                Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
+                Some(Ok(async_signal::Signal::Int)) => break "SIGINT",
+                _ => break "SIGTERM",
+            }
+        };
+        log::info(format_args!(
+            "{sig}: stopping; sessions in flight may finish"
+        ));
+        drop(accepts); // cancels the accept loops: no new sessions
+        stop_tx.close();
+        drain(&sh).await;
+    }));
+    end_tx.close();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+/// Spawns the accept loops and, beside them, the delivery scheduler and
+/// the deadline ticker. Dropping a returned task cancels it: the accept
+/// loops are dropped first (no new sessions), the others when the drain is
+/// over.
+fn start_tasks(
+    sh: &Arc<Shared>,
+    ex: &Arc<Executor<'static>>,
+    listeners: Vec<(TcpListener, bool)>,
+) -> (Vec<smol::Task<()>>, [smol::Task<()>; 2]) {
+    let mut accepts = Vec::new();
+    for (l, starttls) in listeners {
+        if let Ok(a) = l.local_addr() {
+            log::info(format_args!("listening on {a}"));
+        }
+        accepts.push(ex.spawn(accept_loop(l, starttls, sh.clone(), ex.clone())));
+    }
+    // Delivery runs beside the sessions; it stops with the daemon (a
+    // delivery cut short is retried at the next start).
+    let scheduler = ex.spawn(sh.queue.clone().run(ex.clone()));
+    let ticker = sh.clone();
+    let deadlines = ex.spawn(async move {
+        let shortest = || {
+            let limits = &ticker.live().cfg.limits;
+            limits.command_timeout.min(limits.data_timeout)
+        };
+        ticker.deadlines.keep(shortest).await;
+    });
+    (accepts, [scheduler, deadlines])
+}
+
+/// Waits for the sessions in flight, at most a data timeout and 10 s.
+async fn drain(sh: &Shared) {
+    let limit = sh.live().cfg.limits.data_timeout + Duration::from_secs(10);
+    let start = std::time::Instant::now();
+    while sh.active.load(Ordering::SeqCst) > 0 && start.elapsed() < limit {
+        Timer::after(Duration::from_millis(20)).await;
+    }
+}
+
+/// Says how many log lines were dropped, and gives the writer 2 s to send
+/// the rest.
+fn finish_log() {
+    let (sent, dropped) = log::stats();
+    if dropped > 0 {
+        eprintln!(
+            "sluice: {dropped} of {} log messages were dropped (syslog too slow or absent)",
+            sent + dropped
+        );
+    }
+    log::flush(Duration::from_secs(2));
+}
+
+/// Threads that run the sessions on a machine with `cores`: one core is
+/// left to the spool writer, the log writer and the kernel's network work
+/// (each a thread or softirq of its own), at least one and at most four.
+/// On two cores one session thread used 15-30 % less CPU per message than
+/// two (idle threads woke each other for every event) with the same or
+/// better throughput (bench/README.md).
+fn session_threads(cores: usize) -> usize {
+    cores.saturating_sub(1).clamp(1, 4)
+}
+
+/// SIGHUP: loads the config and certificates anew and swaps them in for
+/// new sessions; on any error the running ones stay.
+fn reload(sh: &Shared, path: Option<&Path>) {
+    let result = Config::load(path).and_then(|cfg| {
+        let old = sh.live();
+        for section in old.cfg.restart_only_changes(&cfg) {
+            log::warn(format_args!(
+                "SIGHUP: {section} changed; takes effect after a restart"
+            ));
+        }
+        Live::load(cfg)
+    });
+    match result {
+        Ok(live) => {
+            match sh.live.write() {
+                Ok(mut g) => *g = Arc::new(live),
+                Err(p) => *p.into_inner() = Arc::new(live),
+            }
+            log::info(format_args!(
+                "SIGHUP: configuration and certificates reloaded"
+            ));
+        }
+        Err(e) => log::warn(format_args!(
+            "SIGHUP: reload refused, running config kept: {e}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_core_is_left_to_the_writers() {
+        let t: Vec<usize> = [1, 2, 3, 4, 8, 64].map(super::session_threads).to_vec();
+        assert_eq!(t, [1, 1, 2, 3, 4, 4]);
+    }
+}

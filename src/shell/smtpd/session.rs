@@ -1,0 +1,785 @@
+//! One SMTP session: the socket I/O around an
+//! [`engine::smtp::Receiver`](Receiver), and the decisions its events ask
+//! for.
+//!
+//! Bytes from the socket go into the receiver; each event it hands out is
+//! first noted in the transaction ([`Txn::note`]), which ends its borrow of
+//! the input, then acted on by one short handler: [`Session::mail`],
+//! [`Session::rcpt`], [`Session::chunk`], [`Session::end_of_message`],
+//! [`Session::starttls`]. Replies queued by the receiver are flushed before
+//! the next read ([`Session::read_more`]).
+//!
+//! The product's promise lives in [`Session::end_of_message`]: decide,
+//! stamp, commit to the spool, and only when the commit is durable, `250`.
+
+use super::daemon::{Live, Shared};
+use super::deadline::Deadline;
+use super::listen::{reply_line, Slot};
+use super::received::received;
+use super::starttls::{self, Conn};
+use crate::engine::policy::{attribute, recipient_allowed, Attribution, Table};
+use crate::engine::reply::{Reason, Reply};
+use crate::engine::smtp::{self, Event, Receiver};
+use crate::shell::config::Limits;
+use crate::shell::ops::log::{self, Kind};
+use crate::shell::policy::runtime::{self as pol, MimeScan, Outcome, Policy};
+use crate::shell::spool::{self, Envelope, Route, SpoolError};
+use crate::shell::time::now_secs;
+use async_net::TcpStream;
+use futures_lite::{future, AsyncWriteExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Octets read from a client at a time; small, so that a thousand idle
+/// sessions stay cheap, large enough for a pipelined burst.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Runs one admitted connection to its end. The config and the policy the
+/// session began with stay its own to the end, whatever SIGHUP or an
+/// install does meanwhile.
+pub(super) async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    starttls: bool,
+    sh: Arc<Shared>,
+    _slot: Slot,
+) {
+    let _ = stream.set_nodelay(true);
+    let live = sh.live();
+    let policy: Arc<Policy> = sh.installer.current();
+    let att = attribute(&policy.table, &pol::ip16(peer.ip()), None);
+    if att.blocked {
+        refuse_connection(stream, peer, &live.cfg.hostname).await;
+        return;
+    }
+    let mut s = Session::new(&sh, &live, &policy, stream, peer, starttls, att);
+    s.run().await;
+    s.end().await;
+}
+
+/// OnConnect's connection filter refused the client: 554 and close, with
+/// no session.
+async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, host: &str) {
+    let _ = stream
+        .write_all(&reply_line(Reason::AccessDenied.reply(), host))
+        .await;
+    log::event(
+        Kind::Reject,
+        None,
+        None,
+        format_args!("{peer}: connection filter"),
+    );
+}
+
+/// Whether the session goes on after a step.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Keep going.
+    Go,
+    /// The session is over: the engine ended it, or the transport failed.
+    Stop,
+}
+
+/// What to do after an event, once its borrow of the input has ended.
+enum Action {
+    /// Nothing beyond what [`Txn::note`] recorded.
+    Nothing,
+    /// MAIL, with its SIZE: check the spool's room.
+    Mail(Option<u64>),
+    /// RCPT: check relaying.
+    Rcpt(Vec<u8>),
+    /// Message octets arrived: append a full chunk to the spool.
+    Chunk,
+    /// The message is complete, this many octets.
+    Message(u64),
+    /// STARTTLS was answered 220: handshake.
+    StartTls,
+    /// The engine ended the session: send what is queued, then close.
+    Disconnect,
+}
+
+/// The open transaction as the shell records it.
+#[derive(Default)]
+struct Txn {
+    /// The client's HELO/EHLO name.
+    helo: Vec<u8>,
+    /// EHLO (not HELO) was used: the Received: protocol is ESMTP.
+    esmtp: bool,
+    /// The reverse path.
+    from: Vec<u8>,
+    /// The accepted forward paths.
+    rcpts: Vec<Vec<u8>>,
+    /// MAIL had SMTPUTF8.
+    smtputf8: bool,
+    /// MAIL had BODY=8BITMIME.
+    body8bit: bool,
+    /// The spool id of the message being received.
+    id: u64,
+    /// Octets received and not yet appended as a chunk.
+    data: Vec<u8>,
+    /// Where the body starts, once the header block has ended.
+    body_offset: Option<u64>,
+    /// A chunk append failed: the message will be refused at its end.
+    failed: Option<SpoolError>,
+    /// For a message appended in chunks: its first octets (the header
+    /// block is within them) and the MIME part headers seen so far.
+    head: Vec<u8>,
+    /// Attachment names seen in the chunks appended so far.
+    mime: Option<MimeScan>,
+}
+
+impl Txn {
+    /// Records what `ev` says about the transaction and says what the
+    /// session must do about it.
+    fn note(&mut self, ev: Event<'_>, new_id: impl FnOnce() -> u64, peer: SocketAddr) -> Action {
+        match ev {
+            // OnConnect: the connection filter and the attribution ran
+            // before the receiver was made, so there is nothing to decide.
+            Event::Connect => Action::Nothing,
+            Event::Helo { name, extended } => {
+                self.helo = name.to_vec();
+                self.esmtp = extended;
+                Action::Nothing
+            }
+            Event::Mail(m) => {
+                self.from = m.from.to_vec();
+                self.rcpts.clear();
+                self.smtputf8 = m.smtputf8;
+                self.body8bit = m.body == smtp::Body::EightBitMime;
+                Action::Mail(m.size)
+            }
+            Event::Rcpt(r) => Action::Rcpt(r.to_vec()),
+            Event::DataStart => {
+                self.begin_message(new_id());
+                Action::Nothing
+            }
+            Event::Body(b) => {
+                self.data.extend_from_slice(b);
+                Action::Chunk
+            }
+            Event::EndOfHeaders { body_offset } => {
+                self.body_offset = Some(body_offset);
+                Action::Nothing
+            }
+            Event::MessageEnd { size } => Action::Message(size),
+            Event::MessageRejected(reason) => {
+                self.data.clear();
+                log::event(
+                    Kind::Reject,
+                    None,
+                    None,
+                    format_args!(
+                        "{peer} from=<{}> message: {}",
+                        String::from_utf8_lossy(&self.from),
+                        reason.reply().text
+                    ),
+                );
+                Action::Nothing
+            }
+            Event::StartTls => Action::StartTls,
+            Event::Rset
+            | Event::Noop
+            | Event::Help
+            | Event::Vrfy
+            | Event::Quit
+            | Event::Reject(_) => Action::Nothing,
+            // OnDisconnect: no agent and no log line of its own (the
+            // reason, if any, was logged where it arose).
+            Event::Disconnect => Action::Disconnect,
+        }
+    }
+
+    /// DATA or the first BDAT: a new message with spool id `id`.
+    fn begin_message(&mut self, id: u64) {
+        self.id = id;
+        self.data.clear();
+        self.body_offset = None;
+        self.failed = None;
+        self.head = Vec::new();
+        self.mime = None;
+    }
+
+    /// The message's first octets: the whole message when it was never
+    /// appended in chunks.
+    fn head(&self) -> &[u8] {
+        if self.head.is_empty() {
+            &self.data
+        } else {
+            &self.head
+        }
+    }
+
+    /// The Message-ID field's value, for the log.
+    fn message_id(&self) -> Option<String> {
+        crate::engine::header::find(pol::header_block(self.head()), b"Message-ID")
+            .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned())
+    }
+
+    /// Drops the message's octets (it was committed or refused); a buffer
+    /// grown by a large message is given back.
+    fn forget_message(&mut self) {
+        self.data.clear();
+        self.head = Vec::new();
+        if self.data.capacity() > 2 * spool::CHUNK {
+            self.data = Vec::new();
+        }
+    }
+}
+
+/// A session in progress.
+struct Session<'a> {
+    /// The daemon's shared state.
+    sh: &'a Shared,
+    /// The config and TLS this session began with.
+    live: &'a Live,
+    /// The policy this session began with.
+    policy: &'a Policy,
+    /// The client's address.
+    peer: SocketAddr,
+    /// Who the client is, by address (and certificate after STARTTLS).
+    att: Attribution,
+    /// The engine's receiver.
+    rx: Receiver<'a>,
+    /// The socket.
+    conn: Conn,
+    /// Input read and not yet consumed: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The transaction.
+    txn: Txn,
+    /// This session's read deadline.
+    deadline: Arc<Deadline>,
+}
+
+impl<'a> Session<'a> {
+    /// Greeting: a receiver with the smaller of the appliance's and the
+    /// policy's limits, STARTTLS offered when the listener and `[tls]` allow.
+    fn new(
+        sh: &'a Shared,
+        live: &'a Live,
+        policy: &'a Policy,
+        stream: TcpStream,
+        peer: SocketAddr,
+        starttls: bool,
+        att: Attribution,
+    ) -> Self {
+        let limits = &live.cfg.limits;
+        let table = &policy.table;
+        let mut rx = Receiver::new(smtp::Config {
+            hostname: &live.cfg.hostname,
+            max_message_size: limits.max_message_size.min(table.limits.max_message_size),
+            max_recipients: limits.max_recipients.min(table.limits.max_recipients),
+            starttls: starttls && live.tls.is_some(),
+            tls: false,
+            bare_line_endings: limits.bare_line_endings,
+        });
+        rx.greet();
+        Session {
+            sh,
+            live,
+            policy,
+            peer,
+            att,
+            rx,
+            conn: Conn::Plain(stream),
+            buf: vec![0u8; READ_BUFFER],
+            start: 0,
+            end: 0,
+            txn: Txn::default(),
+            deadline: sh.deadlines.register(),
+        }
+    }
+
+    /// The appliance's session limits.
+    fn limits(&self) -> &'a Limits {
+        &self.live.cfg.limits
+    }
+
+    /// The installed policy's table.
+    fn table(&self) -> &'a Table {
+        &self.policy.table
+    }
+
+    /// Feeds, replies and reads until the session is over.
+    async fn run(&mut self) {
+        loop {
+            if self.feed().await == Flow::Stop {
+                return;
+            }
+            let Ok(flushed) = self.flush().await else {
+                return;
+            };
+            if flushed && self.start < self.end {
+                // The reply buffer was full: feed the rest before reading.
+                continue;
+            }
+            if self.read_more().await == Flow::Stop {
+                return;
+            }
+        }
+    }
+
+    /// Feeds the input to the receiver and acts on each event, until the
+    /// engine wants more input.
+    async fn feed(&mut self) -> Flow {
+        loop {
+            let step = self.rx.feed(&self.buf[self.start..self.end]);
+            self.start += step.consumed;
+            let Some(ev) = step.event else {
+                if step.consumed > 0 && self.start < self.end {
+                    continue;
+                }
+                return Flow::Go;
+            };
+            let spool = &self.sh.spool;
+            let action = self.txn.note(ev, || spool.new_id(), self.peer);
+            if self.act(action).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+    }
+
+    /// One handler per action.
+    async fn act(&mut self, action: Action) -> Flow {
+        match action {
+            Action::Nothing => Flow::Go,
+            Action::Disconnect => {
+                // After QUIT's 221, a reply that closes (421, too many
+                // errors), or a timeout or shutdown (`close_with`).
+                let _ = self.flush().await;
+                Flow::Stop
+            }
+            Action::Mail(size) => {
+                self.mail(size);
+                Flow::Go
+            }
+            Action::Rcpt(r) => {
+                self.rcpt(r);
+                Flow::Go
+            }
+            Action::Chunk => {
+                self.chunk().await;
+                Flow::Go
+            }
+            Action::Message(size) => {
+                self.end_of_message(size).await;
+                Flow::Go
+            }
+            Action::StartTls => self.starttls().await,
+        }
+    }
+
+    /// MAIL: refused `452 4.3.1` when the spool has less room than the
+    /// declared size plus the reserve.
+    fn mail(&mut self, size: Option<u64>) {
+        let need = size
+            .unwrap_or(0)
+            .saturating_add(self.limits().spool_reserve);
+        match self.sh.spool.free_space() {
+            Some(free) if free < need => {
+                log::warn(format_args!(
+                    "spool has {free} octets free, below the reserve: refusing mail"
+                ));
+                self.rx.reject(refusal(&Refusal::SpoolFull));
+            }
+            _ => self.rx.accept(),
+        }
+    }
+
+    /// RCPT: an accepted domain, or relaying permitted for this client.
+    fn rcpt(&mut self, r: Vec<u8>) {
+        if recipient_allowed(self.table(), &self.att, &r) {
+            self.txn.rcpts.push(r);
+            self.rx.accept();
+            return;
+        }
+        log::event(
+            Kind::Reject,
+            None,
+            None,
+            format_args!(
+                "{} from=<{}> to=<{}>: relay access denied",
+                self.peer,
+                String::from_utf8_lossy(&self.txn.from),
+                String::from_utf8_lossy(&r)
+            ),
+        );
+        self.rx.reject(refusal(&Refusal::RelayDenied));
+    }
+
+    /// Message octets: once a chunk's worth is here, it goes to the spool
+    /// (a large message is never held whole in memory). A failed append is
+    /// remembered and refuses the message at its end.
+    async fn chunk(&mut self) {
+        let txn = &mut self.txn;
+        if txn.data.len() < spool::CHUNK {
+            return;
+        }
+        if txn.head.is_empty() {
+            // The first octets hold the header block.
+            txn.head = txn.data.clone();
+        }
+        if self.policy.needs_attachments {
+            txn.mime
+                .get_or_insert_with(MimeScan::default)
+                .feed(&txn.data);
+        }
+        if txn.failed.is_none() {
+            if let Err(e) = self.sh.spool.append_chunk(txn.id, &txn.data).await {
+                txn.failed = Some(e);
+            }
+        }
+        txn.data.clear();
+    }
+
+    /// End of message: decide, stamp, commit, and only once the commit is
+    /// durable, `250`. A refusal by the policy or a failed commit answers
+    /// with its reply instead, and nothing is queued.
+    async fn end_of_message(&mut self, size: u64) {
+        let id = spool::format_id(self.txn.id);
+        let message_id = self.txn.message_id();
+        let outcome = self.decide(size);
+        if let Some((code, status, text)) = pol::verdict_reply(self.table(), &outcome.verdict) {
+            let reply = crate::shell::reply::OwnedReply::new(code, Some(status), text);
+            self.txn.forget_message();
+            self.log_refused(&id, message_id.as_deref(), &outcome);
+            self.rx.reject(reply.as_reply());
+            return;
+        }
+        let env = self.stamp(&id, &outcome, size, message_id);
+        let committed = self.commit(&env).await;
+        self.txn.forget_message();
+        match committed {
+            Ok(parts) => {
+                self.rx.accept_message(&id);
+                log_accepted(&id, &env, &outcome, self.peer);
+                // Queued after its RECEIVE/ROUTE/RULE lines, so the log
+                // never shows a delivery before the acceptance.
+                self.sh.queue.add(spool::Stored {
+                    warned: false,
+                    id: self.txn.id,
+                    states: spool::initial_states(&env),
+                    env,
+                    parts,
+                });
+            }
+            Err(e) => {
+                log::event(
+                    Kind::Reject,
+                    Some(&id),
+                    env.message_id.as_deref(),
+                    format_args!("{}: {e}", self.peer),
+                );
+                self.rx.reject(refusal(&Refusal::SpoolWrite));
+            }
+        }
+    }
+
+    /// Runs the policy's pipeline on the message (its octets, or its head
+    /// and the attachment names when it was appended in chunks).
+    fn decide(&mut self, size: u64) -> Outcome {
+        let rcpts: Vec<&[u8]> = self.txn.rcpts.iter().map(Vec::as_slice).collect();
+        let env = pol::Envelope {
+            attribution: self.att,
+            client: self.peer.ip(),
+            sender: &self.txn.from,
+            rcpts: &rcpts,
+        };
+        if self.txn.head.is_empty() {
+            return pol::decide(self.policy, &env, &self.txn.data);
+        }
+        let names = match self.txn.mime.take() {
+            Some(mut scan) => {
+                scan.feed(&self.txn.data);
+                scan.names()
+            }
+            None => Vec::new(),
+        };
+        pol::decide_with(self.policy, &env, &self.txn.head, names, size)
+    }
+
+    /// The spool envelope: routes as decided, our `Received:` field first
+    /// among the header edits (RFC 5321 §4.4), then the policy's.
+    fn stamp(
+        &mut self,
+        id: &str,
+        outcome: &Outcome,
+        size: u64,
+        message_id: Option<String>,
+    ) -> Envelope {
+        let routes = outcome
+            .recipients
+            .iter()
+            .map(|r| Route {
+                original: r.original.as_bytes().to_vec(),
+                rcpt: r.final_addr.as_bytes().to_vec(),
+                connector: r.connector.clone(),
+                next_hop: r.next_hop.clone(),
+                refused: r.rejected.clone(),
+            })
+            .collect();
+        let tls = self.rx.is_tls();
+        let trace = received(
+            &self.live.cfg.hostname,
+            self.received_facts(),
+            self.peer,
+            tls,
+            id,
+        );
+        let mut edits = vec![pol::HeaderEdit::Prepend { field: trace }];
+        edits.extend(outcome.edits.iter().map(|(_, e)| e.clone()));
+        Envelope {
+            from: std::mem::take(&mut self.txn.from),
+            rcpts: std::mem::take(&mut self.txn.rcpts),
+            helo: self.txn.helo.clone(),
+            peer: self.peer.to_string(),
+            received: now_secs(),
+            size,
+            smtputf8: self.txn.smtputf8,
+            body8bit: self.txn.body8bit,
+            tls,
+            body_offset: self.txn.body_offset,
+            policy: self.table().version,
+            message_id,
+            routes,
+            edits,
+        }
+    }
+
+    /// What the `Received:` field says of the transaction.
+    fn received_facts(&self) -> super::received::Facts<'_> {
+        super::received::Facts {
+            helo: &self.txn.helo,
+            esmtp: self.txn.esmtp,
+            smtputf8: self.txn.smtputf8,
+            rcpts: &self.txn.rcpts,
+        }
+    }
+
+    /// Appends the message's last octets with its envelope and waits until
+    /// the spool has synced it (group commit).
+    async fn commit(&mut self, env: &Envelope) -> Result<Vec<spool::Part>, SpoolError> {
+        match self.txn.failed.take() {
+            Some(e) => Err(e),
+            None => self.sh.spool.commit(self.txn.id, env, &self.txn.data).await,
+        }
+    }
+
+    /// The rule execution log, then the REJECT line of a message the policy
+    /// refused.
+    fn log_refused(&self, id: &str, message_id: Option<&str>, outcome: &Outcome) {
+        for l in &outcome.log {
+            log::event(Kind::Rule, Some(id), message_id, format_args!("{l}"));
+        }
+        log::event(
+            Kind::Reject,
+            Some(id),
+            message_id,
+            format_args!(
+                "{} from=<{}>: {}",
+                self.peer,
+                String::from_utf8_lossy(&self.txn.from),
+                outcome.reply.clone().unwrap_or_default()
+            ),
+        );
+    }
+
+    /// STARTTLS: send the 220, forget everything the client sent after
+    /// STARTTLS in clear text (RFC 3207 §4.2, the command injection flaw),
+    /// then handshake.
+    async fn starttls(&mut self) -> Flow {
+        if self.flush().await.is_err() {
+            return Flow::Stop;
+        }
+        self.start = self.end;
+        let Some(acceptor) = self.live.tls.clone() else {
+            return Flow::Stop;
+        };
+        let timeout = self.limits().command_timeout;
+        let table = self.table();
+        if !starttls::upgrade(
+            &mut self.conn,
+            acceptor,
+            timeout,
+            table,
+            self.peer,
+            &mut self.att,
+        )
+        .await
+        {
+            return Flow::Stop;
+        }
+        self.rx.tls_established();
+        Flow::Go
+    }
+
+    /// Sends the replies the receiver has queued. `Ok(true)` if there were
+    /// any.
+    async fn flush(&mut self) -> std::io::Result<bool> {
+        if self.rx.output().is_empty() {
+            return Ok(false);
+        }
+        self.conn.write_all(self.rx.output()).await?;
+        let n = self.rx.output().len();
+        self.rx.output_sent(n);
+        Ok(true)
+    }
+
+    /// Reads more input within the command or data timeout. A timeout, or
+    /// a stopping daemon between commands, queues the 421 that ends the
+    /// session; the end of input or a read error stops it.
+    async fn read_more(&mut self) -> Flow {
+        if self.rx.is_closed() {
+            // Not reached: a closed receiver hands out Disconnect (which
+            // ends the session) before it returns no event.
+            return Flow::Stop;
+        }
+        // Keep unread octets at the front.
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // The engine always consumes input unless a decision is
+            // pending, which cannot be the case here.
+            log::warn(format_args!(
+                "session {}: input stalled; closing",
+                self.peer
+            ));
+            return Flow::Stop;
+        }
+        match self.read_within_deadline().await {
+            Some(Ok(0)) | Some(Err(_)) => Flow::Stop,
+            Some(Ok(n)) => {
+                self.end += n;
+                Flow::Go
+            }
+            None => {
+                let reason = if self.sh.stopping.is_closed() {
+                    Reason::ShuttingDown
+                } else {
+                    Reason::Timeout
+                };
+                // The engine now hands out Disconnect, which sends the
+                // 421 and ends the session.
+                self.rx.close_with(reason.reply());
+                Flow::Go
+            }
+        }
+    }
+
+    /// One read, or `None` when the deadline passed first (or, between
+    /// commands, the daemon began to stop).
+    async fn read_within_deadline(&mut self) -> Option<std::io::Result<usize>> {
+        let in_data = self.rx.in_data();
+        let limits = self.limits();
+        let wait = if in_data {
+            limits.data_timeout
+        } else {
+            limits.command_timeout
+        };
+        let deadline = self.deadline.clone();
+        let stopping = &self.sh.stopping;
+        deadline.arm(wait);
+        let read = future::or(
+            async { Some(self.conn.read(&mut self.buf[self.end..]).await) },
+            async {
+                if in_data {
+                    deadline.expired().await;
+                } else {
+                    // Between commands a stopping daemon says goodbye.
+                    future::or(deadline.expired(), async {
+                        let _ = stopping.recv().await;
+                    })
+                    .await;
+                }
+                None
+            },
+        )
+        .await;
+        deadline.disarm();
+        read
+    }
+
+    /// The session ended. Without the engine's Disconnect only if the
+    /// client went away or the transport failed (end of input, a read or
+    /// write error, a failed TLS handshake, stalled input): the engine is
+    /// told, so that its Disconnect, the last event, comes exactly once per
+    /// session. It logs nothing.
+    async fn end(mut self) {
+        self.rx.connection_lost();
+        while let Some(ev) = self.rx.feed(&[]).event {
+            debug_assert!(matches!(ev, Event::Disconnect), "{ev:?}");
+        }
+        self.conn.close().await;
+    }
+}
+
+/// The RECEIVE line, a ROUTE line per recipient and the rule execution log
+/// of an accepted message, handed to the log writer at once.
+fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
+    let mid = env.message_id.as_deref();
+    let mut lines = log::Batch::new();
+    lines.event(
+        Kind::Receive,
+        Some(id),
+        mid,
+        format_args!(
+            "from=<{}> rcpts={} size={} peer={peer} tls={} result={}",
+            String::from_utf8_lossy(&env.from),
+            env.rcpts.len(),
+            env.size,
+            env.tls,
+            outcome.result
+        ),
+    );
+    for r in &outcome.recipients {
+        lines.event(
+            Kind::Route,
+            Some(id),
+            mid,
+            format_args!(
+                "to=<{}> orig=<{}> connector={} next_hop={} {}",
+                r.final_addr,
+                r.original,
+                r.connector.as_deref().unwrap_or("-"),
+                match &r.next_hop {
+                    pol::NextHop::Mx(d) => format!("mx:{d}"),
+                    pol::NextHop::SmartHosts(h) => h.join(","),
+                    pol::NextHop::None => "-".into(),
+                },
+                r.rejected
+                    .as_deref()
+                    .map(|x| format!("refused=\"{x}\""))
+                    .unwrap_or_else(|| r.reason.clone())
+            ),
+        );
+    }
+    // Also when no rule acted: the log then says which rules were
+    // evaluated and that none held.
+    for l in &outcome.log {
+        lines.event(Kind::Rule, Some(id), mid, format_args!("{l}"));
+    }
+}
+
+/// Why the receive side refuses something of its own accord (the engine's
+/// refusals come with their [`Reason`] already).
+enum Refusal {
+    /// The spool has less room than the reserve.
+    SpoolFull,
+    /// Appending or syncing the message failed (the error is logged where
+    /// it happened).
+    SpoolWrite,
+    /// A recipient outside the accepted domains from an anonymous client.
+    RelayDenied,
+}
+
+/// The one mapping from the receive side's own failures to a reply.
+fn refusal(r: &Refusal) -> Reply<'static> {
+    match r {
+        Refusal::SpoolFull | Refusal::SpoolWrite => Reason::InsufficientStorage.reply(),
+        Refusal::RelayDenied => Reason::RelayDenied.reply(),
+    }
+}
