@@ -115,7 +115,7 @@ enum Up<'a> {
 
 /// Why a frame was refused.
 #[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone, Copy)]
-enum Reason {
+enum NakReason {
     BadFrame,
     OutOfOrder,
     NoSession,
@@ -124,15 +124,17 @@ enum Reason {
     Mismatch,
 }
 
-impl fmt::Display for Reason {
+impl fmt::Display for NakReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Reason::BadFrame => "damaged frame",
-            Reason::OutOfOrder => "frame out of order",
-            Reason::NoSession => "no such upload session (it timed out, or the daemon restarted)",
-            Reason::Invalid => "inconsistent upload (lengths do not add up)",
-            Reason::TooLarge => "file too large",
-            Reason::Mismatch => "the assembled file's length or checksum is wrong",
+            NakReason::BadFrame => "damaged frame",
+            NakReason::OutOfOrder => "frame out of order",
+            NakReason::NoSession => {
+                "no such upload session (it timed out, or the daemon restarted)"
+            }
+            NakReason::Invalid => "inconsistent upload (lengths do not add up)",
+            NakReason::TooLarge => "file too large",
+            NakReason::Mismatch => "the assembled file's length or checksum is wrong",
         })
     }
 }
@@ -147,7 +149,7 @@ enum Down<'a> {
     Nak {
         session: u32,
         seq: u32,
-        reason: Reason,
+        reason: NakReason,
     },
     Result {
         session: u32,
@@ -424,7 +426,7 @@ impl Timing {
 /// Serves uploads on `dev` forever; returns only if the first open fails.
 pub fn serve_serial(dev: &Path, baud: u32, apply: ApplyFn) -> io::Result<()> {
     let via = format!("serial {}", dev.display());
-    let mut rx = Receiver::new(apply, via, Timing::for_baud(baud));
+    let mut rx = UploadServer::new(apply, via, Timing::for_baud(baud));
     let mut first = true;
     // Failures in a row (an open that fails, or a line that fails within a
     // minute): each waits twice as long, up to 30 s; only the first is logged.
@@ -496,7 +498,7 @@ struct Done {
 
 /// The daemon's protocol state: at most one session in progress, and the
 /// last finished one (to answer a repeated `End`).
-struct Receiver {
+struct UploadServer {
     apply: ApplyFn,
     via: String,
     timing: Timing,
@@ -504,9 +506,9 @@ struct Receiver {
     done: Option<Done>,
 }
 
-impl Receiver {
-    fn new(apply: ApplyFn, via: String, timing: Timing) -> Receiver {
-        Receiver {
+impl UploadServer {
+    fn new(apply: ApplyFn, via: String, timing: Timing) -> UploadServer {
+        UploadServer {
             apply,
             via,
             timing,
@@ -570,7 +572,7 @@ impl Receiver {
             Some(s) => reply(&Down::Nak {
                 session: s.id,
                 seq: s.next,
-                reason: Reason::BadFrame,
+                reason: NakReason::BadFrame,
             }),
             None => Vec::new(),
         }
@@ -631,10 +633,10 @@ impl Receiver {
             })
         };
         if len > MAX_FILE {
-            return nak(Reason::TooLarge);
+            return nak(NakReason::TooLarge);
         }
         if id == 0 || u64::from(chunks) != u64::from(len).div_ceil(CHUNK as u64) {
-            return nak(Reason::Invalid);
+            return nak(NakReason::Invalid);
         }
         if let Some(old) = self.cur.take() {
             crate::shell::ops::log::warn(format_args!(
@@ -669,14 +671,14 @@ impl Receiver {
             if self.done.as_ref().is_some_and(|d| d.id == id) {
                 return reply(&ack);
             }
-            return nak(seq, Reason::NoSession);
+            return nak(seq, NakReason::NoSession);
         };
         s.last = now;
         if seq < s.next {
             return reply(&ack); // a duplicate: its Ack was lost
         }
         if seq > s.next {
-            return nak(s.next, Reason::OutOfOrder);
+            return nak(s.next, NakReason::OutOfOrder);
         }
         if bytes.is_empty()
             || bytes.len() > CHUNK
@@ -684,7 +686,7 @@ impl Receiver {
             || s.data.len() + bytes.len() > s.len as usize
         {
             self.cur = None;
-            return nak(seq, Reason::Invalid);
+            return nak(seq, NakReason::Invalid);
         }
         s.data.extend_from_slice(bytes);
         s.next += 1;
@@ -701,7 +703,7 @@ impl Receiver {
             return reply(&Down::Nak {
                 session: id,
                 seq,
-                reason: Reason::NoSession,
+                reason: NakReason::NoSession,
             });
         };
         if seq < s.next {
@@ -712,7 +714,7 @@ impl Receiver {
             return reply(&Down::Nak {
                 session: id,
                 seq: next,
-                reason: Reason::OutOfOrder,
+                reason: NakReason::OutOfOrder,
             });
         }
         if seq != s.chunks + 1
@@ -727,7 +729,7 @@ impl Receiver {
             return reply(&Down::Nak {
                 session: id,
                 seq,
-                reason: Reason::Mismatch,
+                reason: NakReason::Mismatch,
             });
         }
         let mut out = reply(&Down::Ack { session: id, seq });
@@ -783,7 +785,7 @@ fn cut(s: &str, max: usize) -> &str {
 
 /// What an upload came to.
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+enum UploadResult {
     /// The daemon installed the file: its report.
     Applied(String),
     /// The daemon refused the file: its errors.
@@ -821,7 +823,7 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
     // follows (warnings) and the errors on stderr, each named `FILE:`.
     let name = file.display();
     match upload(&mut link, &text, new_session_id(), Timing::for_baud(baud)) {
-        Outcome::Applied(report) => {
+        UploadResult::Applied(report) => {
             let mut lines = report.lines();
             outln!("{}", lines.next().unwrap_or("installed"));
             for w in lines {
@@ -829,7 +831,7 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
             }
             0
         }
-        Outcome::Refused(errors) => {
+        UploadResult::Refused(errors) => {
             for e in errors.lines() {
                 eprintln!("{name}:{e}");
             }
@@ -839,7 +841,7 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
             );
             1
         }
-        Outcome::Failed(why) => {
+        UploadResult::Failed(why) => {
             eprintln!("sluice: upload over {} failed: {why}", dev.display());
             2
         }
@@ -864,7 +866,7 @@ fn new_session_id() -> u32 {
 }
 
 /// The operator's half: Begin, Data..., End, then the Result.
-fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> Outcome {
+fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> UploadResult {
     let len = text.len() as u32;
     let chunks = text.chunks(CHUNK).count() as u32;
     let file_hash = sha256(text);
@@ -902,7 +904,7 @@ fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> Outcome {
             let slow = Timing { ack: t.result, ..t };
             match exchange(link, &end, session, u32::MAX, slow, false) {
                 Err(o) => o,
-                Ok(()) => Outcome::Failed("no result from the daemon".into()),
+                Ok(()) => UploadResult::Failed("no result from the daemon".into()),
             }
         }
     }
@@ -918,22 +920,23 @@ fn exchange(
     want: u32,
     t: Timing,
     send_first: bool,
-) -> Result<(), Outcome> {
-    let frame = encode(msg).map_err(|e| Outcome::Failed(format!("cannot encode a frame: {e}")))?;
+) -> Result<(), UploadResult> {
+    let frame =
+        encode(msg).map_err(|e| UploadResult::Failed(format!("cannot encode a frame: {e}")))?;
     let mut tries = 0;
     let mut send = send_first;
     'send: loop {
         if !send {
             send = true;
         } else if tries > t.retries {
-            return Err(Outcome::Failed(format!(
+            return Err(UploadResult::Failed(format!(
                 "no answer from the daemon after {} tries (is `sluice run` listening on the other end, at the same baud rate?)",
                 tries
             )));
         } else {
             tries += 1;
             link.send(&frame)
-                .map_err(|e| Outcome::Failed(format!("write: {e}")))?;
+                .map_err(|e| UploadResult::Failed(format!("write: {e}")))?;
         }
         let deadline = Instant::now() + t.ack;
         loop {
@@ -941,7 +944,7 @@ fn exchange(
                 Next::Frame(f) => f,
                 Next::Oversize => continue,
                 Next::Timeout => continue 'send,
-                Next::Closed(e) => return Err(Outcome::Failed(format!("read: {e}"))),
+                Next::Closed(e) => return Err(UploadResult::Failed(format!("read: {e}"))),
             };
             let Some(reply) = decode::<Down<'_>>(&mut f) else {
                 continue; // a damaged answer: wait, and resend on the timeout
@@ -954,18 +957,18 @@ fn exchange(
                     text,
                 } if s == session => {
                     return Err(if ok {
-                        Outcome::Applied(text.to_string())
+                        UploadResult::Applied(text.to_string())
                     } else {
-                        Outcome::Refused(text.to_string())
+                        UploadResult::Refused(text.to_string())
                     })
                 }
                 Down::Nak {
-                    reason: Reason::BadFrame,
+                    reason: NakReason::BadFrame,
                     ..
                 } => continue 'send,
                 Down::Nak {
                     session: s,
-                    reason: Reason::OutOfOrder,
+                    reason: NakReason::OutOfOrder,
                     ..
                 } if s == session => continue 'send,
                 Down::Nak {
@@ -973,7 +976,7 @@ fn exchange(
                     seq,
                     reason,
                 } if s == session => {
-                    return Err(Outcome::Failed(format!(
+                    return Err(UploadResult::Failed(format!(
                         "the daemon refused frame {seq}: {reason}; nothing was applied"
                     )))
                 }
@@ -1084,7 +1087,7 @@ mod tests {
         let (down_r, down_w) = pipe(clean());
         let daemon = std::thread::spawn(move || {
             let mut link = Link::new(up_r, down_w, MAX_UP_FRAME).unwrap();
-            let mut rx = Receiver::new(apply, "serial test".into(), fast());
+            let mut rx = UploadServer::new(apply, "serial test".into(), fast());
             let _ = rx.run(&mut link);
         });
         let op = Link::new(down_r, up_w, MAX_DOWN_FRAME).unwrap();
@@ -1144,7 +1147,7 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         let (apply, log) = recorder();
-        let mut rx = Receiver::new(apply, "t".into(), fast());
+        let mut rx = UploadServer::new(apply, "t".into(), fast());
         let mut seed = 0x1234_5678u32;
         for n in 0..4000 {
             if n == 2000 {
@@ -1178,7 +1181,7 @@ mod tests {
             assert!(matches!(
                 decode::<Down<'_>>(&mut r),
                 Some(Down::Nak {
-                    reason: Reason::BadFrame,
+                    reason: NakReason::BadFrame,
                     ..
                 })
             ));
@@ -1196,7 +1199,7 @@ mod tests {
         let out = upload(&mut op, &text, 42, fast());
         assert_eq!(
             out,
-            Outcome::Applied("installed policy version 00000000000003E8".into())
+            UploadResult::Applied("installed policy version 00000000000003E8".into())
         );
         drop(op);
         daemon.join().unwrap();
@@ -1214,7 +1217,7 @@ mod tests {
             let text = sample(n);
             assert!(matches!(
                 upload(&mut op, &text, 9, fast()),
-                Outcome::Applied(_)
+                UploadResult::Applied(_)
             ));
             drop(op);
             daemon.join().unwrap();
@@ -1249,7 +1252,10 @@ mod tests {
             ..fast()
         };
         let t0 = Instant::now();
-        assert!(matches!(upload(&mut op, &text, 5, t), Outcome::Applied(_)));
+        assert!(matches!(
+            upload(&mut op, &text, 5, t),
+            UploadResult::Applied(_)
+        ));
         // Resent on the Nak, not after the timeout.
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
         drop(op);
@@ -1274,7 +1280,7 @@ mod tests {
         let text = sample(600);
         assert!(matches!(
             upload(&mut op, &text, 77, fast()),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         drop(op);
         daemon.join().unwrap();
@@ -1299,7 +1305,7 @@ mod tests {
         }));
         let daemon = std::thread::spawn(move || {
             let mut link = Link::new(up_r, down_w, MAX_UP_FRAME).unwrap();
-            let mut rx = Receiver::new(apply, "t".into(), fast());
+            let mut rx = UploadServer::new(apply, "t".into(), fast());
             let _ = rx.run(&mut link);
         });
         let mut op = Link::new(down_r, up_w, MAX_DOWN_FRAME).unwrap();
@@ -1309,7 +1315,7 @@ mod tests {
         };
         assert!(matches!(
             upload(&mut op, &sample(300), 3, t),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         drop(op);
         daemon.join().unwrap();
@@ -1330,8 +1336,8 @@ mod tests {
         let (down2_r, down2_w) = pipe(clean());
         let apply2 = apply.clone();
         let daemon = std::thread::spawn(move || {
-            // The same Receiver state across two links, as in serve_serial.
-            let mut rx = Receiver::new(apply2, "t".into(), fast());
+            // The same UploadServer state across two links, as in serve_serial.
+            let mut rx = UploadServer::new(apply2, "t".into(), fast());
             let mut link = Link::new(up_r, down_w, MAX_UP_FRAME).unwrap();
             let _ = rx.run(&mut link);
             assert!(rx.cur.is_none());
@@ -1344,13 +1350,13 @@ mod tests {
             ..fast()
         };
         let out = upload(&mut op, &sample(1000), 11, t);
-        assert!(matches!(out, Outcome::Failed(_)), "{out:?}");
+        assert!(matches!(out, UploadResult::Failed(_)), "{out:?}");
         drop(op);
         assert!(log.lock().unwrap().is_empty());
         let mut op2 = Link::new(down2_r, up2_w, MAX_DOWN_FRAME).unwrap();
         assert!(matches!(
             upload(&mut op2, b"ok = 1\n", 12, fast()),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         drop(op2);
         daemon.join().unwrap();
@@ -1362,7 +1368,7 @@ mod tests {
     #[test]
     fn stalled_session_is_discarded() {
         let (apply, log) = recorder();
-        let mut rx = Receiver::new(apply, "t".into(), fast());
+        let mut rx = UploadServer::new(apply, "t".into(), fast());
         let text = sample(600);
         let hash = sha256(&text);
         let mut frame = |m: &Up<'_>| {
@@ -1395,7 +1401,7 @@ mod tests {
         assert!(matches!(
             decode::<Down<'_>>(&mut r),
             Some(Down::Nak {
-                reason: Reason::NoSession,
+                reason: NakReason::NoSession,
                 ..
             })
         ));
@@ -1415,7 +1421,7 @@ mod tests {
             let apply = apply.clone();
             let d = std::thread::spawn(move || {
                 let mut link = Link::new(up_r, down_w, MAX_UP_FRAME).unwrap();
-                let mut rx = Receiver::new(
+                let mut rx = UploadServer::new(
                     apply,
                     "t".into(),
                     Timing {
@@ -1433,12 +1439,12 @@ mod tests {
         };
         assert!(matches!(
             upload(&mut op, &sample(1000), 1, t),
-            Outcome::Failed(_)
+            UploadResult::Failed(_)
         ));
         // A short file (one chunk) from a new session goes through at once.
         assert!(matches!(
             upload(&mut op, b"short", 2, fast()),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         drop(op);
         daemon.join().unwrap();
@@ -1454,7 +1460,9 @@ mod tests {
         let out = upload(&mut op, b"[domains]\nbad = 1\n", 8, fast());
         assert_eq!(
             out,
-            Outcome::Refused("3:7: error: unknown key `bad`\n5:1: error: second problem".into())
+            UploadResult::Refused(
+                "3:7: error: unknown key `bad`\n5:1: error: second problem".into()
+            )
         );
         drop(op);
         daemon.join().unwrap();
@@ -1467,7 +1475,7 @@ mod tests {
         let (mut op, daemon) = setup(clean(), apply);
         let out = upload(&mut op, b"a = \"\xff\"\n", 8, fast());
         assert!(
-            matches!(out, Outcome::Refused(ref t) if t.contains("UTF-8")),
+            matches!(out, UploadResult::Refused(ref t) if t.contains("UTF-8")),
             "{out:?}"
         );
         drop(op);
@@ -1486,7 +1494,7 @@ mod tests {
     #[test]
     fn hash_mismatch_applies_nothing() {
         let (apply, log) = recorder();
-        let mut rx = Receiver::new(apply, "t".into(), fast());
+        let mut rx = UploadServer::new(apply, "t".into(), fast());
         let text = b"abc";
         let mut send = |m: &Up<'_>| {
             let mut f = encode(m).unwrap();
@@ -1518,7 +1526,7 @@ mod tests {
     #[test]
     fn oversized_and_inconsistent_begins_are_refused() {
         let (apply, _log) = recorder();
-        let mut rx = Receiver::new(apply, "t".into(), fast());
+        let mut rx = UploadServer::new(apply, "t".into(), fast());
         for (len, chunks, want) in [
             (
                 MAX_FILE + 1,
@@ -1562,7 +1570,7 @@ mod tests {
         let text = sample(900);
         assert!(matches!(
             upload(&mut op, &text, 6, fast()),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         drop(op);
         daemon.join().unwrap();
@@ -1599,7 +1607,7 @@ mod tests {
         let sw = slave.try_clone_native().unwrap();
         let daemon = std::thread::spawn(move || {
             let mut link = Link::new(slave, sw, MAX_UP_FRAME).unwrap();
-            let mut rx = Receiver::new(apply, "t".into(), fast());
+            let mut rx = UploadServer::new(apply, "t".into(), fast());
             // Serve until the first upload has been answered.
             let deadline = Instant::now() + Duration::from_secs(10);
             while rx.done.is_none() && Instant::now() < deadline {
@@ -1616,7 +1624,7 @@ mod tests {
         let text = sample(5000);
         assert!(matches!(
             upload(&mut op, &text, 99, fast()),
-            Outcome::Applied(_)
+            UploadResult::Applied(_)
         ));
         daemon.join().unwrap();
         assert_eq!(log.lock().unwrap()[0].0.as_bytes(), &text[..]);
