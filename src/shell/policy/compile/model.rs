@@ -1,0 +1,1255 @@
+//! The model: the rule file parsed into checked types with names resolved
+//! (groups, inbound and send connectors by index), each item keeping the
+//! byte offset its diagnostics point at.
+
+use super::cx::{
+    get_bool, get_int, get_str, get_str_map, get_strs, get_table, get_tables, type_err, Cx, Fields,
+    Val, S,
+};
+use super::syntax::{
+    address, domain, header_name, header_value, network, reject, show_net, smart_host,
+};
+use super::{DEFAULT_COST, DEFAULT_STAMP, DEFAULT_TRUSTED_PREFIX};
+use crate::engine::limits::{MAX_RECIPIENTS, MAX_RULES};
+use crate::engine::policy::{
+    Agent, AgentSlot, Direction, InboundKind, Location, Net, TlsPolicy, AGENTS,
+};
+use std::fmt;
+use toml::de::{DeTable, DeValue};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SpaceM {
+    Any,
+    Accepted,
+    Domain(String),
+    Subdomains(String),
+}
+
+impl fmt::Display for SpaceM {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpaceM::Any => f.write_str("*"),
+            SpaceM::Accepted => f.write_str("--"),
+            SpaceM::Domain(d) => f.write_str(d),
+            SpaceM::Subdomains(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum CondM {
+    Sender(Vec<String>),
+    SenderDomain(Vec<String>),
+    SenderGroup(u16),
+    Recipient(Vec<String>),
+    RecipientDomain(Vec<String>),
+    RecipientGroup(u16),
+    SenderLocation(Location),
+    RecipientLocation(Location),
+    HeaderPresent(String),
+    HeaderAbsent(String),
+    HeaderMatches(String, String),
+    HeaderNotMatches(String, String),
+    Inbound(u16),
+    ClientNetwork(Vec<Net>),
+    AttachmentMatches(String),
+}
+
+impl CondM {
+    /// Evaluation order inside a set: cheap tests first, patterns last.
+    pub(super) fn cost(&self) -> u8 {
+        match self {
+            CondM::SenderLocation(_) | CondM::RecipientLocation(_) | CondM::Inbound(_) => 0,
+            CondM::ClientNetwork(_) => 1,
+            CondM::Sender(_)
+            | CondM::SenderDomain(_)
+            | CondM::Recipient(_)
+            | CondM::RecipientDomain(_) => 2,
+            CondM::SenderGroup(_) | CondM::RecipientGroup(_) => 3,
+            CondM::HeaderPresent(_) | CondM::HeaderAbsent(_) => 4,
+            CondM::HeaderMatches(..) | CondM::HeaderNotMatches(..) => 5,
+            CondM::AttachmentMatches(_) => 6,
+        }
+    }
+
+    /// The header a presence/pattern condition needs present.
+    pub(super) fn needs_header(&self) -> Option<&str> {
+        match self {
+            CondM::HeaderPresent(h)
+            | CondM::HeaderMatches(h, _)
+            | CondM::HeaderNotMatches(h, _) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) enum ActM {
+    RouteTo(String),
+    UseConnector(u16),
+    AddHeader(String, String),
+    SetHeader(String, String),
+    RemoveHeader(String),
+    RewriteRecipient(String),
+    AddRecipient(String),
+    Reject(u16, (u8, u16, u16), String),
+}
+
+pub(super) type CondSet = Vec<(CondM, usize)>;
+
+pub(super) struct RuleM {
+    pub(super) name: String,
+    pub(super) at: usize,
+    pub(super) priority: Option<(u32, usize)>,
+    pub(super) stop: bool,
+    pub(super) enabled: bool,
+    pub(super) when: CondSet,
+    pub(super) when_at: usize,
+    pub(super) except: Vec<(CondSet, usize)>,
+    pub(super) actions: Vec<(ActM, usize)>,
+    /// Whether `then` has any key (an action dropped for an error is not
+    /// "no action").
+    pub(super) has_then: bool,
+}
+
+pub(super) struct GroupM {
+    pub(super) name: S,
+    pub(super) members: Vec<String>,
+}
+
+pub(super) struct InboundM {
+    pub(super) name: S,
+    pub(super) kind: InboundKind,
+    pub(super) nets: Vec<Net>,
+    pub(super) tls: Option<String>,
+}
+
+pub(super) struct ConnM {
+    pub(super) name: S,
+    pub(super) spaces: Vec<(SpaceM, usize)>,
+    pub(super) smart_hosts: Vec<String>,
+    pub(super) tls: TlsPolicy,
+    pub(super) cost: u32,
+}
+
+pub(super) struct RewriteM {
+    pub(super) dir: Direction,
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) at: usize,
+}
+
+/// `[limits]` as given; what is missing keeps the empty table's default.
+#[derive(Default)]
+pub(super) struct LimitsM {
+    pub(super) max_hops: Option<u16>,
+    pub(super) max_message_size: Option<u64>,
+    pub(super) max_recipients: Option<u32>,
+}
+
+pub(super) struct Model {
+    pub(super) accepted: Vec<String>,
+    pub(super) default_domain: Option<String>,
+    pub(super) default_at: usize,
+    pub(super) groups: Vec<GroupM>,
+    pub(super) inbound: Vec<InboundM>,
+    pub(super) connectors: Vec<ConnM>,
+    pub(super) rewrites: Vec<RewriteM>,
+    pub(super) cmt_enabled: bool,
+    pub(super) cmt_from: Vec<u16>,
+    /// Where each `from_inbound` entry is (beside `cmt_from`).
+    pub(super) cmt_from_at: Vec<usize>,
+    pub(super) cmt_stamp: String,
+    pub(super) trusted: Vec<String>,
+    pub(super) renames: Vec<(String, String, usize)>,
+    pub(super) limits: LimitsM,
+    pub(super) blocked: Vec<Net>,
+    pub(super) rules: Vec<RuleM>,
+    pub(super) agents: Vec<AgentSlot>,
+    /// Groups named by some rule (disabled ones included).
+    pub(super) group_used: Vec<bool>,
+    /// Connectors named by some rule's `use_connector`.
+    pub(super) conn_named: Vec<bool>,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "domains",
+    "groups",
+    "inbound",
+    "connector",
+    "rewrite",
+    "cmt",
+    "header_firewall",
+    "connection_filter",
+    "limits",
+    "agent",
+    "rule",
+];
+
+const COND_KEYS: &[&str] = &[
+    "sender",
+    "sender_domain",
+    "sender_group",
+    "recipient",
+    "recipient_domain",
+    "recipient_group",
+    "sender_location",
+    "recipient_location",
+    "header",
+    "header_absent",
+    "header_value_matches",
+    "header_value_not_matches",
+    "inbound",
+    "client_network",
+    "attachment_name_matches",
+];
+
+const ACTION_KEYS: &[&str] = &[
+    "route_to",
+    "use_connector",
+    "add_header",
+    "set_header",
+    "remove_header",
+    "rewrite_recipient",
+    "add_recipient",
+    "reject",
+];
+
+pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
+    let top = Fields::new(cx, root, TOP_KEYS, "the rule file");
+    let mut m = Model {
+        accepted: Vec::new(),
+        default_domain: None,
+        default_at: 0,
+        groups: Vec::new(),
+        inbound: Vec::new(),
+        connectors: Vec::new(),
+        rewrites: Vec::new(),
+        cmt_enabled: false,
+        cmt_from: Vec::new(),
+        cmt_from_at: Vec::new(),
+        cmt_stamp: DEFAULT_STAMP.to_string(),
+        trusted: Vec::new(),
+        renames: Vec::new(),
+        limits: LimitsM::default(),
+        blocked: Vec::new(),
+        rules: Vec::new(),
+        agents: AGENTS
+            .iter()
+            .map(|(agent, stage, priority, _)| AgentSlot {
+                agent: *agent,
+                stage: *stage,
+                priority: *priority,
+                enabled: true,
+            })
+            .collect(),
+        group_used: Vec::new(),
+        conn_named: Vec::new(),
+    };
+    if let Some(v) = top.get("version") {
+        if let Some(n) = get_int(cx, v, "version", i64::MIN, i64::MAX) {
+            if n != 1 {
+                cx.err(
+                    v.span().start,
+                    format!("version = {n}: this sluice reads rule files of version 1"),
+                );
+            }
+        }
+    }
+    if let Some(v) = top.get("domains") {
+        parse_domains(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("groups") {
+        parse_groups(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("inbound") {
+        parse_inbound(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("connector") {
+        parse_connectors(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("rewrite") {
+        parse_rewrites(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("cmt") {
+        parse_cmt(cx, &mut m, v);
+    }
+    match top.get("header_firewall") {
+        Some(v) => parse_firewall(cx, &mut m, v),
+        // No section: Exchange's edge behaviour, anonymous mail loses the
+        // organisation's own headers (an explicit section says exactly
+        // what is stripped, possibly nothing).
+        None => m.trusted.push(DEFAULT_TRUSTED_PREFIX.to_string()),
+    }
+    if let Some(v) = top.get("connection_filter") {
+        if let Some(t) = get_table(cx, v, "connection_filter") {
+            let f = Fields::new(cx, t, &["blocked_networks"], "[connection_filter]");
+            if let Some(v) = f.get("blocked_networks") {
+                m.blocked = nets(cx, v, "blocked_networks");
+            }
+        }
+    }
+    if let Some(v) = top.get("limits") {
+        parse_limits(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("agent") {
+        parse_agents(cx, &mut m, v);
+    }
+    m.group_used = vec![false; m.groups.len()];
+    m.conn_named = vec![false; m.connectors.len()];
+    if let Some(v) = top.get("rule") {
+        for (i, (t, at)) in get_tables(cx, v, "rule").into_iter().enumerate() {
+            if let Some(r) = parse_rule(cx, &mut m, t, at, i + 1) {
+                m.rules.push(r);
+            }
+        }
+    }
+    m
+}
+
+fn parse_domains(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "domains") else {
+        return;
+    };
+    let f = Fields::new(cx, t, &["accepted", "default"], "[domains]");
+    if let Some(v) = f.get("accepted") {
+        for s in get_strs(cx, v, "accepted") {
+            match domain(&s.v) {
+                Ok(d) if m.accepted.contains(&d) => {
+                    cx.warn(s.at(), format!("accepted domain \"{d}\" is listed twice"))
+                }
+                Ok(d) => m.accepted.push(d),
+                Err(e) => cx.err(s.at(), e),
+            }
+        }
+    }
+    if let Some(v) = f.get("default") {
+        if let Some(s) = get_str(cx, v, "default") {
+            match domain(&s.v) {
+                Ok(d) if m.accepted.contains(&d) => {
+                    m.default_domain = Some(d);
+                    m.default_at = s.at();
+                }
+                Ok(d) => cx.err(
+                    s.at(),
+                    format!("default domain \"{d}\" is not among the accepted domains"),
+                ),
+                Err(e) => cx.err(s.at(), e),
+            }
+        }
+    }
+}
+
+fn parse_groups(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "groups") else {
+        return;
+    };
+    let mut groups: Vec<GroupM> = Vec::new();
+    for (k, val) in t.iter() {
+        let name = S {
+            v: k.get_ref().to_string(),
+            span: k.span(),
+        };
+        if name.v.trim().is_empty() {
+            cx.err(name.at(), "a group needs a name");
+            continue;
+        }
+        let mut members = Vec::new();
+        for s in get_strs(cx, val, &name.v) {
+            match address(&s.v, true) {
+                Ok(a) => members.push(a),
+                Err(e) => cx.err(s.at(), e),
+            }
+        }
+        groups.push(GroupM { name, members });
+    }
+    groups.sort_by_key(|g| g.name.at());
+    m.groups = groups;
+}
+
+fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    for (nth, (t, at)) in get_tables(cx, v, "inbound").into_iter().enumerate() {
+        let f = Fields::new(
+            cx,
+            t,
+            &["name", "kind", "client_ips", "tls_certificate_name"],
+            "[[inbound]]",
+        );
+        let default = format!("Inbound {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[inbound]]", Some(default)) else {
+            continue;
+        };
+        if let Some(prev) = m.inbound.iter().find(|i| i.name.v == name.v) {
+            let line = cx.line_of(prev.name.at());
+            cx.err(
+                name.at(),
+                format!(
+                    "duplicate inbound connector name \"{}\" (first on line {line})",
+                    name.v
+                ),
+            );
+            continue;
+        }
+        let kind = match f.get("kind").and_then(|v| get_str(cx, v, "kind")) {
+            None => InboundKind::Partner,
+            Some(s) => match s.v.as_str() {
+                "organization" => InboundKind::Organization,
+                "partner" => InboundKind::Partner,
+                _ => {
+                    cx.err(
+                        s.at(),
+                        format!(
+                            "bad kind \"{}\": expected \"organization\" or \"partner\"",
+                            s.v
+                        ),
+                    );
+                    InboundKind::Partner
+                }
+            },
+        };
+        let nets = f
+            .get("client_ips")
+            .map(|v| nets(cx, v, "client_ips"))
+            .unwrap_or_default();
+        let tls = match f
+            .get("tls_certificate_name")
+            .and_then(|v| get_str(cx, v, "tls_certificate_name"))
+        {
+            None => None,
+            Some(s) => {
+                let (star, rest) = match s.v.strip_prefix("*.") {
+                    Some(r) => ("*.", r),
+                    None => ("", s.v.as_str()),
+                };
+                match domain(rest) {
+                    Ok(d) => Some(format!("{star}{d}")),
+                    Err(e) => {
+                        cx.err(s.at(), format!("tls_certificate_name: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        if nets.is_empty() && tls.is_none() {
+            cx.warn(
+                at,
+                format!(
+                    "inbound connector \"{}\" attributes no session: it has neither client_ips nor tls_certificate_name",
+                    name.v
+                ),
+            );
+        }
+        m.inbound.push(InboundM {
+            name,
+            kind,
+            nets,
+            tls,
+        });
+    }
+}
+
+fn name_of(cx: &mut Cx<'_>, f: &Fields<'_, '_>, at: usize, ctx: &str) -> Option<S> {
+    name_or(cx, f, at, ctx, None)
+}
+
+/// The `name` key, or `default` (at the table's position) when it is
+/// missing; without a default a missing name is an error.
+fn name_or(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_, '_>,
+    at: usize,
+    ctx: &str,
+    default: Option<String>,
+) -> Option<S> {
+    match f.get("name") {
+        None => match default {
+            Some(v) => Some(S { v, span: at..at }),
+            None => {
+                cx.err(at, format!("{ctx} needs a name"));
+                None
+            }
+        },
+        Some(v) => {
+            let s = get_str(cx, v, "name")?;
+            if s.v.trim().is_empty() || s.v.chars().any(char::is_control) {
+                cx.err(
+                    s.at(),
+                    format!("{ctx}: the name must be non-empty, on one line"),
+                );
+                return None;
+            }
+            Some(s)
+        }
+    }
+}
+
+/// A CIDR or a list of them.
+pub(super) fn nets(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<Net> {
+    let mut out = Vec::new();
+    for s in get_strs(cx, v, key) {
+        match network(&s.v) {
+            Ok((n, host_bits)) => {
+                if host_bits {
+                    cx.warn(
+                        s.at(),
+                        format!(
+                            "\"{}\" has host bits set; the network is {}",
+                            s.v,
+                            show_net(&n)
+                        ),
+                    );
+                }
+                out.push(n);
+            }
+            Err(e) => cx.err(s.at(), e),
+        }
+    }
+    out
+}
+
+fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    for (nth, (t, at)) in get_tables(cx, v, "connector").into_iter().enumerate() {
+        let f = Fields::new(
+            cx,
+            t,
+            &["name", "address_spaces", "smart_hosts", "tls", "cost"],
+            "[[connector]]",
+        );
+        let default = format!("Connector {}", nth + 1);
+        let Some(name) = name_or(cx, &f, at, "[[connector]]", Some(default)) else {
+            continue;
+        };
+        if let Some(prev) = m.connectors.iter().find(|c| c.name.v == name.v) {
+            let line = cx.line_of(prev.name.at());
+            cx.err(
+                name.at(),
+                format!(
+                    "duplicate connector name \"{}\" (first on line {line})",
+                    name.v
+                ),
+            );
+            continue;
+        }
+        let mut spaces: Vec<(SpaceM, usize)> = Vec::new();
+        if let Some(v) = f.get("address_spaces") {
+            for s in get_strs(cx, v, "address_spaces") {
+                let sp = match s.v.as_str() {
+                    "*" => Ok(SpaceM::Any),
+                    "--" => Ok(SpaceM::Accepted),
+                    o => match o.strip_prefix("*.") {
+                        Some(d) => domain(d).map(SpaceM::Subdomains),
+                        None => domain(o).map(SpaceM::Domain),
+                    },
+                };
+                match sp {
+                    Ok(sp) if spaces.iter().any(|(x, _)| *x == sp) => cx.warn(
+                        s.at(),
+                        format!("address space \"{sp}\" is listed twice"),
+                    ),
+                    Ok(sp) => spaces.push((sp, s.at())),
+                    Err(e) => cx.err(
+                        s.at(),
+                        format!(
+                            "bad address space \"{}\": expected \"*\", \"--\", \"domain\" or \"*.domain\" ({e})",
+                            s.v
+                        ),
+                    ),
+                }
+            }
+        }
+        let mut smart_hosts = Vec::new();
+        if let Some(v) = f.get("smart_hosts") {
+            for s in get_strs(cx, v, "smart_hosts") {
+                match smart_host(&s.v) {
+                    Ok(h) => smart_hosts.push(h),
+                    Err(e) => cx.err(s.at(), e),
+                }
+            }
+        }
+        let tls = match f.get("tls").and_then(|v| get_str(cx, v, "tls")) {
+            None => TlsPolicy::Opportunistic,
+            Some(s) => match s.v.as_str() {
+                "opportunistic" => TlsPolicy::Opportunistic,
+                "required" => TlsPolicy::Required,
+                "verify" => TlsPolicy::Verify,
+                _ => {
+                    cx.err(
+                        s.at(),
+                        format!(
+                            "bad TLS policy \"{}\": expected \"opportunistic\", \"required\" or \"verify\"",
+                            s.v
+                        ),
+                    );
+                    TlsPolicy::Opportunistic
+                }
+            },
+        };
+        let cost = f
+            .get("cost")
+            .and_then(|v| get_int(cx, v, "cost", 0, i64::from(u32::MAX)))
+            .map_or(DEFAULT_COST, |n| n as u32);
+        m.connectors.push(ConnM {
+            name,
+            spaces,
+            smart_hosts,
+            tls,
+            cost,
+        });
+    }
+}
+
+fn parse_rewrites(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    for (t, _) in get_tables(cx, v, "rewrite") {
+        let f = Fields::new(cx, t, &["direction", "map"], "[[rewrite]]");
+        let dir = match f.get("direction").and_then(|v| get_str(cx, v, "direction")) {
+            // No direction: inbound (seed 001's rewrite of what comes in).
+            None if f.get("direction").is_none() => Some(Direction::Inbound),
+            None => None,
+            Some(s) => match s.v.as_str() {
+                "inbound" => Some(Direction::Inbound),
+                "outbound" => Some(Direction::Outbound),
+                _ => {
+                    cx.err(
+                        s.at(),
+                        format!(
+                            "bad direction \"{}\": expected \"inbound\" or \"outbound\"",
+                            s.v
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let entries = f
+            .get("map")
+            .map(|v| get_str_map(cx, v, "map"))
+            .unwrap_or_default();
+        for (from, to) in entries {
+            let a = address(&from.v, true)
+                .map_err(|e| cx.err(from.at(), e))
+                .ok();
+            let b = address(&to.v, true).map_err(|e| cx.err(to.at(), e)).ok();
+            let (Some(a), Some(b), Some(dir)) = (a, b, dir) else {
+                continue;
+            };
+            if a == b {
+                cx.warn(from.at(), format!("\"{a}\" is rewritten to itself"));
+                continue;
+            }
+            if let Some(prev) = m.rewrites.iter().find(|r| r.dir == dir && r.from == a) {
+                let line = cx.line_of(prev.at);
+                cx.warn(
+                    from.at(),
+                    format!(
+                        "\"{a}\" is already rewritten on line {line}; this entry is never used"
+                    ),
+                );
+                continue;
+            }
+            m.rewrites.push(RewriteM {
+                dir,
+                from: a,
+                to: b,
+                at: from.at(),
+            });
+        }
+    }
+}
+
+fn parse_cmt(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "cmt") else {
+        return;
+    };
+    let f = Fields::new(cx, t, &["enabled", "from_inbound", "stamp_header"], "[cmt]");
+    m.cmt_enabled = f
+        .get("enabled")
+        .and_then(|v| get_bool(cx, v, "enabled"))
+        .unwrap_or(false);
+    if let Some(v) = f.get("from_inbound") {
+        for s in get_strs(cx, v, "from_inbound") {
+            match m.inbound.iter().position(|i| i.name.v == s.v) {
+                Some(i) => {
+                    m.cmt_from.push(i as u16);
+                    m.cmt_from_at.push(s.at());
+                }
+                None => cx.err(
+                    s.at(),
+                    unknown_name(
+                        "inbound connector",
+                        &s.v,
+                        m.inbound.iter().map(|i| &i.name.v),
+                    ),
+                ),
+            }
+        }
+    }
+    if let Some(s) = f
+        .get("stamp_header")
+        .and_then(|v| get_str(cx, v, "stamp_header"))
+    {
+        match header_name(&s.v) {
+            Ok(h) => m.cmt_stamp = h,
+            Err(e) => cx.err(s.at(), e),
+        }
+    }
+    let at = v.span().start;
+    if m.cmt_enabled {
+        if m.default_domain.is_none() {
+            cx.err(
+                f.key_at("enabled").unwrap_or(at),
+                "CMT needs [domains] default: the accepted domain it routes to",
+            );
+        }
+        if m.cmt_from.is_empty() {
+            cx.warn(
+                f.key_at("enabled").unwrap_or(at),
+                "CMT is enabled but from_inbound names no inbound connector: it never applies",
+            );
+        }
+    } else if f.get("enabled").is_none() && !m.cmt_from.is_empty() {
+        cx.warn(
+            at,
+            "[cmt] lists from_inbound but is not enabled (enabled defaults to false)",
+        );
+    }
+}
+
+fn unknown_name<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+    let known: Vec<String> = known.map(|k| format!("\"{k}\"")).collect();
+    if known.is_empty() {
+        format!("unknown {what} \"{name}\" (none is defined)")
+    } else {
+        format!("unknown {what} \"{name}\" (known: {})", known.join(", "))
+    }
+}
+
+fn parse_firewall(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "header_firewall") else {
+        return;
+    };
+    let f = Fields::new(
+        cx,
+        t,
+        &["trusted_prefixes", "rename_untrusted"],
+        "[header_firewall]",
+    );
+    if let Some(v) = f.get("trusted_prefixes") {
+        for s in get_strs(cx, v, "trusted_prefixes") {
+            match header_name(&s.v) {
+                Ok(h) => m.trusted.push(h),
+                Err(e) => cx.err(s.at(), e),
+            }
+        }
+    }
+    if let Some(v) = f.get("rename_untrusted") {
+        for (from, to) in get_str_map(cx, v, "rename_untrusted") {
+            let a = header_name(&from.v).map_err(|e| cx.err(from.at(), e)).ok();
+            let b = header_name(&to.v).map_err(|e| cx.err(to.at(), e)).ok();
+            if let (Some(a), Some(b)) = (a, b) {
+                if a.eq_ignore_ascii_case(&b) {
+                    cx.warn(from.at(), format!("\"{a}\" is renamed to itself"));
+                }
+                m.renames.push((a, b, from.at()));
+            }
+        }
+    }
+}
+
+fn parse_limits(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "limits") else {
+        return;
+    };
+    let f = Fields::new(
+        cx,
+        t,
+        &["max_hops", "max_message_size", "max_recipients"],
+        "[limits]",
+    );
+    if let Some(n) = f
+        .get("max_hops")
+        .and_then(|v| get_int(cx, v, "max_hops", 1, i64::from(u16::MAX)))
+    {
+        m.limits.max_hops = Some(n as u16);
+    }
+    if let Some(v) = f.get("max_message_size") {
+        let size = match v.get_ref() {
+            DeValue::Integer(_) => {
+                get_int(cx, v, "max_message_size", 1, i64::MAX).map(|n| n as u64)
+            }
+            DeValue::String(s) => match crate::shell::config::parse_size(s) {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    cx.err(
+                        v.span().start,
+                        format!(
+                            "max_message_size = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\""
+                        ),
+                    );
+                    None
+                }
+            },
+            _ => {
+                type_err(cx, v, "max_message_size", "a size such as \"36 MiB\"");
+                None
+            }
+        };
+        if let Some(n) = size {
+            m.limits.max_message_size = Some(n);
+        }
+    }
+    if let Some(n) = f
+        .get("max_recipients")
+        .and_then(|v| get_int(cx, v, "max_recipients", 1, i64::from(MAX_RECIPIENTS)))
+    {
+        m.limits.max_recipients = Some(n as u32);
+    }
+}
+
+fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    for (t, at) in get_tables(cx, v, "agent") {
+        let f = Fields::new(cx, t, &["name", "enabled", "priority"], "[[agent]]");
+        let Some(name) = name_of(cx, &f, at, "[[agent]]") else {
+            continue;
+        };
+        let Some(i) = AGENTS.iter().position(|a| a.3 == name.v) else {
+            let names: Vec<&str> = AGENTS.iter().map(|a| a.3).collect();
+            cx.err(
+                name.at(),
+                format!(
+                    "unknown agent \"{}\" (agents: {})",
+                    name.v,
+                    names.join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some((_, prev)) = seen.iter().find(|(j, _)| *j == i) {
+            let line = cx.line_of(*prev);
+            cx.err(
+                name.at(),
+                format!(
+                    "agent \"{}\" is configured twice (first on line {line})",
+                    name.v
+                ),
+            );
+            continue;
+        }
+        seen.push((i, name.at()));
+        let enabled = f.get("enabled").and_then(|v| get_bool(cx, v, "enabled"));
+        if enabled == Some(false) && AGENTS.get(i).is_some_and(|a| a.0 == Agent::RecipientFilter) {
+            let at = f.get("enabled").map_or(name.at(), |v| v.span().start);
+            cx.err(
+                at,
+                "agent \"recipient_filter\" cannot be disabled: that would make an open relay \
+                 (any client could relay to any domain)",
+            );
+            continue;
+        }
+        let priority = f
+            .get("priority")
+            .and_then(|v| get_int(cx, v, "priority", 1, i64::from(u8::MAX)));
+        if let Some(slot) = m.agents.get_mut(i) {
+            if let Some(e) = enabled {
+                slot.enabled = e;
+            }
+            if let Some(p) = priority {
+                slot.priority = p as u8;
+            }
+        }
+    }
+    for (i, a) in m.agents.iter().enumerate() {
+        for b in m.agents.iter().skip(i + 1) {
+            if a.stage == b.stage && a.priority == b.priority {
+                let (an, bn) = (agent_name(a), agent_name(b));
+                let at = seen
+                    .iter()
+                    .find(|(j, _)| {
+                        AGENTS
+                            .get(*j)
+                            .is_some_and(|x| x.0 == b.agent || x.0 == a.agent)
+                    })
+                    .map_or(v.span().start, |(_, at)| *at);
+                cx.warn(
+                    at,
+                    format!(
+                        "agents \"{an}\" and \"{bn}\" have the same priority {} on {:?}; their order is the built-in one",
+                        a.priority, a.stage
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn agent_name(a: &AgentSlot) -> &'static str {
+    AGENTS.iter().find(|x| x.0 == a.agent).map_or("?", |x| x.3)
+}
+
+fn parse_rule(
+    cx: &mut Cx<'_>,
+    m: &mut Model,
+    t: &DeTable<'_>,
+    at: usize,
+    nth: usize,
+) -> Option<RuleM> {
+    let f = Fields::new(
+        cx,
+        t,
+        &[
+            "name", "priority", "if", "except", "then", "stop", "enabled",
+        ],
+        "[[rule]]",
+    );
+    let name = match f.get("name") {
+        None => S {
+            v: format!("Rule {nth}"),
+            span: at..at,
+        },
+        Some(_) => name_of(cx, &f, at, "[[rule]]")?,
+    };
+    if let Some(prev) = m.rules.iter().find(|r| r.name == name.v) {
+        let line = cx.line_of(prev.at);
+        cx.err(
+            name.at(),
+            format!("duplicate rule name \"{}\" (first on line {line})", name.v),
+        );
+    }
+    let priority = f.get("priority").and_then(|v| {
+        get_int(
+            cx,
+            v,
+            "priority",
+            1,
+            i64::from(u32::MAX) - i64::from(MAX_RULES as u32),
+        )
+        .map(|n| (n as u32, v.span().start))
+    });
+    let stop = f
+        .get("stop")
+        .and_then(|v| get_bool(cx, v, "stop"))
+        .unwrap_or(false);
+    let enabled = f
+        .get("enabled")
+        .and_then(|v| get_bool(cx, v, "enabled"))
+        .unwrap_or(true);
+    let (when, when_at) = match f.get("if") {
+        Some(v) => match get_table(cx, v, "if") {
+            Some(t) => (parse_conds(cx, m, t, "the rule's if"), v.span().start),
+            None => (Vec::new(), v.span().start),
+        },
+        None => (Vec::new(), at),
+    };
+    let mut except = Vec::new();
+    if let Some(v) = f.get("except") {
+        match v.get_ref() {
+            DeValue::Table(_) => cx.err(
+                v.span().start,
+                "\"except\" is a list of condition sets: write except = [{ ... }]",
+            ),
+            _ => {
+                for (t, eat) in get_tables(cx, v, "except") {
+                    except.push((parse_conds(cx, m, t, "the rule's except"), eat));
+                }
+            }
+        }
+    }
+    let has_then = f
+        .get("then")
+        .is_some_and(|v| !matches!(v.get_ref(), DeValue::Table(t) if t.is_empty()));
+    let actions = match f.get("then") {
+        Some(v) => get_table(cx, v, "then")
+            .map(|t| parse_actions(cx, m, t))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    Some(RuleM {
+        name: name.v,
+        at: if f.get("name").is_some() {
+            name.span.start
+        } else {
+            at
+        },
+        priority,
+        stop,
+        enabled,
+        when,
+        when_at,
+        except,
+        actions,
+        has_then,
+    })
+}
+
+pub(super) fn pattern(cx: &mut Cx<'_>, s: &S) -> Option<String> {
+    match cx.dfa(&s.v) {
+        Ok(_) => Some(s.v.clone()),
+        Err(e) => {
+            let at = match e.offset {
+                Some(off) => pattern_offset(cx.text, s, off),
+                None => s.at(),
+            };
+            cx.err(at, e.message);
+            None
+        }
+    }
+}
+
+/// Where byte `off` of a pattern is in the file: exact when the literal
+/// holds the pattern verbatim (a '...' string or one without escapes).
+fn pattern_offset(text: &str, s: &S, off: usize) -> usize {
+    let raw = text.get(s.span.clone()).unwrap_or("");
+    let q = raw.chars().next().map_or(0, char::len_utf8);
+    let verbatim = raw.len() >= 2 * q
+        && !raw.starts_with("'''")
+        && !raw.starts_with("\"\"\"")
+        && raw.get(q..raw.len() - q) == Some(s.v.as_str());
+    if verbatim {
+        s.span.start + q + off
+    } else {
+        s.at()
+    }
+}
+
+fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> CondSet {
+    let f = Fields::new(cx, t, COND_KEYS, ctx);
+    let mut out: CondSet = Vec::new();
+    let mut header: Option<(String, usize)> = None;
+    let mut value_conds: Vec<(bool, String, usize)> = Vec::new();
+    for &(key, kat, v) in &f.list {
+        let vat = v.span().start;
+        match key {
+            "sender" | "recipient" => {
+                let mut list = Vec::new();
+                for s in get_strs(cx, v, key) {
+                    match address(&s.v, true) {
+                        Ok(a) => list.push(a),
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+                let c = if key == "sender" {
+                    CondM::Sender(list)
+                } else {
+                    CondM::Recipient(list)
+                };
+                out.push((c, vat));
+            }
+            "sender_domain" | "recipient_domain" => {
+                let mut list = Vec::new();
+                for s in get_strs(cx, v, key) {
+                    match domain(&s.v) {
+                        Ok(d) => list.push(d),
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+                let c = if key == "sender_domain" {
+                    CondM::SenderDomain(list)
+                } else {
+                    CondM::RecipientDomain(list)
+                };
+                out.push((c, vat));
+            }
+            "sender_group" | "recipient_group" => {
+                let Some(s) = get_str(cx, v, key) else {
+                    continue;
+                };
+                match m.groups.iter().position(|g| g.name.v == s.v) {
+                    Some(i) => {
+                        if let Some(u) = m.group_used.get_mut(i) {
+                            *u = true;
+                        }
+                        let c = if key == "sender_group" {
+                            CondM::SenderGroup(i as u16)
+                        } else {
+                            CondM::RecipientGroup(i as u16)
+                        };
+                        out.push((c, vat));
+                    }
+                    None => cx.err(
+                        s.at(),
+                        unknown_name("group", &s.v, m.groups.iter().map(|g| &g.name.v)),
+                    ),
+                }
+            }
+            "sender_location" | "recipient_location" => {
+                let Some(s) = get_str(cx, v, key) else {
+                    continue;
+                };
+                let loc = match s.v.as_str() {
+                    "inside" => Location::Inside,
+                    "outside" => Location::Outside,
+                    _ => {
+                        cx.err(
+                            s.at(),
+                            format!("bad {key} \"{}\": expected \"inside\" or \"outside\"", s.v),
+                        );
+                        continue;
+                    }
+                };
+                let c = if key == "sender_location" {
+                    CondM::SenderLocation(loc)
+                } else {
+                    CondM::RecipientLocation(loc)
+                };
+                out.push((c, vat));
+            }
+            "header" | "header_absent" => {
+                let Some(s) = get_str(cx, v, key) else {
+                    continue;
+                };
+                match header_name(&s.v) {
+                    Ok(h) if key == "header" => header = Some((h, vat)),
+                    Ok(h) => out.push((CondM::HeaderAbsent(h), vat)),
+                    Err(e) => cx.err(s.at(), e),
+                }
+            }
+            "header_value_matches" | "header_value_not_matches" => {
+                if f.get("header").is_none() {
+                    cx.err(
+                        kat,
+                        format!("\"{key}\" needs \"header\": the field whose values are matched"),
+                    );
+                }
+                if let Some(p) = get_str(cx, v, key).and_then(|s| pattern(cx, &s)) {
+                    value_conds.push((key == "header_value_matches", p, vat));
+                }
+            }
+            "inbound" => {
+                let Some(s) = get_str(cx, v, key) else {
+                    continue;
+                };
+                match m.inbound.iter().position(|i| i.name.v == s.v) {
+                    Some(i) => out.push((CondM::Inbound(i as u16), vat)),
+                    None => cx.err(
+                        s.at(),
+                        unknown_name(
+                            "inbound connector",
+                            &s.v,
+                            m.inbound.iter().map(|i| &i.name.v),
+                        ),
+                    ),
+                }
+            }
+            "client_network" => {
+                let list = nets(cx, v, key);
+                out.push((CondM::ClientNetwork(list), vat));
+            }
+            "attachment_name_matches" => {
+                if let Some(p) = get_str(cx, v, key).and_then(|s| pattern(cx, &s)) {
+                    out.push((CondM::AttachmentMatches(p), vat));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some((h, hat)) = header {
+        if value_conds.is_empty() {
+            out.push((CondM::HeaderPresent(h), hat));
+        } else {
+            for (matches, p, at) in value_conds {
+                let c = if matches {
+                    CondM::HeaderMatches(h.clone(), p)
+                } else {
+                    CondM::HeaderNotMatches(h.clone(), p)
+                };
+                out.push((c, at));
+            }
+        }
+    }
+    out
+}
+
+fn parse_actions(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>) -> Vec<(ActM, usize)> {
+    let f = Fields::new(cx, t, ACTION_KEYS, "the rule's then");
+    let mut out = Vec::new();
+    for &(key, _, v) in &f.list {
+        let vat = v.span().start;
+        match key {
+            "route_to" => {
+                if let Some(s) = get_str(cx, v, key) {
+                    match domain(&s.v) {
+                        Ok(d) => out.push((ActM::RouteTo(d), vat)),
+                        Err(e) => cx.err(s.at(), format!("route_to: {e}")),
+                    }
+                }
+            }
+            "use_connector" => {
+                if let Some(s) = get_str(cx, v, key) {
+                    match m.connectors.iter().position(|c| c.name.v == s.v) {
+                        Some(i) => {
+                            if let Some(n) = m.conn_named.get_mut(i) {
+                                *n = true;
+                            }
+                            out.push((ActM::UseConnector(i as u16), vat));
+                        }
+                        None => cx.err(
+                            s.at(),
+                            unknown_name("connector", &s.v, m.connectors.iter().map(|c| &c.name.v)),
+                        ),
+                    }
+                }
+            }
+            "add_header" | "set_header" => {
+                for (name, value) in get_str_map(cx, v, key) {
+                    let n = header_name(&name.v).map_err(|e| cx.err(name.at(), e)).ok();
+                    let val = header_value(&value.v)
+                        .map_err(|e| cx.err(value.at(), e))
+                        .ok();
+                    if let (Some(n), Some(val)) = (n, val) {
+                        let a = if key == "add_header" {
+                            ActM::AddHeader(n, val)
+                        } else {
+                            ActM::SetHeader(n, val)
+                        };
+                        out.push((a, name.at()));
+                    }
+                }
+            }
+            "remove_header" => {
+                for s in get_strs(cx, v, key) {
+                    match header_name(&s.v) {
+                        Ok(h) => out.push((ActM::RemoveHeader(h), s.at())),
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+            }
+            "rewrite_recipient" => {
+                if let Some(s) = get_str(cx, v, key) {
+                    match address(&s.v, false) {
+                        Ok(a) => out.push((ActM::RewriteRecipient(a), vat)),
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+            }
+            "add_recipient" => {
+                for s in get_strs(cx, v, key) {
+                    match address(&s.v, false) {
+                        Ok(a) => out.push((ActM::AddRecipient(a), s.at())),
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+            }
+            "reject" => {
+                if let Some(s) = get_str(cx, v, key) {
+                    match reject(&s.v) {
+                        Ok((code, status, text)) => {
+                            out.push((ActM::Reject(code, status, text), vat))
+                        }
+                        Err(e) => cx.err(s.at(), e),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if f.get("route_to").is_some() && f.get("use_connector").is_some() {
+        if let Some(at) = f.key_at("use_connector") {
+            cx.err(
+                at,
+                "route_to and use_connector exclude each other: a rule overrides routing one way",
+            );
+        }
+    }
+    out
+}
