@@ -21,6 +21,8 @@ pub(super) struct Cx<'t> {
     pub(super) dfas: HashMap<String, Result<Vec<u8>, PatError>>,
 }
 
+/// Why a pattern does not compile, remembered per pattern so each
+/// rule naming it gets the same error.
 #[derive(Clone)]
 pub(super) struct PatError {
     /// Byte offset of the problem in the pattern, when known.
@@ -29,6 +31,7 @@ pub(super) struct PatError {
 }
 
 impl<'t> Cx<'t> {
+    /// A context for `text`, with its line starts indexed.
     pub(super) fn new(text: &'t str) -> Self {
         let mut lines = vec![0];
         lines.extend(text.match_indices('\n').map(|(i, _)| i + 1));
@@ -41,10 +44,12 @@ impl<'t> Cx<'t> {
         }
     }
 
+    /// An error at byte offset `at`.
     pub(super) fn err(&mut self, at: usize, m: impl Into<String>) {
         self.errors.push((at, m.into()));
     }
 
+    /// A warning at byte offset `at`.
     pub(super) fn warn(&mut self, at: usize, m: impl Into<String>) {
         self.warnings.push((at, m.into()));
     }
@@ -61,10 +66,12 @@ impl<'t> Cx<'t> {
         (line, col + 1)
     }
 
+    /// The 1-based line of byte offset `at`.
     pub(super) fn line_of(&self, at: usize) -> usize {
         self.line_col(at).0
     }
 
+    /// Offsets turned into positions, sorted, duplicates dropped.
     fn diags(&self, v: &[(usize, String)]) -> Vec<Diag> {
         let mut out: Vec<Diag> = v
             .iter()
@@ -82,6 +89,7 @@ impl<'t> Cx<'t> {
         out
     }
 
+    /// The outcome of the compilation: the diagnostics with positions.
     pub(super) fn finish(
         self,
         table: Option<Box<Table>>,
@@ -110,6 +118,7 @@ impl<'t> Cx<'t> {
 
 // ---- TOML access -----------------------------------------------------------
 
+/// A TOML value with its byte range.
 pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 
 /// A string value with the byte range of its TOML literal.
@@ -120,6 +129,7 @@ pub(super) struct S {
 }
 
 impl S {
+    /// Where the literal starts: where its diagnostics point.
     pub(super) fn at(&self) -> usize {
         self.span.start
     }
@@ -146,15 +156,19 @@ impl<'a, 'i> Fields<'a, 'i> {
         Fields { list }
     }
 
+    /// The value of `key`, if given.
     pub(super) fn get(&self, key: &str) -> Option<&'a Val<'i>> {
         self.list.iter().find(|e| e.0 == key).map(|e| e.2)
     }
 
+    /// Where `key` is written, if given.
     pub(super) fn key_at(&self, key: &str) -> Option<usize> {
         self.list.iter().find(|e| e.0 == key).map(|e| e.1)
     }
 }
 
+/// The error for an unknown key: the nearest known one when it is a
+/// likely typo, else every known key.
 fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
     let near = allowed
         .iter()
@@ -171,6 +185,7 @@ fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
     }
 }
 
+/// Levenshtein distance in characters, for the typo hint.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -187,6 +202,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev.last().copied().unwrap_or(0)
 }
 
+/// The error for a value of the wrong TOML type.
 pub(super) fn type_err(cx: &mut Cx<'_>, v: &Val<'_>, key: &str, want: &str) {
     cx.err(
         v.span().start,
@@ -194,6 +210,7 @@ pub(super) fn type_err(cx: &mut Cx<'_>, v: &Val<'_>, key: &str, want: &str) {
     );
 }
 
+/// A string value.
 pub(super) fn get_str(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<S> {
     match v.get_ref() {
         DeValue::String(s) => Some(S {
@@ -234,6 +251,7 @@ pub(super) fn get_strs(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<S> {
     }
 }
 
+/// A boolean value.
 pub(super) fn get_bool(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<bool> {
     match v.get_ref() {
         DeValue::Boolean(b) => Some(*b),
@@ -244,6 +262,7 @@ pub(super) fn get_bool(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<bool> 
     }
 }
 
+/// An integer value within `lo..=hi`.
 pub(super) fn get_int(cx: &mut Cx<'_>, v: &Val<'_>, key: &str, lo: i64, hi: i64) -> Option<i64> {
     match v.get_ref() {
         DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
@@ -263,6 +282,7 @@ pub(super) fn get_int(cx: &mut Cx<'_>, v: &Val<'_>, key: &str, lo: i64, hi: i64)
     }
 }
 
+/// A table value.
 pub(super) fn get_table<'a, 'i>(
     cx: &mut Cx<'_>,
     v: &'a Val<'i>,

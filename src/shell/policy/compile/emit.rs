@@ -4,7 +4,7 @@
 
 use super::cx::Cx;
 use super::fnv1a64;
-use super::model::{ActM, CondM, CondSet, Model, RewriteM, RuleM, SpaceM};
+use super::model::{ActM, CondM, CondSet, ConnM, InboundM, Model, RewriteM, RuleM, SpaceM};
 use crate::engine::limits::{
     MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
     MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES, MAX_RULES, MAX_SPACES,
@@ -20,8 +20,10 @@ use std::collections::HashMap;
 /// `MAX_DFA_BYTES`); Unicode classes such as `\w` are the usual cause.
 const DFA_WARN_SIZE: usize = 16 * 1024;
 
+/// How many capacity-bound tables there are.
 pub(super) const NCAPS: usize = 16;
 
+/// A capacity-bound table of [`Table`], the index into [`CAPS`].
 #[derive(Clone, Copy)]
 enum Cap {
     Rules,
@@ -42,6 +44,7 @@ enum Cap {
     Agents,
 }
 
+/// How a capacity is reported: label, noun, constant, size.
 pub(super) struct CapInfo {
     pub(super) label: &'static str,
     pub(super) noun: &'static str,
@@ -50,6 +53,7 @@ pub(super) struct CapInfo {
     pub(super) bytes: bool,
 }
 
+/// A [`CapInfo`] counted in entries.
 const fn cap(label: &'static str, noun: &'static str, konst: &'static str, max: usize) -> CapInfo {
     CapInfo {
         label,
@@ -96,6 +100,7 @@ pub(super) const CAPS: [CapInfo; NCAPS] = [
     cap("agents", "agents", "MAX_AGENTS", MAX_AGENTS),
 ];
 
+/// What one capacity-bound table needed.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Counter {
     pub(super) need: usize,
@@ -114,6 +119,8 @@ fn put<T, const N: usize>(v: &mut heapless::Vec<T, N>, x: T, c: &mut Counter, at
     i as u16
 }
 
+/// The table being filled, with the counters and the indexes that
+/// store identical strings, lists and patterns once.
 pub(super) struct Builder {
     pub(super) t: Box<Table>,
     pub(super) counters: [Counter; NCAPS],
@@ -124,6 +131,7 @@ pub(super) struct Builder {
 }
 
 impl Builder {
+    /// An empty table.
     pub(super) fn new() -> Self {
         Builder {
             t: Box::default(),
@@ -135,6 +143,7 @@ impl Builder {
         }
     }
 
+    /// What each capacity-bound table needed, in [`Cap`] order.
     pub(super) fn sizes(&self) -> [usize; NCAPS] {
         let mut s = [0; NCAPS];
         for (o, c) in s.iter_mut().zip(self.counters.iter()) {
@@ -193,6 +202,7 @@ impl Builder {
         l
     }
 
+    /// Networks pushed as one run.
     pub(super) fn nets(&mut self, nets: &[Net], at: usize) -> Span {
         let first = self.t.nets.len();
         for n in nets {
@@ -296,6 +306,7 @@ impl Builder {
         }
     }
 
+    /// A condition set: the span of its conditions.
     fn condset(&mut self, span: Span, at: usize) -> u16 {
         put(
             &mut self.t.condsets,
@@ -306,6 +317,9 @@ impl Builder {
     }
 }
 
+/// Emits the model into `b`'s table, part by part in the table's order (the
+/// string pool fills in that order); what does not fit is counted against
+/// its capacity, see [`Cap`].
 pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
     b.t.version = fnv1a64(text);
     b.t.accepted = b.list(&m.accepted, 0);
@@ -321,60 +335,90 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
         );
     }
     for i in &m.inbound {
-        let at = i.name.at();
-        let name = b.s(&i.name.v, at);
-        let nets = b.nets(&i.nets, at);
-        let tls_name = i.tls.as_ref().map(|t| b.s(t, at));
-        let ib = Inbound {
-            name,
-            kind: i.kind,
-            nets,
-            tls_name,
-        };
-        put(
-            &mut b.t.inbound,
-            ib,
-            &mut b.counters[Cap::Inbound as usize],
-            at,
-        );
+        emit_inbound(b, i);
     }
     b.t.blocked = b.nets(&m.blocked, 0);
     for c in &m.connectors {
-        let at = c.name.at();
-        let name = b.s(&c.name.v, at);
-        let smart_hosts = b.list(&c.smart_hosts, at);
-        let first = b.t.spaces.len();
-        for (s, sat) in &c.spaces {
-            let sp = match s {
-                SpaceM::Any => Space::Any,
-                SpaceM::Accepted => Space::Accepted,
-                SpaceM::Domain(d) => Space::Domain(b.s(d, *sat)),
-                SpaceM::Subdomains(d) => Space::Subdomains(b.s(d, *sat)),
-            };
-            put(
-                &mut b.t.spaces,
-                sp,
-                &mut b.counters[Cap::Spaces as usize],
-                *sat,
-            );
-        }
-        let conn = Connector {
-            name,
-            spaces: Span {
-                first: first as u16,
-                count: c.spaces.len() as u16,
-            },
-            smart_hosts,
-            tls: c.tls,
-            cost: c.cost,
-        };
+        emit_connector(b, c);
+    }
+    emit_rewrites(b, m);
+    emit_cmt_and_firewall(b, m);
+    let l = &mut b.t.limits;
+    l.max_hops = m.limits.max_hops.unwrap_or(l.max_hops);
+    l.max_message_size = m.limits.max_message_size.unwrap_or(l.max_message_size);
+    l.max_recipients = m.limits.max_recipients.unwrap_or(l.max_recipients);
+    emit_rules(cx, b, m);
+    for a in &m.agents {
         put(
-            &mut b.t.connectors,
-            conn,
-            &mut b.counters[Cap::Connectors as usize],
-            at,
+            &mut b.t.agents,
+            *a,
+            &mut b.counters[Cap::Agents as usize],
+            0,
         );
     }
+}
+
+/// One inbound connector: name, networks, certificate name.
+fn emit_inbound(b: &mut Builder, i: &InboundM) {
+    let at = i.name.at();
+    let name = b.s(&i.name.v, at);
+    let nets = b.nets(&i.nets, at);
+    let tls_name = i.tls.as_ref().map(|t| b.s(t, at));
+    let ib = Inbound {
+        name,
+        kind: i.kind,
+        nets,
+        tls_name,
+    };
+    put(
+        &mut b.t.inbound,
+        ib,
+        &mut b.counters[Cap::Inbound as usize],
+        at,
+    );
+}
+
+/// One send connector, its address spaces first.
+fn emit_connector(b: &mut Builder, c: &ConnM) {
+    let at = c.name.at();
+    let name = b.s(&c.name.v, at);
+    let smart_hosts = b.list(&c.smart_hosts, at);
+    let first = b.t.spaces.len();
+    for (s, sat) in &c.spaces {
+        let sp = match s {
+            SpaceM::Any => Space::Any,
+            SpaceM::Accepted => Space::Accepted,
+            SpaceM::Domain(d) => Space::Domain(b.s(d, *sat)),
+            SpaceM::Subdomains(d) => Space::Subdomains(b.s(d, *sat)),
+        };
+        put(
+            &mut b.t.spaces,
+            sp,
+            &mut b.counters[Cap::Spaces as usize],
+            *sat,
+        );
+    }
+    let conn = Connector {
+        name,
+        spaces: Span {
+            first: first as u16,
+            count: c.spaces.len() as u16,
+        },
+        smart_hosts,
+        tls: c.tls,
+        cost: c.cost,
+    };
+    put(
+        &mut b.t.connectors,
+        conn,
+        &mut b.counters[Cap::Connectors as usize],
+        at,
+    );
+}
+
+/// The rewrite maps: inbound before outbound, exact addresses before
+/// `*@domain`, then in file order.
+fn emit_rewrites(b: &mut Builder, m: &Model) {
     let mut rw: Vec<&RewriteM> = m.rewrites.iter().collect();
     rw.sort_by_key(|r| (r.dir == Direction::Outbound, r.from.starts_with("*@"), r.at));
     for r in rw {
@@ -392,6 +436,10 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
             r.at,
         );
     }
+}
+
+/// CMT (the inbound connectors as a bit mask) and the header firewall.
+fn emit_cmt_and_firewall(b: &mut Builder, m: &Model) {
     b.t.cmt.enabled = m.cmt_enabled;
     b.t.cmt.from_inbound = m
         .cmt_from
@@ -409,11 +457,11 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
             *at,
         );
     }
-    let l = &mut b.t.limits;
-    l.max_hops = m.limits.max_hops.unwrap_or(l.max_hops);
-    l.max_message_size = m.limits.max_message_size.unwrap_or(l.max_message_size);
-    l.max_recipients = m.limits.max_recipients.unwrap_or(l.max_recipients);
-    // rules: enabled ones, by priority (stable); no priority: after, in file order
+}
+
+/// The enabled rules by priority (stable); a rule without one comes after
+/// every explicit priority, in file order.
+fn emit_rules(cx: &mut Cx<'_>, b: &mut Builder, m: &Model) {
     let mut rules: Vec<&RuleM> = m.rules.iter().filter(|r| r.enabled).collect();
     rules.sort_by_key(|r| r.priority.map_or((1, 0), |(p, _)| (0, p)));
     let max_explicit = m
@@ -431,83 +479,87 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
                 next
             }
         };
-        let name = b.s(&r.name, r.at);
-        let when = match (r.when.is_empty(), b.empty_set) {
-            (true, Some(i)) => i,
-            (empty, _) => {
-                let span = b.conds(cx, &r.when);
-                let i = b.condset(span, r.when_at);
-                if empty {
-                    b.empty_set = Some(i);
-                }
-                i
+        emit_rule(cx, b, r, priority);
+    }
+}
+
+/// One rule: its `if` set (the empty set shared), its `except` sets,
+/// contiguous in condsets, and its actions.
+fn emit_rule(cx: &mut Cx<'_>, b: &mut Builder, r: &RuleM, priority: u32) {
+    let name = b.s(&r.name, r.at);
+    let when = match (r.when.is_empty(), b.empty_set) {
+        (true, Some(i)) => i,
+        (empty, _) => {
+            let span = b.conds(cx, &r.when);
+            let i = b.condset(span, r.when_at);
+            if empty {
+                b.empty_set = Some(i);
             }
-        };
-        // the except sets are contiguous in condsets: their conditions
-        // first, then their spans together
-        let spans: Vec<(Span, usize)> = r
-            .except
-            .iter()
-            .map(|(set, at)| (b.conds(cx, set), *at))
-            .collect();
-        let efirst = b.t.condsets.len();
-        for (sp, at) in &spans {
-            b.condset(*sp, *at);
+            i
         }
-        let mut acts = Vec::new();
-        for (a, at) in &r.actions {
-            let act = match a {
-                ActM::RouteTo(d) => Action::RouteTo(b.s(d, *at)),
-                ActM::UseConnector(c) => Action::UseConnector(*c),
-                ActM::AddHeader(n, v) => Action::AddHeader(b.s(n, *at), b.s(v, *at)),
-                ActM::SetHeader(n, v) => Action::SetHeader(b.s(n, *at), b.s(v, *at)),
-                ActM::RemoveHeader(n) => Action::RemoveHeader(b.s(n, *at)),
-                ActM::RewriteRecipient(x) => Action::RewriteRecipient(b.s(x, *at)),
-                ActM::AddRecipient(x) => Action::AddRecipient(b.s(x, *at)),
-                ActM::Reject(code, status, text) => Action::Reject {
-                    code: *code,
-                    status: *status,
-                    text: b.s(text, *at),
-                },
-            };
-            acts.push((act, *at));
-        }
-        let afirst = b.t.actions.len();
-        for (a, at) in &acts {
-            put(
-                &mut b.t.actions,
-                *a,
-                &mut b.counters[Cap::Actions as usize],
-                *at,
-            );
-        }
-        let rule = Rule {
-            name,
-            priority,
-            when,
-            except: Span {
-                first: efirst as u16,
-                count: spans.len() as u16,
+    };
+    // the except sets are contiguous in condsets: their conditions
+    // first, then their spans together
+    let spans: Vec<(Span, usize)> = r
+        .except
+        .iter()
+        .map(|(set, at)| (b.conds(cx, set), *at))
+        .collect();
+    let efirst = b.t.condsets.len();
+    for (sp, at) in &spans {
+        b.condset(*sp, *at);
+    }
+    let actions = emit_actions(b, &r.actions);
+    let rule = Rule {
+        name,
+        priority,
+        when,
+        except: Span {
+            first: efirst as u16,
+            count: spans.len() as u16,
+        },
+        actions,
+        stop: r.stop,
+    };
+    put(
+        &mut b.t.rules,
+        rule,
+        &mut b.counters[Cap::Rules as usize],
+        r.at,
+    );
+}
+
+/// A rule's actions, their strings placed first so the run is contiguous.
+fn emit_actions(b: &mut Builder, actions: &[(ActM, usize)]) -> Span {
+    let mut acts = Vec::new();
+    for (a, at) in actions {
+        let act = match a {
+            ActM::RouteTo(d) => Action::RouteTo(b.s(d, *at)),
+            ActM::UseConnector(c) => Action::UseConnector(*c),
+            ActM::AddHeader(n, v) => Action::AddHeader(b.s(n, *at), b.s(v, *at)),
+            ActM::SetHeader(n, v) => Action::SetHeader(b.s(n, *at), b.s(v, *at)),
+            ActM::RemoveHeader(n) => Action::RemoveHeader(b.s(n, *at)),
+            ActM::RewriteRecipient(x) => Action::RewriteRecipient(b.s(x, *at)),
+            ActM::AddRecipient(x) => Action::AddRecipient(b.s(x, *at)),
+            ActM::Reject(code, status, text) => Action::Reject {
+                code: *code,
+                status: *status,
+                text: b.s(text, *at),
             },
-            actions: Span {
-                first: afirst as u16,
-                count: acts.len() as u16,
-            },
-            stop: r.stop,
         };
+        acts.push((act, *at));
+    }
+    let afirst = b.t.actions.len();
+    for (a, at) in &acts {
         put(
-            &mut b.t.rules,
-            rule,
-            &mut b.counters[Cap::Rules as usize],
-            r.at,
+            &mut b.t.actions,
+            *a,
+            &mut b.counters[Cap::Actions as usize],
+            *at,
         );
     }
-    for a in &m.agents {
-        put(
-            &mut b.t.agents,
-            *a,
-            &mut b.counters[Cap::Agents as usize],
-            0,
-        );
+    Span {
+        first: afirst as u16,
+        count: acts.len() as u16,
     }
 }

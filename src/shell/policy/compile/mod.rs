@@ -156,6 +156,7 @@ fn run(text: &str) -> Outcome {
     }
 }
 
+/// Parses, checks, emits and verifies on the current thread.
 fn run_here(text: &str) -> Outcome {
     let mut cx = Cx::new(text);
     let root = match DeTable::parse(text) {

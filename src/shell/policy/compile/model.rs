@@ -17,6 +17,7 @@ use crate::engine::policy::{
 use std::fmt;
 use toml::de::{DeTable, DeValue};
 
+/// A send connector's address space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SpaceM {
     Any,
@@ -36,6 +37,8 @@ impl fmt::Display for SpaceM {
     }
 }
 
+/// A rule condition, with names resolved (groups and inbound connectors
+/// by index, patterns checked to compile).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum CondM {
     Sender(Vec<String>),
@@ -83,6 +86,7 @@ impl CondM {
     }
 }
 
+/// A rule action, with connectors resolved by index.
 #[derive(Debug, Clone)]
 pub(super) enum ActM {
     RouteTo(String),
@@ -95,8 +99,10 @@ pub(super) enum ActM {
     Reject(u16, (u8, u16, u16), String),
 }
 
+/// A condition set: conditions that must all hold, each with its position.
 pub(super) type CondSet = Vec<(CondM, usize)>;
 
+/// A `[[rule]]`, with its positions for diagnostics.
 pub(super) struct RuleM {
     pub(super) name: String,
     pub(super) at: usize,
@@ -112,11 +118,13 @@ pub(super) struct RuleM {
     pub(super) has_then: bool,
 }
 
+/// A `[groups]` entry: a name and its address patterns.
 pub(super) struct GroupM {
     pub(super) name: S,
     pub(super) members: Vec<String>,
 }
 
+/// An `[[inbound]]` connector: how a session is attributed to it.
 pub(super) struct InboundM {
     pub(super) name: S,
     pub(super) kind: InboundKind,
@@ -124,6 +132,8 @@ pub(super) struct InboundM {
     pub(super) tls: Option<String>,
 }
 
+/// A `[[connector]]` (send connector): where mail for its address
+/// spaces goes.
 pub(super) struct ConnM {
     pub(super) name: S,
     pub(super) spaces: Vec<(SpaceM, usize)>,
@@ -132,6 +142,7 @@ pub(super) struct ConnM {
     pub(super) cost: u32,
 }
 
+/// One `[[rewrite]]` map entry.
 pub(super) struct RewriteM {
     pub(super) dir: Direction,
     pub(super) from: String,
@@ -147,6 +158,8 @@ pub(super) struct LimitsM {
     pub(super) max_recipients: Option<u32>,
 }
 
+/// The whole rule file, checked, names resolved: what [`emit`](super::emit)
+/// turns into the table and [`check_model`](super::checks) warns about.
 pub(super) struct Model {
     pub(super) accepted: Vec<String>,
     pub(super) default_domain: Option<String>,
@@ -172,6 +185,7 @@ pub(super) struct Model {
     pub(super) conn_named: Vec<bool>,
 }
 
+/// The keys of the rule file's top level.
 const TOP_KEYS: &[&str] = &[
     "version",
     "domains",
@@ -187,6 +201,7 @@ const TOP_KEYS: &[&str] = &[
     "rule",
 ];
 
+/// The keys of a condition set (`if`, `except`).
 const COND_KEYS: &[&str] = &[
     "sender",
     "sender_domain",
@@ -205,6 +220,7 @@ const COND_KEYS: &[&str] = &[
     "attachment_name_matches",
 ];
 
+/// The keys of a rule's `then`.
 const ACTION_KEYS: &[&str] = &[
     "route_to",
     "use_connector",
@@ -216,46 +232,49 @@ const ACTION_KEYS: &[&str] = &[
     "reject",
 ];
 
+impl Model {
+    /// The model of an empty rule file: every default, every agent enabled
+    /// at its built-in priority.
+    fn empty() -> Self {
+        Model {
+            accepted: Vec::new(),
+            default_domain: None,
+            default_at: 0,
+            groups: Vec::new(),
+            inbound: Vec::new(),
+            connectors: Vec::new(),
+            rewrites: Vec::new(),
+            cmt_enabled: false,
+            cmt_from: Vec::new(),
+            cmt_from_at: Vec::new(),
+            cmt_stamp: DEFAULT_STAMP.to_string(),
+            trusted: Vec::new(),
+            renames: Vec::new(),
+            limits: LimitsM::default(),
+            blocked: Vec::new(),
+            rules: Vec::new(),
+            agents: AGENTS
+                .iter()
+                .map(|(agent, stage, priority, _)| AgentSlot {
+                    agent: *agent,
+                    stage: *stage,
+                    priority: *priority,
+                    enabled: true,
+                })
+                .collect(),
+            group_used: Vec::new(),
+            conn_named: Vec::new(),
+        }
+    }
+}
+
+/// Parses the whole rule file into the model, section by section; rules
+/// come last, as they name groups, inbound and send connectors.
 pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     let top = Fields::new(cx, root, TOP_KEYS, "the rule file");
-    let mut m = Model {
-        accepted: Vec::new(),
-        default_domain: None,
-        default_at: 0,
-        groups: Vec::new(),
-        inbound: Vec::new(),
-        connectors: Vec::new(),
-        rewrites: Vec::new(),
-        cmt_enabled: false,
-        cmt_from: Vec::new(),
-        cmt_from_at: Vec::new(),
-        cmt_stamp: DEFAULT_STAMP.to_string(),
-        trusted: Vec::new(),
-        renames: Vec::new(),
-        limits: LimitsM::default(),
-        blocked: Vec::new(),
-        rules: Vec::new(),
-        agents: AGENTS
-            .iter()
-            .map(|(agent, stage, priority, _)| AgentSlot {
-                agent: *agent,
-                stage: *stage,
-                priority: *priority,
-                enabled: true,
-            })
-            .collect(),
-        group_used: Vec::new(),
-        conn_named: Vec::new(),
-    };
+    let mut m = Model::empty();
     if let Some(v) = top.get("version") {
-        if let Some(n) = get_int(cx, v, "version", i64::MIN, i64::MAX) {
-            if n != 1 {
-                cx.err(
-                    v.span().start,
-                    format!("version = {n}: this sluice reads rule files of version 1"),
-                );
-            }
-        }
+        check_version(cx, v);
     }
     if let Some(v) = top.get("domains") {
         parse_domains(cx, &mut m, v);
@@ -283,12 +302,7 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
         None => m.trusted.push(DEFAULT_TRUSTED_PREFIX.to_string()),
     }
     if let Some(v) = top.get("connection_filter") {
-        if let Some(t) = get_table(cx, v, "connection_filter") {
-            let f = Fields::new(cx, t, &["blocked_networks"], "[connection_filter]");
-            if let Some(v) = f.get("blocked_networks") {
-                m.blocked = nets(cx, v, "blocked_networks");
-            }
-        }
+        parse_connection_filter(cx, &mut m, v);
     }
     if let Some(v) = top.get("limits") {
         parse_limits(cx, &mut m, v);
@@ -308,6 +322,29 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     m
 }
 
+/// `version`: only 1 is read.
+fn check_version(cx: &mut Cx<'_>, v: &Val<'_>) {
+    if let Some(n) = get_int(cx, v, "version", i64::MIN, i64::MAX) {
+        if n != 1 {
+            cx.err(
+                v.span().start,
+                format!("version = {n}: this sluice reads rule files of version 1"),
+            );
+        }
+    }
+}
+
+/// `[connection_filter]`: the networks whose clients are refused.
+fn parse_connection_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
+    if let Some(t) = get_table(cx, v, "connection_filter") {
+        let f = Fields::new(cx, t, &["blocked_networks"], "[connection_filter]");
+        if let Some(v) = f.get("blocked_networks") {
+            m.blocked = nets(cx, v, "blocked_networks");
+        }
+    }
+}
+
+/// `[domains]`: the accepted domains and the default one among them.
 fn parse_domains(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let Some(t) = get_table(cx, v, "domains") else {
         return;
@@ -341,6 +378,7 @@ fn parse_domains(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// `[groups]`: name = address pattern(s), in file order.
 fn parse_groups(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let Some(t) = get_table(cx, v, "groups") else {
         return;
@@ -368,6 +406,7 @@ fn parse_groups(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     m.groups = groups;
 }
 
+/// `[[inbound]]`: inbound connectors, by networks or certificate name.
 fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     for (nth, (t, at)) in get_tables(cx, v, "inbound").into_iter().enumerate() {
         let f = Fields::new(
@@ -449,6 +488,7 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// The `name` key, required.
 fn name_of(cx: &mut Cx<'_>, f: &Fields<'_, '_>, at: usize, ctx: &str) -> Option<S> {
     name_or(cx, f, at, ctx, None)
 }
@@ -508,6 +548,7 @@ pub(super) fn nets(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<Net> {
     out
 }
 
+/// `[[connector]]`: send connectors.
 fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     for (nth, (t, at)) in get_tables(cx, v, "connector").into_iter().enumerate() {
         let f = Fields::new(
@@ -531,33 +572,10 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             );
             continue;
         }
-        let mut spaces: Vec<(SpaceM, usize)> = Vec::new();
-        if let Some(v) = f.get("address_spaces") {
-            for s in get_strs(cx, v, "address_spaces") {
-                let sp = match s.v.as_str() {
-                    "*" => Ok(SpaceM::Any),
-                    "--" => Ok(SpaceM::Accepted),
-                    o => match o.strip_prefix("*.") {
-                        Some(d) => domain(d).map(SpaceM::Subdomains),
-                        None => domain(o).map(SpaceM::Domain),
-                    },
-                };
-                match sp {
-                    Ok(sp) if spaces.iter().any(|(x, _)| *x == sp) => cx.warn(
-                        s.at(),
-                        format!("address space \"{sp}\" is listed twice"),
-                    ),
-                    Ok(sp) => spaces.push((sp, s.at())),
-                    Err(e) => cx.err(
-                        s.at(),
-                        format!(
-                            "bad address space \"{}\": expected \"*\", \"--\", \"domain\" or \"*.domain\" ({e})",
-                            s.v
-                        ),
-                    ),
-                }
-            }
-        }
+        let spaces = f
+            .get("address_spaces")
+            .map(|v| address_spaces(cx, v))
+            .unwrap_or_default();
         let mut smart_hosts = Vec::new();
         if let Some(v) = f.get("smart_hosts") {
             for s in get_strs(cx, v, "smart_hosts") {
@@ -567,24 +585,7 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
                 }
             }
         }
-        let tls = match f.get("tls").and_then(|v| get_str(cx, v, "tls")) {
-            None => TlsPolicy::Opportunistic,
-            Some(s) => match s.v.as_str() {
-                "opportunistic" => TlsPolicy::Opportunistic,
-                "required" => TlsPolicy::Required,
-                "verify" => TlsPolicy::Verify,
-                _ => {
-                    cx.err(
-                        s.at(),
-                        format!(
-                            "bad TLS policy \"{}\": expected \"opportunistic\", \"required\" or \"verify\"",
-                            s.v
-                        ),
-                    );
-                    TlsPolicy::Opportunistic
-                }
-            },
-        };
+        let tls = tls_policy(cx, &f);
         let cost = f
             .get("cost")
             .and_then(|v| get_int(cx, v, "cost", 0, i64::from(u32::MAX)))
@@ -599,6 +600,61 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// A send connector's `address_spaces`, each with its position; a space
+/// listed twice is a warning.
+fn address_spaces(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<(SpaceM, usize)> {
+    let mut spaces: Vec<(SpaceM, usize)> = Vec::new();
+    for s in get_strs(cx, v, "address_spaces") {
+        let sp = match s.v.as_str() {
+            "*" => Ok(SpaceM::Any),
+            "--" => Ok(SpaceM::Accepted),
+            o => match o.strip_prefix("*.") {
+                Some(d) => domain(d).map(SpaceM::Subdomains),
+                None => domain(o).map(SpaceM::Domain),
+            },
+        };
+        match sp {
+            Ok(sp) if spaces.iter().any(|(x, _)| *x == sp) => cx.warn(
+                s.at(),
+                format!("address space \"{sp}\" is listed twice"),
+            ),
+            Ok(sp) => spaces.push((sp, s.at())),
+            Err(e) => cx.err(
+                s.at(),
+                format!(
+                    "bad address space \"{}\": expected \"*\", \"--\", \"domain\" or \"*.domain\" ({e})",
+                    s.v
+                ),
+            ),
+        }
+    }
+    spaces
+}
+
+/// A send connector's `tls`, opportunistic when missing or wrong.
+fn tls_policy(cx: &mut Cx<'_>, f: &Fields<'_, '_>) -> TlsPolicy {
+    match f.get("tls").and_then(|v| get_str(cx, v, "tls")) {
+        None => TlsPolicy::Opportunistic,
+        Some(s) => match s.v.as_str() {
+            "opportunistic" => TlsPolicy::Opportunistic,
+            "required" => TlsPolicy::Required,
+            "verify" => TlsPolicy::Verify,
+            _ => {
+                cx.err(
+                    s.at(),
+                    format!(
+                        "bad TLS policy \"{}\": expected \"opportunistic\", \"required\" or \"verify\"",
+                        s.v
+                    ),
+                );
+                TlsPolicy::Opportunistic
+            }
+        },
+    }
+}
+
+/// `[[rewrite]]`: address rewriting maps, per direction; an entry
+/// rewritten to itself or shadowed by an earlier one is a warning.
 fn parse_rewrites(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     for (t, _) in get_tables(cx, v, "rewrite") {
         let f = Fields::new(cx, t, &["direction", "map"], "[[rewrite]]");
@@ -657,6 +713,7 @@ fn parse_rewrites(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// `[cmt]`: centralized mail flow, from the named inbound connectors.
 fn parse_cmt(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let Some(t) = get_table(cx, v, "cmt") else {
         return;
@@ -715,6 +772,7 @@ fn parse_cmt(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// The error for a name that is not defined, listing the defined ones.
 fn unknown_name<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let known: Vec<String> = known.map(|k| format!("\"{k}\"")).collect();
     if known.is_empty() {
@@ -724,6 +782,7 @@ fn unknown_name<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a Stri
     }
 }
 
+/// `[header_firewall]`: trusted prefixes and renames for anonymous mail.
 fn parse_firewall(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let Some(t) = get_table(cx, v, "header_firewall") else {
         return;
@@ -756,6 +815,7 @@ fn parse_firewall(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// `[limits]`: hops, message size (a number or "36 MiB"), recipients.
 fn parse_limits(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let Some(t) = get_table(cx, v, "limits") else {
         return;
@@ -806,6 +866,8 @@ fn parse_limits(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// `[[agent]]`: agents enabled or disabled and reprioritised; a tie of
+/// priorities on one event is a warning.
 fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     let mut seen: Vec<(usize, usize)> = Vec::new();
     for (t, at) in get_tables(cx, v, "agent") {
@@ -883,10 +945,12 @@ fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     }
 }
 
+/// An agent's rule-file name.
 fn agent_name(a: &AgentSlot) -> &'static str {
     AGENTS.iter().find(|x| x.0 == a.agent).map_or("?", |x| x.3)
 }
 
+/// One `[[rule]]` (the `nth` in the file, for its default name).
 fn parse_rule(
     cx: &mut Cx<'_>,
     m: &mut Model,
@@ -916,16 +980,7 @@ fn parse_rule(
             format!("duplicate rule name \"{}\" (first on line {line})", name.v),
         );
     }
-    let priority = f.get("priority").and_then(|v| {
-        get_int(
-            cx,
-            v,
-            "priority",
-            1,
-            i64::from(u32::MAX) - i64::from(MAX_RULES as u32),
-        )
-        .map(|n| (n as u32, v.span().start))
-    });
+    let priority = f.get("priority").and_then(|v| rule_priority(cx, v));
     let stop = f
         .get("stop")
         .and_then(|v| get_bool(cx, v, "stop"))
@@ -941,20 +996,10 @@ fn parse_rule(
         },
         None => (Vec::new(), at),
     };
-    let mut except = Vec::new();
-    if let Some(v) = f.get("except") {
-        match v.get_ref() {
-            DeValue::Table(_) => cx.err(
-                v.span().start,
-                "\"except\" is a list of condition sets: write except = [{ ... }]",
-            ),
-            _ => {
-                for (t, eat) in get_tables(cx, v, "except") {
-                    except.push((parse_conds(cx, m, t, "the rule's except"), eat));
-                }
-            }
-        }
-    }
+    let except = f
+        .get("except")
+        .map(|v| parse_except(cx, m, v))
+        .unwrap_or_default();
     let has_then = f
         .get("then")
         .is_some_and(|v| !matches!(v.get_ref(), DeValue::Table(t) if t.is_empty()));
@@ -982,7 +1027,39 @@ fn parse_rule(
     })
 }
 
-pub(super) fn pattern(cx: &mut Cx<'_>, s: &S) -> Option<String> {
+/// A rule's `priority`, with its position; room is left above it for the
+/// rules without one, which come after every explicit priority.
+fn rule_priority(cx: &mut Cx<'_>, v: &Val<'_>) -> Option<(u32, usize)> {
+    get_int(
+        cx,
+        v,
+        "priority",
+        1,
+        i64::from(u32::MAX) - i64::from(MAX_RULES as u32),
+    )
+    .map(|n| (n as u32, v.span().start))
+}
+
+/// A rule's `except`: a list of condition sets, each with its position.
+fn parse_except(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) -> Vec<(CondSet, usize)> {
+    let mut except = Vec::new();
+    match v.get_ref() {
+        DeValue::Table(_) => cx.err(
+            v.span().start,
+            "\"except\" is a list of condition sets: write except = [{ ... }]",
+        ),
+        _ => {
+            for (t, eat) in get_tables(cx, v, "except") {
+                except.push((parse_conds(cx, m, t, "the rule's except"), eat));
+            }
+        }
+    }
+    except
+}
+
+/// A pattern that compiles to a DFA, or `None` with the error placed at
+/// the offending character when it can be.
+fn pattern(cx: &mut Cx<'_>, s: &S) -> Option<String> {
     match cx.dfa(&s.v) {
         Ok(_) => Some(s.v.clone()),
         Err(e) => {
@@ -1012,98 +1089,20 @@ fn pattern_offset(text: &str, s: &S, off: usize) -> usize {
     }
 }
 
+/// One condition set (a rule's `if` or one of its `except` sets), in file
+/// order; `header` with its value patterns comes last.
 fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> CondSet {
     let f = Fields::new(cx, t, COND_KEYS, ctx);
     let mut out: CondSet = Vec::new();
-    let mut header: Option<(String, usize)> = None;
-    let mut value_conds: Vec<(bool, String, usize)> = Vec::new();
+    let mut hk = HeaderKeys::default();
     for &(key, kat, v) in &f.list {
         let vat = v.span().start;
-        match key {
-            "sender" | "recipient" => {
-                let mut list = Vec::new();
-                for s in get_strs(cx, v, key) {
-                    match address(&s.v, true) {
-                        Ok(a) => list.push(a),
-                        Err(e) => cx.err(s.at(), e),
-                    }
-                }
-                let c = if key == "sender" {
-                    CondM::Sender(list)
-                } else {
-                    CondM::Recipient(list)
-                };
-                out.push((c, vat));
-            }
-            "sender_domain" | "recipient_domain" => {
-                let mut list = Vec::new();
-                for s in get_strs(cx, v, key) {
-                    match domain(&s.v) {
-                        Ok(d) => list.push(d),
-                        Err(e) => cx.err(s.at(), e),
-                    }
-                }
-                let c = if key == "sender_domain" {
-                    CondM::SenderDomain(list)
-                } else {
-                    CondM::RecipientDomain(list)
-                };
-                out.push((c, vat));
-            }
-            "sender_group" | "recipient_group" => {
-                let Some(s) = get_str(cx, v, key) else {
-                    continue;
-                };
-                match m.groups.iter().position(|g| g.name.v == s.v) {
-                    Some(i) => {
-                        if let Some(u) = m.group_used.get_mut(i) {
-                            *u = true;
-                        }
-                        let c = if key == "sender_group" {
-                            CondM::SenderGroup(i as u16)
-                        } else {
-                            CondM::RecipientGroup(i as u16)
-                        };
-                        out.push((c, vat));
-                    }
-                    None => cx.err(
-                        s.at(),
-                        unknown_name("group", &s.v, m.groups.iter().map(|g| &g.name.v)),
-                    ),
-                }
-            }
-            "sender_location" | "recipient_location" => {
-                let Some(s) = get_str(cx, v, key) else {
-                    continue;
-                };
-                let loc = match s.v.as_str() {
-                    "inside" => Location::Inside,
-                    "outside" => Location::Outside,
-                    _ => {
-                        cx.err(
-                            s.at(),
-                            format!("bad {key} \"{}\": expected \"inside\" or \"outside\"", s.v),
-                        );
-                        continue;
-                    }
-                };
-                let c = if key == "sender_location" {
-                    CondM::SenderLocation(loc)
-                } else {
-                    CondM::RecipientLocation(loc)
-                };
-                out.push((c, vat));
-            }
-            "header" | "header_absent" => {
-                let Some(s) = get_str(cx, v, key) else {
-                    continue;
-                };
-                match header_name(&s.v) {
-                    Ok(h) if key == "header" => header = Some((h, vat)),
-                    Ok(h) => out.push((CondM::HeaderAbsent(h), vat)),
-                    Err(e) => cx.err(s.at(), e),
-                }
-            }
+        let c = match key {
+            "sender" | "recipient" => Some(address_cond(cx, v, key)),
+            "sender_domain" | "recipient_domain" => Some(domain_cond(cx, v, key)),
+            "sender_group" | "recipient_group" => group_cond(cx, m, v, key),
+            "sender_location" | "recipient_location" => location_cond(cx, v, key),
+            "header" | "header_absent" => hk.name(cx, v, key),
             "header_value_matches" | "header_value_not_matches" => {
                 if f.get("header").is_none() {
                     cx.err(
@@ -1112,42 +1111,159 @@ fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> Co
                     );
                 }
                 if let Some(p) = get_str(cx, v, key).and_then(|s| pattern(cx, &s)) {
-                    value_conds.push((key == "header_value_matches", p, vat));
+                    hk.values.push((key == "header_value_matches", p, vat));
                 }
+                None
             }
-            "inbound" => {
-                let Some(s) = get_str(cx, v, key) else {
-                    continue;
-                };
-                match m.inbound.iter().position(|i| i.name.v == s.v) {
-                    Some(i) => out.push((CondM::Inbound(i as u16), vat)),
-                    None => cx.err(
-                        s.at(),
-                        unknown_name(
-                            "inbound connector",
-                            &s.v,
-                            m.inbound.iter().map(|i| &i.name.v),
-                        ),
-                    ),
-                }
-            }
-            "client_network" => {
-                let list = nets(cx, v, key);
-                out.push((CondM::ClientNetwork(list), vat));
-            }
-            "attachment_name_matches" => {
-                if let Some(p) = get_str(cx, v, key).and_then(|s| pattern(cx, &s)) {
-                    out.push((CondM::AttachmentMatches(p), vat));
-                }
-            }
-            _ => {}
+            "inbound" => inbound_cond(cx, m, v, key),
+            "client_network" => Some(CondM::ClientNetwork(nets(cx, v, key))),
+            "attachment_name_matches" => get_str(cx, v, key)
+                .and_then(|s| pattern(cx, &s))
+                .map(CondM::AttachmentMatches),
+            _ => None,
+        };
+        if let Some(c) = c {
+            out.push((c, vat));
         }
     }
-    if let Some((h, hat)) = header {
-        if value_conds.is_empty() {
+    hk.finish(&mut out);
+    out
+}
+
+/// `sender` / `recipient`: a list of address patterns.
+fn address_cond(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> CondM {
+    let mut list = Vec::new();
+    for s in get_strs(cx, v, key) {
+        match address(&s.v, true) {
+            Ok(a) => list.push(a),
+            Err(e) => cx.err(s.at(), e),
+        }
+    }
+    if key == "sender" {
+        CondM::Sender(list)
+    } else {
+        CondM::Recipient(list)
+    }
+}
+
+/// `sender_domain` / `recipient_domain`: a list of domains.
+fn domain_cond(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> CondM {
+    let mut list = Vec::new();
+    for s in get_strs(cx, v, key) {
+        match domain(&s.v) {
+            Ok(d) => list.push(d),
+            Err(e) => cx.err(s.at(), e),
+        }
+    }
+    if key == "sender_domain" {
+        CondM::SenderDomain(list)
+    } else {
+        CondM::RecipientDomain(list)
+    }
+}
+
+/// `sender_group` / `recipient_group`: a group by name, marked used.
+fn group_cond(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>, key: &str) -> Option<CondM> {
+    let s = get_str(cx, v, key)?;
+    match m.groups.iter().position(|g| g.name.v == s.v) {
+        Some(i) => {
+            if let Some(u) = m.group_used.get_mut(i) {
+                *u = true;
+            }
+            Some(if key == "sender_group" {
+                CondM::SenderGroup(i as u16)
+            } else {
+                CondM::RecipientGroup(i as u16)
+            })
+        }
+        None => {
+            cx.err(
+                s.at(),
+                unknown_name("group", &s.v, m.groups.iter().map(|g| &g.name.v)),
+            );
+            None
+        }
+    }
+}
+
+/// `sender_location` / `recipient_location`: "inside" or "outside".
+fn location_cond(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<CondM> {
+    let s = get_str(cx, v, key)?;
+    let loc = match s.v.as_str() {
+        "inside" => Location::Inside,
+        "outside" => Location::Outside,
+        _ => {
+            cx.err(
+                s.at(),
+                format!("bad {key} \"{}\": expected \"inside\" or \"outside\"", s.v),
+            );
+            return None;
+        }
+    };
+    Some(if key == "sender_location" {
+        CondM::SenderLocation(loc)
+    } else {
+        CondM::RecipientLocation(loc)
+    })
+}
+
+/// `inbound`: an inbound connector by name.
+fn inbound_cond(cx: &mut Cx<'_>, m: &Model, v: &Val<'_>, key: &str) -> Option<CondM> {
+    let s = get_str(cx, v, key)?;
+    match m.inbound.iter().position(|i| i.name.v == s.v) {
+        Some(i) => Some(CondM::Inbound(i as u16)),
+        None => {
+            cx.err(
+                s.at(),
+                unknown_name(
+                    "inbound connector",
+                    &s.v,
+                    m.inbound.iter().map(|i| &i.name.v),
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The `header` key of a condition set and the value patterns that go
+/// with it, gathered while the set is read: together they make one
+/// presence condition or one pattern condition per value key.
+#[derive(Default)]
+struct HeaderKeys {
+    /// `header`: the field name, with its position.
+    header: Option<(String, usize)>,
+    /// `header_value_matches` (true) / `header_value_not_matches` (false).
+    values: Vec<(bool, String, usize)>,
+}
+
+impl HeaderKeys {
+    /// `header` (kept for [`finish`](Self::finish)) or `header_absent`
+    /// (a condition of its own).
+    fn name(&mut self, cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<CondM> {
+        let s = get_str(cx, v, key)?;
+        match header_name(&s.v) {
+            Ok(h) if key == "header" => {
+                self.header = Some((h, v.span().start));
+                None
+            }
+            Ok(h) => Some(CondM::HeaderAbsent(h)),
+            Err(e) => {
+                cx.err(s.at(), e);
+                None
+            }
+        }
+    }
+
+    /// The conditions `header` makes: present, or matching each pattern.
+    fn finish(self, out: &mut CondSet) {
+        let Some((h, hat)) = self.header else {
+            return;
+        };
+        if self.values.is_empty() {
             out.push((CondM::HeaderPresent(h), hat));
         } else {
-            for (matches, p, at) in value_conds {
+            for (matches, p, at) in self.values {
                 let c = if matches {
                     CondM::HeaderMatches(h.clone(), p)
                 } else {
@@ -1157,55 +1273,18 @@ fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> Co
             }
         }
     }
-    out
 }
 
+/// A rule's `then`: its actions in file order, each with its position.
 fn parse_actions(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>) -> Vec<(ActM, usize)> {
     let f = Fields::new(cx, t, ACTION_KEYS, "the rule's then");
     let mut out = Vec::new();
     for &(key, _, v) in &f.list {
         let vat = v.span().start;
         match key {
-            "route_to" => {
-                if let Some(s) = get_str(cx, v, key) {
-                    match domain(&s.v) {
-                        Ok(d) => out.push((ActM::RouteTo(d), vat)),
-                        Err(e) => cx.err(s.at(), format!("route_to: {e}")),
-                    }
-                }
-            }
-            "use_connector" => {
-                if let Some(s) = get_str(cx, v, key) {
-                    match m.connectors.iter().position(|c| c.name.v == s.v) {
-                        Some(i) => {
-                            if let Some(n) = m.conn_named.get_mut(i) {
-                                *n = true;
-                            }
-                            out.push((ActM::UseConnector(i as u16), vat));
-                        }
-                        None => cx.err(
-                            s.at(),
-                            unknown_name("connector", &s.v, m.connectors.iter().map(|c| &c.name.v)),
-                        ),
-                    }
-                }
-            }
-            "add_header" | "set_header" => {
-                for (name, value) in get_str_map(cx, v, key) {
-                    let n = header_name(&name.v).map_err(|e| cx.err(name.at(), e)).ok();
-                    let val = header_value(&value.v)
-                        .map_err(|e| cx.err(value.at(), e))
-                        .ok();
-                    if let (Some(n), Some(val)) = (n, val) {
-                        let a = if key == "add_header" {
-                            ActM::AddHeader(n, val)
-                        } else {
-                            ActM::SetHeader(n, val)
-                        };
-                        out.push((a, name.at()));
-                    }
-                }
-            }
+            "route_to" => out.extend(route_to(cx, v, key).map(|a| (a, vat))),
+            "use_connector" => out.extend(use_connector(cx, m, v, key).map(|a| (a, vat))),
+            "add_header" | "set_header" => out.extend(header_actions(cx, v, key)),
             "remove_header" => {
                 for s in get_strs(cx, v, key) {
                     match header_name(&s.v) {
@@ -1214,14 +1293,7 @@ fn parse_actions(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>) -> Vec<(ActM, 
                     }
                 }
             }
-            "rewrite_recipient" => {
-                if let Some(s) = get_str(cx, v, key) {
-                    match address(&s.v, false) {
-                        Ok(a) => out.push((ActM::RewriteRecipient(a), vat)),
-                        Err(e) => cx.err(s.at(), e),
-                    }
-                }
-            }
+            "rewrite_recipient" => out.extend(rewrite_recipient(cx, v, key).map(|a| (a, vat))),
             "add_recipient" => {
                 for s in get_strs(cx, v, key) {
                     match address(&s.v, false) {
@@ -1230,16 +1302,7 @@ fn parse_actions(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>) -> Vec<(ActM, 
                     }
                 }
             }
-            "reject" => {
-                if let Some(s) = get_str(cx, v, key) {
-                    match reject(&s.v) {
-                        Ok((code, status, text)) => {
-                            out.push((ActM::Reject(code, status, text), vat))
-                        }
-                        Err(e) => cx.err(s.at(), e),
-                    }
-                }
-            }
+            "reject" => out.extend(reject_action(cx, v, key).map(|a| (a, vat))),
             _ => {}
         }
     }
@@ -1252,4 +1315,72 @@ fn parse_actions(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>) -> Vec<(ActM, 
         }
     }
     out
+}
+
+/// `route_to`: the domain whose route the recipient takes.
+fn route_to(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<ActM> {
+    let s = get_str(cx, v, key)?;
+    domain(&s.v)
+        .map(ActM::RouteTo)
+        .map_err(|e| cx.err(s.at(), format!("route_to: {e}")))
+        .ok()
+}
+
+/// `use_connector`: a send connector by name, marked named.
+fn use_connector(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>, key: &str) -> Option<ActM> {
+    let s = get_str(cx, v, key)?;
+    match m.connectors.iter().position(|c| c.name.v == s.v) {
+        Some(i) => {
+            if let Some(n) = m.conn_named.get_mut(i) {
+                *n = true;
+            }
+            Some(ActM::UseConnector(i as u16))
+        }
+        None => {
+            cx.err(
+                s.at(),
+                unknown_name("connector", &s.v, m.connectors.iter().map(|c| &c.name.v)),
+            );
+            None
+        }
+    }
+}
+
+/// `add_header` / `set_header`: a table of field names and values, each
+/// action at its name.
+fn header_actions(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<(ActM, usize)> {
+    let mut out = Vec::new();
+    for (name, value) in get_str_map(cx, v, key) {
+        let n = header_name(&name.v).map_err(|e| cx.err(name.at(), e)).ok();
+        let val = header_value(&value.v)
+            .map_err(|e| cx.err(value.at(), e))
+            .ok();
+        if let (Some(n), Some(val)) = (n, val) {
+            let a = if key == "add_header" {
+                ActM::AddHeader(n, val)
+            } else {
+                ActM::SetHeader(n, val)
+            };
+            out.push((a, name.at()));
+        }
+    }
+    out
+}
+
+/// `rewrite_recipient`: the address the recipient becomes.
+fn rewrite_recipient(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<ActM> {
+    let s = get_str(cx, v, key)?;
+    address(&s.v, false)
+        .map(ActM::RewriteRecipient)
+        .map_err(|e| cx.err(s.at(), e))
+        .ok()
+}
+
+/// `reject`: the reply the recipient is refused with.
+fn reject_action(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<ActM> {
+    let s = get_str(cx, v, key)?;
+    reject(&s.v)
+        .map(|(code, status, text)| ActM::Reject(code, status, text))
+        .map_err(|e| cx.err(s.at(), e))
+        .ok()
 }

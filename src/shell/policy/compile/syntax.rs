@@ -124,6 +124,7 @@ pub(super) fn network(s: &str) -> Result<(Net, bool), String> {
     ))
 }
 
+/// A network as the operator writes it (IPv4 unmapped), for messages.
 pub(super) fn show_net(n: &Net) -> String {
     let ip = Ipv6Addr::from(n.addr);
     match ip.to_ipv4_mapped() {
@@ -281,6 +282,8 @@ pub(super) fn build_dfa(pattern: &str) -> Result<Vec<u8>, PatError> {
     Ok(bytes)
 }
 
+/// The regex crate's error as one operator-facing message, with the
+/// offset in the pattern when the parser names one.
 fn pat_error(pattern: &str, e: &(dyn std::error::Error + 'static)) -> PatError {
     let mut deepest: &dyn std::error::Error = e;
     while let Some(s) = deepest.source() {
