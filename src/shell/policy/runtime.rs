@@ -369,188 +369,20 @@ pub fn agent_name(a: Agent) -> &'static str {
     AGENTS.iter().find(|x| x.0 == a).map_or("agent", |x| x.3)
 }
 
+/// Renders what the pipeline decided: each recipient, each header edit,
+/// the rule execution log and the verdict's reply.
 fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
     let t = c.t;
-    let mut recipients = Vec::new();
-    for d in &c.decisions {
-        let orig: &[u8] = d
-            .original
-            .and_then(|i| c.rcpts.get(usize::from(i)).copied())
-            .unwrap_or(&[]);
-        let final_addr = render_addr(&d.addr, orig, t);
-        let final_domain = policy::domain_of(final_addr.as_bytes()).to_vec();
-        let (route, override_domain) = match d.route {
-            Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
-            Some(Override::UseConnector) => (Some("use_connector"), None),
-            Some(Override::Cmt(s)) => (Some("cmt"), Some(lossy(t.str(s)))),
-            None => (None, None),
-        };
-        let conn = d.connector.and_then(|ci| t.connectors.get(usize::from(ci)));
-        let next_hop = match (conn, &d.refused) {
-            (_, Some(_)) | (None, _) => NextHop::None,
-            (Some(cn), None) if cn.smart_hosts.count > 0 => {
-                NextHop::SmartHosts(t.list(cn.smart_hosts).map(lossy).collect())
-            }
-            (Some(_), None) => NextHop::Mx(
-                override_domain
-                    .clone()
-                    .unwrap_or_else(|| lossy(&final_domain)),
-            ),
-        };
-        let connector = d.connector.map(|ci| connector_name(t, ci));
-        let rule = d.rule.map(|r| rule_name(t, r));
-        let rejected = d.refused.as_ref().map(|r| reply_text(refusal(t, r)));
-        let reason = match (&d.refused, route, &connector) {
-            (Some(Refusal::TooManyRecipients), _, _) => {
-                "more recipients than the policy's max_recipients".to_string()
-            }
-            (Some(Refusal::Relay), _, _) => {
-                "recipient outside the accepted domains from an anonymous session".to_string()
-            }
-            (Some(Refusal::Rule(..)), _, _) => {
-                format!("refused by rule \"{}\"", rule.clone().unwrap_or_default())
-            }
-            (None, Some("route_to"), _) => format!(
-                "routing override to {} by rule \"{}\"",
-                override_domain.clone().unwrap_or_default(),
-                rule.clone().unwrap_or_default()
-            ),
-            (None, Some("use_connector"), Some(cn)) => {
-                format!(
-                    "connector {cn} chosen by rule \"{}\"",
-                    rule.clone().unwrap_or_default()
-                )
-            }
-            (None, Some("cmt"), _) => format!(
-                "centralized mail flow: routed to the default accepted domain {}",
-                override_domain.clone().unwrap_or_default()
-            ),
-            (None, _, Some(cn)) => format!(
-                "address space of connector {cn} matches {}",
-                lossy(&final_domain)
-            ),
-            (None, _, None) => format!("no send connector matches {}", lossy(&final_domain)),
-        };
-        recipients.push(Recipient {
-            original: lossy(orig),
-            final_addr,
-            connector,
-            next_hop,
-            route,
-            override_domain,
-            rule,
-            added_by: d.added_by.map(|r| rule_name(t, r)),
-            rejected,
-            reason,
-        });
-    }
+    let recipients: Vec<Recipient> = c.decisions.iter().map(|d| render_recipient(c, d)).collect();
     let edits = c
         .edits
         .iter()
         .map(|(a, e)| (*a, render_edit(t, c.msg, e)))
         .collect();
-    let addr_of = |i: u16| {
-        recipients
-            .get(usize::from(i))
-            .map(|r| r.final_addr.clone())
-            .unwrap_or_default()
-    };
     let mut log = Vec::new();
     for (agent, note) in &c.notes {
-        let rule = |r: u16| format!("Rule #{} ({})", r + 1, rule_name(t, r));
-        let low = |b: &[u8]| lossy(b).to_ascii_lowercase();
-        let text = match *note {
-            Note::HeaderFound(r, n, v) => {
-                format!("{}. Found header [{}: {}]", rule(r), low(n), lossy(v))
-            }
-            Note::HeaderNotFound(r, n) => {
-                format!("{}. Header [{}] was not found.", rule(r), low(n))
-            }
-            Note::Attachment(n) => format!("Attachment [{}]", lossy(n)),
-            Note::NoAttachment => "No attachment.".to_string(),
-            Note::AttachmentFound(r, n) => {
-                format!("{}. Found attachment [{}]", rule(r), lossy(n))
-            }
-            Note::HeaderValueExcluded(r, n, v) => format!(
-                "{}. Header [{}: {}] is excluded by the rule's value pattern.",
-                rule(r),
-                low(n),
-                lossy(v)
-            ),
-            Note::Applies(r, i) => {
-                format!("{}. Recipient [{}]. Conditions hold.", rule(r), addr_of(i))
-            }
-            Note::Excepted(r, i) => format!(
-                "{}. Recipient [{}]. An exception applies; rule skipped.",
-                rule(r),
-                addr_of(i)
-            ),
-            Note::Rerouted(r, i, d) => format!(
-                "{}. Recipient [{}]. Rerouted to [{}] via [UseOverrideDomain].",
-                rule(r),
-                addr_of(i),
-                lossy(d)
-            ),
-            Note::UseConnector(r, i, cn) => format!(
-                "{}. Recipient [{}]. Routed via connector [{}] (criteria-based routing).",
-                rule(r),
-                addr_of(i),
-                connector_name(t, cn)
-            ),
-            Note::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(i)),
-            Note::RuleRewrote(r, i) => {
-                format!("{}. Recipient rewritten to [{}].", rule(r), addr_of(i))
-            }
-            Note::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(i)),
-            Note::Stopped(r, i) => format!(
-                "{}. Recipient [{}]. Stop: no further rules.",
-                rule(r),
-                addr_of(i)
-            ),
-            Note::RelayDenied(i) => format!(
-                "Recipient [{}]. Outside the accepted domains; relay denied.",
-                addr_of(i)
-            ),
-            Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(i)),
-            Note::SenderRewritten => "Envelope sender rewritten.".to_string(),
-            Note::FirewallRemoved(n) => {
-                format!("Removed header [{}] from anonymous mail.", lossy(n))
-            }
-            Note::FirewallRenamed(a, b) => format!(
-                "Renamed header [{}] to [{}] on anonymous mail.",
-                lossy(a),
-                lossy(b)
-            ),
-            Note::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
-            Note::CmtOverride(i) => format!(
-                "Recipient [{}]. Routing override to the default accepted domain [{}].",
-                addr_of(i),
-                t.default_domain
-                    .map(|d| lossy(t.str(d)))
-                    .unwrap_or_default()
-            ),
-            Note::CmtAlreadyStamped(i) => format!(
-                "Recipient [{}]. Message already stamped; no override.",
-                addr_of(i)
-            ),
-            Note::RouteKept(r, i) => format!(
-                "{}. Recipient [{}]. Already routed by centralized mail flow (cmt runs first); override not applied.",
-                rule(r),
-                addr_of(i)
-            ),
-            Note::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
-            Note::Blocked => {
-                "The client's network is blocked by the connection filter.".to_string()
-            }
-            Note::Connector(i, Some(cn)) => format!(
-                "Recipient [{}]. Connector [{}].",
-                addr_of(i),
-                connector_name(t, cn)
-            ),
-            Note::Connector(i, None) => {
-                format!("Recipient [{}]. No send connector matches.", addr_of(i))
-            }
-        };
+        let text =
+            rule_note(t, note, &recipients).unwrap_or_else(|| agent_note(t, note, &recipients));
         log.push(format!(
             "{:?} {}: {text}",
             stage_of(*agent),
@@ -576,6 +408,217 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
         sender,
         edits,
         log,
+    }
+}
+
+/// One recipient's decision: final address, connector, next hop, the
+/// override and rule behind them, or the refusal.
+fn render_recipient(c: &Collect<'_>, d: &Decision) -> Recipient {
+    let t = c.t;
+    let orig: &[u8] = d
+        .original
+        .and_then(|i| c.rcpts.get(usize::from(i)).copied())
+        .unwrap_or(&[]);
+    let final_addr = render_addr(&d.addr, orig, t);
+    let final_domain = lossy(policy::domain_of(final_addr.as_bytes()));
+    let (route, override_domain) = match d.route {
+        Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
+        Some(Override::UseConnector) => (Some("use_connector"), None),
+        Some(Override::Cmt(s)) => (Some("cmt"), Some(lossy(t.str(s)))),
+        None => (None, None),
+    };
+    let conn = d.connector.and_then(|ci| t.connectors.get(usize::from(ci)));
+    let next_hop = match (conn, &d.refused) {
+        (_, Some(_)) | (None, _) => NextHop::None,
+        (Some(cn), None) if cn.smart_hosts.count > 0 => {
+            NextHop::SmartHosts(t.list(cn.smart_hosts).map(lossy).collect())
+        }
+        (Some(_), None) => NextHop::Mx(
+            override_domain
+                .clone()
+                .unwrap_or_else(|| final_domain.clone()),
+        ),
+    };
+    let connector = d.connector.map(|ci| connector_name(t, ci));
+    let rule = d.rule.map(|r| rule_name(t, r));
+    let why = Why {
+        refused: d.refused.as_ref(),
+        route,
+        connector: connector.as_deref(),
+        rule: rule.as_deref().unwrap_or_default(),
+        override_domain: override_domain.as_deref().unwrap_or_default(),
+        final_domain: &final_domain,
+    };
+    Recipient {
+        original: lossy(orig),
+        reason: why.reason(),
+        final_addr,
+        connector,
+        next_hop,
+        route,
+        override_domain,
+        added_by: d.added_by.map(|r| rule_name(t, r)),
+        rejected: d.refused.as_ref().map(|r| reply_text(refusal(t, r))),
+        rule,
+    }
+}
+
+/// What a recipient's reason in words is made of.
+struct Why<'a> {
+    /// The refusal, if refused.
+    refused: Option<&'a Refusal>,
+    /// The override: "route_to", "use_connector" or "cmt".
+    route: Option<&'static str>,
+    /// The send connector's name.
+    connector: Option<&'a str>,
+    /// The deciding rule's name (empty without one).
+    rule: &'a str,
+    /// The override's domain (empty without one).
+    override_domain: &'a str,
+    /// The final address's domain.
+    final_domain: &'a str,
+}
+
+impl Why<'_> {
+    /// Why the recipient goes where it goes, or why it was refused.
+    fn reason(&self) -> String {
+        let (rule, od, fd) = (self.rule, self.override_domain, self.final_domain);
+        match (self.refused, self.route, self.connector) {
+            (Some(Refusal::TooManyRecipients), _, _) => {
+                "more recipients than the policy's max_recipients".to_string()
+            }
+            (Some(Refusal::Relay), _, _) => {
+                "recipient outside the accepted domains from an anonymous session".to_string()
+            }
+            (Some(Refusal::Rule(..)), _, _) => format!("refused by rule \"{rule}\""),
+            (None, Some("route_to"), _) => {
+                format!("routing override to {od} by rule \"{rule}\"")
+            }
+            (None, Some("use_connector"), Some(cn)) => {
+                format!("connector {cn} chosen by rule \"{rule}\"")
+            }
+            (None, Some("cmt"), _) => {
+                format!("centralized mail flow: routed to the default accepted domain {od}")
+            }
+            (None, _, Some(cn)) => format!("address space of connector {cn} matches {fd}"),
+            (None, _, None) => format!("no send connector matches {fd}"),
+        }
+    }
+}
+
+/// The final address of recipient `i`, for the log.
+fn addr_of(recipients: &[Recipient], i: u16) -> String {
+    recipients
+        .get(usize::from(i))
+        .map(|r| r.final_addr.clone())
+        .unwrap_or_default()
+}
+
+/// The log line of a note a transport rule made, `None` for the notes of
+/// other agents.
+fn rule_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> Option<String> {
+    let rule = |r: u16| format!("Rule #{} ({})", r + 1, rule_name(t, r));
+    let low = |b: &[u8]| lossy(b).to_ascii_lowercase();
+    Some(match *note {
+        Note::HeaderFound(r, n, v) => {
+            format!("{}. Found header [{}: {}]", rule(r), low(n), lossy(v))
+        }
+        Note::HeaderNotFound(r, n) => {
+            format!("{}. Header [{}] was not found.", rule(r), low(n))
+        }
+        Note::AttachmentFound(r, n) => {
+            format!("{}. Found attachment [{}]", rule(r), lossy(n))
+        }
+        Note::HeaderValueExcluded(r, n, v) => format!(
+            "{}. Header [{}: {}] is excluded by the rule's value pattern.",
+            rule(r),
+            low(n),
+            lossy(v)
+        ),
+        Note::Applies(r, i) => {
+            format!("{}. Recipient [{}]. Conditions hold.", rule(r), addr_of(rs, i))
+        }
+        Note::Excepted(r, i) => format!(
+            "{}. Recipient [{}]. An exception applies; rule skipped.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        Note::Rerouted(r, i, d) => format!(
+            "{}. Recipient [{}]. Rerouted to [{}] via [UseOverrideDomain].",
+            rule(r),
+            addr_of(rs, i),
+            lossy(d)
+        ),
+        Note::UseConnector(r, i, cn) => format!(
+            "{}. Recipient [{}]. Routed via connector [{}] (criteria-based routing).",
+            rule(r),
+            addr_of(rs, i),
+            connector_name(t, cn)
+        ),
+        Note::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(rs, i)),
+        Note::RuleRewrote(r, i) => {
+            format!("{}. Recipient rewritten to [{}].", rule(r), addr_of(rs, i))
+        }
+        Note::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(rs, i)),
+        Note::Stopped(r, i) => format!(
+            "{}. Recipient [{}]. Stop: no further rules.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        Note::RouteKept(r, i) => format!(
+            "{}. Recipient [{}]. Already routed by centralized mail flow (cmt runs first); override not applied.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        _ => return None,
+    })
+}
+
+/// The log line of a note made by an agent other than a transport rule
+/// (and of the transport rules' attachment list); [`rule_note`] has the
+/// rest.
+fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
+    match *note {
+        Note::Attachment(n) => format!("Attachment [{}]", lossy(n)),
+        Note::NoAttachment => "No attachment.".to_string(),
+        Note::RelayDenied(i) => format!(
+            "Recipient [{}]. Outside the accepted domains; relay denied.",
+            addr_of(rs, i)
+        ),
+        Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(rs, i)),
+        Note::SenderRewritten => "Envelope sender rewritten.".to_string(),
+        Note::FirewallRemoved(n) => {
+            format!("Removed header [{}] from anonymous mail.", lossy(n))
+        }
+        Note::FirewallRenamed(a, b) => format!(
+            "Renamed header [{}] to [{}] on anonymous mail.",
+            lossy(a),
+            lossy(b)
+        ),
+        Note::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
+        Note::CmtOverride(i) => format!(
+            "Recipient [{}]. Routing override to the default accepted domain [{}].",
+            addr_of(rs, i),
+            t.default_domain
+                .map(|d| lossy(t.str(d)))
+                .unwrap_or_default()
+        ),
+        Note::CmtAlreadyStamped(i) => format!(
+            "Recipient [{}]. Message already stamped; no override.",
+            addr_of(rs, i)
+        ),
+        Note::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
+        Note::Blocked => "The client's network is blocked by the connection filter.".to_string(),
+        Note::Connector(i, Some(cn)) => format!(
+            "Recipient [{}]. Connector [{}].",
+            addr_of(rs, i),
+            connector_name(t, cn)
+        ),
+        Note::Connector(i, None) => {
+            format!("Recipient [{}]. No send connector matches.", addr_of(rs, i))
+        }
+        // A rule's notes are rendered by rule_note.
+        _ => String::new(),
     }
 }
 
