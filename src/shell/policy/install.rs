@@ -53,6 +53,7 @@ pub struct Installer {
     lock: Mutex<()>,
 }
 
+/// Seconds since the Unix epoch, for the pointer's `installed_at`.
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,6 +87,7 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, dir.join(name))
 }
 
+/// Makes a directory's entries durable (a rename is durable only then).
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -312,6 +314,7 @@ impl Installer {
         }
     }
 
+    /// Makes `p` the active policy; sessions under way keep theirs.
     fn swap(&self, p: Policy) {
         let p = Arc::new(p);
         match self.current.write() {

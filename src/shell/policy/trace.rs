@@ -3,7 +3,9 @@
 use crate::engine::policy::{attribute, run_order, run_position, Agent, Table, STAGES};
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
-use crate::shell::policy::runtime::{self, HeaderEdit, NextHop, Outcome, Policy};
+use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
+use crate::shell::policy::runtime::{self, Policy};
+use crate::shell::relay::splice::splice;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +43,7 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
     }
 }
 
+/// `sluice trace`'s usage line.
 const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--snapshots] [--json]";
 
 /// `sluice trace`'s command line.
@@ -230,6 +233,7 @@ fn next_hop_json(n: &NextHop) -> Value {
     }
 }
 
+/// `sluice trace --json`: the outcome as one JSON document.
 fn to_json(
     out: &Outcome,
     t: &Table,
@@ -295,11 +299,11 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     // event by priority), whatever order their edits came in.
     agents.sort_by_key(|a| run_position(t, *a));
     for a in agents {
-        let before = runtime::splice(msg, &done);
+        let before = splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
-        let after = runtime::splice(msg, &done);
+        let after = splice(msg, &done);
         list.push(json!({
-            "agent": runtime::agent_name(a),
+            "agent": render::agent_name(a),
             "before": String::from_utf8_lossy(runtime::header_block(&before)),
             "after": String::from_utf8_lossy(runtime::header_block(&after)),
         }));
@@ -307,6 +311,7 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     list
 }
 
+/// `sluice trace`: the outcome as text for the operator.
 fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: bool, from: &str) {
     outln!(
         "session: peer {peer}, inbound connector {}, {}",
@@ -357,7 +362,7 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
                 field, from, to, ..
             } => format!("{field}: {from} -> {to}"),
         };
-        outln!("header ({}): {what}", runtime::agent_name(*a));
+        outln!("header ({}): {what}", render::agent_name(*a));
     }
     outln!("rule log:");
     for l in &out.log {
@@ -399,7 +404,7 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             let line = format!(
                 "  {:>3}  {:<20}{}",
                 s.priority,
-                runtime::agent_name(s.agent),
+                render::agent_name(s.agent),
                 if s.enabled { "" } else { "  [disabled]" }
             );
             outln!("{}", line.trim_end());

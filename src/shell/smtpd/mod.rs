@@ -12,7 +12,9 @@ use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::{Config, Limits};
 use crate::shell::policy::install::{self, Installer};
-use crate::shell::policy::runtime::{self as pol, MimeScan, Policy};
+use crate::shell::policy::mime::MimeScan;
+use crate::shell::policy::render;
+use crate::shell::policy::runtime::{self as pol, Policy};
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::{DnsConfig, Resolver};
 use crate::shell::relay::queue::Queue;
@@ -766,7 +768,7 @@ async fn session(
                         };
                         pol::decide_with(&policy, &penv, &txn.head, names, size)
                     };
-                    let refusal = pol::verdict_reply(table, &outcome.verdict);
+                    let refusal = render::verdict_reply(table, &outcome.verdict);
                     if let Some((code, status, text)) = refusal {
                         let status = Some(status);
                         txn.data.clear();
@@ -809,7 +811,7 @@ async fn session(
                         })
                         .collect();
                     // Our trace field (RFC 5321 §4.4), spliced in on the way out.
-                    let mut edits = vec![pol::HeaderEdit::Prepend {
+                    let mut edits = vec![render::HeaderEdit::Prepend {
                         field: received(&live.cfg.hostname, &txn, peer, rx.is_tls(), &id),
                     }];
                     edits.extend(outcome.edits.iter().map(|(_, e)| e.clone()));
@@ -866,9 +868,9 @@ async fn session(
                                         r.original,
                                         r.connector.as_deref().unwrap_or("-"),
                                         match &r.next_hop {
-                                            pol::NextHop::Mx(d) => format!("mx:{d}"),
-                                            pol::NextHop::SmartHosts(h) => h.join(","),
-                                            pol::NextHop::None => "-".into(),
+                                            render::NextHop::Mx(d) => format!("mx:{d}"),
+                                            render::NextHop::SmartHosts(h) => h.join(","),
+                                            render::NextHop::None => "-".into(),
                                         },
                                         r.rejected
                                             .as_deref()
