@@ -8,6 +8,7 @@ use crate::engine::policy::{
     self, Addr, Agent, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table, Verdict, AGENTS,
 };
 use crate::engine::reply::Reason;
+use crate::shell::reply::OwnedReply;
 
 /// Where a recipient goes next.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -196,39 +197,29 @@ fn connector_name(t: &Table, c: u16) -> String {
         .unwrap_or_default()
 }
 
-/// The reply for a refused recipient: code, enhanced status, text.
-pub fn refusal(t: &Table, r: &Refusal) -> (u16, (u8, u16, u16), String) {
+/// The reply for a refused recipient: the engine's for relaying and too
+/// many recipients, the rule's own for a rule's `reject`.
+pub fn refusal(t: &Table, r: &Refusal) -> OwnedReply {
     match r {
-        Refusal::Relay => reason(Reason::RelayDenied),
-        Refusal::TooManyRecipients => reason(Reason::TooManyRecipients),
-        Refusal::Rule(code, status, text) => (*code, *status, lossy(t.str(*text))),
+        Refusal::Relay => Reason::RelayDenied.into(),
+        Refusal::TooManyRecipients => Reason::TooManyRecipients.into(),
+        Refusal::Rule(code, status, text) => {
+            OwnedReply::new(*code, Some(*status), lossy(t.str(*text)))
+        }
     }
-}
-
-fn reason(r: Reason) -> (u16, (u8, u16, u16), String) {
-    let rep = r.reply();
-    (
-        rep.code,
-        rep.status.unwrap_or((5, 0, 0)),
-        rep.text.to_string(),
-    )
 }
 
 /// The in-session reply for a refused message, `None` when accepted: the
 /// one mapping from the pipeline's verdicts to SMTP replies.
-pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<(u16, (u8, u16, u16), String)> {
+pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<OwnedReply> {
     match v {
         Verdict::Accepted { .. } => None,
-        Verdict::HopCount => Some(reason(Reason::HopCount)),
-        Verdict::Blocked => Some(reason(Reason::AccessDenied)),
-        Verdict::TooBig => Some(reason(Reason::TooBig)),
-        Verdict::HeaderTooBig => Some(reason(Reason::HeaderTooBig)),
+        Verdict::HopCount => Some(Reason::HopCount.into()),
+        Verdict::Blocked => Some(Reason::AccessDenied.into()),
+        Verdict::TooBig => Some(Reason::TooBig.into()),
+        Verdict::HeaderTooBig => Some(Reason::HeaderTooBig.into()),
         Verdict::Refused(r) => Some(refusal(t, r)),
     }
-}
-
-fn reply_text((code, (a, b, c), text): (u16, (u8, u16, u16), String)) -> String {
-    format!("{code} {a}.{b}.{c} {text}")
 }
 
 /// The event an agent is registered on.
@@ -270,7 +261,7 @@ pub(super) fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
         Verdict::Accepted { routed: false } => "NoAction",
         _ => "Rejected",
     };
-    let reply = verdict_reply(t, &verdict).map(reply_text);
+    let reply = verdict_reply(t, &verdict).map(|r| r.to_string());
     log.push(format!("Message processing completed. Result: [{result}]."));
     let sender = match &c.final_sender {
         Some(a) => render_addr(a, c.sender, t),
@@ -334,7 +325,7 @@ fn render_recipient(c: &Collect<'_>, d: &Decision) -> Recipient {
         route,
         override_domain,
         added_by: d.added_by.map(|r| rule_name(t, r)),
-        rejected: d.refused.as_ref().map(|r| reply_text(refusal(t, r))),
+        rejected: d.refused.as_ref().map(|r| refusal(t, r).to_string()),
         rule,
     }
 }
@@ -541,6 +532,49 @@ fn render_edit(t: &Table, block: &[u8], e: &Edit) -> HeaderEdit {
                 from: span(s, e2),
                 to: render_addr(&a, block, t),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::policy::Action;
+
+    #[test]
+    fn refusal_replies_read_as_before() {
+        let c = crate::shell::policy::compile::compile(
+            "[[rule]]\nthen = { reject = \"550 5.7.1 Refused by policy\" }\n",
+        )
+        .expect("rules");
+        let t = &c.table;
+        let Some(Action::Reject { code, status, text }) = t.actions.first().copied() else {
+            panic!("{:?}", t.actions)
+        };
+        let reply = |v: Verdict| verdict_reply(t, &v).map(|r| r.to_string());
+        assert_eq!(reply(Verdict::Accepted { routed: true }), None);
+        for (v, want) in [
+            (
+                Verdict::HopCount,
+                "554 5.4.14 Hop count exceeded - possible mail loop",
+            ),
+            (Verdict::Blocked, "554 5.7.1 Access denied"),
+            (Verdict::TooBig, "552 5.3.4 Message too big"),
+            (Verdict::HeaderTooBig, "552 5.3.4 Message header too big"),
+            (
+                Verdict::Refused(Refusal::Relay),
+                "554 5.7.1 Relay access denied",
+            ),
+            (
+                Verdict::Refused(Refusal::TooManyRecipients),
+                "452 4.5.3 Too many recipients",
+            ),
+            (
+                Verdict::Refused(Refusal::Rule(code, status, text)),
+                "550 5.7.1 Refused by policy",
+            ),
+        ] {
+            assert_eq!(reply(v).as_deref(), Some(want));
         }
     }
 }

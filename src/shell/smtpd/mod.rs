@@ -769,8 +769,7 @@ async fn session(
                         pol::decide_with(&policy, &penv, &txn.head, names, size)
                     };
                     let refusal = render::verdict_reply(table, &outcome.verdict);
-                    if let Some((code, status, text)) = refusal {
-                        let status = Some(status);
+                    if let Some(refusal) = refusal {
                         txn.data.clear();
                         txn.head = Vec::new();
                         // The rule execution log first: why it was refused.
@@ -792,11 +791,7 @@ async fn session(
                                 outcome.reply.clone().unwrap_or_default()
                             ),
                         );
-                        rx.reject(Reply {
-                            code,
-                            status,
-                            text: &text,
-                        });
+                        rx.reject(refusal.as_reply());
                         continue;
                     }
                     let routes: Vec<Route> = outcome

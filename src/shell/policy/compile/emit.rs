@@ -541,10 +541,11 @@ fn emit_actions(b: &mut Builder, actions: &[(ActM, usize)]) -> Span {
             ActM::RemoveHeader(n) => Action::RemoveHeader(b.s(n, *at)),
             ActM::RewriteRecipient(x) => Action::RewriteRecipient(b.s(x, *at)),
             ActM::AddRecipient(x) => Action::AddRecipient(b.s(x, *at)),
-            ActM::Reject(code, status, text) => Action::Reject {
-                code: *code,
-                status: *status,
-                text: b.s(text, *at),
+            ActM::Reject(r) => Action::Reject {
+                code: r.code,
+                // `reject` always gives one; else the code's class
+                status: r.status.unwrap_or(((r.code / 100) as u8, 0, 0)),
+                text: b.s(&r.text, *at),
             },
         };
         acts.push((act, *at));

@@ -14,6 +14,7 @@ use crate::engine::limits::{MAX_RECIPIENTS, MAX_RULES};
 use crate::engine::policy::{
     Agent, AgentSlot, Direction, InboundKind, Location, Net, TlsPolicy, AGENTS,
 };
+use crate::shell::reply::OwnedReply;
 use std::fmt;
 use toml::de::{DeTable, DeValue};
 
@@ -96,7 +97,7 @@ pub(super) enum ActM {
     RemoveHeader(String),
     RewriteRecipient(String),
     AddRecipient(String),
-    Reject(u16, (u8, u16, u16), String),
+    Reject(OwnedReply),
 }
 
 /// A condition set: conditions that must all hold, each with its position.
@@ -1380,7 +1381,7 @@ fn rewrite_recipient(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<ActM> {
 fn reject_action(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<ActM> {
     let s = get_str(cx, v, key)?;
     reject(&s.v)
-        .map(|(code, status, text)| ActM::Reject(code, status, text))
+        .map(ActM::Reject)
         .map_err(|e| cx.err(s.at(), e))
         .ok()
 }

@@ -4,6 +4,7 @@
 
 use super::cx::PatError;
 use crate::engine::policy::Net;
+use crate::shell::reply::OwnedReply;
 use regex_automata::dfa::{dense, StartKind};
 use regex_automata::nfa::thompson;
 use regex_automata::util::syntax;
@@ -200,11 +201,9 @@ pub(super) fn header_value(s: &str) -> Result<String, String> {
     }
 }
 
-/// A reply: code, enhanced status code, text.
-pub(super) type Reply = (u16, (u8, u16, u16), String);
-
-/// `reject`: "4xx|5xx X.Y.Z text", the class X equal to the code's first digit.
-pub(super) fn reject(s: &str) -> Result<Reply, String> {
+/// `reject`: "4xx|5xx X.Y.Z text", the class X equal to the code's first
+/// digit; the reply always has its enhanced status.
+pub(super) fn reject(s: &str) -> Result<OwnedReply, String> {
     let want = "expected \"4xx|5xx X.Y.Z text\", e.g. \"550 5.7.1 Refused by policy\"";
     let bad = |why: &str| Err(format!("bad reject \"{s}\": {why}; {want}"));
     let t = s.trim();
@@ -252,7 +251,7 @@ pub(super) fn reject(s: &str) -> Result<Reply, String> {
     if text.len() > 400 {
         return bad("the text is longer than 400 octets");
     }
-    Ok((n, (class, subject, detail), text.to_string()))
+    Ok(OwnedReply::new(n, Some((class, subject, detail)), text))
 }
 
 /// Compiles one pattern to a sparse DFA (bytes in native endianness).
