@@ -233,14 +233,22 @@ fn load_installed(dir: &Path) -> Result<(Value, Option<Policy>), String> {
     }
 }
 
+/// The policy a state directory starts on when none of its own loads.
+struct FirstPolicy {
+    /// The rule file's text.
+    source: String,
+    /// Where it came from, for the pointer's `via`.
+    via: String,
+    /// The compiled policy.
+    policy: Policy,
+    /// Its blob.
+    blob: Vec<u8>,
+}
+
 /// The policy to install when none loads from the state directory: a
 /// `policy.toml` of the layout before generations, else the config's rule
-/// file, else the embedded default. With its source and how it came.
-fn first_policy(
-    dir: &Path,
-    cfg: &Config,
-    pointer: &Value,
-) -> Result<(String, String, (Policy, Vec<u8>, Vec<String>)), String> {
+/// file, else the embedded default.
+fn first_policy(dir: &Path, cfg: &Config, pointer: &Value) -> Result<FirstPolicy, String> {
     // A state dir of the layout before generations (policy.toml beside
     // policy.blob, no pointer): the box keeps its installed policy.
     let legacy_path = dir.join("policy.toml");
@@ -248,12 +256,17 @@ fn first_policy(
         .then(|| fs::read_to_string(&legacy_path).ok())
         .flatten()
         .and_then(|text| compile(&text).ok().map(|c| (text, c)));
-    if let Some((text, compiled)) = legacy {
+    if let Some((text, (policy, blob, _))) = legacy {
         crate::shell::ops::log::info(format_args!(
             "state {}: policy.toml of the older layout taken over as the installed policy",
             dir.display()
         ));
-        return Ok((text, "state (older layout)".to_string(), compiled));
+        return Ok(FirstPolicy {
+            source: text,
+            via: "state (older layout)".to_string(),
+            policy,
+            blob,
+        });
     }
     let (source, name, via) = match &cfg.rules {
         Some(p) => (
@@ -267,13 +280,18 @@ fn first_policy(
             "embedded default".into(),
         ),
     };
-    let compiled = compile(&source).map_err(|errs| {
+    let (policy, blob, _) = compile(&source).map_err(|errs| {
         errs.iter()
             .map(|e| format!("{name}:{e}"))
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    Ok((source, via, compiled))
+    Ok(FirstPolicy {
+        source,
+        via,
+        policy,
+        blob,
+    })
 }
 
 impl Installer {
@@ -294,14 +312,14 @@ impl Installer {
                 lock: Mutex::new(()),
             });
         }
-        let (source, via, (policy, blob, _)) = first_policy(&dir, cfg, &pointer)?;
+        let first = first_policy(&dir, cfg, &pointer)?;
         let inst = Installer {
             state_dir: dir,
-            current: RwLock::new(Arc::new(policy)),
+            current: RwLock::new(Arc::new(first.policy)),
             lock: Mutex::new(()),
         };
         let version = inst.current().table.version;
-        inst.write_state(&source, &blob, version, &via)
+        inst.write_state(&first.source, &first.blob, version, &first.via)
             .map_err(|e| format!("state {}: {e}", inst.state_dir.display()))?;
         Ok(inst)
     }
