@@ -47,7 +47,9 @@ pub struct Applied {
 
 /// The daemon's policies: the active one, and how to replace it.
 pub struct Installer {
+    /// The state directory.
     state_dir: PathBuf,
+    /// The active policy; a session keeps its `Arc` to its end.
     current: RwLock<Arc<Policy>>,
     /// Serialises installs and rollbacks.
     lock: Mutex<()>,

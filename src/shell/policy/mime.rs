@@ -20,9 +20,13 @@ pub fn attachment_names(msg: &[u8]) -> Vec<Vec<u8>> {
 /// names can be found without holding the message whole.
 #[derive(Debug, Default)]
 pub struct MimeScan {
+    /// The line being read (up to [`MIME_LINE`] octets).
     line: Vec<u8>,
+    /// The line being read is longer than [`MIME_LINE`]: skipped.
     long: bool,
+    /// The last line kept was a part header field: its continuations are kept too.
     keep: bool,
+    /// The kept fields, each made a MIME part of its own.
     out: Vec<u8>,
 }
 

@@ -118,13 +118,21 @@ pub struct Outcome {
 
 /// Collects the engine's output as it comes, for [`render`].
 pub(super) struct Collect<'a> {
+    /// The table the pipeline runs on.
     t: &'a Table,
+    /// The message's header block (the edits' spans are in it).
     msg: &'a [u8],
+    /// The envelope recipients, in order.
     rcpts: &'a [&'a [u8]],
+    /// The envelope sender.
     sender: &'a [u8],
+    /// Per recipient, original ones first, then added ones.
     decisions: Vec<Decision>,
+    /// Header edits, with the agent that made each.
     edits: Vec<(Agent, Edit)>,
+    /// The rule execution log's notes, with the agent that made each.
     notes: Vec<(Agent, Note<'a>)>,
+    /// The envelope sender after rewriting, when rewritten.
     final_sender: Option<Addr>,
 }
 

@@ -2,7 +2,7 @@
 //! loaded DFAs) and [`decide`], which runs the engine's pipeline on a
 //! message's envelope and header block. `sluice trace` and the daemon both
 //! call [`decide`], so a trace shows exactly what the daemon would do;
-//! [`render`](super::render) turns what the engine decided into the
+//! [`render`] turns what the engine decided into the
 //! [`Outcome`].
 
 use super::mime::attachment_names;
@@ -33,6 +33,7 @@ address_spaces = ["*"]
 pub struct Policy {
     /// The compiled table.
     pub table: Box<Table>,
+    /// The table's patterns, loaded once.
     dfas: Vec<regex_automata::dfa::sparse::DFA<Vec<u8>>>,
     /// Whether any rule looks at attachment names: if none does, messages
     /// are not MIME-parsed at all.

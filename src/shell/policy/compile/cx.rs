@@ -14,11 +14,16 @@ use toml::Spanned;
 /// Compilation context: the text (for positions), errors and warnings as
 /// byte offsets, and the DFAs built so far (by pattern).
 pub(super) struct Cx<'t> {
+    /// The rule file.
     pub(super) text: &'t str,
-    pub(super) lines: Vec<usize>,
+    /// Byte offset of each line's start.
+    lines: Vec<usize>,
+    /// Errors at byte offsets.
     pub(super) errors: Vec<(usize, String)>,
-    pub(super) warnings: Vec<(usize, String)>,
-    pub(super) dfas: HashMap<String, Result<Vec<u8>, PatError>>,
+    /// Warnings at byte offsets.
+    warnings: Vec<(usize, String)>,
+    /// Each pattern's DFA or error, built once.
+    dfas: HashMap<String, Result<Vec<u8>, PatError>>,
 }
 
 /// Why a pattern does not compile, remembered per pattern so each
@@ -27,6 +32,7 @@ pub(super) struct Cx<'t> {
 pub(super) struct PatError {
     /// Byte offset of the problem in the pattern, when known.
     pub(super) offset: Option<usize>,
+    /// What is wrong, naming the pattern.
     pub(super) message: String,
 }
 
@@ -124,7 +130,9 @@ pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 /// A string value with the byte range of its TOML literal.
 #[derive(Debug, Clone)]
 pub(super) struct S {
+    /// The string.
     pub(super) v: String,
+    /// The byte range of its literal (quotes included).
     pub(super) span: Range<usize>,
 }
 
@@ -137,6 +145,7 @@ impl S {
 
 /// The known entries of one TOML table, in file order.
 pub(super) struct Fields<'a, 'i> {
+    /// Key, key position, value.
     pub(super) list: Vec<(&'a str, usize, &'a Val<'i>)>,
 }
 

@@ -46,10 +46,15 @@ enum Cap {
 
 /// How a capacity is reported: label, noun, constant, size.
 pub(super) struct CapInfo {
+    /// The row label in `rules check`'s table.
     pub(super) label: &'static str,
+    /// What is counted, in the error.
     pub(super) noun: &'static str,
+    /// The engine constant bounding it.
     pub(super) konst: &'static str,
+    /// The capacity.
     pub(super) max: usize,
+    /// Counted in bytes (else entries).
     pub(super) bytes: bool,
 }
 
@@ -103,6 +108,7 @@ pub(super) const CAPS: [CapInfo; NCAPS] = [
 /// What one capacity-bound table needed.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Counter {
+    /// Entries (or bytes) needed, also beyond capacity.
     pub(super) need: usize,
     /// Where the capacity was first exceeded.
     pub(super) over: Option<usize>,
@@ -122,12 +128,18 @@ fn put<T, const N: usize>(v: &mut heapless::Vec<T, N>, x: T, c: &mut Counter, at
 /// The table being filled, with the counters and the indexes that
 /// store identical strings, lists and patterns once.
 pub(super) struct Builder {
+    /// The table being filled.
     pub(super) t: Box<Table>,
+    /// What each capacity-bound table needed, in [`Cap`] order.
     pub(super) counters: [Counter; NCAPS],
-    pub(super) strs: HashMap<String, Str>,
-    pub(super) lists: HashMap<Vec<(u32, u32)>, List>,
-    pub(super) dfa_index: HashMap<String, u16>,
-    pub(super) empty_set: Option<u16>,
+    /// Strings already in the pool.
+    strs: HashMap<String, Str>,
+    /// Lists already in `items`, by their strings.
+    lists: HashMap<Vec<(u32, u32)>, List>,
+    /// Patterns already placed, by text.
+    dfa_index: HashMap<String, u16>,
+    /// The condition set with no condition, once placed (rules share it).
+    empty_set: Option<u16>,
 }
 
 impl Builder {

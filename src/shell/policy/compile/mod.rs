@@ -122,11 +122,15 @@ pub fn check_command(path: &Path) -> i32 {
 
 /// Everything one compilation found, for `compile` and `check_command`.
 struct Outcome {
+    /// The table, when emission ran (also with errors).
     table: Option<Box<Table>>,
+    /// The blob, when there were no errors.
     blob: Vec<u8>,
     /// Entries each capacity-bound table needed (even beyond capacity).
     sizes: Option<[usize; NCAPS]>,
+    /// Errors, sorted by position.
     errors: Vec<Diag>,
+    /// Warnings, sorted by position.
     warnings: Vec<Diag>,
 }
 

@@ -21,9 +21,13 @@ use toml::de::{DeTable, DeValue};
 /// A send connector's address space.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum SpaceM {
+    /// `*`: every domain.
     Any,
+    /// `--`: the accepted domains.
     Accepted,
+    /// `domain`: exactly this domain.
     Domain(String),
+    /// `*.domain`: the subdomains of this domain.
     Subdomains(String),
 }
 
@@ -42,20 +46,35 @@ impl fmt::Display for SpaceM {
 /// by index, patterns checked to compile).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum CondM {
+    /// `sender`: address patterns.
     Sender(Vec<String>),
+    /// `sender_domain`: domains.
     SenderDomain(Vec<String>),
+    /// `sender_group`: a group by index.
     SenderGroup(u16),
+    /// `recipient`: address patterns.
     Recipient(Vec<String>),
+    /// `recipient_domain`: domains.
     RecipientDomain(Vec<String>),
+    /// `recipient_group`: a group by index.
     RecipientGroup(u16),
+    /// `sender_location`.
     SenderLocation(Location),
+    /// `recipient_location`.
     RecipientLocation(Location),
+    /// `header` alone: the field is present.
     HeaderPresent(String),
+    /// `header_absent`.
     HeaderAbsent(String),
+    /// `header` with `header_value_matches`: field name, pattern.
     HeaderMatches(String, String),
+    /// `header` with `header_value_not_matches`: field name, pattern.
     HeaderNotMatches(String, String),
+    /// `inbound`: an inbound connector by index.
     Inbound(u16),
+    /// `client_network`.
     ClientNetwork(Vec<Net>),
+    /// `attachment_name_matches`: a pattern.
     AttachmentMatches(String),
 }
 
@@ -90,13 +109,21 @@ impl CondM {
 /// A rule action, with connectors resolved by index.
 #[derive(Debug, Clone)]
 pub(super) enum ActM {
+    /// `route_to`: a domain.
     RouteTo(String),
+    /// `use_connector`: a send connector by index.
     UseConnector(u16),
+    /// `add_header`: name, value.
     AddHeader(String, String),
+    /// `set_header`: name, value.
     SetHeader(String, String),
+    /// `remove_header`: a name.
     RemoveHeader(String),
+    /// `rewrite_recipient`: the new address.
     RewriteRecipient(String),
+    /// `add_recipient`: an address.
     AddRecipient(String),
+    /// `reject`: the reply.
     Reject(OwnedReply),
 }
 
@@ -105,14 +132,23 @@ pub(super) type CondSet = Vec<(CondM, usize)>;
 
 /// A `[[rule]]`, with its positions for diagnostics.
 pub(super) struct RuleM {
+    /// `name`, or "Rule N".
     pub(super) name: String,
+    /// Where the rule's diagnostics point (its name, else its header).
     pub(super) at: usize,
+    /// `priority`, with its position.
     pub(super) priority: Option<(u32, usize)>,
+    /// `stop`: no further rules for a recipient it applies to.
     pub(super) stop: bool,
+    /// `enabled`: a disabled rule is checked but not compiled.
     pub(super) enabled: bool,
+    /// `if`.
     pub(super) when: CondSet,
+    /// Where `if` is (the rule's header without one).
     pub(super) when_at: usize,
+    /// `except`: condition sets, each with its position.
     pub(super) except: Vec<(CondSet, usize)>,
+    /// `then`, each action with its position.
     pub(super) actions: Vec<(ActM, usize)>,
     /// Whether `then` has any key (an action dropped for an error is not
     /// "no action").
@@ -121,64 +157,98 @@ pub(super) struct RuleM {
 
 /// A `[groups]` entry: a name and its address patterns.
 pub(super) struct GroupM {
+    /// The group's name (the key).
     pub(super) name: S,
+    /// Its address patterns.
     pub(super) members: Vec<String>,
 }
 
 /// An `[[inbound]]` connector: how a session is attributed to it.
 pub(super) struct InboundM {
+    /// `name`.
     pub(super) name: S,
+    /// `kind`: organization (inside) or partner.
     pub(super) kind: InboundKind,
+    /// `client_ips`.
     pub(super) nets: Vec<Net>,
+    /// `tls_certificate_name`, possibly `*.domain`.
     pub(super) tls: Option<String>,
 }
 
 /// A `[[connector]]` (send connector): where mail for its address
 /// spaces goes.
 pub(super) struct ConnM {
+    /// `name`.
     pub(super) name: S,
+    /// `address_spaces`, each with its position.
     pub(super) spaces: Vec<(SpaceM, usize)>,
+    /// `smart_hosts` (none: MX lookup).
     pub(super) smart_hosts: Vec<String>,
+    /// `tls`.
     pub(super) tls: TlsPolicy,
+    /// `cost`.
     pub(super) cost: u32,
 }
 
 /// One `[[rewrite]]` map entry.
 pub(super) struct RewriteM {
+    /// `direction`.
     pub(super) dir: Direction,
+    /// The address (pattern) rewritten.
     pub(super) from: String,
+    /// What it becomes.
     pub(super) to: String,
+    /// Where the entry is.
     pub(super) at: usize,
 }
 
 /// `[limits]` as given; what is missing keeps the empty table's default.
 #[derive(Default)]
 pub(super) struct LimitsM {
+    /// `max_hops`.
     pub(super) max_hops: Option<u16>,
+    /// `max_message_size` in octets.
     pub(super) max_message_size: Option<u64>,
+    /// `max_recipients`.
     pub(super) max_recipients: Option<u32>,
 }
 
-/// The whole rule file, checked, names resolved: what [`emit`](super::emit)
-/// turns into the table and [`check_model`](super::checks) warns about.
+/// The whole rule file, checked, names resolved: what [`emit`](super::emit::emit)
+/// turns into the table and [`check_model`](super::checks::check_model) warns about.
 pub(super) struct Model {
+    /// `[domains] accepted`.
     pub(super) accepted: Vec<String>,
+    /// `[domains] default`.
     pub(super) default_domain: Option<String>,
+    /// Where `default` is.
     pub(super) default_at: usize,
+    /// `[groups]`.
     pub(super) groups: Vec<GroupM>,
+    /// `[[inbound]]`.
     pub(super) inbound: Vec<InboundM>,
+    /// `[[connector]]`.
     pub(super) connectors: Vec<ConnM>,
+    /// `[[rewrite]]` entries.
     pub(super) rewrites: Vec<RewriteM>,
+    /// `[cmt] enabled`.
     pub(super) cmt_enabled: bool,
+    /// `[cmt] from_inbound`, as inbound connector indexes.
     pub(super) cmt_from: Vec<u16>,
     /// Where each `from_inbound` entry is (beside `cmt_from`).
     pub(super) cmt_from_at: Vec<usize>,
+    /// `[cmt] stamp_header`.
     pub(super) cmt_stamp: String,
+    /// `[header_firewall] trusted_prefixes`.
     pub(super) trusted: Vec<String>,
+    /// `[header_firewall] rename_untrusted`: from, to, position.
     pub(super) renames: Vec<(String, String, usize)>,
+    /// `[limits]`.
     pub(super) limits: LimitsM,
+    /// `[connection_filter] blocked_networks`.
     pub(super) blocked: Vec<Net>,
+    /// `[[rule]]`, in file order.
     pub(super) rules: Vec<RuleM>,
+    /// The agents, as `[[agent]]` left them.
     pub(super) agents: Vec<AgentSlot>,
     /// Groups named by some rule (disabled ones included).
     pub(super) group_used: Vec<bool>,
@@ -452,25 +522,10 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             .get("client_ips")
             .map(|v| nets(cx, v, "client_ips"))
             .unwrap_or_default();
-        let tls = match f
+        let tls = f
             .get("tls_certificate_name")
             .and_then(|v| get_str(cx, v, "tls_certificate_name"))
-        {
-            None => None,
-            Some(s) => {
-                let (star, rest) = match s.v.strip_prefix("*.") {
-                    Some(r) => ("*.", r),
-                    None => ("", s.v.as_str()),
-                };
-                match domain(rest) {
-                    Ok(d) => Some(format!("{star}{d}")),
-                    Err(e) => {
-                        cx.err(s.at(), format!("tls_certificate_name: {e}"));
-                        None
-                    }
-                }
-            }
-        };
+            .and_then(|s| certificate_name(cx, &s));
         if nets.is_empty() && tls.is_none() {
             cx.warn(
                 at,
@@ -486,6 +541,22 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             nets,
             tls,
         });
+    }
+}
+
+/// An inbound connector's `tls_certificate_name`: a domain or `*.domain`,
+/// lowercased.
+fn certificate_name(cx: &mut Cx<'_>, s: &S) -> Option<String> {
+    let (star, rest) = match s.v.strip_prefix("*.") {
+        Some(r) => ("*.", r),
+        None => ("", s.v.as_str()),
+    };
+    match domain(rest) {
+        Ok(d) => Some(format!("{star}{d}")),
+        Err(e) => {
+            cx.err(s.at(), format!("tls_certificate_name: {e}"));
+            None
+        }
     }
 }
 

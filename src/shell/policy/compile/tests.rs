@@ -182,6 +182,17 @@ fn the_sample_rewrites_exact_before_wildcard() {
     );
 }
 
+/// The conditions of condition set `set`.
+fn conds_of(t: &Table, set: u16) -> Vec<Condition> {
+    let sp = t.condsets[usize::from(set)];
+    t.conditions[usize::from(sp.first)..][..usize::from(sp.count)].to_vec()
+}
+
+/// The actions of rule `r`.
+fn acts_of(t: &Table, r: &Rule) -> Vec<Action> {
+    t.actions[usize::from(r.actions.first)..][..usize::from(r.actions.count)].to_vec()
+}
+
 #[test]
 fn the_sample_rules_conditions_and_patterns() {
     let c = ok(SAMPLE);
@@ -191,13 +202,8 @@ fn the_sample_rules_conditions_and_patterns() {
         3,
         "two header patterns and one attachment pattern"
     );
-    let conds = |set: u16| -> Vec<Condition> {
-        let sp = t.condsets[usize::from(set)];
-        t.conditions[usize::from(sp.first)..][..usize::from(sp.count)].to_vec()
-    };
-    let acts = |r: &Rule| -> Vec<Action> {
-        t.actions[usize::from(r.actions.first)..][..usize::from(r.actions.count)].to_vec()
-    };
+    let conds = |set: u16| conds_of(t, set);
+    let acts = |r: &Rule| acts_of(t, r);
     // rule 1: header X-RoutethroughTM not matching ^public$, except secure domains
     let r = &t.rules[0];
     let [Condition::HeaderNotMatches(h, d)] = conds(r.when)[..] else {
@@ -245,6 +251,14 @@ fn the_sample_rules_conditions_and_patterns() {
     assert_eq!(s(t, h), "X-OriginatorOrg");
     assert!(dfa_matches(t, d, "contoso.com") && dfa_matches(t, d, "EU.Contoso.com"));
     assert!(!dfa_matches(t, d, "fabrikam.com") && !dfa_matches(t, d, "xcontoso.com"));
+}
+
+#[test]
+fn the_sample_rules_actions_and_attachment_pattern() {
+    let c = ok(SAMPLE);
+    let t = &c.table;
+    let conds = |set: u16| conds_of(t, set);
+    let acts = |r: &Rule| acts_of(t, r);
     // rule 4: add a recipient and a header
     let r = &t.rules[3];
     match acts(r)[..] {
@@ -465,91 +479,92 @@ fn disabled_rules_are_checked_but_not_compiled_or_warned_about() {
 
 // ---- errors: line and column -------------------------------------------
 
+/// Rule files with one error each: the line, the column and a piece of
+/// the message expected.
+const ERROR_CASES: &[(&str, usize, usize, &str)] = &[
+    // TOML syntax
+    ("[domains]\naccepted = [\"a.com\"\n", 2, 20, "unclosed array"),
+    ("version = 1\nversion = 2\n", 2, 1, "duplicate key"),
+    ("x = \"abc\n", 1, 9, "string"),
+    // unknown keys, with a suggestion
+    ("[[rule]]\nprority = 1\n", 2, 1, "did you mean \"priority\""),
+    ("[domains]\naccepted = []\nfoo = 1\n", 3, 1, "unknown key \"foo\" in [domains]"),
+    ("[[rule]]\nif = { sender_lcation = \"inside\" }\n", 2, 8, "did you mean \"sender_location\""),
+    // types
+    ("[[connector]]\nname = \"x\"\ncost = \"cheap\"\n", 3, 8, "\"cost\" must be an integer"),
+    ("[connector]\nname = \"x\"\n", 1, 1, "write [[connector]]"),
+    ("version = 2\n", 1, 11, "version 1"),
+    // references
+    (
+        "[[connector]]\nname = \"a\"\naddress_spaces = [\"*\"]\n[[rule]]\nthen = { use_connector = \"b\" }\n",
+        5,
+        26,
+        "unknown connector \"b\" (known: \"a\")",
+    ),
+    ("[[rule]]\nif = { sender_group = \"Nobody\" }\n", 2, 23, "unknown group \"Nobody\""),
+    ("[[rule]]\nif = { inbound = \"x\" }\n", 2, 18, "unknown inbound connector"),
+    ("[cmt]\nfrom_inbound = [\"ghost\"]\n", 2, 17, "unknown inbound connector \"ghost\""),
+    // duplicates
+    (
+        "[[connector]]\nname = \"a\"\naddress_spaces = [\"*\"]\n[[connector]]\nname = \"a\"\naddress_spaces = [\"x.com\"]\n",
+        5,
+        8,
+        "duplicate connector name \"a\" (first on line 2)",
+    ),
+    ("[[inbound]]\nname = \"i\"\nclient_ips = \"10.0.0.0/8\"\n[[inbound]]\nname = \"i\"\n", 5, 8, "duplicate inbound"),
+    // values
+    ("[[inbound]]\nname = \"i\"\nclient_ips = [\"10.0.0.0/8\", \"10.1.2.0/33\"]\n", 3, 29, "bad network \"10.1.2.0/33\""),
+    ("[[inbound]]\nname = \"i\"\nclient_ips = \"10.0.0.300\"\n", 3, 14, "bad network"),
+    ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*.\"]\n", 3, 19, "bad address space"),
+    ("[[connector]]\nname = \"c\"\naddress_spaces = [\"a b.com\"]\n", 3, 19, "bad address space"),
+    ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*\"]\ntls = \"maybe\"\n", 4, 7, "bad TLS policy"),
+    ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*\"]\nsmart_hosts = [\"h.example:0\"]\n", 4, 16, "bad smart host"),
+    ("[groups]\nG = [\"nobody\"]\n", 2, 6, "bad address \"nobody\""),
+    ("[groups]\nG = [\"a@b@\"]\n", 2, 6, "bad address"),
+    ("[domains]\naccepted = [\"a..com\"]\n", 2, 13, "bad domain \"a..com\": empty label"),
+    ("[domains]\naccepted = [\"a.com\"]\ndefault = \"b.com\"\n", 3, 11, "not among the accepted"),
+    (
+        "[[rule]]\nthen = { reject = \"550 4.7.1 No\" }\n",
+        2,
+        19,
+        "the class of 4.7.1 does not match the reply code 550",
+    ),
+    ("[[rule]]\nthen = { reject = \"250 2.0.0 Fine\" }\n", 2, 19, "4xx or 5xx"),
+    ("[[rule]]\nthen = { reject = \"550 5.7.1\" }\n", 2, 19, "text is missing"),
+    ("[[rule]]\nthen = { reject = \"550 5.7 No\" }\n", 2, 19, "X.Y.Z"),
+    // patterns: the column of the problem inside a literal string
+    ("[[rule]]\nif = { header = \"X\", header_value_matches = '(abc' }\n", 2, 46, "unclosed group"),
+    ("[[rule]]\nif = { attachment_name_matches = 'a\\p{Nope}' }\n", 2, 36, "Unicode property not found"),
+    ("[[rule]]\nif = { attachment_name_matches = '\\bexe\\b' }\n", 2, 35, "(?-u:\\b)"),
+    ("[[rule]]\nif = { header_value_matches = 'x' }\n", 2, 8, "needs \"header\""),
+    (
+        "[[rule]]\nif = { header = \"X\", header_value_matches = '(?i)[a-z]{1,30}x[a-z]{20}' }\n",
+        2,
+        45,
+        "too complex",
+    ),
+    // rule shape
+    ("[[rule]]\nexcept = { header = \"X\" }\n", 2, 10, "except = [{"),
+    (
+        "[[connector]]\nname = \"a\"\n[[rule]]\nthen = { route_to = \"x.com\", use_connector = \"a\" }\n",
+        4,
+        30,
+        "exclude each other",
+    ),
+    ("[[rule]]\nthen = { add_header = { \"X-A\" = \"a\\r\\nBcc: x@y.com\" } }\n", 2, 33, "control character"),
+    ("[[rule]]\nthen = { remove_header = \"Bad Name\" }\n", 2, 26, "bad header name"),
+    ("[[rule]]\nname = \"r\"\n[[rule]]\nname = \"r\"\n", 4, 8, "duplicate rule name"),
+    ("[[rule]]\npriority = 0\n", 2, 12, "out of range"),
+    // CMT and agents
+    ("[cmt]\nenabled = true\n", 2, 1, "CMT needs [domains] default"),
+    ("[[agent]]\nname = \"spam_filter\"\n", 2, 8, "unknown agent"),
+    ("[limits]\nmax_message_size = \"lots\"\n", 2, 20, "max_message_size"),
+    ("[limits]\nmax_recipients = 5000\n", 2, 18, "out of range"),
+];
+
 #[test]
 fn errors_name_line_and_column() {
-    let r = "[[rule]]\nname = \"r\"\n";
-    let cases: &[(&str, usize, usize, &str)] = &[
-        // TOML syntax
-        ("[domains]\naccepted = [\"a.com\"\n", 2, 20, "unclosed array"),
-        ("version = 1\nversion = 2\n", 2, 1, "duplicate key"),
-        ("x = \"abc\n", 1, 9, "string"),
-        // unknown keys, with a suggestion
-        ("[[rule]]\nprority = 1\n", 2, 1, "did you mean \"priority\""),
-        ("[domains]\naccepted = []\nfoo = 1\n", 3, 1, "unknown key \"foo\" in [domains]"),
-        ("[[rule]]\nif = { sender_lcation = \"inside\" }\n", 2, 8, "did you mean \"sender_location\""),
-        // types
-        ("[[connector]]\nname = \"x\"\ncost = \"cheap\"\n", 3, 8, "\"cost\" must be an integer"),
-        ("[connector]\nname = \"x\"\n", 1, 1, "write [[connector]]"),
-        ("version = 2\n", 1, 11, "version 1"),
-        // references
-        (
-            "[[connector]]\nname = \"a\"\naddress_spaces = [\"*\"]\n[[rule]]\nthen = { use_connector = \"b\" }\n",
-            5,
-            26,
-            "unknown connector \"b\" (known: \"a\")",
-        ),
-        ("[[rule]]\nif = { sender_group = \"Nobody\" }\n", 2, 23, "unknown group \"Nobody\""),
-        ("[[rule]]\nif = { inbound = \"x\" }\n", 2, 18, "unknown inbound connector"),
-        ("[cmt]\nfrom_inbound = [\"ghost\"]\n", 2, 17, "unknown inbound connector \"ghost\""),
-        // duplicates
-        (
-            "[[connector]]\nname = \"a\"\naddress_spaces = [\"*\"]\n[[connector]]\nname = \"a\"\naddress_spaces = [\"x.com\"]\n",
-            5,
-            8,
-            "duplicate connector name \"a\" (first on line 2)",
-        ),
-        ("[[inbound]]\nname = \"i\"\nclient_ips = \"10.0.0.0/8\"\n[[inbound]]\nname = \"i\"\n", 5, 8, "duplicate inbound"),
-        // values
-        ("[[inbound]]\nname = \"i\"\nclient_ips = [\"10.0.0.0/8\", \"10.1.2.0/33\"]\n", 3, 29, "bad network \"10.1.2.0/33\""),
-        ("[[inbound]]\nname = \"i\"\nclient_ips = \"10.0.0.300\"\n", 3, 14, "bad network"),
-        ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*.\"]\n", 3, 19, "bad address space"),
-        ("[[connector]]\nname = \"c\"\naddress_spaces = [\"a b.com\"]\n", 3, 19, "bad address space"),
-        ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*\"]\ntls = \"maybe\"\n", 4, 7, "bad TLS policy"),
-        ("[[connector]]\nname = \"c\"\naddress_spaces = [\"*\"]\nsmart_hosts = [\"h.example:0\"]\n", 4, 16, "bad smart host"),
-        ("[groups]\nG = [\"nobody\"]\n", 2, 6, "bad address \"nobody\""),
-        ("[groups]\nG = [\"a@b@\"]\n", 2, 6, "bad address"),
-        ("[domains]\naccepted = [\"a..com\"]\n", 2, 13, "bad domain \"a..com\": empty label"),
-        ("[domains]\naccepted = [\"a.com\"]\ndefault = \"b.com\"\n", 3, 11, "not among the accepted"),
-        (
-            "[[rule]]\nthen = { reject = \"550 4.7.1 No\" }\n",
-            2,
-            19,
-            "the class of 4.7.1 does not match the reply code 550",
-        ),
-        ("[[rule]]\nthen = { reject = \"250 2.0.0 Fine\" }\n", 2, 19, "4xx or 5xx"),
-        ("[[rule]]\nthen = { reject = \"550 5.7.1\" }\n", 2, 19, "text is missing"),
-        ("[[rule]]\nthen = { reject = \"550 5.7 No\" }\n", 2, 19, "X.Y.Z"),
-        // patterns: the column of the problem inside a literal string
-        ("[[rule]]\nif = { header = \"X\", header_value_matches = '(abc' }\n", 2, 46, "unclosed group"),
-        ("[[rule]]\nif = { attachment_name_matches = 'a\\p{Nope}' }\n", 2, 36, "Unicode property not found"),
-        ("[[rule]]\nif = { attachment_name_matches = '\\bexe\\b' }\n", 2, 35, "(?-u:\\b)"),
-        ("[[rule]]\nif = { header_value_matches = 'x' }\n", 2, 8, "needs \"header\""),
-        (
-            "[[rule]]\nif = { header = \"X\", header_value_matches = '(?i)[a-z]{1,30}x[a-z]{20}' }\n",
-            2,
-            45,
-            "too complex",
-        ),
-        // rule shape
-        ("[[rule]]\nexcept = { header = \"X\" }\n", 2, 10, "except = [{"),
-        (
-            "[[connector]]\nname = \"a\"\n[[rule]]\nthen = { route_to = \"x.com\", use_connector = \"a\" }\n",
-            4,
-            30,
-            "exclude each other",
-        ),
-        ("[[rule]]\nthen = { add_header = { \"X-A\" = \"a\\r\\nBcc: x@y.com\" } }\n", 2, 33, "control character"),
-        ("[[rule]]\nthen = { remove_header = \"Bad Name\" }\n", 2, 26, "bad header name"),
-        ("[[rule]]\nname = \"r\"\n[[rule]]\nname = \"r\"\n", 4, 8, "duplicate rule name"),
-        ("[[rule]]\npriority = 0\n", 2, 12, "out of range"),
-        // CMT and agents
-        ("[cmt]\nenabled = true\n", 2, 1, "CMT needs [domains] default"),
-        ("[[agent]]\nname = \"spam_filter\"\n", 2, 8, "unknown agent"),
-        ("[limits]\nmax_message_size = \"lots\"\n", 2, 20, "max_message_size"),
-        ("[limits]\nmax_recipients = 5000\n", 2, 18, "out of range"),
-    ];
-    let _ = r;
-    for (text, line, col, want) in cases {
+    for (text, line, col, want) in ERROR_CASES {
         let e = errs(text);
         assert!(
             e.iter()
