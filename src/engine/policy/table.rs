@@ -549,7 +549,8 @@ impl Table {
             .map(move |s| self.str(*s))
     }
 
-    /// Decodes and validates a blob made by [`Table::to_blob`](Self).
+    /// Decodes and validates a blob made by the shell's rule compiler
+    /// (`shell::policy::compile::encode`: postcard with a CRC-32C).
     pub fn from_blob(blob: &[u8]) -> Result<Self, TableError> {
         let t: Table = postcard::from_bytes_crc32(blob, crc32()).map_err(|_| TableError::Decode)?;
         if t.format != FORMAT {

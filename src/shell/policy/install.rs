@@ -47,12 +47,15 @@ pub struct Applied {
 
 /// The daemon's policies: the active one, and how to replace it.
 pub struct Installer {
+    /// The state directory.
     state_dir: PathBuf,
+    /// The active policy; a session keeps its `Arc` to its end.
     current: RwLock<Arc<Policy>>,
     /// Serialises installs and rollbacks.
     lock: Mutex<()>,
 }
 
+/// Seconds since the Unix epoch, for the pointer's `installed_at`.
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -86,6 +89,7 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, dir.join(name))
 }
 
+/// Makes a directory's entries durable (a rename is durable only then).
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
@@ -168,6 +172,8 @@ fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
     decode_blob(blob).map_err(|e| format!("{gen}: {e}"))
 }
 
+/// Compiles a rule file into a policy, its blob and its warnings; the
+/// errors as `LINE:COL: error: ...`.
 fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> {
     let c = compile::compile(source).map_err(|diags| {
         diags
@@ -186,6 +192,110 @@ fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> 
     Ok((policy, blob, warnings))
 }
 
+/// The pointer and the policy it names as active; if that does not load,
+/// the previous one, which then becomes the active one (with a warning).
+/// `None` when neither loads or nothing is installed.
+fn load_installed(dir: &Path) -> Result<(Value, Option<Policy>), String> {
+    let mut pointer = read_pointer(dir);
+    if !pointer.is_object() {
+        if dir.join(POINTER).exists() {
+            crate::shell::ops::log::warn(format_args!(
+                "state {}: {POINTER} is unreadable; starting from the config's rules",
+                dir.display()
+            ));
+        }
+        return Ok((pointer, None));
+    }
+    let e = match load_entry(dir, &pointer["policy"]) {
+        Ok(p) => return Ok((pointer, Some(p))),
+        Err(e) => e,
+    };
+    crate::shell::ops::log::warn(format_args!(
+        "state {}: the installed policy does not load ({e})",
+        dir.display()
+    ));
+    match load_entry(dir, &pointer["previous"]) {
+        Ok(p) => {
+            crate::shell::ops::log::warn(format_args!(
+                "state {}: starting on the previous policy",
+                dir.display()
+            ));
+            // It is the active one now; the broken one goes.
+            pointer = json!({ "policy": pointer["previous"].clone(), "previous": Value::Null });
+            commit_pointer(dir, &pointer).map_err(|e| format!("state {}: {e}", dir.display()))?;
+            Ok((pointer, Some(p)))
+        }
+        Err(e) => {
+            crate::shell::ops::log::warn(format_args!(
+                "state {}: the previous policy does not load either ({e}); starting from the config's rules",
+                dir.display()
+            ));
+            Ok((pointer, None))
+        }
+    }
+}
+
+/// The policy a state directory starts on when none of its own loads.
+struct FirstPolicy {
+    /// The rule file's text.
+    source: String,
+    /// Where it came from, for the pointer's `via`.
+    via: String,
+    /// The compiled policy.
+    policy: Policy,
+    /// Its blob.
+    blob: Vec<u8>,
+}
+
+/// The policy to install when none loads from the state directory: a
+/// `policy.toml` of the layout before generations, else the config's rule
+/// file, else the embedded default.
+fn first_policy(dir: &Path, cfg: &Config, pointer: &Value) -> Result<FirstPolicy, String> {
+    // A state dir of the layout before generations (policy.toml beside
+    // policy.blob, no pointer): the box keeps its installed policy.
+    let legacy_path = dir.join("policy.toml");
+    let legacy = (pointer.is_null() && !dir.join(POINTER).exists())
+        .then(|| fs::read_to_string(&legacy_path).ok())
+        .flatten()
+        .and_then(|text| compile(&text).ok().map(|c| (text, c)));
+    if let Some((text, (policy, blob, _))) = legacy {
+        crate::shell::ops::log::info(format_args!(
+            "state {}: policy.toml of the older layout taken over as the installed policy",
+            dir.display()
+        ));
+        return Ok(FirstPolicy {
+            source: text,
+            via: "state (older layout)".to_string(),
+            policy,
+            blob,
+        });
+    }
+    let (source, name, via) = match &cfg.rules {
+        Some(p) => (
+            fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
+            p.display().to_string(),
+            format!("config {}", p.display()),
+        ),
+        None => (
+            DEFAULT_RULES.to_string(),
+            "(embedded default rules)".into(),
+            "embedded default".into(),
+        ),
+    };
+    let (policy, blob, _) = compile(&source).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{name}:{e}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(FirstPolicy {
+        source,
+        via,
+        policy,
+        blob,
+    })
+}
+
 impl Installer {
     /// Opens the state directory and the policy to start on: the one
     /// `state.json` names as active; if that does not load, the previous
@@ -195,41 +305,7 @@ impl Installer {
         let dir = cfg.state_dir.clone();
         fs::create_dir_all(&dir).map_err(|e| format!("state {}: {e}", dir.display()))?;
         let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
-        let mut pointer = read_pointer(&dir);
-        let mut loaded = None;
-        if pointer.is_object() {
-            match load_entry(&dir, &pointer["policy"]) {
-                Ok(p) => loaded = Some(p),
-                Err(e) => {
-                    crate::shell::ops::log::warn(format_args!(
-                        "state {}: the installed policy does not load ({e})",
-                        dir.display()
-                    ));
-                    match load_entry(&dir, &pointer["previous"]) {
-                        Ok(p) => {
-                            crate::shell::ops::log::warn(format_args!(
-                                "state {}: starting on the previous policy",
-                                dir.display()
-                            ));
-                            // It is the active one now; the broken one goes.
-                            pointer = json!({ "policy": pointer["previous"].clone(), "previous": Value::Null });
-                            commit_pointer(&dir, &pointer)
-                                .map_err(|e| format!("state {}: {e}", dir.display()))?;
-                            loaded = Some(p);
-                        }
-                        Err(e) => crate::shell::ops::log::warn(format_args!(
-                            "state {}: the previous policy does not load either ({e}); starting from the config's rules",
-                            dir.display()
-                        )),
-                    }
-                }
-            }
-        } else if dir.join(POINTER).exists() {
-            crate::shell::ops::log::warn(format_args!(
-                "state {}: {POINTER} is unreadable; starting from the config's rules",
-                dir.display()
-            ));
-        }
+        let (pointer, loaded) = load_installed(&dir)?;
         if let Some(p) = loaded {
             collect_garbage(&dir, &pointer);
             return Ok(Installer {
@@ -238,50 +314,14 @@ impl Installer {
                 lock: Mutex::new(()),
             });
         }
-        // A state dir of the layout before generations (policy.toml beside
-        // policy.blob, no pointer): the box keeps its installed policy.
-        let legacy_path = dir.join("policy.toml");
-        let legacy = (pointer.is_null() && !dir.join(POINTER).exists())
-            .then(|| fs::read_to_string(&legacy_path).ok())
-            .flatten()
-            .and_then(|text| compile(&text).ok().map(|c| (text, c)));
-        let (source, via, (policy, blob, _)) = match legacy {
-            Some((text, compiled)) => {
-                crate::shell::ops::log::info(format_args!(
-                    "state {}: policy.toml of the older layout taken over as the installed policy",
-                    dir.display()
-                ));
-                (text, "state (older layout)".to_string(), compiled)
-            }
-            None => {
-                let (source, name, via) = match &cfg.rules {
-                    Some(p) => (
-                        fs::read_to_string(p).map_err(|e| format!("rules {}: {e}", p.display()))?,
-                        p.display().to_string(),
-                        format!("config {}", p.display()),
-                    ),
-                    None => (
-                        DEFAULT_RULES.to_string(),
-                        "(embedded default rules)".into(),
-                        "embedded default".into(),
-                    ),
-                };
-                let compiled = compile(&source).map_err(|errs| {
-                    errs.iter()
-                        .map(|e| format!("{name}:{e}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                })?;
-                (source, via, compiled)
-            }
-        };
+        let first = first_policy(&dir, cfg, &pointer)?;
         let inst = Installer {
             state_dir: dir,
-            current: RwLock::new(Arc::new(policy)),
+            current: RwLock::new(Arc::new(first.policy)),
             lock: Mutex::new(()),
         };
         let version = inst.current().table.version;
-        inst.write_state(&source, &blob, version, &via)
+        inst.write_state(&first.source, &first.blob, version, &first.via)
             .map_err(|e| format!("state {}: {e}", inst.state_dir.display()))?;
         Ok(inst)
     }
@@ -294,6 +334,7 @@ impl Installer {
         }
     }
 
+    /// Makes `p` the active policy; sessions under way keep theirs.
     fn swap(&self, p: Policy) {
         let p = Arc::new(p);
         match self.current.write() {

@@ -3,7 +3,9 @@
 use crate::engine::policy::{attribute, run_order, run_position, Agent, Table, STAGES};
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
-use crate::shell::policy::runtime::{self, HeaderEdit, NextHop, Outcome, Policy};
+use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
+use crate::shell::policy::runtime::{self, Policy};
+use crate::shell::relay::splice::splice;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -41,74 +43,103 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
     }
 }
 
+/// `sluice trace`'s usage line.
 const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--snapshots] [--json]";
 
-/// `sluice trace`: exit 0 accepted, 1 rejected, 2 bad input.
-pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
-    let mut file = None;
-    let mut from: Option<String> = None;
-    let mut to: Vec<String> = Vec::new();
-    let mut peer: IpAddr = IpAddr::from([127, 0, 0, 1]);
-    let mut tls_name: Option<String> = None;
-    let mut rules_file: Option<PathBuf> = None;
-    let (mut json_out, mut snapshots) = (false, false);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |what: &str| -> Result<String, i32> {
-            it.next().map(|s| s.to_string()).ok_or_else(|| {
-                eprintln!("sluice: {what} needs a value\n{TRACE_USAGE}");
-                2
-            })
-        };
-        let r = match *a {
-            "--from" => value("--from").map(|v| from = Some(v)),
-            "--to" => value("--to").map(|v| to.push(v)),
-            "--peer" => value("--peer").and_then(|v| {
-                v.parse().map(|ip| peer = ip).map_err(|_| {
-                    eprintln!("sluice: --peer {v:?} is not an IP address");
+/// `sluice trace`'s command line.
+struct TraceArgs {
+    /// The message file.
+    file: PathBuf,
+    /// `--from`.
+    from: String,
+    /// `--to`, at least one.
+    to: Vec<String>,
+    /// `--peer`, loopback by default.
+    peer: IpAddr,
+    /// `--tls-name`: the client certificate's name.
+    tls_name: Option<String>,
+    /// `--rules`.
+    rules_file: Option<PathBuf>,
+    /// `--json`.
+    json_out: bool,
+    /// `--snapshots`.
+    snapshots: bool,
+}
+
+impl TraceArgs {
+    /// Reads the arguments; `Err` holds the exit status (0 after `--help`,
+    /// 2 for bad input, the message printed).
+    fn parse(args: &[&str]) -> Result<TraceArgs, i32> {
+        let mut file = None;
+        let mut from: Option<String> = None;
+        let mut to: Vec<String> = Vec::new();
+        let mut peer: IpAddr = IpAddr::from([127, 0, 0, 1]);
+        let mut tls_name: Option<String> = None;
+        let mut rules_file: Option<PathBuf> = None;
+        let (mut json_out, mut snapshots) = (false, false);
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |what: &str| -> Result<String, i32> {
+                it.next().map(|s| s.to_string()).ok_or_else(|| {
+                    eprintln!("sluice: {what} needs a value\n{TRACE_USAGE}");
                     2
                 })
-            }),
-            "--tls-name" => value("--tls-name").map(|v| tls_name = Some(v)),
-            "--rules" => value("--rules").map(|v| rules_file = Some(PathBuf::from(v))),
-            "--json" => {
-                json_out = true;
-                Ok(())
+            };
+            match *a {
+                "--from" => from = Some(value("--from")?),
+                "--to" => to.push(value("--to")?),
+                "--peer" => {
+                    let v = value("--peer")?;
+                    peer = v.parse().map_err(|_| {
+                        eprintln!("sluice: --peer {v:?} is not an IP address");
+                        2
+                    })?;
+                }
+                "--tls-name" => tls_name = Some(value("--tls-name")?),
+                "--rules" => rules_file = Some(PathBuf::from(value("--rules")?)),
+                "--json" => json_out = true,
+                "--snapshots" => snapshots = true,
+                "--help" | "-h" => {
+                    outln!("{TRACE_USAGE}");
+                    return Err(0);
+                }
+                f if file.is_none() && !f.starts_with("--") => file = Some(PathBuf::from(f)),
+                other => {
+                    eprintln!("sluice: unexpected argument {other:?}\n{TRACE_USAGE}");
+                    return Err(2);
+                }
             }
-            "--snapshots" => {
-                snapshots = true;
-                Ok(())
-            }
-            "--help" | "-h" => {
-                outln!("{TRACE_USAGE}");
-                return 0;
-            }
-            f if file.is_none() && !f.starts_with("--") => {
-                file = Some(PathBuf::from(f));
-                Ok(())
-            }
-            other => {
-                eprintln!("sluice: unexpected argument {other:?}\n{TRACE_USAGE}");
-                Err(2)
-            }
-        };
-        if let Err(code) = r {
-            return code;
         }
+        let (Some(file), Some(from)) = (file, from) else {
+            eprintln!("sluice: trace needs a message file and --from\n{TRACE_USAGE}");
+            return Err(2);
+        };
+        if to.is_empty() {
+            eprintln!("sluice: trace needs at least one --to\n{TRACE_USAGE}");
+            return Err(2);
+        }
+        check_addresses(&from, &to)?;
+        Ok(TraceArgs {
+            file,
+            from,
+            to,
+            peer,
+            tls_name,
+            rules_file,
+            json_out,
+            snapshots,
+        })
     }
-    let (Some(file), Some(from)) = (file, from) else {
-        eprintln!("sluice: trace needs a message file and --from\n{TRACE_USAGE}");
-        return 2;
-    };
-    if to.is_empty() {
-        eprintln!("sluice: trace needs at least one --to\n{TRACE_USAGE}");
-        return 2;
-    }
+}
+
+/// The envelope addresses as the daemon would take them: `Err(2)`, the
+/// message printed, for one that MAIL or RCPT would refuse.
+fn check_addresses(from: &str, to: &[String]) -> Result<(), i32> {
     if !crate::engine::smtp::valid_address(from.as_bytes(), false) {
         eprintln!(
             "sluice: --from {from:?} is not a valid address (MAIL FROM would refuse it: 501 5.1.7)"
         );
-        return 2;
+        return Err(2);
     }
     if let Some(bad) = to
         .iter()
@@ -117,30 +148,39 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         eprintln!(
             "sluice: --to {bad:?} is not a valid address (RCPT TO would refuse it: 501 5.1.3)"
         );
-        return 2;
+        return Err(2);
     }
-    let msg = match std::fs::read(&file) {
+    Ok(())
+}
+
+/// `sluice trace`: exit 0 accepted, 1 rejected, 2 bad input.
+pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
+    let a = match TraceArgs::parse(args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let msg = match std::fs::read(&a.file) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!("sluice: {}: {e}", file.display());
+            eprintln!("sluice: {}: {e}", a.file.display());
             return 2;
         }
     };
-    let pol = match load_rules(rules_file.as_deref(), cfg) {
+    let pol = match load_rules(a.rules_file.as_deref(), cfg) {
         Ok(t) => t,
         Err(code) => return code,
     };
     let table: &Table = &pol.table;
     let att = attribute(
         table,
-        &runtime::ip16(peer),
-        tls_name.as_deref().map(str::as_bytes),
+        &runtime::ip16(a.peer),
+        a.tls_name.as_deref().map(str::as_bytes),
     );
-    let rcpts: Vec<&[u8]> = to.iter().map(|s| s.as_bytes()).collect();
+    let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
     let env = runtime::Envelope {
         attribution: att,
-        client: peer,
-        sender: from.as_bytes(),
+        client: a.peer,
+        sender: a.from.as_bytes(),
         rcpts: &rcpts,
     };
     let out = runtime::decide(&pol, &env, &msg);
@@ -148,37 +188,43 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         .inbound
         .and_then(|i| table.inbound.get(usize::from(i)))
         .map(|c| String::from_utf8_lossy(table.str(c.name)).into_owned());
-    if json_out {
+    if a.json_out {
         let mut doc = to_json(
             &out,
             table,
-            peer,
+            a.peer,
             inbound,
             att.originating,
-            tls_name.as_deref(),
-            &from,
+            a.tls_name.as_deref(),
+            &a.from,
         );
-        if snapshots {
+        if a.snapshots {
             doc["snapshots"] = Value::Array(snapshot_list(table, &msg, &out));
         }
         outln!("{doc}");
     } else {
-        print_text(&out, peer, inbound.as_deref(), att.originating, &from);
-        if snapshots {
-            for s in snapshot_list(table, &msg, &out) {
-                outln!(
-                    "\n--- before {}\n{}--- after {}\n{}",
-                    s["agent"].as_str().unwrap_or(""),
-                    s["before"].as_str().unwrap_or(""),
-                    s["agent"].as_str().unwrap_or(""),
-                    s["after"].as_str().unwrap_or("")
-                );
-            }
+        print_text(&out, a.peer, inbound.as_deref(), att.originating, &a.from);
+        if a.snapshots {
+            print_snapshots(table, &msg, &out);
         }
     }
     i32::from(out.result == "Rejected")
 }
 
+/// The header block before and after each agent, as text.
+fn print_snapshots(t: &Table, msg: &[u8], out: &Outcome) {
+    for s in snapshot_list(t, msg, out) {
+        outln!(
+            "\n--- before {}\n{}--- after {}\n{}",
+            s["agent"].as_str().unwrap_or(""),
+            s["before"].as_str().unwrap_or(""),
+            s["agent"].as_str().unwrap_or(""),
+            s["after"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// A next hop in `--json` output: `{"mx": D}`, `{"smart_hosts": [...]}` or null.
 fn next_hop_json(n: &NextHop) -> Value {
     match n {
         NextHop::Mx(d) => json!({ "mx": d }),
@@ -187,6 +233,7 @@ fn next_hop_json(n: &NextHop) -> Value {
     }
 }
 
+/// `sluice trace --json`: the outcome as one JSON document.
 fn to_json(
     out: &Outcome,
     t: &Table,
@@ -252,11 +299,11 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     // event by priority), whatever order their edits came in.
     agents.sort_by_key(|a| run_position(t, *a));
     for a in agents {
-        let before = runtime::splice(msg, &done);
+        let before = splice(msg, &done);
         done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
-        let after = runtime::splice(msg, &done);
+        let after = splice(msg, &done);
         list.push(json!({
-            "agent": runtime::agent_name(a),
+            "agent": render::agent_name(a),
             "before": String::from_utf8_lossy(runtime::header_block(&before)),
             "after": String::from_utf8_lossy(runtime::header_block(&after)),
         }));
@@ -264,6 +311,7 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     list
 }
 
+/// `sluice trace`: the outcome as text for the operator.
 fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: bool, from: &str) {
     outln!(
         "session: peer {peer}, inbound connector {}, {}",
@@ -314,7 +362,7 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
                 field, from, to, ..
             } => format!("{field}: {from} -> {to}"),
         };
-        outln!("header ({}): {what}", runtime::agent_name(*a));
+        outln!("header ({}): {what}", render::agent_name(*a));
     }
     outln!("rule log:");
     for l in &out.log {
@@ -356,7 +404,7 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
             let line = format!(
                 "  {:>3}  {:<20}{}",
                 s.priority,
-                runtime::agent_name(s.agent),
+                render::agent_name(s.agent),
                 if s.enabled { "" } else { "  [disabled]" }
             );
             outln!("{}", line.trim_end());

@@ -11,8 +11,9 @@
 //! spool with the header edits spliced into the header block only.
 
 use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
-use crate::shell::policy::runtime::{splice, HeaderEdit, NextHop};
+use crate::shell::policy::render::{HeaderEdit, NextHop};
 use crate::shell::relay::dns::{DnsError, Resolver};
+use crate::shell::relay::splice::splice;
 use crate::shell::spool::{RcptState, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};

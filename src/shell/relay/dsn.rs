@@ -192,7 +192,7 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::policy::runtime::NextHop;
+    use crate::shell::policy::render::NextHop;
 
     fn env(from: &str) -> Envelope {
         Envelope {

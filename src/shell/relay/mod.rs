@@ -1,8 +1,10 @@
 //! Handing accepted mail on: the [`queue`] schedules each recipient,
-//! [`deliver`] makes one attempt at a next hop found through [`dns`], and
-//! [`dsn`] writes the bounce for what failed.
+//! [`deliver`] makes one attempt at a next hop found through [`dns`], with
+//! the policy's header edits put in by [`splice`], and [`dsn`] writes the
+//! bounce for what failed.
 
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
 pub mod queue;
+pub mod splice;

@@ -16,7 +16,7 @@ use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use crate::shell::config::QueueConfig;
 use crate::shell::policy::install::Installer;
-use crate::shell::policy::runtime::NextHop;
+use crate::shell::policy::render::NextHop;
 use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
 use crate::shell::relay::dns::Resolver;
 use crate::shell::spool::{RcptState, Spool, Stored};

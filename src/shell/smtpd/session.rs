@@ -22,7 +22,9 @@ use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
 use crate::shell::ops::log::{self, Kind};
-use crate::shell::policy::runtime::{self as pol, MimeScan, Outcome, Policy};
+use crate::shell::policy::mime::MimeScan;
+use crate::shell::policy::render::{self, Outcome};
+use crate::shell::policy::runtime::{self as pol, Policy};
 use crate::shell::spool::{self, Envelope, Route, SpoolError};
 use crate::shell::time::now_secs;
 use async_net::TcpStream;
@@ -440,8 +442,7 @@ impl<'a> Session<'a> {
         let id = spool::format_id(self.txn.id);
         let message_id = self.txn.message_id();
         let outcome = self.decide(size);
-        if let Some((code, status, text)) = pol::verdict_reply(self.table(), &outcome.verdict) {
-            let reply = crate::shell::reply::OwnedReply::new(code, Some(status), text);
+        if let Some(reply) = render::verdict_reply(self.table(), &outcome.verdict) {
             self.txn.forget_message();
             self.log_refused(&id, message_id.as_deref(), &outcome);
             self.rx.reject(reply.as_reply());
@@ -527,7 +528,7 @@ impl<'a> Session<'a> {
             tls,
             id,
         );
-        let mut edits = vec![pol::HeaderEdit::Prepend { field: trace }];
+        let mut edits = vec![render::HeaderEdit::Prepend { field: trace }];
         edits.extend(outcome.edits.iter().map(|(_, e)| e.clone()));
         Envelope {
             from: std::mem::take(&mut self.txn.from),
@@ -746,9 +747,9 @@ fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
                 r.original,
                 r.connector.as_deref().unwrap_or("-"),
                 match &r.next_hop {
-                    pol::NextHop::Mx(d) => format!("mx:{d}"),
-                    pol::NextHop::SmartHosts(h) => h.join(","),
-                    pol::NextHop::None => "-".into(),
+                    render::NextHop::Mx(d) => format!("mx:{d}"),
+                    render::NextHop::SmartHosts(h) => h.join(","),
+                    render::NextHop::None => "-".into(),
                 },
                 r.rejected
                     .as_deref()

@@ -92,7 +92,7 @@ pub struct Envelope {
     /// The message's Message-ID, for the log.
     pub message_id: Option<String>,
     /// Header edits to splice in when the message leaves.
-    pub edits: Vec<crate::shell::policy::runtime::HeaderEdit>,
+    pub edits: Vec<crate::shell::policy::render::HeaderEdit>,
 }
 
 /// Where one recipient goes, as the policy decided at acceptance.
@@ -105,7 +105,7 @@ pub struct Route {
     /// The send connector's name.
     pub connector: Option<String>,
     /// The next hop.
-    pub next_hop: crate::shell::policy::runtime::NextHop,
+    pub next_hop: crate::shell::policy::render::NextHop,
     /// A refusal (the recipient is to be bounced), e.g. "550 5.7.1 ...".
     pub refused: Option<String>,
 }
@@ -1213,7 +1213,7 @@ mod tests {
             original: rcpt.as_bytes().to_vec(),
             rcpt: rcpt.as_bytes().to_vec(),
             connector: Some("internet".into()),
-            next_hop: crate::shell::policy::runtime::NextHop::Mx("y.test".into()),
+            next_hop: crate::shell::policy::render::NextHop::Mx("y.test".into()),
             refused: refused.map(str::to_string),
         }
     }
@@ -1468,7 +1468,7 @@ mod tests {
             original: b"b@example.test".to_vec(),
             rcpt: b"b@example.test".to_vec(),
             connector: None,
-            next_hop: crate::shell::policy::runtime::NextHop::None,
+            next_hop: crate::shell::policy::render::NextHop::None,
             refused: None,
         });
         smol::block_on(spool.commit(id, &e, b"ok")).expect("commit");

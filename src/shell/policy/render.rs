@@ -1,0 +1,588 @@
+//! Rendering what the engine's pipeline decided for one message: each
+//! recipient's route or refusal ([`Recipient`], [`NextHop`]), the header
+//! edits ([`HeaderEdit`]) the relay splices in on the way out, the rule
+//! execution log, and the SMTP replies for refusals ([`verdict_reply`]).
+
+use crate::engine::header;
+use crate::engine::policy::{
+    self, Addr, Agent, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table, Verdict, AGENTS,
+};
+use crate::engine::reply::Reason;
+use crate::shell::reply::OwnedReply;
+
+/// Where a recipient goes next.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum NextHop {
+    /// MX lookup of this domain.
+    Mx(String),
+    /// These smart hosts, in order.
+    SmartHosts(Vec<String>),
+    /// Nowhere (refused, or no connector matched).
+    None,
+}
+
+/// One recipient's rendered decision.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// The address as given (empty for an added recipient).
+    pub original: String,
+    /// The final address.
+    pub final_addr: String,
+    /// The send connector's name.
+    pub connector: Option<String>,
+    /// The next hop.
+    pub next_hop: NextHop,
+    /// "route_to", "use_connector" or "cmt".
+    pub route: Option<&'static str>,
+    /// The domain that chose connector and next hop, when overridden.
+    pub override_domain: Option<String>,
+    /// The rule that decided.
+    pub rule: Option<String>,
+    /// The rule that added this recipient.
+    pub added_by: Option<String>,
+    /// The refusal reply, e.g. "554 5.7.1 Relay access denied".
+    pub rejected: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// A rendered header edit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HeaderEdit {
+    /// Remove the field at this span of the message (name given for display).
+    Remove {
+        /// Start offset.
+        start: usize,
+        /// End offset (line ending included).
+        end: usize,
+        /// The field's name.
+        name: String,
+    },
+    /// Rename the field name at this span.
+    Rename {
+        /// Start offset.
+        start: usize,
+        /// End of the name.
+        end: usize,
+        /// Old name.
+        from: String,
+        /// New name.
+        to: String,
+    },
+    /// Put a complete field (e.g. our `Received:`, line ending included)
+    /// at the top of the header block, where trace fields go.
+    Prepend {
+        /// The field's text.
+        field: String,
+    },
+    /// Append a field.
+    Add {
+        /// Name.
+        name: String,
+        /// Value (may be empty).
+        value: String,
+    },
+    /// Replace an address inside a field.
+    Address {
+        /// Start offset.
+        start: usize,
+        /// End offset.
+        end: usize,
+        /// The field's name.
+        field: String,
+        /// Old address.
+        from: String,
+        /// New address.
+        to: String,
+    },
+}
+
+/// Everything the pipeline decided for one message.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Accepted (routed or not), or refused and why.
+    pub verdict: Verdict,
+    /// The in-session reply when refused.
+    pub reply: Option<String>,
+    /// "Routed", "NoAction" or "Rejected".
+    pub result: &'static str,
+    /// Per recipient, original ones first, then added ones.
+    pub recipients: Vec<Recipient>,
+    /// The envelope sender after outbound rewriting.
+    pub sender: String,
+    /// Header edits, with the agent that made each.
+    pub edits: Vec<(Agent, HeaderEdit)>,
+    /// The rule execution log, one line per note.
+    pub log: Vec<String>,
+}
+
+/// Collects the engine's output as it comes, for [`render`].
+pub(super) struct Collect<'a> {
+    /// The table the pipeline runs on.
+    t: &'a Table,
+    /// The message's header block (the edits' spans are in it).
+    msg: &'a [u8],
+    /// The envelope recipients, in order.
+    rcpts: &'a [&'a [u8]],
+    /// The envelope sender.
+    sender: &'a [u8],
+    /// Per recipient, original ones first, then added ones.
+    decisions: Vec<Decision>,
+    /// Header edits, with the agent that made each.
+    edits: Vec<(Agent, Edit)>,
+    /// The rule execution log's notes, with the agent that made each.
+    notes: Vec<(Agent, Note<'a>)>,
+    /// The envelope sender after rewriting, when rewritten.
+    final_sender: Option<Addr>,
+}
+
+impl<'a> Collect<'a> {
+    /// An empty collection for a message with header block `headers`.
+    pub(super) fn new(
+        t: &'a Table,
+        headers: &'a [u8],
+        rcpts: &'a [&'a [u8]],
+        sender: &'a [u8],
+    ) -> Self {
+        Collect {
+            t,
+            msg: headers,
+            rcpts,
+            sender,
+            decisions: Vec::new(),
+            edits: Vec::new(),
+            notes: Vec::new(),
+            final_sender: None,
+        }
+    }
+}
+
+impl<'a> Sink<'a> for Collect<'a> {
+    fn decision(&mut self, _rcpt: u16, d: &Decision) {
+        self.decisions.push(*d);
+    }
+    fn edit(&mut self, agent: Agent, e: Edit) {
+        self.edits.push((agent, e));
+    }
+    fn note(&mut self, agent: Agent, n: Note<'a>) {
+        self.notes.push((agent, n));
+    }
+    fn sender(&mut self, addr: &Addr) {
+        self.final_sender = Some(*addr);
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced: for display and logs.
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// An address the engine rewrote (its pieces in the original or the
+/// table's strings) as `local@domain`.
+fn render_addr(a: &Addr, orig: &[u8], t: &Table) -> String {
+    let local = Addr::piece(a.local, orig, t);
+    let domain = Addr::piece(a.domain, orig, t);
+    if domain.is_empty() {
+        lossy(local)
+    } else {
+        format!("{}@{}", lossy(local), lossy(domain))
+    }
+}
+
+/// A rule's name by index (empty if out of range).
+fn rule_name(t: &Table, r: u16) -> String {
+    t.rules
+        .get(usize::from(r))
+        .map(|r| lossy(t.str(r.name)))
+        .unwrap_or_default()
+}
+
+/// A send connector's name by index (empty if out of range).
+fn connector_name(t: &Table, c: u16) -> String {
+    t.connectors
+        .get(usize::from(c))
+        .map(|c| lossy(t.str(c.name)))
+        .unwrap_or_default()
+}
+
+/// The reply for a refused recipient: the engine's for relaying and too
+/// many recipients, the rule's own for a rule's `reject`.
+pub fn refusal(t: &Table, r: &Refusal) -> OwnedReply {
+    match r {
+        Refusal::Relay => Reason::RelayDenied.into(),
+        Refusal::TooManyRecipients => Reason::TooManyRecipients.into(),
+        Refusal::Rule(code, status, text) => {
+            OwnedReply::new(*code, Some(*status), lossy(t.str(*text)))
+        }
+    }
+}
+
+/// The in-session reply for a refused message, `None` when accepted: the
+/// one mapping from the pipeline's verdicts to SMTP replies.
+pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<OwnedReply> {
+    match v {
+        Verdict::Accepted { .. } => None,
+        Verdict::HopCount => Some(Reason::HopCount.into()),
+        Verdict::Blocked => Some(Reason::AccessDenied.into()),
+        Verdict::TooBig => Some(Reason::TooBig.into()),
+        Verdict::HeaderTooBig => Some(Reason::HeaderTooBig.into()),
+        Verdict::Refused(r) => Some(refusal(t, r)),
+    }
+}
+
+/// The event an agent is registered on.
+pub fn stage_of(a: Agent) -> Stage {
+    // Fixed per agent: the rule file changes priorities, never events.
+    AGENTS
+        .iter()
+        .find(|x| x.0 == a)
+        .map_or(Stage::OnEndOfData, |x| x.1)
+}
+
+/// The rule-file name of an agent.
+pub fn agent_name(a: Agent) -> &'static str {
+    AGENTS.iter().find(|x| x.0 == a).map_or("agent", |x| x.3)
+}
+
+/// Renders what the pipeline decided: each recipient, each header edit,
+/// the rule execution log and the verdict's reply.
+pub(super) fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
+    let t = c.t;
+    let recipients: Vec<Recipient> = c.decisions.iter().map(|d| render_recipient(c, d)).collect();
+    let edits = c
+        .edits
+        .iter()
+        .map(|(a, e)| (*a, render_edit(t, c.msg, e)))
+        .collect();
+    let mut log = Vec::new();
+    for (agent, note) in &c.notes {
+        let text =
+            rule_note(t, note, &recipients).unwrap_or_else(|| agent_note(t, note, &recipients));
+        log.push(format!(
+            "{:?} {}: {text}",
+            stage_of(*agent),
+            agent_name(*agent)
+        ));
+    }
+    let result = match verdict {
+        Verdict::Accepted { routed: true } => "Routed",
+        Verdict::Accepted { routed: false } => "NoAction",
+        _ => "Rejected",
+    };
+    let reply = verdict_reply(t, &verdict).map(|r| r.to_string());
+    log.push(format!("Message processing completed. Result: [{result}]."));
+    let sender = match &c.final_sender {
+        Some(a) => render_addr(a, c.sender, t),
+        None => lossy(c.sender),
+    };
+    Outcome {
+        verdict,
+        reply,
+        result,
+        recipients,
+        sender,
+        edits,
+        log,
+    }
+}
+
+/// One recipient's decision: final address, connector, next hop, the
+/// override and rule behind them, or the refusal.
+fn render_recipient(c: &Collect<'_>, d: &Decision) -> Recipient {
+    let t = c.t;
+    let orig: &[u8] = d
+        .original
+        .and_then(|i| c.rcpts.get(usize::from(i)).copied())
+        .unwrap_or(&[]);
+    let final_addr = render_addr(&d.addr, orig, t);
+    let final_domain = lossy(policy::domain_of(final_addr.as_bytes()));
+    let (route, override_domain) = match d.route {
+        Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
+        Some(Override::UseConnector) => (Some("use_connector"), None),
+        Some(Override::Cmt(s)) => (Some("cmt"), Some(lossy(t.str(s)))),
+        None => (None, None),
+    };
+    let conn = d.connector.and_then(|ci| t.connectors.get(usize::from(ci)));
+    let next_hop = match (conn, &d.refused) {
+        (_, Some(_)) | (None, _) => NextHop::None,
+        (Some(cn), None) if cn.smart_hosts.count > 0 => {
+            NextHop::SmartHosts(t.list(cn.smart_hosts).map(lossy).collect())
+        }
+        (Some(_), None) => NextHop::Mx(
+            override_domain
+                .clone()
+                .unwrap_or_else(|| final_domain.clone()),
+        ),
+    };
+    let connector = d.connector.map(|ci| connector_name(t, ci));
+    let rule = d.rule.map(|r| rule_name(t, r));
+    let why = Why {
+        refused: d.refused.as_ref(),
+        route,
+        connector: connector.as_deref(),
+        rule: rule.as_deref().unwrap_or_default(),
+        override_domain: override_domain.as_deref().unwrap_or_default(),
+        final_domain: &final_domain,
+    };
+    Recipient {
+        original: lossy(orig),
+        reason: why.reason(),
+        final_addr,
+        connector,
+        next_hop,
+        route,
+        override_domain,
+        added_by: d.added_by.map(|r| rule_name(t, r)),
+        rejected: d.refused.as_ref().map(|r| refusal(t, r).to_string()),
+        rule,
+    }
+}
+
+/// What a recipient's reason in words is made of.
+struct Why<'a> {
+    /// The refusal, if refused.
+    refused: Option<&'a Refusal>,
+    /// The override: "route_to", "use_connector" or "cmt".
+    route: Option<&'static str>,
+    /// The send connector's name.
+    connector: Option<&'a str>,
+    /// The deciding rule's name (empty without one).
+    rule: &'a str,
+    /// The override's domain (empty without one).
+    override_domain: &'a str,
+    /// The final address's domain.
+    final_domain: &'a str,
+}
+
+impl Why<'_> {
+    /// Why the recipient goes where it goes, or why it was refused.
+    fn reason(&self) -> String {
+        let (rule, od, fd) = (self.rule, self.override_domain, self.final_domain);
+        match (self.refused, self.route, self.connector) {
+            (Some(Refusal::TooManyRecipients), _, _) => {
+                "more recipients than the policy's max_recipients".to_string()
+            }
+            (Some(Refusal::Relay), _, _) => {
+                "recipient outside the accepted domains from an anonymous session".to_string()
+            }
+            (Some(Refusal::Rule(..)), _, _) => format!("refused by rule \"{rule}\""),
+            (None, Some("route_to"), _) => {
+                format!("routing override to {od} by rule \"{rule}\"")
+            }
+            (None, Some("use_connector"), Some(cn)) => {
+                format!("connector {cn} chosen by rule \"{rule}\"")
+            }
+            (None, Some("cmt"), _) => {
+                format!("centralized mail flow: routed to the default accepted domain {od}")
+            }
+            (None, _, Some(cn)) => format!("address space of connector {cn} matches {fd}"),
+            (None, _, None) => format!("no send connector matches {fd}"),
+        }
+    }
+}
+
+/// The final address of recipient `i`, for the log.
+fn addr_of(recipients: &[Recipient], i: u16) -> String {
+    recipients
+        .get(usize::from(i))
+        .map(|r| r.final_addr.clone())
+        .unwrap_or_default()
+}
+
+/// The log line of a note a transport rule made, `None` for the notes of
+/// other agents.
+fn rule_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> Option<String> {
+    let rule = |r: u16| format!("Rule #{} ({})", r + 1, rule_name(t, r));
+    let low = |b: &[u8]| lossy(b).to_ascii_lowercase();
+    Some(match *note {
+        Note::HeaderFound(r, n, v) => {
+            format!("{}. Found header [{}: {}]", rule(r), low(n), lossy(v))
+        }
+        Note::HeaderNotFound(r, n) => {
+            format!("{}. Header [{}] was not found.", rule(r), low(n))
+        }
+        Note::AttachmentFound(r, n) => {
+            format!("{}. Found attachment [{}]", rule(r), lossy(n))
+        }
+        Note::HeaderValueExcluded(r, n, v) => format!(
+            "{}. Header [{}: {}] is excluded by the rule's value pattern.",
+            rule(r),
+            low(n),
+            lossy(v)
+        ),
+        Note::Applies(r, i) => {
+            format!("{}. Recipient [{}]. Conditions hold.", rule(r), addr_of(rs, i))
+        }
+        Note::Excepted(r, i) => format!(
+            "{}. Recipient [{}]. An exception applies; rule skipped.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        Note::Rerouted(r, i, d) => format!(
+            "{}. Recipient [{}]. Rerouted to [{}] via [UseOverrideDomain].",
+            rule(r),
+            addr_of(rs, i),
+            lossy(d)
+        ),
+        Note::UseConnector(r, i, cn) => format!(
+            "{}. Recipient [{}]. Routed via connector [{}] (criteria-based routing).",
+            rule(r),
+            addr_of(rs, i),
+            connector_name(t, cn)
+        ),
+        Note::Refused(r, i) => format!("{}. Recipient [{}]. Rejected.", rule(r), addr_of(rs, i)),
+        Note::RuleRewrote(r, i) => {
+            format!("{}. Recipient rewritten to [{}].", rule(r), addr_of(rs, i))
+        }
+        Note::Added(r, i) => format!("{}. Recipient [{}] added.", rule(r), addr_of(rs, i)),
+        Note::Stopped(r, i) => format!(
+            "{}. Recipient [{}]. Stop: no further rules.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        Note::RouteKept(r, i) => format!(
+            "{}. Recipient [{}]. Already routed by centralized mail flow (cmt runs first); override not applied.",
+            rule(r),
+            addr_of(rs, i)
+        ),
+        _ => return None,
+    })
+}
+
+/// The log line of a note made by an agent other than a transport rule
+/// (and of the transport rules' attachment list); [`rule_note`] has the
+/// rest.
+fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
+    match *note {
+        Note::Attachment(n) => format!("Attachment [{}]", lossy(n)),
+        Note::NoAttachment => "No attachment.".to_string(),
+        Note::RelayDenied(i) => format!(
+            "Recipient [{}]. Outside the accepted domains; relay denied.",
+            addr_of(rs, i)
+        ),
+        Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(rs, i)),
+        Note::SenderRewritten => "Envelope sender rewritten.".to_string(),
+        Note::FirewallRemoved(n) => {
+            format!("Removed header [{}] from anonymous mail.", lossy(n))
+        }
+        Note::FirewallRenamed(a, b) => format!(
+            "Renamed header [{}] to [{}] on anonymous mail.",
+            lossy(a),
+            lossy(b)
+        ),
+        Note::CmtStamped => format!("Stamped [{}].", lossy(t.str(t.cmt.stamp))),
+        Note::CmtOverride(i) => format!(
+            "Recipient [{}]. Routing override to the default accepted domain [{}].",
+            addr_of(rs, i),
+            t.default_domain
+                .map(|d| lossy(t.str(d)))
+                .unwrap_or_default()
+        ),
+        Note::CmtAlreadyStamped(i) => format!(
+            "Recipient [{}]. Message already stamped; no override.",
+            addr_of(rs, i)
+        ),
+        Note::HopCount(n, max) => format!("{n} Received: headers, over the limit of {max}."),
+        Note::Blocked => "The client's network is blocked by the connection filter.".to_string(),
+        Note::Connector(i, Some(cn)) => format!(
+            "Recipient [{}]. Connector [{}].",
+            addr_of(rs, i),
+            connector_name(t, cn)
+        ),
+        Note::Connector(i, None) => {
+            format!("Recipient [{}]. No send connector matches.", addr_of(rs, i))
+        }
+        // A rule's notes are rendered by rule_note.
+        _ => String::new(),
+    }
+}
+
+/// One engine edit (spans of the header block `block`, strings of the
+/// table) as an owned [`HeaderEdit`].
+fn render_edit(t: &Table, block: &[u8], e: &Edit) -> HeaderEdit {
+    let span = |a: u32, b: u32| lossy(block.get(a as usize..b as usize).unwrap_or(&[]));
+    match *e {
+        Edit::Remove(s, e2) => {
+            let text = block.get(s as usize..e2 as usize).unwrap_or(&[]);
+            let name = text
+                .iter()
+                .position(|&b| b == b':')
+                .map_or(text, |i| &text[..i]);
+            HeaderEdit::Remove {
+                start: s as usize,
+                end: e2 as usize,
+                name: lossy(header::trim(name)),
+            }
+        }
+        Edit::Rename(s, e2, to) => HeaderEdit::Rename {
+            start: s as usize,
+            end: e2 as usize,
+            from: span(s, e2),
+            to: lossy(t.str(to)),
+        },
+        Edit::Add(n, v) => HeaderEdit::Add {
+            name: lossy(t.str(n)),
+            value: lossy(t.str(v)),
+        },
+        Edit::Address(s, e2, a) => {
+            let field = header::fields(block)
+                .find(|f| {
+                    let fs = f.name.as_ptr() as usize - block.as_ptr() as usize;
+                    let fe = f.value.as_ptr() as usize - block.as_ptr() as usize + f.value.len();
+                    fs <= s as usize && (e2 as usize) <= fe
+                })
+                .map(|f| lossy(f.name))
+                .unwrap_or_default();
+            HeaderEdit::Address {
+                start: s as usize,
+                end: e2 as usize,
+                field,
+                from: span(s, e2),
+                to: render_addr(&a, block, t),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::policy::Action;
+
+    #[test]
+    fn refusal_replies_read_as_before() {
+        let c = crate::shell::policy::compile::compile(
+            "[[rule]]\nthen = { reject = \"550 5.7.1 Refused by policy\" }\n",
+        )
+        .expect("rules");
+        let t = &c.table;
+        let Some(Action::Reject { code, status, text }) = t.actions.first().copied() else {
+            panic!("{:?}", t.actions)
+        };
+        let reply = |v: Verdict| verdict_reply(t, &v).map(|r| r.to_string());
+        assert_eq!(reply(Verdict::Accepted { routed: true }), None);
+        for (v, want) in [
+            (
+                Verdict::HopCount,
+                "554 5.4.14 Hop count exceeded - possible mail loop",
+            ),
+            (Verdict::Blocked, "554 5.7.1 Access denied"),
+            (Verdict::TooBig, "552 5.3.4 Message too big"),
+            (Verdict::HeaderTooBig, "552 5.3.4 Message header too big"),
+            (
+                Verdict::Refused(Refusal::Relay),
+                "554 5.7.1 Relay access denied",
+            ),
+            (
+                Verdict::Refused(Refusal::TooManyRecipients),
+                "452 4.5.3 Too many recipients",
+            ),
+            (
+                Verdict::Refused(Refusal::Rule(code, status, text)),
+                "550 5.7.1 Refused by policy",
+            ),
+        ] {
+            assert_eq!(reply(v).as_deref(), Some(want));
+        }
+    }
+}
