@@ -10,9 +10,11 @@
 //! TCP, TLS per the connector's policy, and the message streamed from the
 //! spool with the header edits spliced into the header block only.
 
-use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
+use crate::engine::client::{self, Client, Event, ServerReply, TlsMode};
 use crate::shell::policy::runtime::{splice, HeaderEdit, NextHop};
 use crate::shell::relay::dns::{DnsError, Resolver};
+use crate::shell::relay::failure::{at_host, Failure};
+use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{RcptState, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
@@ -22,7 +24,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long to wait for a connection, and for each reply (RFC 5321
 /// §4.5.3.2 allows 5 minutes for most replies and 10 after the data).
@@ -144,18 +146,9 @@ pub struct Attempt<'a> {
     pub next_hop: &'a NextHop,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn text(r: &ServerReply<'_>) -> String {
-    match r.status {
-        Some((a, b, c)) => format!("{} {a}.{b}.{c} {}", r.code, String::from_utf8_lossy(r.text)),
-        None => format!("{} {}", r.code, String::from_utf8_lossy(r.text)),
-    }
+/// A next hop's reply as the shell keeps it (its text as UTF-8, lossily).
+fn owned(r: &ServerReply<'_>) -> OwnedReply {
+    OwnedReply::new(r.code, r.status, String::from_utf8_lossy(r.text))
 }
 
 /// How one recipient came out of an attempt (the caller turns "deferred"
@@ -163,23 +156,31 @@ fn text(r: &ServerReply<'_>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Result1 {
     /// Accepted by the next hop (its reply).
-    Delivered(String),
+    Delivered(OwnedReply),
     /// Try again later (the reason).
-    Deferred(String),
+    Deferred(OwnedReply),
     /// Permanent failure (the reason).
-    Bounced(String),
+    Bounced(OwnedReply),
 }
 
 impl Result1 {
-    /// The spool state for this result (`attempts` counts this one).
-    pub fn state(&self, attempts: u32, retry_at: u64) -> RcptState {
+    /// The reply or reason this result carries.
+    pub fn reply(&self) -> &OwnedReply {
+        match self {
+            Result1::Delivered(r) | Result1::Deferred(r) | Result1::Bounced(r) => r,
+        }
+    }
+
+    /// The spool state for this result at `now` (`attempts` counts this
+    /// one).
+    pub fn state(&self, attempts: u32, now: u64, retry_at: u64) -> RcptState {
         match self {
             Result1::Delivered(r) => RcptState::Delivered {
-                at: now(),
+                at: now,
                 reply: r.clone(),
             },
             Result1::Bounced(r) => RcptState::Bounced {
-                at: now(),
+                at: now,
                 reason: r.clone(),
             },
             Result1::Deferred(r) => RcptState::Deferred {
@@ -209,11 +210,7 @@ async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> 
             Ok(mx) => mx.into_iter().map(|m| (m.host, 25)).collect(),
             Err(e) => return Err(dns_failure(&e, domain)),
         },
-        NextHop::None => {
-            return Err(Result1::Bounced(
-                "554 5.4.4 No route to this recipient".into(),
-            ))
-        }
+        NextHop::None => return Err(Result1::Bounced(Failure::NoRoute.reply(""))),
     };
     for (host, port) in hosts {
         match a.resolver.addresses(&host, port).await {
@@ -222,18 +219,18 @@ async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> 
         }
     }
     if out.is_empty() {
-        return Err(last_err
-            .unwrap_or_else(|| Result1::Deferred("451 4.4.3 No address for the next hop".into())));
+        return Err(last_err.unwrap_or_else(|| Result1::Deferred(Failure::NoAddress.reply(""))));
     }
     Ok(out)
 }
 
+/// A failed lookup of `name`: deferred when it may work later.
 fn dns_failure(e: &DnsError, name: &str) -> Result1 {
-    let why = format!("{} {name}: {e}", e.status());
+    let why = Failure::from(e).reply(&format!("{name}: {e}"));
     if e.is_temporary() {
-        Result1::Deferred(format!("451 {why}"))
+        Result1::Deferred(why)
     } else {
-        Result1::Bounced(format!("550 {why}"))
+        Result1::Bounced(why)
     }
 }
 
@@ -296,12 +293,12 @@ enum Session {
     /// these results stand if none is left.
     TempFailed(Vec<Result1>),
     /// Nothing was delivered; try the next address (the reason).
-    Next(String),
+    Next(OwnedReply),
     /// The TLS handshake failed (the reason): with opportunistic TLS the
     /// same address is tried again in clear text, as RFC 7435 allows.
-    TlsFailed(String),
+    TlsFailed(OwnedReply),
     /// Stop: every recipient failed permanently (the reason).
-    Permanent(String),
+    Permanent(OwnedReply),
 }
 
 /// One attempt for `routes` (indices into the envelope's routes) of `m`:
@@ -311,7 +308,7 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
         Ok(t) => t,
         Err(r) => return vec![r; routes.len()],
     };
-    let mut last = "451 4.4.1 No answer from the next hop".to_string();
+    let mut last = Failure::NoAnswer.reply("");
     let mut tempfailed: Option<Vec<Result1>> = None;
     for (host, addr) in targets {
         // Opportunistic TLS that fails its handshake: once more in clear text.
@@ -320,7 +317,7 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
             let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(s) => s,
                 Err(e) => {
-                    last = format!("451 4.4.1 {host} [{addr}]: {e}");
+                    last = Failure::Connect.reply(&format!("{host} [{addr}]: {e}"));
                     break;
                 }
             };
@@ -328,12 +325,12 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
             match session(a, m, routes, &host, Conn::Plain(stream), use_tls).await {
                 Ok(Session::Done(results)) => return results,
                 Ok(Session::TempFailed(results)) => {
-                    last = format!("451 4.4.2 every recipient deferred by {host} [{addr}]");
+                    last = Failure::AllDeferred.reply(&format!("{host} [{addr}]"));
                     tempfailed = Some(results);
                 }
-                Ok(Session::Next(why)) => last = format!("{why} ({host} [{addr}])"),
+                Ok(Session::Next(why)) => last = at_host(why, &host, &addr),
                 Ok(Session::TlsFailed(why)) => {
-                    last = format!("{why} ({host} [{addr}])");
+                    last = at_host(why, &host, &addr);
                     if a.mode == TlsMode::Opportunistic && use_tls {
                         crate::shell::ops::log::info(format_args!(
                             "deliver: {last}; opportunistic TLS, trying again without STARTTLS"
@@ -343,9 +340,9 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
                     }
                 }
                 Ok(Session::Permanent(why)) => {
-                    return vec![Result1::Bounced(format!("{why} ({host} [{addr}])")); routes.len()]
+                    return vec![Result1::Bounced(at_host(why, &host, &addr)); routes.len()]
                 }
-                Err(e) => last = format!("451 4.4.2 {host} [{addr}]: {e}"),
+                Err(e) => last = Failure::Io.reply(&format!("{host} [{addr}]: {e}")),
             }
             break;
         }
@@ -400,7 +397,7 @@ async fn session(
             };
             match ev {
                 Event::Rcpt { index, reply } => {
-                    let t = text(&reply);
+                    let t = owned(&reply);
                     if let Some(slot) = results.get_mut(usize::from(index)) {
                         *slot = match reply.code {
                             200..=299 => None, // accepted: the end of data decides
@@ -410,7 +407,7 @@ async fn session(
                     }
                 }
                 Event::Done(reply) => {
-                    let t = text(&reply);
+                    let t = owned(&reply);
                     let done = results
                         .iter()
                         .map(|r| match r {
@@ -425,14 +422,14 @@ async fn session(
                     return Ok(Session::Done(done));
                 }
                 Event::Failed { why, reply } => {
-                    let t = reply.map(|r| text(&r));
+                    let t = reply.map(|r| owned(&r));
                     return Ok(match (why, reply) {
-                        (Failure::NoRecipients, _) => {
+                        (client::Failure::NoRecipients, _) => {
                             let done: Vec<Result1> = results
                                 .iter()
                                 .map(|r| {
                                     r.clone().unwrap_or_else(|| {
-                                        Result1::Deferred("451 4.3.0 not tried".into())
+                                        Result1::Deferred(Failure::NotTried.reply(""))
                                     })
                                 })
                                 .collect();
@@ -443,24 +440,24 @@ async fn session(
                                 Session::Done(done)
                             }
                         }
-                        (Failure::Needs8BitMime, _) => Session::Next(
-                            "451 4.6.3 the next hop does not offer 8BITMIME for this 8-bit message"
-                                .into(),
+                        (client::Failure::Needs8BitMime, _) => {
+                            Session::Next(Failure::No8BitMime.reply(""))
+                        }
+                        (client::Failure::NeedsSmtpUtf8, _) => {
+                            Session::Next(Failure::NoSmtpUtf8.reply(""))
+                        }
+                        (client::Failure::TooBig, _) => {
+                            Session::Permanent(Failure::TooBig.reply(""))
+                        }
+                        (client::Failure::TlsNotOffered, _) => {
+                            Session::Next(Failure::TlsRequired.reply(""))
+                        }
+                        (client::Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
+                            Session::Permanent(owned(&r))
+                        }
+                        _ => Session::Next(
+                            t.unwrap_or_else(|| Failure::Protocol.reply(&format!("{why:?}"))),
                         ),
-                        (Failure::NeedsSmtpUtf8, _) => {
-                            Session::Next("451 4.6.7 the next hop does not offer SMTPUTF8".into())
-                        }
-                        (Failure::TooBig, _) => {
-                            Session::Permanent("552 5.3.4 message too big for the next hop".into())
-                        }
-                        (Failure::TlsNotOffered, _) => Session::Next(
-                            "451 4.7.10 TLS is required and the next hop does not offer STARTTLS"
-                                .into(),
-                        ),
-                        (Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
-                            Session::Permanent(t.unwrap_or_default())
-                        }
-                        _ => Session::Next(t.unwrap_or_else(|| format!("451 4.4.2 {why:?}"))),
                     });
                 }
                 Event::StartTls => {
@@ -468,7 +465,7 @@ async fn session(
                     let n = cl.output().len();
                     cl.output_sent(n);
                     let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {
-                        return Ok(Session::Next("451 4.7.0 TLS state".into()));
+                        return Ok(Session::Next(Failure::TlsState.reply("")));
                     };
                     let cfg = if a.mode == TlsMode::Verify {
                         a.tls.verify.clone()
@@ -489,9 +486,9 @@ async fn session(
                             cl.tls_established();
                         }
                         Err(e) => {
-                            return Ok(Session::TlsFailed(format!(
-                                "451 4.7.5 TLS handshake with {host} failed: {e}"
-                            )))
+                            return Ok(Session::TlsFailed(
+                                Failure::TlsHandshake.reply(&format!("{host} failed: {e}")),
+                            ))
                         }
                     }
                 }
@@ -512,7 +509,7 @@ async fn session(
             cl.output_sent(n);
         }
         if cl.is_closed() {
-            return Ok(Session::Next("451 4.4.2 the session ended early".into()));
+            return Ok(Session::Next(Failure::EndedEarly.reply("")));
         }
         if start > 0 {
             buf.copy_within(start..end, 0);
@@ -520,7 +517,7 @@ async fn session(
             start = 0;
         }
         if end == buf.len() {
-            return Ok(Session::Next("451 4.5.0 reply line too long".into()));
+            return Ok(Session::Next(Failure::ReplyTooLong.reply("")));
         }
         let wait = if data_sent {
             DATA_END_TIMEOUT
@@ -529,9 +526,7 @@ async fn session(
         };
         let n = timed(wait, conn.read(&mut buf[end..])).await?;
         if n == 0 {
-            return Ok(Session::Next(
-                "451 4.4.2 the next hop closed the connection".into(),
-            ));
+            return Ok(Session::Next(Failure::Closed.reply("")));
         }
         end += n;
     }

@@ -12,6 +12,7 @@
 //! 8-bit original headers go back as `message/global-headers` (RFC 6533);
 //! the report type names the status part (RFC 6522).
 
+use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{Envelope, Route};
 use crate::shell::time::rfc5322;
 
@@ -20,29 +21,10 @@ pub struct Failed<'a> {
     /// Its route (final and original address).
     pub route: &'a Route,
     /// The reply or reason, e.g. `550 5.1.1 No such user (mx.example [192.0.2.1])`.
-    pub reason: &'a str,
+    pub reason: &'a OwnedReply,
 }
 
-/// The enhanced status in a reason (`5.1.1`), or a default by class.
-fn status_of(reason: &str) -> String {
-    reason
-        .split_whitespace()
-        .find(|w| {
-            let p: Vec<&str> = w.split('.').collect();
-            p.len() == 3
-                && p.iter()
-                    .all(|x| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if reason.starts_with('4') {
-                "4.0.0".into()
-            } else {
-                "5.0.0".into()
-            }
-        })
-}
-
+/// `s` with control characters as spaces, for one header line.
 fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -136,7 +118,7 @@ fn report(
         m.push_str(&format!(
             "<{}>: {}\r\n",
             String::from_utf8_lossy(&f.route.rcpt),
-            clean(f.reason)
+            clean(&f.reason.to_string())
         ));
     }
     m.push_str(&format!(
@@ -161,12 +143,15 @@ fn report(
         };
         m.push_str(&format!(
             "Action: {action}\r\nStatus: {}\r\n",
-            status_of(f.reason)
+            f.reason.status_or_class()
         ));
         if let Some(until) = delayed_until {
             m.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(until)));
         }
-        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(f.reason)));
+        m.push_str(&format!(
+            "Diagnostic-Code: smtp; {}\r\n",
+            clean(&f.reason.to_string())
+        ));
     }
     let headers_type = if headers.is_ascii() {
         "text/rfc822-headers"
@@ -224,7 +209,7 @@ mod tests {
         };
         let f = [Failed {
             route: &route,
-            reason: "550 5.1.1 No such user (mx.y.test [192.0.2.1])",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user (mx.y.test [192.0.2.1])"),
         }];
         let d = String::from_utf8(
             build(
@@ -263,7 +248,7 @@ mod tests {
         };
         let f = [Failed {
             route: &route,
-            reason: "550 5.1.1 No such user",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user"),
         }];
         let d = String::from_utf8(
             build(
@@ -295,7 +280,7 @@ mod tests {
         };
         let f = [Failed {
             route: &ascii,
-            reason: "550 5.1.1 No such user",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user"),
         }];
         let d = String::from_utf8(
             build(

@@ -1,8 +1,10 @@
 //! Handing accepted mail on: the [`queue`] schedules each recipient,
 //! [`deliver`] makes one attempt at a next hop found through [`dns`], and
-//! [`dsn`] writes the bounce for what failed.
+//! [`dsn`] writes the bounce for what failed; [`failure`] is the table of
+//! sluice's own delivery failures and their replies.
 
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod failure;
 pub mod queue;

@@ -19,6 +19,8 @@ use crate::shell::policy::install::Installer;
 use crate::shell::policy::runtime::NextHop;
 use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
 use crate::shell::relay::dns::Resolver;
+use crate::shell::relay::failure::Failure;
+use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{RcptState, Spool, Stored};
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -497,7 +499,7 @@ impl Queue {
         else {
             return;
         };
-        let bounced: Vec<(u16, String)> = msg
+        let bounced: Vec<(u16, OwnedReply)> = msg
             .states
             .iter()
             .enumerate()
@@ -546,7 +548,10 @@ impl Queue {
         }
         let changes: Vec<(u16, RcptState)> = bounced
             .into_iter()
-            .map(|(i, reason)| (i, RcptState::Notified { at: t, reason }))
+            .map(|(i, reason)| {
+                let reason = reason.to_string();
+                (i, RcptState::Notified { at: t, reason })
+            })
             .collect();
         if self.spool.record(id, &changes).await.is_ok() {
             if let Ok(mut e) = self.entries.lock() {
@@ -624,7 +629,7 @@ impl Queue {
             if let RcptState::Bounced { at, reason } = s {
                 *s = RcptState::Notified {
                     at: *at,
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 };
             }
         }
@@ -656,7 +661,8 @@ impl Queue {
                     if let RcptState::Deferred { reason, .. } = s {
                         let st = RcptState::Bounced {
                             at: t,
-                            reason: format!("554 4.4.7 Message expired after {}s in the queue; last reason: {reason}", limit),
+                            reason: Failure::Expired
+                                .reply(&format!("{limit}s in the queue; last reason: {reason}")),
                         };
                         *s = st.clone();
                         changes.push((i as u16, st));
@@ -815,7 +821,7 @@ impl Queue {
                     .zip(&results)
                     .map(|((i, a), r)| {
                         let next = a + 1;
-                        (*i, r.state(next, t + self.retry_after(next).as_secs()))
+                        (*i, r.state(next, t, t + self.retry_after(next).as_secs()))
                     })
                     .collect();
                 let qid = crate::shell::spool::format_id(id);

@@ -24,6 +24,7 @@
 //! are the unused end of a segment: recovery trims them silently, and a
 //! segment that is closed is trimmed to its last frame.
 
+use crate::shell::reply::OwnedReply;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -154,30 +155,84 @@ pub enum RcptState {
         /// Attempts so far.
         attempts: u32,
         /// The last reason, e.g. the remote reply.
-        reason: String,
+        #[serde(with = "reply_text")]
+        reason: OwnedReply,
     },
     /// The next hop said 250: it is off our hands.
     Delivered {
         /// When, Unix seconds.
         at: u64,
         /// The remote reply.
-        reply: String,
+        #[serde(with = "reply_text")]
+        reply: OwnedReply,
     },
     /// Permanently failed (a bounce is due to the sender).
     Bounced {
         /// When, Unix seconds.
         at: u64,
         /// Why: the remote reply or our reason.
-        reason: String,
+        #[serde(with = "reply_text")]
+        reason: OwnedReply,
     },
     /// Bounced, and the delivery status notification is spooled (or none
     /// was due: the sender was `<>`).
     Notified {
         /// When, Unix seconds.
         at: u64,
-        /// Why it failed.
+        /// Why it failed: the bounce's reply as text, or the operator's
+        /// deletion (which is no reply).
         reason: String,
     },
+}
+
+/// A reply stored as its one-line text (`CODE X.Y.Z text`, as the log
+/// shows it), the form records have always had on disk and in the
+/// control socket's JSON.
+mod reply_text {
+    use crate::shell::reply::OwnedReply;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the reply as its text.
+    pub(super) fn serialize<S: Serializer>(r: &OwnedReply, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&r.to_string())
+    }
+
+    /// Reads a reply back from its text.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedReply, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(super::read_reply(&text))
+    }
+}
+
+/// A reply sluice wrote, read back from its text. Its status is taken
+/// whatever its class (the expiry's `554 4.4.7` has always been written
+/// so); text that is no reply at all (never written by sluice) is kept
+/// whole under a `554`.
+pub fn read_reply(text: &str) -> OwnedReply {
+    let Some(mut r) = OwnedReply::parse(text) else {
+        return OwnedReply::new(554, None, text);
+    };
+    if r.status.is_none() {
+        if let Some((word, rest)) = r.text.split_once(' ') {
+            if let Some(status) = any_class_status(word) {
+                r.status = Some(status);
+                r.text = rest.to_string();
+            }
+        }
+    }
+    r
+}
+
+/// `X.Y.Z` of class 2, 4 or 5, in digits only.
+fn any_class_status(word: &str) -> Option<crate::shell::reply::Status> {
+    if !word.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return None;
+    }
+    let mut parts = word.split('.');
+    let a: u8 = parts.next()?.parse().ok()?;
+    let b: u16 = parts.next()?.parse().ok()?;
+    let c: u16 = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && matches!(a, 2 | 4 | 5)).then_some((a, b, c))
 }
 
 impl RcptState {
@@ -479,7 +534,7 @@ pub fn initial_states(env: &Envelope) -> Vec<RcptState> {
         .map(|r| match &r.refused {
             Some(why) => RcptState::Bounced {
                 at: env.received,
-                reason: why.clone(),
+                reason: read_reply(why),
             },
             None => RcptState::Pending,
         })
@@ -1161,7 +1216,7 @@ mod tests {
                         RcptState::Deferred {
                             until: 5,
                             attempts: 1,
-                            reason: "451 later".into(),
+                            reason: read_reply("451 later"),
                         },
                     )],
                 )
@@ -1174,7 +1229,7 @@ mod tests {
                         0,
                         RcptState::Delivered {
                             at: 9,
-                            reply: "250 ok".into(),
+                            reply: read_reply("250 ok"),
                         },
                     )],
                 )
@@ -1197,7 +1252,7 @@ mod tests {
             m.states[0],
             RcptState::Delivered {
                 at: 9,
-                reply: "250 ok".into()
+                reply: read_reply("250 ok")
             }
         );
         assert_eq!(m.states[1], RcptState::Pending);
@@ -1476,7 +1531,7 @@ mod tests {
         assert_eq!(after_commit.syncs, 1);
         let st = RcptState::Delivered {
             at: 1,
-            reply: "250 ok".into(),
+            reply: read_reply("250 ok"),
         };
         smol::block_on(spool.record(id, &[(0, st)])).expect("record");
         assert_eq!(
@@ -1567,6 +1622,42 @@ mod tests {
             .join("seg-0000000000000001.log.1")
             .exists());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn replies_are_stored_as_their_text() {
+        // The bytes a state with a plain `String` reason had on disk.
+        #[derive(Serialize)]
+        enum OldState {
+            _Pending,
+            Deferred {
+                until: u64,
+                attempts: u32,
+                reason: String,
+            },
+        }
+        let text = "554 4.4.7 Message expired after 60s in the queue; last reason: 451 4.4.1 x";
+        let old = postcard::to_allocvec(&OldState::Deferred {
+            until: 7,
+            attempts: 2,
+            reason: text.into(),
+        })
+        .expect("encode");
+        let new = RcptState::Deferred {
+            until: 7,
+            attempts: 2,
+            reason: read_reply(text),
+        };
+        assert_eq!(postcard::to_allocvec(&new).expect("encode"), old);
+        let back: RcptState = postcard::from_bytes(&old).expect("decode");
+        assert_eq!(back, new);
+        // The expiry's status survives, though its class is not the code's.
+        let RcptState::Deferred { reason, .. } = back else {
+            panic!("not deferred");
+        };
+        assert_eq!(reason.status, Some((4, 4, 7)));
+        assert_eq!(reason.to_string(), text);
+        assert_eq!(read_reply("250 ok").to_string(), "250 ok");
     }
 
     #[test]
