@@ -11,11 +11,11 @@
 //! spool with the header edits spliced into the header block only.
 
 use crate::engine::client::{self, Client, Event, ServerReply, TlsMode};
-use crate::shell::policy::runtime::{splice, HeaderEdit, NextHop};
+use crate::shell::policy::runtime::{splice, HeaderEdit};
 use crate::shell::relay::dns::{DnsError, Resolver};
 use crate::shell::relay::failure::{at_host, Failure};
 use crate::shell::reply::OwnedReply;
-use crate::shell::spool::{RcptState, Stored};
+use crate::shell::spool::{NextHop, RcptState, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -281,7 +281,8 @@ async fn timed<T>(
 fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
     let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
     let head = m.read_head()?;
-    let edits: Vec<&HeaderEdit> = m.env.edits.iter().collect();
+    let edits: Vec<HeaderEdit> = m.env.edits.iter().map(Into::into).collect();
+    let edits: Vec<&HeaderEdit> = edits.iter().collect();
     Ok((splice(&head, &edits), head_len))
 }
 

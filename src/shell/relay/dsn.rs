@@ -177,7 +177,7 @@ fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::policy::runtime::NextHop;
+    use crate::shell::spool::NextHop;
 
     fn env(from: &str) -> Envelope {
         Envelope {

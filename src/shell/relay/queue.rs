@@ -16,12 +16,11 @@ use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use crate::shell::config::QueueConfig;
 use crate::shell::policy::install::Installer;
-use crate::shell::policy::runtime::NextHop;
 use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
 use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::failure::Failure;
 use crate::shell::reply::OwnedReply;
-use crate::shell::spool::{RcptState, Spool, Stored};
+use crate::shell::spool::{NextHop, RcptState, Spool, Stored};
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -592,7 +591,7 @@ impl Queue {
                 original: r.original.as_bytes().to_vec(),
                 rcpt: r.final_addr.as_bytes().to_vec(),
                 connector: r.connector.clone(),
-                next_hop: r.next_hop.clone(),
+                next_hop: (&r.next_hop).into(),
                 refused: r.rejected.clone(),
             })
             .collect::<Vec<_>>();
@@ -615,7 +614,7 @@ impl Queue {
             )
             .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned()),
             routes,
-            edits: out.edits.iter().map(|(_, e)| e.clone()).collect(),
+            edits: out.edits.iter().map(|(_, e)| e.into()).collect(),
         };
         let id = self.spool.new_id();
         let parts = self

@@ -804,7 +804,7 @@ async fn session(
                             original: r.original.as_bytes().to_vec(),
                             rcpt: r.final_addr.as_bytes().to_vec(),
                             connector: r.connector.clone(),
-                            next_hop: r.next_hop.clone(),
+                            next_hop: (&r.next_hop).into(),
                             refused: r.rejected.clone(),
                         })
                         .collect();
@@ -827,7 +827,7 @@ async fn session(
                         policy: table.version,
                         message_id: message_id.clone(),
                         routes,
-                        edits,
+                        edits: edits.iter().map(Into::into).collect(),
                     };
                     let result = match txn.failed.take() {
                         Some(e) => Err(e),
