@@ -353,12 +353,13 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
     tempfailed.unwrap_or_else(|| vec![Result1::Deferred(last); routes.len()])
 }
 
+/// One SMTP session with `host` over `conn` for `routes` of `m`.
 async fn session(
     a: &Attempt<'_>,
     m: &Stored,
     routes: &[u16],
     host: &str,
-    mut conn: Conn,
+    conn: Conn,
     use_tls: bool,
 ) -> io::Result<Session> {
     let rcpts: Vec<&[u8]> = routes
@@ -379,157 +380,244 @@ async fn session(
         tls: a.mode,
         tls_available: use_tls,
     };
-    let mut cl = Client::new(cfg, env);
-    let mut results: Vec<Option<Result1>> = vec![None; rcpts.len()];
-    let mut buf = vec![0u8; 8192];
-    let (mut start, mut end) = (0usize, 0usize);
-    // The message is out: the next reply is the end of data's.
-    let mut data_sent = false;
-    loop {
-        // Feed what the server said.
+    let mut t = Transaction {
+        a,
+        m,
+        host,
+        cl: Client::new(cfg, env),
+        conn,
+        head,
+        body_at,
+        results: vec![None; rcpts.len()],
+        buf: vec![0u8; 8192],
+        start: 0,
+        end: 0,
+        data_sent: false,
+    };
+    t.run().await
+}
+
+/// A client event with the next hop's reply owned, so that acting on it
+/// may use the client again.
+enum Said {
+    /// Perform the TLS handshake.
+    StartTls,
+    /// A recipient's reply.
+    Rcpt(u16, OwnedReply),
+    /// Stream the message (`true`: BDAT).
+    SendMessage(bool),
+    /// The reply to the end of the message.
+    Done(OwnedReply),
+    /// The session ends without delivery, with the reply that caused it.
+    Failed(client::Failure, Option<OwnedReply>),
+}
+
+impl From<Event<'_>> for Said {
+    fn from(ev: Event<'_>) -> Self {
+        match ev {
+            Event::StartTls => Said::StartTls,
+            Event::Rcpt { index, reply } => Said::Rcpt(index, owned(&reply)),
+            Event::SendMessage { bdat } => Said::SendMessage(bdat),
+            Event::Done(reply) => Said::Done(owned(&reply)),
+            Event::Failed { why, reply } => Said::Failed(why, reply.map(|r| owned(&r))),
+        }
+    }
+}
+
+/// One session's moving parts: the engine's client, the connection, the
+/// replies read and not yet fed, and a result per recipient so far.
+struct Transaction<'a> {
+    a: &'a Attempt<'a>,
+    m: &'a Stored,
+    host: &'a str,
+    cl: Client<'a>,
+    conn: Conn,
+    /// The spliced header block, and where the original body starts.
+    head: Vec<u8>,
+    body_at: u64,
+    /// `None`: no answer yet, or accepted (the end of data decides).
+    results: Vec<Option<Result1>>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The message is out: the next reply is the end of data's.
+    data_sent: bool,
+}
+
+impl Transaction<'_> {
+    /// Feeds what the next hop says to the client and acts on its events
+    /// until the session is over.
+    async fn run(&mut self) -> io::Result<Session> {
         loop {
-            let step = cl.feed(&buf[start..end]);
-            start += step.consumed;
-            let Some(ev) = step.event else {
-                if step.consumed > 0 && start < end {
-                    continue;
-                }
-                break;
-            };
-            match ev {
-                Event::Rcpt { index, reply } => {
-                    let t = owned(&reply);
-                    if let Some(slot) = results.get_mut(usize::from(index)) {
-                        *slot = match reply.code {
-                            200..=299 => None, // accepted: the end of data decides
-                            400..=499 => Some(Result1::Deferred(t)),
-                            _ => Some(Result1::Bounced(t)),
-                        };
-                    }
-                }
-                Event::Done(reply) => {
-                    let t = owned(&reply);
-                    let done = results
-                        .iter()
-                        .map(|r| match r {
-                            Some(r) => r.clone(),
-                            None if reply.is_positive() => Result1::Delivered(t.clone()),
-                            None if reply.is_temporary() => Result1::Deferred(t.clone()),
-                            None => Result1::Bounced(t.clone()),
-                        })
-                        .collect();
-                    let _ = conn.write_all(cl.output()).await;
-                    let _ = conn.flush().await;
-                    return Ok(Session::Done(done));
-                }
-                Event::Failed { why, reply } => {
-                    let t = reply.map(|r| owned(&r));
-                    return Ok(match (why, reply) {
-                        (client::Failure::NoRecipients, _) => {
-                            let done: Vec<Result1> = results
-                                .iter()
-                                .map(|r| {
-                                    r.clone().unwrap_or_else(|| {
-                                        Result1::Deferred(Failure::NotTried.reply(""))
-                                    })
-                                })
-                                .collect();
-                            // All 4xx: another MX may take them (RFC 5321 §5.1).
-                            if done.iter().all(|r| matches!(r, Result1::Deferred(_))) {
-                                Session::TempFailed(done)
-                            } else {
-                                Session::Done(done)
-                            }
-                        }
-                        (client::Failure::Needs8BitMime, _) => {
-                            Session::Next(Failure::No8BitMime.reply(""))
-                        }
-                        (client::Failure::NeedsSmtpUtf8, _) => {
-                            Session::Next(Failure::NoSmtpUtf8.reply(""))
-                        }
-                        (client::Failure::TooBig, _) => {
-                            Session::Permanent(Failure::TooBig.reply(""))
-                        }
-                        (client::Failure::TlsNotOffered, _) => {
-                            Session::Next(Failure::TlsRequired.reply(""))
-                        }
-                        (client::Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
-                            Session::Permanent(owned(&r))
-                        }
-                        _ => Session::Next(
-                            t.unwrap_or_else(|| Failure::Protocol.reply(&format!("{why:?}"))),
-                        ),
-                    });
-                }
-                Event::StartTls => {
-                    conn.write_all(cl.output()).await?;
-                    let n = cl.output().len();
-                    cl.output_sent(n);
-                    let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {
-                        return Ok(Session::Next(Failure::TlsState.reply("")));
-                    };
-                    let cfg = if a.mode == TlsMode::Verify {
-                        a.tls.verify.clone()
-                    } else {
-                        a.tls.any.clone()
-                    };
-                    let name = ServerName::try_from(host.to_string())
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                    let tls = timed(
-                        REPLY_TIMEOUT,
-                        futures_rustls::TlsConnector::from(cfg).connect(name, plain),
-                    )
-                    .await;
-                    match tls {
-                        Ok(s) => {
-                            conn = Conn::Tls(Box::new(s));
-                            start = end; // nothing read in clear text counts after STARTTLS
-                            cl.tls_established();
-                        }
-                        Err(e) => {
-                            return Ok(Session::TlsFailed(
-                                Failure::TlsHandshake.reply(&format!("{host} failed: {e}")),
-                            ))
-                        }
-                    }
-                }
-                Event::SendMessage { bdat } => {
-                    conn.write_all(cl.output()).await?;
-                    let n = cl.output().len();
-                    cl.output_sent(n);
-                    stream_message(&mut conn, m, &head, body_at, bdat).await?;
-                    cl.message_sent();
-                    data_sent = true;
+            while let Some(said) = self.next_event() {
+                if let Some(over) = self.on_event(said).await? {
+                    return Ok(over);
                 }
             }
+            if let Some(over) = self.write_and_read().await? {
+                return Ok(over);
+            }
         }
-        if !cl.output().is_empty() {
-            conn.write_all(cl.output()).await?;
-            conn.flush().await?;
-            let n = cl.output().len();
-            cl.output_sent(n);
+    }
+
+    /// The client's next event from the replies read so far, if any.
+    fn next_event(&mut self) -> Option<Said> {
+        loop {
+            let step = self.cl.feed(&self.buf[self.start..self.end]);
+            self.start += step.consumed;
+            match step.event {
+                Some(ev) => return Some(ev.into()),
+                None if step.consumed > 0 && self.start < self.end => continue,
+                None => return None,
+            }
         }
-        if cl.is_closed() {
-            return Ok(Session::Next(Failure::EndedEarly.reply("")));
+    }
+
+    /// Acts on one event; `Some` when the session is over.
+    async fn on_event(&mut self, said: Said) -> io::Result<Option<Session>> {
+        match said {
+            Said::Rcpt(index, reply) => {
+                if let Some(slot) = self.results.get_mut(usize::from(index)) {
+                    *slot = match reply.code {
+                        200..=299 => None, // accepted: the end of data decides
+                        400..=499 => Some(Result1::Deferred(reply)),
+                        _ => Some(Result1::Bounced(reply)),
+                    };
+                }
+                Ok(None)
+            }
+            Said::Done(reply) => {
+                let done = self.done(&reply);
+                let _ = self.conn.write_all(self.cl.output()).await;
+                let _ = self.conn.flush().await;
+                Ok(Some(Session::Done(done)))
+            }
+            Said::Failed(why, reply) => Ok(Some(self.failed(why, reply))),
+            Said::StartTls => self.start_tls().await,
+            Said::SendMessage(bdat) => {
+                self.send_output().await?;
+                stream_message(&mut self.conn, self.m, &self.head, self.body_at, bdat).await?;
+                self.cl.message_sent();
+                self.data_sent = true;
+                Ok(None)
+            }
         }
-        if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
+    }
+
+    /// Every recipient's result after the end of data's `reply`.
+    fn done(&self, reply: &OwnedReply) -> Vec<Result1> {
+        self.results
+            .iter()
+            .map(|r| match r {
+                Some(r) => r.clone(),
+                None if reply.code < 400 => Result1::Delivered(reply.clone()),
+                None if reply.is_transient() => Result1::Deferred(reply.clone()),
+                None => Result1::Bounced(reply.clone()),
+            })
+            .collect()
+    }
+
+    /// What a session the client gave up on comes to.
+    fn failed(&self, why: client::Failure, reply: Option<OwnedReply>) -> Session {
+        match (why, reply) {
+            (client::Failure::NoRecipients, _) => {
+                let done: Vec<Result1> = self
+                    .results
+                    .iter()
+                    .map(|r| {
+                        r.clone()
+                            .unwrap_or_else(|| Result1::Deferred(Failure::NotTried.reply("")))
+                    })
+                    .collect();
+                // All 4xx: another MX may take them (RFC 5321 §5.1).
+                if done.iter().all(|r| matches!(r, Result1::Deferred(_))) {
+                    Session::TempFailed(done)
+                } else {
+                    Session::Done(done)
+                }
+            }
+            (client::Failure::Needs8BitMime, _) => Session::Next(Failure::No8BitMime.reply("")),
+            (client::Failure::NeedsSmtpUtf8, _) => Session::Next(Failure::NoSmtpUtf8.reply("")),
+            (client::Failure::TooBig, _) => Session::Permanent(Failure::TooBig.reply("")),
+            (client::Failure::TlsNotOffered, _) => Session::Next(Failure::TlsRequired.reply("")),
+            (client::Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
+                Session::Permanent(r)
+            }
+            (why, r) => {
+                Session::Next(r.unwrap_or_else(|| Failure::Protocol.reply(&format!("{why:?}"))))
+            }
         }
-        if end == buf.len() {
-            return Ok(Session::Next(Failure::ReplyTooLong.reply("")));
+    }
+
+    /// Sends STARTTLS's command and shakes hands; `Some` when that failed.
+    async fn start_tls(&mut self) -> io::Result<Option<Session>> {
+        self.send_output().await?;
+        let Conn::Plain(plain) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+            return Ok(Some(Session::Next(Failure::TlsState.reply(""))));
+        };
+        let cfg = if self.a.mode == TlsMode::Verify {
+            self.a.tls.verify.clone()
+        } else {
+            self.a.tls.any.clone()
+        };
+        let name = ServerName::try_from(self.host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = timed(
+            REPLY_TIMEOUT,
+            futures_rustls::TlsConnector::from(cfg).connect(name, plain),
+        )
+        .await;
+        match tls {
+            Ok(s) => {
+                self.conn = Conn::Tls(Box::new(s));
+                self.start = self.end; // nothing read in clear text counts after STARTTLS
+                self.cl.tls_established();
+                Ok(None)
+            }
+            Err(e) => {
+                let why = format!("{} failed: {e}", self.host);
+                Ok(Some(Session::TlsFailed(Failure::TlsHandshake.reply(&why))))
+            }
         }
-        let wait = if data_sent {
+    }
+
+    /// Writes what the client has to say (no flush).
+    async fn send_output(&mut self) -> io::Result<()> {
+        self.conn.write_all(self.cl.output()).await?;
+        let n = self.cl.output().len();
+        self.cl.output_sent(n);
+        Ok(())
+    }
+
+    /// Sends the client's output, then reads more of the next hop's
+    /// replies; `Some` when the session is over.
+    async fn write_and_read(&mut self) -> io::Result<Option<Session>> {
+        if !self.cl.output().is_empty() {
+            self.send_output().await?;
+            self.conn.flush().await?;
+        }
+        if self.cl.is_closed() {
+            return Ok(Some(Session::Next(Failure::EndedEarly.reply(""))));
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Ok(Some(Session::Next(Failure::ReplyTooLong.reply(""))));
+        }
+        let wait = if self.data_sent {
             DATA_END_TIMEOUT
         } else {
             REPLY_TIMEOUT
         };
-        let n = timed(wait, conn.read(&mut buf[end..])).await?;
+        let n = timed(wait, self.conn.read(&mut self.buf[self.end..])).await?;
         if n == 0 {
-            return Ok(Session::Next(Failure::Closed.reply("")));
+            return Ok(Some(Session::Next(Failure::Closed.reply(""))));
         }
-        end += n;
+        self.end += n;
+        Ok(None)
     }
 }
 
