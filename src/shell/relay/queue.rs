@@ -974,4 +974,239 @@ mod tests {
         let rw = [route("a@example.test", "\u{e4}@example.test")];
         assert_eq!(report_flags(b"a@example.test", &rw, ascii), (true, false));
     }
+
+    use crate::shell::config::Config;
+    use crate::shell::relay::dns::DnsConfig;
+    use crate::shell::spool::{initial_states, Envelope, Route};
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicU64;
+
+    /// A clock the test moves by hand.
+    struct ManualClock(AtomicU64);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl ManualClock {
+        fn set(&self, t: u64) {
+            self.0.store(t, Ordering::SeqCst);
+        }
+    }
+
+    /// When the test messages arrive.
+    const T0: u64 = 1_700_000_000;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A queue with `cfg` over a fresh spool in a scratch directory, on a
+    /// manual clock at [`T0`]; also the spool and the directory.
+    fn queue(name: &str, cfg: QueueConfig) -> (Arc<Queue>, Arc<ManualClock>, Arc<Spool>, PathBuf) {
+        let base = std::env::temp_dir().join(format!("sluice-queue-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let config = Config::parse("state_dir = \"state\"\n", &base).expect("config");
+        let installer = Arc::new(Installer::open(&config).expect("installer"));
+        let (spool, _) = Spool::open(&base.join("spool")).expect("spool");
+        let spool = Arc::new(spool);
+        let mut q = Queue::new(
+            spool.clone(),
+            cfg,
+            "relay.test".into(),
+            installer,
+            Resolver::new(DnsConfig::default()),
+            TlsClients::new(None).expect("tls"),
+            Vec::new(),
+        );
+        let clock = Arc::new(ManualClock(AtomicU64::new(T0)));
+        Arc::get_mut(&mut q).expect("a fresh queue").clock = clock.clone();
+        (q, clock, spool, base)
+    }
+
+    /// Spools and queues a message from `a@x.test` to one recipient whose
+    /// next hop refuses connections (a port nothing listens on).
+    fn add_message(q: &Queue, spool: &Spool) -> u64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let body = b"Subject: t\r\n\r\nbody\r\n";
+        let env = Envelope {
+            from: b"a@x.test".to_vec(),
+            rcpts: vec![b"b@y.test".to_vec()],
+            helo: b"client".to_vec(),
+            peer: "127.0.0.1:1".into(),
+            received: T0,
+            size: body.len() as u64,
+            smtputf8: false,
+            body8bit: false,
+            tls: false,
+            body_offset: Some(14),
+            policy: 0,
+            message_id: None,
+            routes: vec![Route {
+                next_hop: NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+                ..route("b@y.test", "b@y.test")
+            }],
+            edits: Vec::new(),
+        };
+        let id = spool.new_id();
+        let parts = smol::block_on(spool.commit(id, &env, body)).expect("commit");
+        let states = initial_states(&env);
+        q.add(Stored {
+            id,
+            env,
+            parts,
+            states,
+            warned: false,
+        });
+        id
+    }
+
+    /// Runs the deliveries of `id` due now; whether there was one.
+    fn deliver_due(q: &Arc<Queue>, id: u64) -> bool {
+        let due = q.due(vec![id]);
+        let any = !due.is_empty();
+        for (id, groups) in due {
+            smol::block_on(q.clone().deliver(id, groups));
+        }
+        any
+    }
+
+    fn state(q: &Queue, id: u64) -> RcptState {
+        q.entries.lock().expect("lock")[&id].msg.states[0].clone()
+    }
+
+    /// The reports sluice spooled (messages from `<>`), as text.
+    fn reports(spool: &Spool, dir: &std::path::Path) -> Vec<String> {
+        smol::block_on(spool.sync()).expect("sync");
+        crate::shell::spool::scan(&dir.join("spool"))
+            .expect("scan")
+            .messages
+            .iter()
+            .filter(|m| m.env.from.is_empty())
+            .map(|m| String::from_utf8_lossy(&m.read().expect("read")).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_deferred_recipient_is_retried_at_the_schedules_times() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60), secs(300)],
+            warn_after: secs(1_000_000),
+            expire_after: secs(1_000_000),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("retry", cfg);
+        let id = add_message(&q, &spool);
+        // At once, after 60 s, then every 300 s: the last wait repeats.
+        let mut at = T0;
+        for (n, wait) in [60u64, 300, 300, 300].into_iter().enumerate() {
+            if at > T0 {
+                clock.set(at - 1);
+                assert!(!deliver_due(&q, id), "not before {at}");
+            }
+            clock.set(at);
+            assert!(deliver_due(&q, id), "attempt {} at {at}", n + 1);
+            let RcptState::Deferred {
+                until,
+                attempts,
+                reason,
+            } = state(&q, id)
+            else {
+                panic!("not deferred: {:?}", state(&q, id));
+            };
+            assert_eq!((until, attempts), (at + wait, n as u32 + 1));
+            assert_eq!((reason.code, reason.status), (451, Some((4, 4, 1))));
+            at += wait;
+        }
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_sender_is_warned_once_at_warn_after() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60)],
+            warn_after: secs(600),
+            expire_after: secs(3600),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("warn", cfg);
+        let id = add_message(&q, &spool);
+        assert!(deliver_due(&q, id));
+        clock.set(T0 + 599);
+        assert!(q.to_warn().is_empty(), "not before warn_after");
+        clock.set(T0 + 600);
+        assert_eq!(q.to_warn(), vec![id]);
+        smol::block_on(q.warn(id));
+        assert!(q.entries.lock().expect("lock")[&id].msg.warned);
+        clock.set(T0 + 3000);
+        assert!(q.to_warn().is_empty(), "once");
+        let r = reports(&spool, &dir);
+        assert_eq!(r.len(), 1, "one warning");
+        assert!(
+            r[0].contains("Action: delayed\r\nStatus: 4.4.1\r\n"),
+            "{}",
+            r[0]
+        );
+        let until = crate::shell::time::rfc5322(T0 + 3600);
+        assert!(r[0].contains(&format!("Will-Retry-Until: {until}\r\n")));
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn expiry_bounces_after_expire_after_with_the_expiry_reply() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60)],
+            warn_after: secs(1_000_000),
+            expire_after: secs(1000),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("expire", cfg);
+        let id = add_message(&q, &spool);
+        assert!(deliver_due(&q, id));
+        clock.set(T0 + 999);
+        smol::block_on(q.expire());
+        assert!(matches!(state(&q, id), RcptState::Deferred { .. }));
+        clock.set(T0 + 1000);
+        smol::block_on(q.expire());
+        let RcptState::Bounced { at, reason } = state(&q, id) else {
+            panic!("not bounced: {:?}", state(&q, id));
+        };
+        assert_eq!(at, T0 + 1000);
+        assert_eq!((reason.code, reason.status), (554, Some((4, 4, 7))));
+        let text = reason.to_string();
+        assert!(
+            text.starts_with(
+                "554 4.4.7 Message expired after 1000s in the queue; last reason: 451 4.4.1 127.0.0.1 [127.0.0.1:"
+            ),
+            "{text}"
+        );
+        clock.set(T0 + 5000);
+        assert!(!deliver_due(&q, id), "never tried again");
+        // As recorded, the reply reads back the same, status and all.
+        smol::block_on(spool.sync()).expect("sync");
+        let s = crate::shell::spool::scan(&dir.join("spool")).expect("scan");
+        assert_eq!(s.messages[0].states[0], state(&q, id));
+        // The DSN carries the expiry's status.
+        assert_eq!(q.unnotified(), vec![id]);
+        smol::block_on(q.notify(id));
+        assert!(q.unnotified().is_empty());
+        let r = reports(&spool, &dir);
+        assert_eq!(r.len(), 1, "one DSN");
+        assert!(
+            r[0].contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+            "{}",
+            r[0]
+        );
+        assert!(r[0].contains(&format!("Diagnostic-Code: smtp; {text}\r\n")));
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
