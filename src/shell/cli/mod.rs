@@ -214,11 +214,10 @@ fn recipient_json(route: Option<&spool::Route>, s: &spool::RcptState) -> serde_j
             until,
             attempts,
             reason,
-        } => (*attempts, Some(*until), Some(reason.as_str())),
-        spool::RcptState::Delivered { reply, .. } => (0, None, Some(reply.as_str())),
-        spool::RcptState::Bounced { reason, .. } | spool::RcptState::Notified { reason, .. } => {
-            (0, None, Some(reason.as_str()))
-        }
+        } => (*attempts, Some(*until), Some(reason.to_string())),
+        spool::RcptState::Delivered { reply, .. } => (0, None, Some(reply.to_string())),
+        spool::RcptState::Bounced { reason, .. } => (0, None, Some(reason.to_string())),
+        spool::RcptState::Notified { reason, .. } => (0, None, Some(reason.clone())),
     };
     serde_json::json!({
         "rcpt": route.map(|r| lossy(&r.rcpt)),
@@ -247,9 +246,8 @@ fn recipient_line(route: Option<&spool::Route>, s: &spool::RcptState, now: u64) 
             format!("  ({attempts} attempt(s), {next}) {reason}")
         }
         spool::RcptState::Delivered { reply, .. } => format!("  {reply}"),
-        spool::RcptState::Bounced { reason, .. } | spool::RcptState::Notified { reason, .. } => {
-            format!("  {reason}")
-        }
+        spool::RcptState::Bounced { reason, .. } => format!("  {reason}"),
+        spool::RcptState::Notified { reason, .. } => format!("  {reason}"),
     };
     format!("<{rcpt}>  {}{detail}", state_word(s))
 }

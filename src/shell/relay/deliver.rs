@@ -10,11 +10,13 @@
 //! TCP, TLS per the connector's policy, and the message streamed from the
 //! spool with the header edits spliced into the header block only.
 
-use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
-use crate::shell::policy::render::{HeaderEdit, NextHop};
+use crate::engine::client::{self, Client, Event, ServerReply, TlsMode};
+use crate::shell::policy::render::HeaderEdit;
 use crate::shell::relay::dns::{DnsError, Resolver};
+use crate::shell::relay::failure::{at_host, Failure};
 use crate::shell::relay::splice::splice;
-use crate::shell::spool::{RcptState, Stored};
+use crate::shell::reply::OwnedReply;
+use crate::shell::spool::{NextHop, RcptState, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,7 +25,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long to wait for a connection, and for each reply (RFC 5321
 /// §4.5.3.2 allows 5 minutes for most replies and 10 after the data).
@@ -145,18 +147,9 @@ pub struct Attempt<'a> {
     pub next_hop: &'a NextHop,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn text(r: &ServerReply<'_>) -> String {
-    match r.status {
-        Some((a, b, c)) => format!("{} {a}.{b}.{c} {}", r.code, String::from_utf8_lossy(r.text)),
-        None => format!("{} {}", r.code, String::from_utf8_lossy(r.text)),
-    }
+/// A next hop's reply as the shell keeps it (its text as UTF-8, lossily).
+fn owned(r: &ServerReply<'_>) -> OwnedReply {
+    OwnedReply::new(r.code, r.status, String::from_utf8_lossy(r.text))
 }
 
 /// How one recipient came out of an attempt (the caller turns "deferred"
@@ -164,23 +157,31 @@ fn text(r: &ServerReply<'_>) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Result1 {
     /// Accepted by the next hop (its reply).
-    Delivered(String),
+    Delivered(OwnedReply),
     /// Try again later (the reason).
-    Deferred(String),
+    Deferred(OwnedReply),
     /// Permanent failure (the reason).
-    Bounced(String),
+    Bounced(OwnedReply),
 }
 
 impl Result1 {
-    /// The spool state for this result (`attempts` counts this one).
-    pub fn state(&self, attempts: u32, retry_at: u64) -> RcptState {
+    /// The reply or reason this result carries.
+    pub fn reply(&self) -> &OwnedReply {
+        match self {
+            Result1::Delivered(r) | Result1::Deferred(r) | Result1::Bounced(r) => r,
+        }
+    }
+
+    /// The spool state for this result at `now` (`attempts` counts this
+    /// one).
+    pub fn state(&self, attempts: u32, now: u64, retry_at: u64) -> RcptState {
         match self {
             Result1::Delivered(r) => RcptState::Delivered {
-                at: now(),
+                at: now,
                 reply: r.clone(),
             },
             Result1::Bounced(r) => RcptState::Bounced {
-                at: now(),
+                at: now,
                 reason: r.clone(),
             },
             Result1::Deferred(r) => RcptState::Deferred {
@@ -210,11 +211,7 @@ async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> 
             Ok(mx) => mx.into_iter().map(|m| (m.host, 25)).collect(),
             Err(e) => return Err(dns_failure(&e, domain)),
         },
-        NextHop::None => {
-            return Err(Result1::Bounced(
-                "554 5.4.4 No route to this recipient".into(),
-            ))
-        }
+        NextHop::None => return Err(Result1::Bounced(Failure::NoRoute.reply(""))),
     };
     for (host, port) in hosts {
         match a.resolver.addresses(&host, port).await {
@@ -223,18 +220,18 @@ async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> 
         }
     }
     if out.is_empty() {
-        return Err(last_err
-            .unwrap_or_else(|| Result1::Deferred("451 4.4.3 No address for the next hop".into())));
+        return Err(last_err.unwrap_or_else(|| Result1::Deferred(Failure::NoAddress.reply(""))));
     }
     Ok(out)
 }
 
+/// A failed lookup of `name`: deferred when it may work later.
 fn dns_failure(e: &DnsError, name: &str) -> Result1 {
-    let why = format!("{} {name}: {e}", e.status());
+    let why = Failure::from(e).reply(&format!("{name}: {e}"));
     if e.is_temporary() {
-        Result1::Deferred(format!("451 {why}"))
+        Result1::Deferred(why)
     } else {
-        Result1::Bounced(format!("550 {why}"))
+        Result1::Bounced(why)
     }
 }
 
@@ -285,7 +282,8 @@ async fn timed<T>(
 fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
     let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
     let head = m.read_head()?;
-    let edits: Vec<&HeaderEdit> = m.env.edits.iter().collect();
+    let edits: Vec<HeaderEdit> = m.env.edits.iter().map(Into::into).collect();
+    let edits: Vec<&HeaderEdit> = edits.iter().collect();
     Ok((splice(&head, &edits), head_len))
 }
 
@@ -297,12 +295,12 @@ enum Session {
     /// these results stand if none is left.
     TempFailed(Vec<Result1>),
     /// Nothing was delivered; try the next address (the reason).
-    Next(String),
+    Next(OwnedReply),
     /// The TLS handshake failed (the reason): with opportunistic TLS the
     /// same address is tried again in clear text, as RFC 7435 allows.
-    TlsFailed(String),
+    TlsFailed(OwnedReply),
     /// Stop: every recipient failed permanently (the reason).
-    Permanent(String),
+    Permanent(OwnedReply),
 }
 
 /// One attempt for `routes` (indices into the envelope's routes) of `m`:
@@ -312,7 +310,7 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
         Ok(t) => t,
         Err(r) => return vec![r; routes.len()],
     };
-    let mut last = "451 4.4.1 No answer from the next hop".to_string();
+    let mut last = Failure::NoAnswer.reply("");
     let mut tempfailed: Option<Vec<Result1>> = None;
     for (host, addr) in targets {
         // Opportunistic TLS that fails its handshake: once more in clear text.
@@ -321,7 +319,7 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
             let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(s) => s,
                 Err(e) => {
-                    last = format!("451 4.4.1 {host} [{addr}]: {e}");
+                    last = Failure::Connect.reply(&format!("{host} [{addr}]: {e}"));
                     break;
                 }
             };
@@ -329,12 +327,12 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
             match session(a, m, routes, &host, Conn::Plain(stream), use_tls).await {
                 Ok(Session::Done(results)) => return results,
                 Ok(Session::TempFailed(results)) => {
-                    last = format!("451 4.4.2 every recipient deferred by {host} [{addr}]");
+                    last = Failure::AllDeferred.reply(&format!("{host} [{addr}]"));
                     tempfailed = Some(results);
                 }
-                Ok(Session::Next(why)) => last = format!("{why} ({host} [{addr}])"),
+                Ok(Session::Next(why)) => last = at_host(why, &host, &addr),
                 Ok(Session::TlsFailed(why)) => {
-                    last = format!("{why} ({host} [{addr}])");
+                    last = at_host(why, &host, &addr);
                     if a.mode == TlsMode::Opportunistic && use_tls {
                         crate::shell::ops::log::info(format_args!(
                             "deliver: {last}; opportunistic TLS, trying again without STARTTLS"
@@ -344,9 +342,9 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
                     }
                 }
                 Ok(Session::Permanent(why)) => {
-                    return vec![Result1::Bounced(format!("{why} ({host} [{addr}])")); routes.len()]
+                    return vec![Result1::Bounced(at_host(why, &host, &addr)); routes.len()]
                 }
-                Err(e) => last = format!("451 4.4.2 {host} [{addr}]: {e}"),
+                Err(e) => last = Failure::Io.reply(&format!("{host} [{addr}]: {e}")),
             }
             break;
         }
@@ -356,12 +354,13 @@ pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1
     tempfailed.unwrap_or_else(|| vec![Result1::Deferred(last); routes.len()])
 }
 
+/// One SMTP session with `host` over `conn` for `routes` of `m`.
 async fn session(
     a: &Attempt<'_>,
     m: &Stored,
     routes: &[u16],
     host: &str,
-    mut conn: Conn,
+    conn: Conn,
     use_tls: bool,
 ) -> io::Result<Session> {
     let rcpts: Vec<&[u8]> = routes
@@ -382,159 +381,244 @@ async fn session(
         tls: a.mode,
         tls_available: use_tls,
     };
-    let mut cl = Client::new(cfg, env);
-    let mut results: Vec<Option<Result1>> = vec![None; rcpts.len()];
-    let mut buf = vec![0u8; 8192];
-    let (mut start, mut end) = (0usize, 0usize);
-    // The message is out: the next reply is the end of data's.
-    let mut data_sent = false;
-    loop {
-        // Feed what the server said.
+    let mut t = Transaction {
+        a,
+        m,
+        host,
+        cl: Client::new(cfg, env),
+        conn,
+        head,
+        body_at,
+        results: vec![None; rcpts.len()],
+        buf: vec![0u8; 8192],
+        start: 0,
+        end: 0,
+        data_sent: false,
+    };
+    t.run().await
+}
+
+/// A client event with the next hop's reply owned, so that acting on it
+/// may use the client again.
+enum Said {
+    /// Perform the TLS handshake.
+    StartTls,
+    /// A recipient's reply.
+    Rcpt(u16, OwnedReply),
+    /// Stream the message (`true`: BDAT).
+    SendMessage(bool),
+    /// The reply to the end of the message.
+    Done(OwnedReply),
+    /// The session ends without delivery, with the reply that caused it.
+    Failed(client::Failure, Option<OwnedReply>),
+}
+
+impl From<Event<'_>> for Said {
+    fn from(ev: Event<'_>) -> Self {
+        match ev {
+            Event::StartTls => Said::StartTls,
+            Event::Rcpt { index, reply } => Said::Rcpt(index, owned(&reply)),
+            Event::SendMessage { bdat } => Said::SendMessage(bdat),
+            Event::Done(reply) => Said::Done(owned(&reply)),
+            Event::Failed { why, reply } => Said::Failed(why, reply.map(|r| owned(&r))),
+        }
+    }
+}
+
+/// One session's moving parts: the engine's client, the connection, the
+/// replies read and not yet fed, and a result per recipient so far.
+struct Transaction<'a> {
+    a: &'a Attempt<'a>,
+    m: &'a Stored,
+    host: &'a str,
+    cl: Client<'a>,
+    conn: Conn,
+    /// The spliced header block, and where the original body starts.
+    head: Vec<u8>,
+    body_at: u64,
+    /// `None`: no answer yet, or accepted (the end of data decides).
+    results: Vec<Option<Result1>>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The message is out: the next reply is the end of data's.
+    data_sent: bool,
+}
+
+impl Transaction<'_> {
+    /// Feeds what the next hop says to the client and acts on its events
+    /// until the session is over.
+    async fn run(&mut self) -> io::Result<Session> {
         loop {
-            let step = cl.feed(&buf[start..end]);
-            start += step.consumed;
-            let Some(ev) = step.event else {
-                if step.consumed > 0 && start < end {
-                    continue;
-                }
-                break;
-            };
-            match ev {
-                Event::Rcpt { index, reply } => {
-                    let t = text(&reply);
-                    if let Some(slot) = results.get_mut(usize::from(index)) {
-                        *slot = match reply.code {
-                            200..=299 => None, // accepted: the end of data decides
-                            400..=499 => Some(Result1::Deferred(t)),
-                            _ => Some(Result1::Bounced(t)),
-                        };
-                    }
-                }
-                Event::Done(reply) => {
-                    let t = text(&reply);
-                    let done = results
-                        .iter()
-                        .map(|r| match r {
-                            Some(r) => r.clone(),
-                            None if reply.is_positive() => Result1::Delivered(t.clone()),
-                            None if reply.is_temporary() => Result1::Deferred(t.clone()),
-                            None => Result1::Bounced(t.clone()),
-                        })
-                        .collect();
-                    let _ = conn.write_all(cl.output()).await;
-                    let _ = conn.flush().await;
-                    return Ok(Session::Done(done));
-                }
-                Event::Failed { why, reply } => {
-                    let t = reply.map(|r| text(&r));
-                    return Ok(match (why, reply) {
-                        (Failure::NoRecipients, _) => {
-                            let done: Vec<Result1> = results
-                                .iter()
-                                .map(|r| {
-                                    r.clone().unwrap_or_else(|| {
-                                        Result1::Deferred("451 4.3.0 not tried".into())
-                                    })
-                                })
-                                .collect();
-                            // All 4xx: another MX may take them (RFC 5321 §5.1).
-                            if done.iter().all(|r| matches!(r, Result1::Deferred(_))) {
-                                Session::TempFailed(done)
-                            } else {
-                                Session::Done(done)
-                            }
-                        }
-                        (Failure::Needs8BitMime, _) => Session::Next(
-                            "451 4.6.3 the next hop does not offer 8BITMIME for this 8-bit message"
-                                .into(),
-                        ),
-                        (Failure::NeedsSmtpUtf8, _) => {
-                            Session::Next("451 4.6.7 the next hop does not offer SMTPUTF8".into())
-                        }
-                        (Failure::TooBig, _) => {
-                            Session::Permanent("552 5.3.4 message too big for the next hop".into())
-                        }
-                        (Failure::TlsNotOffered, _) => Session::Next(
-                            "451 4.7.10 TLS is required and the next hop does not offer STARTTLS"
-                                .into(),
-                        ),
-                        (Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
-                            Session::Permanent(t.unwrap_or_default())
-                        }
-                        _ => Session::Next(t.unwrap_or_else(|| format!("451 4.4.2 {why:?}"))),
-                    });
-                }
-                Event::StartTls => {
-                    conn.write_all(cl.output()).await?;
-                    let n = cl.output().len();
-                    cl.output_sent(n);
-                    let Conn::Plain(plain) = std::mem::replace(&mut conn, Conn::Gone) else {
-                        return Ok(Session::Next("451 4.7.0 TLS state".into()));
-                    };
-                    let cfg = if a.mode == TlsMode::Verify {
-                        a.tls.verify.clone()
-                    } else {
-                        a.tls.any.clone()
-                    };
-                    let name = ServerName::try_from(host.to_string())
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                    let tls = timed(
-                        REPLY_TIMEOUT,
-                        futures_rustls::TlsConnector::from(cfg).connect(name, plain),
-                    )
-                    .await;
-                    match tls {
-                        Ok(s) => {
-                            conn = Conn::Tls(Box::new(s));
-                            start = end; // nothing read in clear text counts after STARTTLS
-                            cl.tls_established();
-                        }
-                        Err(e) => {
-                            return Ok(Session::TlsFailed(format!(
-                                "451 4.7.5 TLS handshake with {host} failed: {e}"
-                            )))
-                        }
-                    }
-                }
-                Event::SendMessage { bdat } => {
-                    conn.write_all(cl.output()).await?;
-                    let n = cl.output().len();
-                    cl.output_sent(n);
-                    stream_message(&mut conn, m, &head, body_at, bdat).await?;
-                    cl.message_sent();
-                    data_sent = true;
+            while let Some(said) = self.next_event() {
+                if let Some(over) = self.on_event(said).await? {
+                    return Ok(over);
                 }
             }
+            if let Some(over) = self.write_and_read().await? {
+                return Ok(over);
+            }
         }
-        if !cl.output().is_empty() {
-            conn.write_all(cl.output()).await?;
-            conn.flush().await?;
-            let n = cl.output().len();
-            cl.output_sent(n);
+    }
+
+    /// The client's next event from the replies read so far, if any.
+    fn next_event(&mut self) -> Option<Said> {
+        loop {
+            let step = self.cl.feed(&self.buf[self.start..self.end]);
+            self.start += step.consumed;
+            match step.event {
+                Some(ev) => return Some(ev.into()),
+                None if step.consumed > 0 && self.start < self.end => continue,
+                None => return None,
+            }
         }
-        if cl.is_closed() {
-            return Ok(Session::Next("451 4.4.2 the session ended early".into()));
+    }
+
+    /// Acts on one event; `Some` when the session is over.
+    async fn on_event(&mut self, said: Said) -> io::Result<Option<Session>> {
+        match said {
+            Said::Rcpt(index, reply) => {
+                if let Some(slot) = self.results.get_mut(usize::from(index)) {
+                    *slot = match reply.code {
+                        200..=299 => None, // accepted: the end of data decides
+                        400..=499 => Some(Result1::Deferred(reply)),
+                        _ => Some(Result1::Bounced(reply)),
+                    };
+                }
+                Ok(None)
+            }
+            Said::Done(reply) => {
+                let done = self.done(&reply);
+                let _ = self.conn.write_all(self.cl.output()).await;
+                let _ = self.conn.flush().await;
+                Ok(Some(Session::Done(done)))
+            }
+            Said::Failed(why, reply) => Ok(Some(self.failed(why, reply))),
+            Said::StartTls => self.start_tls().await,
+            Said::SendMessage(bdat) => {
+                self.send_output().await?;
+                stream_message(&mut self.conn, self.m, &self.head, self.body_at, bdat).await?;
+                self.cl.message_sent();
+                self.data_sent = true;
+                Ok(None)
+            }
         }
-        if start > 0 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
+    }
+
+    /// Every recipient's result after the end of data's `reply`.
+    fn done(&self, reply: &OwnedReply) -> Vec<Result1> {
+        self.results
+            .iter()
+            .map(|r| match r {
+                Some(r) => r.clone(),
+                None if reply.code < 400 => Result1::Delivered(reply.clone()),
+                None if reply.is_transient() => Result1::Deferred(reply.clone()),
+                None => Result1::Bounced(reply.clone()),
+            })
+            .collect()
+    }
+
+    /// What a session the client gave up on comes to.
+    fn failed(&self, why: client::Failure, reply: Option<OwnedReply>) -> Session {
+        match (why, reply) {
+            (client::Failure::NoRecipients, _) => {
+                let done: Vec<Result1> = self
+                    .results
+                    .iter()
+                    .map(|r| {
+                        r.clone()
+                            .unwrap_or_else(|| Result1::Deferred(Failure::NotTried.reply("")))
+                    })
+                    .collect();
+                // All 4xx: another MX may take them (RFC 5321 §5.1).
+                if done.iter().all(|r| matches!(r, Result1::Deferred(_))) {
+                    Session::TempFailed(done)
+                } else {
+                    Session::Done(done)
+                }
+            }
+            (client::Failure::Needs8BitMime, _) => Session::Next(Failure::No8BitMime.reply("")),
+            (client::Failure::NeedsSmtpUtf8, _) => Session::Next(Failure::NoSmtpUtf8.reply("")),
+            (client::Failure::TooBig, _) => Session::Permanent(Failure::TooBig.reply("")),
+            (client::Failure::TlsNotOffered, _) => Session::Next(Failure::TlsRequired.reply("")),
+            (client::Failure::Refused, Some(r)) if r.code >= 500 && r.code != 554 => {
+                Session::Permanent(r)
+            }
+            (why, r) => {
+                Session::Next(r.unwrap_or_else(|| Failure::Protocol.reply(&format!("{why:?}"))))
+            }
         }
-        if end == buf.len() {
-            return Ok(Session::Next("451 4.5.0 reply line too long".into()));
+    }
+
+    /// Sends STARTTLS's command and shakes hands; `Some` when that failed.
+    async fn start_tls(&mut self) -> io::Result<Option<Session>> {
+        self.send_output().await?;
+        let Conn::Plain(plain) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+            return Ok(Some(Session::Next(Failure::TlsState.reply(""))));
+        };
+        let cfg = if self.a.mode == TlsMode::Verify {
+            self.a.tls.verify.clone()
+        } else {
+            self.a.tls.any.clone()
+        };
+        let name = ServerName::try_from(self.host.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = timed(
+            REPLY_TIMEOUT,
+            futures_rustls::TlsConnector::from(cfg).connect(name, plain),
+        )
+        .await;
+        match tls {
+            Ok(s) => {
+                self.conn = Conn::Tls(Box::new(s));
+                self.start = self.end; // nothing read in clear text counts after STARTTLS
+                self.cl.tls_established();
+                Ok(None)
+            }
+            Err(e) => {
+                let why = format!("{} failed: {e}", self.host);
+                Ok(Some(Session::TlsFailed(Failure::TlsHandshake.reply(&why))))
+            }
         }
-        let wait = if data_sent {
+    }
+
+    /// Writes what the client has to say (no flush).
+    async fn send_output(&mut self) -> io::Result<()> {
+        self.conn.write_all(self.cl.output()).await?;
+        let n = self.cl.output().len();
+        self.cl.output_sent(n);
+        Ok(())
+    }
+
+    /// Sends the client's output, then reads more of the next hop's
+    /// replies; `Some` when the session is over.
+    async fn write_and_read(&mut self) -> io::Result<Option<Session>> {
+        if !self.cl.output().is_empty() {
+            self.send_output().await?;
+            self.conn.flush().await?;
+        }
+        if self.cl.is_closed() {
+            return Ok(Some(Session::Next(Failure::EndedEarly.reply(""))));
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Ok(Some(Session::Next(Failure::ReplyTooLong.reply(""))));
+        }
+        let wait = if self.data_sent {
             DATA_END_TIMEOUT
         } else {
             REPLY_TIMEOUT
         };
-        let n = timed(wait, conn.read(&mut buf[end..])).await?;
+        let n = timed(wait, self.conn.read(&mut self.buf[self.end..])).await?;
         if n == 0 {
-            return Ok(Session::Next(
-                "451 4.4.2 the next hop closed the connection".into(),
-            ));
+            return Ok(Some(Session::Next(Failure::Closed.reply(""))));
         }
-        end += n;
+        self.end += n;
+        Ok(None)
     }
 }
 

@@ -12,6 +12,7 @@
 //! 8-bit original headers go back as `message/global-headers` (RFC 6533);
 //! the report type names the status part (RFC 6522).
 
+use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{Envelope, Route};
 use crate::shell::time::rfc5322;
 
@@ -20,29 +21,10 @@ pub struct Failed<'a> {
     /// Its route (final and original address).
     pub route: &'a Route,
     /// The reply or reason, e.g. `550 5.1.1 No such user (mx.example [192.0.2.1])`.
-    pub reason: &'a str,
+    pub reason: &'a OwnedReply,
 }
 
-/// The enhanced status in a reason (`5.1.1`), or a default by class.
-fn status_of(reason: &str) -> String {
-    reason
-        .split_whitespace()
-        .find(|w| {
-            let p: Vec<&str> = w.split('.').collect();
-            p.len() == 3
-                && p.iter()
-                    .all(|x| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit()))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| {
-            if reason.starts_with('4') {
-                "4.0.0".into()
-            } else {
-                "5.0.0".into()
-            }
-        })
-}
-
+/// `s` with control characters as spaces, for one header line.
 fn clean(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -76,6 +58,21 @@ pub fn delayed(
     report(host, qid, env, headers, waiting, now, Some(until))
 }
 
+/// What the parts of one report share.
+struct Report<'a> {
+    host: &'a str,
+    qid: &'a str,
+    env: &'a Envelope,
+    failed: &'a [Failed<'a>],
+    /// A delay warning: when sluice gives up.
+    delayed_until: Option<u64>,
+    /// `delivery-status` or `global-delivery-status` (RFC 6533).
+    status_type: &'static str,
+    boundary: String,
+}
+
+/// A failure report or a delay warning (`delayed_until`); `None` when the
+/// sender is `<>`.
 fn report(
     host: &str,
     qid: &str,
@@ -88,111 +85,154 @@ fn report(
     if env.from.is_empty() {
         return None;
     }
-    let sender = String::from_utf8_lossy(&env.from);
-    let boundary = format!("{qid}/{host}");
     let global = !env.from.is_ascii()
         || failed
             .iter()
             .any(|f| !f.route.rcpt.is_ascii() || !f.route.original.is_ascii());
-    let status_type = if global {
-        "global-delivery-status"
-    } else {
-        "delivery-status"
+    let r = Report {
+        host,
+        qid,
+        env,
+        failed,
+        delayed_until,
+        status_type: if global {
+            "global-delivery-status"
+        } else {
+            "delivery-status"
+        },
+        boundary: format!("{qid}/{host}"),
     };
-    let addr = |a: &[u8]| {
-        let kind = if a.is_ascii() { "rfc822" } else { "utf-8" };
-        format!("{kind}; {}", String::from_utf8_lossy(a))
-    };
-    let mut m = String::new();
-    m.push_str(&format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
-    ));
-    m.push_str(&format!("To: <{sender}>\r\n"));
-    m.push_str(if delayed_until.is_some() {
-        "Subject: Delayed Mail (still being retried)\r\n"
-    } else {
-        "Subject: Undelivered Mail Returned to Sender\r\n"
-    });
-    m.push_str(&format!("Date: {}\r\n", rfc5322(now)));
-    m.push_str(&format!("Message-ID: <{qid}.{now}.dsn@{host}>\r\n"));
-    m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
-    m.push_str(&format!(
-        "Content-Type: multipart/report; report-type={status_type};\r\n\tboundary=\"{boundary}\"\r\n\r\n"
-    ));
-    m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
-    m.push_str(&format!(
-        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ));
-    match delayed_until {
-        Some(until) => m.push_str(&format!(
-            "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) is delayed for the recipients below.\r\nDelivery is still being tried until {}; you need not resend it.\r\n\r\n",
-            rfc5322(until)
-        )),
-        None => m.push_str(&format!(
-            "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) could not be delivered to the\r\nrecipients below. The reason follows each one.\r\n\r\n"
-        )),
-    }
-    for f in failed {
+    let mut m = r.top(now);
+    r.readable(&mut m);
+    r.status(&mut m);
+    Some(r.quoted_headers(m, headers))
+}
+
+impl Report<'_> {
+    /// The header block and the readable part's start.
+    fn top(&self, now: u64) -> String {
+        let (host, qid, status_type, boundary) =
+            (self.host, self.qid, self.status_type, &self.boundary);
+        let mut m = String::new();
         m.push_str(&format!(
-            "<{}>: {}\r\n",
-            String::from_utf8_lossy(&f.route.rcpt),
-            clean(f.reason)
+            "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"
         ));
+        m.push_str(&format!(
+            "To: <{}>\r\n",
+            String::from_utf8_lossy(&self.env.from)
+        ));
+        m.push_str(if self.delayed_until.is_some() {
+            "Subject: Delayed Mail (still being retried)\r\n"
+        } else {
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+        });
+        m.push_str(&format!("Date: {}\r\n", rfc5322(now)));
+        m.push_str(&format!("Message-ID: <{qid}.{now}.dsn@{host}>\r\n"));
+        m.push_str("Auto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n");
+        m.push_str(&format!(
+            "Content-Type: multipart/report; report-type={status_type};\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+        ));
+        m.push_str("This is a MIME-encapsulated message.\r\n\r\n");
+        m.push_str(&format!(
+            "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        ));
+        m
     }
-    m.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: message/{status_type}\r\n\r\n"
-    ));
-    m.push_str(&format!(
-        "Reporting-MTA: dns; {host}\r\nX-Sluice-Queue-ID: {qid}\r\n"
-    ));
-    m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322(env.received)));
-    for f in failed {
-        m.push_str(&format!("\r\nFinal-Recipient: {}\r\n", addr(&f.route.rcpt)));
-        if !f.route.original.is_empty() && f.route.original != f.route.rcpt {
+
+    /// The readable part's text: what happened, and each recipient's reason.
+    fn readable(&self, m: &mut String) {
+        let (host, qid) = (self.host, self.qid);
+        match self.delayed_until {
+            Some(until) => m.push_str(&format!(
+                "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) is delayed for the recipients below.\r\nDelivery is still being tried until {}; you need not resend it.\r\n\r\n",
+                rfc5322(until)
+            )),
+            None => m.push_str(&format!(
+                "This is the mail system at host {host}.\r\n\r\nYour message (queue id {qid}) could not be delivered to the\r\nrecipients below. The reason follows each one.\r\n\r\n"
+            )),
+        }
+        for f in self.failed {
             m.push_str(&format!(
-                "Original-Recipient: {}\r\n",
-                addr(&f.route.original)
+                "<{}>: {}\r\n",
+                String::from_utf8_lossy(&f.route.rcpt),
+                clean(&f.reason.to_string())
             ));
         }
-        let action = if delayed_until.is_some() {
-            "delayed"
-        } else {
-            "failed"
+    }
+
+    /// The machine-readable part (RFC 3464): per recipient its addresses,
+    /// action, status (from its reply) and the reply itself.
+    fn status(&self, m: &mut String) {
+        let addr = |a: &[u8]| {
+            let kind = if a.is_ascii() { "rfc822" } else { "utf-8" };
+            format!("{kind}; {}", String::from_utf8_lossy(a))
         };
         m.push_str(&format!(
-            "Action: {action}\r\nStatus: {}\r\n",
-            status_of(f.reason)
+            "\r\n--{}\r\nContent-Type: message/{}\r\n\r\n",
+            self.boundary, self.status_type
         ));
-        if let Some(until) = delayed_until {
-            m.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(until)));
+        m.push_str(&format!(
+            "Reporting-MTA: dns; {}\r\nX-Sluice-Queue-ID: {}\r\n",
+            self.host, self.qid
+        ));
+        m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322(self.env.received)));
+        for f in self.failed {
+            m.push_str(&format!("\r\nFinal-Recipient: {}\r\n", addr(&f.route.rcpt)));
+            if !f.route.original.is_empty() && f.route.original != f.route.rcpt {
+                m.push_str(&format!(
+                    "Original-Recipient: {}\r\n",
+                    addr(&f.route.original)
+                ));
+            }
+            let action = if self.delayed_until.is_some() {
+                "delayed"
+            } else {
+                "failed"
+            };
+            m.push_str(&format!(
+                "Action: {action}\r\nStatus: {}\r\n",
+                f.reason.status_or_class()
+            ));
+            if let Some(until) = self.delayed_until {
+                m.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322(until)));
+            }
+            m.push_str(&format!(
+                "Diagnostic-Code: smtp; {}\r\n",
+                clean(&f.reason.to_string())
+            ));
         }
-        m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(f.reason)));
     }
-    let headers_type = if headers.is_ascii() {
-        "text/rfc822-headers"
-    } else {
-        "message/global-headers"
-    };
-    m.push_str(&format!(
-        "\r\n--{boundary}\r\nContent-Type: {headers_type}\r\n\r\n"
-    ));
-    let mut out = m.into_bytes();
-    let mut h = headers.to_vec();
-    while h.ends_with(b"\r\n\r\n") || h.ends_with(b"\n\n") {
-        h.pop();
+
+    /// The report so far in `m`, then the original `headers` as the last
+    /// part, and the closing boundary.
+    fn quoted_headers(&self, mut m: String, headers: &[u8]) -> Vec<u8> {
+        let headers_type = if headers.is_ascii() {
+            "text/rfc822-headers"
+        } else {
+            "message/global-headers"
+        };
+        m.push_str(&format!(
+            "\r\n--{}\r\nContent-Type: {headers_type}\r\n\r\n",
+            self.boundary
+        ));
+        let mut out = m.into_bytes();
+        let mut h = headers.to_vec();
+        while h.ends_with(b"\r\n\r\n") || h.ends_with(b"\n\n") {
+            h.pop();
+        }
+        out.extend_from_slice(&h);
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("\r\n--{}--\r\n", self.boundary).as_bytes());
+        out
     }
-    out.extend_from_slice(&h);
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::policy::render::NextHop;
+    use crate::shell::spool::NextHop;
 
     fn env(from: &str) -> Envelope {
         Envelope {
@@ -224,7 +264,7 @@ mod tests {
         };
         let f = [Failed {
             route: &route,
-            reason: "550 5.1.1 No such user (mx.y.test [192.0.2.1])",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user (mx.y.test [192.0.2.1])"),
         }];
         let d = String::from_utf8(
             build(
@@ -263,7 +303,7 @@ mod tests {
         };
         let f = [Failed {
             route: &route,
-            reason: "550 5.1.1 No such user",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user"),
         }];
         let d = String::from_utf8(
             build(
@@ -295,7 +335,7 @@ mod tests {
         };
         let f = [Failed {
             route: &ascii,
-            reason: "550 5.1.1 No such user",
+            reason: &OwnedReply::new(550, Some((5, 1, 1)), "No such user"),
         }];
         let d = String::from_utf8(
             build(

@@ -1,10 +1,12 @@
 //! Handing accepted mail on: the [`queue`] schedules each recipient,
 //! [`deliver`] makes one attempt at a next hop found through [`dns`], with
 //! the policy's header edits put in by [`splice`], and [`dsn`] writes the
-//! bounce for what failed.
+//! bounce for what failed; [`failure`] is the table of sluice's own
+//! delivery failures and their replies.
 
 pub mod deliver;
 pub mod dns;
 pub mod dsn;
+pub mod failure;
 pub mod queue;
 pub mod splice;

@@ -4,33 +4,51 @@
 //! A scheduler wakes when a message arrives and once a second; for each
 //! message with due recipients (pending, or deferred until now) it groups
 //! them by route (connector and next hop) and hands each group to
-//! [`deliver::attempt`]. Each result is recorded in the spool (synced)
-//! before anything else happens to that recipient, so retries survive a
-//! restart; a crash between the next hop's `250` and that record means the
-//! recipient is delivered again (the only duplicate SMTP allows). Retry
-//! times follow `[queue] retry` (the last wait repeats); a recipient still
-//! undelivered `expire_after` after acceptance is bounced. Deliveries run
-//! at most `concurrency` at once, `concurrency_per_destination` per next hop.
+//! [`deliver::attempt`]. Each result is recorded in the spool before
+//! anything else happens to that recipient, so retries survive a restart.
+//! The record is not synced on its own: it rides on the next group commit,
+//! and the scheduler syncs the spool at least once a second. A record lost
+//! to a crash (or a crash between the next hop's `250` and the record)
+//! means the recipient is tried again: a duplicate, the only one SMTP
+//! allows, never a loss. Retry times follow `[queue] retry` (the last wait
+//! repeats); the sender is warned once after `warn_after`; a recipient
+//! still undelivered `expire_after` after acceptance is bounced. All three
+//! go by the queue's [`Clock`]. Deliveries run at most `concurrency` at
+//! once, `concurrency_per_destination` per next hop.
 
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use crate::shell::config::QueueConfig;
 use crate::shell::policy::install::Installer;
-use crate::shell::policy::render::NextHop;
 use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
 use crate::shell::relay::dns::Resolver;
-use crate::shell::spool::{RcptState, Spool, Stored};
+use crate::shell::relay::failure::Failure;
+use crate::shell::reply::OwnedReply;
+use crate::shell::spool::{NextHop, RcptState, Spool, Stored};
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Where the queue reads the time, in Unix seconds: retries, delay
+/// warnings and expiry follow it. The daemon's is [`SystemClock`]; unit
+/// tests move one by hand instead of sleeping through a retry schedule.
+pub trait Clock: Send + Sync {
+    /// Now, Unix seconds.
+    fn now(&self) -> u64;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
 }
 
 /// What a report we made needs from the next hop: SMTPUTF8 when an
@@ -83,12 +101,17 @@ pub struct Queue {
     /// By id, so oldest first: ids grow with time.
     entries: Mutex<BTreeMap<u64, Entry>>,
     /// Deliveries running, in total and per next hop.
-    running: Mutex<(usize, HashMap<String, usize>)>,
+    running: Mutex<Running>,
     wake: (smol::channel::Sender<()>, smol::channel::Receiver<()>),
     candidates: Mutex<Candidates>,
     /// `flush`: the next pass walks the whole queue.
     rescan: AtomicBool,
+    /// The time retries, warnings and expiry go by.
+    clock: Arc<dyn Clock>,
 }
+
+/// Deliveries running: in total, and per next hop (a [`Group`]'s key).
+type Running = (usize, HashMap<String, usize>);
 
 /// A group of recipients of one message that share a route.
 struct Group {
@@ -137,6 +160,7 @@ impl Queue {
             candidates: Mutex::new(Candidates::default()),
             // The first pass walks what was recovered.
             rescan: AtomicBool::new(true),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -170,7 +194,7 @@ impl Queue {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        serde_json::json!({ "ok": true, "now": now(), "messages": messages })
+        serde_json::json!({ "ok": true, "now": self.clock.now(), "messages": messages })
     }
 
     /// Takes a newly accepted message and wakes the scheduler.
@@ -333,7 +357,7 @@ impl Queue {
     /// sender was not warned yet.
     fn to_warn(&self) -> Vec<u64> {
         let limit = self.cfg.warn_after.as_secs();
-        let t = now();
+        let t = self.clock.now();
         match self.entries.lock() {
             Ok(e) => e
                 .values()
@@ -383,7 +407,7 @@ impl Queue {
             &msg.env,
             &head,
             &waiting,
-            now(),
+            self.clock.now(),
             until,
         ) {
             match self.inject(&msg.env.from, report).await {
@@ -459,7 +483,7 @@ impl Queue {
                             (
                                 i as u16,
                                 RcptState::Notified {
-                                    at: now(),
+                                    at: self.clock.now(),
                                     reason: "deleted by the operator".into(),
                                 },
                             )
@@ -497,7 +521,7 @@ impl Queue {
         else {
             return;
         };
-        let bounced: Vec<(u16, String)> = msg
+        let bounced: Vec<(u16, OwnedReply)> = msg
             .states
             .iter()
             .enumerate()
@@ -517,7 +541,7 @@ impl Queue {
                     .map(|route| crate::shell::relay::dsn::Failed { route, reason })
             })
             .collect();
-        let t = now();
+        let t = self.clock.now();
         if let Some(report) =
             crate::shell::relay::dsn::build(&self.helo, &qid, &msg.env, &head, &failed, t)
         {
@@ -546,18 +570,13 @@ impl Queue {
         }
         let changes: Vec<(u16, RcptState)> = bounced
             .into_iter()
-            .map(|(i, reason)| (i, RcptState::Notified { at: t, reason }))
+            .map(|(i, reason)| {
+                let reason = reason.to_string();
+                (i, RcptState::Notified { at: t, reason })
+            })
             .collect();
         if self.spool.record(id, &changes).await.is_ok() {
-            if let Ok(mut e) = self.entries.lock() {
-                if let Some(entry) = e.get_mut(&id) {
-                    for (i, st) in &changes {
-                        if let Some(slot) = entry.msg.states.get_mut(usize::from(*i)) {
-                            *slot = st.clone();
-                        }
-                    }
-                }
-            }
+            self.apply(id, &changes);
         }
         self.forget_if_done(id);
     }
@@ -587,7 +606,7 @@ impl Queue {
                 original: r.original.as_bytes().to_vec(),
                 rcpt: r.final_addr.as_bytes().to_vec(),
                 connector: r.connector.clone(),
-                next_hop: r.next_hop.clone(),
+                next_hop: (&r.next_hop).into(),
                 refused: r.rejected.clone(),
             })
             .collect::<Vec<_>>();
@@ -597,7 +616,7 @@ impl Queue {
             rcpts: vec![to.to_vec()],
             helo: self.helo.as_bytes().to_vec(),
             peer: "127.0.0.1:0".into(),
-            received: now(),
+            received: self.clock.now(),
             size: message.len() as u64,
             smtputf8,
             body8bit,
@@ -610,7 +629,7 @@ impl Queue {
             )
             .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned()),
             routes,
-            edits: out.edits.iter().map(|(_, e)| e.clone()).collect(),
+            edits: out.edits.iter().map(|(_, e)| e.into()).collect(),
         };
         let id = self.spool.new_id();
         let parts = self
@@ -624,7 +643,7 @@ impl Queue {
             if let RcptState::Bounced { at, reason } = s {
                 *s = RcptState::Notified {
                     at: *at,
-                    reason: reason.clone(),
+                    reason: reason.to_string(),
                 };
             }
         }
@@ -641,7 +660,7 @@ impl Queue {
 
     /// Bounces recipients whose time is up.
     async fn expire(&self) {
-        let t = now();
+        let t = self.clock.now();
         let limit = self.cfg.expire_after.as_secs();
         // (message, its Message-ID, the recipients bounced)
         type Expired = (u64, Option<String>, Vec<(u16, RcptState)>);
@@ -656,7 +675,8 @@ impl Queue {
                     if let RcptState::Deferred { reason, .. } = s {
                         let st = RcptState::Bounced {
                             at: t,
-                            reason: format!("554 4.4.7 Message expired after {}s in the queue; last reason: {reason}", limit),
+                            reason: Failure::Expired
+                                .reply(&format!("{limit}s in the queue; last reason: {reason}")),
                         };
                         *s = st.clone();
                         changes.push((i as u16, st));
@@ -688,7 +708,7 @@ impl Queue {
     /// Picks the messages with due recipients and marks them busy, within
     /// the concurrency limits.
     fn due(&self, ids: Vec<u64>) -> Vec<(u64, Vec<Group>)> {
-        let t = now();
+        let t = self.clock.now();
         let mut out = Vec::new();
         let (Ok(mut entries), Ok(mut running), Ok(mut cands)) = (
             self.entries.lock(),
@@ -711,64 +731,18 @@ impl Queue {
                 }
                 break;
             }
-            let Some(entry) = entries.get_mut(&id) else {
+            let Some(entry) = entries.get_mut(&id).filter(|e| !e.busy) else {
                 continue;
             };
-            if entry.busy {
-                continue;
-            }
             entry.waiting = false;
-            let mut groups: Vec<Group> = Vec::new();
-            for (i, (route, state)) in entry
-                .msg
-                .env
-                .routes
-                .iter()
-                .zip(&entry.msg.states)
-                .enumerate()
-            {
-                let attempts = match state {
-                    RcptState::Pending => 0,
-                    RcptState::Deferred {
-                        until, attempts, ..
-                    } if *until <= t => *attempts,
-                    _ => continue,
-                };
-                let key = format!(
-                    "{}|{:?}",
-                    route.connector.as_deref().unwrap_or("-"),
-                    route.next_hop
-                );
-                match groups.iter_mut().find(|g| g.key == key) {
-                    Some(g) => {
-                        g.routes.push(i as u16);
-                        g.attempts.push(attempts);
-                    }
-                    None => groups.push(Group {
-                        key,
-                        connector: route.connector.clone(),
-                        next_hop: route.next_hop.clone(),
-                        routes: vec![i as u16],
-                        attempts: vec![attempts],
-                    }),
-                }
-            }
+            let groups = groups_due(&entry.msg, t);
             if groups.is_empty() {
                 continue;
             }
-            let (total, per) = &mut *running;
-            let fits = *total < self.cfg.concurrency
-                && groups.iter().all(|g| {
-                    per.get(&g.key).copied().unwrap_or(0) < self.cfg.concurrency_per_destination
-                });
-            if !fits {
+            if !self.take_slots(&mut running, &groups) {
                 entry.waiting = true;
                 cands.waiting.push_back(id);
                 continue;
-            }
-            *total += 1;
-            for g in &groups {
-                *per.entry(g.key.clone()).or_insert(0) += 1;
             }
             entry.busy = true;
             out.push((entry.msg.id, groups));
@@ -776,6 +750,25 @@ impl Queue {
         out
     }
 
+    /// Counts a delivery of `groups` as running, if it fits the limits
+    /// (in total and per next hop).
+    fn take_slots(&self, running: &mut Running, groups: &[Group]) -> bool {
+        let (total, per) = running;
+        let fits = *total < self.cfg.concurrency
+            && groups.iter().all(|g| {
+                per.get(&g.key).copied().unwrap_or(0) < self.cfg.concurrency_per_destination
+            });
+        if fits {
+            *total += 1;
+            for g in groups {
+                *per.entry(g.key.clone()).or_insert(0) += 1;
+            }
+        }
+        fits
+    }
+
+    /// One delivery of message `id`: an attempt per group, each result
+    /// logged and recorded; then the slots are free and the message too.
     async fn deliver(self: Arc<Self>, id: u64, groups: Vec<Group>) {
         let msg = match self.entries.lock() {
             Ok(e) => e.get(&id).map(|e| e.msg.clone()),
@@ -784,98 +777,18 @@ impl Queue {
         if let Some(msg) = msg {
             let policy = self.installer.current();
             for g in &groups {
-                let mode = g
-                    .connector
-                    .as_deref()
-                    .and_then(|name| {
-                        policy
-                            .table
-                            .connectors
-                            .iter()
-                            .find(|c| policy.table.str(c.name) == name.as_bytes())
-                    })
-                    .map_or(TlsMode::Opportunistic, |c| match c.tls {
-                        TlsPolicy::Opportunistic => TlsMode::Opportunistic,
-                        TlsPolicy::Required => TlsMode::Required,
-                        TlsPolicy::Verify => TlsMode::Verify,
-                    });
                 let attempt = Attempt {
                     helo: &self.helo,
                     resolver: &self.resolver,
                     tls: &self.tls,
-                    mode,
+                    mode: tls_mode(&policy, g.connector.as_deref()),
                     next_hop: &g.next_hop,
                 };
                 let results = deliver::attempt(&attempt, &msg, &g.routes).await;
-                let t = now();
-                let changes: Vec<(u16, RcptState)> = g
-                    .routes
-                    .iter()
-                    .zip(&g.attempts)
-                    .zip(&results)
-                    .map(|((i, a), r)| {
-                        let next = a + 1;
-                        (*i, r.state(next, t + self.retry_after(next).as_secs()))
-                    })
-                    .collect();
-                let qid = crate::shell::spool::format_id(id);
-                for ((i, _), r) in changes.iter().zip(&results) {
-                    let rcpt = msg
-                        .env
-                        .routes
-                        .get(usize::from(*i))
-                        .map(|r| String::from_utf8_lossy(&r.rcpt).into_owned())
-                        .unwrap_or_default();
-                    match r {
-                        Result1::Delivered(reply) => crate::shell::ops::log::event(
-                            crate::shell::ops::log::Kind::Send,
-                            Some(&qid),
-                            msg.env.message_id.as_deref(),
-                            format_args!("to=<{rcpt}> {reply}"),
-                        ),
-                        Result1::Deferred(why) => crate::shell::ops::log::event(
-                            crate::shell::ops::log::Kind::Defer,
-                            Some(&qid),
-                            msg.env.message_id.as_deref(),
-                            format_args!("to=<{rcpt}> {why}"),
-                        ),
-                        Result1::Bounced(why) => crate::shell::ops::log::event(
-                            crate::shell::ops::log::Kind::Bounce,
-                            Some(&qid),
-                            msg.env.message_id.as_deref(),
-                            format_args!("to=<{rcpt}> {why}"),
-                        ),
-                    }
-                }
-                match self.spool.record(id, &changes).await {
-                    Ok(()) => {
-                        if let Ok(mut e) = self.entries.lock() {
-                            if let Some(entry) = e.get_mut(&id) {
-                                for (i, st) in &changes {
-                                    if let Some(slot) = entry.msg.states.get_mut(usize::from(*i)) {
-                                        *slot = st.clone();
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    // Not recorded: the states stay as they were, so the
-                    // recipients are tried again (a duplicate, not a loss).
-                    Err(e) => crate::shell::ops::log::warn(format_args!(
-                        "queue: recording results of {qid}: {e}"
-                    )),
-                }
+                self.record_results(&msg, g, &results).await;
             }
         }
-        if let Ok(mut running) = self.running.lock() {
-            let (total, per) = &mut *running;
-            *total = total.saturating_sub(1);
-            for g in &groups {
-                if let Some(n) = per.get_mut(&g.key) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
+        self.release(&groups);
         if let Ok(mut e) = self.entries.lock() {
             if let Some(entry) = e.get_mut(&id) {
                 entry.busy = false;
@@ -887,6 +800,60 @@ impl Queue {
         let _ = self.wake.0.try_send(());
     }
 
+    /// Logs and records the `results` of an attempt for group `g` of `msg`:
+    /// each recipient's new state, deferred ones with their next time.
+    async fn record_results(&self, msg: &Stored, g: &Group, results: &[Result1]) {
+        let t = self.clock.now();
+        let changes: Vec<(u16, RcptState)> = g
+            .routes
+            .iter()
+            .zip(&g.attempts)
+            .zip(results)
+            .map(|((i, a), r)| {
+                let next = a + 1;
+                (*i, r.state(next, t, t + self.retry_after(next).as_secs()))
+            })
+            .collect();
+        let qid = crate::shell::spool::format_id(msg.id);
+        for ((i, _), r) in changes.iter().zip(results) {
+            log_result(&qid, msg, *i, r);
+        }
+        match self.spool.record(msg.id, &changes).await {
+            Ok(()) => self.apply(msg.id, &changes),
+            // Not recorded: the states stay as they were, so the
+            // recipients are tried again (a duplicate, not a loss).
+            Err(e) => {
+                crate::shell::ops::log::warn(format_args!("queue: recording results of {qid}: {e}"))
+            }
+        }
+    }
+
+    /// Sets the queue's copy of recipient states of `id` (once recorded).
+    fn apply(&self, id: u64, changes: &[(u16, RcptState)]) {
+        if let Ok(mut e) = self.entries.lock() {
+            if let Some(entry) = e.get_mut(&id) {
+                for (i, st) in changes {
+                    if let Some(slot) = entry.msg.states.get_mut(usize::from(*i)) {
+                        *slot = st.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frees the slots a delivery of `groups` held.
+    fn release(&self, groups: &[Group]) {
+        if let Ok(mut running) = self.running.lock() {
+            let (total, per) = &mut *running;
+            *total = total.saturating_sub(1);
+            for g in groups {
+                if let Some(n) = per.get_mut(&g.key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+    }
+
     fn forget_if_done(&self, id: u64) {
         if let Ok(mut e) = self.entries.lock() {
             if e.get(&id)
@@ -896,6 +863,81 @@ impl Queue {
             }
         }
     }
+}
+
+/// The recipients of `msg` due at `t` (pending, or deferred until then),
+/// grouped by route (connector and next hop).
+fn groups_due(msg: &Stored, t: u64) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, (route, state)) in msg.env.routes.iter().zip(&msg.states).enumerate() {
+        let attempts = match state {
+            RcptState::Pending => 0,
+            RcptState::Deferred {
+                until, attempts, ..
+            } if *until <= t => *attempts,
+            _ => continue,
+        };
+        let key = format!(
+            "{}|{:?}",
+            route.connector.as_deref().unwrap_or("-"),
+            route.next_hop
+        );
+        match groups.iter_mut().find(|g| g.key == key) {
+            Some(g) => {
+                g.routes.push(i as u16);
+                g.attempts.push(attempts);
+            }
+            None => groups.push(Group {
+                key,
+                connector: route.connector.clone(),
+                next_hop: route.next_hop.clone(),
+                routes: vec![i as u16],
+                attempts: vec![attempts],
+            }),
+        }
+    }
+    groups
+}
+
+/// The TLS policy of the send connector named `connector` (opportunistic
+/// when there is none, or it is gone from the policy).
+fn tls_mode(policy: &crate::shell::policy::runtime::Policy, connector: Option<&str>) -> TlsMode {
+    connector
+        .and_then(|name| {
+            policy
+                .table
+                .connectors
+                .iter()
+                .find(|c| policy.table.str(c.name) == name.as_bytes())
+        })
+        .map_or(TlsMode::Opportunistic, |c| match c.tls {
+            TlsPolicy::Opportunistic => TlsMode::Opportunistic,
+            TlsPolicy::Required => TlsMode::Required,
+            TlsPolicy::Verify => TlsMode::Verify,
+        })
+}
+
+/// The log line for recipient `i` of `msg` after an attempt: SEND, DEFER
+/// or BOUNCE with the reply.
+fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1) {
+    use crate::shell::ops::log::{event, Kind};
+    let rcpt = msg
+        .env
+        .routes
+        .get(usize::from(i))
+        .map(|r| String::from_utf8_lossy(&r.rcpt).into_owned())
+        .unwrap_or_default();
+    let kind = match r {
+        Result1::Delivered(_) => Kind::Send,
+        Result1::Deferred(_) => Kind::Defer,
+        Result1::Bounced(_) => Kind::Bounce,
+    };
+    event(
+        kind,
+        Some(qid),
+        msg.env.message_id.as_deref(),
+        format_args!("to=<{rcpt}> {}", r.reply()),
+    );
 }
 
 #[cfg(test)]
@@ -931,5 +973,240 @@ mod tests {
         // Or only the routed address, after a rewrite.
         let rw = [route("a@example.test", "\u{e4}@example.test")];
         assert_eq!(report_flags(b"a@example.test", &rw, ascii), (true, false));
+    }
+
+    use crate::shell::config::Config;
+    use crate::shell::relay::dns::DnsConfig;
+    use crate::shell::spool::{initial_states, Envelope, Route};
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicU64;
+
+    /// A clock the test moves by hand.
+    struct ManualClock(AtomicU64);
+
+    impl Clock for ManualClock {
+        fn now(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl ManualClock {
+        fn set(&self, t: u64) {
+            self.0.store(t, Ordering::SeqCst);
+        }
+    }
+
+    /// When the test messages arrive.
+    const T0: u64 = 1_700_000_000;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A queue with `cfg` over a fresh spool in a scratch directory, on a
+    /// manual clock at [`T0`]; also the spool and the directory.
+    fn queue(name: &str, cfg: QueueConfig) -> (Arc<Queue>, Arc<ManualClock>, Arc<Spool>, PathBuf) {
+        let base = std::env::temp_dir().join(format!("sluice-queue-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).expect("mkdir");
+        let config = Config::parse("state_dir = \"state\"\n", &base).expect("config");
+        let installer = Arc::new(Installer::open(&config).expect("installer"));
+        let (spool, _) = Spool::open(&base.join("spool")).expect("spool");
+        let spool = Arc::new(spool);
+        let mut q = Queue::new(
+            spool.clone(),
+            cfg,
+            "relay.test".into(),
+            installer,
+            Resolver::new(DnsConfig::default()),
+            TlsClients::new(None).expect("tls"),
+            Vec::new(),
+        );
+        let clock = Arc::new(ManualClock(AtomicU64::new(T0)));
+        Arc::get_mut(&mut q).expect("a fresh queue").clock = clock.clone();
+        (q, clock, spool, base)
+    }
+
+    /// Spools and queues a message from `a@x.test` to one recipient whose
+    /// next hop refuses connections (a port nothing listens on).
+    fn add_message(q: &Queue, spool: &Spool) -> u64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let body = b"Subject: t\r\n\r\nbody\r\n";
+        let env = Envelope {
+            from: b"a@x.test".to_vec(),
+            rcpts: vec![b"b@y.test".to_vec()],
+            helo: b"client".to_vec(),
+            peer: "127.0.0.1:1".into(),
+            received: T0,
+            size: body.len() as u64,
+            smtputf8: false,
+            body8bit: false,
+            tls: false,
+            body_offset: Some(14),
+            policy: 0,
+            message_id: None,
+            routes: vec![Route {
+                next_hop: NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+                ..route("b@y.test", "b@y.test")
+            }],
+            edits: Vec::new(),
+        };
+        let id = spool.new_id();
+        let parts = smol::block_on(spool.commit(id, &env, body)).expect("commit");
+        let states = initial_states(&env);
+        q.add(Stored {
+            id,
+            env,
+            parts,
+            states,
+            warned: false,
+        });
+        id
+    }
+
+    /// Runs the deliveries of `id` due now; whether there was one.
+    fn deliver_due(q: &Arc<Queue>, id: u64) -> bool {
+        let due = q.due(vec![id]);
+        let any = !due.is_empty();
+        for (id, groups) in due {
+            smol::block_on(q.clone().deliver(id, groups));
+        }
+        any
+    }
+
+    fn state(q: &Queue, id: u64) -> RcptState {
+        q.entries.lock().expect("lock")[&id].msg.states[0].clone()
+    }
+
+    /// The reports sluice spooled (messages from `<>`), as text.
+    fn reports(spool: &Spool, dir: &std::path::Path) -> Vec<String> {
+        smol::block_on(spool.sync()).expect("sync");
+        crate::shell::spool::scan(&dir.join("spool"))
+            .expect("scan")
+            .messages
+            .iter()
+            .filter(|m| m.env.from.is_empty())
+            .map(|m| String::from_utf8_lossy(&m.read().expect("read")).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_deferred_recipient_is_retried_at_the_schedules_times() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60), secs(300)],
+            warn_after: secs(1_000_000),
+            expire_after: secs(1_000_000),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("retry", cfg);
+        let id = add_message(&q, &spool);
+        // At once, after 60 s, then every 300 s: the last wait repeats.
+        let mut at = T0;
+        for (n, wait) in [60u64, 300, 300, 300].into_iter().enumerate() {
+            if at > T0 {
+                clock.set(at - 1);
+                assert!(!deliver_due(&q, id), "not before {at}");
+            }
+            clock.set(at);
+            assert!(deliver_due(&q, id), "attempt {} at {at}", n + 1);
+            let RcptState::Deferred {
+                until,
+                attempts,
+                reason,
+            } = state(&q, id)
+            else {
+                panic!("not deferred: {:?}", state(&q, id));
+            };
+            assert_eq!((until, attempts), (at + wait, n as u32 + 1));
+            assert_eq!((reason.code, reason.status), (451, Some((4, 4, 1))));
+            at += wait;
+        }
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_sender_is_warned_once_at_warn_after() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60)],
+            warn_after: secs(600),
+            expire_after: secs(3600),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("warn", cfg);
+        let id = add_message(&q, &spool);
+        assert!(deliver_due(&q, id));
+        clock.set(T0 + 599);
+        assert!(q.to_warn().is_empty(), "not before warn_after");
+        clock.set(T0 + 600);
+        assert_eq!(q.to_warn(), vec![id]);
+        smol::block_on(q.warn(id));
+        assert!(q.entries.lock().expect("lock")[&id].msg.warned);
+        clock.set(T0 + 3000);
+        assert!(q.to_warn().is_empty(), "once");
+        let r = reports(&spool, &dir);
+        assert_eq!(r.len(), 1, "one warning");
+        assert!(
+            r[0].contains("Action: delayed\r\nStatus: 4.4.1\r\n"),
+            "{}",
+            r[0]
+        );
+        let until = crate::shell::time::rfc5322(T0 + 3600);
+        assert!(r[0].contains(&format!("Will-Retry-Until: {until}\r\n")));
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn expiry_bounces_after_expire_after_with_the_expiry_reply() {
+        let cfg = QueueConfig {
+            retry: vec![secs(60)],
+            warn_after: secs(1_000_000),
+            expire_after: secs(1000),
+            ..QueueConfig::default()
+        };
+        let (q, clock, spool, dir) = queue("expire", cfg);
+        let id = add_message(&q, &spool);
+        assert!(deliver_due(&q, id));
+        clock.set(T0 + 999);
+        smol::block_on(q.expire());
+        assert!(matches!(state(&q, id), RcptState::Deferred { .. }));
+        clock.set(T0 + 1000);
+        smol::block_on(q.expire());
+        let RcptState::Bounced { at, reason } = state(&q, id) else {
+            panic!("not bounced: {:?}", state(&q, id));
+        };
+        assert_eq!(at, T0 + 1000);
+        assert_eq!((reason.code, reason.status), (554, Some((4, 4, 7))));
+        let text = reason.to_string();
+        assert!(
+            text.starts_with(
+                "554 4.4.7 Message expired after 1000s in the queue; last reason: 451 4.4.1 127.0.0.1 [127.0.0.1:"
+            ),
+            "{text}"
+        );
+        clock.set(T0 + 5000);
+        assert!(!deliver_due(&q, id), "never tried again");
+        // As recorded, the reply reads back the same, status and all.
+        smol::block_on(spool.sync()).expect("sync");
+        let s = crate::shell::spool::scan(&dir.join("spool")).expect("scan");
+        assert_eq!(s.messages[0].states[0], state(&q, id));
+        // The DSN carries the expiry's status.
+        assert_eq!(q.unnotified(), vec![id]);
+        smol::block_on(q.notify(id));
+        assert!(q.unnotified().is_empty());
+        let r = reports(&spool, &dir);
+        assert_eq!(r.len(), 1, "one DSN");
+        assert!(
+            r[0].contains("Action: failed\r\nStatus: 4.4.7\r\n"),
+            "{}",
+            r[0]
+        );
+        assert!(r[0].contains(&format!("Diagnostic-Code: smtp; {text}\r\n")));
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
