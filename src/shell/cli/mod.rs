@@ -1,4 +1,5 @@
-//! The operator's command line: `run`, `queue list|show`, `help`.
+//! The operator's command line: `run`, `config check`, `queue`, `rules`,
+//! `status`, `pipeline`, `trace`, `help` (the usage text lists them all).
 
 use crate::shell::config::Config;
 use crate::shell::spool;
@@ -18,6 +19,10 @@ usage: sluice <command> [--config FILE]
   queue retry ID | delete ID | flush
                                ask the running daemon to retry now, drop a
                                message (no bounce), or retry everything
+  config check [FILE]          check the appliance config (FILE, else
+                               --config, else the embedded default): print
+                               it with every default filled in, or each
+                               error as FILE:LINE:COL: message
   rules check FILE             compile a rule file: sizes, warnings, errors
   rules apply FILE|-           install it in the running daemon, atomically
   rules rollback               go back to the previous policy
@@ -84,6 +89,8 @@ pub fn main(args: &[String]) -> i32 {
             Ok(c) => queue(&c, rest),
             Err(e) => fail(&e),
         },
+        ["config", "check"] => config_check(config.as_deref()),
+        ["config", "check", file] => config_check(Some(std::path::Path::new(file))),
         ["rules", "check", file] => {
             crate::shell::policy::compile::check_command(std::path::Path::new(file))
         }
@@ -125,6 +132,24 @@ pub fn main(args: &[String]) -> i32 {
         }
         [] => usage("no command"),
         [w, ..] => usage(&format!("unknown or not yet available command {w:?}")),
+    }
+}
+
+/// `sluice config check [FILE]`: the effective config as TOML on standard
+/// output (exit 0), or each error as `FILE:LINE:COL: message` on standard
+/// error (exit 1).
+fn config_check(path: Option<&std::path::Path>) -> i32 {
+    match Config::check_file(path) {
+        (_, Ok(c)) => {
+            out!("{}", c.effective_toml());
+            0
+        }
+        (name, Err(diags)) => {
+            for d in diags {
+                eprintln!("{name}:{d}");
+            }
+            1
+        }
     }
 }
 

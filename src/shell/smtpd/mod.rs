@@ -14,7 +14,7 @@ use crate::shell::config::{Config, Limits};
 use crate::shell::policy::install::{self, Installer};
 use crate::shell::policy::runtime::{self as pol, MimeScan, Policy};
 use crate::shell::relay::deliver::TlsClients;
-use crate::shell::relay::dns::{DnsConfig, Resolver};
+use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::queue::Queue;
 use crate::shell::smtpd::deadline::Deadlines;
 use crate::shell::spool::{self, Envelope, Route, Spool, SpoolError};
@@ -174,8 +174,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         ));
     }
     let spool = Arc::new(spool);
-    let resolver =
-        Resolver::new(DnsConfig::from_toml(cfg.dns.as_ref()).map_err(|e| format!("[dns]: {e}"))?);
+    let resolver = Resolver::new(cfg.dns.clone());
     let tls_clients = TlsClients::new(cfg.ca.as_deref())?;
     let queue = Queue::new(
         spool.clone(),

@@ -414,7 +414,7 @@ impl<'a, 'i> Fields<'a, 'i> {
     }
 }
 
-fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
+pub(crate) fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
     let near = allowed
         .iter()
         .map(|a| (edit_distance(name, a), *a))
@@ -430,7 +430,7 @@ fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
     }
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
