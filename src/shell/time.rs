@@ -1,5 +1,16 @@
 //! Calendar dates from Unix time, for operators (status) and mail
-//! (`Received:` dates, RFC 5322 §3.3), without a date crate.
+//! (`Received:` dates, RFC 5322 §3.3, syslog timestamps), without a date
+//! crate; and the one clock reading in Unix seconds the shell uses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The time now in Unix seconds (0 if the clock is before 1970).
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 /// Days since 1970-01-01 to (year, month, day), after H. Hinnant's
 /// civil-from-days algorithm.
