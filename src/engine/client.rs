@@ -17,6 +17,7 @@
 //! one the server lacks is not sent: [`Failure::Needs8BitMime`] /
 //! [`Failure::NeedsSmtpUtf8`], never a corrupted message), CHUNKING (BDAT).
 
+use super::decimal::{first_word, fmt_u64, parse_u64};
 use super::limits::MAX_COMMAND_LINE;
 use heapless::Vec;
 
@@ -524,7 +525,7 @@ impl<'a> Client<'a> {
             } else if up(kw, b"STARTTLS") {
                 self.ext.starttls = true;
             } else if up(kw, b"SIZE") {
-                self.ext.size = Some(parse_u64(arg).unwrap_or(0));
+                self.ext.size = Some(first_word(arg).and_then(parse_u64).unwrap_or(0));
             }
         }
         if more {
@@ -676,27 +677,6 @@ pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<u
         n += run.len();
     });
     room.then_some(n)
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    let s = s.split(|&b| b == b' ').next()?;
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')))
-}
-
-fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]

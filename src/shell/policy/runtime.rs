@@ -378,7 +378,7 @@ fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
             .and_then(|i| c.rcpts.get(usize::from(i)).copied())
             .unwrap_or(&[]);
         let final_addr = render_addr(&d.addr, orig, t);
-        let final_domain = policy::domain_of(final_addr.as_bytes()).to_vec();
+        let final_domain = crate::engine::addr::domain_of(final_addr.as_bytes()).to_vec();
         let (route, override_domain) = match d.route {
             Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
             Some(Override::UseConnector) => (Some("use_connector"), None),

@@ -104,7 +104,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         eprintln!("sluice: trace needs at least one --to\n{TRACE_USAGE}");
         return 2;
     }
-    if !crate::engine::smtp::valid_address(from.as_bytes(), false) {
+    if !crate::engine::addr::valid_address(from.as_bytes(), false) {
         eprintln!(
             "sluice: --from {from:?} is not a valid address (MAIL FROM would refuse it: 501 5.1.7)"
         );
@@ -112,7 +112,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     }
     if let Some(bad) = to
         .iter()
-        .find(|t| !crate::engine::smtp::valid_address(t.as_bytes(), true))
+        .find(|t| !crate::engine::addr::valid_address(t.as_bytes(), true))
     {
         eprintln!(
             "sluice: --to {bad:?} is not a valid address (RCPT TO would refuse it: 501 5.1.3)"
