@@ -14,6 +14,7 @@ use crate::engine::client::{self, Client, Event, Failure, ServerReply, TlsMode};
 use crate::shell::policy::runtime::{splice, HeaderEdit, NextHop};
 use crate::shell::relay::dns::{DnsError, Resolver};
 use crate::shell::spool::{RcptState, Stored};
+use crate::shell::time::now_secs as now;
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -22,7 +23,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// How long to wait for a connection, and for each reply (RFC 5321
 /// §4.5.3.2 allows 5 minutes for most replies and 10 after the data).
@@ -142,13 +143,6 @@ pub struct Attempt<'a> {
     pub mode: TlsMode,
     /// Where to go.
     pub next_hop: &'a NextHop,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn text(r: &ServerReply<'_>) -> String {

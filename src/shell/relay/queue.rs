@@ -20,18 +20,12 @@ use crate::shell::policy::runtime::NextHop;
 use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
 use crate::shell::relay::dns::Resolver;
 use crate::shell::spool::{RcptState, Spool, Stored};
+use crate::shell::time::now_secs as now;
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use std::time::Duration;
 
 /// What a report we made needs from the next hop: SMTPUTF8 when an
 /// envelope address (the recipient as given or as routed) is not ASCII,

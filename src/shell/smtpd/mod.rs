@@ -18,6 +18,7 @@ use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::queue::Queue;
 use crate::shell::smtpd::deadline::Deadlines;
 use crate::shell::spool::{self, Envelope, Route, Spool, SpoolError};
+use crate::shell::time::now_secs;
 use crate::shell::tls;
 use async_net::{TcpListener, TcpStream};
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -28,7 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Octets read from a client at a time; small, so that a thousand idle
 /// sessions stay cheap, large enough for a pipelined burst.
@@ -117,13 +118,6 @@ fn admit(sh: &Arc<Shared>, ip: IpAddr) -> Result<Slot, Reason> {
     *n += 1;
     sh.active.fetch_add(1, Ordering::SeqCst);
     Ok(Slot { sh: sh.clone(), ip })
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then drains and returns.
