@@ -934,6 +934,43 @@ impl<'h> Receiver<'h> {
         }
     }
 
+    /// The octet `b` at `i` after a held '.' at line start (or after ".\r"):
+    /// the end of the message, a normalised line ending to emit, or `None`
+    /// to scan on from `i` with the run starting at `run`.
+    fn after_dot(
+        &mut self,
+        b: u8,
+        i: &mut usize,
+        run: &mut usize,
+        normalize: bool,
+    ) -> Option<Step<'static>> {
+        let held_cr = self.dot == Dot::HeldCr;
+        self.dot = Dot::Clear;
+        if !held_cr {
+            // A held '.' at line start, never part of a run.
+            if b == b'\r' {
+                self.dot = Dot::HeldCr;
+                *i += 1;
+            }
+            // Else ".." is a stuffed dot; a '.' before other text is
+            // dropped too (RFC 5321 §4.5.2). A bare LF after it is handled
+            // as any bare LF.
+            *run = *i;
+            return None;
+        }
+        if b == b'\n' {
+            // <CRLF>.<CRLF>: the end of the message.
+            return Some(self.finish_content(*i + 1));
+        }
+        // ".\r" then something else: the dot goes, the CR is bare.
+        self.bare();
+        if normalize {
+            return Some(self.emit(*i, b"\r\n"));
+        }
+        *run = *i;
+        None
+    }
+
     /// Scans DATA octets up to the next event: a run to emit as it is, a
     /// normalised line ending, or the end of the message.
     fn scan_data<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
@@ -955,37 +992,11 @@ impl<'h> Receiver<'h> {
             let Some(&b) = input.get(i) else {
                 break;
             };
-            match self.dot {
-                Dot::Held => {
-                    // A held '.' at line start, never part of a run.
-                    self.dot = Dot::Clear;
-                    if b == b'\r' {
-                        self.dot = Dot::HeldCr;
-                        i += 1;
-                        run = i;
-                    } else {
-                        // ".." is a stuffed dot; a '.' before other text is
-                        // dropped too (RFC 5321 §4.5.2). A bare LF after it
-                        // is handled below as any bare LF.
-                        run = i;
-                    }
-                    continue;
+            if self.dot != Dot::Clear {
+                if let Some(step) = self.after_dot(b, &mut i, &mut run, normalize) {
+                    return step;
                 }
-                Dot::HeldCr => {
-                    self.dot = Dot::Clear;
-                    if b == b'\n' {
-                        // <CRLF>.<CRLF>: the end of the message.
-                        return self.finish_content(i + 1);
-                    }
-                    // ".\r" then something else: the dot goes, the CR is bare.
-                    self.bare();
-                    if normalize {
-                        return self.emit(i, b"\r\n");
-                    }
-                    run = i;
-                    continue;
-                }
-                Dot::Clear => {}
+                continue;
             }
             if self.prev_cr && b != b'\n' {
                 // The CR before this octet was bare (and already emitted).

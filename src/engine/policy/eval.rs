@@ -991,19 +991,8 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
     };
-    // The message-level agents of the SMTP receive events and the
-    // message part of inbound rewriting (before any later agent's edits).
-    for s in order.iter().filter(|s| s.enabled) {
-        match s.agent {
-            Agent::HeaderFirewall => ev.header_firewall(),
-            Agent::HopCount => {
-                if let Some(v) = ev.hop_count() {
-                    return v;
-                }
-            }
-            Agent::InboundRewrite => ev.inbound_rewrite_fields(),
-            _ => {}
-        }
+    if let Some(v) = ev.receive_agents(&order) {
+        return v;
     }
     let mut run = Run {
         used: RuleBits::new(),
@@ -1017,6 +1006,72 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     for (i, orig) in rcpts.iter().enumerate() {
         let rcpt = n;
         n = n.saturating_add(1);
+        let d = ev.recipient(&order, i, orig, rcpt, &mut run);
+        match d.refused {
+            Some(r) => {
+                first_refusal.get_or_insert(r);
+            }
+            None => {
+                all_refused = false;
+                stamp |= matches!(d.route, Some(Override::Cmt(_)));
+                routed |= d.route.is_some();
+            }
+        }
+        ev.sink.decision(rcpt, &d);
+    }
+    // Recipients added by rules (journaling): routed by address space only,
+    // and only for a message that is accepted at all.
+    let refused_whole = all_refused && first_refusal.is_some();
+    if refused_whole {
+        run.used = RuleBits::new();
+    }
+    ev.added_recipients(&run, n);
+    // What the categorizer agents do to the message as a whole, in the
+    // order they run (none of the rules' header actions for a message
+    // refused whole: nothing of it is kept).
+    let sender = ev.message_actions(&order, &run, stamp);
+    ev.sink.sender(&sender);
+    if all_refused {
+        if let Some(r) = first_refusal {
+            return Verdict::Refused(r);
+        }
+    }
+    Verdict::Accepted { routed }
+}
+
+impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
+    /// The message-level agents of the SMTP receive events and the
+    /// message part of inbound rewriting (before any later agent's edits);
+    /// a verdict when the hop count ends it.
+    fn receive_agents(&mut self, order: &[AgentSlot]) -> Option<Verdict> {
+        for s in order.iter().filter(|s| s.enabled) {
+            match s.agent {
+                Agent::HeaderFirewall => self.header_firewall(),
+                Agent::HopCount => {
+                    if let Some(v) = self.hop_count() {
+                        return Some(v);
+                    }
+                }
+                Agent::InboundRewrite => self.inbound_rewrite_fields(),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The `i`th recipient `orig` (decision number `rcpt`): the recipient
+    /// limit, the recipient filter (OnRcptCommand, never disabled), then
+    /// the categorizer agents in `order`; a refused recipient goes no
+    /// further and keeps no route or connector.
+    fn recipient(
+        &mut self,
+        order: &[AgentSlot],
+        i: usize,
+        orig: &[u8],
+        rcpt: u16,
+        run: &mut Run,
+    ) -> Decision {
+        let t = self.t;
         let mut d = Decision {
             original: Some(i as u16),
             addr: Addr::of(orig),
@@ -1028,106 +1083,91 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         };
         if i >= t.limits.max_recipients as usize {
             d.refused = Some(Refusal::TooManyRecipients);
-            first_refusal.get_or_insert(Refusal::TooManyRecipients);
-            ev.sink.decision(rcpt, &d);
-            continue;
+            return d;
         }
-        // OnRcptCommand: the recipient filter (never disabled).
-        if !recipient_allowed(t, &m.attribution, orig) {
-            ev.sink
+        if !recipient_allowed(t, &self.m.attribution, orig) {
+            self.sink
                 .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
             d.refused = Some(Refusal::Relay);
-            first_refusal.get_or_insert(Refusal::Relay);
-            ev.sink.decision(rcpt, &d);
-            continue;
+            return d;
         }
-        // The categorizer agents, per recipient; a refused recipient goes
-        // no further.
         for s in order.iter() {
             if d.refused.is_some() {
                 break;
             }
             match s.agent {
-                Agent::InboundRewrite if s.enabled => ev.inbound_rewrite(rcpt, orig, &mut d),
-                Agent::TransportRules if s.enabled => {
-                    ev.transport_rules(rcpt, orig, &mut d, &mut run)
-                }
-                Agent::Cmt if s.enabled => ev.cmt(rcpt, orig, &mut d, &run),
+                Agent::InboundRewrite if s.enabled => self.inbound_rewrite(rcpt, orig, &mut d),
+                Agent::TransportRules if s.enabled => self.transport_rules(rcpt, orig, &mut d, run),
+                Agent::Cmt if s.enabled => self.cmt(rcpt, orig, &mut d, run),
                 // Logged even when disabled: the recipient then has no connector.
-                Agent::ConnectorSelection => ev.connector_selection(rcpt, orig, &mut d, s.enabled),
+                Agent::ConnectorSelection => {
+                    self.connector_selection(rcpt, orig, &mut d, s.enabled)
+                }
                 _ => {}
             }
         }
-        if let Some(r) = d.refused {
+        if d.refused.is_some() {
             d.route = None;
             d.connector = None;
-            first_refusal.get_or_insert(r);
-            ev.sink.decision(rcpt, &d);
-            continue;
         }
-        all_refused = false;
-        stamp |= matches!(d.route, Some(Override::Cmt(_)));
-        routed |= d.route.is_some();
-        ev.sink.decision(rcpt, &d);
+        d
     }
-    // Recipients added by rules (journaling): routed by address space only,
-    // and only for a message that is accepted at all.
-    let refused_whole = all_refused && first_refusal.is_some();
-    if refused_whole {
-        run.used = RuleBits::new();
-    }
-    for (ri, rule) in t.rules.iter().enumerate() {
-        if !run.used.get(ri) {
-            continue;
-        }
-        for a in actions(t, rule) {
-            if let Action::AddRecipient(s) = *a {
-                let rcpt = n;
-                n = n.saturating_add(1);
-                let addr = Addr::from_table(t, s);
-                let connector = select_connector(t, domain_of(t.str(s)));
-                ev.sink
-                    .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
-                ev.sink
-                    .note(Agent::ConnectorSelection, Note::Connector(rcpt, connector));
-                ev.sink.decision(
-                    rcpt,
-                    &Decision {
-                        original: None,
-                        addr,
-                        connector,
-                        route: None,
-                        rule: None,
-                        added_by: Some(ri as u16),
-                        refused: None,
-                    },
-                );
+
+    /// Recipients added by the rules `run` used (journaling), numbered
+    /// from `n`: routed by address space only.
+    fn added_recipients(&mut self, run: &Run, mut n: u16) {
+        let t = self.t;
+        for (ri, rule) in t.rules.iter().enumerate() {
+            if !run.used.get(ri) {
+                continue;
+            }
+            for a in actions(t, rule) {
+                if let Action::AddRecipient(s) = *a {
+                    let rcpt = n;
+                    n = n.saturating_add(1);
+                    let addr = Addr::from_table(t, s);
+                    let connector = select_connector(t, domain_of(t.str(s)));
+                    self.sink
+                        .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
+                    self.sink
+                        .note(Agent::ConnectorSelection, Note::Connector(rcpt, connector));
+                    self.sink.decision(
+                        rcpt,
+                        &Decision {
+                            original: None,
+                            addr,
+                            connector,
+                            route: None,
+                            rule: None,
+                            added_by: Some(ri as u16),
+                            refused: None,
+                        },
+                    );
+                }
             }
         }
     }
-    // What the categorizer agents do to the message as a whole, in the
-    // order they run (none of the rules' header actions for a message
-    // refused whole: nothing of it is kept).
-    let mut sender = Addr::of(m.sender);
-    for s in order.iter().filter(|s| s.enabled) {
-        match s.agent {
-            Agent::TransportRules => ev.rule_header_actions(&run),
-            Agent::Cmt if stamp => {
-                ev.sink
-                    .edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
-                ev.sink.note(Agent::Cmt, Note::CmtStamped);
+
+    /// What the categorizer agents do to the message as a whole, in the
+    /// order they run: the rules' header actions, the CMT stamp (when
+    /// `stamp`), outbound rewriting; the final sender.
+    fn message_actions(&mut self, order: &[AgentSlot], run: &Run, stamp: bool) -> Addr {
+        let t = self.t;
+        let mut sender = Addr::of(self.m.sender);
+        for s in order.iter().filter(|s| s.enabled) {
+            match s.agent {
+                Agent::TransportRules => self.rule_header_actions(run),
+                Agent::Cmt if stamp => {
+                    self.sink
+                        .edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
+                    self.sink.note(Agent::Cmt, Note::CmtStamped);
+                }
+                Agent::OutboundRewrite => self.outbound_rewrite(&mut sender),
+                _ => {}
             }
-            Agent::OutboundRewrite => ev.outbound_rewrite(&mut sender),
-            _ => {}
         }
+        sender
     }
-    ev.sink.sender(&sender);
-    if all_refused {
-        if let Some(r) = first_refusal {
-            return Verdict::Refused(r);
-        }
-    }
-    Verdict::Accepted { routed }
 }
 
 /// The span of a field in the block: from its name to after its line ending.
