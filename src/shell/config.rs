@@ -412,8 +412,16 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         &mut errs,
         DnsConfig::from_toml_with_resolv_conf(raw.dns.as_ref(), resolv_conf),
     );
-    let (Some(hostname), Some(limits), Some(listen), Some(queue), Some(tls), Some(dns)) =
-        (hostname, limits, listen, queue, tls, dns)
+    let syslog = keep(&mut errs, syslog(raw.syslog));
+    let (
+        Some(hostname),
+        Some(limits),
+        Some(listen),
+        Some(queue),
+        Some(tls),
+        Some(dns),
+        Some((syslog_target, syslog_facility)),
+    ) = (hostname, limits, listen, queue, tls, dns, syslog)
     else {
         return Err(errs);
     };
@@ -428,8 +436,8 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         listen,
         tls,
         limits,
-        syslog_target: raw.syslog.target.unwrap_or_else(|| "unix:/dev/log".into()),
-        syslog_facility: raw.syslog.facility.unwrap_or_else(|| "mail".into()),
+        syslog_target,
+        syslog_facility,
         upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
         upload_baud: raw.upload.baud.unwrap_or(115_200),
     })
@@ -455,6 +463,18 @@ fn hostname(h: Option<String>) -> Result<String, ValueError> {
         ));
     }
     Ok(hostname)
+}
+
+/// `[syslog]` target and facility, defaults filled in, checked as the
+/// logger will read them.
+fn syslog(raw: RawSyslog) -> Result<(String, String), ValueError> {
+    let target = raw.target.unwrap_or_else(|| "unix:/dev/log".into());
+    let facility = raw.facility.unwrap_or_else(|| "mail".into());
+    crate::shell::ops::log::check_target(&target)
+        .map_err(|e| ValueError::at(&["syslog", "target"], e))?;
+    crate::shell::ops::log::check_facility(&facility)
+        .map_err(|e| ValueError::at(&["syslog", "facility"], e))?;
+    Ok((target, facility))
 }
 
 /// `[limits]`, defaults filled in.
@@ -567,8 +587,15 @@ fn tls(raw: Option<RawTls>, rel: &dyn Fn(&str) -> PathBuf) -> Result<Option<TlsF
             &["tls", "client_ca"],
             "tls.client_ca needs tls.certificate and tls.key",
         )),
-        Some(_) => Err(ValueError::at(
-            &["tls"],
+        Some(t) => Err(ValueError::at(
+            &[
+                "tls",
+                if t.certificate.is_some() {
+                    "certificate"
+                } else {
+                    "key"
+                },
+            ],
             "tls.certificate and tls.key go together: give both or neither",
         )),
     }

@@ -141,7 +141,7 @@ fn check_table(
                 }
             }
             (Some(_), _) => {}
-            (None, DeValue::Table(_) | DeValue::Array(_)) if section.is_none() => {
+            (None, v) if section.is_none() && is_table(v) => {
                 out.push(text.diag(at, unknown_section(name)));
             }
             (None, _) => {
@@ -152,6 +152,18 @@ fn check_table(
                 out.push(text.diag(at, unknown_key(name, &names, &ctx)));
             }
         }
+    }
+}
+
+/// Whether `v` is written as a section: a table or an array of tables.
+fn is_table(v: &DeValue<'_>) -> bool {
+    match v {
+        DeValue::Table(_) => true,
+        DeValue::Array(a) => a
+            .iter()
+            .next()
+            .is_some_and(|e| matches!(e.get_ref(), DeValue::Table(_))),
+        _ => false,
     }
 }
 

@@ -84,6 +84,16 @@ fn an_unknown_section_is_an_error_at_its_header() {
     );
     let e = check("[frobnicate]\n").unwrap_err();
     assert!(e[0].message.contains("expected one of"), "{}", e[0]);
+    let e = check("fo = [1]\n[[lisen]]\naddress = \"127.0.0.1:25\"\n").unwrap_err();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].message
+            .starts_with("unknown key \"fo\" in the top level"),
+        "{}",
+        e[0]
+    );
+    assert_eq!((e[1].line, e[1].col), (2, 3));
+    assert!(e[1].message.contains("did you mean [listen]"), "{}", e[1]);
 }
 
 #[test]
@@ -116,6 +126,19 @@ fn values_of_every_section_are_checked_with_their_place() {
     assert!(e[0].message.contains("queue.retry"), "{}", e[0]);
     assert_eq!((e[1].line, e[1].col), (4, 11));
     assert!(e[1].message.contains("listen address"), "{}", e[1]);
+}
+
+#[test]
+fn syslog_and_tls_are_checked_too() {
+    let e = check("[syslog]\ntarget = \"file:/x\"\nfacility = \"mial\"\n").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].line, e[0].col), (2, 10));
+    assert!(e[0].message.contains("syslog target"), "{}", e[0]);
+    let e = check("[syslog]\nfacility = \"mial\"\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (2, 12), "{e:?}");
+    let e = check("[tls]\nkey = \"k.pem\"\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (2, 7), "{e:?}");
+    assert!(e[0].message.contains("go together"), "{}", e[0]);
 }
 
 #[test]

@@ -336,6 +336,17 @@ impl fmt::Display for Target {
     }
 }
 
+/// Checks a `[syslog] target` as [`init`] reads it, without opening it
+/// (the config check, before the daemon starts).
+pub fn check_target(s: &str) -> Result<(), String> {
+    parse_target(s).map(|_| ())
+}
+
+/// Checks a `[syslog] facility` as [`init`] reads it.
+pub fn check_facility(s: &str) -> Result<(), String> {
+    parse_facility(s).map(|_| ())
+}
+
 fn parse_target(s: &str) -> Result<Target, String> {
     let bad = |why: &str| format!("syslog target {s:?}: {why}");
     if s == "stderr" {
