@@ -18,10 +18,10 @@
 #   and "ratios" lists every pair's.
 #   After each sluice row, `sluice queue list --json` must count exactly the
 #   messages sent; a WARNING line is printed when it does not.
-#   Issue 2's target: sluice >= 0.5 x ceiling with 10 and 50 sessions.
+#   The target: sluice >= 0.5 x ceiling with 10 and 50 sessions.
 #
 #   By default smtp-source opens a new connection for every message, like the
-#   baselines in ../shared/DEPENDENCIES.md; --reuse sends all of a session's
+#   baselines in bench/README.md; --reuse sends all of a session's
 #   messages over one connection (smtp-source -d).
 #
 # How to run (from anywhere)
@@ -244,7 +244,7 @@ for size in "${SIZES[@]}"; do
             "$ceiling" "$sluice" "$ratio" "$spooled" "$ratios" | tee -a "$RESULT"
     done
 done
-echo "# medians of $REPEAT alternating runs; target (issue 2): ratio >= 0.50 with 10 and 50 sessions" | tee -a "$RESULT"
+echo "# medians of $REPEAT alternating runs; target: ratio >= 0.50 with 10 and 50 sessions" | tee -a "$RESULT"
 echo "written to $RESULT"
 [ "${FAILED:-0}" = 1 ] && exit 1
 exit 0

@@ -28,7 +28,7 @@
 #                   descendant of it)
 #   Messages per row: 3,000 (4 KiB) and 1,000 (64 KiB); --quick: a tenth.
 #   Each message uses a new client connection (smtp-source without -d).
-#   Issue target: sluice >= 3 x Postfix's delivered/s, and < 1/5 of its PSS.
+#   Target: sluice >= 3 x Postfix's delivered/s, and < 1/5 of its PSS.
 #
 #   Then (unless --no-perf) two more sluice runs, 4 KiB, 50 sessions
 #   (PROFILE_SESSIONS=N to change):

@@ -17,6 +17,7 @@
 //! one the server lacks is not sent: [`Failure::Needs8BitMime`] /
 //! [`Failure::NeedsSmtpUtf8`], never a corrupted message), CHUNKING (BDAT).
 
+use super::decimal::{first_word, fmt_u64, parse_u64};
 use super::limits::MAX_COMMAND_LINE;
 use heapless::Vec;
 
@@ -510,22 +511,7 @@ impl<'a> Client<'a> {
         let (code, positive) = (r.code, r.is_positive());
         // Note the extensions from EHLO's lines as they come.
         if self.phase == Phase::Ehlo && positive {
-            let kw = r.text.split(|&b| b == b' ').next().unwrap_or(&[]);
-            let arg = r.text.get(kw.len() + 1..).unwrap_or(&[]);
-            let up = |s: &[u8], w: &[u8]| s.eq_ignore_ascii_case(w);
-            if up(kw, b"PIPELINING") {
-                self.ext.pipelining = true;
-            } else if up(kw, b"8BITMIME") {
-                self.ext.eightbit = true;
-            } else if up(kw, b"SMTPUTF8") {
-                self.ext.smtputf8 = true;
-            } else if up(kw, b"CHUNKING") {
-                self.ext.chunking = true;
-            } else if up(kw, b"STARTTLS") {
-                self.ext.starttls = true;
-            } else if up(kw, b"SIZE") {
-                self.ext.size = Some(parse_u64(arg).unwrap_or(0));
-            }
+            note_extension(&mut self.ext, r.text);
         }
         if more {
             return None; // a multi-line reply goes on
@@ -539,27 +525,7 @@ impl<'a> Client<'a> {
                 self.phase = Phase::Ehlo;
                 None
             }
-            Phase::Ehlo | Phase::Helo => {
-                if !positive {
-                    if self.phase == Phase::Ehlo && code >= 500 && !self.tls {
-                        // RFC 5321 §3.2: fall back to HELO.
-                        self.command(&[b"HELO ", self.cfg.helo.as_bytes()]);
-                        self.phase = Phase::Helo;
-                        return None;
-                    }
-                    return self.fail(Failure::Refused, true);
-                }
-                let must_tls = self.cfg.tls != TlsMode::Opportunistic;
-                if !self.tls && self.ext.starttls && self.cfg.tls_available {
-                    self.command(&[b"STARTTLS"]);
-                    self.phase = Phase::StartTls;
-                    return None;
-                }
-                if !self.tls && must_tls {
-                    return self.fail(Failure::TlsNotOffered, false);
-                }
-                self.send_transaction()
-            }
+            Phase::Ehlo | Phase::Helo => self.on_hello(code, positive),
             Phase::StartTls => {
                 if code != 220 {
                     if self.cfg.tls == TlsMode::Opportunistic {
@@ -570,45 +536,8 @@ impl<'a> Client<'a> {
                 self.phase = Phase::AwaitTls;
                 Some(Kind::StartTls)
             }
-            Phase::Mail => {
-                if !positive {
-                    // Pipelined RCPTs and DATA will be refused too; the
-                    // QUIT after them ends the session.
-                    return self.fail(Failure::Refused, true);
-                }
-                self.phase = Phase::Rcpt;
-                if !self.ext.pipelining {
-                    if let Some(r) = self.env.rcpts.first() {
-                        self.command(&[b"RCPT TO:<", r, b">"]);
-                        self.rcpt_sent = 1;
-                    }
-                }
-                if self.env.rcpts.is_empty() {
-                    return self.next_after_rcpts();
-                }
-                None
-            }
-            Phase::Rcpt => {
-                let index = self.rcpt_next;
-                self.rcpt_next += 1;
-                if positive {
-                    self.accepted += 1;
-                }
-                let n = self.env.rcpts.len() as u16;
-                if self.rcpt_next < n {
-                    if self.ext.pipelining {
-                        self.pipeline_rcpts();
-                    } else if let Some(r) = self.env.rcpts.get(usize::from(self.rcpt_next)) {
-                        self.command(&[b"RCPT TO:<", r, b">"]);
-                        self.rcpt_sent = self.rcpt_next + 1;
-                    }
-                } else if let Some(k) = self.next_after_rcpts() {
-                    // The last recipient's reply comes first; the next
-                    // step's event follows on the next feed.
-                    self.queued = Some(k);
-                }
-                Some(Kind::Rcpt(index))
-            }
+            Phase::Mail => self.on_mail(positive),
+            Phase::Rcpt => self.on_rcpt(positive),
             Phase::Data => {
                 if self.no_rcpt {
                     return self.fail(Failure::NoRecipients, false);
@@ -630,6 +559,94 @@ impl<'a> Client<'a> {
             }
             Phase::AwaitTls | Phase::Sending | Phase::Closed => None,
         }
+    }
+
+    /// The reply to EHLO or HELO: HELO after a refused EHLO, then STARTTLS
+    /// when offered and possible, else the transaction (or a failure when
+    /// TLS is required and not offered).
+    fn on_hello(&mut self, code: u16, positive: bool) -> Option<Kind> {
+        if !positive {
+            if self.phase == Phase::Ehlo && code >= 500 && !self.tls {
+                // RFC 5321 §3.2: fall back to HELO.
+                self.command(&[b"HELO ", self.cfg.helo.as_bytes()]);
+                self.phase = Phase::Helo;
+                return None;
+            }
+            return self.fail(Failure::Refused, true);
+        }
+        let must_tls = self.cfg.tls != TlsMode::Opportunistic;
+        if !self.tls && self.ext.starttls && self.cfg.tls_available {
+            self.command(&[b"STARTTLS"]);
+            self.phase = Phase::StartTls;
+            return None;
+        }
+        if !self.tls && must_tls {
+            return self.fail(Failure::TlsNotOffered, false);
+        }
+        self.send_transaction()
+    }
+
+    /// The reply to MAIL: the first RCPT (unless pipelined already).
+    fn on_mail(&mut self, positive: bool) -> Option<Kind> {
+        if !positive {
+            // Pipelined RCPTs and DATA will be refused too; the
+            // QUIT after them ends the session.
+            return self.fail(Failure::Refused, true);
+        }
+        self.phase = Phase::Rcpt;
+        if !self.ext.pipelining {
+            if let Some(r) = self.env.rcpts.first() {
+                self.command(&[b"RCPT TO:<", r, b">"]);
+                self.rcpt_sent = 1;
+            }
+        }
+        if self.env.rcpts.is_empty() {
+            return self.next_after_rcpts();
+        }
+        None
+    }
+
+    /// The reply to one RCPT: counted; the next RCPT, or what follows them.
+    fn on_rcpt(&mut self, positive: bool) -> Option<Kind> {
+        let index = self.rcpt_next;
+        self.rcpt_next += 1;
+        if positive {
+            self.accepted += 1;
+        }
+        let n = self.env.rcpts.len() as u16;
+        if self.rcpt_next < n {
+            if self.ext.pipelining {
+                self.pipeline_rcpts();
+            } else if let Some(r) = self.env.rcpts.get(usize::from(self.rcpt_next)) {
+                self.command(&[b"RCPT TO:<", r, b">"]);
+                self.rcpt_sent = self.rcpt_next + 1;
+            }
+        } else if let Some(k) = self.next_after_rcpts() {
+            // The last recipient's reply comes first; the next
+            // step's event follows on the next feed.
+            self.queued = Some(k);
+        }
+        Some(Kind::Rcpt(index))
+    }
+}
+
+/// Notes one line of an EHLO reply (`KEYWORD [ARGS]`) in `ext`.
+fn note_extension(ext: &mut Extensions, text: &[u8]) {
+    let kw = text.split(|&b| b == b' ').next().unwrap_or(&[]);
+    let arg = text.get(kw.len() + 1..).unwrap_or(&[]);
+    let up = |s: &[u8], w: &[u8]| s.eq_ignore_ascii_case(w);
+    if up(kw, b"PIPELINING") {
+        ext.pipelining = true;
+    } else if up(kw, b"8BITMIME") {
+        ext.eightbit = true;
+    } else if up(kw, b"SMTPUTF8") {
+        ext.smtputf8 = true;
+    } else if up(kw, b"CHUNKING") {
+        ext.chunking = true;
+    } else if up(kw, b"STARTTLS") {
+        ext.starttls = true;
+    } else if up(kw, b"SIZE") {
+        ext.size = Some(first_word(arg).and_then(parse_u64).unwrap_or(0));
     }
 }
 
@@ -676,27 +693,6 @@ pub fn stuff(input: &[u8], at_line_start: &mut bool, out: &mut [u8]) -> Option<u
         n += run.len();
     });
     room.then_some(n)
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    let s = s.split(|&b| b == b' ').next()?;
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |a, &d| a * 10 + u64::from(d - b'0')))
-}
-
-fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]
@@ -799,42 +795,49 @@ mod tests {
                 break;
             }
             // client -> server
-            let mut pos = 0;
-            loop {
-                if rx.is_closed() {
-                    break;
-                }
-                let st = rx.feed(&c2s[pos..]);
-                pos += st.consumed;
-                match st.event {
-                    Some(smtp::Event::Body(b)) => body.extend_from_slice(b),
-                    Some(smtp::Event::Rcpt(r)) => {
-                        if r.starts_with(b"deny") {
-                            rx.reject(crate::engine::reply::Reply {
-                                code: 550,
-                                status: Some((5, 1, 1)),
-                                text: "no",
-                            });
-                        } else {
-                            rx.accept();
-                        }
-                    }
-                    Some(smtp::Event::Mail(_)) => rx.accept(),
-                    Some(smtp::Event::MessageEnd { .. }) => {
-                        stored.push(core::mem::take(&mut body));
-                        rx.accept_message("Q");
-                    }
-                    Some(_) => {}
-                    None if pos >= c2s.len() || st.consumed == 0 => break,
-                    None => {}
-                }
-            }
+            let pos = serve(&mut rx, &c2s, &mut body, &mut stored);
             c2s.drain(..pos.min(c2s.len()));
             if cl.is_closed() && rx.is_closed() {
                 break;
             }
         }
         (events, stored)
+    }
+
+    /// Feeds the receiver the client's octets `c2s` and decides as a
+    /// policy would (a recipient `deny...` refused); the octets taken.
+    fn serve(rx: &mut Receiver<'_>, c2s: &[u8], body: &mut V<u8>, stored: &mut V<V<u8>>) -> usize {
+        let mut pos = 0;
+        loop {
+            if rx.is_closed() {
+                break;
+            }
+            let st = rx.feed(&c2s[pos..]);
+            pos += st.consumed;
+            match st.event {
+                Some(smtp::Event::Body(b)) => body.extend_from_slice(b),
+                Some(smtp::Event::Rcpt(r)) => {
+                    if r.starts_with(b"deny") {
+                        rx.reject(crate::engine::reply::Reply {
+                            code: 550,
+                            status: Some((5, 1, 1)),
+                            text: "no",
+                        });
+                    } else {
+                        rx.accept();
+                    }
+                }
+                Some(smtp::Event::Mail(_)) => rx.accept(),
+                Some(smtp::Event::MessageEnd { .. }) => {
+                    stored.push(core::mem::take(body));
+                    rx.accept_message("Q");
+                }
+                Some(_) => {}
+                None if pos >= c2s.len() || st.consumed == 0 => break,
+                None => {}
+            }
+        }
+        pos
     }
 
     /// The client against a scripted server: `script` is what the server

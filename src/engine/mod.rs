@@ -4,7 +4,9 @@
 //! and carries replies out. Capacities live in [`limits`].
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod client;
+pub mod decimal;
 pub mod header;
 pub mod limits;
 pub mod policy;

@@ -28,9 +28,10 @@
 //! to CRLF, as configured. The engine allocates nothing; every buffer is a
 //! fixed capacity from [`super::limits`].
 
+use super::addr::parse_path;
+use super::decimal::{fmt_u64, parse_u64};
 use super::limits::{
-    MAX_COMMAND_LINE, MAX_ERRORS, MAX_HEADER_BLOCK, MAX_PATH, MAX_RECIPIENTS, MAX_REPLY,
-    REPLY_BUFFER,
+    MAX_COMMAND_LINE, MAX_ERRORS, MAX_HEADER_BLOCK, MAX_RECIPIENTS, MAX_REPLY, REPLY_BUFFER,
 };
 use super::reply::{Reason, Reply};
 use heapless::Vec;
@@ -631,8 +632,8 @@ impl<'h> Receiver<'h> {
         };
         let rest_start = self.line.len() - rest.len();
         let (path, params) = match parse_path(rest, true) {
-            Ok(v) => v,
-            Err(()) => return Some(self.refuse(Reason::BadSender)),
+            Some(v) => v,
+            None => return Some(self.refuse(Reason::BadSender)),
         };
         let path = (rest_start + path.0, rest_start + path.1);
         let params_start = rest_start + params;
@@ -707,8 +708,8 @@ impl<'h> Receiver<'h> {
         };
         let rest_start = self.line.len() - rest.len();
         let (path, params) = match parse_path(rest, false) {
-            Ok(v) => v,
-            Err(()) => return Some(self.refuse(Reason::BadRecipient)),
+            Some(v) => v,
+            None => return Some(self.refuse(Reason::BadRecipient)),
         };
         let path = (rest_start + path.0, rest_start + path.1);
         if self.line[rest_start + params..].iter().any(|&b| b != b' ') {
@@ -933,6 +934,43 @@ impl<'h> Receiver<'h> {
         }
     }
 
+    /// The octet `b` at `i` after a held '.' at line start (or after ".\r"):
+    /// the end of the message, a normalised line ending to emit, or `None`
+    /// to scan on from `i` with the run starting at `run`.
+    fn after_dot(
+        &mut self,
+        b: u8,
+        i: &mut usize,
+        run: &mut usize,
+        normalize: bool,
+    ) -> Option<Step<'static>> {
+        let held_cr = self.dot == Dot::HeldCr;
+        self.dot = Dot::Clear;
+        if !held_cr {
+            // A held '.' at line start, never part of a run.
+            if b == b'\r' {
+                self.dot = Dot::HeldCr;
+                *i += 1;
+            }
+            // Else ".." is a stuffed dot; a '.' before other text is
+            // dropped too (RFC 5321 §4.5.2). A bare LF after it is handled
+            // as any bare LF.
+            *run = *i;
+            return None;
+        }
+        if b == b'\n' {
+            // <CRLF>.<CRLF>: the end of the message.
+            return Some(self.finish_content(*i + 1));
+        }
+        // ".\r" then something else: the dot goes, the CR is bare.
+        self.bare();
+        if normalize {
+            return Some(self.emit(*i, b"\r\n"));
+        }
+        *run = *i;
+        None
+    }
+
     /// Scans DATA octets up to the next event: a run to emit as it is, a
     /// normalised line ending, or the end of the message.
     fn scan_data<'i>(&mut self, input: &'i [u8]) -> Step<'i> {
@@ -954,37 +992,11 @@ impl<'h> Receiver<'h> {
             let Some(&b) = input.get(i) else {
                 break;
             };
-            match self.dot {
-                Dot::Held => {
-                    // A held '.' at line start, never part of a run.
-                    self.dot = Dot::Clear;
-                    if b == b'\r' {
-                        self.dot = Dot::HeldCr;
-                        i += 1;
-                        run = i;
-                    } else {
-                        // ".." is a stuffed dot; a '.' before other text is
-                        // dropped too (RFC 5321 §4.5.2). A bare LF after it
-                        // is handled below as any bare LF.
-                        run = i;
-                    }
-                    continue;
+            if self.dot != Dot::Clear {
+                if let Some(step) = self.after_dot(b, &mut i, &mut run, normalize) {
+                    return step;
                 }
-                Dot::HeldCr => {
-                    self.dot = Dot::Clear;
-                    if b == b'\n' {
-                        // <CRLF>.<CRLF>: the end of the message.
-                        return self.finish_content(i + 1);
-                    }
-                    // ".\r" then something else: the dot goes, the CR is bare.
-                    self.bare();
-                    if normalize {
-                        return self.emit(i, b"\r\n");
-                    }
-                    run = i;
-                    continue;
-                }
-                Dot::Clear => {}
+                continue;
             }
             if self.prev_cr && b != b'\n' {
                 // The CR before this octet was bare (and already emitted).
@@ -1228,127 +1240,6 @@ fn strip_keyword<'l>(s: &'l [u8], kw: &[u8]) -> Option<&'l [u8]> {
         rest = tail;
     }
     Some(rest)
-}
-
-/// Parses `<path>` at the start of `s`: returns the address span (without
-/// brackets and any source route) and the offset of the parameters.
-/// `null_ok` allows `<>` (the reverse path of bounces).
-fn parse_path(s: &[u8], null_ok: bool) -> Result<((usize, usize), usize), ()> {
-    if s.first() != Some(&b'<') {
-        return Err(());
-    }
-    // Find the closing '>' outside a quoted local part.
-    let mut quoted = false;
-    let mut escaped = false;
-    let mut close = None;
-    for (i, &b) in s.iter().enumerate().skip(1) {
-        if escaped {
-            escaped = false;
-        } else if quoted && b == b'\\' {
-            escaped = true;
-        } else if b == b'"' {
-            quoted = !quoted;
-        } else if b == b'>' && !quoted {
-            close = Some(i);
-            break;
-        }
-    }
-    let close = close.ok_or(())?;
-    let params = close + 1;
-    if params < s.len() && s[params] != b' ' {
-        return Err(());
-    }
-    let mut start = 1;
-    let inner = &s[1..close];
-    if inner.is_empty() {
-        return if null_ok {
-            Ok(((1, 1), params))
-        } else {
-            Err(())
-        };
-    }
-    // A source route "@a,@b:" is accepted and ignored (RFC 5321 §4.1.2).
-    if inner.first() == Some(&b'@') {
-        let colon = inner.iter().position(|&b| b == b':').ok_or(())?;
-        start += colon + 1;
-    }
-    let addr = &s[start..close];
-    if addr.len() > MAX_PATH || !valid_mailbox(addr, !null_ok) {
-        return Err(());
-    }
-    Ok(((start, close), params))
-}
-
-/// Whether `a` is a mailbox the receiver would take in MAIL FROM
-/// (`recipient` false; empty is the null sender) or RCPT TO (`recipient`
-/// true; `postmaster` alone is allowed): the same check as the commands.
-pub fn valid_address(a: &[u8], recipient: bool) -> bool {
-    if a.is_empty() {
-        return !recipient;
-    }
-    a.len() <= MAX_PATH && valid_mailbox(a, recipient)
-}
-
-/// Checks `local@domain` (or `postmaster` alone for recipients): no spaces
-/// or controls outside a quoted local part, a non-empty domain.
-fn valid_mailbox(a: &[u8], postmaster_ok: bool) -> bool {
-    if postmaster_ok && a.eq_ignore_ascii_case(b"postmaster") {
-        return true;
-    }
-    let Some(at) = a.iter().rposition(|&b| b == b'@') else {
-        return false;
-    };
-    let (local, domain) = (&a[..at], &a[at + 1..]);
-    if local.is_empty() || domain.is_empty() {
-        return false;
-    }
-    let local_ok = if local.first() == Some(&b'"') {
-        local.len() >= 2
-            && local.last() == Some(&b'"')
-            && !local.iter().any(|&b| b < 0x20 && b != b'\t')
-    } else {
-        local
-            .iter()
-            .all(|&b| b > 0x20 && b != 0x7f && !b"<>()[]\\,;:\"@".contains(&b))
-    };
-    let domain_ok = if domain.first() == Some(&b'[') {
-        domain.last() == Some(&b']')
-    } else {
-        domain
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b >= 0x80)
-            && !domain.starts_with(b".")
-            && !domain.ends_with(b".")
-            && !domain.windows(2).any(|w| w == b"..")
-    };
-    local_ok && domain_ok
-}
-
-fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &c in s {
-        if !c.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-    }
-    Some(n)
-}
-
-fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 #[cfg(test)]

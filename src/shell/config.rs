@@ -1,10 +1,20 @@
-//! The appliance config (`sluice.toml`): listeners, TLS, spool, limits.
+//! The appliance config (`sluice.toml`): listeners, TLS, spool, limits,
+//! queue, DNS, syslog, serial upload. `config/sluice.toml` is the
+//! normative sample: every key optional, defaults as the README says.
+//! Relative paths are relative to the config file.
 //!
-//! The format is `../shared/sluice.sample.toml`: every key optional, keys
-//! this version does not use yet (queue, dns, syslog, upload) are accepted
-//! and ignored. Relative paths are relative to the config file.
+//! The whole file is checked before the daemon opens anything: an unknown
+//! key or section, a value of the wrong type and a bad value (in any
+//! section, `[dns]` included) are each an error at `LINE:COL`, as the rule
+//! file's are ([`schema`] finds the places, [`effective`] prints the
+//! result back as TOML for `sluice config check`).
+
+mod effective;
+mod schema;
 
 use crate::engine::smtp::BareLineEndings;
+use crate::shell::policy::compile::Diag;
+use crate::shell::relay::dns::{DnsConfig, RESOLV_CONF};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +34,7 @@ target = "stderr"
 "#;
 
 /// The checked appliance config, with defaults filled in.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Name in the greeting, EHLO reply and Received: lines.
     pub hostname: String,
@@ -50,8 +60,8 @@ pub struct Config {
     pub upload_baud: u32,
     /// The delivery queue's schedule and limits.
     pub queue: QueueConfig,
-    /// The `[dns]` table as written (the resolver reads it).
-    pub dns: Option<toml::Value>,
+    /// `[dns]`, checked (servers from resolv.conf when it lists none).
+    pub dns: DnsConfig,
     /// Extra CA roots for `tls = "verify"` connectors.
     pub ca: Option<PathBuf>,
 }
@@ -99,7 +109,7 @@ pub struct Listener {
 }
 
 /// PEM files for TLS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub certificate: PathBuf,
@@ -112,7 +122,7 @@ pub struct TlsFiles {
 }
 
 /// Limits of the receive side.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Concurrent sessions in total.
     pub connections: usize,
@@ -216,17 +226,125 @@ struct RawLimits {
     spool_reserve: Option<toml::Value>,
 }
 
+/// A place in the config: the keys (and array indexes) from the top, so
+/// an error found in a value can be reported at its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seg {
+    /// A key of a table.
+    Key(String),
+    /// An element of an array.
+    Index(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(k: &str) -> Self {
+        Seg::Key(k.to_string())
+    }
+}
+
+/// A value that is read but not acceptable: where (its key path) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError {
+    /// The key path of the value, from the top of the file.
+    pub path: Vec<Seg>,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ValueError {
+    /// An error at the value of the dotted keys `keys`.
+    pub fn at(keys: &[&str], message: impl Into<String>) -> Self {
+        ValueError {
+            path: keys.iter().map(|k| Seg::from(*k)).collect(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The name errors in the embedded default are reported under.
+pub const EMBEDDED: &str = "(embedded default)";
+
 impl Config {
-    /// Loads `path`, or the embedded default when `None`.
+    /// Loads `path`, or the embedded default when `None`; errors are lines
+    /// `FILE:LINE:COL: message`.
     pub fn load(path: Option<&Path>) -> Result<Config, String> {
-        match path {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let (name, result) = Config::check_file(path);
+        result.map_err(|diags| {
+            diags
+                .iter()
+                .map(|d| format!("{name}:{d}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// Reads and checks `path` (the embedded default when `None`): the
+    /// name to report errors under, and the config or every error found
+    /// (a file that cannot be read: one error at 1:1).
+    pub fn check_file(path: Option<&Path>) -> (String, Result<Config, Vec<Diag>>) {
+        let Some(p) = path else {
+            return (
+                EMBEDDED.to_string(),
+                Config::check(DEFAULT_CONFIG, Path::new("."), Path::new(RESOLV_CONF)),
+            );
+        };
+        let name = p.display().to_string();
+        let result = match std::fs::read_to_string(p) {
+            Ok(text) => {
                 let base = p.parent().unwrap_or(Path::new("."));
-                Config::parse(&text, base).map_err(|e| format!("{}: {e}", p.display()))
+                Config::check(&text, base, Path::new(RESOLV_CONF))
             }
-            None => Config::parse(DEFAULT_CONFIG, Path::new(".")),
+            Err(e) => Err(vec![Diag {
+                line: 1,
+                col: 1,
+                message: format!("cannot read: {e}"),
+            }]),
+        };
+        (name, result)
+    }
+
+    /// Parses config text; relative paths are joined to `base`. Errors are
+    /// lines `LINE:COL: message`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
+        Config::check(text, base, Path::new(RESOLV_CONF)).map_err(|diags| {
+            diags
+                .iter()
+                .map(Diag::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// Parses and checks config text, every section: unknown keys and
+    /// sections, types and values; `[dns] servers = []` takes the servers
+    /// of `resolv_conf`. On failure every error found, in file order.
+    pub fn check(text: &str, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Diag>> {
+        let t = schema::Text::new(text);
+        let root = match toml::de::DeTable::parse(text) {
+            Ok(r) => r,
+            Err(e) => return Err(vec![t.diag(e.span().map_or(0, |s| s.start), e.message())]),
+        };
+        let mut diags = schema::unknown_keys(&t, root.get_ref());
+        let raw = match toml::from_str::<Raw>(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                diags.push(t.diag(e.span().map_or(0, |s| s.start), e.message()));
+                return Err(sorted(diags));
+            }
+        };
+        match from_raw(raw, base, resolv_conf) {
+            Ok(c) if diags.is_empty() => Ok(c),
+            Ok(_) => Err(sorted(diags)),
+            Err(errs) => {
+                diags.extend(errs.iter().map(|e| schema::locate(&t, root.get_ref(), e)));
+                Err(sorted(diags))
+            }
         }
     }
 
@@ -258,168 +376,261 @@ impl Config {
         );
         out
     }
+}
 
-    /// Parses config text; relative paths are joined to `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
-        let raw: Raw = toml::from_str(text).map_err(|e| e.to_string())?;
-        let rel = |s: &str| -> PathBuf {
-            let p = Path::new(s);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
-        let hostname = match raw.hostname {
-            Some(h) => h,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "localhost".into()),
-        };
-        if hostname.is_empty()
-            || hostname.len() > crate::engine::limits::MAX_HOSTNAME
-            || hostname.bytes().any(|b| b <= b' ' || b == 0x7f)
-        {
-            return Err(format!("hostname {hostname:?} is not a valid host name"));
+/// Diagnostics in file order, each once.
+fn sorted(mut diags: Vec<Diag>) -> Vec<Diag> {
+    diags.sort_by_key(|d| (d.line, d.col));
+    diags.dedup();
+    diags
+}
+
+/// Keeps `r`'s value, or its error in `errs`.
+fn keep<T>(errs: &mut Vec<ValueError>, r: Result<T, ValueError>) -> Option<T> {
+    r.map_err(|e| errs.push(e)).ok()
+}
+
+/// The checked config from the deserialized file: every section's values
+/// checked (every error found), defaults filled in.
+fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<ValueError>> {
+    let rel = |s: &str| -> PathBuf {
+        let p = Path::new(s);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
         }
-        let d = Limits::default();
-        let l = raw.limits;
-        let bare = match l.bare_line_endings.as_deref() {
-            None | Some("refuse") => BareLineEndings::Refuse,
-            Some("normalize") => BareLineEndings::Normalize,
-            Some(o) => {
-                return Err(format!(
-                    "limits.bare_line_endings = {o:?}: expected \"refuse\" or \"normalize\""
-                ))
-            }
-        };
-        let limits = Limits {
-            connections: l.connections.unwrap_or(d.connections).max(1),
-            connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip).max(1),
-            command_timeout: opt_duration(l.command_timeout, "limits.command_timeout")?
-                .unwrap_or(d.command_timeout),
-            data_timeout: opt_duration(l.data_timeout, "limits.data_timeout")?
-                .unwrap_or(d.data_timeout),
-            bare_line_endings: bare,
-            max_message_size: opt_size(l.max_message_size, "limits.max_message_size")?
-                .unwrap_or(d.max_message_size),
-            max_recipients: l
-                .max_recipients
-                .unwrap_or(d.max_recipients)
-                .clamp(1, crate::engine::limits::MAX_RECIPIENTS),
-            spool_reserve: opt_size(l.spool_reserve, "limits.spool_reserve")?
-                .unwrap_or(d.spool_reserve),
-        };
-        let listen = match raw.listen {
-            Some(v) => v
-                .into_iter()
-                .map(|l| Listener {
-                    address: l.address,
-                    starttls: l.starttls,
-                })
-                .collect(),
-            None => vec![Listener {
-                address: "127.0.0.1:2525".into(),
-                starttls: false,
-            }],
-        };
-        let qd = QueueConfig::default();
-        let q = raw.queue;
-        let retry = match q.retry {
-            Some(list) => list
-                .iter()
-                .map(|d| {
-                    parse_duration(d).ok_or_else(|| {
-                        format!("queue.retry: {d:?} is not a duration such as \"5m\"")
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => qd.retry.clone(),
-        };
-        let queue = QueueConfig {
-            retry: if retry.is_empty() {
-                qd.retry.clone()
-            } else {
-                retry
-            },
-            warn_after: opt_duration(q.warn_after, "queue.warn_after")?.unwrap_or(qd.warn_after),
-            expire_after: opt_duration(q.expire_after, "queue.expire_after")?
-                .unwrap_or(qd.expire_after),
-            concurrency: q.concurrency.unwrap_or(qd.concurrency).max(1),
-            concurrency_per_destination: q
-                .concurrency_per_destination
-                .unwrap_or(qd.concurrency_per_destination)
-                .max(1),
-            hold: q.hold.unwrap_or(false),
-        };
-        let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
-        // `[tls]` may hold only `ca` (outbound verification); a server
-        // certificate needs both its chain and its key.
-        let tls = match raw.tls {
-            Some(RawTls {
-                certificate: Some(c),
-                key: Some(k),
-                client_ca,
-                ..
-            }) => Some(TlsFiles {
-                certificate: rel(&c),
-                key: rel(&k),
-                client_ca: client_ca.as_deref().map(rel),
-            }),
-            Some(RawTls {
-                certificate: None,
-                key: None,
-                client_ca: None,
-                ..
-            })
-            | None => None,
-            Some(RawTls {
-                certificate: None,
-                key: None,
-                client_ca: Some(_),
-                ..
-            }) => return Err("tls.client_ca needs tls.certificate and tls.key".into()),
-            Some(_) => {
-                return Err("tls.certificate and tls.key go together: give both or neither".into())
-            }
-        };
-        Ok(Config {
-            queue,
-            dns: raw.dns,
-            ca,
-            hostname,
-            rules: raw.rules.as_deref().map(rel),
-            state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),
-            spool_dir: rel(raw.spool_dir.as_deref().unwrap_or("spool")),
-            listen,
-            tls,
-            limits,
-            syslog_target: raw.syslog.target.unwrap_or_else(|| "unix:/dev/log".into()),
-            syslog_facility: raw.syslog.facility.unwrap_or_else(|| "mail".into()),
-            upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
-            upload_baud: raw.upload.baud.unwrap_or(115_200),
+    };
+    let mut errs = Vec::new();
+    let hostname = keep(&mut errs, hostname(raw.hostname));
+    let limits = keep(&mut errs, limits(raw.limits));
+    let listen = keep(&mut errs, listeners(raw.listen));
+    let queue = keep(&mut errs, queue(raw.queue));
+    let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
+    let tls = keep(&mut errs, tls(raw.tls, &rel));
+    let dns = keep(
+        &mut errs,
+        DnsConfig::from_toml_with_resolv_conf(raw.dns.as_ref(), resolv_conf),
+    );
+    let syslog = keep(&mut errs, syslog(raw.syslog));
+    let (
+        Some(hostname),
+        Some(limits),
+        Some(listen),
+        Some(queue),
+        Some(tls),
+        Some(dns),
+        Some((syslog_target, syslog_facility)),
+    ) = (hostname, limits, listen, queue, tls, dns, syslog)
+    else {
+        return Err(errs);
+    };
+    Ok(Config {
+        queue,
+        dns,
+        ca,
+        hostname,
+        rules: raw.rules.as_deref().map(rel),
+        state_dir: rel(raw.state_dir.as_deref().unwrap_or("state")),
+        spool_dir: rel(raw.spool_dir.as_deref().unwrap_or("spool")),
+        listen,
+        tls,
+        limits,
+        syslog_target,
+        syslog_facility,
+        upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
+        upload_baud: raw.upload.baud.unwrap_or(115_200),
+    })
+}
+
+/// `hostname`, or the kernel's host name, or `localhost`; checked.
+fn hostname(h: Option<String>) -> Result<String, ValueError> {
+    let hostname = match h {
+        Some(h) => h,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    if hostname.is_empty()
+        || hostname.len() > crate::engine::limits::MAX_HOSTNAME
+        || hostname.bytes().any(|b| b <= b' ' || b == 0x7f)
+    {
+        return Err(ValueError::at(
+            &["hostname"],
+            format!("hostname {hostname:?} is not a valid host name"),
+        ));
+    }
+    Ok(hostname)
+}
+
+/// `[syslog]` target and facility, defaults filled in, checked as the
+/// logger will read them.
+fn syslog(raw: RawSyslog) -> Result<(String, String), ValueError> {
+    let target = raw.target.unwrap_or_else(|| "unix:/dev/log".into());
+    let facility = raw.facility.unwrap_or_else(|| "mail".into());
+    crate::shell::ops::log::check_target(&target)
+        .map_err(|e| ValueError::at(&["syslog", "target"], e))?;
+    crate::shell::ops::log::check_facility(&facility)
+        .map_err(|e| ValueError::at(&["syslog", "facility"], e))?;
+    Ok((target, facility))
+}
+
+/// `[limits]`, defaults filled in.
+fn limits(l: RawLimits) -> Result<Limits, ValueError> {
+    let d = Limits::default();
+    let bare = match l.bare_line_endings.as_deref() {
+        None | Some("refuse") => BareLineEndings::Refuse,
+        Some("normalize") => BareLineEndings::Normalize,
+        Some(o) => {
+            return Err(ValueError::at(
+                &["limits", "bare_line_endings"],
+                format!("limits.bare_line_endings = {o:?}: expected \"refuse\" or \"normalize\""),
+            ))
+        }
+    };
+    Ok(Limits {
+        connections: l.connections.unwrap_or(d.connections).max(1),
+        connections_per_ip: l.connections_per_ip.unwrap_or(d.connections_per_ip).max(1),
+        command_timeout: opt_duration(l.command_timeout, &["limits", "command_timeout"])?
+            .unwrap_or(d.command_timeout),
+        data_timeout: opt_duration(l.data_timeout, &["limits", "data_timeout"])?
+            .unwrap_or(d.data_timeout),
+        bare_line_endings: bare,
+        max_message_size: opt_size(l.max_message_size, &["limits", "max_message_size"])?
+            .unwrap_or(d.max_message_size),
+        max_recipients: l
+            .max_recipients
+            .unwrap_or(d.max_recipients)
+            .clamp(1, crate::engine::limits::MAX_RECIPIENTS),
+        spool_reserve: opt_size(l.spool_reserve, &["limits", "spool_reserve"])?
+            .unwrap_or(d.spool_reserve),
+    })
+}
+
+/// `[[listen]]`, each address an `ip:port` (default: 127.0.0.1:2525).
+fn listeners(raw: Option<Vec<RawListen>>) -> Result<Vec<Listener>, ValueError> {
+    let Some(list) = raw else {
+        return Ok(vec![Listener {
+            address: "127.0.0.1:2525".into(),
+            starttls: false,
+        }]);
+    };
+    let mut out = Vec::new();
+    for (i, l) in list.into_iter().enumerate() {
+        if let Err(e) = l.address.parse::<std::net::SocketAddr>() {
+            return Err(ValueError {
+                path: vec!["listen".into(), Seg::Index(i), "address".into()],
+                message: format!("listen address {:?}: {e}", l.address),
+            });
+        }
+        out.push(Listener {
+            address: l.address,
+            starttls: l.starttls,
+        });
+    }
+    Ok(out)
+}
+
+/// `[queue]`, defaults filled in (an empty retry list is the default one).
+fn queue(q: RawQueue) -> Result<QueueConfig, ValueError> {
+    let qd = QueueConfig::default();
+    let mut retry = Vec::new();
+    for (i, d) in q.retry.iter().flatten().enumerate() {
+        retry.push(parse_duration(d).ok_or_else(|| ValueError {
+            path: vec!["queue".into(), "retry".into(), Seg::Index(i)],
+            message: format!("queue.retry: {d:?} is not a duration such as \"5m\""),
+        })?);
+    }
+    Ok(QueueConfig {
+        retry: if retry.is_empty() { qd.retry } else { retry },
+        warn_after: opt_duration(q.warn_after, &["queue", "warn_after"])?.unwrap_or(qd.warn_after),
+        expire_after: opt_duration(q.expire_after, &["queue", "expire_after"])?
+            .unwrap_or(qd.expire_after),
+        concurrency: q.concurrency.unwrap_or(qd.concurrency).max(1),
+        concurrency_per_destination: q
+            .concurrency_per_destination
+            .unwrap_or(qd.concurrency_per_destination)
+            .max(1),
+        hold: q.hold.unwrap_or(false),
+    })
+}
+
+/// `[tls]`'s server side. The table may hold only `ca` (outbound
+/// verification); a server certificate needs both its chain and its key.
+fn tls(raw: Option<RawTls>, rel: &dyn Fn(&str) -> PathBuf) -> Result<Option<TlsFiles>, ValueError> {
+    match raw {
+        Some(RawTls {
+            certificate: Some(c),
+            key: Some(k),
+            client_ca,
+            ..
+        }) => Ok(Some(TlsFiles {
+            certificate: rel(&c),
+            key: rel(&k),
+            client_ca: client_ca.as_deref().map(rel),
+        })),
+        Some(RawTls {
+            certificate: None,
+            key: None,
+            client_ca: None,
+            ..
         })
+        | None => Ok(None),
+        Some(RawTls {
+            certificate: None,
+            key: None,
+            client_ca: Some(_),
+            ..
+        }) => Err(ValueError::at(
+            &["tls", "client_ca"],
+            "tls.client_ca needs tls.certificate and tls.key",
+        )),
+        Some(t) => Err(ValueError::at(
+            &[
+                "tls",
+                if t.certificate.is_some() {
+                    "certificate"
+                } else {
+                    "key"
+                },
+            ],
+            "tls.certificate and tls.key go together: give both or neither",
+        )),
     }
 }
 
-fn opt_duration(v: Option<String>, key: &str) -> Result<Option<Duration>, String> {
+fn opt_duration(v: Option<String>, key: &[&str]) -> Result<Option<Duration>, ValueError> {
     v.map(|s| {
-        parse_duration(&s)
-            .ok_or_else(|| format!("{key} = {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"2d\""))
+        parse_duration(&s).ok_or_else(|| {
+            ValueError::at(
+                key,
+                format!(
+                    "{} = {s:?}: expected e.g. \"30s\", \"5m\", \"1h\", \"2d\"",
+                    key.join(".")
+                ),
+            )
+        })
     })
     .transpose()
 }
 
-fn opt_size(v: Option<toml::Value>, key: &str) -> Result<Option<u64>, String> {
+fn opt_size(v: Option<toml::Value>, key: &[&str]) -> Result<Option<u64>, ValueError> {
+    let name = key.join(".");
     match v {
         None => Ok(None),
         Some(toml::Value::Integer(n)) if n >= 0 => Ok(Some(n as u64)),
         Some(toml::Value::String(s)) => parse_size(&s).map(Some).ok_or_else(|| {
-            format!("{key} = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\"")
+            ValueError::at(
+                key,
+                format!("{name} = {s:?}: expected e.g. \"36 MiB\", \"512 KiB\", \"1000\""),
+            )
         }),
-        Some(o) => Err(format!("{key} = {o}: expected a size such as \"36 MiB\"")),
+        Some(o) => Err(ValueError::at(
+            key,
+            format!("{name} = {o}: expected a size such as \"36 MiB\""),
+        )),
     }
 }
 
@@ -459,127 +670,4 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_normative_sample_parses() {
-        let text = include_str!("../../config/sluice.toml");
-        let c = Config::parse(text, Path::new("/etc/sluice")).expect("sample parses");
-        assert_eq!(c.hostname, "edge1.contoso.com");
-        assert_eq!(c.listen.len(), 2);
-        assert_eq!(c.spool_dir, Path::new("/etc/sluice/spool"));
-        assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
-        assert_eq!(c.limits.data_timeout, Duration::from_secs(600));
-        assert_eq!(
-            c.tls.map(|t| t.key),
-            Some(PathBuf::from("/etc/sluice/tls/edge1.key"))
-        );
-    }
-
-    #[test]
-    fn the_shared_normative_sample_is_accepted_as_written() {
-        // The normative file itself (beside the project), not only our copy.
-        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/sluice.sample.toml");
-        let Ok(text) = std::fs::read_to_string(&shared) else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{} is missing",
-                shared.display()
-            );
-            return;
-        };
-        assert_eq!(
-            text,
-            include_str!("../../config/sluice.toml"),
-            "config/sluice.toml drifted from the sample"
-        );
-        let c = Config::parse(&text, Path::new("/etc/sluice")).expect("sample parses");
-        assert_eq!(c.listen.len(), 2);
-        assert!(c.listen.iter().all(|l| l.starttls));
-        assert_eq!(c.limits.connections, 1000);
-        assert_eq!(c.limits.connections_per_ip, 50);
-        assert_eq!(c.limits.bare_line_endings, BareLineEndings::Refuse);
-        assert_eq!(c.queue.retry.len(), 7);
-        assert_eq!(c.queue.retry[6], Duration::from_secs(4 * 3600));
-        assert_eq!(c.queue.warn_after, Duration::from_secs(4 * 3600));
-        assert_eq!(c.queue.expire_after, Duration::from_secs(2 * 86400));
-        assert_eq!(c.queue.concurrency, 100);
-        assert_eq!(c.queue.concurrency_per_destination, 10);
-    }
-
-    #[test]
-    fn tls_may_hold_only_the_outbound_ca() {
-        let c =
-            Config::parse("[tls]\nca = \"ca.pem\"\n", Path::new("/etc/sluice")).expect("ca only");
-        assert!(c.tls.is_none());
-        assert_eq!(c.ca, Some(PathBuf::from("/etc/sluice/ca.pem")));
-        let e = Config::parse("[tls]\ncertificate = \"c.pem\"\n", Path::new("/x")).unwrap_err();
-        assert!(e.contains("go together"), "{e}");
-    }
-
-    #[test]
-    fn the_embedded_default_parses() {
-        let c = Config::load(None).expect("default");
-        assert_eq!(c.listen[0].address, "127.0.0.1:2525");
-        assert!(c.tls.is_none());
-    }
-
-    #[test]
-    fn a_reload_names_the_sections_that_need_a_restart() {
-        let base = "hostname = \"a\"\n[[listen]]\naddress = \"127.0.0.1:25\"\n";
-        let old = Config::parse(base, Path::new(".")).expect("old");
-        let same = Config::parse(
-            &format!("{base}[limits]\nconnections = 5\n"),
-            Path::new("."),
-        )
-        .expect("limits");
-        assert!(old.restart_only_changes(&same).is_empty());
-        let new = Config::parse(
-            "hostname = \"b\"\nspool_dir = \"s2\"\n[[listen]]\naddress = \"127.0.0.1:26\"\n\
-             [queue]\nretry = [\"1s\"]\n[dns]\nservers = [\"127.0.0.1:53\"]\n[tls]\ncertificate = \"c.pem\"\nkey = \"k.pem\"\nca = \"ca.pem\"\n\
-             [syslog]\ntarget = \"stderr\"\n[upload]\nbaud = 9600\n",
-            Path::new("."),
-        )
-        .expect("new");
-        assert_eq!(
-            old.restart_only_changes(&new),
-            [
-                "[[listen]]",
-                "spool_dir",
-                "[queue]",
-                "[dns]",
-                "[tls] ca",
-                "[syslog]",
-                "[upload]"
-            ]
-        );
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert_eq!(parse_size("36 MiB"), Some(36 * 1024 * 1024));
-        assert_eq!(parse_size("1 KiB"), Some(1024));
-        assert_eq!(parse_size("1000"), Some(1000));
-        assert_eq!(parse_size("12 parsecs"), None);
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2d"), Some(Duration::from_secs(172800)));
-        assert_eq!(parse_duration("soon"), None);
-    }
-
-    #[test]
-    fn errors_name_line_and_column() {
-        let e = Config::parse(
-            "hostname = \"a\"\n[limits]\nconnections = \"many\"\n",
-            Path::new("."),
-        )
-        .expect_err("bad type");
-        assert!(e.contains("line 3"), "{e}");
-        let e = Config::parse(
-            "[limits]\nbare_line_endings = \"sometimes\"\n",
-            Path::new("."),
-        )
-        .expect_err("bad value");
-        assert!(e.contains("bare_line_endings"), "{e}");
-    }
-}
+mod tests;

@@ -1,6 +1,6 @@
 //! rustls configurations built from the PEM files of the appliance config.
 
-use crate::engine::policy::tls_name_matches;
+use crate::engine::addr::tls_name_matches;
 use crate::shell::config::TlsFiles;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;

@@ -15,6 +15,8 @@
 //! decided, addresses as [`Addr`] pieces (of the input or of the table),
 //! header edits as spans of the original header block.
 
+use super::super::addr::tls_name_matches;
+use super::super::addr::{addr_matches, domain_of, is_addr_byte, is_subdomain, local_of};
 use super::super::header;
 use super::super::limits::MAX_AGENTS;
 use super::table::*;
@@ -50,25 +52,6 @@ pub struct Attribution {
     pub originating: bool,
     /// Whether the connection filter refuses the client.
     pub blocked: bool,
-}
-
-/// Whether a certificate name `name` fits a connector's
-/// `tls_certificate_name` `pattern`, ignoring case: equal, or, for a
-/// pattern `*.suffix`, exactly one left-most label (non-empty, no `*`)
-/// followed by `.suffix` (RFC 6125 §6.4.3: `*.contoso.com` fits
-/// `mail.contoso.com`, not `contoso.com` nor `a.b.contoso.com`).
-pub fn tls_name_matches(pattern: &[u8], name: &[u8]) -> bool {
-    if pattern.eq_ignore_ascii_case(name) {
-        return true;
-    }
-    let Some(suffix) = pattern.strip_prefix(b"*") else {
-        return false;
-    };
-    if suffix.first() != Some(&b'.') || name.len() <= suffix.len() {
-        return false;
-    }
-    let (label, tail) = name.split_at(name.len() - suffix.len());
-    tail.eq_ignore_ascii_case(suffix) && !label.iter().any(|&b| b == b'.' || b == b'*')
 }
 
 /// Attributes a client (`ip` IPv4-mapped for IPv4) with an optional TLS
@@ -132,21 +115,6 @@ fn nets(t: &Table, s: Span) -> impl Iterator<Item = &Net> {
         .get(start..start + usize::from(s.count))
         .unwrap_or(&[])
         .iter()
-}
-
-/// The domain of an address (after the last `@`; empty without one).
-pub fn domain_of(addr: &[u8]) -> &[u8] {
-    match addr.iter().rposition(|&b| b == b'@') {
-        Some(i) => addr.get(i + 1..).unwrap_or(&[]),
-        None => &[],
-    }
-}
-
-fn local_of(addr: &[u8]) -> &[u8] {
-    match addr.iter().rposition(|&b| b == b'@') {
-        Some(i) => addr.get(..i).unwrap_or(&[]),
-        None => addr,
-    }
 }
 
 /// Whether `domain` is one of the accepted domains.
@@ -476,11 +444,6 @@ fn dfa_matches<P: Patterns + ?Sized>(p: &P, dfa: u16, hay: &[u8]) -> bool {
     p.is_match(dfa, hay)
 }
 
-fn addr_matches(pattern: &[u8], local: &[u8], domain: &[u8]) -> bool {
-    let (pl, pd) = (local_of(pattern), domain_of(pattern));
-    pd.eq_ignore_ascii_case(domain) && (pl == b"*" || pl.eq_ignore_ascii_case(local))
-}
-
 fn in_group(t: &Table, g: u16, local: &[u8], domain: &[u8]) -> bool {
     t.groups
         .get(usize::from(g))
@@ -660,19 +623,8 @@ pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
             let score = match *sp {
                 Space::Domain(d) if t.str(d).eq_ignore_ascii_case(domain) => 4000,
                 Space::Accepted if is_accepted(t, domain) => 3000,
-                Space::Subdomains(d) => {
-                    let d = t.str(d);
-                    let n = domain.len();
-                    if n > d.len() + 1
-                        && domain
-                            .get(n - d.len()..)
-                            .is_some_and(|s| s.eq_ignore_ascii_case(d))
-                        && domain.get(n - d.len() - 1) == Some(&b'.')
-                    {
-                        1000 + d.len() as u32
-                    } else {
-                        continue;
-                    }
+                Space::Subdomains(d) if is_subdomain(domain, t.str(d)) => {
+                    1000 + t.str(d).len() as u32
                 }
                 Space::Any => 1,
                 _ => continue,
@@ -1039,19 +991,8 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
     };
-    // The message-level agents of the SMTP receive events and the
-    // message part of inbound rewriting (before any later agent's edits).
-    for s in order.iter().filter(|s| s.enabled) {
-        match s.agent {
-            Agent::HeaderFirewall => ev.header_firewall(),
-            Agent::HopCount => {
-                if let Some(v) = ev.hop_count() {
-                    return v;
-                }
-            }
-            Agent::InboundRewrite => ev.inbound_rewrite_fields(),
-            _ => {}
-        }
+    if let Some(v) = ev.receive_agents(&order) {
+        return v;
     }
     let mut run = Run {
         used: RuleBits::new(),
@@ -1065,6 +1006,72 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     for (i, orig) in rcpts.iter().enumerate() {
         let rcpt = n;
         n = n.saturating_add(1);
+        let d = ev.recipient(&order, i, orig, rcpt, &mut run);
+        match d.refused {
+            Some(r) => {
+                first_refusal.get_or_insert(r);
+            }
+            None => {
+                all_refused = false;
+                stamp |= matches!(d.route, Some(Override::Cmt(_)));
+                routed |= d.route.is_some();
+            }
+        }
+        ev.sink.decision(rcpt, &d);
+    }
+    // Recipients added by rules (journaling): routed by address space only,
+    // and only for a message that is accepted at all.
+    let refused_whole = all_refused && first_refusal.is_some();
+    if refused_whole {
+        run.used = RuleBits::new();
+    }
+    ev.added_recipients(&run, n);
+    // What the categorizer agents do to the message as a whole, in the
+    // order they run (none of the rules' header actions for a message
+    // refused whole: nothing of it is kept).
+    let sender = ev.message_actions(&order, &run, stamp);
+    ev.sink.sender(&sender);
+    if all_refused {
+        if let Some(r) = first_refusal {
+            return Verdict::Refused(r);
+        }
+    }
+    Verdict::Accepted { routed }
+}
+
+impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
+    /// The message-level agents of the SMTP receive events and the
+    /// message part of inbound rewriting (before any later agent's edits);
+    /// a verdict when the hop count ends it.
+    fn receive_agents(&mut self, order: &[AgentSlot]) -> Option<Verdict> {
+        for s in order.iter().filter(|s| s.enabled) {
+            match s.agent {
+                Agent::HeaderFirewall => self.header_firewall(),
+                Agent::HopCount => {
+                    if let Some(v) = self.hop_count() {
+                        return Some(v);
+                    }
+                }
+                Agent::InboundRewrite => self.inbound_rewrite_fields(),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The `i`th recipient `orig` (decision number `rcpt`): the recipient
+    /// limit, the recipient filter (OnRcptCommand, never disabled), then
+    /// the categorizer agents in `order`; a refused recipient goes no
+    /// further and keeps no route or connector.
+    fn recipient(
+        &mut self,
+        order: &[AgentSlot],
+        i: usize,
+        orig: &[u8],
+        rcpt: u16,
+        run: &mut Run,
+    ) -> Decision {
+        let t = self.t;
         let mut d = Decision {
             original: Some(i as u16),
             addr: Addr::of(orig),
@@ -1076,106 +1083,91 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         };
         if i >= t.limits.max_recipients as usize {
             d.refused = Some(Refusal::TooManyRecipients);
-            first_refusal.get_or_insert(Refusal::TooManyRecipients);
-            ev.sink.decision(rcpt, &d);
-            continue;
+            return d;
         }
-        // OnRcptCommand: the recipient filter (never disabled).
-        if !recipient_allowed(t, &m.attribution, orig) {
-            ev.sink
+        if !recipient_allowed(t, &self.m.attribution, orig) {
+            self.sink
                 .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
             d.refused = Some(Refusal::Relay);
-            first_refusal.get_or_insert(Refusal::Relay);
-            ev.sink.decision(rcpt, &d);
-            continue;
+            return d;
         }
-        // The categorizer agents, per recipient; a refused recipient goes
-        // no further.
         for s in order.iter() {
             if d.refused.is_some() {
                 break;
             }
             match s.agent {
-                Agent::InboundRewrite if s.enabled => ev.inbound_rewrite(rcpt, orig, &mut d),
-                Agent::TransportRules if s.enabled => {
-                    ev.transport_rules(rcpt, orig, &mut d, &mut run)
-                }
-                Agent::Cmt if s.enabled => ev.cmt(rcpt, orig, &mut d, &run),
+                Agent::InboundRewrite if s.enabled => self.inbound_rewrite(rcpt, orig, &mut d),
+                Agent::TransportRules if s.enabled => self.transport_rules(rcpt, orig, &mut d, run),
+                Agent::Cmt if s.enabled => self.cmt(rcpt, orig, &mut d, run),
                 // Logged even when disabled: the recipient then has no connector.
-                Agent::ConnectorSelection => ev.connector_selection(rcpt, orig, &mut d, s.enabled),
+                Agent::ConnectorSelection => {
+                    self.connector_selection(rcpt, orig, &mut d, s.enabled)
+                }
                 _ => {}
             }
         }
-        if let Some(r) = d.refused {
+        if d.refused.is_some() {
             d.route = None;
             d.connector = None;
-            first_refusal.get_or_insert(r);
-            ev.sink.decision(rcpt, &d);
-            continue;
         }
-        all_refused = false;
-        stamp |= matches!(d.route, Some(Override::Cmt(_)));
-        routed |= d.route.is_some();
-        ev.sink.decision(rcpt, &d);
+        d
     }
-    // Recipients added by rules (journaling): routed by address space only,
-    // and only for a message that is accepted at all.
-    let refused_whole = all_refused && first_refusal.is_some();
-    if refused_whole {
-        run.used = RuleBits::new();
-    }
-    for (ri, rule) in t.rules.iter().enumerate() {
-        if !run.used.get(ri) {
-            continue;
-        }
-        for a in actions(t, rule) {
-            if let Action::AddRecipient(s) = *a {
-                let rcpt = n;
-                n = n.saturating_add(1);
-                let addr = Addr::from_table(t, s);
-                let connector = select_connector(t, domain_of(t.str(s)));
-                ev.sink
-                    .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
-                ev.sink
-                    .note(Agent::ConnectorSelection, Note::Connector(rcpt, connector));
-                ev.sink.decision(
-                    rcpt,
-                    &Decision {
-                        original: None,
-                        addr,
-                        connector,
-                        route: None,
-                        rule: None,
-                        added_by: Some(ri as u16),
-                        refused: None,
-                    },
-                );
+
+    /// Recipients added by the rules `run` used (journaling), numbered
+    /// from `n`: routed by address space only.
+    fn added_recipients(&mut self, run: &Run, mut n: u16) {
+        let t = self.t;
+        for (ri, rule) in t.rules.iter().enumerate() {
+            if !run.used.get(ri) {
+                continue;
+            }
+            for a in actions(t, rule) {
+                if let Action::AddRecipient(s) = *a {
+                    let rcpt = n;
+                    n = n.saturating_add(1);
+                    let addr = Addr::from_table(t, s);
+                    let connector = select_connector(t, domain_of(t.str(s)));
+                    self.sink
+                        .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
+                    self.sink
+                        .note(Agent::ConnectorSelection, Note::Connector(rcpt, connector));
+                    self.sink.decision(
+                        rcpt,
+                        &Decision {
+                            original: None,
+                            addr,
+                            connector,
+                            route: None,
+                            rule: None,
+                            added_by: Some(ri as u16),
+                            refused: None,
+                        },
+                    );
+                }
             }
         }
     }
-    // What the categorizer agents do to the message as a whole, in the
-    // order they run (none of the rules' header actions for a message
-    // refused whole: nothing of it is kept).
-    let mut sender = Addr::of(m.sender);
-    for s in order.iter().filter(|s| s.enabled) {
-        match s.agent {
-            Agent::TransportRules => ev.rule_header_actions(&run),
-            Agent::Cmt if stamp => {
-                ev.sink
-                    .edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
-                ev.sink.note(Agent::Cmt, Note::CmtStamped);
+
+    /// What the categorizer agents do to the message as a whole, in the
+    /// order they run: the rules' header actions, the CMT stamp (when
+    /// `stamp`), outbound rewriting; the final sender.
+    fn message_actions(&mut self, order: &[AgentSlot], run: &Run, stamp: bool) -> Addr {
+        let t = self.t;
+        let mut sender = Addr::of(self.m.sender);
+        for s in order.iter().filter(|s| s.enabled) {
+            match s.agent {
+                Agent::TransportRules => self.rule_header_actions(run),
+                Agent::Cmt if stamp => {
+                    self.sink
+                        .edit(Agent::Cmt, Edit::Add(t.cmt.stamp, Str { off: 0, len: 0 }));
+                    self.sink.note(Agent::Cmt, Note::CmtStamped);
+                }
+                Agent::OutboundRewrite => self.outbound_rewrite(&mut sender),
+                _ => {}
             }
-            Agent::OutboundRewrite => ev.outbound_rewrite(&mut sender),
-            _ => {}
         }
+        sender
     }
-    ev.sink.sender(&sender);
-    if all_refused {
-        if let Some(r) = first_refusal {
-            return Verdict::Refused(r);
-        }
-    }
-    Verdict::Accepted { routed }
 }
 
 /// The span of a field in the block: from its name to after its line ending.
@@ -1199,10 +1191,6 @@ fn remove_all<'a, S: Sink<'a>>(t: &'a Table, m: &'a Message<'a>, name: &[u8], si
             sink.edit(Agent::TransportRules, Edit::Remove(s, e));
         }
     }
-}
-
-fn is_addr_byte(b: u8) -> bool {
-    !(b.is_ascii_whitespace() || b"<>,;:\"()[]".contains(&b))
 }
 
 /// Rewrites the addresses in fields `names` with the map of `dir`.
@@ -1359,26 +1347,6 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_tls_name_fits_exactly_one_left_most_label() {
-        let p = b"*.contoso.com";
-        assert!(tls_name_matches(p, b"mail.contoso.com"));
-        assert!(tls_name_matches(p, b"MAIL.Contoso.COM"));
-        assert!(tls_name_matches(p, b"*.contoso.com"));
-        assert!(!tls_name_matches(p, b"contoso.com"));
-        assert!(!tls_name_matches(p, b".contoso.com"));
-        assert!(!tls_name_matches(p, b"a.b.contoso.com"));
-        assert!(!tls_name_matches(p, b"mailcontoso.com"));
-        assert!(!tls_name_matches(p, b"mail.contoso.com.evil.org"));
-        assert!(!tls_name_matches(p, b"x*.contoso.com"));
-        assert!(tls_name_matches(b"mail.contoso.com", b"Mail.contoso.com"));
-        assert!(!tls_name_matches(
-            b"mail.contoso.com",
-            b"x.mail.contoso.com"
-        ));
-        assert!(!tls_name_matches(b"*contoso.com", b"xcontoso.com"));
-    }
-
-    #[test]
     fn networks_match_by_prefix() {
         let mut a = [0u8; 16];
         a[10] = 0xff;
@@ -1407,22 +1375,6 @@ mod tests {
         let mut other = ip;
         other[15] ^= 1;
         assert!(!host.contains(&other));
-    }
-
-    #[test]
-    fn address_patterns() {
-        assert!(addr_matches(
-            b"*@sales.contoso.com",
-            b"anyone",
-            b"SALES.contoso.com"
-        ));
-        assert!(addr_matches(b"Jaap@contoso.com", b"jaap", b"contoso.com"));
-        assert!(!addr_matches(
-            b"jaap@contoso.com",
-            b"jaap",
-            b"eu.contoso.com"
-        ));
-        assert!(!addr_matches(b"*@contoso.com", b"x", b"sub.contoso.com"));
     }
 
     #[test]

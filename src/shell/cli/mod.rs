@@ -1,10 +1,10 @@
-//! The operator's command line: `run`, `queue list|show`, `help`.
+//! The operator's command line: `run`, `config check`, `queue`, `rules`,
+//! `status`, `pipeline`, `trace`, `help` (the usage text lists them all).
 
 use crate::shell::config::Config;
 use crate::shell::spool;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "\
 usage: sluice <command> [--config FILE]
@@ -18,6 +18,10 @@ usage: sluice <command> [--config FILE]
   queue retry ID | delete ID | flush
                                ask the running daemon to retry now, drop a
                                message (no bounce), or retry everything
+  config check [FILE]          check the appliance config (FILE, else
+                               --config, else the embedded default): print
+                               it with every default filled in, or each
+                               error as FILE:LINE:COL: message
   rules check FILE             compile a rule file: sizes, warnings, errors
   rules apply FILE|-           install it in the running daemon, atomically
   rules rollback               go back to the previous policy
@@ -84,6 +88,8 @@ pub fn main(args: &[String]) -> i32 {
             Ok(c) => queue(&c, rest),
             Err(e) => fail(&e),
         },
+        ["config", "check"] => config_check(config.as_deref()),
+        ["config", "check", file] => config_check(Some(std::path::Path::new(file))),
         ["rules", "check", file] => {
             crate::shell::policy::compile::check_command(std::path::Path::new(file))
         }
@@ -125,6 +131,24 @@ pub fn main(args: &[String]) -> i32 {
         }
         [] => usage("no command"),
         [w, ..] => usage(&format!("unknown or not yet available command {w:?}")),
+    }
+}
+
+/// `sluice config check [FILE]`: the effective config as TOML on standard
+/// output (exit 0), or each error as `FILE:LINE:COL: message` on standard
+/// error (exit 1).
+fn config_check(path: Option<&std::path::Path>) -> i32 {
+    match Config::check_file(path) {
+        (_, Ok(c)) => {
+            out!("{}", c.effective_toml());
+            0
+        }
+        (name, Err(diags)) => {
+            for d in diags {
+                eprintln!("{name}:{d}");
+            }
+            1
+        }
     }
 }
 
@@ -252,21 +276,53 @@ fn recipient_line(route: Option<&spool::Route>, s: &spool::RcptState, now: u64) 
     format!("<{rcpt}>  {}{detail}", state_word(s))
 }
 
+/// What `queue list|show` show: the spool's messages with the daemon's
+/// states laid over them, and where the states came from.
+struct QueueView {
+    source: Source,
+    messages: Vec<spool::Stored>,
+    /// Per message: a delivery holds it now (`None`: no daemon answered).
+    busy: Vec<Option<bool>>,
+    /// Unix seconds, for ages and next attempts.
+    now: u64,
+}
+
+/// `sluice queue ...`: list and show read the queue; the other commands go
+/// to the daemon.
 fn queue(cfg: &Config, args: &[&str]) -> i32 {
-    // Only list and show read the queue; the other commands go to the daemon.
     if !matches!(args.first(), None | Some(&"list" | &"show" | &"--json")) {
         return queue_control(cfg, args);
     }
-    // The daemon first, then the spool: a message accepted in between is
-    // in the spool (with its first states) rather than missing, and one the
-    // daemon finished in between has its final states in the spool.
-    let source = live_queue(cfg);
-    let scan = match spool::scan(&cfg.spool_dir) {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("spool {}: {e}", cfg.spool_dir.display())),
+    let view = match queue_view(cfg) {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
     };
-    // The spool's messages with the daemon's states laid over them.
-    let (messages, busy): (Vec<spool::Stored>, Vec<Option<bool>>) = scan
+    match args {
+        ["list"] | [] => queue_list(&view),
+        ["list", "--json"] | ["--json", "list"] => {
+            let v: Vec<_> = view
+                .messages
+                .iter()
+                .zip(&view.busy)
+                .map(|(m, b)| summary(&view, m, *b))
+                .collect();
+            outln!("{}", serde_json::Value::Array(v));
+            0
+        }
+        ["show", rest @ ..] => queue_show(&view, rest),
+        _ => queue_control(cfg, args),
+    }
+}
+
+/// Reads the queue: the daemon first, then the spool. A message accepted
+/// in between is in the spool (with its first states) rather than
+/// missing, and one the daemon finished in between has its final states
+/// in the spool.
+fn queue_view(cfg: &Config) -> Result<QueueView, String> {
+    let source = live_queue(cfg);
+    let scan = spool::scan(&cfg.spool_dir)
+        .map_err(|e| format!("spool {}: {e}", cfg.spool_dir.display()))?;
+    let (messages, busy) = scan
         .messages
         .iter()
         .map(|m| {
@@ -286,150 +342,164 @@ fn queue(cfg: &Config, args: &[&str]) -> i32 {
             (m, busy)
         })
         .unzip();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let summary = |m: &spool::Stored, busy: Option<bool>| {
-        serde_json::json!({
-            "id": spool::format_id(m.id),
-            "from": lossy(&m.env.from),
-            "rcpts": m.env.rcpts.iter().map(|r| lossy(r)).collect::<Vec<_>>(),
-            "size": m.env.size,
-            "received": m.env.received,
-            "age": now.saturating_sub(m.env.received),
-            "states": m.states.iter().map(state_word).collect::<Vec<_>>(),
-            "recipients": m
-                .states
-                .iter()
-                .enumerate()
-                .map(|(i, s)| recipient_json(m.env.routes.get(i), s))
-                .collect::<Vec<_>>(),
-            "source": source.word(),
-            "busy": busy,
-        })
-    };
-    match args {
-        ["list"] | [] => {
-            outln!("{}", source.header());
-            outln!(
-                "{:<16}  {:>9}  {:>7}  sender -> recipients",
-                "id",
-                "size",
-                "age"
-            );
-            for (m, b) in messages.iter().zip(&busy) {
-                let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
-                outln!(
-                    "{:<16}  {:>9}  {:>7}  <{}> -> {}{}",
-                    spool::format_id(m.id),
-                    m.env.size,
-                    age(now.saturating_sub(m.env.received)),
-                    lossy(&m.env.from),
-                    rcpts.join(", "),
-                    if *b == Some(true) {
-                        "  [in delivery]"
-                    } else {
-                        ""
-                    }
-                );
-                for (i, s) in m.states.iter().enumerate() {
-                    outln!("    {}", recipient_line(m.env.routes.get(i), s, now));
-                }
+    Ok(QueueView {
+        source,
+        messages,
+        busy,
+        now: crate::shell::time::now_secs(),
+    })
+}
+
+/// One message as `queue list --json` gives it.
+fn summary(view: &QueueView, m: &spool::Stored, busy: Option<bool>) -> serde_json::Value {
+    serde_json::json!({
+        "id": spool::format_id(m.id),
+        "from": lossy(&m.env.from),
+        "rcpts": m.env.rcpts.iter().map(|r| lossy(r)).collect::<Vec<_>>(),
+        "size": m.env.size,
+        "received": m.env.received,
+        "age": view.now.saturating_sub(m.env.received),
+        "states": m.states.iter().map(state_word).collect::<Vec<_>>(),
+        "recipients": m
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| recipient_json(m.env.routes.get(i), s))
+            .collect::<Vec<_>>(),
+        "source": view.source.word(),
+        "busy": busy,
+    })
+}
+
+/// `queue list`: a line per message, a line per recipient.
+fn queue_list(view: &QueueView) -> i32 {
+    let now = view.now;
+    outln!("{}", view.source.header());
+    outln!(
+        "{:<16}  {:>9}  {:>7}  sender -> recipients",
+        "id",
+        "size",
+        "age"
+    );
+    for (m, b) in view.messages.iter().zip(&view.busy) {
+        let rcpts: Vec<String> = m.env.rcpts.iter().map(|r| lossy(r)).collect();
+        outln!(
+            "{:<16}  {:>9}  {:>7}  <{}> -> {}{}",
+            spool::format_id(m.id),
+            m.env.size,
+            age(now.saturating_sub(m.env.received)),
+            lossy(&m.env.from),
+            rcpts.join(", "),
+            if *b == Some(true) {
+                "  [in delivery]"
+            } else {
+                ""
             }
-            outln!("{} message(s)", messages.len());
-            0
+        );
+        for (i, s) in m.states.iter().enumerate() {
+            outln!("    {}", recipient_line(m.env.routes.get(i), s, now));
         }
-        ["list", "--json"] | ["--json", "list"] => {
-            let v: Vec<_> = messages
-                .iter()
-                .zip(&busy)
-                .map(|(m, b)| summary(m, *b))
-                .collect();
-            outln!("{}", serde_json::Value::Array(v));
-            0
-        }
-        ["show", rest @ ..] => {
-            let mut id = None;
-            let mut mode = "text";
-            for a in rest {
-                match *a {
-                    "--json" => mode = "json",
-                    "--raw" => mode = "raw",
-                    s => id = Some(s),
-                }
-            }
-            let Some(id) = id else {
-                return usage("queue show needs a queue id");
-            };
-            let found = spool::parse_id(id)
-                .and_then(|n| messages.iter().zip(&busy).find(|(m, _)| m.id == n));
-            let Some((m, b)) = found else {
-                return fail(&format!("no message {id} in the spool"));
-            };
-            let bytes = match m.read() {
-                Ok(b) => b,
-                Err(e) => return fail(&format!("reading {id}: {e}")),
-            };
-            match mode {
-                "raw" => {
-                    let mut out = std::io::stdout().lock();
-                    match out.write_all(&bytes).and_then(|()| out.flush()) {
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-                        Err(_) => return 1,
-                        Ok(()) => {}
-                    }
-                }
-                "json" => {
-                    let mut v = summary(m, *b);
-                    v["helo"] = lossy(&m.env.helo).into();
-                    v["peer"] = m.env.peer.clone().into();
-                    v["smtputf8"] = m.env.smtputf8.into();
-                    v["tls"] = m.env.tls.into();
-                    v["body"] = lossy(&bytes).into();
-                    v["policy"] = format!("{:016X}", m.env.policy).into();
-                    v["states"] = serde_json::to_value(&m.states).unwrap_or_default();
-                    v["routes"] = m
-                        .env
-                        .routes
-                        .iter()
-                        .map(|r| {
-                            serde_json::json!({
-                                "original": lossy(&r.original), "rcpt": lossy(&r.rcpt),
-                                "connector": r.connector, "refused": r.refused,
-                                "next_hop": serde_json::to_value(&r.next_hop).unwrap_or_default(),
-                            })
-                        })
-                        .collect::<Vec<_>>()
-                        .into();
-                    v["edits"] = serde_json::to_value(&m.env.edits).unwrap_or_default();
-                    outln!("{v}");
-                }
-                _ => {
-                    outln!("{}", source.header());
-                    outln!("id:        {}", spool::format_id(m.id));
-                    outln!("from:      <{}>", lossy(&m.env.from));
-                    for r in &m.env.rcpts {
-                        outln!("to:        <{}>", lossy(r));
-                    }
-                    outln!("size:      {}", m.env.size);
-                    outln!("age:       {}", age(now.saturating_sub(m.env.received)));
-                    outln!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
-                    outln!("tls:       {}", m.env.tls);
-                    if *b == Some(true) {
-                        outln!("delivery:  in progress");
-                    }
-                    for (i, s) in m.states.iter().enumerate() {
-                        outln!("state:     {}", recipient_line(m.env.routes.get(i), s, now));
-                    }
-                    outln!();
-                    out!("{}", lossy(&bytes));
-                }
-            }
-            0
-        }
-        _ => queue_control(cfg, args),
     }
+    outln!("{} message(s)", view.messages.len());
+    0
+}
+
+/// `queue show ID [--json|--raw]`: one message, as text, JSON or its octets.
+fn queue_show(view: &QueueView, args: &[&str]) -> i32 {
+    let mut id = None;
+    let mut mode = "text";
+    for a in args {
+        match *a {
+            "--json" => mode = "json",
+            "--raw" => mode = "raw",
+            s => id = Some(s),
+        }
+    }
+    let Some(id) = id else {
+        return usage("queue show needs a queue id");
+    };
+    let found = spool::parse_id(id).and_then(|n| {
+        view.messages
+            .iter()
+            .zip(&view.busy)
+            .find(|(m, _)| m.id == n)
+    });
+    let Some((m, b)) = found else {
+        return fail(&format!("no message {id} in the spool"));
+    };
+    let bytes = match m.read() {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("reading {id}: {e}")),
+    };
+    match mode {
+        "raw" => {
+            let mut out = std::io::stdout().lock();
+            match out.write_all(&bytes).and_then(|()| out.flush()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                Err(_) => return 1,
+                Ok(()) => {}
+            }
+        }
+        "json" => outln!("{}", show_json(view, m, *b, &bytes)),
+        _ => show_text(view, m, *b, &bytes),
+    }
+    0
+}
+
+/// `queue show ID --json`: the summary plus the envelope, content,
+/// stored states, routes and edits.
+fn show_json(
+    view: &QueueView,
+    m: &spool::Stored,
+    busy: Option<bool>,
+    bytes: &[u8],
+) -> serde_json::Value {
+    let mut v = summary(view, m, busy);
+    v["helo"] = lossy(&m.env.helo).into();
+    v["peer"] = m.env.peer.clone().into();
+    v["smtputf8"] = m.env.smtputf8.into();
+    v["tls"] = m.env.tls.into();
+    v["body"] = lossy(bytes).into();
+    v["policy"] = format!("{:016X}", m.env.policy).into();
+    v["states"] = serde_json::to_value(&m.states).unwrap_or_default();
+    v["routes"] = m
+        .env
+        .routes
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "original": lossy(&r.original), "rcpt": lossy(&r.rcpt),
+                "connector": r.connector, "refused": r.refused,
+                "next_hop": serde_json::to_value(&r.next_hop).unwrap_or_default(),
+            })
+        })
+        .collect::<Vec<_>>()
+        .into();
+    v["edits"] = serde_json::to_value(&m.env.edits).unwrap_or_default();
+    v
+}
+
+/// `queue show ID`: the envelope and states as lines, then the message.
+fn show_text(view: &QueueView, m: &spool::Stored, busy: Option<bool>, bytes: &[u8]) {
+    let now = view.now;
+    outln!("{}", view.source.header());
+    outln!("id:        {}", spool::format_id(m.id));
+    outln!("from:      <{}>", lossy(&m.env.from));
+    for r in &m.env.rcpts {
+        outln!("to:        <{}>", lossy(r));
+    }
+    outln!("size:      {}", m.env.size);
+    outln!("age:       {}", age(now.saturating_sub(m.env.received)));
+    outln!("client:    {} ({})", m.env.peer, lossy(&m.env.helo));
+    outln!("tls:       {}", m.env.tls);
+    if busy == Some(true) {
+        outln!("delivery:  in progress");
+    }
+    for (i, s) in m.states.iter().enumerate() {
+        outln!("state:     {}", recipient_line(m.env.routes.get(i), s, now));
+    }
+    outln!();
+    out!("{}", lossy(bytes));
 }
 
 /// `queue retry|delete|flush`: commands for the running daemon.

@@ -33,6 +33,7 @@
 //! (octal, as rsyslog does), so one event is always one line; a line is
 //! cut at [`MAX_LINE`] octets.
 
+use crate::shell::time::civil_from_days;
 use std::fmt::{self, Arguments, Write as _};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
@@ -335,6 +336,17 @@ impl fmt::Display for Target {
     }
 }
 
+/// Checks a `[syslog] target` as [`init`] reads it, without opening it
+/// (the config check, before the daemon starts).
+pub fn check_target(s: &str) -> Result<(), String> {
+    parse_target(s).map(|_| ())
+}
+
+/// Checks a `[syslog] facility` as [`init`] reads it.
+pub fn check_facility(s: &str) -> Result<(), String> {
+    parse_facility(s).map(|_| ())
+}
+
 fn parse_target(s: &str) -> Result<Target, String> {
     let bad = |why: &str| format!("syslog target {s:?}: {why}");
     if s == "stderr" {
@@ -602,25 +614,6 @@ impl fmt::Display for Timestamp {
             d.subsec_micros()
         )
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
 }
 
 /// RFC 6587 §3.4.1 octet counting: `LEN SP MSG`, appended to `out`.

@@ -19,13 +19,13 @@ use crate::engine::policy::Table;
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
 use crate::shell::policy::runtime::{Policy, DEFAULT_RULES};
+use crate::shell::time::now_secs as now;
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Largest request on the control socket (a rule file with a few thousand
 /// rewrite entries is well under it).
@@ -53,14 +53,6 @@ pub struct Installer {
     current: RwLock<Arc<Policy>>,
     /// Serialises installs and rollbacks.
     lock: Mutex<()>,
-}
-
-/// Seconds since the Unix epoch, for the pointer's `installed_at`.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Decodes a blob on a thread with a large stack (the table passes through

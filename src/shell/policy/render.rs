@@ -5,7 +5,7 @@
 
 use crate::engine::header;
 use crate::engine::policy::{
-    self, Addr, Agent, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table, Verdict, AGENTS,
+    Addr, Agent, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table, Verdict, AGENTS,
 };
 use crate::engine::reply::Reason;
 use crate::shell::reply::OwnedReply;
@@ -295,7 +295,7 @@ fn render_recipient(c: &Collect<'_>, d: &Decision) -> Recipient {
         .and_then(|i| c.rcpts.get(usize::from(i)).copied())
         .unwrap_or(&[]);
     let final_addr = render_addr(&d.addr, orig, t);
-    let final_domain = lossy(policy::domain_of(final_addr.as_bytes()));
+    let final_domain = lossy(crate::engine::addr::domain_of(final_addr.as_bytes()));
     let (route, override_domain) = match d.route {
         Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
         Some(Override::UseConnector) => (Some("use_connector"), None),

@@ -135,7 +135,7 @@ impl TraceArgs {
 /// The envelope addresses as the daemon would take them: `Err(2)`, the
 /// message printed, for one that MAIL or RCPT would refuse.
 fn check_addresses(from: &str, to: &[String]) -> Result<(), i32> {
-    if !crate::engine::smtp::valid_address(from.as_bytes(), false) {
+    if !crate::engine::addr::valid_address(from.as_bytes(), false) {
         eprintln!(
             "sluice: --from {from:?} is not a valid address (MAIL FROM would refuse it: 501 5.1.7)"
         );
@@ -143,7 +143,7 @@ fn check_addresses(from: &str, to: &[String]) -> Result<(), i32> {
     }
     if let Some(bad) = to
         .iter()
-        .find(|t| !crate::engine::smtp::valid_address(t.as_bytes(), true))
+        .find(|t| !crate::engine::addr::valid_address(t.as_bytes(), true))
     {
         eprintln!(
             "sluice: --to {bad:?} is not a valid address (RCPT TO would refuse it: 501 5.1.3)"

@@ -39,6 +39,8 @@ use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
+use crate::shell::config::{Seg, ValueError};
+
 /// Where the system's name servers are listed.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Time to wait for one answer from one server (glibc's default).
@@ -56,7 +58,7 @@ const UDP_BUFFER: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnsConfig {
     /// Name servers, tried in order. Empty: no DNS at all (only the static
-    /// tables answer; other names fail temporarily). `from_toml` fills it
+    /// tables answer; other names fail temporarily). `from_toml_with_resolv_conf` fills it
     /// from /etc/resolv.conf when `servers = []`.
     pub servers: Vec<SocketAddr>,
     /// Name → addresses with ports (port 0: the caller's default port).
@@ -84,115 +86,39 @@ impl Default for DnsConfig {
 impl DnsConfig {
     /// Parses the `[dns]` table of the appliance config (`None`: no table).
     /// Keys: `servers` ("ip" or "ip:port", IPv6 as "[::1]:53" or "::1";
-    /// empty: the nameservers of /etc/resolv.conf), `static`
-    /// (name → ["ip:port", ...]), `static_mx` (domain → [[pref, "host"], ...]),
-    /// `timeout` (seconds) and `attempts` (default: resolv.conf's options,
-    /// else 5 s and 2).
-    pub fn from_toml(dns: Option<&toml::Value>) -> Result<DnsConfig, String> {
-        Self::from_toml_with_resolv_conf(dns, Path::new(RESOLV_CONF))
-    }
-
-    /// [`DnsConfig::from_toml`] with the resolv.conf path given (tests).
+    /// empty: the nameservers of `resolv_conf`, normally
+    /// [`RESOLV_CONF`]), `static` (name → ["ip:port", ...]), `static_mx`
+    /// (domain → [[pref, "host"], ...]), `timeout` (seconds) and `attempts`
+    /// (default: resolv.conf's options, else 5 s and 2). An error names
+    /// the value's key path, for its line and column.
     pub fn from_toml_with_resolv_conf(
         dns: Option<&toml::Value>,
         resolv_conf: &Path,
-    ) -> Result<DnsConfig, String> {
+    ) -> Result<DnsConfig, ValueError> {
         let mut cfg = DnsConfig::default();
         let empty = toml::map::Map::new();
         let table = match dns {
             None => &empty,
             Some(toml::Value::Table(t)) => t,
-            Some(_) => return Err("dns: must be a table".into()),
+            Some(_) => return Err(bad(&[], "dns: must be a table")),
         };
         let mut timeout = None;
         let mut attempts = None;
         for (key, value) in table {
             match key.as_str() {
-                "servers" => {
-                    for (i, s) in array(value, "dns.servers")?.iter().enumerate() {
-                        let s = s
-                            .as_str()
-                            .ok_or_else(|| format!("dns.servers[{i}]: must be a string"))?;
-                        let addr = parse_addr(s, DNS_PORT).ok_or_else(|| {
-                            format!("dns.servers[{i}]: bad address {s:?} (ip or ip:port)")
-                        })?;
-                        cfg.servers.push(addr);
-                    }
-                }
-                "static" => {
-                    let t = value.as_table().ok_or("dns.static: must be a table")?;
-                    for (name, list) in t {
-                        let key = normalize(name)
-                            .map_err(|_| format!("dns.static: bad name {name:?}"))?;
-                        let mut addrs = Vec::new();
-                        for (i, a) in array(list, "dns.static")?.iter().enumerate() {
-                            let a = a.as_str().ok_or_else(|| {
-                                format!("dns.static.{name:?}[{i}]: must be a string")
-                            })?;
-                            let addr = parse_addr(a, 0).ok_or_else(|| {
-                                format!("dns.static.{name:?}[{i}]: bad address {a:?} (ip:port)")
-                            })?;
-                            addrs.push(addr);
-                        }
-                        cfg.static_hosts.insert(key, addrs);
-                    }
-                }
-                "static_mx" => {
-                    let t = value.as_table().ok_or("dns.static_mx: must be a table")?;
-                    for (domain, list) in t {
-                        let key = normalize(domain)
-                            .map_err(|_| format!("dns.static_mx: bad domain {domain:?}"))?;
-                        let mut mxs = Vec::new();
-                        for (i, entry) in array(list, "dns.static_mx")?.iter().enumerate() {
-                            let bad = || {
-                                format!(
-                                    "dns.static_mx.{domain:?}[{i}]: must be [preference, \"host\"]"
-                                )
-                            };
-                            let pair = entry.as_array().ok_or_else(bad)?;
-                            let (pref, host) = match pair.as_slice() {
-                                [p, h] => (p.as_integer(), h.as_str()),
-                                _ => return Err(bad()),
-                            };
-                            let pref = pref.ok_or_else(bad)?;
-                            let pref = u16::try_from(pref).map_err(|_| {
-                                format!(
-                                    "dns.static_mx.{domain:?}[{i}]: preference must be 0..=65535"
-                                )
-                            })?;
-                            let host = host.ok_or_else(bad)?;
-                            if host.trim() != "." && normalize(host).is_err() {
-                                return Err(format!(
-                                    "dns.static_mx.{domain:?}[{i}]: bad host {host:?}"
-                                ));
-                            }
-                            mxs.push((pref, host.to_string()));
-                        }
-                        cfg.static_mx.insert(key, mxs);
-                    }
-                }
-                "timeout" => {
-                    let secs = match value {
-                        toml::Value::Integer(i) => *i as f64,
-                        toml::Value::Float(f) => *f,
-                        _ => return Err("dns.timeout: must be a number of seconds".into()),
-                    };
-                    if !(secs > 0.0 && secs <= 300.0) {
-                        return Err(
-                            "dns.timeout: must be more than 0 and at most 300 seconds".into()
-                        );
-                    }
-                    timeout = Some(Duration::from_secs_f64(secs));
-                }
+                "servers" => cfg.servers = servers(value)?,
+                "static" => cfg.static_hosts = static_hosts(value)?,
+                "static_mx" => cfg.static_mx = static_mx(value)?,
+                "timeout" => timeout = Some(dns_timeout(value)?),
                 "attempts" => {
                     let n = value
                         .as_integer()
                         .and_then(|n| u32::try_from(n).ok())
                         .filter(|n| (1..=10).contains(n))
-                        .ok_or("dns.attempts: must be 1..=10")?;
+                        .ok_or_else(|| bad(&["attempts".into()], "dns.attempts: must be 1..=10"))?;
                     attempts = Some(n);
                 }
-                other => return Err(format!("dns: unknown key {other:?}")),
+                other => return Err(bad(&[other.into()], format!("dns: unknown key {other:?}"))),
             }
         }
         if cfg.servers.is_empty() {
@@ -207,9 +133,133 @@ impl DnsConfig {
     }
 }
 
-fn array<'a>(v: &'a toml::Value, what: &str) -> Result<&'a Vec<toml::Value>, String> {
+/// An error at `[dns]`'s value under `path`.
+fn bad(path: &[Seg], message: impl Into<String>) -> ValueError {
+    let mut full = vec![Seg::from("dns")];
+    full.extend_from_slice(path);
+    ValueError {
+        path: full,
+        message: message.into(),
+    }
+}
+
+/// `servers = ["ip", "ip:port", ...]`.
+fn servers(value: &toml::Value) -> Result<Vec<SocketAddr>, ValueError> {
+    let at = |i: usize| [Seg::from("servers"), Seg::Index(i)];
+    let mut out = Vec::new();
+    for (i, s) in array(value, &[Seg::from("servers")], "dns.servers")?
+        .iter()
+        .enumerate()
+    {
+        let s = s
+            .as_str()
+            .ok_or_else(|| bad(&at(i), format!("dns.servers[{i}]: must be a string")))?;
+        let addr = parse_addr(s, DNS_PORT).ok_or_else(|| {
+            bad(
+                &at(i),
+                format!("dns.servers[{i}]: bad address {s:?} (ip or ip:port)"),
+            )
+        })?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// `static = { name = ["ip:port", ...] }`.
+fn static_hosts(value: &toml::Value) -> Result<HashMap<String, Vec<SocketAddr>>, ValueError> {
+    let t = value
+        .as_table()
+        .ok_or_else(|| bad(&["static".into()], "dns.static: must be a table"))?;
+    let mut out = HashMap::new();
+    for (name, list) in t {
+        let here = [Seg::from("static"), Seg::Key(name.clone())];
+        let key =
+            normalize(name).map_err(|_| bad(&here, format!("dns.static: bad name {name:?}")))?;
+        let mut addrs = Vec::new();
+        for (i, a) in array(list, &here, "dns.static")?.iter().enumerate() {
+            let at = [here[0].clone(), here[1].clone(), Seg::Index(i)];
+            let a = a
+                .as_str()
+                .ok_or_else(|| bad(&at, format!("dns.static.{name:?}[{i}]: must be a string")))?;
+            let addr = parse_addr(a, 0).ok_or_else(|| {
+                bad(
+                    &at,
+                    format!("dns.static.{name:?}[{i}]: bad address {a:?} (ip:port)"),
+                )
+            })?;
+            addrs.push(addr);
+        }
+        out.insert(key, addrs);
+    }
+    Ok(out)
+}
+
+/// `static_mx = { domain = [[preference, "host"], ...] }`.
+fn static_mx(value: &toml::Value) -> Result<HashMap<String, Vec<(u16, String)>>, ValueError> {
+    let t = value
+        .as_table()
+        .ok_or_else(|| bad(&["static_mx".into()], "dns.static_mx: must be a table"))?;
+    let mut out = HashMap::new();
+    for (domain, list) in t {
+        let here = [Seg::from("static_mx"), Seg::Key(domain.clone())];
+        let key = normalize(domain)
+            .map_err(|_| bad(&here, format!("dns.static_mx: bad domain {domain:?}")))?;
+        let mut mxs = Vec::new();
+        for (i, entry) in array(list, &here, "dns.static_mx")?.iter().enumerate() {
+            let at = [here[0].clone(), here[1].clone(), Seg::Index(i)];
+            mxs.push(mx_entry(
+                entry,
+                &at,
+                &format!("dns.static_mx.{domain:?}[{i}]"),
+            )?);
+        }
+        out.insert(key, mxs);
+    }
+    Ok(out)
+}
+
+/// One `[preference, "host"]` of `static_mx` (`what` names it in messages).
+fn mx_entry(entry: &toml::Value, at: &[Seg], what: &str) -> Result<(u16, String), ValueError> {
+    let shape = || bad(at, format!("{what}: must be [preference, \"host\"]"));
+    let pair = entry.as_array().ok_or_else(shape)?;
+    let (pref, host) = match pair.as_slice() {
+        [p, h] => (p.as_integer(), h.as_str()),
+        _ => return Err(shape()),
+    };
+    let pref = u16::try_from(pref.ok_or_else(shape)?)
+        .map_err(|_| bad(at, format!("{what}: preference must be 0..=65535")))?;
+    let host = host.ok_or_else(shape)?;
+    if host.trim() != "." && normalize(host).is_err() {
+        return Err(bad(at, format!("{what}: bad host {host:?}")));
+    }
+    Ok((pref, host.to_string()))
+}
+
+/// `timeout`: seconds, more than 0 and at most 300.
+fn dns_timeout(value: &toml::Value) -> Result<Duration, ValueError> {
+    let at = [Seg::from("timeout")];
+    let secs = match value {
+        toml::Value::Integer(i) => *i as f64,
+        toml::Value::Float(f) => *f,
+        _ => return Err(bad(&at, "dns.timeout: must be a number of seconds")),
+    };
+    if !(secs > 0.0 && secs <= 300.0) {
+        return Err(bad(
+            &at,
+            "dns.timeout: must be more than 0 and at most 300 seconds",
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `v` as an array, or an error naming `what`.
+fn array<'a>(
+    v: &'a toml::Value,
+    at: &[Seg],
+    what: &str,
+) -> Result<&'a Vec<toml::Value>, ValueError> {
     v.as_array()
-        .ok_or_else(|| format!("{what}: must be an array"))
+        .ok_or_else(|| bad(at, format!("{what}: must be an array")))
 }
 
 /// What resolv.conf says (only what this resolver uses).
@@ -1284,7 +1334,7 @@ static_mx = { "eu.contoso.com" = [[10, "relay-eu.contoso.example"], [20, "relay-
             let v: toml::Value = toml::from_str(bad).unwrap();
             let err = DnsConfig::from_toml_with_resolv_conf(Some(&v), Path::new("/nonexistent"))
                 .unwrap_err();
-            assert!(err.contains(needle), "{bad}: {err}");
+            assert!(err.message.contains(needle), "{bad}: {err}");
         }
     }
 

@@ -29,7 +29,7 @@ use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Where the queue reads the time, in Unix seconds: retries, delay
 /// warnings and expiry follow it. The daemon's is [`SystemClock`]; unit
@@ -44,10 +44,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        crate::shell::time::now_secs()
     }
 }
 

@@ -9,7 +9,7 @@ use crate::shell::ops::control::{control_handler, serve_uploads};
 use crate::shell::ops::log;
 use crate::shell::policy::install::{self, Installer};
 use crate::shell::relay::deliver::TlsClients;
-use crate::shell::relay::dns::{DnsConfig, Resolver};
+use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::queue::Queue;
 use crate::shell::spool::{self, Scan, Spool};
 use crate::shell::tls;
@@ -178,8 +178,7 @@ fn start_queue(
             "queue: on hold ([queue] hold = true): mail is accepted and spooled, nothing is delivered"
         ));
     }
-    let resolver =
-        Resolver::new(DnsConfig::from_toml(cfg.dns.as_ref()).map_err(|e| format!("[dns]: {e}"))?);
+    let resolver = Resolver::new(cfg.dns.clone());
     let tls_clients = TlsClients::new(cfg.ca.as_deref())?;
     let queue = Queue::new(
         spool,

@@ -178,7 +178,7 @@ impl<'a, 'i> Fields<'a, 'i> {
 
 /// The error for an unknown key: the nearest known one when it is a
 /// likely typo, else every known key.
-fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
+pub(crate) fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
     let near = allowed
         .iter()
         .map(|a| (edit_distance(name, a), *a))
@@ -195,7 +195,7 @@ fn unknown_key(name: &str, allowed: &[&str], ctx: &str) -> String {
 }
 
 /// Levenshtein distance in characters, for the typo hint.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

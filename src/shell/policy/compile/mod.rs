@@ -29,6 +29,7 @@ mod syntax;
 use crate::engine::policy::Table;
 use checks::check_model;
 use cx::Cx;
+pub(crate) use cx::{edit_distance, unknown_key};
 use emit::{emit, Builder, CAPS, NCAPS};
 use model::parse_model;
 use std::fmt;
