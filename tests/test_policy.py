@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from conftest import SLUICE_BIN
-from smtpclient import check as smtp_check, queued_id
+from helpers.daemon import SLUICE_BIN
+from helpers.smtp import check as smtp_check, queued_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

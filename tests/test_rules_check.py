@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import SLUICE_BIN
+from helpers.daemon import SLUICE_BIN
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
