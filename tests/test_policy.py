@@ -19,6 +19,7 @@ import subprocess
 import pytest
 
 from helpers.daemon import SLUICE_BIN
+from helpers.rules import variant
 from helpers.smtp import check as smtp_check, queued_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -259,7 +260,7 @@ def test_policy_version_is_stable_and_follows_the_file():
     a = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM, expect_rc=0)
     b = trace("rtm_on.eml", "bob@contoso.com", "x@gmail.com", peer=ONPREM, expect_rc=0)
     c = trace("plain.eml", "alice@contoso.com", "user@contoso.com", peer=ONPREM,
-              rules=fx("rules_cmt_disabled.toml"), expect_rc=0)
+              rules=variant("cmt_disabled"), expect_rc=0)
     assert a["policy_version"] == b["policy_version"], (a, b)
     assert a["policy_version"] != c["policy_version"], "two different rule files, one version:\n%r\n%r" % (a, c)
 
@@ -520,7 +521,7 @@ def test_rule_route_to_on_stamped_message_still_applies():
 
 def test_cmt_agent_disabled_does_no_override():
     t = trace("plain.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE,
-              rules=fx("rules_cmt_disabled.toml"), expect_rc=0)
+              rules=variant("cmt_disabled"), expect_rc=0)
     assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
     assert t.header_added(STAMP) == [], t
     assert t["result"] == "NoAction", t
@@ -1029,7 +1030,7 @@ def test_hop_count_counts_fields_not_lines():
 
 def test_hop_count_follows_max_hops():
     t = trace("received_30.eml", "someone@example.org", "user@contoso.com", peer=ANON,
-              rules=fx("rules_max_hops_5.toml"), expect_rc=1)
+              rules=variant("max_hops_5"), expect_rc=1)
     assert t["reply"].startswith("554 5.4.14"), t
 
 
@@ -1158,7 +1159,7 @@ def test_relay_permitted_when_originating(peer):
 
 def test_disabled_rule_does_nothing():
     t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONPREM,
-              rules=fx("rules_rule_disabled.toml"), expect_rc=0)
+              rules=variant("rule_disabled"), expect_rc=0)
     assert_route(t, "x@gmail.com", "internet", {"mx": "gmail.com"})
 
 
@@ -1220,10 +1221,10 @@ def test_max_message_size_from_the_rule_file(tmp_path):
 
 def test_connection_filter_blocked_network():
     t = trace("plain.eml", "someone@example.org", "user@contoso.com", peer="198.51.100.7",
-              rules=fx("rules_connection_filter.toml"), expect_rc=1)
+              rules=variant("connection_filter"), expect_rc=1)
     assert t["result"] == "Rejected", t
     ok = trace("plain.eml", "someone@example.org", "user@contoso.com", peer=ANON,
-               rules=fx("rules_connection_filter.toml"), expect_rc=0)
+               rules=variant("connection_filter"), expect_rc=0)
     assert ok.rcpt("user@contoso.com")["rejected"] is None, ok
 
 
@@ -1372,7 +1373,7 @@ def test_bad_input_no_message_argument():
 
 def test_bad_input_rules_file_with_error():
     _bad(["trace", fx("plain.eml"), "--from", "a@example.org", "--to", "user@contoso.com",
-          "--rules", fx("rules_syntax_error.toml"), "--json"])
+          "--rules", variant("syntax_error"), "--json"])
 
 
 def test_bad_input_missing_rules_file():
@@ -1477,14 +1478,14 @@ def test_pipeline_lists_events_in_order_and_agents_by_priority():
 
 
 def test_pipeline_shows_disabled_agent():
-    out, events = pipeline(fx("rules_cmt_disabled.toml"))
+    out, events = pipeline(variant("cmt_disabled"))
     flags = {a: d for _, lst in events for (_, a, d) in lst}
     assert flags.get("cmt") is True, "cmt not shown disabled:\n%s" % out
     assert [a for a, d in flags.items() if d] == ["cmt"], out
 
 
 def test_pipeline_agent_priority_from_rule_file():
-    out, events = pipeline(fx("rules_agent_priority.toml"))
+    out, events = pipeline(variant("agent_priority"))
     lst = [lst for ev, lst in events if ev.startswith("OnResolvedMessage")]
     assert len(lst) == 1, out
     order = [(p, a) for p, a, _ in lst[0]]
@@ -1493,7 +1494,7 @@ def test_pipeline_agent_priority_from_rule_file():
     assert (3, "transport_rules") in order, out
 
 
-# Agent priorities within an event take effect: rules_agent_priority.toml is the
+# Agent priorities within an event take effect: variant "agent_priority" is the
 # sample with transport_rules at priority 3, so cmt (2) runs first on
 # OnResolvedMessage, the one event two agents share. The first of them to set
 # a recipient's route keeps it.
@@ -1511,7 +1512,7 @@ def resolved_agents(t):
 def test_agent_priority_cmt_before_transport_rules_keeps_the_cmt_route():
     # Built-in order: rule #1's route_to wins over CMT (test_rule_route_to_wins_over_cmt).
     t = trace("rtm_on.eml", "alice@contoso.com", "x@gmail.com", peer=ONLINE,
-              rules=fx("rules_agent_priority.toml"), expect_rc=0)
+              rules=variant("agent_priority"), expect_rc=0)
     assert_route(t, "x@gmail.com", "onprem", ONPREM_HOP, override="cmt", override_domain="contoso.com")
     assert len(t.header_added(STAMP)) == 1, t
     assert resolved_agents(t) == ["cmt", "transport_rules"], t
@@ -1526,10 +1527,11 @@ def test_agent_priority_cmt_before_transport_rules_keeps_the_cmt_route():
 
 
 @pytest.mark.parametrize("rules,order", [
-    (RULES, ["transport_rules", "cmt"]),
-    (fx("rules_agent_priority.toml"), ["cmt", "transport_rules"]),
+    (None, ["transport_rules", "cmt"]),
+    ("agent_priority", ["cmt", "transport_rules"]),
 ])
 def test_agent_priority_orders_the_log_the_edits_and_the_snapshots(rules, order):
+    rules = variant(rules) if rules else RULES
     # ceo@contoso.com from exchange-online to the Internet: CMT overrides and
     # stamps, the journal rule adds X-Journaled; both agents edit the headers.
     t = trace("plain.eml", "ceo@contoso.com", "x@gmail.com", peer=ONLINE, rules=rules,
@@ -1553,7 +1555,7 @@ def test_pipeline_without_rules_file():
 
 
 def test_pipeline_bad_rules_file_fails():
-    p = run_raw(["pipeline", "--rules", fx("rules_syntax_error.toml")])
+    p = run_raw(["pipeline", "--rules", variant("syntax_error")])
     assert p.returncode != 0, (p.returncode, p.stdout, p.stderr)
 
 
