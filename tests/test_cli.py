@@ -6,8 +6,8 @@ import socket
 import subprocess
 import time
 
-from conftest import SLUICE_BIN
-from smtpclient import ConnectionClosed, RawSMTP, check, make_message, queued_id
+from helpers.daemon import SLUICE_BIN
+from helpers.smtp import ConnectionClosed, RawSMTP, check, make_message, queued_id
 
 
 def send(d, subject, rcpts, sender="alice@example.test", body=b"Hello.\r\n"):

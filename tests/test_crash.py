@@ -8,7 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from smtpclient import ConnectionClosed, RawSMTP, dot_stuff, make_message, queued_id
+from helpers.smtp import ConnectionClosed, RawSMTP, dot_stuff, make_message, queued_id
 
 CLIENTS = 8
 MAX_PER_CLIENT = 80

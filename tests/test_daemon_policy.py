@@ -1,28 +1,17 @@
 """The daemon applies the policy in session: the recipient filter at RCPT,
 the pipeline at the end of DATA (hop count, attachment reject), and stores
 each recipient's route with the message. Same code path as `sluice trace`."""
-import os
-import re
+import ssl
 
-from smtpclient import check, queued_id
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
+from helpers.certs import CLIENT_EXT, make_ca, make_leaf
+from helpers.rules import replace, variant_text
+from helpers.smtp import check, queued_id
 
 
 def policy_daemon(sluice_factory, tmp_path):
     # The sample, with exchange-onprem moved off 127.0.0.1 so that a client
     # on 127.0.0.1 is anonymous (Internet) and 127.0.0.2 is exchange-online.
-    text = open(SAMPLE, encoding="utf-8").read()
-    text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
-    rules = tmp_path / "rules.toml"
-    rules.write_text(text, encoding="utf-8")
-    d = sluice_factory(start=False)
-    cfg = open(d.config, encoding="utf-8").read()
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write('rules = "%s"\n' % rules + cfg)
-    d.start()
-    return d
+    return sluice_factory(rules_text=variant_text("onprem_off_loopback"))
 
 
 def test_relay_is_refused_for_anonymous_clients_and_routes_are_stored(sluice_factory, tmp_path):
@@ -100,53 +89,24 @@ def test_cmt_from_exchange_online_is_stamped_and_routed_on_premises(sluice_facto
     o.close()
 
 
-def _openssl(*args):
-    import subprocess
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-
 def client_pki(d, names=(("good", "mail.protection.outlook.com"), ("other", "mx.example.org"))):
     """A test CA and client certificates it signs, by default one for the name
     the sample's exchange-online connector expects and one for another name."""
-    ca_key, ca = str(d / "ca.key"), str(d / "ca.pem")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", ca_key, "-out", ca, "-days", "3", "-subj", "/CN=sluice test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
-    out = {}
-    for tag, name in names:
-        key, csr, crt = str(d / (tag + ".key")), str(d / (tag + ".csr")), str(d / (tag + ".pem"))
-        _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                 "-keyout", key, "-out", csr, "-subj", "/CN=" + name)
-        ext = d / (tag + ".ext")
-        ext.write_text("subjectAltName=DNS:%s\nextendedKeyUsage=clientAuth,serverAuth\n" % name)
-        _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-                 "-out", crt, "-days", "3", "-extfile", str(ext))
-        out[tag] = (crt, key)
-    return ca, out
+    ca = make_ca(d, "ca", "sluice test CA", key_usage="keyCertSign")
+    return ca[0], {tag: make_leaf(d, ca, tag, name, ext=CLIENT_EXT) for tag, name in names}
 
 
-def cert_daemon(sluice_factory, tmp_path, names=None, replace=()):
+def cert_daemon(sluice_factory, tmp_path, names=None, replace_=()):
     """The sample rules with the organization's IP range moved off loopback
     (so only a client certificate can attribute a session), `replace`d
     (old, new) texts, and TLS that asks for client certificates from a test
     CA: the daemon, the certificates by tag, and a function that opens a TLS
     session with one (or none)."""
-    import ssl
     pki = tmp_path / "pki"
     pki.mkdir()
     ca, certs = client_pki(pki, names) if names else client_pki(pki)
-    text = open(SAMPLE, encoding="utf-8").read()
-    text = text.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
-    for old, new in replace:
-        text = text.replace(old, new)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(text, encoding="utf-8")
-    d = sluice_factory(tls=True, start=False)
-    cfg = open(d.config, encoding="utf-8").read()
-    cfg = cfg.replace("[tls]\n", '[tls]\nclient_ca = "%s"\n' % ca)
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write('rules = "%s"\n' % rules + cfg)
-    d.start()
+    d = sluice_factory(tls=True, client_ca=ca,
+                       rules_text=variant_text("onprem_off_loopback", *(replace(o, n) for o, n in replace_)))
 
     def tls_session(cert):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -1,116 +1,23 @@
 """Delivery, end to end: the daemon relays what it accepted to capturing
-SMTP sinks (aiosmtpd) on loopback, chosen per recipient by the policy; the
+SMTP sinks (helpers.sink) on loopback, chosen per recipient by the policy; the
 static DNS tables of the config point the names at the sinks."""
-import os
-import re
+import subprocess
 import time
 
-import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as AioSMTP
-
-from conftest import free_port
-from smtpclient import check, queued_id
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
-
-
-class Sink:
-    """A capturing SMTP server; `script` gives replies for the end of data
-    (one per message, then 250)."""
-
-    def __init__(self, script=()):
-        self.messages = []
-        self.script = list(script)
-        self.port = free_port()
-        self.ctl = Controller(self, hostname="127.0.0.1", port=self.port)
-
-    async def handle_DATA(self, server, session, envelope):
-        if self.script:
-            return self.script.pop(0)
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
-                              envelope.original_content or envelope.content))
-        return "250 2.0.0 captured"
-
-    def wait(self, n, timeout=15):
-        deadline = time.time() + timeout
-        while len(self.messages) < n and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(self.messages) >= n, "sink on %d got %d message(s), wanted %d" % (self.port, len(self.messages), n)
-        return self.messages
-
-
-@pytest.fixture
-def sinks():
-    made = []
-
-    def make(script=()):
-        s = Sink(script)
-        s.ctl.start()
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.ctl.stop()
-
-
-def relay(sluice_factory, tmp_path, routes, rules_text=None, retry='"1s"', expire=None, warn=None, queue_extra=""):
-    """A daemon whose [dns] sends each name in `routes` to a sink port."""
-    d = sluice_factory(start=False)
-    cfg = open(d.config, encoding="utf-8").read()
-    cfg = cfg[:cfg.index("[queue]")]
-    static = ", ".join('"%s" = ["127.0.0.1:%d"]' % (name, port) for name, port in routes.items() if "." in name)
-    static_mx = ", ".join('"%s" = [[10, "%s"]]' % (dom, host) for dom, host in routes.get("mx", {}).items())
-    cfg += "[queue]\nretry = [%s]\n%s\n[dns]\nservers = [\"127.0.0.1:1\"]\nstatic = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n" % (
-        retry, ('expire_after = "%s"\n' % expire if expire else "") + ('warn_after = "%s"\n' % warn if warn else "")
-        + queue_extra,
-        static, static_mx)
-    if rules_text:
-        rules = tmp_path / "rules.toml"
-        rules.write_text(rules_text, encoding="utf-8")
-        cfg = 'rules = "%s"\n' % rules + cfg
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write(cfg)
-    d.start()
-    return d
-
-
-def states(d, qid, want, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        entry = d.queue_json(qid)
-        if [list(s.keys())[0] if isinstance(s, dict) else s for s in entry["states"]] == want:
-            return entry
-        time.sleep(0.1)
-    raise AssertionError("states of %s: %r, wanted %r" % (qid, d.queue_json(qid)["states"], want))
-
-
-def dsns_of(d, qid):
-    """The ids of the DSNs the log says were spooled for `qid`."""
-    return re.findall(r"BOUNCE qid=%s\b.* dsn=([0-9A-F]{16})" % qid, d.stderr())
-
-
-def dsn_of(d, qid, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        ids = dsns_of(d, qid)
-        if ids:
-            assert len(ids) == 1, ids
-            return ids[0]
-        time.sleep(0.1)
-    raise AssertionError("no DSN logged for %s:\n%s" % (qid, d.stderr()))
+from helpers.daemon import SLUICE_BIN, relay
+from helpers.ports import free_port
+from helpers.queue import dsn_of, dsns_of, states
+from helpers.rules import sample_text, variant_text
+from helpers.sink import Sink
+from helpers.smtp import check, queued_id
 
 
 def test_one_message_leaves_by_three_routes(sluice_factory, tmp_path, sinks):
     trend, onprem, internet = sinks(), sinks(), sinks()
-    d = relay(sluice_factory, tmp_path, {
+    d = relay(sluice_factory, {
         "hes.trend.example": trend.port, "exch1.contoso.internal": onprem.port,
         "mx.gmail.test": internet.port, "mx": {"gmail.test": "mx.gmail.test"},
-    }, rules_text=open(SAMPLE, encoding="utf-8").read().replace(
-        'smart_hosts = ["hes.trend.example:25"]\ntls = "required"',
-        'smart_hosts = ["hes.trend.example:25"]\ntls = "opportunistic"'))
+    }, rules_text=variant_text("opportunistic"))
     c = d.session()  # 127.0.0.1 is exchange-onprem in the sample: originating
     r = c.send_mail("user@contoso.com", ["a@trend.local", "b@gmail.test", "c@contoso.com"],
              b"From: user@contoso.com\r\nSubject: three ways\r\n\r\nbody\r\n")
@@ -131,7 +38,7 @@ def test_one_message_leaves_by_three_routes(sluice_factory, tmp_path, sinks):
 
 def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     flaky = sinks(script=["451 4.3.0 try again"])
-    d = relay(sluice_factory, tmp_path, {"mx.flaky.test": flaky.port, "mx": {"flaky.test": "mx.flaky.test"}})
+    d = relay(sluice_factory, {"mx.flaky.test": flaky.port, "mx": {"flaky.test": "mx.flaky.test"}})
     c = d.session()
     r = c.send_mail("a@contoso.com", ["x@flaky.test"], b"Subject: retry\r\n\r\nbody\r\n")
     qid = queued_id(r)
@@ -142,7 +49,7 @@ def test_a_4xx_is_retried_and_a_5xx_bounces(sluice_factory, tmp_path, sinks):
     # A 5xx bounces: the sender gets a DSN from <> quoting the reply.
     hard = sinks(script=["554 5.7.1 go away", "550 5.1.1 unknown", "550 5.1.1 no bounce address"])
     home = sinks()
-    d2 = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port,
+    d2 = relay(sluice_factory, {"mx.hard.test": hard.port, "mx.home.test": home.port,
                                            "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
     c = d2.session()
     r0 = r = c.send_mail("a@home.test", ["x@hard.test"], b"Subject: bounce me\r\n\r\nbody\r\n")
@@ -176,16 +83,13 @@ def test_delivery_survives_a_restart(sluice_factory, tmp_path, sinks):
     # The sink is down at first: the message is deferred, the daemon is
     # killed, and after a restart with the sink up it is delivered.
     port = free_port()
-    d = relay(sluice_factory, tmp_path, {"mx.later.test": port, "mx": {"later.test": "mx.later.test"}})
+    d = relay(sluice_factory, {"mx.later.test": port, "mx": {"later.test": "mx.later.test"}})
     c = d.session()
     r = c.send_mail("a@contoso.com", ["x@later.test"], b"Subject: later\r\n\r\nbody\r\n")
     qid = queued_id(r)
     states(d, qid, ["Deferred"])
     d.kill9()
-    s = Sink()
-    s.port = port
-    s.ctl = Controller(s, hostname="127.0.0.1", port=port)
-    s.ctl.start()
+    s = Sink(port=port).start()
     try:
         d.start()
         s.wait(1, timeout=20)
@@ -196,8 +100,8 @@ def test_delivery_survives_a_restart(sluice_factory, tmp_path, sinks):
 
 def test_required_tls_never_sends_in_clear_text(sluice_factory, tmp_path, sinks):
     plain = sinks()
-    d = relay(sluice_factory, tmp_path, {"hes.trend.example": plain.port},
-              rules_text=open(SAMPLE, encoding="utf-8").read())
+    d = relay(sluice_factory, {"hes.trend.example": plain.port},
+              rules_text=sample_text())
     c = d.session()
     r = c.send_mail("user@contoso.com", ["a@trend.local"], b"Subject: secret\r\n\r\nbody\r\n")
     entry = states(d, queued_id(r), ["Deferred"])
@@ -210,7 +114,7 @@ def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path,
     hard = sinks(script=["550 5.1.1 no such user"])
     home = sinks()
     dead = free_port()
-    d = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": home.port, "mx.dead.test": dead,
+    d = relay(sluice_factory, {"mx.hard.test": hard.port, "mx.home.test": home.port, "mx.dead.test": dead,
                                           "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test",
                                                  "dead.test": "mx.dead.test"}}, expire="3s")
     c = d.session()
@@ -233,11 +137,9 @@ def test_no_dsn_for_the_null_sender_and_expiry_bounces(sluice_factory, tmp_path,
 
 
 def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
-    import subprocess
-    from conftest import SLUICE_BIN
     home = sinks()
     port = free_port()  # the next hop is down for now
-    d = relay(sluice_factory, tmp_path, {"mx.home.test": home.port, "mx.later.test": port,
+    d = relay(sluice_factory, {"mx.home.test": home.port, "mx.later.test": port,
                                           "mx": {"home.test": "mx.home.test", "later.test": "mx.later.test"}},
               retry='"1h"', warn="1s")
     c = d.session()
@@ -256,10 +158,7 @@ def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
     # delete: gone without a bounce; flush: the rest is tried now (retry is 1h).
     assert q("delete", q2).returncode == 0
     assert q("delete", "0000000000000001").returncode == 1
-    later = Sink()
-    later.port = port
-    later.ctl = Controller(later, hostname="127.0.0.1", port=port)
-    later.ctl.start()
+    later = Sink(port=port).start()
     try:
         assert q("flush").returncode == 0
         later.wait(1)
@@ -274,21 +173,13 @@ def test_delay_warning_and_the_queue_commands(sluice_factory, tmp_path, sinks):
         later.ctl.stop()
 
 
-def sample_opportunistic():
-    # The sample, with the trend connector opportunistic so plain sinks can
-    # stand in for it (required TLS has its own test).
-    return open(SAMPLE, encoding="utf-8").read().replace(
-        'smart_hosts = ["hes.trend.example:25"]\ntls = "required"',
-        'smart_hosts = ["hes.trend.example:25"]\ntls = "opportunistic"')
-
-
 def scenario_daemon(sluice_factory, tmp_path, sinks):
     trend, onprem, internet = sinks(), sinks(), sinks()
-    d = relay(sluice_factory, tmp_path, {
+    d = relay(sluice_factory, {
         "hes.trend.example": trend.port, "exch1.contoso.internal": onprem.port,
         "mx.gmail.test": internet.port, "mx.secure.test": internet.port,
         "mx": {"gmail.test": "mx.gmail.test", "secure.com": "mx.secure.test"},
-    }, rules_text=sample_opportunistic())
+    }, rules_text=variant_text("opportunistic"))
     return d, trend, onprem, internet
 
 
@@ -338,7 +229,7 @@ class SlowSink(Sink):
 
     async def handle_DATA(self, server, session, envelope):
         import asyncio
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        self.capture(session, envelope)
         await asyncio.sleep(3)
         return "250 2.0.0 captured slowly"
 
@@ -347,7 +238,7 @@ def test_kill_during_delivery_loses_nothing(sluice_factory, tmp_path):
     slow = SlowSink()
     slow.ctl.start()
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
+        d = relay(sluice_factory, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
         c = d.session()
         qid = queued_id(c.send_mail("a@contoso.com", ["x@slow.test"], b"Subject: crash\r\n\r\nbody\r\n"))
         slow.wait(1)

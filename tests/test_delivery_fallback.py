@@ -7,56 +7,40 @@ import socket
 import threading
 import time
 
-from test_relay_dns_tls import Sink, daemon, detail, servers, state_names, states, submit  # noqa: F401
-
-
-
-class RcptSink(Sink):
-    """A Sink that answers every RCPT with `rcpt_reply`."""
-
-    def __init__(self, rcpt_reply, **kw):
-        super().__init__(**kw)
-        self.rcpt_reply = rcpt_reply
-        self.rcpts_seen = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        self.rcpts_seen.append(address)
-        return self.rcpt_reply
+from helpers.daemon import dns_daemon
+from helpers.queue import detail, state_names, states, submit
+from helpers.sink import Sink
 
 
 def two_mx(sluice_factory, p1, p2, **kw):
-    return daemon(sluice_factory, ["127.0.0.1:1"],
-                  static={"mx1.two.test": ["127.0.0.1:%d" % p1],
-                          "mx2.two.test": ["127.0.0.1:%d" % p2]},
-                  static_mx={"two.test": [(10, "mx1.two.test"), (20, "mx2.two.test")]}, **kw)
+    return dns_daemon(sluice_factory, ["127.0.0.1:1"],
+                      static={"mx1.two.test": ["127.0.0.1:%d" % p1],
+                              "mx2.two.test": ["127.0.0.1:%d" % p2]},
+                      static_mx={"two.test": [(10, "mx1.two.test"), (20, "mx2.two.test")]}, **kw)
 
 
 def test_every_recipient_deferred_the_next_mx_gets_them(sluice_factory):
-    mx1 = RcptSink("451 4.2.1 mailbox busy")
-    mx1.ctl.start()
-    mx2 = Sink()
-    mx2.ctl.start()
+    mx1 = Sink(rcpt_reply="451 4.2.1 mailbox busy").start()
+    mx2 = Sink().start()
     try:
         d = two_mx(sluice_factory, mx1.port, mx2.port)
         qid = submit(d, "a@contoso.com", ["x@two.test", "y@two.test"], "mx1 defers all")
         m = mx2.wait(1)
-        assert sorted(m[0]["rcpts"]) == ["x@two.test", "y@two.test"]
+        assert sorted(m[0].rcpts) == ["x@two.test", "y@two.test"]
         states(d, qid, ["Delivered", "Delivered"])
         assert sorted(mx1.rcpts_seen) == ["x@two.test", "y@two.test"], "mx1 was not asked first"
         assert mx1.messages == []
         assert "DEFER qid=%s" % qid not in d.stderr(), "the fallback must happen within the attempt"
     finally:
-        mx1.ctl.stop()
-        mx2.ctl.stop()
+        mx1.stop()
+        mx2.stop()
 
 
 def test_every_recipient_deferred_everywhere_keeps_the_replies(sluice_factory):
     # Both MX defer: the recipients stay deferred with the last host's own
     # replies, not a generic reason.
-    mx1 = RcptSink("451 4.2.1 mx1 busy")
-    mx2 = RcptSink("452 4.2.2 mx2 over quota")
-    mx1.ctl.start()
-    mx2.ctl.start()
+    mx1 = Sink(rcpt_reply="451 4.2.1 mx1 busy").start()
+    mx2 = Sink(rcpt_reply="452 4.2.2 mx2 over quota").start()
     try:
         d = two_mx(sluice_factory, mx1.port, mx2.port, retry='"1h"')
         qid = submit(d, "a@contoso.com", ["x@two.test"], "both defer")
@@ -64,8 +48,8 @@ def test_every_recipient_deferred_everywhere_keeps_the_replies(sluice_factory):
         assert "4.2.2 mx2 over quota" in detail(entry).get("reason", ""), entry
         assert mx1.rcpts_seen and mx2.rcpts_seen
     finally:
-        mx1.ctl.stop()
-        mx2.ctl.stop()
+        mx1.stop()
+        mx2.stop()
 
 
 class BrokenTlsServer:
@@ -150,9 +134,9 @@ def test_opportunistic_tls_handshake_failure_falls_back_to_clear_text(sluice_fac
     srv = BrokenTlsServer()
     try:
         # The embedded default policy: everything leaves by MX, opportunistic TLS.
-        d = daemon(sluice_factory, ["127.0.0.1:1"],
-                   static={"mx.broken.test": ["127.0.0.1:%d" % srv.port]},
-                   static_mx={"broken.test": [(10, "mx.broken.test")]}, retry='"1h"')
+        d = dns_daemon(sluice_factory, ["127.0.0.1:1"],
+                       static={"mx.broken.test": ["127.0.0.1:%d" % srv.port]},
+                       static_mx={"broken.test": [(10, "mx.broken.test")]}, retry='"1h"')
         qid = submit(d, "a@contoso.com", ["x@broken.test"], "tls breaks")
         entry = states(d, qid, ["Delivered"])
         assert "taken in clear text" in detail(entry).get("reply", ""), entry
@@ -166,8 +150,7 @@ def test_opportunistic_tls_handshake_failure_falls_back_to_clear_text(sluice_fac
 
 
 def test_a_held_queue_accepts_and_delivers_nothing(sluice_factory):
-    sink = Sink()
-    sink.ctl.start()
+    sink = Sink().start()
     try:
         d = two_mx(sluice_factory, sink.port, sink.port, queue_extra="hold = true\n")
         qid = submit(d, "a@contoso.com", ["x@two.test"], "held")
@@ -177,11 +160,9 @@ def test_a_held_queue_accepts_and_delivers_nothing(sluice_factory):
         assert "queue: on hold" in d.stderr()
         # Lifted (a restart reads [queue]): it goes.
         d.stop()
-        cfg = open(d.config, encoding="utf-8").read().replace("hold = true\n", "")
-        with open(d.config, "w", encoding="utf-8") as f:
-            f.write(cfg)
+        d.edit_config("hold = true\n", "")
         d.start()
         sink.wait(1)
         states(d, qid, ["Delivered"])
     finally:
-        sink.ctl.stop()
+        sink.stop()

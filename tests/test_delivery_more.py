@@ -8,9 +8,11 @@ import socketserver
 import threading
 import time
 
-from conftest import free_port
-from smtpclient import check, queued_id
-from test_delivery import Sink, dsn_of, dsns_of, relay, sample_opportunistic, states, sinks  # noqa: F401 (sinks: a fixture)
+from helpers.daemon import relay
+from helpers.ports import free_port
+from helpers.queue import dsn_of, dsns_of, states
+from helpers.rules import variant_text
+from helpers.smtp import check, queued_id
 
 
 class RawSink:
@@ -37,13 +39,23 @@ class RawSink:
                     sink.connections += 1
                     sink.open += 1
                     sink.max_open = max(sink.max_open, sink.open)
+                counted = [True]
+
+                def closing():
+                    """The session ends: no longer counted as open (said
+                    before the 221 to QUIT, so the client cannot open its
+                    next session before this one is counted out)."""
+                    with sink.lock:
+                        if counted[0]:
+                            counted[0] = False
+                            sink.open -= 1
+
                 try:
-                    sink.session(self.rfile, self.wfile)
+                    sink.session(self.rfile, self.wfile, closing)
                 except OSError:
                     pass
                 finally:
-                    with sink.lock:
-                        sink.open -= 1
+                    closing()
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
@@ -57,7 +69,7 @@ class RawSink:
         self.server.shutdown()
         self.server.server_close()
 
-    def session(self, rfile, wfile):
+    def session(self, rfile, wfile, closing):
         def say(line):
             wfile.write(line.encode() + b"\r\n")
             wfile.flush()
@@ -101,6 +113,7 @@ class RawSink:
             elif verb in ("RSET", "NOOP"):
                 say("250 2.0.0 ok")
             elif verb == "QUIT":
+                closing()
                 say("221 2.0.0 bye")
                 return
             else:
@@ -114,64 +127,41 @@ class RawSink:
         return self.messages
 
 
-class ByAddressSink(Sink):
-    """Answers RCPT by address: `replies` maps an address to a list of
-    replies, used in turn (the last one repeats); others get 250."""
-
-    def __init__(self, replies):
-        super().__init__()
-        self.replies = {a: list(r) for a, r in replies.items()}
-        self.rcpt_log = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        script = self.replies.get(address)
-        reply = "250 2.1.5 ok"
-        if script:
-            reply = script.pop(0) if len(script) > 1 else script[0]
-        self.rcpt_log.append((address, reply))
-        if reply.startswith("250"):
-            envelope.rcpt_tos.append(address)
-        return reply
-
-
 # -------------------------------------------- (a) per-recipient replies -------
 
 def test_mixed_replies_in_one_transaction(sluice_factory, tmp_path, sinks):
-    mixed = ByAddressSink({"soon@mixed.test": ["451 4.2.1 mailbox busy", "250 2.1.5 now ok"],
-                           "gone@mixed.test": ["550 5.1.1 no such user"]})
-    mixed.ctl.start()
+    mixed = sinks(rcpt_replies={"soon@mixed.test": ["451 4.2.1 mailbox busy", "250 2.1.5 now ok"],
+                                "gone@mixed.test": ["550 5.1.1 no such user"]},
+                  rcpt_default="250 2.1.5 ok")
     home = sinks()
-    try:
-        d = relay(sluice_factory, tmp_path, {"mx.mixed.test": mixed.port, "mx.home.test": home.port,
-                                             "mx": {"mixed.test": "mx.mixed.test", "home.test": "mx.home.test"}},
-                  retry='"2s"')
-        c = d.session()
-        r = c.send_mail("a@home.test", ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"],
-                 b"Subject: three answers\r\n\r\nbody\r\n")
-        qid = queued_id(r)
-        first = mixed.wait(1)[0]
-        # One transaction carried all three; only the accepted one was in it.
-        assert first[1] == ["ok@mixed.test"], first
-        assert [a for a, _ in mixed.rcpt_log[:3]] == ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"]
-        entry = states(d, qid, ["Delivered", "Deferred", "Notified"])
-        assert "451 4.2.1 mailbox busy" in entry["states"][1]["Deferred"]["reason"], entry
-        assert "550 5.1.1 no such user" in entry["states"][2]["Notified"]["reason"], entry
-        # The DSN: to the sender only, naming only the 5xx recipient.
-        frm, to, dsn = home.wait(1)[0]
-        assert frm in ("", "<>") and to == ["a@home.test"]
-        assert b"Final-Recipient: rfc822; gone@mixed.test" in dsn, dsn
-        assert b"Action: failed\r\nStatus: 5.1.1\r\n" in dsn, dsn
-        assert b"Final-Recipient: rfc822; ok@mixed.test" not in dsn
-        assert b"Final-Recipient: rfc822; soon@mixed.test" not in dsn
-        # The deferred one goes on retry, alone.
-        second = mixed.wait(2)[1]
-        assert second[1] == ["soon@mixed.test"], second
-        states(d, qid, ["Delivered", "Delivered", "Notified"])
-        time.sleep(1)
-        assert len(home.messages) == 1 and len(mixed.messages) == 2
-        assert len(dsns_of(d, qid)) == 1
-    finally:
-        mixed.ctl.stop()
+    d = relay(sluice_factory, {"mx.mixed.test": mixed.port, "mx.home.test": home.port,
+                               "mx": {"mixed.test": "mx.mixed.test", "home.test": "mx.home.test"}},
+              retry='"2s"')
+    c = d.session()
+    r = c.send_mail("a@home.test", ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"],
+                    b"Subject: three answers\r\n\r\nbody\r\n")
+    qid = queued_id(r)
+    first = mixed.wait(1)[0]
+    # One transaction carried all three; only the accepted one was in it.
+    assert first[1] == ["ok@mixed.test"], first
+    assert [a for a, _ in mixed.rcpt_log[:3]] == ["ok@mixed.test", "soon@mixed.test", "gone@mixed.test"]
+    entry = states(d, qid, ["Delivered", "Deferred", "Notified"])
+    assert "451 4.2.1 mailbox busy" in entry["states"][1]["Deferred"]["reason"], entry
+    assert "550 5.1.1 no such user" in entry["states"][2]["Notified"]["reason"], entry
+    # The DSN: to the sender only, naming only the 5xx recipient.
+    frm, to, dsn = home.wait(1)[0]
+    assert frm in ("", "<>") and to == ["a@home.test"]
+    assert b"Final-Recipient: rfc822; gone@mixed.test" in dsn, dsn
+    assert b"Action: failed\r\nStatus: 5.1.1\r\n" in dsn, dsn
+    assert b"Final-Recipient: rfc822; ok@mixed.test" not in dsn
+    assert b"Final-Recipient: rfc822; soon@mixed.test" not in dsn
+    # The deferred one goes on retry, alone.
+    second = mixed.wait(2)[1]
+    assert second[1] == ["soon@mixed.test"], second
+    states(d, qid, ["Delivered", "Delivered", "Notified"])
+    time.sleep(1)
+    assert len(home.messages) == 1 and len(mixed.messages) == 2
+    assert len(dsns_of(d, qid)) == 1
 
 
 # ------------------------------------------------- (b) 8BITMIME / SMTPUTF8 -------
@@ -179,7 +169,7 @@ def test_mixed_replies_in_one_transaction(sluice_factory, tmp_path, sinks):
 def test_no_8bitmime_or_smtputf8_at_the_next_hop_defers(sluice_factory, tmp_path):
     raw = RawSink(extensions=["SIZE 10000000", "ENHANCEDSTATUSCODES"])
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.old.test": raw.port, "mx": {"old.test": "mx.old.test"}},
+        d = relay(sluice_factory, {"mx.old.test": raw.port, "mx": {"old.test": "mx.old.test"}},
                   retry='"1s"')
         c = d.session()
         q8 = queued_id(c.send_mail("a@contoso.com", ["x@old.test"],
@@ -216,7 +206,7 @@ def test_chunking_to_a_second_sluice_arrives_intact(sluice_factory, tmp_path):
     ehlo = RawSMTPProbe(b.port).ehlo()
     assert "CHUNKING" in ehlo, ehlo
     proxy = Proxy(b.port)
-    d = relay(sluice_factory, tmp_path, {"mx.b.test": proxy.port, "mx": {"far.test": "mx.b.test"}})
+    d = relay(sluice_factory, {"mx.b.test": proxy.port, "mx": {"far.test": "mx.b.test"}})
     body = (b"Subject: chunked\r\nX-Dots: yes\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnot the end\r\n"
             + "8-bit: \u00e9\u00e8\u00ea\r\n".encode("utf-8") + b"x" * 5000 + b"\r\nlast line\r\n")
     c = d.session()
@@ -302,7 +292,7 @@ class RawSMTPProbe:
 def test_concurrency_per_destination_is_a_ceiling(sluice_factory, tmp_path):
     raw = RawSink(extensions=["8BITMIME"], hold=0.5)
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.busy.test": raw.port, "mx": {"busy.test": "mx.busy.test"}},
+        d = relay(sluice_factory, {"mx.busy.test": raw.port, "mx": {"busy.test": "mx.busy.test"}},
                   queue_extra="concurrency_per_destination = 2\n")
         c = d.session()
         qids = [queued_id(c.send_mail("a@contoso.com", ["x%d@busy.test" % i], b"Subject: n%d\r\n\r\nbody\r\n" % i))
@@ -321,7 +311,7 @@ def test_concurrency_per_destination_is_a_ceiling(sluice_factory, tmp_path):
 def test_retry_time_and_attempts_survive_a_restart(sluice_factory, tmp_path):
     down = RawSink(greeting="451 4.3.2 not today")  # every session refused at once
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.down.test": down.port, "mx": {"down.test": "mx.down.test"}},
+        d = relay(sluice_factory, {"mx.down.test": down.port, "mx": {"down.test": "mx.down.test"}},
                   retry='"1h"')
         c = d.session()
         qid = queued_id(c.send_mail("a@contoso.com", ["x@down.test"], b"Subject: patience\r\n\r\nbody\r\n"))
@@ -353,11 +343,11 @@ def test_retry_time_and_attempts_survive_a_restart(sluice_factory, tmp_path):
 
 def test_criteria_based_routing_and_the_journal_recipient(sluice_factory, tmp_path, sinks):
     onprem, internet, archive = sinks(), sinks(), sinks()
-    d = relay(sluice_factory, tmp_path, {
+    d = relay(sluice_factory, {
         "exch1.contoso.internal": onprem.port, "mx.gmail.test": internet.port,
         "archive.contoso.internal": archive.port, "hes.trend.example": free_port(),
         "mx": {"gmail.test": "mx.gmail.test"},
-    }, rules_text=sample_opportunistic())
+    }, rules_text=variant_text("opportunistic"))
     # Exchange Online (127.0.0.2) to an inside recipient: the rule's
     # use_connector = "onprem" sends it on-premises.
     o = d.connect(source="127.0.0.2")
@@ -410,7 +400,7 @@ def test_a_dsn_quoting_8bit_headers_is_itself_8bit(sluice_factory, tmp_path, sin
     hard = sinks(script=["554 5.7.1 go away"])
     old_home = RawSink(extensions=["ENHANCEDSTATUSCODES"])
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.hard.test": hard.port, "mx.home.test": old_home.port,
+        d = relay(sluice_factory, {"mx.hard.test": hard.port, "mx.home.test": old_home.port,
                                              "mx": {"hard.test": "mx.hard.test", "home.test": "mx.home.test"}})
         c = d.session()
         qid = queued_id(c.send_mail("a@home.test", ["x@hard.test"],

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from conftest import HOSTNAME
-from smtpclient import ConnectionClosed, RawSMTP, check, make_message, queued_id
+from helpers.daemon import HOSTNAME
+from helpers.smtp import ConnectionClosed, RawSMTP, check, make_message, queued_id
 
 
 def still_works(c):

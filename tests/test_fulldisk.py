@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from smtpclient import check, make_message, queued_id
+from helpers.smtp import check, make_message, queued_id
 
 
 @pytest.fixture

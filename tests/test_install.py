@@ -13,19 +13,17 @@ import stat
 import subprocess
 import time
 
-import pytest
-
-from conftest import SLUICE_BIN, free_port, needs_tool
-from smtpclient import check
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
+from helpers import certs
+from helpers.daemon import HOSTNAME, SLUICE_BIN
+from helpers.ports import free_port
+from helpers.rules import variant_text
+from helpers.smtp import check
+from helpers.tools import needs_tool
 
 
 def sample_text():
     # 127.0.0.1 becomes anonymous (exchange-onprem moves to 127.0.0.9).
-    t = open(SAMPLE, encoding="utf-8").read()
-    return t.replace('client_ips = ["127.0.0.1/32", "::1/128"]', 'client_ips = ["127.0.0.9/32"]')
+    return variant_text("onprem_off_loopback")
 
 
 def cli(d, *args, stdin=None):
@@ -164,9 +162,7 @@ def test_sighup_serves_the_new_certificate_and_names_what_needs_a_restart(sluice
     assert served_certificate(d) == old
     # A new key and certificate, put in place of the old files.
     cert, key = str(tmp_path / "new.crt"), str(tmp_path / "new.key")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", key, "-out", cert, "-days", "3", "-subj", "/CN=edge1.test",
-                    "-addext", "subjectAltName=DNS:edge1.test"], check=True, capture_output=True, timeout=30)
+    certs.self_signed(cert, key, HOSTNAME)
     key_path = os.path.join(os.path.dirname(d.cert), "key.pem")
     shutil.copy(key, key_path + ".new")
     shutil.copy(cert, d.cert + ".new")

@@ -7,9 +7,11 @@ import json
 import re
 import time
 
-from conftest import free_port
-from smtpclient import queued_id
-from test_delivery import Sink, relay, states, sinks  # noqa: F401  (sinks is a fixture)
+from helpers.daemon import relay
+from helpers.ports import free_port
+from helpers.queue import states
+from helpers.sink import Sink
+from helpers.smtp import queued_id
 
 
 class SlowSink(Sink):
@@ -38,7 +40,7 @@ def test_queue_list_shows_a_delivery_in_progress(sluice_factory, tmp_path):
     slow = SlowSink(hold=4)
     slow.ctl.start()
     try:
-        d = relay(sluice_factory, tmp_path, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
+        d = relay(sluice_factory, {"mx.slow.test": slow.port, "mx": {"slow.test": "mx.slow.test"}})
         c = d.session()
         qid = queued_id(c.send_mail("a@contoso.com", ["x@slow.test"], b"Subject: slow\r\n\r\nbody\r\n"))
         deadline = time.time() + 3
@@ -62,7 +64,7 @@ def test_queue_list_shows_a_delivery_in_progress(sluice_factory, tmp_path):
 
 def test_queue_list_reports_attempts_next_attempt_and_reason(sluice_factory, tmp_path):
     dead = free_port()
-    d = relay(sluice_factory, tmp_path, {"mx.later.test": dead, "mx": {"later.test": "mx.later.test"}},
+    d = relay(sluice_factory, {"mx.later.test": dead, "mx": {"later.test": "mx.later.test"}},
               retry='"1h"')
     c = d.session()
     qid = queued_id(c.send_mail("a@contoso.com", ["x@later.test", "y@later.test"], b"Subject: later\r\n\r\nbody\r\n"))

@@ -5,8 +5,9 @@ import smtplib
 
 import pytest
 
-from conftest import HOSTNAME, ipv6_available
-from smtpclient import (RawSMTP, check, dot_stuff, make_message, queued_id, send_slowly,
+from helpers.daemon import HOSTNAME
+from helpers.ports import ipv6_available
+from helpers.smtp import (RawSMTP, check, dot_stuff, make_message, queued_id, send_slowly,
                         verifying_context)
 
 DOTTED_BODY = (b"First line.\r\n"

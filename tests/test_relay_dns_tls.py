@@ -21,61 +21,19 @@ import threading
 import time
 
 import pytest
-from aiosmtpd.controller import Controller
 
-from conftest import free_port
-from smtpclient import queued_id
+from helpers import certs
+from helpers.daemon import dns_daemon
+from helpers.ports import free_port
+from helpers.queue import detail, state_names, states, submit
+from helpers.rules import sample_text
+from helpers.sink import Sink
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
 DNSMASQ = shutil.which("dnsmasq") or next(
     (p for p in ("/usr/sbin/dnsmasq", "/sbin/dnsmasq") if os.access(p, os.X_OK)), None)
 
 
 # ---------------------------------------------------------------- sinks -----
-
-class Sink:
-    """A capturing SMTP server (aiosmtpd). `mail_reply`: the reply to every
-    MAIL FROM instead of 250. `tls_context`: offer STARTTLS with it."""
-
-    def __init__(self, host="127.0.0.1", port=None, tls_context=None, mail_reply=None):
-        self.host = host
-        self.port = port or free_port(host)
-        self.messages = []
-        self.ehlos = []  # (name, in TLS?) per EHLO
-        self.mail_reply = mail_reply
-        kw = {"tls_context": tls_context, "require_starttls": False} if tls_context else {}
-        self.ctl = Controller(self, hostname=host, port=self.port, **kw)
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        self.ehlos.append((hostname, session.ssl is not None))
-        return responses
-
-    async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        if self.mail_reply:
-            return self.mail_reply
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append({
-            "from": envelope.mail_from, "rcpts": list(envelope.rcpt_tos),
-            "data": envelope.original_content or envelope.content,
-            "tls": session.ssl is not None,
-            "cipher": (session.ssl or {}).get("cipher"),
-        })
-        return "250 2.0.0 captured"
-
-    def wait(self, n, timeout=15):
-        deadline = time.time() + timeout
-        while len(self.messages) < n and time.time() < deadline:
-            time.sleep(0.05)
-        assert len(self.messages) >= n, "sink on %s:%d got %d message(s), wanted %d" % (
-            self.host, self.port, len(self.messages), n)
-        return self.messages
-
 
 class Greeter:
     """Answers every connection with one line (e.g. "421 4.3.2 busy") and closes."""
@@ -128,81 +86,13 @@ def servers():
         if kind == "greeter":
             s = Greeter(*args, **kw)
         else:
-            s = Sink(*args, **kw)
-            s.ctl.start()
+            s = Sink(*args, **kw).start()
         made.append(s)
         return s
 
     yield make
     for s in made:
-        if isinstance(s, Greeter):
-            s.stop()
-        else:
-            s.ctl.stop()
-
-
-# ------------------------------------------------------------ daemon --------
-
-def daemon(sluice_factory, dns_servers, static=None, static_mx=None, rules_text=None,
-           tmp_path=None, tls=False, ca=None, retry='"1s"', queue_extra=""):
-    """A daemon like test_delivery's relay(): its [dns] asks `dns_servers`
-    and knows only `static` (name -> ["ip:port"]) and `static_mx`
-    (domain -> [[pref, "host"]])."""
-    d = sluice_factory(start=False, tls=tls)
-    cfg = open(d.config, encoding="utf-8").read()
-    cfg = cfg[:cfg.index("[queue]")]
-    if ca:
-        cfg = cfg.replace("[tls]\n", '[tls]\nca = "%s"\n' % ca, 1)
-    st = ", ".join('"%s" = [%s]' % (n, ", ".join('"%s"' % a for a in addrs))
-                   for n, addrs in (static or {}).items())
-    smx = ", ".join('"%s" = [%s]' % (dom, ", ".join('[%d, "%s"]' % (p, h) for p, h in mxs))
-                    for dom, mxs in (static_mx or {}).items())
-    cfg += ("[queue]\nretry = [%s]\n%s\n[dns]\nservers = [%s]\ntimeout = 2\nattempts = 1\n"
-            "static = { %s }\nstatic_mx = { %s }\n\n[syslog]\ntarget = \"stderr\"\n") % (
-        retry, queue_extra, ", ".join('"%s"' % s for s in dns_servers), st, smx)
-    if rules_text is not None:
-        rules = tmp_path / "rules.toml"
-        rules.write_text(rules_text, encoding="utf-8")
-        cfg = 'rules = "%s"\n' % rules + cfg
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write(cfg)
-    d.start()
-    return d
-
-
-def submit(d, mail_from, rcpts, subject):
-    """One message in its own session; returns its queue id."""
-    c = d.session()
-    try:
-        r = c.send_mail(mail_from, rcpts, b"From: <%s>\r\nSubject: %s\r\n\r\nbody\r\n"
-                        % (mail_from.encode(), subject.encode()))
-        return queued_id(r)
-    finally:
-        c.close()
-
-
-def state_names(entry):
-    return [list(s.keys())[0] if isinstance(s, dict) else s for s in entry["states"]]
-
-
-def states(d, qid, want, timeout=15):
-    """Polls `queue show --json` until the recipients' states are `want`
-    (each item a state name or a tuple of acceptable names)."""
-    want = [w if isinstance(w, tuple) else (w,) for w in want]
-    deadline = time.time() + timeout
-    entry = None
-    while time.time() < deadline:
-        entry = d.queue_json(qid)
-        names = state_names(entry)
-        if len(names) == len(want) and all(n in w for n, w in zip(names, want)):
-            return entry
-        time.sleep(0.1)
-    raise AssertionError("states of %s: %r, wanted %r" % (qid, entry and entry["states"], want))
-
-
-def detail(entry, i=0):
-    s = entry["states"][i]
-    return list(s.values())[0] if isinstance(s, dict) else {}
+        s.stop()
 
 
 # ----------------------------------------------------------- dnsmasq --------
@@ -324,7 +214,7 @@ def dns(tmp_path_factory):
 
 
 def mx_daemon(sluice_factory, dns, **kw):
-    return daemon(sluice_factory, ["127.0.0.1:%d" % dns.port], **kw)
+    return dns_daemon(sluice_factory, ["127.0.0.1:%d" % dns.port], **kw)
 
 
 # ------------------------------------------------------- MX fallback -------
@@ -337,7 +227,7 @@ def test_the_preferred_mx_gets_the_mail(dns, sluice_factory, servers):
     mx1.wait(4)
     for q in qids:
         states(d, q, ["Delivered"])
-    assert sorted(m["rcpts"][0] for m in mx1.messages) == ["x%d@pref.test" % i for i in range(4)]
+    assert sorted(m.rcpts[0] for m in mx1.messages) == ["x%d@pref.test" % i for i in range(4)]
     assert mx2.messages == [], "preference 20 used while preference 10 was up"
     assert dns.queries("MX", "pref.test") >= 1, "the MX did not come from the DNS server"
 
@@ -348,7 +238,7 @@ def test_preferred_mx_down_the_next_one_gets_the_mail(dns, sluice_factory, serve
     d = mx_daemon(sluice_factory, dns)
     qid = submit(d, "a@contoso.com", ["x@pref.test"], "mx1 down")
     m = mx2.wait(1)
-    assert m[0]["rcpts"] == ["x@pref.test"] and m[0]["from"] == "a@contoso.com"
+    assert m[0].rcpts == ["x@pref.test"] and m[0].mail_from == "a@contoso.com"
     entry = states(d, qid, ["Delivered"])
     assert "captured" in detail(entry).get("reply", ""), entry
     log = d.stderr()
@@ -368,7 +258,7 @@ def test_preferred_mx_refuses_the_next_one_gets_the_mail(dns, sluice_factory, se
     d = mx_daemon(sluice_factory, dns)
     qid = submit(d, "a@contoso.com", ["x@pref.test"], "mx1 refuses")
     m = mx2.wait(1)
-    assert m[0]["rcpts"] == ["x@pref.test"]
+    assert m[0].rcpts == ["x@pref.test"]
     states(d, qid, ["Delivered"])
     if where == "greeting":
         assert mx1.connections >= 1, "mx1 (preference 10) was never tried"
@@ -388,7 +278,7 @@ def test_equal_preferences_share_the_load(dns, sluice_factory, servers):
         time.sleep(0.05)
     for q in qids:
         states(d, q, ["Delivered"])
-    got = sorted(m["rcpts"][0] for m in a.messages + b.messages)
+    got = sorted(m.rcpts[0] for m in a.messages + b.messages)
     assert got == sorted("x%d@eq.test" % i for i in range(n)), got
     assert len(a.messages) >= 3 and len(b.messages) >= 3, \
         "two MX at preference 10 should share %d messages; got %d / %d" % (
@@ -400,7 +290,7 @@ def test_no_mx_falls_back_to_the_a_record(dns, sluice_factory, servers):
     d = mx_daemon(sluice_factory, dns)
     qid = submit(d, "a@contoso.com", ["x@amx.test"], "implicit mx")
     m = host.wait(1)
-    assert m[0]["rcpts"] == ["x@amx.test"]
+    assert m[0].rcpts == ["x@amx.test"]
     states(d, qid, ["Delivered"])
     assert dns.queries("MX", "amx.test") >= 1 and dns.queries("A", "amx.test") >= 1
 
@@ -415,9 +305,9 @@ def test_null_mx_bounces_at_once(dns, sluice_factory, servers):
     reason = detail(entry).get("reason", "")
     assert "5.1.10" in reason, entry
     dsn = home.wait(1)[0]
-    assert dsn["from"] in ("", "<>") and dsn["rcpts"] == ["a@home.test"]
-    assert b"Status: 5.1.10" in dsn["data"], dsn["data"][:2000]
-    assert b"to a null mx" in dsn["data"]
+    assert dsn.mail_from in ("", "<>") and dsn.rcpts == ["a@home.test"]
+    assert b"Status: 5.1.10" in dsn.data, dsn.data[:2000]
+    assert b"to a null mx" in dsn.data
     # No retry: with retry = 1s, another attempt would ask DNS again.
     time.sleep(2.5)
     assert dns.queries("MX", "null.test") - before == 1, dns.log()
@@ -430,43 +320,21 @@ def test_null_mx_bounces_at_once(dns, sluice_factory, servers):
 
 # -------------------------------------------------------- TLS verify -------
 
-def openssl(*args):
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A test CA, a CA the daemon does not know, and server certificates."""
-    if not shutil.which("openssl"):
+    if not certs.have_openssl():
         pytest.skip("openssl CLI not installed")
     d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def ca(name):
-        openssl("req", "-x509", *ec, "-keyout", str(d / (name + ".key")), "-out", str(d / (name + ".pem")),
-                "-days", "3", "-subj", "/CN=sluice test %s" % name,
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-        return str(d / (name + ".pem")), str(d / (name + ".key"))
-
-    def leaf(ca_pair, name, dns_name):
-        key, csr, crt, ext = (str(d / (name + s)) for s in (".key", ".csr", ".pem", ".ext"))
-        openssl("req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=" + dns_name)
-        with open(ext, "w") as f:
-            f.write("subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\n"
-                    "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n" % dns_name)
-        openssl("x509", "-req", "-in", csr, "-CA", ca_pair[0], "-CAkey", ca_pair[1],
-                "-CAcreateserial", "-days", "3", "-extfile", ext, "-out", crt)
-        return crt, key
-
-    test_ca, rogue_ca = ca("ca"), ca("rogue")
+    test_ca = certs.make_ca(d, "ca", "sluice test ca")
+    rogue_ca = certs.make_ca(d, "rogue", "sluice test rogue")
     return {
         "ca": test_ca[0],
-        "mx1": leaf(test_ca, "mx1", "mx1.fabrikam.example"),
-        "mx2": leaf(test_ca, "mx2", "mx2.fabrikam.example"),
-        "wrong": leaf(test_ca, "wrong", "wrong.example"),
-        "rogue-mx1": leaf(rogue_ca, "rogue-mx1", "mx1.fabrikam.example"),
-        "rogue-mx2": leaf(rogue_ca, "rogue-mx2", "mx2.fabrikam.example"),
+        "mx1": certs.make_leaf(d, test_ca, "mx1", "mx1.fabrikam.example"),
+        "mx2": certs.make_leaf(d, test_ca, "mx2", "mx2.fabrikam.example"),
+        "wrong": certs.make_leaf(d, test_ca, "wrong", "wrong.example"),
+        "rogue-mx1": certs.make_leaf(d, rogue_ca, "rogue-mx1", "mx1.fabrikam.example"),
+        "rogue-mx2": certs.make_leaf(d, rogue_ca, "rogue-mx2", "mx2.fabrikam.example"),
     }
 
 
@@ -478,11 +346,10 @@ def server_context(pair):
 
 
 def fabrikam_daemon(sluice_factory, tmp_path, pki, mx1_port, mx2_port):
-    return daemon(sluice_factory, ["127.0.0.1:1"],
-                  static={"mx1.fabrikam.example": ["127.0.0.1:%d" % mx1_port],
-                          "mx2.fabrikam.example": ["127.0.0.1:%d" % mx2_port]},
-                  rules_text=open(SAMPLE, encoding="utf-8").read(), tmp_path=tmp_path,
-                  tls=True, ca=pki["ca"])
+    return dns_daemon(sluice_factory, ["127.0.0.1:1"],
+                      static={"mx1.fabrikam.example": ["127.0.0.1:%d" % mx1_port],
+                              "mx2.fabrikam.example": ["127.0.0.1:%d" % mx2_port]},
+                      rules_text=sample_text(), tls=True, ca=pki["ca"])
 
 
 def test_verify_delivers_to_a_host_with_the_right_certificate(sluice_factory, tmp_path, servers, pki):
@@ -491,8 +358,8 @@ def test_verify_delivers_to_a_host_with_the_right_certificate(sluice_factory, tm
     # 127.0.0.1 is exchange-onprem in the sample: originating.
     qid = submit(d, "user@contoso.com", ["x@fabrikam.com"], "verified")
     m = mx1.wait(1)
-    assert m[0]["rcpts"] == ["x@fabrikam.com"] and m[0]["from"] == "user@contoso.com"
-    assert m[0]["tls"], "the message reached the sink in clear text"
+    assert m[0].rcpts == ["x@fabrikam.com"] and m[0].mail_from == "user@contoso.com"
+    assert m[0].tls, "the message reached the sink in clear text"
     assert [tls for _, tls in mx1.ehlos] == [False, True], mx1.ehlos  # EHLO, STARTTLS, EHLO
     states(d, qid, ["Delivered"])
 
@@ -524,6 +391,6 @@ def test_verify_falls_back_to_the_host_with_a_good_certificate(sluice_factory, t
     d = fabrikam_daemon(sluice_factory, tmp_path, pki, mx1.port, mx2.port)
     qid = submit(d, "user@contoso.com", ["x@fabrikam.com"], "second host")
     m = mx2.wait(1)
-    assert m[0]["tls"] and m[0]["rcpts"] == ["x@fabrikam.com"]
+    assert m[0].tls and m[0].rcpts == ["x@fabrikam.com"]
     states(d, qid, ["Delivered"])
     assert mx1.messages == []

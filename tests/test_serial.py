@@ -22,10 +22,9 @@ import time
 
 import pytest
 
-from conftest import SLUICE_BIN, needs_tool
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(HERE, "..", "config", "rules.toml")
+from helpers.daemon import SLUICE_BIN
+from helpers.rules import SAMPLE
+from helpers.tools import needs_tool
 
 pytestmark = needs_tool(shutil.which("socat") is not None, "socat is not installed")
 

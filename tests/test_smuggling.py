@@ -6,7 +6,7 @@ must neither end the message nor let the bytes after it run as commands.
 
 import pytest
 
-from smtpclient import check, make_message, queued_id, send_slowly, unverified_context
+from helpers.smtp import check, make_message, queued_id, send_slowly, unverified_context
 
 FAKE_ENDS = [b"\n.\r\n", b"\r.\r\n", b"\n.\n", b"\r\n.\n", b"\n.\r"]
 SMUGGLED = b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nsmuggled\r\n"

@@ -34,8 +34,11 @@ import time
 
 import pytest
 
-from conftest import free_port, needs_tool
-from smtpclient import make_message
+from helpers.daemon import relay
+from helpers.ports import free_port, free_udp_port
+from helpers.sink import Sink
+from helpers.smtp import make_message
+from helpers.tools import needs_tool
 
 RSYSLOGD = shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if os.path.exists("/usr/sbin/rsyslogd") else None)
 pytestmark = needs_tool(RSYSLOGD is not None, "rsyslogd not found (install the Debian package rsyslog)")
@@ -43,14 +46,6 @@ pytestmark = needs_tool(RSYSLOGD is not None, "rsyslogd not found (install the D
 FACILITY_MAIL = 2
 SEV_INFO, SEV_WARNING = 6, 4
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
-
-
-def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def parse_sd(s):
@@ -325,20 +320,8 @@ then = { reject = "550 5.7.1 Marked for refusal" }
 def life_daemon(sluice_factory, tmp_path, target, sink_port):
     """A daemon on LIFE_RULES whose static DNS sends sink.test to the sink,
     retrying after 1 s, logging to target."""
-    d = sluice_factory(start=False)
-    rules = tmp_path / "life-rules.toml"
-    rules.write_text(LIFE_RULES, encoding="utf-8")
-    with open(d.config, encoding="utf-8") as f:
-        cfg = f.read()
-    cfg = 'rules = "%s"\n' % rules + cfg[:cfg.index("[queue]")]
-    cfg += ('[queue]\nretry = ["1s"]\n\n[dns]\nservers = ["127.0.0.1:1"]\n'
-            'static = { "mx.sink.test" = ["127.0.0.1:%d"] }\n'
-            'static_mx = { "sink.test" = [[10, "mx.sink.test"]] }\n\n'
-            '[syslog]\ntarget = "%s"\n' % (sink_port, target))
-    with open(d.config, "w", encoding="utf-8") as f:
-        f.write(cfg)
-    d.start()
-    return d
+    return relay(sluice_factory, {"mx.sink.test": sink_port, "mx": {"sink.test": "mx.sink.test"}},
+                 rules_text=LIFE_RULES, syslog_target=target)
 
 
 def grep_kinds(text, needle):
@@ -357,17 +340,8 @@ def test_whole_life_of_a_message_in_rsyslog(rsyslog, sluice_factory, tmp_path):
     other (the next hop refuses it with a 5xx); a second message refused by a
     rule; a policy installed and one refused. One grep by queue id follows
     each message."""
-    from test_delivery import Sink
-
-    class RefusingSink(Sink):
-        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-            if address.startswith("nobody@"):
-                return "550 5.1.1 No such user here"
-            envelope.rcpt_tos.append(address)
-            return "250 2.1.5 Ok"
-
-    sink = RefusingSink()
-    sink.ctl.start()
+    sink = Sink(rcpt_replies={"nobody@sink.test": ["550 5.1.1 No such user here"]},
+                rcpt_default="250 2.1.5 Ok").start()
     try:
         d = life_daemon(sluice_factory, tmp_path, rsyslog.target("udp"), sink.port)
         # 1. Accepted: one recipient delivered, one refused by the next hop.
@@ -439,7 +413,7 @@ def test_whole_life_of_a_message_in_rsyslog(rsyslog, sluice_factory, tmp_path):
                    for ln in policy), policy
         assert d.running()
     finally:
-        sink.ctl.stop()
+        sink.stop()
 
 
 def test_facility_from_config(rsyslog, sluice_factory):
