@@ -34,12 +34,6 @@ impl OwnedReply {
         }
     }
 
-    /// The same code and status as `base`, with other text (e.g. a reason's
-    /// code with the name of the host that failed).
-    pub fn with_text(base: Reply<'_>, text: impl Into<String>) -> Self {
-        OwnedReply::new(base.code, base.status, text)
-    }
-
     /// Reads a reply written as `CODE [X.Y.Z] text` (a next hop's last reply
     /// line, or one of ours as stored in the spool). `None` when it does not
     /// start with a three-digit code.
@@ -77,11 +71,6 @@ impl OwnedReply {
     /// 4xx: try again later.
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
-    }
-
-    /// 5xx: give up.
-    pub fn is_permanent(&self) -> bool {
-        self.code >= 500
     }
 
     /// The enhanced status as `X.Y.Z`, or the one implied by the code's
@@ -146,7 +135,7 @@ mod tests {
         let r = OwnedReply::parse("550 No such user here\r\n").expect("reply");
         assert_eq!(r, OwnedReply::new(550, None, "No such user here"));
         assert_eq!(r.status_or_class(), "5.0.0");
-        assert!(r.is_permanent() && !r.is_transient());
+        assert!(r.code >= 500 && !r.is_transient());
     }
 
     #[test]

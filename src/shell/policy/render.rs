@@ -10,16 +10,10 @@ use crate::engine::policy::{
 use crate::engine::reply::Reason;
 use crate::shell::reply::OwnedReply;
 
-/// Where a recipient goes next.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum NextHop {
-    /// MX lookup of this domain.
-    Mx(String),
-    /// These smart hosts, in order.
-    SmartHosts(Vec<String>),
-    /// Nowhere (refused, or no connector matched).
-    None,
-}
+/// Where a recipient goes next and the header edits to splice in: the
+/// policy renders straight into the spool's record types, which the
+/// message keeps until it leaves.
+pub use crate::shell::spool::{HeaderEdit, NextHop};
 
 /// One recipient's rendered decision.
 #[derive(Debug, Clone)]
@@ -44,57 +38,6 @@ pub struct Recipient {
     pub rejected: Option<String>,
     /// Why, in words.
     pub reason: String,
-}
-
-/// A rendered header edit.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum HeaderEdit {
-    /// Remove the field at this span of the message (name given for display).
-    Remove {
-        /// Start offset.
-        start: usize,
-        /// End offset (line ending included).
-        end: usize,
-        /// The field's name.
-        name: String,
-    },
-    /// Rename the field name at this span.
-    Rename {
-        /// Start offset.
-        start: usize,
-        /// End of the name.
-        end: usize,
-        /// Old name.
-        from: String,
-        /// New name.
-        to: String,
-    },
-    /// Put a complete field (e.g. our `Received:`, line ending included)
-    /// at the top of the header block, where trace fields go.
-    Prepend {
-        /// The field's text.
-        field: String,
-    },
-    /// Append a field.
-    Add {
-        /// Name.
-        name: String,
-        /// Value (may be empty).
-        value: String,
-    },
-    /// Replace an address inside a field.
-    Address {
-        /// Start offset.
-        start: usize,
-        /// End offset.
-        end: usize,
-        /// The field's name.
-        field: String,
-        /// Old address.
-        from: String,
-        /// New address.
-        to: String,
-    },
 }
 
 /// Everything the pipeline decided for one message.

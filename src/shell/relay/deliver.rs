@@ -282,8 +282,7 @@ async fn timed<T>(
 fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
     let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
     let head = m.read_head()?;
-    let edits: Vec<HeaderEdit> = m.env.edits.iter().map(Into::into).collect();
-    let edits: Vec<&HeaderEdit> = edits.iter().collect();
+    let edits: Vec<&HeaderEdit> = m.env.edits.iter().collect();
     Ok((splice(&head, &edits), head_len))
 }
 

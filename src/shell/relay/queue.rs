@@ -603,7 +603,7 @@ impl Queue {
                 original: r.original.as_bytes().to_vec(),
                 rcpt: r.final_addr.as_bytes().to_vec(),
                 connector: r.connector.clone(),
-                next_hop: (&r.next_hop).into(),
+                next_hop: r.next_hop.clone(),
                 refused: r.rejected.clone(),
             })
             .collect::<Vec<_>>();
@@ -626,7 +626,7 @@ impl Queue {
             )
             .map(|v| String::from_utf8_lossy(crate::engine::header::trim(v)).into_owned()),
             routes,
-            edits: out.edits.iter().map(|(_, e)| e.into()).collect(),
+            edits: out.edits.iter().map(|(_, e)| e.clone()).collect(),
         };
         let id = self.spool.new_id();
         let parts = self

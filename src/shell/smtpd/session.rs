@@ -516,7 +516,7 @@ impl<'a> Session<'a> {
                 original: r.original.as_bytes().to_vec(),
                 rcpt: r.final_addr.as_bytes().to_vec(),
                 connector: r.connector.clone(),
-                next_hop: (&r.next_hop).into(),
+                next_hop: r.next_hop.clone(),
                 refused: r.rejected.clone(),
             })
             .collect();
@@ -544,7 +544,7 @@ impl<'a> Session<'a> {
             policy: self.table().version,
             message_id,
             routes,
-            edits: edits.iter().map(Into::into).collect(),
+            edits,
         }
     }
 

@@ -1,14 +1,12 @@
 //! The spool's on-disk format: every record type and how a record is
-//! framed. These types belong to the spool, not to the policy that fills
-//! them: the policy's next hop and header edits are converted into the
-//! spool's own [`NextHop`] and [`HeaderEdit`] (of the same postcard shape),
-//! so a change on the policy side cannot change what is on disk.
+//! framed. These types belong to the spool: the policy renders its next
+//! hops and header edits into [`NextHop`] and [`HeaderEdit`] directly, and
+//! what is on disk changes only when this file does.
 //!
 //! A frame is `'S'`, the payload's length (u32 LE), its CRC-32C (u32 LE),
 //! then the payload: a postcard [`Head`] followed by raw message octets.
 //! Replies are stored as their one-line text (`CODE X.Y.Z text`).
 
-use crate::shell::policy::render as policy;
 use crate::shell::reply::OwnedReply;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -70,8 +68,8 @@ pub struct Route {
     pub refused: Option<String>,
 }
 
-/// Where a recipient goes next, as stored (the policy's
-/// [`policy::NextHop`], same shape).
+/// Where a recipient goes next, as the policy decided and the spool stores
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NextHop {
     /// MX lookup of this domain.
@@ -82,9 +80,9 @@ pub enum NextHop {
     None,
 }
 
-/// A header edit to splice in when the message leaves, as stored (the
-/// policy's [`policy::HeaderEdit`], same shape; offsets are into the
-/// message as received).
+/// A header edit to splice in when the message leaves, as the policy
+/// rendered it and the spool stores it (offsets are into the message as
+/// received).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HeaderEdit {
     /// Remove the field at this span of the message (name given for display).
@@ -133,87 +131,6 @@ pub enum HeaderEdit {
         /// New address.
         to: String,
     },
-}
-
-impl From<&policy::NextHop> for NextHop {
-    fn from(n: &policy::NextHop) -> Self {
-        match n {
-            policy::NextHop::Mx(d) => NextHop::Mx(d.clone()),
-            policy::NextHop::SmartHosts(h) => NextHop::SmartHosts(h.clone()),
-            policy::NextHop::None => NextHop::None,
-        }
-    }
-}
-
-impl From<&policy::HeaderEdit> for HeaderEdit {
-    fn from(e: &policy::HeaderEdit) -> Self {
-        use policy::HeaderEdit as P;
-        match e.clone() {
-            P::Remove { start, end, name } => HeaderEdit::Remove { start, end, name },
-            P::Rename {
-                start,
-                end,
-                from,
-                to,
-            } => HeaderEdit::Rename {
-                start,
-                end,
-                from,
-                to,
-            },
-            P::Prepend { field } => HeaderEdit::Prepend { field },
-            P::Add { name, value } => HeaderEdit::Add { name, value },
-            P::Address {
-                start,
-                end,
-                field,
-                from,
-                to,
-            } => HeaderEdit::Address {
-                start,
-                end,
-                field,
-                from,
-                to,
-            },
-        }
-    }
-}
-
-/// Back to the policy's edit, for its splicer when the message leaves.
-impl From<&HeaderEdit> for policy::HeaderEdit {
-    fn from(e: &HeaderEdit) -> Self {
-        use policy::HeaderEdit as P;
-        match e.clone() {
-            HeaderEdit::Remove { start, end, name } => P::Remove { start, end, name },
-            HeaderEdit::Rename {
-                start,
-                end,
-                from,
-                to,
-            } => P::Rename {
-                start,
-                end,
-                from,
-                to,
-            },
-            HeaderEdit::Prepend { field } => P::Prepend { field },
-            HeaderEdit::Add { name, value } => P::Add { name, value },
-            HeaderEdit::Address {
-                start,
-                end,
-                field,
-                from,
-                to,
-            } => P::Address {
-                start,
-                end,
-                field,
-                from,
-                to,
-            },
-        }
-    }
 }
 
 /// The typed head of a record.
@@ -405,8 +322,42 @@ mod tests {
     /// The record shapes as they were when the envelope held the policy's
     /// own types and the states plain strings (format version 3).
     mod old {
-        use super::policy;
         use serde::Serialize;
+
+        #[derive(Serialize)]
+        pub(super) enum NextHop {
+            Mx(String),
+            SmartHosts(Vec<String>),
+            None,
+        }
+        #[derive(Serialize)]
+        pub(super) enum HeaderEdit {
+            Remove {
+                start: usize,
+                end: usize,
+                name: String,
+            },
+            Rename {
+                start: usize,
+                end: usize,
+                from: String,
+                to: String,
+            },
+            Prepend {
+                field: String,
+            },
+            Add {
+                name: String,
+                value: String,
+            },
+            Address {
+                start: usize,
+                end: usize,
+                field: String,
+                from: String,
+                to: String,
+            },
+        }
 
         #[derive(Serialize)]
         pub(super) struct Envelope {
@@ -423,14 +374,14 @@ mod tests {
             pub(super) policy: u64,
             pub(super) routes: Vec<Route>,
             pub(super) message_id: Option<String>,
-            pub(super) edits: Vec<policy::HeaderEdit>,
+            pub(super) edits: Vec<HeaderEdit>,
         }
         #[derive(Serialize)]
         pub(super) struct Route {
             pub(super) original: Vec<u8>,
             pub(super) rcpt: Vec<u8>,
             pub(super) connector: Option<String>,
-            pub(super) next_hop: policy::NextHop,
+            pub(super) next_hop: NextHop,
             pub(super) refused: Option<String>,
         }
         #[derive(Serialize)]
@@ -484,31 +435,31 @@ mod tests {
             body_offset: Some(300),
             policy: 7,
             routes: vec![
-                route(policy::NextHop::Mx("y.test".into())),
-                route(policy::NextHop::SmartHosts(vec!["relay:2525".into()])),
-                route(policy::NextHop::None),
+                route(old::NextHop::Mx("y.test".into())),
+                route(old::NextHop::SmartHosts(vec!["relay:2525".into()])),
+                route(old::NextHop::None),
             ],
             message_id: Some("<m@x.test>".into()),
             edits: vec![
-                policy::HeaderEdit::Prepend {
+                old::HeaderEdit::Prepend {
                     field: "Received: x\r\n".into(),
                 },
-                policy::HeaderEdit::Remove {
+                old::HeaderEdit::Remove {
                     start: 1,
                     end: 300,
                     name: "X-A".into(),
                 },
-                policy::HeaderEdit::Rename {
+                old::HeaderEdit::Rename {
                     start: 2,
                     end: 5,
                     from: "X-B".into(),
                     to: "X-C".into(),
                 },
-                policy::HeaderEdit::Add {
+                old::HeaderEdit::Add {
                     name: "X-D".into(),
                     value: String::new(),
                 },
-                policy::HeaderEdit::Address {
+                old::HeaderEdit::Address {
                     start: 9,
                     end: 20,
                     field: "To".into(),
@@ -567,10 +518,17 @@ mod tests {
             env.routes[1].next_hop,
             NextHop::SmartHosts(vec!["relay:2525".into()])
         );
-        let policy_edits: Vec<policy::HeaderEdit> = env.edits.iter().map(Into::into).collect();
-        assert_eq!(policy_edits, old_envelope().edits);
-        let back: Vec<HeaderEdit> = policy_edits.iter().map(Into::into).collect();
-        assert_eq!(back, env.edits);
+        assert_eq!(env.edits.len(), 5);
+        assert_eq!(
+            env.edits[4],
+            HeaderEdit::Address {
+                start: 9,
+                end: 20,
+                field: "To".into(),
+                from: "a@y.test".into(),
+                to: "b@y.test".into(),
+            }
+        );
         assert_eq!(
             initial_states(&env)[0],
             RcptState::Bounced {
