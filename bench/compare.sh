@@ -34,7 +34,7 @@ run() {
     local label=$1 bin=$2 script=$3
     shift 3
     SLUICE_BIN=$bin "$BENCH_DIR/$script" "${QUICK_ARG[@]}" "$@" 2>&1 \
-        | grep -E '^( *[0-9]+K|size|#)' | sed "s/^/$label $script: /"
+        | grep -E '^( *[0-9]+K|size|relay |sluice |#)' | sed "s/^/$label $script: /"
 }
 
 {

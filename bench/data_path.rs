@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use sluice::engine::client::stuff;
-use sluice::engine::smtp::{BareLineEndings, Config, Event, Receiver};
+use sluice::engine::smtp::{BareLineEndings, Event, Receiver, ReceiverConfig};
 
 /// Minimum wall time per measurement.
 const TARGET: Duration = Duration::from_millis(1500);
@@ -50,7 +50,7 @@ fn wire(msg: &[u8]) -> Vec<u8> {
 
 /// One session: returns the content octets the receiver handed out.
 fn receive(session: &[u8]) -> usize {
-    let mut rx = Receiver::new(Config {
+    let mut rx = Receiver::new(ReceiverConfig {
         hostname: "mx.bench",
         max_message_size: 64 << 20,
         max_recipients: 100,

@@ -117,7 +117,7 @@ fn main() {
         // The shell's decide(): engine + attachment parse + rendering (what the daemon runs).
         let (mut iters2, start) = (0u64, Instant::now());
         while start.elapsed() < Duration::from_millis(1500) {
-            let env = policy::Envelope {
+            let env = policy::Arrival {
                 attribution: att,
                 client: peer,
                 sender: b"someone@outside.example",

@@ -1418,10 +1418,15 @@ def test_text_output(eml, frm, to, peer, rc, word):
 # sluice pipeline
 # ---------------------------------------------------------------------------
 
-EVENT_ORDER = ["OnConnect", "OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnDisconnect",
+EVENT_ORDER = ["OnConnect", "OnMailCommand", "OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnDisconnect",
                "OnSubmittedMessage", "OnResolvedMessage", "OnRoutedMessage", "OnCategorizedMessage"]
 AGENTS = ["connection_filter", "attribution", "recipient_filter", "header_firewall", "hop_count",
-          "inbound_rewrite", "transport_rules", "cmt", "connector_selection", "outbound_rewrite"]
+          "inbound_rewrite", "transport_rules", "cmt", "connector_selection", "outbound_rewrite",
+          "sender_filter", "protocol_analysis"]
+# Agents listed under more than their own event (the first one listed).
+ALSO_ON = {"connection_filter": ["OnMailCommand", "OnRcpt"],
+           "sender_filter": ["OnEndOfHeaders"],
+           "protocol_analysis": ["OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnDisconnect"]}
 
 
 def pipeline(rules):
@@ -1453,7 +1458,12 @@ def event_index(name):
 
 
 def agents_by_event(events):
-    return {a: ev for ev, lst in events for (_, a, _) in lst}
+    """Each agent's own event: the first it is listed under."""
+    where = {}
+    for ev, lst in events:
+        for (_, a, _) in lst:
+            where.setdefault(a, ev)
+    return where
 
 
 def test_pipeline_lists_events_in_order_and_agents_by_priority():
@@ -1464,13 +1474,20 @@ def test_pipeline_lists_events_in_order_and_agents_by_priority():
     for must in ("OnConnect", "OnRcpt", "OnEndOfHeaders", "OnDisconnect", "OnCategorizedMessage"):
         assert any(ev.startswith(must) for ev, _ in events), "%s not listed:\n%s" % (must, out)
     listed = [a for _, lst in events for (_, a, _) in lst]
-    assert sorted(listed) == sorted(AGENTS), "agents %r:\n%s" % (listed, out)
+    assert sorted(set(listed)) == sorted(AGENTS), "agents %r:\n%s" % (listed, out)
+    for a in AGENTS:
+        under = [ev for ev, lst in events if a in [x for _, x, _ in lst]]
+        extra = ALSO_ON.get(a, [])
+        assert len(under) == 1 + len(extra), "%s listed under %r:\n%s" % (a, under, out)
+        assert all(any(u.startswith(e) for u in under[1:]) for e in extra), "%s under %r:\n%s" % (a, under, out)
     for ev, lst in events:
         prios = [p for p, _, _ in lst]
         assert prios == sorted(prios), "%s: agents not by priority:\n%s" % (ev, out)
     assert not [a for _, lst in events for (_, a, d) in lst if d], "disabled agent(s) by default:\n%s" % out
     where = agents_by_event(events)
     assert where["recipient_filter"].startswith("OnRcpt"), out
+    assert where["sender_filter"].startswith("OnMailCommand"), out
+    assert where["protocol_analysis"].startswith("OnConnect"), out
     assert where["transport_rules"].startswith("OnResolvedMessage"), out
     assert where["cmt"].startswith("OnResolvedMessage"), out
     assert event_index(where["header_firewall"]) < event_index(where["transport_rules"]), out

@@ -43,7 +43,7 @@ pub enum TlsMode {
 /// Settings of one outbound session.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Config<'a> {
+pub struct ClientConfig<'a> {
     /// Our name for EHLO/HELO.
     pub helo: &'a str,
     /// TLS policy.
@@ -55,7 +55,7 @@ pub struct Config<'a> {
 /// The transaction to run.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Envelope<'a> {
+pub struct Transaction<'a> {
     /// Reverse path (empty: the null sender).
     pub from: &'a [u8],
     /// Forward paths.
@@ -184,8 +184,8 @@ struct Extensions {
 /// The outbound session.
 #[derive(Debug)]
 pub struct Client<'a> {
-    cfg: Config<'a>,
-    env: Envelope<'a>,
+    cfg: ClientConfig<'a>,
+    env: Transaction<'a>,
     phase: Phase,
     ext: Extensions,
     tls: bool,
@@ -249,7 +249,7 @@ fn parse_reply(line: &[u8]) -> Option<(ServerReply<'_>, bool)> {
 
 impl<'a> Client<'a> {
     /// A client for one transaction of `env` on a new connection.
-    pub fn new(cfg: Config<'a>, env: Envelope<'a>) -> Self {
+    pub fn new(cfg: ClientConfig<'a>, env: Transaction<'a>) -> Self {
         Client {
             cfg,
             env,
@@ -704,16 +704,16 @@ mod tests {
     use std::string::String;
     use std::vec::Vec as V;
 
-    fn cfg(tls: TlsMode) -> Config<'static> {
-        Config {
+    fn cfg(tls: TlsMode) -> ClientConfig<'static> {
+        ClientConfig {
             helo: "edge1.test",
             tls,
             tls_available: true,
         }
     }
 
-    fn env<'a>(rcpts: &'a [&'a [u8]], body8bit: bool, size: u64) -> Envelope<'a> {
-        Envelope {
+    fn env<'a>(rcpts: &'a [&'a [u8]], body8bit: bool, size: u64) -> Transaction<'a> {
+        Transaction {
             from: b"a@x.test",
             rcpts,
             size,
@@ -741,7 +741,7 @@ mod tests {
     }
 
     fn pair_max(max_recipients: u32, rcpts: &[&[u8]], msg: &[u8]) -> (V<String>, V<V<u8>>) {
-        let mut rx = Receiver::new(smtp::Config {
+        let mut rx = Receiver::new(smtp::ReceiverConfig {
             hostname: "mx.test",
             max_message_size: 1 << 20,
             max_recipients,
@@ -842,7 +842,7 @@ mod tests {
 
     /// The client against a scripted server: `script` is what the server
     /// says, one reply per step.
-    fn scripted(c: Config<'_>, e: Envelope<'_>, script: &[&[u8]]) -> (V<String>, String) {
+    fn scripted(c: ClientConfig<'_>, e: Transaction<'_>, script: &[&[u8]]) -> (V<String>, String) {
         let mut cl = Client::new(c, e);
         let mut events = V::new();
         let mut sent = String::new();

@@ -152,21 +152,21 @@ pub fn scan<'a>(input: &'a [u8], complete: bool, slots: &mut [Field<'a>]) -> Res
     let mut pos = 0;
     loop {
         match step(window, pos, complete) {
-            Step::Field(field, next) => {
+            Line::Field(field, next) => {
                 let slot = free.next().ok_or(Error::TooManyFields)?;
                 *slot = field;
                 filled += 1;
                 pos = next;
             }
-            Step::End(body) if body > MAX_HEADER_BLOCK => return Err(Error::TooLarge),
-            Step::End(body) => {
+            Line::End(body) if body > MAX_HEADER_BLOCK => return Err(Error::TooLarge),
+            Line::End(body) => {
                 return Ok(Status::Complete {
                     fields: filled,
                     body,
                 })
             }
-            Step::Partial if whole => return Ok(Status::Partial { fields: filled }),
-            Step::Partial => return Err(Error::TooLarge),
+            Line::Partial if whole => return Ok(Status::Partial { fields: filled }),
+            Line::Partial => return Err(Error::TooLarge),
         }
     }
 }
@@ -180,9 +180,9 @@ pub fn end_of_headers(input: &[u8], complete: bool) -> Option<usize> {
     let mut pos = 0;
     loop {
         match step(input, pos, complete) {
-            Step::Field(_, next) => pos = next,
-            Step::End(body) => return Some(body),
-            Step::Partial => return None,
+            Line::Field(_, next) => pos = next,
+            Line::End(body) => return Some(body),
+            Line::Partial => return None,
         }
     }
 }
@@ -286,17 +286,17 @@ impl<'a> Iterator for Fields<'a> {
             return None;
         }
         match step(self.block, self.pos, true) {
-            Step::Field(field, next) => {
+            Line::Field(field, next) => {
                 self.pos = next;
                 Some(field)
             }
-            Step::End(body) => {
+            Line::End(body) => {
                 self.pos = body;
                 self.done = true;
                 None
             }
             // Unreachable with `complete == true`; ending is the safe answer.
-            Step::Partial => {
+            Line::Partial => {
                 self.done = true;
                 None
             }
@@ -362,7 +362,7 @@ impl FusedIterator for Unfolded<'_> {}
 // ---------------------------------------------------------------------------
 
 /// What the line at `pos` turned out to be.
-enum Step<'a> {
+enum Line<'a> {
     /// A whole field, and the offset of the line after it.
     Field(Field<'a>, usize),
     /// The header block ends; the body starts at this offset.
@@ -381,14 +381,14 @@ fn starts_with_wsp(s: &[u8]) -> bool {
 /// Each decision depends only on bytes already seen, so a decision taken on a
 /// prefix of the input is the one taken on the whole input.
 #[inline]
-fn step(input: &[u8], pos: usize, complete: bool) -> Step<'_> {
+fn step(input: &[u8], pos: usize, complete: bool) -> Line<'_> {
     let Some(rest) = input.get(pos..) else {
-        return Step::End(input.len());
+        return Line::End(input.len());
     };
     let undecided = if complete {
-        Step::End(pos)
+        Line::End(pos)
     } else {
-        Step::Partial
+        Line::Partial
     };
     // The name: bytes `!`..=`~` up to the colon, optionally followed by WSP.
     let mut name_len = 0;
@@ -403,54 +403,54 @@ fn step(input: &[u8], pos: usize, complete: bool) -> Step<'_> {
             b' ' | b'\t' if i > 0 => in_trailing_wsp = true,
             b'!'..=b'~' if !in_trailing_wsp => name_len = i + 1,
             // The blank line that ends the block.
-            b'\n' if i == 0 => return Step::End(pos + 1),
+            b'\n' if i == 0 => return Line::End(pos + 1),
             b'\r' if i == 0 => {
                 return match rest.get(1) {
-                    Some(b'\n') => Step::End(pos + 2),
-                    Some(_) => Step::End(pos),
+                    Some(b'\n') => Line::End(pos + 2),
+                    Some(_) => Line::End(pos),
                     None => undecided,
                 }
             }
             // Continuation before any field, space inside the name, control
             // or 8-bit byte, or end of line without a colon.
-            _ => return Step::End(pos),
+            _ => return Line::End(pos),
         }
     }
     let Some(colon) = colon else {
         return undecided;
     };
     if name_len == 0 {
-        return Step::End(pos);
+        return Line::End(pos);
     }
     let (Some(name), Some(after_colon)) = (rest.get(..name_len), rest.get(colon + 1..)) else {
-        return Step::End(pos);
+        return Line::End(pos);
     };
     // The value: to the end of the line, then over continuation lines.
     let mut scanned = 0;
     loop {
         let Some(tail) = after_colon.get(scanned..) else {
-            return Step::End(pos);
+            return Line::End(pos);
         };
         let Some(lf) = memchr_lf(tail) else {
             if !complete {
-                return Step::Partial;
+                return Line::Partial;
             }
             let next = input.len();
             let field = Field {
                 name,
                 value: after_colon,
             };
-            return Step::Field(field, next);
+            return Line::Field(field, next);
         };
         let line_end = scanned + lf;
         match after_colon.get(line_end + 1) {
             Some(b' ' | b'\t') => scanned = line_end + 1,
-            None if !complete => return Step::Partial,
+            None if !complete => return Line::Partial,
             _ => {
                 let raw = after_colon.get(..line_end).unwrap_or(after_colon);
                 let value = raw.strip_suffix(b"\r").unwrap_or(raw);
                 let next = pos + colon + 1 + line_end + 1;
-                return Step::Field(Field { name, value }, next);
+                return Line::Field(Field { name, value }, next);
             }
         }
     }

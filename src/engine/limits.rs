@@ -73,4 +73,4 @@ pub const MAX_DFAS: usize = 256;
 /// Octets of all sparse DFAs; a case-insensitive header pattern takes 1-3 KiB.
 pub const MAX_DFA_BYTES: usize = 256 * 1024;
 /// Agents of the pipeline (every built-in agent once).
-pub const MAX_AGENTS: usize = 10;
+pub const MAX_AGENTS: usize = 12;

@@ -50,7 +50,7 @@ pub enum BareLineEndings {
 /// Per-session settings of the receiver.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub struct Config<'h> {
+pub struct ReceiverConfig<'h> {
     /// Our host name, for the greeting and the EHLO reply.
     pub hostname: &'h str,
     /// Largest message accepted, in octets (advertised as SIZE).
@@ -210,7 +210,7 @@ enum Dot {
 /// driving protocol. Holds about 6 KiB of fixed buffers.
 #[derive(Debug)]
 pub struct Receiver<'h> {
-    cfg: Config<'h>,
+    cfg: ReceiverConfig<'h>,
     phase: Phase,
     line: Vec<u8, MAX_COMMAND_LINE>,
     /// The current command line overflowed; discard to its end.
@@ -251,7 +251,7 @@ pub struct Receiver<'h> {
 
 impl<'h> Receiver<'h> {
     /// A receiver for a new connection.
-    pub fn new(cfg: Config<'h>) -> Self {
+    pub fn new(cfg: ReceiverConfig<'h>) -> Self {
         let mut cfg = cfg;
         cfg.max_recipients = cfg.max_recipients.min(MAX_RECIPIENTS);
         Receiver {
@@ -1251,8 +1251,8 @@ mod tests {
     use std::string::String;
     use std::vec::Vec as StdVec;
 
-    fn cfg() -> Config<'static> {
-        Config {
+    fn cfg() -> ReceiverConfig<'static> {
+        ReceiverConfig {
             hostname: "mx.test",
             max_message_size: 10_000,
             max_recipients: 3,
@@ -1354,7 +1354,7 @@ mod tests {
         }
     }
 
-    fn session(c: Config<'static>, chunks: &[&[u8]]) -> Log {
+    fn session(c: ReceiverConfig<'static>, chunks: &[&[u8]]) -> Log {
         let mut rx = Receiver::new(c);
         let mut log = Log::default();
         rx.greet();
@@ -1881,7 +1881,7 @@ mod tests {
         b".",
     ];
 
-    fn proptest_cfg(normalize: bool) -> Config<'static> {
+    fn proptest_cfg(normalize: bool) -> ReceiverConfig<'static> {
         let mut c = cfg();
         c.starttls = false; // STARTTLS discards input by design
         c.max_message_size = 2000;

@@ -693,7 +693,7 @@ pub fn run_order(t: &Table) -> [AgentSlot; MAX_AGENTS] {
             enabled,
         }
     });
-    order.sort_unstable_by_key(|s| (s.stage, s.priority, s.agent));
+    order.sort_unstable_by_key(|s| (stage_position(s.stage), s.priority, s.agent));
     order
 }
 
@@ -1380,7 +1380,15 @@ mod tests {
     #[test]
     fn agents_run_by_event_then_by_priority() {
         let mut t = table();
-        let builtin: [Agent; MAX_AGENTS] = AGENTS.map(|a| a.0);
+        let mut builtin: [Agent; MAX_AGENTS] = AGENTS.map(|a| a.0);
+        // Sender filter (OnMailCommand) runs before the recipient filter,
+        // protocol analysis last on OnConnect.
+        builtin.sort_by_key(|a| {
+            let (_, st, p, _) = AGENTS.iter().find(|x| x.0 == *a).expect("built in");
+            (stage_position(*st), *p)
+        });
+        assert_eq!(builtin[2], Agent::ProtocolAnalysis);
+        assert_eq!(builtin[3], Agent::SenderFilter);
         assert_eq!(
             run_order(&t).map(|s| s.agent),
             builtin,

@@ -294,6 +294,12 @@ pub enum Agent {
     ConnectorSelection,
     /// Location-specific to flat sender addresses (OnCategorizedMessage).
     OutboundRewrite,
+    /// Blocked and blank senders (OnMailCommand, OnEndOfHeaders). Declared
+    /// after the first agents so that compiled tables keep their encoding.
+    SenderFilter,
+    /// A per-client score from behaviour over recent sessions (OnConnect,
+    /// then watching every later event of the session).
+    ProtocolAnalysis,
 }
 
 /// The events agents register on, in pipeline order (seed 003).
@@ -318,14 +324,19 @@ pub enum Stage {
     OnCategorizedMessage,
     /// SMTP receive: the session ended (no built-in agent). In the
     /// pipeline it comes after [`Stage::OnEndOfData`] (see [`STAGES`]); it
-    /// is declared last so that compiled tables keep their encoding.
+    /// is declared after the categorizer events so that compiled tables
+    /// keep their encoding.
     OnDisconnect,
+    /// SMTP receive: MAIL FROM. In the pipeline it comes after
+    /// [`Stage::OnConnect`]; declared last for the same reason.
+    OnMailCommand,
 }
 
 /// The events in pipeline order, as `sluice pipeline` lists them: the SMTP
 /// receive events, then the categorizer events (seed 003).
-pub const STAGES: [Stage; 9] = [
+pub const STAGES: [Stage; 10] = [
     Stage::OnConnect,
+    Stage::OnMailCommand,
     Stage::OnRcptCommand,
     Stage::OnEndOfHeaders,
     Stage::OnEndOfData,
@@ -335,6 +346,12 @@ pub const STAGES: [Stage; 9] = [
     Stage::OnRoutedMessage,
     Stage::OnCategorizedMessage,
 ];
+
+/// Where event `st` comes in the pipeline ([`STAGES`]); the enum's own
+/// order is its encoding, not the pipeline's.
+pub fn stage_position(st: Stage) -> usize {
+    STAGES.iter().position(|s| *s == st).unwrap_or(STAGES.len())
+}
 
 /// Every agent, its event, its default priority.
 pub const AGENTS: [(Agent, Stage, u8, &str); MAX_AGENTS] = [
@@ -383,6 +400,31 @@ pub const AGENTS: [(Agent, Stage, u8, &str); MAX_AGENTS] = [
         1,
         "outbound_rewrite",
     ),
+    (
+        Agent::SenderFilter,
+        Stage::OnMailCommand,
+        1,
+        "sender_filter",
+    ),
+    (
+        Agent::ProtocolAnalysis,
+        Stage::OnConnect,
+        3,
+        "protocol_analysis",
+    ),
+];
+
+/// The later events an agent also acts on, beyond its own in [`AGENTS`]
+/// (seed 003 lists several events for some Edge agents). Its priority in
+/// them is the one of its own event; `sluice pipeline` lists it under each.
+pub const ALSO_ON: [(Agent, Stage); 7] = [
+    (Agent::ConnectionFilter, Stage::OnMailCommand),
+    (Agent::ConnectionFilter, Stage::OnRcptCommand),
+    (Agent::SenderFilter, Stage::OnEndOfHeaders),
+    (Agent::ProtocolAnalysis, Stage::OnRcptCommand),
+    (Agent::ProtocolAnalysis, Stage::OnEndOfHeaders),
+    (Agent::ProtocolAnalysis, Stage::OnEndOfData),
+    (Agent::ProtocolAnalysis, Stage::OnDisconnect),
 ];
 
 /// An agent's registration as configured.
@@ -562,79 +604,7 @@ impl Table {
 
     /// Checks every index, span and pattern, so evaluation cannot fail.
     pub fn validate(&self) -> Result<(), TableError> {
-        let s_ok = |s: &Str| {
-            (s.off as usize)
-                .checked_add(s.len as usize)
-                .is_some_and(|e| e <= self.strings.len())
-        };
-        let span_ok = |sp: &Span, n: usize| usize::from(sp.first) + usize::from(sp.count) <= n;
-        let list_ok = |l: &List| usize::from(l.first) + usize::from(l.count) <= self.items.len();
-        let ok = self.items.iter().all(s_ok)
-            && list_ok(&self.accepted)
-            && self.default_domain.as_ref().is_none_or(s_ok)
-            && self
-                .groups
-                .iter()
-                .all(|g| s_ok(&g.name) && list_ok(&g.members))
-            && self.inbound.iter().all(|i| {
-                s_ok(&i.name)
-                    && span_ok(&i.nets, self.nets.len())
-                    && i.tls_name.as_ref().is_none_or(s_ok)
-            })
-            && span_ok(&self.blocked, self.nets.len())
-            && self.connectors.iter().all(|c| {
-                s_ok(&c.name) && span_ok(&c.spaces, self.spaces.len()) && list_ok(&c.smart_hosts)
-            })
-            && self.spaces.iter().all(|sp| match sp {
-                Space::Domain(s) | Space::Subdomains(s) => s_ok(s),
-                Space::Any | Space::Accepted => true,
-            })
-            && self.rewrites.iter().all(|r| s_ok(&r.from) && s_ok(&r.to))
-            && s_ok(&self.cmt.stamp)
-            && list_ok(&self.trusted_prefixes)
-            && self.renames.iter().all(|(a, b)| s_ok(a) && s_ok(b))
-            && self.rules.iter().all(|r| {
-                s_ok(&r.name)
-                    && usize::from(r.when) < self.condsets.len()
-                    && span_ok(&r.except, self.condsets.len())
-                    && span_ok(&r.actions, self.actions.len())
-            })
-            && self
-                .condsets
-                .iter()
-                .all(|c| span_ok(c, self.conditions.len()))
-            && self.conditions.iter().all(|c| match c {
-                Condition::Sender(l)
-                | Condition::SenderDomain(l)
-                | Condition::Recipient(l)
-                | Condition::RecipientDomain(l) => list_ok(l),
-                Condition::SenderGroup(g) | Condition::RecipientGroup(g) => {
-                    usize::from(*g) < self.groups.len()
-                }
-                Condition::SenderLocation(_) | Condition::RecipientLocation(_) => true,
-                Condition::HeaderPresent(s) | Condition::HeaderAbsent(s) => s_ok(s),
-                Condition::HeaderMatches(s, d) | Condition::HeaderNotMatches(s, d) => {
-                    s_ok(s) && usize::from(*d) < self.dfas.len()
-                }
-                Condition::Inbound(i) => usize::from(*i) < self.inbound.len(),
-                Condition::ClientNetwork(sp) => span_ok(sp, self.nets.len()),
-                Condition::AttachmentMatches(d) => usize::from(*d) < self.dfas.len(),
-            })
-            && self.actions.iter().all(|a| match a {
-                Action::RouteTo(s)
-                | Action::RemoveHeader(s)
-                | Action::RewriteRecipient(s)
-                | Action::AddRecipient(s) => s_ok(s),
-                Action::AddHeader(a, b) | Action::SetHeader(a, b) => s_ok(a) && s_ok(b),
-                Action::UseConnector(c) => usize::from(*c) < self.connectors.len(),
-                Action::Reject { text, .. } => s_ok(text),
-            })
-            && self.dfas.iter().all(|(o, l)| {
-                (*o as usize)
-                    .checked_add(*l as usize)
-                    .is_some_and(|e| e <= self.dfa_bytes.len())
-            });
-        if !ok {
+        if !(self.settings_ok() && self.rules_ok()) {
             return Err(TableError::BadIndex);
         }
         for i in 0..self.dfas.len() {
@@ -643,6 +613,105 @@ impl Table {
             }
         }
         Ok(())
+    }
+
+    /// A string reference lies inside the string pool.
+    fn str_ok(&self, s: &Str) -> bool {
+        (s.off as usize)
+            .checked_add(s.len as usize)
+            .is_some_and(|e| e <= self.strings.len())
+    }
+
+    /// A list reference lies inside the item pool.
+    fn list_ok(&self, l: &List) -> bool {
+        usize::from(l.first) + usize::from(l.count) <= self.items.len()
+    }
+
+    /// The domains, groups, connectors, rewrites and stamp point inside the
+    /// table.
+    fn settings_ok(&self) -> bool {
+        let s_ok = |s: &Str| self.str_ok(s);
+        self.items.iter().all(s_ok)
+            && self.list_ok(&self.accepted)
+            && self.default_domain.as_ref().is_none_or(s_ok)
+            && self
+                .groups
+                .iter()
+                .all(|g| s_ok(&g.name) && self.list_ok(&g.members))
+            && self.inbound.iter().all(|i| {
+                s_ok(&i.name)
+                    && span_ok(&i.nets, self.nets.len())
+                    && i.tls_name.as_ref().is_none_or(s_ok)
+            })
+            && span_ok(&self.blocked, self.nets.len())
+            && self.connectors.iter().all(|c| {
+                s_ok(&c.name)
+                    && span_ok(&c.spaces, self.spaces.len())
+                    && self.list_ok(&c.smart_hosts)
+            })
+            && self.spaces.iter().all(|sp| match sp {
+                Space::Domain(s) | Space::Subdomains(s) => s_ok(s),
+                Space::Any | Space::Accepted => true,
+            })
+            && self.rewrites.iter().all(|r| s_ok(&r.from) && s_ok(&r.to))
+            && s_ok(&self.cmt.stamp)
+            && self.list_ok(&self.trusted_prefixes)
+            && self.renames.iter().all(|(a, b)| s_ok(a) && s_ok(b))
+    }
+
+    /// The rules, their condition sets, conditions, actions and patterns
+    /// point inside the table.
+    fn rules_ok(&self) -> bool {
+        self.rules.iter().all(|r| {
+            self.str_ok(&r.name)
+                && usize::from(r.when) < self.condsets.len()
+                && span_ok(&r.except, self.condsets.len())
+                && span_ok(&r.actions, self.actions.len())
+        }) && self
+            .condsets
+            .iter()
+            .all(|c| span_ok(c, self.conditions.len()))
+            && self.conditions.iter().all(|c| self.condition_ok(c))
+            && self.actions.iter().all(|a| self.action_ok(a))
+            && self.dfas.iter().all(|(o, l)| {
+                (*o as usize)
+                    .checked_add(*l as usize)
+                    .is_some_and(|e| e <= self.dfa_bytes.len())
+            })
+    }
+
+    /// One condition's references point inside the table.
+    fn condition_ok(&self, c: &Condition) -> bool {
+        match c {
+            Condition::Sender(l)
+            | Condition::SenderDomain(l)
+            | Condition::Recipient(l)
+            | Condition::RecipientDomain(l) => self.list_ok(l),
+            Condition::SenderGroup(g) | Condition::RecipientGroup(g) => {
+                usize::from(*g) < self.groups.len()
+            }
+            Condition::SenderLocation(_) | Condition::RecipientLocation(_) => true,
+            Condition::HeaderPresent(s) | Condition::HeaderAbsent(s) => self.str_ok(s),
+            Condition::HeaderMatches(s, d) | Condition::HeaderNotMatches(s, d) => {
+                self.str_ok(s) && usize::from(*d) < self.dfas.len()
+            }
+            Condition::Inbound(i) => usize::from(*i) < self.inbound.len(),
+            Condition::ClientNetwork(sp) => span_ok(sp, self.nets.len()),
+            Condition::AttachmentMatches(d) => usize::from(*d) < self.dfas.len(),
+        }
+    }
+
+    /// One action's references point inside the table.
+    fn action_ok(&self, a: &Action) -> bool {
+        match a {
+            Action::RouteTo(s)
+            | Action::RemoveHeader(s)
+            | Action::RewriteRecipient(s)
+            | Action::AddRecipient(s) => self.str_ok(s),
+            Action::AddHeader(a, b) | Action::SetHeader(a, b) => self.str_ok(a) && self.str_ok(b),
+            Action::UseConnector(c) => usize::from(*c) < self.connectors.len(),
+            Action::Reject { text, .. } => self.str_ok(text),
+        }
     }
 
     /// The DFA of pattern `i`, checked (regex-automata validates the bytes
@@ -678,4 +747,9 @@ impl Default for Table {
 pub fn crc32() -> crc::Digest<'static, u32> {
     static CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     CASTAGNOLI.digest()
+}
+
+/// A span of `count` entries from `first` lies inside a pool of `n`.
+fn span_ok(sp: &Span, n: usize) -> bool {
+    usize::from(sp.first) + usize::from(sp.count) <= n
 }

@@ -202,8 +202,8 @@ impl Source {
 
 /// Asks the running daemon for its queue's state.
 fn live_queue(cfg: &Config) -> Source {
-    let sock = crate::shell::policy::install::socket_path(&cfg.state_dir);
-    let reply = match crate::shell::policy::install::request(
+    let sock = crate::shell::ops::control::socket_path(&cfg.state_dir);
+    let reply = match crate::shell::ops::control::request(
         &cfg.state_dir,
         &serde_json::json!({ "cmd": "queue_state" }),
     ) {
@@ -534,8 +534,8 @@ fn via() -> String {
 /// Sends a control request and prints the outcome, diagnostics prefixed
 /// with `prefix` (the file name): 0 ok, 1 refused, 2 no daemon.
 fn control(cfg: &Config, req: serde_json::Value, prefix: &str) -> i32 {
-    let sock = crate::shell::policy::install::socket_path(&cfg.state_dir);
-    match crate::shell::policy::install::request(&cfg.state_dir, &req) {
+    let sock = crate::shell::ops::control::socket_path(&cfg.state_dir);
+    match crate::shell::ops::control::request(&cfg.state_dir, &req) {
         None => {
             eprintln!("sluice: no daemon listening on {}", sock.display());
             2
@@ -605,7 +605,7 @@ fn rules_send(args: &[&str]) -> i32 {
 }
 
 fn status(cfg: &Config, json_out: bool) -> i32 {
-    let v = match crate::shell::policy::install::request(
+    let v = match crate::shell::ops::control::request(
         &cfg.state_dir,
         &serde_json::json!({ "cmd": "status" }),
     ) {
@@ -638,7 +638,28 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
             );
         }
     }
+    print_agent_counts(&v["agents"]);
     0
+}
+
+/// The agents that acted since the daemon started, a line each (agents
+/// with nothing counted are left out).
+fn print_agent_counts(agents: &serde_json::Value) {
+    let Some(agents) = agents.as_object() else {
+        return;
+    };
+    for (name, row) in agents {
+        let counts: Vec<String> = row
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        if !counts.is_empty() {
+            outln!("agent:    {name}: {}", counts.join(", "));
+        }
+    }
 }
 
 /// One word for a recipient's state, as `queue list` shows it.
@@ -654,11 +675,11 @@ fn state_word(s: &spool::RcptState) -> &'static str {
 
 /// A queue command for the running daemon: 0 done, 1 refused, 2 no daemon.
 fn queue_command(cfg: &Config, req: serde_json::Value) -> i32 {
-    match crate::shell::policy::install::request(&cfg.state_dir, &req) {
+    match crate::shell::ops::control::request(&cfg.state_dir, &req) {
         None => {
             eprintln!(
                 "sluice: no daemon listening on {}",
-                crate::shell::policy::install::socket_path(&cfg.state_dir).display()
+                crate::shell::ops::control::socket_path(&cfg.state_dir).display()
             );
             2
         }

@@ -1,20 +1,91 @@
-//! The daemon's control side: the requests `sluice` commands send over the
-//! control socket (policy install and rollback, status, the queue), and the
-//! serial upload listener, which installs what it receives as `rules apply`
-//! does.
+//! The daemon's control side: the control socket (a Unix socket in the
+//! state directory, one JSON request and one JSON reply a line), the
+//! requests `sluice` commands send over it (policy install and rollback,
+//! status, the queue), and the serial upload listener, which installs what
+//! it receives as `rules apply` does.
 
-use crate::shell::policy::install::{self, Installer};
+use crate::shell::policy::install::Installer;
 use crate::shell::relay::queue::Queue;
 use crate::shell::spool;
-use std::path::PathBuf;
+use serde_json::{json, Value};
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Largest request on the control socket (a rule file with a few thousand
+/// rewrite entries is well under it).
+pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
+
+/// The control socket's path in a state directory.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Answers one control request.
+pub type Handler = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+
+/// Serves the control socket of `state_dir` on a thread of its own
+/// (requests are rare and an install compiles for a moment; no session
+/// waits on it).
+pub fn serve(state_dir: &Path, handler: Handler) -> io::Result<std::thread::JoinHandle<()>> {
+    let path = socket_path(state_dir);
+    let _ = fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let reply = answer(&conn, &handler);
+                let _ = conn.write_all(format!("{reply}\n").as_bytes());
+            }
+        })
+}
+
+/// Reads one request line from `conn` (30 s at most, `MAX_REQUEST` bytes at
+/// most) and returns the handler's reply, or the error that stopped it.
+fn answer(conn: &std::os::unix::net::UnixStream, handler: &Handler) -> Value {
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut line = Vec::new();
+    let read = BufReader::new(conn)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_until(b'\n', &mut line);
+    match read {
+        Ok(_) if line.len() > MAX_REQUEST => {
+            json!({ "ok": false, "errors": ["request too large"] })
+        }
+        Ok(_) => match serde_json::from_slice::<Value>(&line) {
+            Ok(req) => handler(&req),
+            Err(e) => json!({ "ok": false, "errors": [format!("bad request: {e}")] }),
+        },
+        Err(e) => json!({ "ok": false, "errors": [e.to_string()] }),
+    }
+}
+
+/// Sends one request to the daemon's control socket; `None` when no daemon
+/// listens there.
+pub fn request(state_dir: &Path, req: &Value) -> Option<Result<Value, String>> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket_path(state_dir)).ok()?;
+    let mut run = || -> Result<Value, String> {
+        s.write_all(format!("{req}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut line = Vec::new();
+        BufReader::new(&s)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&line).map_err(|e| format!("bad reply from the daemon: {e}"))
+    };
+    Some(run())
+}
 
 /// The control socket's requests: policy commands (install) and queue
 /// commands (`queue_state`, `queue_flush`, `queue_retry`, `queue_delete`
 /// with an `id`).
-pub fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> install::Handler {
-    use serde_json::json;
-    Arc::new(move |req: &serde_json::Value| {
+pub fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> Handler {
+    Arc::new(move |req: &Value| {
         let id = req["id"].as_str().and_then(spool::parse_id);
         match (req["cmd"].as_str(), id) {
             (Some("queue_state"), _) => queue.inspect(),
@@ -36,9 +107,39 @@ pub fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> install::Hand
             (Some("queue_retry" | "queue_delete"), None) => {
                 json!({ "ok": false, "errors": ["a queue id is needed"] })
             }
-            _ => install::handle(&inst, req),
+            _ => policy_request(&inst, req),
         }
     })
+}
+
+/// The policy requests (`apply`, `rollback`, `status`): what the installer
+/// answers.
+fn policy_request(inst: &Installer, req: &Value) -> Value {
+    let via = req["via"].as_str().unwrap_or("control socket").to_string();
+    match req["cmd"].as_str() {
+        Some("apply") => match req["source"].as_str() {
+            Some(src) => match inst.apply_text(src, &via) {
+                Ok(a) => {
+                    json!({ "ok": true, "version": format!("{:016X}", a.version), "warnings": a.warnings })
+                }
+                Err(errors) => json!({ "ok": false, "errors": errors }),
+            },
+            None => json!({ "ok": false, "errors": ["apply needs \"source\""] }),
+        },
+        Some("rollback") => match inst.rollback(&via) {
+            Ok(a) => {
+                json!({ "ok": true, "version": format!("{:016X}", a.version), "warnings": [] })
+            }
+            Err(e) => json!({ "ok": false, "errors": [e] }),
+        },
+        Some("status") => {
+            let mut s = inst.status();
+            s["ok"] = true.into();
+            s["agents"] = super::counters::snapshot();
+            s
+        }
+        _ => json!({ "ok": false, "errors": ["unknown command"] }),
+    }
 }
 
 /// Starts the serial upload listener: uploads are applied as `rules apply`.

@@ -1,6 +1,6 @@
-//! Installing policies: the state directory, the atomic swap, rollback,
-//! and the control socket that `sluice rules apply`, `rules rollback` and
-//! `status` talk to.
+//! Installing policies: the state directory, the atomic swap and rollback
+//! that `sluice rules apply`, `rules rollback` and `status` ask for over the
+//! control socket (`ops::control`).
 //!
 //! The state directory holds one generation directory per installed policy
 //! (`gen-N/policy.blob` and its source `gen-N/policy.toml`, written and
@@ -22,19 +22,10 @@ use crate::shell::policy::runtime::{Policy, DEFAULT_RULES};
 use crate::shell::time::now_secs as now;
 use serde_json::{json, Value};
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-
-/// Largest request on the control socket (a rule file with a few thousand
-/// rewrite entries is well under it).
-pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
-
-/// The control socket's path in a state directory.
-pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.sock")
-}
 
 /// A successful install.
 #[derive(Debug, Clone)]
@@ -436,89 +427,6 @@ pub fn state_status(state_dir: &Path) -> Value {
         "previous": pointer["previous"].clone(),
         "running": false,
     })
-}
-
-/// Handles one control request (a JSON object) and returns the reply.
-pub fn handle(inst: &Installer, req: &Value) -> Value {
-    let via = req["via"].as_str().unwrap_or("control socket").to_string();
-    match req["cmd"].as_str() {
-        Some("apply") => match req["source"].as_str() {
-            Some(src) => match inst.apply_text(src, &via) {
-                Ok(a) => {
-                    json!({ "ok": true, "version": format!("{:016X}", a.version), "warnings": a.warnings })
-                }
-                Err(errors) => json!({ "ok": false, "errors": errors }),
-            },
-            None => json!({ "ok": false, "errors": ["apply needs \"source\""] }),
-        },
-        Some("rollback") => match inst.rollback(&via) {
-            Ok(a) => {
-                json!({ "ok": true, "version": format!("{:016X}", a.version), "warnings": [] })
-            }
-            Err(e) => json!({ "ok": false, "errors": [e] }),
-        },
-        Some("status") => {
-            let mut s = inst.status();
-            s["ok"] = true.into();
-            s
-        }
-        _ => json!({ "ok": false, "errors": ["unknown command"] }),
-    }
-}
-
-/// Answers one control request.
-pub type Handler = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
-
-/// Serves the control socket of `state_dir` on a thread of its own
-/// (requests are rare and an install compiles for a moment; no session
-/// waits on it).
-pub fn serve_control(
-    state_dir: &Path,
-    handler: Handler,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    let path = socket_path(state_dir);
-    let _ = fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-                let mut line = Vec::new();
-                let read = BufReader::new(&conn)
-                    .take(MAX_REQUEST as u64 + 1)
-                    .read_until(b'\n', &mut line);
-                let reply = match read {
-                    Ok(_) if line.len() > MAX_REQUEST => {
-                        json!({ "ok": false, "errors": ["request too large"] })
-                    }
-                    Ok(_) => match serde_json::from_slice::<Value>(&line) {
-                        Ok(req) => handler(&req),
-                        Err(e) => json!({ "ok": false, "errors": [format!("bad request: {e}")] }),
-                    },
-                    Err(e) => json!({ "ok": false, "errors": [e.to_string()] }),
-                };
-                let _ = conn.write_all(format!("{reply}\n").as_bytes());
-            }
-        })
-}
-
-/// Sends one request to the daemon's control socket; `None` when no daemon
-/// listens there.
-pub fn request(state_dir: &Path, req: &Value) -> Option<Result<Value, String>> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket_path(state_dir)).ok()?;
-    let mut run = || -> Result<Value, String> {
-        s.write_all(format!("{req}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut line = Vec::new();
-        BufReader::new(&s)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&line).map_err(|e| format!("bad reply from the daemon: {e}"))
-    };
-    Some(run())
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ pub fn header_block(msg: &[u8]) -> &[u8] {
 
 /// Who sends to whom, from where: the envelope the pipeline decides on.
 #[derive(Debug, Clone, Copy)]
-pub struct Envelope<'a> {
+pub struct Arrival<'a> {
     /// The session's attribution.
     pub attribution: Attribution,
     /// The client's address.
@@ -105,7 +105,7 @@ pub struct Envelope<'a> {
 
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
 /// renders the outcome.
-pub fn decide(p: &Policy, env: &Envelope<'_>, msg: &[u8]) -> Outcome {
+pub fn decide(p: &Policy, env: &Arrival<'_>, msg: &[u8]) -> Outcome {
     let names = if p.needs_attachments {
         attachment_names(msg)
     } else {
@@ -118,7 +118,7 @@ pub fn decide(p: &Policy, env: &Envelope<'_>, msg: &[u8]) -> Outcome {
 /// its header block, `names` its attachment names, `size` its real size.
 pub fn decide_with(
     p: &Policy,
-    env: &Envelope<'_>,
+    env: &Arrival<'_>,
     head: &[u8],
     names: Vec<Vec<u8>>,
     size: u64,
@@ -195,7 +195,7 @@ mod tests {
         let run = |peer: &str, msg: &[u8]| {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: [&[u8]; 1] = [b"user@contoso.com"];
-            let env = Envelope {
+            let env = Arrival {
                 attribution: policy::attribute(&direct.table, &ip16(ip), None),
                 client: ip,
                 sender: b"a@example.org",
@@ -250,7 +250,7 @@ mod tests {
             assert_eq!(a1, a2);
             let o1 = decide(
                 &direct,
-                &Envelope {
+                &Arrival {
                     attribution: a1,
                     client: ip,
                     sender: from.as_bytes(),
@@ -260,7 +260,7 @@ mod tests {
             );
             let o2 = decide(
                 &decoded,
-                &Envelope {
+                &Arrival {
                     attribution: a2,
                     client: ip,
                     sender: from.as_bytes(),
@@ -291,7 +291,7 @@ mod tests {
         let p = Policy::new(c.table).expect("policy");
         let ip: IpAddr = peer.parse().expect("ip");
         let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
-        let env = Envelope {
+        let env = Arrival {
             attribution: policy::attribute(&p.table, &ip16(ip), None),
             client: ip,
             sender: from.as_bytes(),
@@ -352,7 +352,7 @@ mod tests {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
             let a = policy::attribute(&p.table, &ip16(ip), None);
-            let o = decide(&p, &Envelope { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc }, &msg);
+            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc }, &msg);
             let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
             let spliced = splice(&msg, &all);
             prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));

@@ -1,6 +1,8 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
-use crate::engine::policy::{attribute, run_order, run_position, Agent, Table, STAGES};
+use crate::engine::policy::{
+    attribute, run_order, run_position, Agent, AgentSlot, Table, ALSO_ON, STAGES,
+};
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
@@ -177,7 +179,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         a.tls_name.as_deref().map(str::as_bytes),
     );
     let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
-    let env = runtime::Envelope {
+    let env = runtime::Arrival {
         attribution: att,
         client: a.peer,
         sender: a.from.as_bytes(),
@@ -394,13 +396,17 @@ pub fn pipeline_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Err(code) => return code,
     };
     let table: &Table = &pol.table;
-    // Every event is listed, also one without agents (OnDisconnect), as
-    // Get-TransportPipeline does; on each, its agents in the order the
-    // pipeline runs them (by priority).
+    // Every event is listed, as Get-TransportPipeline does; on each, its
+    // agents in the order the pipeline runs them (by priority), an agent
+    // that acts on several events under each of them.
     let order = run_order(table);
     for st in STAGES {
         outln!("{st:?}");
-        for s in order.iter().filter(|s| s.stage == st) {
+        let acts_on = |s: &&AgentSlot| s.stage == st || ALSO_ON.contains(&(s.agent, st));
+        let mut here: Vec<&AgentSlot> = order.iter().filter(acts_on).collect();
+        // A stable sort: equal priorities keep the run order.
+        here.sort_by_key(|s| s.priority);
+        for s in here {
             let line = format!(
                 "  {:>3}  {:<20}{}",
                 s.priority,

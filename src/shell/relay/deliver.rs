@@ -368,14 +368,14 @@ async fn session(
         .collect();
     let (head, body_at) = spliced_head(m)?;
     let size = head.len() as u64 + (m.env.size - body_at);
-    let env = client::Envelope {
+    let env = client::Transaction {
         from: &m.env.from,
         rcpts: &rcpts,
         size,
         body8bit: m.env.body8bit,
         smtputf8: m.env.smtputf8,
     };
-    let cfg = client::Config {
+    let cfg = client::ClientConfig {
         helo: a.helo,
         tls: a.mode,
         tls_available: use_tls,

@@ -1584,28 +1584,45 @@ static_mx = { "eu.contoso.com" = [[10, "relay-eu.contoso.example"], [20, "relay-
         }
     }
 
+    /// Starts dnsmasq on a free loopback port with `records` (its own
+    /// arguments) and nothing else; returns its guard and port.
+    fn spawn_dnsmasq(bin: &std::ffi::OsStr, records: &[&str]) -> (Child, u16) {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let port_arg = format!("--port={port}");
+        let fixed = [
+            "--no-daemon",
+            &port_arg,
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            "--user=",
+            "--pid-file=",
+        ];
+        let child = std::process::Command::new(bin)
+            .args(fixed)
+            .args(records)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (Child(child), port)
+    }
+
     #[test]
     fn through_dnsmasq() {
         let Some(bin) = std::env::var_os("SLUICE_DNSMASQ") else {
             eprintln!("SLUICE_DNSMASQ not set: dnsmasq test skipped");
             return;
         };
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(bin)
-            .args([
-                "--no-daemon",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--user=",
-                "--pid-file=",
+        let (mut guard, port) = spawn_dnsmasq(
+            &bin,
+            &[
                 "--local=/test/",
                 "--mx-host=example.test,mx1.example.test,10",
                 "--mx-host=example.test,mx2.example.test,20",
@@ -1616,12 +1633,8 @@ static_mx = { "eu.contoso.com" = [[10, "relay-eu.contoso.example"], [20, "relay-
                 "--host-record=nomx.test,127.0.0.4",
                 "--cname=www.example.test,mx1.example.test",
                 "--mx-host=null.test,.,0",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut guard = Child(child);
+            ],
+        );
         let r = Resolver::new(DnsConfig {
             servers: vec![SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port)],
             timeout: Duration::from_millis(200),

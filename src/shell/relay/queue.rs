@@ -588,7 +588,7 @@ impl Queue {
             blocked: false,
         };
         let rcpts: [&[u8]; 1] = [to];
-        let penv = crate::shell::policy::runtime::Envelope {
+        let penv = crate::shell::policy::runtime::Arrival {
             attribution,
             client: std::net::IpAddr::from([127, 0, 0, 1]),
             sender: b"",

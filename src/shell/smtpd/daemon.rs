@@ -5,9 +5,9 @@
 use super::deadline::Deadlines;
 use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
-use crate::shell::ops::control::{control_handler, serve_uploads};
+use crate::shell::ops::control::{self, control_handler, serve_uploads};
 use crate::shell::ops::log;
-use crate::shell::policy::install::{self, Installer};
+use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::queue::Queue;
@@ -101,14 +101,14 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         serve_uploads(dev, cfg.upload_baud, installer.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
-    let control = install::serve_control(
+    let control_thread = control::serve(
         &state_dir,
         control_handler(installer.clone(), queue.clone()),
     )
     .map_err(|e| {
         format!(
             "control socket {}: {e}",
-            install::socket_path(&state_dir).display()
+            control::socket_path(&state_dir).display()
         )
     })?;
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
@@ -124,8 +124,8 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     });
     serve(&shared, listeners, path, stop_tx)?;
     shared.spool.close();
-    let _ = std::fs::remove_file(install::socket_path(&state_dir));
-    drop(control);
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    drop(control_thread);
     log::info(format_args!("stopped"));
     finish_log();
     Ok(())

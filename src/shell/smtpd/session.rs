@@ -17,10 +17,11 @@ use super::deadline::Deadline;
 use super::listen::{reply_line, Slot};
 use super::received::received;
 use super::starttls::{self, Conn};
-use crate::engine::policy::{attribute, recipient_allowed, Attribution, Table};
+use crate::engine::policy::{attribute, recipient_allowed, Agent, Attribution, Table};
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
+use crate::shell::ops::counters;
 use crate::shell::ops::log::{self, Kind};
 use crate::shell::policy::mime::MimeScan;
 use crate::shell::policy::render::{self, Outcome};
@@ -65,11 +66,10 @@ async fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, host: &str) 
     let _ = stream
         .write_all(&reply_line(Reason::AccessDenied.reply(), host))
         .await;
-    log::event(
-        Kind::Reject,
-        None,
-        None,
-        format_args!("{peer}: connection filter"),
+    counters::refuse(
+        Agent::ConnectionFilter,
+        true,
+        format_args!("{peer}: blocked network"),
     );
 }
 
@@ -268,7 +268,7 @@ impl<'a> Session<'a> {
     ) -> Self {
         let limits = &live.cfg.limits;
         let table = &policy.table;
-        let mut rx = Receiver::new(smtp::Config {
+        let mut rx = Receiver::new(smtp::ReceiverConfig {
             hostname: &live.cfg.hostname,
             max_message_size: limits.max_message_size.min(table.limits.max_message_size),
             max_recipients: limits.max_recipients.min(table.limits.max_recipients),
@@ -396,10 +396,9 @@ impl<'a> Session<'a> {
             self.rx.accept();
             return;
         }
-        log::event(
-            Kind::Reject,
-            None,
-            None,
+        counters::refuse(
+            Agent::RecipientFilter,
+            true,
             format_args!(
                 "{} from=<{}> to=<{}>: relay access denied",
                 self.peer,
@@ -481,7 +480,7 @@ impl<'a> Session<'a> {
     /// and the attachment names when it was appended in chunks).
     fn decide(&mut self, size: u64) -> Outcome {
         let rcpts: Vec<&[u8]> = self.txn.rcpts.iter().map(Vec::as_slice).collect();
-        let env = pol::Envelope {
+        let env = pol::Arrival {
             attribution: self.att,
             client: self.peer.ip(),
             sender: &self.txn.from,

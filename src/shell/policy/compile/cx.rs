@@ -4,7 +4,7 @@
 
 use super::emit::NCAPS;
 use super::syntax::build_dfa;
-use super::{Diag, Outcome};
+use super::{Diag, Findings};
 use crate::engine::policy::Table;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -101,8 +101,8 @@ impl<'t> Cx<'t> {
         table: Option<Box<Table>>,
         blob: Vec<u8>,
         sizes: Option<[usize; NCAPS]>,
-    ) -> Outcome {
-        Outcome {
+    ) -> Findings {
+        Findings {
             table,
             blob,
             sizes,

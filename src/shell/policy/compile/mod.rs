@@ -122,7 +122,7 @@ pub fn check_command(path: &Path) -> i32 {
 // ---- driver ----------------------------------------------------------------
 
 /// Everything one compilation found, for `compile` and `check_command`.
-struct Outcome {
+struct Findings {
     /// The table, when emission ran (also with errors).
     table: Option<Box<Table>>,
     /// The blob, when there were no errors.
@@ -136,7 +136,7 @@ struct Outcome {
 }
 
 /// Runs the compiler on a thread with a large stack (see [`COMPILER_STACK`]).
-fn run(text: &str) -> Outcome {
+fn run(text: &str) -> Findings {
     let spawned = std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("rules".into())
@@ -147,7 +147,7 @@ fn run(text: &str) -> Outcome {
     match spawned {
         Ok(Ok(o)) => o,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(e) => Outcome {
+        Err(e) => Findings {
             table: None,
             blob: Vec::new(),
             sizes: None,
@@ -162,7 +162,7 @@ fn run(text: &str) -> Outcome {
 }
 
 /// Parses, checks, emits and verifies on the current thread.
-fn run_here(text: &str) -> Outcome {
+fn run_here(text: &str) -> Findings {
     let mut cx = Cx::new(text);
     let root = match DeTable::parse(text) {
         Ok(r) => r,
@@ -212,7 +212,7 @@ fn run_here(text: &str) -> Outcome {
 }
 
 /// The text `check_command` prints for one outcome.
-fn report(file: &str, o: &Outcome) -> String {
+fn report(file: &str, o: &Findings) -> String {
     let mut out = String::new();
     if let Some(sizes) = &o.sizes {
         for (info, need) in CAPS.iter().zip(sizes.iter()) {
