@@ -183,19 +183,24 @@ mod tests {
     fn the_checker_wakes_a_waiting_task() {
         let set = Arc::new(Deadlines::new());
         let d = set.register();
+        // The clock starts before arming: the deadline counts from `arm`,
+        // so a wait measured from a later instant may be shorter.
+        let t0 = Instant::now();
         d.arm(Duration::from_millis(100));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let checker = {
-            let set = set.clone();
+            let (set, done) = (set.clone(), done.clone());
             std::thread::spawn(move || {
-                for _ in 0..40 {
+                // Until the waiter has woken, however slow the machine.
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(25));
                     set.check();
                 }
             })
         };
-        let t0 = Instant::now();
         future::block_on(d.expired());
         let waited = t0.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         let _ = checker.join();
     }
