@@ -34,6 +34,7 @@ macro_rules! outln {
 
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod ops;
 pub mod policy;
 pub mod relay;
