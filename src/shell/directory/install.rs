@@ -140,6 +140,12 @@ pub fn install(
     Ok((d, applied))
 }
 
+/// The directory installed in `state_dir`, read without changing anything
+/// (for `sluice trace`); `None` when none is installed or loads.
+pub fn installed(state_dir: &Path) -> Option<Directory> {
+    load_installed(&dir_of(state_dir))
+}
+
 /// What the state directory says about the directory (daemon or not).
 pub fn state_status(state_dir: &Path) -> Value {
     let pointer = read_pointer(&dir_of(state_dir));
