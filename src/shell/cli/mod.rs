@@ -1,5 +1,6 @@
 //! The operator's command line: `run`, `config check`, `queue`, `rules`,
-//! `status`, `pipeline`, `trace`, `help` (the usage text lists them all).
+//! `directory`, `status`, `pipeline`, `trace`, `help` (the usage text lists
+//! them all).
 
 use crate::shell::config::Config;
 use crate::shell::ops::upload::FileKind;

@@ -1,5 +1,6 @@
-//! Serial-line rule upload: `sluice rules send --serial DEV FILE` on the
-//! operator's side, [`serve_serial`] in the daemon.
+//! Serial-line upload of a rule file or a directory export: `sluice rules
+//! send` / `sluice directory send --serial DEV FILE` on the operator's
+//! side, [`serve_serial`] in the daemon.
 //!
 //! # Protocol
 //!
@@ -21,7 +22,14 @@
 //!   ceil(len / 256), `file_hash` the SHA-256 of the whole file (32 octets);
 //! * `Data { session, seq, bytes }` — 1 to 256 octets of the file, in order,
 //!   so a frame stays under ~280 octets and fits small UART buffers;
-//! * `End { session, seq, file_hash }` — the whole file's SHA-256 again.
+//! * `End { session, seq, file_hash }` — the whole file's SHA-256 again;
+//! * `BeginFile { session, len, chunks, file_hash, kind }` — `Begin` for a
+//!   file of `kind`: `Rules` or `Directory` (an LDIF/CSV export, applied as
+//!   `directory apply` does, up to 64 MiB). It was added after the first
+//!   version, as the enum's last variant, so `Begin` keeps its encoding and
+//!   `rules send` still opens with it: a rule upload works with a daemon of
+//!   either version (a daemon of the first version takes a `BeginFile` for
+//!   a bad frame and the sender gives up after its retries).
 //!
 //! Daemon to operator:
 //!
@@ -29,10 +37,11 @@
 //!   never appended twice); the `Ack` of `End` means "verified, applying";
 //! * `Nak { session, seq, reason }` — `BadFrame` (resend at once), `OutOfOrder`,
 //!   `NoSession` (the daemon has no such session: it timed out or restarted),
-//!   `Invalid` (inconsistent lengths), `TooLarge` (over 1 MiB), `Mismatch` (the
-//!   assembled file's length or SHA-256 is wrong: nothing was applied);
+//!   `Invalid` (inconsistent lengths), `TooLarge` (over 1 MiB for a rule
+//!   file, 64 MiB for a directory), `Mismatch` (the assembled file's length
+//!   or SHA-256 is wrong: nothing was applied);
 //! * `Result { session, ok, text }` — the outcome of applying the file exactly
-//!   as `rules apply` does: `ok` with the report, or the errors (`LINE:COL:
+//!   as `rules apply` (or `directory apply`) does: `ok` with the report, or the errors (`LINE:COL:
 //!   error: ...`). A repeated `End` of an applied session gets the same
 //!   `Result` again; the file is never applied twice.
 //!
