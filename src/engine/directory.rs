@@ -168,12 +168,16 @@ impl<'a> View<'a> {
         u32_at(self.blob, HEADER + 8 * self.n + 4 * i)
     }
 
-    /// The pool string at pool offset `t` and its span in the table.
+    /// The pool string at pool offset `t` and its span in the table
+    /// (`None` for [`NO_TARGET`] or an offset outside the pool).
     fn pool_str(&self, t: u32) -> Option<(&'a [u8], (u32, u32))> {
-        let base = HEADER + 12 * self.n + t as usize;
+        if t == NO_TARGET {
+            return None;
+        }
+        let base = (HEADER + 12 * self.n).checked_add(t as usize)?;
         let len = self
             .blob
-            .get(base..base + 2)
+            .get(base..base.checked_add(2)?)
             .map(|l| u16::from_le_bytes([l[0], l[1]]))? as usize;
         let s = self.blob.get(base + 2..base + 2 + len)?;
         Some((s, ((base + 2) as u32, (base + 2 + len) as u32)))
@@ -196,7 +200,7 @@ impl<'a> View<'a> {
                 hi = mid;
             } else {
                 let t = self.target_at(mid);
-                return Some(match self.pool_str(t).filter(|_| t != NO_TARGET) {
+                return Some(match self.pool_str(t) {
                     Some((s, span)) => Hit {
                         primary: Some(s),
                         span,

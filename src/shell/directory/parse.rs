@@ -284,97 +284,120 @@ struct Field {
     col: usize,
 }
 
+/// A position in CSV text, counting lines and columns.
+struct Cursor<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    line: usize,
+    col: usize,
+}
+
+impl Cursor<'_> {
+    /// The next character, without taking it.
+    fn peek(&mut self) -> Option<char> {
+        self.chars.peek().copied()
+    }
+
+    /// Takes the next character, moving the position past it.
+    fn bump(&mut self) -> Option<char> {
+        let c = self.chars.next()?;
+        if c == '\n' {
+            (self.line, self.col) = (self.line + 1, 1);
+        } else {
+            self.col += 1;
+        }
+        Some(c)
+    }
+
+    /// A quoted field's text, the cursor on its opening quote (`""` is a
+    /// quote; commas and line breaks are text).
+    fn quoted(&mut self) -> Result<String, Error> {
+        let (line, col) = (self.line, self.col);
+        self.bump();
+        let mut f = String::new();
+        loop {
+            match self.bump() {
+                None => return Err(err(line, col, "a quoted field is not closed")),
+                Some('"') if self.peek() == Some('"') => {
+                    self.bump();
+                    f.push('"');
+                }
+                Some('"') => break,
+                Some(c) => f.push(c),
+            }
+        }
+        if !matches!(self.peek(), None | Some(',' | '\n' | '\r')) {
+            return Err(err(
+                self.line,
+                self.col,
+                "text after a closing quote (a quote inside a field is written \"\")",
+            ));
+        }
+        Ok(f)
+    }
+
+    /// An unquoted field's text, up to a comma or the line's end.
+    fn unquoted(&mut self) -> Result<String, Error> {
+        let mut f = String::new();
+        while let Some(c) = self.peek() {
+            match c {
+                ',' | '\n' | '\r' => break,
+                '"' => {
+                    return Err(err(
+                        self.line,
+                        self.col,
+                        "a quote inside an unquoted field (quote the whole field)",
+                    ))
+                }
+                _ => {
+                    f.push(c);
+                    self.bump();
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// Splits CSV into rows of fields (RFC 4180: `"` quotes, `""` inside
 /// quotes, quoted fields may hold commas and line breaks; CRLF or LF).
 fn csv_rows(text: &str) -> Result<Vec<Vec<Field>>, Error> {
+    let mut cur = Cursor {
+        chars: text.chars().peekable(),
+        line: 1,
+        col: 1,
+    };
     let mut rows = Vec::new();
     let mut row: Vec<Field> = Vec::new();
-    let (mut line, mut col) = (1usize, 1usize);
-    let mut chars = text.chars().peekable();
     loop {
-        // At the start of a field.
-        let (fl, fc) = (line, col);
-        let mut f = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
-            chars.next();
-            col += 1;
-            loop {
-                match chars.next() {
-                    None => return Err(err(fl, fc, "a quoted field is not closed")),
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        col += 2;
-                        f.push('"');
-                    }
-                    Some('"') => {
-                        col += 1;
-                        break;
-                    }
-                    Some('\n') => {
-                        line += 1;
-                        col = 1;
-                        f.push('\n');
-                    }
-                    Some(c) => {
-                        col += 1;
-                        f.push(c);
-                    }
-                }
-            }
-            if !matches!(chars.peek(), None | Some(',' | '\n' | '\r')) {
-                return Err(err(
-                    line,
-                    col,
-                    "text after a closing quote (a quote inside a field is written \"\")",
-                ));
-            }
+        let (line, col) = (cur.line, cur.col);
+        let quoted = cur.peek() == Some('"');
+        let text = if quoted {
+            cur.quoted()?
         } else {
-            while let Some(&c) = chars.peek() {
-                if matches!(c, ',' | '\n' | '\r') {
-                    break;
-                }
-                if c == '"' {
-                    return Err(err(
-                        line,
-                        col,
-                        "a quote inside an unquoted field (quote the whole field)",
-                    ));
-                }
-                f.push(c);
-                col += 1;
-                chars.next();
-            }
-        }
+            cur.unquoted()?
+        };
         row.push(Field {
-            text: f,
-            line: fl,
-            col: fc + usize::from(quoted),
+            text,
+            line,
+            col: col + usize::from(quoted),
         });
-        match chars.next() {
-            Some(',') => col += 1,
-            Some('\r') if chars.peek() == Some(&'\n') => {
-                chars.next();
-                rows.push(std::mem::take(&mut row));
-                (line, col) = (line + 1, 1);
+        let (l, c) = (cur.line, cur.col);
+        match cur.bump() {
+            Some(',') => continue,
+            Some('\r') if cur.peek() == Some('\n') => {
+                cur.bump();
             }
-            Some('\n') => {
-                rows.push(std::mem::take(&mut row));
-                (line, col) = (line + 1, 1);
-            }
+            Some('\n') | None => {}
             Some(_) => {
                 return Err(err(
-                    line,
-                    col,
+                    l,
+                    c,
                     "a carriage return alone (lines end in CRLF or LF)",
                 ))
             }
-            None => {
-                rows.push(row);
-                break;
-            }
         }
-        if chars.peek().is_none() {
+        rows.push(std::mem::take(&mut row));
+        if cur.peek().is_none() {
             break;
         }
     }

@@ -367,6 +367,26 @@ mod tests {
         // Without a directory nothing of it is rewritten.
         let o = run("192.0.2.1", None);
         assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
+        // `[[agent]] name = "inbound_rewrite" enabled = false` switches the
+        // directory's rewriting off too.
+        let off = format!("{sample}\n[[agent]]\nname = \"inbound_rewrite\"\nenabled = false\n");
+        let p = Policy::new(
+            crate::shell::policy::compile::compile(&off)
+                .expect("rules")
+                .table,
+        )
+        .expect("policy");
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let env = Arrival {
+            attribution: policy::attribute(&p.table, &ip16(ip), None),
+            client: ip,
+            sender: b"x@outside.example",
+            rcpts: &rc,
+            directory: Some(&d),
+        };
+        let o = decide(&p, &env, msg);
+        assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
+        assert!(o.edits.is_empty() || !format!("{:?}", o.edits).contains("anna@eu.contoso.com"));
     }
 
     #[test]
