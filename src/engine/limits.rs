@@ -74,3 +74,15 @@ pub const MAX_DFAS: usize = 256;
 pub const MAX_DFA_BYTES: usize = 256 * 1024;
 /// Agents of the pipeline (every built-in agent once).
 pub const MAX_AGENTS: usize = 12;
+
+// ---- the recipient directory (engine::directory) -------------------------
+
+/// Addresses of an installed directory (every `mail`, proxy and target
+/// address of every entry). Issue 10 asks for at least 200,000; 2^18 leaves
+/// room for growth and keeps the table (12 octets an address plus the pool
+/// of primary addresses) near 6 MiB, which a 64 MiB board holds.
+pub const MAX_DIRECTORY_ADDRESSES: usize = 262_144;
+
+/// Octets of the directory's pool of primary addresses (each stored once,
+/// with a two-octet length): 2^18 primaries of 60 octets on average.
+pub const MAX_DIRECTORY_POOL: usize = 16 * 1024 * 1024;

@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod client;
 pub mod decimal;
+pub mod directory;
 pub mod header;
 pub mod limits;
 pub mod policy;

@@ -10,6 +10,8 @@
 //! * [`ops`] is the operator's side of the running daemon (control socket,
 //!   serial upload, syslog), [`cli`] the command line.
 //!
+//! [`directory`] is the installed recipient directory (valid recipients and
+//! the inbound rewrite map), which `smtpd` and `policy` read.
 //! [`config`], [`reply`], [`tls`] and [`time`] serve them all.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,6 +36,7 @@ macro_rules! outln {
 
 pub mod cli;
 pub mod config;
+pub mod directory;
 pub mod ops;
 pub mod policy;
 pub mod relay;

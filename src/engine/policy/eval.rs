@@ -139,6 +139,9 @@ pub enum Piece {
     Orig(u32, u32),
     /// A string of the table.
     Table(Str),
+    /// A range of the installed directory's octets (a primary address
+    /// the directory rewrote to; see [`crate::engine::directory`]).
+    Dir(u32, u32),
 }
 
 /// An address as a local part and a domain, each a [`Piece`].
@@ -195,11 +198,13 @@ impl Addr {
         }
     }
 
-    /// The octets of a piece, given the original octets and the table.
-    pub fn piece<'a>(p: Piece, orig: &'a [u8], t: &'a Table) -> &'a [u8] {
+    /// The octets of a piece, given the original octets, the table and the
+    /// directory's octets (empty when none is installed).
+    pub fn piece<'a>(p: Piece, orig: &'a [u8], t: &'a Table, dir: &'a [u8]) -> &'a [u8] {
         match p {
             Piece::Orig(a, b) => orig.get(a as usize..b as usize).unwrap_or(&[]),
             Piece::Table(s) => t.str(s),
+            Piece::Dir(a, b) => dir.get(a as usize..b as usize).unwrap_or(&[]),
         }
     }
 }
@@ -302,6 +307,9 @@ pub enum Note<'a> {
     RelayDenied(u16),
     /// The address map rewrote recipient `rcpt` (inbound).
     RecipientRewritten(u16),
+    /// Inbound rewriting changed recipient `rcpt` by the directory (a
+    /// secondary address to its primary).
+    RecipientRewrittenByDirectory(u16),
     /// The address map rewrote the envelope sender (outbound).
     SenderRewritten,
     /// The header firewall removed this field.
@@ -354,6 +362,18 @@ pub struct Message<'a> {
     pub attachments: &'a [&'a [u8]],
     /// Size of the message in octets.
     pub size: u64,
+    /// The installed recipient directory, if any: inbound rewriting maps
+    /// its secondary addresses to their primary one (after the rule file's
+    /// `[[rewrite]]` entries, which win).
+    pub directory: Option<crate::engine::directory::View<'a>>,
+}
+
+impl Message<'_> {
+    /// The directory's octets (empty when none is installed), for
+    /// [`Addr::piece`].
+    pub fn dir_bytes(&self) -> &[u8] {
+        self.directory.map_or(&[][..], |d| d.bytes())
+    }
 }
 
 /// The message-level outcome.
@@ -642,17 +662,39 @@ pub fn select_connector(t: &Table, domain: &[u8]) -> Option<u16> {
 }
 
 /// Applies the rewrite map of `dir` to `local@domain`: the new address,
-/// whose `Orig` pieces are ranges of `orig` starting at `base`.
-fn rewrite(t: &Table, dir: Direction, addr: &[u8], base: u32) -> Option<Addr> {
+/// whose `Orig` pieces are ranges of `orig` starting at `base`, and
+/// whether the directory (not a `[[rewrite]]` entry) made it. Inbound, the
+/// directory `directory` maps a secondary address to its primary when no
+/// entry of the rule file matched.
+fn rewrite(
+    t: &Table,
+    directory: Option<crate::engine::directory::View<'_>>,
+    dir: Direction,
+    addr: &[u8],
+    base: u32,
+) -> Option<(Addr, bool)> {
     let (local, domain) = (local_of(addr), domain_of(addr));
     let r = t.rewrites.iter().find(|r| {
         r.direction == dir && addr_matches(t.str(r.from), local, domain) && !domain.is_empty()
-    })?;
+    });
+    let Some(r) = r else {
+        let hit = directory
+            .filter(|_| dir == Direction::Inbound)?
+            .lookup(addr)?;
+        let p = hit.primary?;
+        let (off, end) = hit.span;
+        let at = off + p.iter().rposition(|&b| b == b'@')? as u32;
+        let to = Addr {
+            local: Piece::Dir(off, at),
+            domain: Piece::Dir(at + 1, end),
+        };
+        return Some((to, true));
+    };
     let mut to = Addr::from_table(t, r.to);
     if local_of(t.str(r.to)) == b"*" {
         to.local = Piece::Orig(base, base + local.len() as u32);
     }
-    Some(to)
+    Some((to, false))
 }
 
 /// Number of `Received:` fields.
@@ -782,10 +824,16 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if self.m.attribution.originating {
             return;
         }
-        if let Some(a) = rewrite(self.t, Direction::Inbound, orig, 0) {
+        if let Some((a, by_directory)) =
+            rewrite(self.t, self.m.directory, Direction::Inbound, orig, 0)
+        {
             d.addr = a;
-            self.sink
-                .note(Agent::InboundRewrite, Note::RecipientRewritten(rcpt));
+            let n = if by_directory {
+                Note::RecipientRewrittenByDirectory(rcpt)
+            } else {
+                Note::RecipientRewritten(rcpt)
+            };
+            self.sink.note(Agent::InboundRewrite, n);
         }
     }
 
@@ -797,8 +845,8 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         for (ri, rule) in t.rules.iter().enumerate() {
             let r = ri as u16;
             let ctx = Ctx {
-                local: Addr::piece(d.addr.local, orig, t),
-                domain: Addr::piece(d.addr.domain, orig, t),
+                local: Addr::piece(d.addr.local, orig, t, self.m.dir_bytes()),
+                domain: Addr::piece(d.addr.domain, orig, t, self.m.dir_bytes()),
             };
             if !self.condset(r, rule.when, &ctx) {
                 continue;
@@ -871,7 +919,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             .attribution
             .inbound
             .is_some_and(|i| i < 32 && t.cmt.from_inbound & (1 << i) != 0);
-        if !listed || is_accepted(t, Addr::piece(d.addr.domain, orig, t)) {
+        if !listed || is_accepted(t, Addr::piece(d.addr.domain, orig, t, self.m.dir_bytes())) {
             return;
         }
         if run.stamped {
@@ -889,7 +937,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if d.connector.is_none() {
             let by = match d.route {
                 Some(Override::RouteTo(s)) | Some(Override::Cmt(s)) => t.str(s),
-                _ => Addr::piece(d.addr.domain, orig, t),
+                _ => Addr::piece(d.addr.domain, orig, t, self.m.dir_bytes()),
             };
             d.connector = if enabled {
                 select_connector(t, by)
@@ -935,7 +983,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if !m.attribution.originating {
             return;
         }
-        if let Some(a) = rewrite(t, Direction::Outbound, m.sender, 0) {
+        if let Some((a, _)) = rewrite(t, None, Direction::Outbound, m.sender, 0) {
             *sender = a;
             self.sink
                 .note(Agent::OutboundRewrite, Note::SenderRewritten);
@@ -1225,7 +1273,7 @@ fn rewrite_fields<'a, S: Sink<'a>>(
             }
             if let Some(addr) = v.get(s..e) {
                 let at = (voff + s) as u32;
-                if let Some(a) = rewrite(t, dir, addr, at) {
+                if let Some((a, _)) = rewrite(t, m.directory, dir, addr, at) {
                     sink.edit(agent, Edit::Address(at, (voff + e) as u32, a));
                 }
             }

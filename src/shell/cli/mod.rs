@@ -1,7 +1,9 @@
 //! The operator's command line: `run`, `config check`, `queue`, `rules`,
-//! `status`, `pipeline`, `trace`, `help` (the usage text lists them all).
+//! `directory`, `status`, `pipeline`, `trace`, `help` (the usage text lists
+//! them all).
 
 use crate::shell::config::Config;
+use crate::shell::ops::upload::FileKind;
 use crate::shell::spool;
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,10 +29,17 @@ usage: sluice <command> [--config FILE]
   rules rollback               go back to the previous policy
   rules send --serial DEV [--baud N] FILE
                                upload a rule file over a serial line
-  status [--json]              the active and previous policies
+  directory check FILE         read a directory export (LDIF or CSV): counts,
+                               or the first error as FILE:LINE:COL
+  directory apply FILE|-       install it (the running daemon's, or the state
+                               directory's when no daemon runs), atomically
+  directory send --serial DEV [--baud N] FILE
+                               upload a directory export over a serial line
+  status [--json]              the active and previous policies, the
+                               installed directory
   pipeline [--rules FILE]      events and the agents on each, by priority
   trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N]
-        [--rules FILE] [--snapshots] [--json]
+        [--rules FILE] [--directory EXPORT] [--snapshots] [--json]
                                run the policy offline: decisions + rule log
   help                         this text
 
@@ -105,7 +114,13 @@ pub fn main(args: &[String]) -> i32 {
             ),
             Err(e) => fail(&e),
         },
-        ["rules", "send", rest @ ..] => rules_send(rest),
+        ["rules", "send", rest @ ..] => send(rest, FileKind::Rules),
+        ["directory", "check", file] => directory_check(file),
+        ["directory", "apply", file] => match cfg() {
+            Ok(c) => directory_apply(&c, file),
+            Err(e) => fail(&e),
+        },
+        ["directory", "send", rest @ ..] => send(rest, FileKind::Directory),
         ["status", rest @ ..] => match cfg() {
             Ok(c) => status(&c, rest.contains(&"--json")),
             Err(e) => fail(&e),
@@ -562,24 +577,86 @@ fn control(cfg: &Config, req: serde_json::Value, prefix: &str) -> i32 {
     }
 }
 
-fn rules_apply(cfg: &Config, file: &str) -> i32 {
-    let (text, name) = if file == "-" {
+/// The text of FILE, or of standard input for `-`; the error as text.
+fn read_input(file: &str) -> Result<String, String> {
+    if file == "-" {
         let mut t = String::new();
-        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut t) {
-            return fail(&format!("standard input: {e}"));
-        }
-        (t, "-".to_string())
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .map_err(|e| format!("standard input: {e}"))?;
+        Ok(t)
     } else {
-        match std::fs::read_to_string(file) {
-            Ok(t) => (t, file.to_string()),
-            Err(e) => return fail(&format!("{file}: {e}")),
-        }
+        std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))
+    }
+}
+
+fn rules_apply(cfg: &Config, file: &str) -> i32 {
+    let (text, name) = match read_input(file) {
+        Ok(t) => (t, file.to_string()),
+        Err(e) => return fail(&e),
     };
     let req = serde_json::json!({ "cmd": "apply", "source": text, "via": via() });
     control(cfg, req, &format!("{name}:"))
 }
 
-fn rules_send(args: &[&str]) -> i32 {
+/// `sluice directory check FILE`: the counts and the table's size, or the
+/// first error as `FILE:LINE:COL: error: ...` (exit 1).
+fn directory_check(file: &str) -> i32 {
+    let text = match read_input(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    match crate::shell::directory::Directory::from_export(&text) {
+        Ok(d) => {
+            let n = d.addresses().max(1);
+            outln!(
+                "{file}: {} addresses of {} entries, version {:016X}; table {} octets ({:.1} per address)",
+                d.addresses(),
+                d.entries(),
+                d.version(),
+                d.bytes().len(),
+                d.bytes().len() as f64 / n as f64
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("{file}:{e}");
+            1
+        }
+    }
+}
+
+/// `sluice directory apply FILE|-`: installs the export in the running
+/// daemon over the control socket; with no daemon, in the state directory
+/// (the daemon loads it at start). 0 installed, 1 refused.
+fn directory_apply(cfg: &Config, file: &str) -> i32 {
+    let text = match read_input(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let req = serde_json::json!({ "cmd": "directory_apply", "source": text, "via": via() });
+    let reply = match crate::shell::ops::control::request(&cfg.state_dir, &req) {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return fail(&e),
+        None => match crate::shell::directory::install::install(&cfg.state_dir, &text, &via()) {
+            Ok((_, a)) => {
+                serde_json::json!({ "ok": true, "report": format!("{} (no daemon running: in the state directory, loaded at start)", a.report()) })
+            }
+            Err(errors) => serde_json::json!({ "ok": false, "errors": errors }),
+        },
+    };
+    if reply["ok"].as_bool() == Some(true) {
+        outln!("{}", reply["report"].as_str().unwrap_or("installed"));
+        return 0;
+    }
+    for e in reply["errors"].as_array().into_iter().flatten() {
+        eprintln!("{file}:{}", e.as_str().unwrap_or(""));
+    }
+    eprintln!("sluice: nothing changed; the installed directory is as it was");
+    1
+}
+
+/// `rules send` and `directory send`: `--serial DEV [--baud N] FILE`.
+fn send(args: &[&str], kind: FileKind) -> i32 {
     let mut dev = None;
     let mut baud = 115_200u32;
     let mut file = None;
@@ -599,8 +676,12 @@ fn rules_send(args: &[&str]) -> i32 {
             std::path::Path::new(d),
             baud,
             std::path::Path::new(f),
+            kind,
         ),
-        _ => usage("rules send --serial DEV [--baud N] FILE"),
+        _ => usage(match kind {
+            FileKind::Rules => "rules send --serial DEV [--baud N] FILE",
+            FileKind::Directory => "directory send --serial DEV [--baud N] FILE",
+        }),
     }
 }
 
@@ -611,7 +692,11 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
     ) {
         Some(Ok(v)) => v,
         Some(Err(e)) => return fail(&e),
-        None => crate::shell::policy::install::state_status(&cfg.state_dir),
+        None => {
+            let mut v = crate::shell::policy::install::state_status(&cfg.state_dir);
+            v["directory"] = crate::shell::directory::install::state_status(&cfg.state_dir);
+            v
+        }
     };
     if json_out {
         outln!("{v}");
@@ -638,8 +723,29 @@ fn status(cfg: &Config, json_out: bool) -> i32 {
             );
         }
     }
+    print_directory(&v["directory"]);
     print_agent_counts(&v["agents"]);
     0
+}
+
+/// The installed directory's line of `sluice status`.
+fn print_directory(v: &serde_json::Value) {
+    let d = &v["directory"];
+    if d.is_null() {
+        outln!("directory: none");
+        return;
+    }
+    outln!(
+        "directory: version {} {} addresses {} entries installed {} via {}",
+        d["version"].as_str().unwrap_or("?"),
+        d["addresses"].as_u64().unwrap_or(0),
+        d["entries"].as_u64().unwrap_or(0),
+        d["installed_at"]
+            .as_u64()
+            .map(crate::shell::time::utc)
+            .unwrap_or_default(),
+        d["via"].as_str().unwrap_or("?")
+    );
 }
 
 /// The agents that acted since the daemon started, a line each (agents

@@ -4,6 +4,7 @@
 //! status, the queue), and the serial upload listener, which installs what
 //! it receives as `rules apply` does.
 
+use crate::shell::directory::install::Store;
 use crate::shell::policy::install::Installer;
 use crate::shell::relay::queue::Queue;
 use crate::shell::spool;
@@ -14,9 +15,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Largest request on the control socket (a rule file with a few thousand
-/// rewrite entries is well under it).
-pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
+/// Largest request on the control socket: a directory export of the
+/// largest size taken (`directory::install::MAX_EXPORT`), JSON-escaped,
+/// with room to spare; a rule file is far under it.
+pub const MAX_REQUEST: usize = 80 * 1024 * 1024;
 
 /// The control socket's path in a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -84,7 +86,7 @@ pub fn request(state_dir: &Path, req: &Value) -> Option<Result<Value, String>> {
 /// The control socket's requests: policy commands (install) and queue
 /// commands (`queue_state`, `queue_flush`, `queue_retry`, `queue_delete`
 /// with an `id`).
-pub fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> Handler {
+pub fn control_handler(inst: Arc<Installer>, dir: Arc<Store>, queue: Arc<Queue>) -> Handler {
     Arc::new(move |req: &Value| {
         let id = req["id"].as_str().and_then(spool::parse_id);
         match (req["cmd"].as_str(), id) {
@@ -106,6 +108,12 @@ pub fn control_handler(inst: Arc<Installer>, queue: Arc<Queue>) -> Handler {
             },
             (Some("queue_retry" | "queue_delete"), None) => {
                 json!({ "ok": false, "errors": ["a queue id is needed"] })
+            }
+            (Some("directory_apply"), _) => directory_apply(&dir, req),
+            (Some("status"), _) => {
+                let mut s = policy_request(&inst, req);
+                s["directory"] = dir.status();
+                s
             }
             _ => policy_request(&inst, req),
         }
@@ -142,21 +150,52 @@ fn policy_request(inst: &Installer, req: &Value) -> Value {
     }
 }
 
-/// Starts the serial upload listener: uploads are applied as `rules apply`.
-pub fn serve_uploads(dev: PathBuf, baud: u32, inst: Arc<Installer>) -> Result<(), String> {
-    let apply: crate::shell::ops::upload::ApplyFn = Arc::new(
-        move |text: &str, via: &str| match inst.apply_text(text, via) {
-            Ok(a) => Ok(format!(
-                "installed policy version {:016X}{}",
-                a.version,
-                a.warnings
-                    .iter()
-                    .map(|w| format!("\n{w}"))
-                    .collect::<String>()
-            )),
-            Err(errs) => Err(errs.join("\n")),
+/// `directory_apply` with `source` (an LDIF or CSV export) and `via`:
+/// builds and installs it; the counts, or the error naming the line.
+fn directory_apply(dir: &Store, req: &Value) -> Value {
+    let via = req["via"].as_str().unwrap_or("control socket");
+    match req["source"].as_str() {
+        Some(src) => match dir.apply_text(src, via) {
+            Ok(a) => json!({
+                "ok": true,
+                "version": format!("{:016X}", a.version),
+                "addresses": a.addresses,
+                "entries": a.entries,
+                "report": a.report(),
+            }),
+            Err(errors) => json!({ "ok": false, "errors": errors }),
         },
-    );
+        None => json!({ "ok": false, "errors": ["directory_apply needs \"source\""] }),
+    }
+}
+
+/// Starts the serial upload listener: a rule file is applied as `rules
+/// apply` does, a directory export as `directory apply` does.
+pub fn serve_uploads(
+    dev: PathBuf,
+    baud: u32,
+    inst: Arc<Installer>,
+    dir: Arc<Store>,
+) -> Result<(), String> {
+    use crate::shell::ops::upload::FileKind;
+    let apply: crate::shell::ops::upload::ApplyFn =
+        Arc::new(move |kind: FileKind, text: &str, via: &str| match kind {
+            FileKind::Rules => match inst.apply_text(text, via) {
+                Ok(a) => Ok(format!(
+                    "installed policy version {:016X}{}",
+                    a.version,
+                    a.warnings
+                        .iter()
+                        .map(|w| format!("\n{w}"))
+                        .collect::<String>()
+                )),
+                Err(errs) => Err(errs.join("\n")),
+            },
+            FileKind::Directory => dir
+                .apply_text(text, via)
+                .map(|a| a.report())
+                .map_err(|errs| errs.join("\n")),
+        });
     std::thread::Builder::new()
         .name("serial-upload".into())
         .spawn(move || {

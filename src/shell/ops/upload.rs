@@ -1,5 +1,6 @@
-//! Serial-line rule upload: `sluice rules send --serial DEV FILE` on the
-//! operator's side, [`serve_serial`] in the daemon.
+//! Serial-line upload of a rule file or a directory export: `sluice rules
+//! send` / `sluice directory send --serial DEV FILE` on the operator's
+//! side, [`serve_serial`] in the daemon.
 //!
 //! # Protocol
 //!
@@ -21,7 +22,14 @@
 //!   ceil(len / 256), `file_hash` the SHA-256 of the whole file (32 octets);
 //! * `Data { session, seq, bytes }` — 1 to 256 octets of the file, in order,
 //!   so a frame stays under ~280 octets and fits small UART buffers;
-//! * `End { session, seq, file_hash }` — the whole file's SHA-256 again.
+//! * `End { session, seq, file_hash }` — the whole file's SHA-256 again;
+//! * `BeginFile { session, len, chunks, file_hash, kind }` — `Begin` for a
+//!   file of `kind`: `Rules` or `Directory` (an LDIF/CSV export, applied as
+//!   `directory apply` does, up to 64 MiB). It was added after the first
+//!   version, as the enum's last variant, so `Begin` keeps its encoding and
+//!   `rules send` still opens with it: a rule upload works with a daemon of
+//!   either version (a daemon of the first version takes a `BeginFile` for
+//!   a bad frame and the sender gives up after its retries).
 //!
 //! Daemon to operator:
 //!
@@ -29,10 +37,11 @@
 //!   never appended twice); the `Ack` of `End` means "verified, applying";
 //! * `Nak { session, seq, reason }` — `BadFrame` (resend at once), `OutOfOrder`,
 //!   `NoSession` (the daemon has no such session: it timed out or restarted),
-//!   `Invalid` (inconsistent lengths), `TooLarge` (over 1 MiB), `Mismatch` (the
-//!   assembled file's length or SHA-256 is wrong: nothing was applied);
+//!   `Invalid` (inconsistent lengths), `TooLarge` (over 1 MiB for a rule
+//!   file, 64 MiB for a directory), `Mismatch` (the assembled file's length
+//!   or SHA-256 is wrong: nothing was applied);
 //! * `Result { session, ok, text }` — the outcome of applying the file exactly
-//!   as `rules apply` does: `ok` with the report, or the errors (`LINE:COL:
+//!   as `rules apply` (or `directory apply`) does: `ok` with the report, or the errors (`LINE:COL:
 //!   error: ...`). A repeated `End` of an applied session gets the same
 //!   `Result` again; the file is never applied twice.
 //!
@@ -59,8 +68,36 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// Applies a rule file: `(text, via)` → the report, or the errors.
-pub type ApplyFn = Arc<dyn Fn(&str, &str) -> Result<String, String> + Send + Sync>;
+/// Applies an uploaded file: `(kind, text, via)` → the report, or the errors.
+pub type ApplyFn = Arc<dyn Fn(FileKind, &str, &str) -> Result<String, String> + Send + Sync>;
+
+/// What an upload carries. `Begin` is a rule file (the protocol's first
+/// version); `BeginFile` names the kind.
+#[derive(Serialize, Deserialize, Debug, PartialEq, Eq, Clone, Copy)]
+pub enum FileKind {
+    /// A rule file, applied as `rules apply` does.
+    Rules,
+    /// A directory export (LDIF or CSV), applied as `directory apply` does.
+    Directory,
+}
+
+impl FileKind {
+    /// Largest file of this kind the daemon accepts over the line.
+    pub fn max_len(self) -> u32 {
+        match self {
+            FileKind::Rules => MAX_FILE,
+            FileKind::Directory => crate::shell::directory::install::MAX_EXPORT as u32,
+        }
+    }
+
+    /// What stays as it was when an upload of this kind is refused.
+    fn unchanged(self) -> &'static str {
+        match self {
+            FileKind::Rules => "the running policy is as it was",
+            FileKind::Directory => "the installed directory is as it was",
+        }
+    }
+}
 
 /// Most file octets in one `Data` frame.
 pub const CHUNK: usize = 256;
@@ -110,6 +147,15 @@ enum Up<'a> {
         session: u32,
         seq: u32,
         file_hash: FileHash,
+    },
+    /// `Begin` for a file of the given kind (added after the first
+    /// version, so it comes last and `Begin` keeps its encoding).
+    BeginFile {
+        session: u32,
+        len: u32,
+        chunks: u32,
+        file_hash: FileHash,
+        kind: FileKind,
     },
 }
 
@@ -481,6 +527,7 @@ pub fn serve_serial(dev: &Path, baud: u32, apply: ApplyFn) -> io::Result<()> {
 
 struct Session {
     id: u32,
+    kind: FileKind,
     len: u32,
     chunks: u32,
     file_hash: FileHash,
@@ -590,7 +637,14 @@ impl UploadServer {
                 len,
                 chunks,
                 file_hash,
-            } => self.begin(session, len, chunks, file_hash, now),
+            } => self.begin(session, (len, chunks, file_hash), FileKind::Rules, now),
+            Up::BeginFile {
+                session,
+                len,
+                chunks,
+                file_hash,
+                kind,
+            } => self.begin(session, (len, chunks, file_hash), kind, now),
             Up::Data {
                 session,
                 seq,
@@ -604,12 +658,13 @@ impl UploadServer {
         }
     }
 
+    /// A `Begin` or `BeginFile`: `(len, chunks, file_hash)` of a file of
+    /// `kind`.
     fn begin(
         &mut self,
         id: u32,
-        len: u32,
-        chunks: u32,
-        file_hash: FileHash,
+        (len, chunks, file_hash): (u32, u32, FileHash),
+        kind: FileKind,
         now: Instant,
     ) -> Vec<Vec<u8>> {
         let ack = Down::Ack {
@@ -617,7 +672,12 @@ impl UploadServer {
             seq: 0,
         };
         if let Some(s) = &mut self.cur {
-            if s.id == id && s.len == len && s.chunks == chunks && s.file_hash == file_hash {
+            if s.id == id
+                && s.kind == kind
+                && s.len == len
+                && s.chunks == chunks
+                && s.file_hash == file_hash
+            {
                 s.last = now;
                 return reply(&ack);
             }
@@ -632,7 +692,7 @@ impl UploadServer {
                 reason,
             })
         };
-        if len > MAX_FILE {
+        if len > kind.max_len() {
             return nak(NakReason::TooLarge);
         }
         if id == 0 || u64::from(chunks) != u64::from(len).div_ceil(CHUNK as u64) {
@@ -648,11 +708,12 @@ impl UploadServer {
         }
         self.cur = Some(Session {
             id,
+            kind,
             len,
             chunks,
             file_hash,
             next: 1,
-            data: Vec::with_capacity(len as usize),
+            data: Vec::with_capacity(len.min(MAX_FILE) as usize),
             last: now,
         });
         reply(&ack)
@@ -734,8 +795,8 @@ impl UploadServer {
         }
         let mut out = reply(&Down::Ack { session: id, seq });
         let (ok, text) = match std::str::from_utf8(&s.data) {
-            Err(e) => (false, format!("the rule file is not UTF-8 ({e})")),
-            Ok(text) => match (self.apply)(text, &self.via) {
+            Err(e) => (false, format!("the file is not UTF-8 ({e})")),
+            Ok(text) => match (self.apply)(s.kind, text, &self.via) {
                 Ok(report) => (true, report),
                 Err(errors) => (false, errors),
             },
@@ -794,9 +855,10 @@ enum UploadResult {
     Failed(String),
 }
 
-/// Sends FILE's text on `dev`; prints the daemon's answer. Exit status 0:
-/// applied; 1: refused (errors printed); 2: the upload did not get through.
-pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
+/// Sends FILE's text (a file of `kind`) on `dev`; prints the daemon's
+/// answer. Exit status 0: applied; 1: refused (errors printed); 2: the
+/// upload did not get through.
+pub fn send_command(dev: &Path, baud: u32, file: &Path, kind: FileKind) -> i32 {
     let text = match std::fs::read(file) {
         Ok(t) => t,
         Err(e) => {
@@ -804,11 +866,12 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
             return 2;
         }
     };
-    if text.len() > MAX_FILE as usize {
+    if text.len() > kind.max_len() as usize {
         eprintln!(
-            "sluice: {}: {} octets; the serial upload takes at most {MAX_FILE}",
+            "sluice: {}: {} octets; the serial upload takes at most {}",
             file.display(),
-            text.len()
+            text.len(),
+            kind.max_len()
         );
         return 1;
     }
@@ -822,7 +885,13 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
     // As `rules apply` prints: the report's first line on stdout, what
     // follows (warnings) and the errors on stderr, each named `FILE:`.
     let name = file.display();
-    match upload(&mut link, &text, new_session_id(), Timing::for_baud(baud)) {
+    match upload(
+        &mut link,
+        &text,
+        new_session_id(),
+        kind,
+        Timing::for_baud(baud),
+    ) {
         UploadResult::Applied(report) => {
             let mut lines = report.lines();
             outln!("{}", lines.next().unwrap_or("installed"));
@@ -836,8 +905,9 @@ pub fn send_command(dev: &Path, baud: u32, file: &Path) -> i32 {
                 eprintln!("{name}:{e}");
             }
             eprintln!(
-                "sluice: the daemon on {} refused the file; nothing changed, the running policy is as it was",
-                dev.display()
+                "sluice: the daemon on {} refused the file; nothing changed, {}",
+                dev.display(),
+                kind.unchanged()
             );
             1
         }
@@ -865,16 +935,27 @@ fn new_session_id() -> u32 {
     }
 }
 
-/// The operator's half: Begin, Data..., End, then the Result.
-fn upload(link: &mut Link, text: &[u8], session: u32, t: Timing) -> UploadResult {
+/// The operator's half: Begin (a rule file; `BeginFile` for other kinds,
+/// so a rule upload reaches a daemon of the first version), Data..., End,
+/// then the Result.
+fn upload(link: &mut Link, text: &[u8], session: u32, kind: FileKind, t: Timing) -> UploadResult {
     let len = text.len() as u32;
     let chunks = text.chunks(CHUNK).count() as u32;
     let file_hash = sha256(text);
-    let begin = Up::Begin {
-        session,
-        len,
-        chunks,
-        file_hash,
+    let begin = match kind {
+        FileKind::Rules => Up::Begin {
+            session,
+            len,
+            chunks,
+            file_hash,
+        },
+        kind => Up::BeginFile {
+            session,
+            len,
+            chunks,
+            file_hash,
+            kind,
+        },
     };
     if let Err(o) = exchange(link, &begin, session, 0, t, true) {
         return o;
@@ -1067,7 +1148,11 @@ mod tests {
     fn recorder() -> (ApplyFn, Applied) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let log2 = log.clone();
-        let apply: ApplyFn = Arc::new(move |text: &str, via: &str| {
+        let apply: ApplyFn = Arc::new(move |kind: FileKind, text: &str, via: &str| {
+            let text = &match kind {
+                FileKind::Rules => text.to_string(),
+                FileKind::Directory => format!("directory:{text}"),
+            };
             log2.lock()
                 .unwrap()
                 .push((text.to_string(), via.to_string()));
@@ -1196,7 +1281,7 @@ mod tests {
         let (apply, log) = recorder();
         let (mut op, daemon) = setup(clean(), apply);
         let text = sample(1000);
-        let out = upload(&mut op, &text, 42, fast());
+        let out = upload(&mut op, &text, 42, FileKind::Rules, fast());
         assert_eq!(
             out,
             UploadResult::Applied("installed policy version 00000000000003E8".into())
@@ -1210,13 +1295,72 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_upload_is_applied_as_a_directory_and_rules_keep_their_begin() {
+        let (apply, log) = recorder();
+        let (mut op, daemon) = setup(clean(), apply);
+        let text = sample(700);
+        let out = upload(&mut op, &text, 43, FileKind::Directory, fast());
+        assert!(matches!(out, UploadResult::Applied(_)), "{out:?}");
+        let out = upload(&mut op, &text, 44, FileKind::Rules, fast());
+        assert!(matches!(out, UploadResult::Applied(_)), "{out:?}");
+        drop(op);
+        daemon.join().unwrap();
+        let log = log.lock().unwrap();
+        assert!(log[0].0.starts_with("directory:"), "applied as a directory");
+        assert_eq!(log[1].0.as_bytes(), &text[..], "applied as rules");
+        // A rule upload still opens with the first version's Begin, whose
+        // encoding is unchanged (variant 0), and BeginFile is a new variant.
+        let begin = postcard::to_stdvec(&Up::Begin {
+            session: 1,
+            len: 0,
+            chunks: 0,
+            file_hash: [0; 32],
+        })
+        .unwrap();
+        assert_eq!(begin[0], 0);
+        let file = postcard::to_stdvec(&Up::BeginFile {
+            session: 1,
+            len: 0,
+            chunks: 0,
+            file_hash: [0; 32],
+            kind: FileKind::Directory,
+        })
+        .unwrap();
+        assert_eq!(file[0], 3);
+    }
+
+    #[test]
+    fn a_directory_may_be_larger_than_a_rule_file_but_not_unbounded() {
+        let (apply, _log) = recorder();
+        let mut rx = UploadServer::new(apply, "t".into(), fast());
+        for (session, len, want) in [
+            (5, MAX_FILE + 1, "Ack"),
+            (6, FileKind::Directory.max_len() + 1, "TooLarge"),
+        ] {
+            let mut f = encode(&Up::BeginFile {
+                session,
+                len,
+                chunks: len.div_ceil(CHUNK as u32),
+                file_hash: [0; 32],
+                kind: FileKind::Directory,
+            })
+            .unwrap();
+            f.retain(|&b| b != 0);
+            let mut r = rx.on_frame(&mut f).remove(0);
+            r.retain(|&b| b != 0);
+            let r = format!("{:?}", decode::<Down<'_>>(&mut r).unwrap());
+            assert!(r.contains(want), "{r}");
+        }
+    }
+
+    #[test]
     fn empty_and_exact_chunk_files() {
         for n in [0, CHUNK, 2 * CHUNK, 2 * CHUNK + 1] {
             let (apply, log) = recorder();
             let (mut op, daemon) = setup(clean(), apply);
             let text = sample(n);
             assert!(matches!(
-                upload(&mut op, &text, 9, fast()),
+                upload(&mut op, &text, 9, FileKind::Rules, fast()),
                 UploadResult::Applied(_)
             ));
             drop(op);
@@ -1253,7 +1397,7 @@ mod tests {
         };
         let t0 = Instant::now();
         assert!(matches!(
-            upload(&mut op, &text, 5, t),
+            upload(&mut op, &text, 5, FileKind::Rules, t),
             UploadResult::Applied(_)
         ));
         // Resent on the Nak, not after the timeout.
@@ -1279,7 +1423,7 @@ mod tests {
         let (mut op, daemon) = setup(filter, apply);
         let text = sample(600);
         assert!(matches!(
-            upload(&mut op, &text, 77, fast()),
+            upload(&mut op, &text, 77, FileKind::Rules, fast()),
             UploadResult::Applied(_)
         ));
         drop(op);
@@ -1314,7 +1458,7 @@ mod tests {
             ..fast()
         };
         assert!(matches!(
-            upload(&mut op, &sample(300), 3, t),
+            upload(&mut op, &sample(300), 3, FileKind::Rules, t),
             UploadResult::Applied(_)
         ));
         drop(op);
@@ -1349,13 +1493,13 @@ mod tests {
             retries: 1,
             ..fast()
         };
-        let out = upload(&mut op, &sample(1000), 11, t);
+        let out = upload(&mut op, &sample(1000), 11, FileKind::Rules, t);
         assert!(matches!(out, UploadResult::Failed(_)), "{out:?}");
         drop(op);
         assert!(log.lock().unwrap().is_empty());
         let mut op2 = Link::new(down2_r, up2_w, MAX_DOWN_FRAME).unwrap();
         assert!(matches!(
-            upload(&mut op2, b"ok = 1\n", 12, fast()),
+            upload(&mut op2, b"ok = 1\n", 12, FileKind::Rules, fast()),
             UploadResult::Applied(_)
         ));
         drop(op2);
@@ -1438,12 +1582,12 @@ mod tests {
             ..fast()
         };
         assert!(matches!(
-            upload(&mut op, &sample(1000), 1, t),
+            upload(&mut op, &sample(1000), 1, FileKind::Rules, t),
             UploadResult::Failed(_)
         ));
         // A short file (one chunk) from a new session goes through at once.
         assert!(matches!(
-            upload(&mut op, b"short", 2, fast()),
+            upload(&mut op, b"short", 2, FileKind::Rules, fast()),
             UploadResult::Applied(_)
         ));
         drop(op);
@@ -1457,7 +1601,7 @@ mod tests {
     fn bad_rules_come_back_as_errors() {
         let (apply, log) = recorder();
         let (mut op, daemon) = setup(clean(), apply);
-        let out = upload(&mut op, b"[domains]\nbad = 1\n", 8, fast());
+        let out = upload(&mut op, b"[domains]\nbad = 1\n", 8, FileKind::Rules, fast());
         assert_eq!(
             out,
             UploadResult::Refused(
@@ -1473,7 +1617,7 @@ mod tests {
     fn not_utf8_is_refused_without_applying() {
         let (apply, log) = recorder();
         let (mut op, daemon) = setup(clean(), apply);
-        let out = upload(&mut op, b"a = \"\xff\"\n", 8, fast());
+        let out = upload(&mut op, b"a = \"\xff\"\n", 8, FileKind::Rules, fast());
         assert!(
             matches!(out, UploadResult::Refused(ref t) if t.contains("UTF-8")),
             "{out:?}"
@@ -1569,7 +1713,7 @@ mod tests {
         let (mut op, daemon) = setup(filter, apply);
         let text = sample(900);
         assert!(matches!(
-            upload(&mut op, &text, 6, fast()),
+            upload(&mut op, &text, 6, FileKind::Rules, fast()),
             UploadResult::Applied(_)
         ));
         drop(op);
@@ -1623,7 +1767,7 @@ mod tests {
         let mut op = Link::new(master, mw, MAX_DOWN_FRAME).unwrap();
         let text = sample(5000);
         assert!(matches!(
-            upload(&mut op, &text, 99, fast()),
+            upload(&mut op, &text, 99, FileKind::Rules, fast()),
             UploadResult::Applied(_)
         ));
         daemon.join().unwrap();

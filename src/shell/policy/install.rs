@@ -81,7 +81,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 const POINTER: &str = "state.json";
 
 /// Reads the pointer file (`Null` when absent or unreadable).
-fn read_pointer(dir: &Path) -> Value {
+pub(crate) fn read_pointer(dir: &Path) -> Value {
     fs::read_to_string(dir.join(POINTER))
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
@@ -89,7 +89,7 @@ fn read_pointer(dir: &Path) -> Value {
 }
 
 /// Replaces the pointer file atomically and makes the rename durable.
-fn commit_pointer(dir: &Path, pointer: &Value) -> io::Result<()> {
+pub(crate) fn commit_pointer(dir: &Path, pointer: &Value) -> io::Result<()> {
     write_atomic(dir, POINTER, pointer.to_string().as_bytes())?;
     sync_dir(dir)
 }
@@ -98,11 +98,21 @@ fn commit_pointer(dir: &Path, pointer: &Value) -> io::Result<()> {
 /// file and the directory entries synced; returns its name. Nothing points
 /// at it yet.
 fn stage_generation(dir: &Path, source: &str, blob: &[u8]) -> io::Result<String> {
+    stage_files(
+        dir,
+        &[("policy.blob", blob), ("policy.toml", source.as_bytes())],
+    )
+}
+
+/// Writes a new generation directory `gen-N` in `dir` holding `files`
+/// (name, octets), each file and the directory entries synced; returns
+/// its name. Nothing points at it yet. (The directory installer shares it.)
+pub(crate) fn stage_files(dir: &Path, files: &[(&str, &[u8])]) -> io::Result<String> {
     let next = generations(dir).into_iter().max().unwrap_or(0) + 1;
     let name = format!("gen-{next}");
     let gen = dir.join(&name);
     fs::create_dir(&gen)?;
-    for (file, data) in [("policy.blob", blob), ("policy.toml", source.as_bytes())] {
+    for (file, data) in files {
         let mut f = fs::File::create(gen.join(file))?;
         f.write_all(data)?;
         f.sync_all()?;
@@ -127,14 +137,17 @@ fn generations(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// Deletes the generations the pointer does not name, and a pointer
-/// temporary left by a crash. Best effort: leftovers are harmless.
-fn collect_garbage(dir: &Path, pointer: &Value) {
+/// Deletes the generations the pointer does not name (in any of its
+/// entries' `dir`), and a pointer temporary left by a crash. Best effort:
+/// leftovers are harmless.
+pub(crate) fn collect_garbage(dir: &Path, pointer: &Value) {
     let keep = |n: u64| {
         let name = format!("gen-{n}");
-        ["policy", "previous"]
-            .iter()
-            .any(|k| pointer[k]["dir"].as_str() == Some(name.as_str()))
+        pointer
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(_, e)| e["dir"].as_str() == Some(name.as_str()))
     };
     for n in generations(dir) {
         if !keep(n) {

@@ -63,6 +63,8 @@ pub struct Outcome {
 pub(super) struct Collect<'a> {
     /// The table the pipeline runs on.
     t: &'a Table,
+    /// The directory's octets (empty when none): addresses it rewrote to.
+    dir: &'a [u8],
     /// The message's header block (the edits' spans are in it).
     msg: &'a [u8],
     /// The envelope recipients, in order.
@@ -83,12 +85,14 @@ impl<'a> Collect<'a> {
     /// An empty collection for a message with header block `headers`.
     pub(super) fn new(
         t: &'a Table,
+        dir: &'a [u8],
         headers: &'a [u8],
         rcpts: &'a [&'a [u8]],
         sender: &'a [u8],
     ) -> Self {
         Collect {
             t,
+            dir,
             msg: headers,
             rcpts,
             sender,
@@ -122,9 +126,9 @@ fn lossy(b: &[u8]) -> String {
 
 /// An address the engine rewrote (its pieces in the original or the
 /// table's strings) as `local@domain`.
-fn render_addr(a: &Addr, orig: &[u8], t: &Table) -> String {
-    let local = Addr::piece(a.local, orig, t);
-    let domain = Addr::piece(a.domain, orig, t);
+fn render_addr(a: &Addr, orig: &[u8], t: &Table, dir: &[u8]) -> String {
+    let local = Addr::piece(a.local, orig, t, dir);
+    let domain = Addr::piece(a.domain, orig, t, dir);
     if domain.is_empty() {
         lossy(local)
     } else {
@@ -195,7 +199,7 @@ pub(super) fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
     let edits = c
         .edits
         .iter()
-        .map(|(a, e)| (*a, render_edit(t, c.msg, e)))
+        .map(|(a, e)| (*a, render_edit(t, c.dir, c.msg, e)))
         .collect();
     let mut log = Vec::new();
     for (agent, note) in &c.notes {
@@ -215,7 +219,7 @@ pub(super) fn render(c: &Collect<'_>, verdict: Verdict) -> Outcome {
     let reply = verdict_reply(t, &verdict).map(|r| r.to_string());
     log.push(format!("Message processing completed. Result: [{result}]."));
     let sender = match &c.final_sender {
-        Some(a) => render_addr(a, c.sender, t),
+        Some(a) => render_addr(a, c.sender, t, c.dir),
         None => lossy(c.sender),
     };
     Outcome {
@@ -237,7 +241,7 @@ fn render_recipient(c: &Collect<'_>, d: &Decision) -> Recipient {
         .original
         .and_then(|i| c.rcpts.get(usize::from(i)).copied())
         .unwrap_or(&[]);
-    let final_addr = render_addr(&d.addr, orig, t);
+    let final_addr = render_addr(&d.addr, orig, t, c.dir);
     let final_domain = lossy(crate::engine::addr::domain_of(final_addr.as_bytes()));
     let (route, override_domain) = match d.route {
         Some(Override::RouteTo(s)) => (Some("route_to"), Some(lossy(t.str(s)))),
@@ -404,6 +408,12 @@ fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
             addr_of(rs, i)
         ),
         Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(rs, i)),
+        Note::RecipientRewrittenByDirectory(i) => {
+            format!(
+                "Recipient rewritten to [{}] by the directory.",
+                addr_of(rs, i)
+            )
+        }
         Note::SenderRewritten => "Envelope sender rewritten.".to_string(),
         Note::FirewallRemoved(n) => {
             format!("Removed header [{}] from anonymous mail.", lossy(n))
@@ -442,7 +452,7 @@ fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
 
 /// One engine edit (spans of the header block `block`, strings of the
 /// table) as an owned [`HeaderEdit`].
-fn render_edit(t: &Table, block: &[u8], e: &Edit) -> HeaderEdit {
+fn render_edit(t: &Table, dir: &[u8], block: &[u8], e: &Edit) -> HeaderEdit {
     let span = |a: u32, b: u32| lossy(block.get(a as usize..b as usize).unwrap_or(&[]));
     match *e {
         Edit::Remove(s, e2) => {
@@ -481,7 +491,7 @@ fn render_edit(t: &Table, block: &[u8], e: &Edit) -> HeaderEdit {
                 end: e2 as usize,
                 field,
                 from: span(s, e2),
-                to: render_addr(&a, block, t),
+                to: render_addr(&a, block, t, dir),
             }
         }
     }

@@ -101,6 +101,9 @@ pub struct Arrival<'a> {
     pub sender: &'a [u8],
     /// The recipients, in order.
     pub rcpts: &'a [&'a [u8]],
+    /// The directory the session began with, if one is installed (inbound
+    /// rewriting of secondary addresses).
+    pub directory: Option<&'a crate::shell::directory::Directory>,
 }
 
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
@@ -135,8 +138,10 @@ pub fn decide_with(
         headers,
         attachments: &name_refs,
         size,
+        directory: env.directory.map(|d| d.view()),
     };
-    let mut c = Collect::new(t, headers, rcpts, sender);
+    let dir = env.directory.map_or(&[][..], |d| d.bytes());
+    let mut c = Collect::new(t, dir, headers, rcpts, sender);
     let verdict = policy::evaluate_with(t, p, &m, rcpts, &mut c);
     render::render(&c, verdict)
 }
@@ -200,6 +205,7 @@ mod tests {
                 client: ip,
                 sender: b"a@example.org",
                 rcpts: &rc,
+                directory: None,
             };
             decide(&direct, &env, msg).log
         };
@@ -255,6 +261,7 @@ mod tests {
                     client: ip,
                     sender: from.as_bytes(),
                     rcpts: &rc,
+                    directory: None,
                 },
                 msg,
             );
@@ -265,12 +272,13 @@ mod tests {
                     client: ip,
                     sender: from.as_bytes(),
                     rcpts: &rc,
+                    directory: None,
                 },
                 msg,
             );
             assert_eq!(digest(&o1), digest(&o2));
             // And the engine's own pattern path (DFAs loaded per match) agrees too.
-            let mut c = Collect::new(&direct.table, header_block(msg), &rc, from.as_bytes());
+            let mut c = Collect::new(&direct.table, &[], header_block(msg), &rc, from.as_bytes());
             let names = attachment_names(msg);
             let refs: Vec<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
             let m = policy::Message {
@@ -280,6 +288,7 @@ mod tests {
                 headers: header_block(msg),
                 attachments: &refs,
                 size: msg.len() as u64,
+                directory: None,
             };
             let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
             assert_eq!(digest(&render::render(&c, v)), digest(&o1));
@@ -296,8 +305,88 @@ mod tests {
             client: ip,
             sender: from.as_bytes(),
             rcpts: &rc,
+            directory: None,
         };
         decide(&p, &env, msg)
+    }
+
+    #[test]
+    fn the_directory_rewrites_secondaries_inbound_and_a_rewrite_entry_wins() {
+        let sample = include_str!("../../../config/rules.toml");
+        let c = crate::shell::policy::compile::compile(sample).expect("rules");
+        let p = Policy::new(c.table).expect("policy");
+        let d = crate::shell::directory::Directory::from_export(
+            "mail,proxyAddresses\n\
+             anna@eu.contoso.com,smtp:Anna@contoso.com\n\
+             johnny@dir.contoso.com,smtp:johnny@contoso.com\n",
+        )
+        .expect("directory");
+        let rc: Vec<&[u8]> = vec![
+            b"ANNA@contoso.com",
+            b"johnny@contoso.com",
+            b"bob@contoso.com",
+        ];
+        let msg = b"To: anna@contoso.com\r\nSubject: a\r\n\r\nb\r\n";
+        let run = |ip: &str, directory| {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let env = Arrival {
+                attribution: policy::attribute(&p.table, &ip16(ip), None),
+                client: ip,
+                sender: b"x@outside.example",
+                rcpts: &rc,
+                directory,
+            };
+            decide(&p, &env, msg)
+        };
+        let o = run("192.0.2.1", Some(&d));
+        let finals: Vec<&str> = o.recipients.iter().map(|r| r.final_addr.as_str()).collect();
+        assert_eq!(
+            finals,
+            [
+                "anna@eu.contoso.com",
+                "johnny@eu.contoso.com",
+                "bob@contoso.com"
+            ],
+            "the [[rewrite]] entry for johnny wins over the directory"
+        );
+        assert!(
+            o.log
+                .iter()
+                .any(|l| l
+                    .contains("Recipient rewritten to [anna@eu.contoso.com] by the directory.")),
+            "{:#?}",
+            o.log
+        );
+        assert!(
+            o.edits
+                .iter()
+                .any(|e| format!("{e:?}").contains("anna@eu.contoso.com")),
+            "the To: field too: {:?}",
+            o.edits
+        );
+        // Without a directory nothing of it is rewritten.
+        let o = run("192.0.2.1", None);
+        assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
+        // `[[agent]] name = "inbound_rewrite" enabled = false` switches the
+        // directory's rewriting off too.
+        let off = format!("{sample}\n[[agent]]\nname = \"inbound_rewrite\"\nenabled = false\n");
+        let p = Policy::new(
+            crate::shell::policy::compile::compile(&off)
+                .expect("rules")
+                .table,
+        )
+        .expect("policy");
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let env = Arrival {
+            attribution: policy::attribute(&p.table, &ip16(ip), None),
+            client: ip,
+            sender: b"x@outside.example",
+            rcpts: &rc,
+            directory: Some(&d),
+        };
+        let o = decide(&p, &env, msg);
+        assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
+        assert!(o.edits.is_empty() || !format!("{:?}", o.edits).contains("anna@eu.contoso.com"));
     }
 
     #[test]
@@ -352,7 +441,7 @@ mod tests {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
             let a = policy::attribute(&p.table, &ip16(ip), None);
-            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc }, &msg);
+            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, directory: None }, &msg);
             let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
             let spliced = splice(&msg, &all);
             prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));

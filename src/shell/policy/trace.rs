@@ -4,6 +4,7 @@ use crate::engine::policy::{
     attribute, run_order, run_position, Agent, AgentSlot, Table, ALSO_ON, STAGES,
 };
 use crate::shell::config::Config;
+use crate::shell::directory::Directory;
 use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
 use crate::shell::policy::runtime::{self, Policy};
@@ -46,7 +47,7 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
 }
 
 /// `sluice trace`'s usage line.
-const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--snapshots] [--json]";
+const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--directory EXPORT] [--snapshots] [--json]";
 
 /// `sluice trace`'s command line.
 struct TraceArgs {
@@ -62,6 +63,8 @@ struct TraceArgs {
     tls_name: Option<String>,
     /// `--rules`.
     rules_file: Option<PathBuf>,
+    /// `--directory`: an export to trace with instead of the installed one.
+    directory_file: Option<PathBuf>,
     /// `--json`.
     json_out: bool,
     /// `--snapshots`.
@@ -78,6 +81,7 @@ impl TraceArgs {
         let mut peer: IpAddr = IpAddr::from([127, 0, 0, 1]);
         let mut tls_name: Option<String> = None;
         let mut rules_file: Option<PathBuf> = None;
+        let mut directory_file: Option<PathBuf> = None;
         let (mut json_out, mut snapshots) = (false, false);
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -99,6 +103,7 @@ impl TraceArgs {
                 }
                 "--tls-name" => tls_name = Some(value("--tls-name")?),
                 "--rules" => rules_file = Some(PathBuf::from(value("--rules")?)),
+                "--directory" => directory_file = Some(PathBuf::from(value("--directory")?)),
                 "--json" => json_out = true,
                 "--snapshots" => snapshots = true,
                 "--help" | "-h" => {
@@ -128,6 +133,7 @@ impl TraceArgs {
             peer,
             tls_name,
             rules_file,
+            directory_file,
             json_out,
             snapshots,
         })
@@ -155,6 +161,22 @@ fn check_addresses(from: &str, to: &[String]) -> Result<(), i32> {
     Ok(())
 }
 
+/// The directory a trace runs with: the export `explicit` (LDIF or CSV),
+/// else the one installed in the config's state directory, else none.
+fn load_directory(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Option<Directory>, i32> {
+    let Some(p) = explicit else {
+        return Ok(cfg.and_then(|c| crate::shell::directory::install::installed(&c.state_dir)));
+    };
+    let text = std::fs::read_to_string(p).map_err(|e| {
+        eprintln!("sluice: {}: {e}", p.display());
+        2
+    })?;
+    Directory::from_export(&text).map(Some).map_err(|e| {
+        eprintln!("{}:{e}", p.display());
+        2
+    })
+}
+
 /// `sluice trace`: exit 0 accepted, 1 rejected, 2 bad input.
 pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     let a = match TraceArgs::parse(args) {
@@ -172,6 +194,10 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Ok(t) => t,
         Err(code) => return code,
     };
+    let directory = match load_directory(a.directory_file.as_deref(), cfg) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
     let table: &Table = &pol.table;
     let att = attribute(
         table,
@@ -184,6 +210,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         client: a.peer,
         sender: a.from.as_bytes(),
         rcpts: &rcpts,
+        directory: directory.as_ref(),
     };
     let out = runtime::decide(&pol, &env, &msg);
     let inbound = att

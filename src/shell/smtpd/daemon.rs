@@ -5,6 +5,7 @@
 use super::deadline::Deadlines;
 use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
+use crate::shell::directory::{self, Directory};
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
 use crate::shell::ops::log;
 use crate::shell::policy::install::Installer;
@@ -34,6 +35,9 @@ pub(super) struct Shared {
     pub(super) queue: Arc<Queue>,
     /// The installed policies; a session keeps the one it began with.
     pub(super) installer: Arc<Installer>,
+    /// The installed recipient directory; a session keeps the one it
+    /// began with (see [`Shared::directory`]).
+    pub(super) directory: Arc<directory::install::Store>,
     /// Sessions per client address, for `connections_per_ip`.
     pub(super) per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Sessions in all, for `connections` and the drain.
@@ -72,6 +76,14 @@ impl Live {
 }
 
 impl Shared {
+    /// The recipient directory new sessions begin with (`None` when none is
+    /// installed): `lookup(addr)` says whether an address is a known
+    /// recipient and, for a secondary one, its primary. Lock-free to read
+    /// once held; an install swaps it for new sessions only.
+    pub(super) fn directory(&self) -> Option<Arc<Directory>> {
+        self.directory.current()
+    }
+
     /// The config and TLS new sessions begin with.
     pub(super) fn live(&self) -> Arc<Live> {
         match self.live.read() {
@@ -93,17 +105,30 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         None,
         format_args!("version {:016X} active", installer.current().table.version),
     );
+    let directory = Arc::new(directory::install::Store::open(&cfg.state_dir));
+    if let Some(d) = directory.current() {
+        log::event(
+            log::Kind::Policy,
+            None,
+            None,
+            format_args!(
+                "directory version {:016X} active: {} addresses",
+                d.version(),
+                d.addresses()
+            ),
+        );
+    }
     let live = Live::load(cfg.clone())?;
     let (spool, scan) = open_spool(&cfg)?;
     let queue = start_queue(&cfg, spool.clone(), installer.clone(), scan)?;
     let listeners = open_listeners(&cfg)?;
     if let Some(dev) = cfg.upload_serial.clone() {
-        serve_uploads(dev, cfg.upload_baud, installer.clone())?;
+        serve_uploads(dev, cfg.upload_baud, installer.clone(), directory.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
     let control_thread = control::serve(
         &state_dir,
-        control_handler(installer.clone(), queue.clone()),
+        control_handler(installer.clone(), directory.clone(), queue.clone()),
     )
     .map_err(|e| {
         format!(
@@ -117,6 +142,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         spool,
         queue,
         installer,
+        directory,
         per_ip: Mutex::new(HashMap::new()),
         active: AtomicUsize::new(0),
         stopping: stop_rx,

@@ -21,6 +21,7 @@ use crate::engine::policy::{attribute, recipient_allowed, Agent, Attribution, Ta
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
+use crate::shell::directory::Directory;
 use crate::shell::ops::counters;
 use crate::shell::ops::log::{self, Kind};
 use crate::shell::policy::mime::MimeScan;
@@ -50,12 +51,14 @@ pub(super) async fn serve(
     let _ = stream.set_nodelay(true);
     let live = sh.live();
     let policy: Arc<Policy> = sh.installer.current();
+    let directory = sh.directory();
     let att = attribute(&policy.table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         refuse_connection(stream, peer, &live.cfg.hostname).await;
         return;
     }
     let mut s = Session::new(&sh, &live, &policy, stream, peer, starttls, att);
+    s.directory = directory.as_deref();
     s.run().await;
     s.end().await;
 }
@@ -236,6 +239,9 @@ struct Session<'a> {
     live: &'a Live,
     /// The policy this session began with.
     policy: &'a Policy,
+    /// The recipient directory this session began with (`None` when none
+    /// is installed): valid recipients, and inbound rewriting.
+    directory: Option<&'a Directory>,
     /// The client's address.
     peer: SocketAddr,
     /// Who the client is, by address (and certificate after STARTTLS).
@@ -281,6 +287,7 @@ impl<'a> Session<'a> {
             sh,
             live,
             policy,
+            directory: None,
             peer,
             att,
             rx,
@@ -485,6 +492,7 @@ impl<'a> Session<'a> {
             client: self.peer.ip(),
             sender: &self.txn.from,
             rcpts: &rcpts,
+            directory: self.directory,
         };
         if self.txn.head.is_empty() {
             return pol::decide(self.policy, &env, &self.txn.data);
