@@ -103,6 +103,7 @@ fn main() {
             headers,
             attachments: &[],
             size: MESSAGE.len() as u64,
+            rcpt_checks: None,
         };
         // The engine alone (what a no_std build runs).
         let mut sink = Null(0);
@@ -122,6 +123,7 @@ fn main() {
                 client: peer,
                 sender: b"someone@outside.example",
                 rcpts: &rcpts,
+                rcpt_checks: None,
             };
             black_box(policy::decide(&pol, &env, MESSAGE));
             iters2 += 1;

@@ -74,3 +74,22 @@ pub const MAX_DFAS: usize = 256;
 pub const MAX_DFA_BYTES: usize = 256 * 1024;
 /// Agents of the pipeline (every built-in agent once).
 pub const MAX_AGENTS: usize = 12;
+
+// ---- the Edge protection agents (recipient and sender filters) ----------
+
+/// Longest `[recipient_filter] tarpit`, milliseconds. A tarpit slows a
+/// harvester; a minute is already far beyond what Exchange uses (5 s) and
+/// stays well inside the 5-minute reply wait RFC 5321 §4.5.3.2 gives
+/// clients, so a legitimate client never times out on it.
+pub const MAX_TARPIT_MS: u32 = 60_000;
+
+/// Longest call-ahead probe, seconds (`call_ahead_timeout`): the probe runs
+/// while the client waits for its RCPT reply, which RFC 5321 §4.5.3.2
+/// lets it wait 5 minutes for; one minute leaves room for a few probes.
+pub const MAX_CALL_AHEAD_TIMEOUT: u16 = 60;
+
+/// Call-ahead answers remembered (positive and negative together); the
+/// least recently used is evicted. 4096 addresses of at most
+/// [`MAX_PATH`] octets bound the cache to about 1.2 MiB, and cover the
+/// recipients a small site's box sees in a TTL's time many times over.
+pub const CALL_AHEAD_CACHE: usize = 4096;

@@ -101,6 +101,9 @@ pub struct Arrival<'a> {
     pub sender: &'a [u8],
     /// The recipients, in order.
     pub rcpts: &'a [&'a [u8]],
+    /// The recipient filter's RCPT-time answers per recipient (a trace);
+    /// `None` in a session, whose recipients passed it at RCPT.
+    pub rcpt_checks: Option<&'a [crate::engine::policy::RcptCheck]>,
 }
 
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
@@ -135,6 +138,7 @@ pub fn decide_with(
         headers,
         attachments: &name_refs,
         size,
+        rcpt_checks: env.rcpt_checks,
     };
     let mut c = Collect::new(t, headers, rcpts, sender);
     let verdict = policy::evaluate_with(t, p, &m, rcpts, &mut c);
@@ -200,6 +204,7 @@ mod tests {
                 client: ip,
                 sender: b"a@example.org",
                 rcpts: &rc,
+                rcpt_checks: None,
             };
             decide(&direct, &env, msg).log
         };
@@ -255,6 +260,7 @@ mod tests {
                     client: ip,
                     sender: from.as_bytes(),
                     rcpts: &rc,
+                    rcpt_checks: None,
                 },
                 msg,
             );
@@ -265,6 +271,7 @@ mod tests {
                     client: ip,
                     sender: from.as_bytes(),
                     rcpts: &rc,
+                    rcpt_checks: None,
                 },
                 msg,
             );
@@ -280,6 +287,7 @@ mod tests {
                 headers: header_block(msg),
                 attachments: &refs,
                 size: msg.len() as u64,
+                rcpt_checks: None,
             };
             let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
             assert_eq!(digest(&render::render(&c, v)), digest(&o1));
@@ -296,6 +304,7 @@ mod tests {
             client: ip,
             sender: from.as_bytes(),
             rcpts: &rc,
+            rcpt_checks: None,
         };
         decide(&p, &env, msg)
     }
@@ -352,7 +361,7 @@ mod tests {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
             let a = policy::attribute(&p.table, &ip16(ip), None);
-            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc }, &msg);
+            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, rcpt_checks: None }, &msg);
             let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
             let spliced = splice(&msg, &all);
             prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));

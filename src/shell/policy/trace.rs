@@ -184,6 +184,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         client: a.peer,
         sender: a.from.as_bytes(),
         rcpts: &rcpts,
+        rcpt_checks: None,
     };
     let out = runtime::decide(&pol, &env, &msg);
     let inbound = att

@@ -593,6 +593,7 @@ impl Queue {
             client: std::net::IpAddr::from([127, 0, 0, 1]),
             sender: b"",
             rcpts: &rcpts,
+            rcpt_checks: None,
         };
         let out = crate::shell::policy::runtime::decide(&policy, &penv, &message);
         let routes = out

@@ -485,6 +485,7 @@ impl<'a> Session<'a> {
             client: self.peer.ip(),
             sender: &self.txn.from,
             rcpts: &rcpts,
+            rcpt_checks: None,
         };
         if self.txn.head.is_empty() {
             return pol::decide(self.policy, &env, &self.txn.data);
