@@ -1,13 +1,15 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
 use crate::engine::policy::{
-    attribute, run_order, run_position, Agent, AgentSlot, Table, ALSO_ON, STAGES,
+    attribute, recipient_check, run_order, run_position, sender_check, Agent, AgentSlot,
+    Attribution, Probe, RcptCheck, Table, ALSO_ON, STAGES,
 };
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
 use crate::shell::policy::runtime::{self, Policy};
 use crate::shell::relay::splice::splice;
+use crate::shell::relay::verify::{Verified, Verifier};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -179,13 +181,16 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         a.tls_name.as_deref().map(str::as_bytes),
     );
     let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
+    let filtered = filter_recipients(table, &att, &rcpts, cfg);
+    let checks: Vec<RcptCheck> = filtered.iter().map(|(c, _)| *c).collect();
     let env = runtime::Arrival {
         attribution: att,
         client: a.peer,
         sender: a.from.as_bytes(),
         rcpts: &rcpts,
-        rcpt_checks: None,
+        rcpt_checks: Some(&checks),
     };
+    let sender = render::sender_check_words(&sender_check(table, &att, a.from.as_bytes()));
     let out = runtime::decide(&pol, &env, &msg);
     let inbound = att
         .inbound
@@ -204,14 +209,96 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         if a.snapshots {
             doc["snapshots"] = Value::Array(snapshot_list(table, &msg, &out));
         }
+        doc["sender_filter"] = json!(sender);
+        if let Some(list) = doc["recipients"].as_array_mut() {
+            for (r, (c, v)) in list.iter_mut().zip(filtered.iter()) {
+                r["recipient_filter"] = filter_json(c, v.as_ref());
+            }
+        }
         outln!("{doc}");
     } else {
         print_text(&out, a.peer, inbound.as_deref(), att.originating, &a.from);
+        outln!("sender filter: {sender}");
+        for (to, (c, v)) in a.to.iter().zip(filtered.iter()) {
+            outln!("recipient filter <{to}>: {}", render::rcpt_check_words(c));
+            if let Some(v) = v {
+                outln!(
+                    "    call-ahead: {}{}: {}",
+                    probe_word(v.probe),
+                    if v.cached { " (cached)" } else { "" },
+                    v.detail
+                );
+            }
+        }
         if a.snapshots {
             print_snapshots(table, &msg, &out);
         }
     }
     i32::from(out.result == "Rejected")
+}
+
+/// The recipient filter's RCPT-time decision for each recipient, as the
+/// daemon makes it; call-ahead really asks the next hop (there is no cache
+/// across traces). The directory is not consulted offline yet.
+fn filter_recipients(
+    t: &Table,
+    att: &Attribution,
+    rcpts: &[&[u8]],
+    cfg: Option<&Config>,
+) -> Vec<(RcptCheck, Option<Verified>)> {
+    let mut verifier: Option<Verifier> = None;
+    let mut out = Vec::new();
+    for r in rcpts {
+        let mut check = recipient_check(t, att, r, None, None);
+        let mut asked = None;
+        if let RcptCheck::Ask(c) = check {
+            let v = verifier.get_or_insert_with(|| trace_verifier(cfg));
+            let answer = smol::block_on(v.check(t, c, r));
+            check = recipient_check(t, att, r, None, Some(answer.probe));
+            asked = Some(answer);
+        }
+        out.push((check, asked));
+    }
+    out
+}
+
+/// A call-ahead verifier from the config's `[dns]` and `ca` (defaults
+/// without a config).
+fn trace_verifier(cfg: Option<&Config>) -> Verifier {
+    let (helo, dns, ca) = match cfg {
+        Some(c) => (c.hostname.clone(), c.dns.clone(), c.ca.clone()),
+        None => ("localhost".to_string(), Default::default(), None),
+    };
+    let tls = crate::shell::relay::deliver::TlsClients::new(ca.as_deref())
+        .or_else(|_| crate::shell::relay::deliver::TlsClients::new(None));
+    let resolver = crate::shell::relay::dns::Resolver::new(dns);
+    match tls {
+        Ok(tls) => Verifier::new(helo, resolver, tls),
+        Err(e) => {
+            eprintln!("sluice: TLS client setup failed: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A call-ahead answer in a word.
+fn probe_word(p: Probe) -> &'static str {
+    match p {
+        Probe::Valid => "valid",
+        Probe::Unknown => "unknown",
+        Probe::Failed => "failed",
+    }
+}
+
+/// A recipient's `recipient_filter` in `--json` output.
+fn filter_json(c: &RcptCheck, v: Option<&Verified>) -> Value {
+    json!({
+        "decision": render::rcpt_check_words(c),
+        "reply": c.reason().map(|r| crate::shell::reply::OwnedReply::from(r).to_string()),
+        "call_ahead": v.map(|v| json!({
+            "answer": probe_word(v.probe), "cached": v.cached, "detail": v.detail,
+        })),
+    })
 }
 
 /// The header block before and after each agent, as text.
