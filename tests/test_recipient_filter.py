@@ -61,6 +61,10 @@ def test_unknown_recipient_gets_550_5_1_1_at_rcpt_and_is_not_spooled(sluice_fact
     assert "nobody@contoso.com" not in json.dumps(d.queue_list())
     log = d.stderr()
     assert "REJECT" in log and "recipient_filter:" in log and "to=<nobody@contoso.com>" in log, log[-3000:]
+    status = d.cli("status").stdout
+    status = status.decode() if isinstance(status, bytes) else status
+    line = [ln for ln in status.splitlines() if "agent:" in ln and "recipient_filter:" in ln]
+    assert line and "rejected 1" in line[0] and "passed 4" in line[0], status
 
 
 def test_blocked_recipient_is_refused_550_5_7_1(sluice_factory):

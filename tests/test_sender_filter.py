@@ -89,6 +89,9 @@ def test_stamp_is_added_and_a_transport_rule_acts_on_it(sluice_factory, sinks):
     m = hop.wait(1)[0]
     assert b"\r\nX-Sluice-Sender-Filter: blocked\r\n" in m.data, m.data
     assert b"\r\nX-Spam-Flag: YES\r\n" in m.data, m.data
+    status = d.cli("status").stdout
+    status = status.decode() if isinstance(status, bytes) else status
+    assert any("sender_filter:" in ln and "stamped 1" in ln for ln in status.splitlines()), status
 
 
 def test_a_blocked_from_header_is_stamped_too(sluice_factory, sinks):

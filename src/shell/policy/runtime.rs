@@ -310,6 +310,41 @@ mod tests {
     }
 
     #[test]
+    fn the_sender_stamp_is_seen_by_rules_and_a_forged_one_is_not() {
+        let rules = concat!(
+            "[domains]\naccepted = [\"contoso.com\"]\n",
+            "[[inbound]]\nname = \"org\"\nkind = \"organization\"\nclient_ips = \"10.0.0.0/8\"\n",
+            "[[connector]]\nname = \"all\"\naddress_spaces = [\"*\"]\n",
+            "[sender_filter]\nblocked = [\"spam.example\"]\naction = \"stamp\"\n",
+            "[[rule]]\nname = \"Flag\"\nif = { header = \"X-Sluice-Sender-Filter\" }\n",
+            "then = { add_header = { \"X-Flag\" = \"yes\" } }\n",
+        );
+        let added = |o: &Outcome| -> Vec<String> {
+            o.edits
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    HeaderEdit::Add { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let plain = b"From: a@ok.example\r\n\r\nb\r\n";
+        let forged = b"X-Sluice-Sender-Filter: blocked\r\nFrom: a@ok.example\r\n\r\nb\r\n";
+        let to = ["u@contoso.com"];
+        let o = outcome(rules, "192.0.2.1", "x@spam.example", &to, plain);
+        assert_eq!(added(&o), ["X-Sluice-Sender-Filter", "X-Flag"]);
+        let o = outcome(rules, "192.0.2.1", "a@ok.example", &to, forged);
+        assert!(added(&o).is_empty(), "{:?}", o.edits);
+        assert!(o
+            .edits
+            .iter()
+            .any(|(a, e)| *a == Agent::SenderFilter && matches!(e, HeaderEdit::Remove { .. })));
+        // From inside the header is the organisation's own: kept and seen.
+        let o = outcome(rules, "10.0.0.1", "a@ok.example", &to, forged);
+        assert_eq!(added(&o), ["X-Flag"]);
+    }
+
+    #[test]
     fn the_first_agent_of_resolved_message_to_route_a_recipient_keeps_it() {
         let sample = include_str!("../../../config/rules.toml");
         let swapped = format!("{sample}\n[[agent]]\nname = \"transport_rules\"\npriority = 3\n");

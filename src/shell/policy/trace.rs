@@ -246,14 +246,20 @@ fn filter_recipients(
     rcpts: &[&[u8]],
     cfg: Option<&Config>,
 ) -> Vec<(RcptCheck, Option<Verified>)> {
-    let mut verifier: Option<Verifier> = None;
+    let mut verifier: Option<Result<Verifier, String>> = None;
     let mut out = Vec::new();
     for r in rcpts {
         let mut check = recipient_check(t, att, r, None, None);
         let mut asked = None;
         if let RcptCheck::Ask(c) = check {
-            let v = verifier.get_or_insert_with(|| trace_verifier(cfg));
-            let answer = smol::block_on(v.check(t, c, r));
+            let answer = match verifier.get_or_insert_with(|| trace_verifier(cfg)) {
+                Ok(v) => smol::block_on(v.check(t, c, r)),
+                Err(e) => Verified {
+                    probe: Probe::Failed,
+                    cached: false,
+                    detail: e.clone(),
+                },
+            };
             check = recipient_check(t, att, r, None, Some(answer.probe));
             asked = Some(answer);
         }
@@ -264,7 +270,7 @@ fn filter_recipients(
 
 /// A call-ahead verifier from the config's `[dns]` and `ca` (defaults
 /// without a config).
-fn trace_verifier(cfg: Option<&Config>) -> Verifier {
+fn trace_verifier(cfg: Option<&Config>) -> Result<Verifier, String> {
     let (helo, dns, ca) = match cfg {
         Some(c) => (c.hostname.clone(), c.dns.clone(), c.ca.clone()),
         None => ("localhost".to_string(), Default::default(), None),
@@ -272,13 +278,8 @@ fn trace_verifier(cfg: Option<&Config>) -> Verifier {
     let tls = crate::shell::relay::deliver::TlsClients::new(ca.as_deref())
         .or_else(|_| crate::shell::relay::deliver::TlsClients::new(None));
     let resolver = crate::shell::relay::dns::Resolver::new(dns);
-    match tls {
-        Ok(tls) => Verifier::new(helo, resolver, tls),
-        Err(e) => {
-            eprintln!("sluice: TLS client setup failed: {e}");
-            std::process::exit(2);
-        }
-    }
+    tls.map(|tls| Verifier::new(helo, resolver, tls))
+        .map_err(|e| format!("TLS client setup failed: {e}"))
 }
 
 /// A call-ahead answer in a word.
