@@ -104,6 +104,7 @@ fn main() {
             attachments: &[],
             size: MESSAGE.len() as u64,
             directory: None,
+            rcpt_checks: None,
         };
         // The engine alone (what a no_std build runs).
         let mut sink = Null(0);
@@ -124,6 +125,7 @@ fn main() {
                 sender: b"someone@outside.example",
                 rcpts: &rcpts,
                 directory: None,
+                rcpt_checks: None,
             };
             black_box(policy::decide(&pol, &env, MESSAGE));
             iters2 += 1;

@@ -140,6 +140,25 @@ pub fn is_subdomain(domain: &[u8], parent: &[u8]) -> bool {
         && domain.get(n - parent.len() - 1) == Some(&b'.')
 }
 
+/// Whether the address `addr` fits a filter pattern of the recipient and
+/// sender filters, ASCII case ignored: `local@domain` (that address),
+/// `*@domain` or `domain` (every address at exactly that domain),
+/// `*.domain` (every address at a strict subdomain of it). An address
+/// without a domain (`postmaster`, `<>`) fits only an equal pattern.
+pub fn filter_matches(pattern: &[u8], addr: &[u8]) -> bool {
+    let domain = domain_of(addr);
+    if let Some(parent) = pattern.strip_prefix(b"*.") {
+        return is_subdomain(domain, parent);
+    }
+    if pattern.contains(&b'@') {
+        if domain.is_empty() {
+            return pattern.eq_ignore_ascii_case(addr);
+        }
+        return addr_matches(pattern, local_of(addr), domain);
+    }
+    !domain.is_empty() && pattern.eq_ignore_ascii_case(domain)
+}
+
 /// Whether a certificate name `name` fits a connector's
 /// `tls_certificate_name` `pattern`, ignoring case: equal, or, for a
 /// pattern `*.suffix`, exactly one left-most label (non-empty, no `*`)
@@ -203,6 +222,20 @@ mod tests {
             b"eu.contoso.com"
         ));
         assert!(!addr_matches(b"*@contoso.com", b"x", b"sub.contoso.com"));
+    }
+
+    #[test]
+    fn filter_patterns() {
+        assert!(filter_matches(b"Jaap@contoso.com", b"jaap@CONTOSO.com"));
+        assert!(!filter_matches(b"jaap@contoso.com", b"jan@contoso.com"));
+        assert!(filter_matches(b"contoso.com", b"anyone@Contoso.com"));
+        assert!(filter_matches(b"*@contoso.com", b"anyone@contoso.com"));
+        assert!(!filter_matches(b"contoso.com", b"anyone@eu.contoso.com"));
+        assert!(filter_matches(b"*.contoso.com", b"x@eu.contoso.com"));
+        assert!(!filter_matches(b"*.contoso.com", b"x@contoso.com"));
+        assert!(!filter_matches(b"contoso.com", b""));
+        assert!(!filter_matches(b"*.contoso.com", b"postmaster"));
+        assert!(!filter_matches(b"x.com", b"postmaster"));
     }
 
     #[test]

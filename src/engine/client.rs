@@ -205,6 +205,9 @@ pub struct Client<'a> {
     line_done: bool,
     /// An event to hand out before reading more.
     queued: Option<Kind>,
+    /// Verify mode ([`Client::verify`]): QUIT after the RCPT replies, never
+    /// DATA or BDAT.
+    verify: bool,
 }
 
 fn parse_reply(line: &[u8]) -> Option<(ServerReply<'_>, bool)> {
@@ -266,7 +269,20 @@ impl<'a> Client<'a> {
             bdat: false,
             line_done: false,
             queued: None,
+            verify: false,
         }
+    }
+
+    /// A client that only verifies recipients (call-ahead, as Postfix's
+    /// `reject_unverified_recipient` probes): EHLO (STARTTLS per `cfg`),
+    /// `MAIL FROM:<env.from>` (the null sender for a probe), a `RCPT TO`
+    /// per recipient, then `QUIT` — never DATA. Each recipient's reply
+    /// comes as [`Event::Rcpt`]; a session that ends earlier as
+    /// [`Event::Failed`].
+    pub fn verify(cfg: ClientConfig<'a>, env: Transaction<'a>) -> Self {
+        let mut c = Client::new(cfg, env);
+        c.verify = true;
+        c
     }
 
     /// Commands waiting to be sent.
@@ -344,6 +360,9 @@ impl<'a> Client<'a> {
             }
             self.command(&[b"RCPT TO:<", r, b">"]);
             self.rcpt_sent += 1;
+        }
+        if self.verify {
+            return;
         }
         if !self.ext.chunking && !self.data_sent && self.room() >= b"DATA\r\n".len() {
             self.command(&[b"DATA"]);
@@ -621,6 +640,9 @@ impl<'a> Client<'a> {
                 self.command(&[b"RCPT TO:<", r, b">"]);
                 self.rcpt_sent = self.rcpt_next + 1;
             }
+        } else if self.verify {
+            self.command(&[b"QUIT"]);
+            self.phase = Phase::Quit;
         } else if let Some(k) = self.next_after_rcpts() {
             // The last recipient's reply comes first; the next
             // step's event follows on the next feed.
@@ -877,6 +899,76 @@ mod tests {
     }
 
     const MSG: &[u8] = b"Subject: t\r\n\r\n.leading dot\r\n..two\r\nend\r\n";
+
+    fn verified(script: &[&[u8]], rcpts: &[&[u8]]) -> (V<String>, String) {
+        let e = Transaction {
+            from: b"",
+            rcpts,
+            size: 0,
+            body8bit: false,
+            smtputf8: false,
+        };
+        let mut cl = Client::verify(cfg(TlsMode::Opportunistic), e);
+        let mut events = V::new();
+        let mut sent = String::new();
+        for reply in script {
+            let mut pos = 0;
+            loop {
+                let st = cl.feed(&reply[pos..]);
+                pos += st.consumed;
+                match st.event {
+                    Some(ev) => events.push(describe(&ev)),
+                    None if pos >= reply.len() || st.consumed == 0 => break,
+                    None => {}
+                }
+            }
+            sent.push_str(&String::from_utf8_lossy(cl.output()));
+            let n = cl.output().len();
+            cl.output_sent(n);
+        }
+        (events, sent)
+    }
+
+    #[test]
+    fn verify_mode_asks_rcpt_then_quits_without_data() {
+        for pipelining in [false, true] {
+            let ehlo: &[u8] = if pipelining {
+                b"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+            } else {
+                b"250 mx.test\r\n"
+            };
+            let (events, sent) = verified(
+                &[
+                    b"220 mx.test\r\n",
+                    ehlo,
+                    b"250 2.1.0 ok\r\n",
+                    b"550 5.1.1 no such user\r\n",
+                    b"221 bye\r\n",
+                ],
+                &[b"nobody@contoso.com"],
+            );
+            assert_eq!(
+                sent, "EHLO edge1.test\r\nMAIL FROM:<>\r\nRCPT TO:<nobody@contoso.com>\r\nQUIT\r\n",
+                "pipelining {pipelining}"
+            );
+            assert_eq!(events.len(), 1, "{events:?}");
+            assert!(events[0].contains("550"), "{events:?}");
+        }
+        let (events, sent) = verified(
+            &[
+                b"220 mx.test\r\n",
+                b"250 mx.test\r\n",
+                b"250 ok\r\n",
+                b"250 2.1.5 ok\r\n",
+            ],
+            &[b"jaap@contoso.com"],
+        );
+        assert!(events[0].contains("250"), "{events:?}");
+        assert!(
+            !sent.contains("DATA") && sent.ends_with("QUIT\r\n"),
+            "{sent}"
+        );
+    }
 
     #[test]
     fn against_our_receiver_with_pipelining_and_chunking() {

@@ -86,3 +86,21 @@ pub const MAX_DIRECTORY_ADDRESSES: usize = 262_144;
 /// Octets of the directory's pool of primary addresses (each stored once,
 /// with a two-octet length): 2^18 primaries of 60 octets on average.
 pub const MAX_DIRECTORY_POOL: usize = 16 * 1024 * 1024;
+// ---- the Edge protection agents (recipient and sender filters) ----------
+
+/// Longest `[recipient_filter] tarpit`, milliseconds. A tarpit slows a
+/// harvester; a minute is already far beyond what Exchange uses (5 s) and
+/// stays well inside the 5-minute reply wait RFC 5321 §4.5.3.2 gives
+/// clients, so a legitimate client never times out on it.
+pub const MAX_TARPIT_MS: u32 = 60_000;
+
+/// Longest call-ahead probe, seconds (`call_ahead_timeout`): the probe runs
+/// while the client waits for its RCPT reply, which RFC 5321 §4.5.3.2
+/// lets it wait 5 minutes for; one minute leaves room for a few probes.
+pub const MAX_CALL_AHEAD_TIMEOUT: u16 = 60;
+
+/// Call-ahead answers remembered (positive and negative together); the
+/// least recently used is evicted. 4096 addresses of at most
+/// [`MAX_PATH`] octets bound the cache to about 1.2 MiB, and cover the
+/// recipients a small site's box sees in a TTL's time many times over.
+pub const CALL_AHEAD_CACHE: usize = 4096;

@@ -69,6 +69,19 @@ pub enum Reason {
     AccessDenied,
     /// `554 5.4.14`: more Received: fields than the policy allows.
     HopCount,
+    /// `550 5.1.1`: the recipient filter does not know the recipient.
+    UnknownRecipient,
+    /// `550 5.7.1`: the recipient filter blocks the recipient.
+    BlockedRecipient,
+    /// `450 4.1.1`: call-ahead could not verify the recipient (the next
+    /// hop is down, timed out or answered 4xx).
+    UnverifiedRecipient,
+    /// `421 4.7.0`: more unknown recipients than `max_unknown`; closes.
+    TooManyUnknown,
+    /// `550 5.7.1`: the sender filter blocks the sender (MAIL or `From:`).
+    BlockedSender,
+    /// `550 5.7.1`: the sender filter refuses the blank sender `<>`.
+    BlankSender,
     /// `250 2.0.0 Ok` for RSET and NOOP.
     Ok,
     /// `250 2.1.0 Ok` for MAIL.
@@ -150,6 +163,28 @@ impl Reason {
                 Some((5, 4, 14)),
                 "Hop count exceeded - possible mail loop",
             ),
+            UnknownRecipient => (
+                550,
+                Some((5, 1, 1)),
+                "Recipient address rejected: User unknown",
+            ),
+            BlockedRecipient => (
+                550,
+                Some((5, 7, 1)),
+                "Recipient address rejected: Recipient not authorized",
+            ),
+            UnverifiedRecipient => (
+                450,
+                Some((4, 1, 1)),
+                "Recipient address rejected: unverified address, next hop unavailable",
+            ),
+            TooManyUnknown => (
+                421,
+                Some((4, 7, 0)),
+                "Too many unknown recipients, closing connection",
+            ),
+            BlockedSender => (550, Some((5, 7, 1)), "Sender denied"),
+            BlankSender => (550, Some((5, 7, 1)), "Blank sender denied"),
             Ok => (250, Some((2, 0, 0)), "Ok"),
             SenderOk => (250, Some((2, 1, 0)), "Ok"),
             RecipientOk => (250, Some((2, 1, 5)), "Ok"),
@@ -227,6 +262,12 @@ mod tests {
             RelayDenied,
             AccessDenied,
             HopCount,
+            UnknownRecipient,
+            BlockedRecipient,
+            UnverifiedRecipient,
+            TooManyUnknown,
+            BlockedSender,
+            BlankSender,
         ];
         for r in all {
             let rep = r.reply();

@@ -19,6 +19,7 @@ use super::super::addr::tls_name_matches;
 use super::super::addr::{addr_matches, domain_of, is_addr_byte, is_subdomain, local_of};
 use super::super::header;
 use super::super::limits::MAX_AGENTS;
+use super::filters::{recipient_check, sender_blocked, sender_check, RcptCheck, SenderCheck};
 use super::table::*;
 use regex_automata::dfa::Automaton;
 
@@ -231,6 +232,9 @@ pub enum Refusal {
     Rule(u16, (u8, u16, u16), Str),
     /// Beyond the policy's `max_recipients`: `452 4.5.3`.
     TooManyRecipients,
+    /// The recipient filter beyond the accepted domains (blocked, unknown,
+    /// unverified): the reply is the check's.
+    Filtered(RcptCheck),
 }
 
 /// The decision for one recipient.
@@ -305,6 +309,11 @@ pub enum Note<'a> {
     Stopped(u16, u16),
     /// Recipient `rcpt` is outside and the session is anonymous.
     RelayDenied(u16),
+    /// The recipient filter's decision for recipient `rcpt` (accepted
+    /// domain, or originating session).
+    Recipient(u16, RcptCheck),
+    /// The sender filter's decision.
+    Sender(SenderNote<'a>),
     /// The address map rewrote recipient `rcpt` (inbound).
     RecipientRewritten(u16),
     /// Inbound rewriting changed recipient `rcpt` by the directory (a
@@ -332,6 +341,20 @@ pub enum Note<'a> {
     Blocked,
     /// Recipient `rcpt` leaves by connector `c` (or none matched).
     Connector(u16, Option<u16>),
+}
+
+/// What the sender filter noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SenderNote<'a> {
+    /// The envelope sender's check (at MAIL in a session).
+    Envelope(SenderCheck),
+    /// A `From:` address is blocked (refused or stamped).
+    FromBlocked(&'a [u8], SenderCheck),
+    /// An incoming copy of the stamp field was removed.
+    StampRemoved,
+    /// The message was stamped.
+    Stamped,
 }
 
 /// Receives the results of [`evaluate`], in order. Notes borrow from the
@@ -366,6 +389,11 @@ pub struct Message<'a> {
     /// its secondary addresses to their primary one (after the rule file's
     /// `[[rewrite]]` entries, which win).
     pub directory: Option<crate::engine::directory::View<'a>>,
+    /// The recipient filter's RCPT-time answers, one per recipient (a
+    /// trace asks the directory and call-ahead first). `None`: the
+    /// recipients passed it at RCPT already (a session); only the
+    /// accepted-domain check is repeated.
+    pub rcpt_checks: Option<&'a [RcptCheck]>,
 }
 
 impl Message<'_> {
@@ -395,6 +423,9 @@ pub enum Verdict {
     HeaderTooBig,
     /// Every recipient was refused; the first refusal is the reply.
     Refused(Refusal),
+    /// The sender filter refuses the message (blocked `From:`, or, in a
+    /// trace, the envelope sender MAIL would have refused): `550 5.7.1`.
+    Sender(SenderCheck),
 }
 
 const RULE_WORDS: usize = super::super::limits::MAX_RULES.div_ceil(32);
@@ -419,7 +450,15 @@ impl RuleBits {
 
 /// Field visibility after the header firewall.
 fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
-    if m.attribution.originating || !t.enabled(Agent::HeaderFirewall) {
+    if m.attribution.originating {
+        return Some(name);
+    }
+    // The sender filter's stamp is ours alone: an incoming copy from
+    // outside is never visible, whatever the agents' settings.
+    if name.eq_ignore_ascii_case(SENDER_STAMP.as_bytes()) {
+        return None;
+    }
+    if !t.enabled(Agent::HeaderFirewall) {
         return Some(name);
     }
     if t.list(t.trusted_prefixes).any(|p| starts_with_ci(name, p)) {
@@ -490,6 +529,8 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     /// per message: `known` bit set, result in `value`.
     known: [u32; COND_WORDS],
     value: [u32; COND_WORDS],
+    /// The sender filter stamped the message: rules see its field.
+    sender_stamped: bool,
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
@@ -549,17 +590,17 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             }
             Condition::HeaderPresent(name) => {
                 let name = t.str(name);
-                let found = values(t, m, name).next();
+                let found = self.visible(name).next();
                 self.log_header(rule, name, found, None);
                 found.is_some()
             }
-            Condition::HeaderAbsent(name) => values(t, m, t.str(name)).next().is_none(),
+            Condition::HeaderAbsent(name) => self.visible(t.str(name)).next().is_none(),
             Condition::HeaderMatches(name, dfa) | Condition::HeaderNotMatches(name, dfa) => {
                 let want = matches!(cond, Condition::HeaderMatches(..));
                 let name = t.str(name);
                 let mut first = None;
                 let mut any_match = false;
-                for v in values(t, m, name) {
+                for v in self.visible(name) {
                     first.get_or_insert(v);
                     if dfa_matches(self.p, dfa, v) {
                         any_match = true;
@@ -583,6 +624,17 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 found.is_some()
             }
         }
+    }
+
+    /// The values of the fields named `name` the rules see: those the
+    /// header firewall leaves visible, and the sender filter's stamp when
+    /// it stamped the message.
+    fn visible(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let t = self.t;
+        let sf = &t.sender_filter;
+        let stamp = (self.sender_stamped && name.eq_ignore_ascii_case(t.str(sf.stamp_name)))
+            .then(|| t.str(sf.stamp_value));
+        values(t, self.m, name).chain(stamp)
     }
 
     /// The attachment names, once per message, before the first rule's
@@ -758,6 +810,61 @@ struct Run {
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
+    /// OnMailCommand and OnEndOfHeaders: the sender filter, for mail from
+    /// outside. An incoming copy of its stamp is removed; the envelope
+    /// sender (MAIL refused it already in a session; a trace meets it
+    /// here) and each `From:` address are checked; a blocked one refuses
+    /// the message (`reject`) or stamps it (`stamp`).
+    fn sender_filter(&mut self) -> Option<Verdict> {
+        let (t, m) = (self.t, self.m);
+        if m.attribution.originating {
+            return None;
+        }
+        for f in header::fields(m.headers) {
+            if f.name.eq_ignore_ascii_case(SENDER_STAMP.as_bytes()) {
+                let (start, end) = field_span(m.headers, f.name, f.value);
+                self.sink
+                    .edit(Agent::SenderFilter, Edit::Remove(start, end));
+                self.sink
+                    .note(Agent::SenderFilter, Note::Sender(SenderNote::StampRemoved));
+            }
+        }
+        let env = sender_check(t, &m.attribution, m.sender);
+        self.sink
+            .note(Agent::SenderFilter, Note::Sender(SenderNote::Envelope(env)));
+        let mut stamp = env == SenderCheck::Stamp;
+        if env.reason().is_some() {
+            return Some(Verdict::Sender(env));
+        }
+        for f in header::fields(m.headers).filter(|f| f.name_eq(b"From")) {
+            for addr in addresses(f.value) {
+                let c = sender_blocked(t, addr);
+                if c == SenderCheck::Pass {
+                    continue;
+                }
+                self.sink.note(
+                    Agent::SenderFilter,
+                    Note::Sender(SenderNote::FromBlocked(addr, c)),
+                );
+                if c == SenderCheck::Blocked {
+                    return Some(Verdict::Sender(c));
+                }
+                stamp = true;
+            }
+        }
+        if stamp {
+            let sf = &t.sender_filter;
+            self.sink.edit(
+                Agent::SenderFilter,
+                Edit::Add(sf.stamp_name, sf.stamp_value),
+            );
+            self.sink
+                .note(Agent::SenderFilter, Note::Sender(SenderNote::Stamped));
+            self.sender_stamped = true;
+        }
+        None
+    }
+
     /// OnEndOfHeaders: the header firewall strips trusted headers from
     /// anonymous mail and renames untrusted verdict headers.
     fn header_firewall(&mut self) {
@@ -1038,6 +1145,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         attachments_logged: false,
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
+        sender_stamped: false,
     };
     if let Some(v) = ev.receive_agents(&order) {
         return v;
@@ -1094,6 +1202,11 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     fn receive_agents(&mut self, order: &[AgentSlot]) -> Option<Verdict> {
         for s in order.iter().filter(|s| s.enabled) {
             match s.agent {
+                Agent::SenderFilter => {
+                    if let Some(v) = self.sender_filter() {
+                        return Some(v);
+                    }
+                }
                 Agent::HeaderFirewall => self.header_firewall(),
                 Agent::HopCount => {
                     if let Some(v) = self.hop_count() {
@@ -1133,11 +1246,35 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             d.refused = Some(Refusal::TooManyRecipients);
             return d;
         }
-        if !recipient_allowed(t, &self.m.attribution, orig) {
-            self.sink
-                .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
-            d.refused = Some(Refusal::Relay);
-            return d;
+        let check = match self.m.rcpt_checks {
+            Some(checks) => checks
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| recipient_check(t, &self.m.attribution, orig, None, None)),
+            None if recipient_allowed(t, &self.m.attribution, orig) => {
+                RcptCheck::Accept(super::filters::Valid::Unchecked)
+            }
+            None => RcptCheck::Relay,
+        };
+        match check {
+            RcptCheck::Relay => {
+                self.sink
+                    .note(Agent::RecipientFilter, Note::RelayDenied(rcpt));
+                d.refused = Some(Refusal::Relay);
+                return d;
+            }
+            RcptCheck::Accept(_) | RcptCheck::Ask(_) => {
+                if self.m.rcpt_checks.is_some() {
+                    self.sink
+                        .note(Agent::RecipientFilter, Note::Recipient(rcpt, check));
+                }
+            }
+            refused => {
+                self.sink
+                    .note(Agent::RecipientFilter, Note::Recipient(rcpt, refused));
+                d.refused = Some(Refusal::Filtered(refused));
+                return d;
+            }
         }
         for s in order.iter() {
             if d.refused.is_some() {
@@ -1216,6 +1353,33 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         }
         sender
     }
+}
+
+/// The addresses in a header field's value: each run of address octets
+/// around an `@` (as the rewriting of To/Cc finds them).
+fn addresses(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut i = 0;
+    core::iter::from_fn(move || {
+        while i < v.len() {
+            if v.get(i) != Some(&b'@') {
+                i += 1;
+                continue;
+            }
+            let mut s = i;
+            while s > 0 && v.get(s - 1).is_some_and(|&b| is_addr_byte(b)) {
+                s -= 1;
+            }
+            let mut e = i + 1;
+            while v.get(e).is_some_and(|&b| is_addr_byte(b)) {
+                e += 1;
+            }
+            i = e.max(i + 1);
+            if let Some(a) = v.get(s..e) {
+                return Some(a);
+            }
+        }
+        None
+    })
 }
 
 /// The span of a field in the block: from its name to after its line ending.

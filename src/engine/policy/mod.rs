@@ -2,7 +2,9 @@
 //! recipient ([`eval`]), both `no_std` and allocation-free.
 
 pub mod eval;
+pub mod filters;
 pub mod table;
 
 pub use eval::*;
+pub use filters::*;
 pub use table::*;

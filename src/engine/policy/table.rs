@@ -453,6 +453,59 @@ pub struct Cmt {
     pub stamp: Str,
 }
 
+/// The recipient filter's settings beyond the accepted domains
+/// (`[recipient_filter]`). Patterns are those of
+/// [`filter_matches`](crate::engine::addr::filter_matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RecipientFilter {
+    /// `valid`: recipients that exist (empty: this source is not used).
+    pub valid: List,
+    /// `blocked`: recipients refused `550 5.7.1`.
+    pub blocked: List,
+    /// `directory = true`: the installed directory is a source.
+    pub directory: bool,
+    /// `call_ahead`: the send connector whose next hop verifies.
+    pub call_ahead: Option<u16>,
+    /// `tarpit`, milliseconds: the delay of each RCPT reply once the
+    /// session has had an unknown recipient (0: none).
+    pub tarpit_ms: u32,
+    /// `max_unknown`: unknown recipients a session may try; the next one
+    /// gets `421 4.7.0` and the session closes (0: no limit of its own).
+    pub max_unknown: u16,
+    /// `call_ahead_timeout`, seconds: the whole probe at most.
+    pub call_ahead_timeout: u16,
+    /// `call_ahead_valid_ttl`, seconds: how long a 250 is remembered.
+    pub valid_ttl: u32,
+    /// `call_ahead_unknown_ttl`, seconds: how long a 550 is remembered.
+    pub unknown_ttl: u32,
+}
+
+/// The sender filter's settings (`[sender_filter]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SenderFilter {
+    /// `blocked`: senders (envelope and `From:`), as filter patterns.
+    pub blocked: List,
+    /// `action = "stamp"`: a blocked sender's mail is stamped, not refused.
+    pub stamp: bool,
+    /// `blank_sender = "reject"`: `MAIL FROM:<>` is refused.
+    pub reject_blank: bool,
+    /// The stamp's field name ([`SENDER_STAMP`]).
+    pub stamp_name: Str,
+    /// The stamp's value ([`SENDER_STAMP_VALUE`]).
+    pub stamp_value: Str,
+}
+
+/// The field the sender filter adds to a blocked sender's mail when its
+/// action is `stamp`; rules act on it (`header = "X-Sluice-Sender-Filter"`).
+/// An incoming copy from a non-originating session is never visible to the
+/// rules and is removed by the sender filter.
+pub const SENDER_STAMP: &str = "X-Sluice-Sender-Filter";
+
+/// The value of [`SENDER_STAMP`].
+pub const SENDER_STAMP_VALUE: &str = "blocked";
+
 /// Message limits of the policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -518,6 +571,10 @@ pub struct Table {
     pub dfa_bytes: Vec<u8, MAX_DFA_BYTES>,
     /// The pipeline's agents.
     pub agents: Vec<AgentSlot, MAX_AGENTS>,
+    /// The recipient filter beyond the accepted domains.
+    pub recipient_filter: RecipientFilter,
+    /// The sender filter.
+    pub sender_filter: SenderFilter,
 }
 
 /// Why a table or blob was refused.
@@ -570,6 +627,24 @@ impl Table {
             dfas: Vec::new(),
             dfa_bytes: Vec::new(),
             agents: Vec::new(),
+            recipient_filter: RecipientFilter {
+                valid: List { first: 0, count: 0 },
+                blocked: List { first: 0, count: 0 },
+                directory: false,
+                call_ahead: None,
+                tarpit_ms: 0,
+                max_unknown: 0,
+                call_ahead_timeout: 0,
+                valid_ttl: 0,
+                unknown_ttl: 0,
+            },
+            sender_filter: SenderFilter {
+                blocked: List { first: 0, count: 0 },
+                stamp: false,
+                reject_blank: false,
+                stamp_name: Str { off: 0, len: 0 },
+                stamp_value: Str { off: 0, len: 0 },
+            },
         }
     }
 
@@ -657,6 +732,19 @@ impl Table {
             && s_ok(&self.cmt.stamp)
             && self.list_ok(&self.trusted_prefixes)
             && self.renames.iter().all(|(a, b)| s_ok(a) && s_ok(b))
+            && self.filters_ok()
+    }
+
+    /// The recipient and sender filters point inside the table.
+    fn filters_ok(&self) -> bool {
+        let (r, s) = (&self.recipient_filter, &self.sender_filter);
+        self.list_ok(&r.valid)
+            && self.list_ok(&r.blocked)
+            && r.call_ahead
+                .is_none_or(|c| usize::from(c) < self.connectors.len())
+            && self.list_ok(&s.blocked)
+            && self.str_ok(&s.stamp_name)
+            && self.str_ok(&s.stamp_value)
     }
 
     /// The rules, their condition sets, conditions, actions and patterns

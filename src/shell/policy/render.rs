@@ -5,7 +5,8 @@
 
 use crate::engine::header;
 use crate::engine::policy::{
-    Addr, Agent, Decision, Edit, Note, Override, Refusal, Sink, Stage, Table, Verdict, AGENTS,
+    Addr, Agent, Decision, Edit, Note, Override, RcptCheck, Refusal, SenderCheck, SenderNote, Sink,
+    Source, Stage, Table, Valid, Verdict, AGENTS,
 };
 use crate::engine::reply::Reason;
 use crate::shell::reply::OwnedReply;
@@ -161,6 +162,51 @@ pub fn refusal(t: &Table, r: &Refusal) -> OwnedReply {
         Refusal::Rule(code, status, text) => {
             OwnedReply::new(*code, Some(*status), lossy(t.str(*text)))
         }
+        Refusal::Filtered(c) => c.reason().unwrap_or(Reason::LocalError).into(),
+    }
+}
+
+/// The recipient filter's decision in words (trace, log).
+pub fn rcpt_check_words(c: &RcptCheck) -> String {
+    match c {
+        RcptCheck::Accept(v) => format!(
+            "valid: {}",
+            match v {
+                Valid::Originating => "originating session, not filtered",
+                Valid::Disabled => "agent disabled, accepted domain",
+                Valid::Unchecked => "accepted domain, no source of valid recipients",
+                Valid::Postmaster => "postmaster",
+                Valid::Pattern => "a valid pattern matches",
+                Valid::Directory => "in the directory",
+                Valid::CallAhead => "call-ahead: the next hop answered 250",
+            }
+        ),
+        RcptCheck::Relay => "relay denied: outside the accepted domains".to_string(),
+        RcptCheck::Blocked => "blocked recipient".to_string(),
+        RcptCheck::Unknown(s) => format!(
+            "unknown recipient: {}",
+            match s {
+                Source::Patterns => "no valid pattern matches",
+                Source::Directory => "not in the directory",
+                Source::CallAhead => "call-ahead: the next hop refused it",
+            }
+        ),
+        RcptCheck::Unverified => {
+            "not verified: call-ahead's next hop is down, timed out or answered 4xx".to_string()
+        }
+        RcptCheck::Ask(_) => "call-ahead not asked".to_string(),
+    }
+}
+
+/// The sender filter's decision in words (trace, log).
+pub fn sender_check_words(c: &SenderCheck) -> &'static str {
+    match c {
+        SenderCheck::Originating => "originating session, not filtered",
+        SenderCheck::Disabled => "agent disabled",
+        SenderCheck::Pass => "passed",
+        SenderCheck::Blank => "blank sender refused",
+        SenderCheck::Blocked => "blocked sender refused",
+        SenderCheck::Stamp => "blocked sender, stamped",
     }
 }
 
@@ -174,6 +220,7 @@ pub fn verdict_reply(t: &Table, v: &Verdict) -> Option<OwnedReply> {
         Verdict::TooBig => Some(Reason::TooBig.into()),
         Verdict::HeaderTooBig => Some(Reason::HeaderTooBig.into()),
         Verdict::Refused(r) => Some(refusal(t, r)),
+        Verdict::Sender(c) => Some(c.reason().unwrap_or(Reason::LocalError).into()),
     }
 }
 
@@ -313,6 +360,9 @@ impl Why<'_> {
                 "recipient outside the accepted domains from an anonymous session".to_string()
             }
             (Some(Refusal::Rule(..)), _, _) => format!("refused by rule \"{rule}\""),
+            (Some(Refusal::Filtered(c)), _, _) => {
+                format!("recipient filter: {}", rcpt_check_words(c))
+            }
             (None, Some("route_to"), _) => {
                 format!("routing override to {od} by rule \"{rule}\"")
             }
@@ -406,6 +456,24 @@ fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
         Note::RelayDenied(i) => format!(
             "Recipient [{}]. Outside the accepted domains; relay denied.",
             addr_of(rs, i)
+        ),
+        Note::Recipient(i, c) => {
+            format!("Recipient [{}]. {}.", addr_of(rs, i), rcpt_check_words(&c))
+        }
+        Note::Sender(SenderNote::Envelope(c)) => {
+            format!("Envelope sender: {}.", sender_check_words(&c))
+        }
+        Note::Sender(SenderNote::FromBlocked(a, c)) => {
+            format!("From: [{}]: {}.", lossy(a), sender_check_words(&c))
+        }
+        Note::Sender(SenderNote::StampRemoved) => format!(
+            "Removed an incoming [{}] header.",
+            lossy(t.str(t.sender_filter.stamp_name))
+        ),
+        Note::Sender(SenderNote::Stamped) => format!(
+            "Stamped [{}: {}].",
+            lossy(t.str(t.sender_filter.stamp_name)),
+            lossy(t.str(t.sender_filter.stamp_value))
         ),
         Note::RecipientRewritten(i) => format!("Recipient rewritten to [{}].", addr_of(rs, i)),
         Note::RecipientRewrittenByDirectory(i) => {

@@ -104,6 +104,9 @@ pub struct Arrival<'a> {
     /// The directory the session began with, if one is installed (inbound
     /// rewriting of secondary addresses).
     pub directory: Option<&'a crate::shell::directory::Directory>,
+    /// The recipient filter's RCPT-time answers per recipient (a trace);
+    /// `None` in a session, whose recipients passed it at RCPT.
+    pub rcpt_checks: Option<&'a [crate::engine::policy::RcptCheck]>,
 }
 
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
@@ -139,6 +142,7 @@ pub fn decide_with(
         attachments: &name_refs,
         size,
         directory: env.directory.map(|d| d.view()),
+        rcpt_checks: env.rcpt_checks,
     };
     let dir = env.directory.map_or(&[][..], |d| d.bytes());
     let mut c = Collect::new(t, dir, headers, rcpts, sender);
@@ -206,6 +210,7 @@ mod tests {
                 sender: b"a@example.org",
                 rcpts: &rc,
                 directory: None,
+                rcpt_checks: None,
             };
             decide(&direct, &env, msg).log
         };
@@ -262,6 +267,7 @@ mod tests {
                     sender: from.as_bytes(),
                     rcpts: &rc,
                     directory: None,
+                    rcpt_checks: None,
                 },
                 msg,
             );
@@ -273,6 +279,7 @@ mod tests {
                     sender: from.as_bytes(),
                     rcpts: &rc,
                     directory: None,
+                    rcpt_checks: None,
                 },
                 msg,
             );
@@ -289,6 +296,7 @@ mod tests {
                 attachments: &refs,
                 size: msg.len() as u64,
                 directory: None,
+                rcpt_checks: None,
             };
             let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
             assert_eq!(digest(&render::render(&c, v)), digest(&o1));
@@ -306,6 +314,7 @@ mod tests {
             sender: from.as_bytes(),
             rcpts: &rc,
             directory: None,
+            rcpt_checks: None,
         };
         decide(&p, &env, msg)
     }
@@ -335,6 +344,7 @@ mod tests {
                 sender: b"x@outside.example",
                 rcpts: &rc,
                 directory,
+                rcpt_checks: None,
             };
             decide(&p, &env, msg)
         };
@@ -383,10 +393,46 @@ mod tests {
             sender: b"x@outside.example",
             rcpts: &rc,
             directory: Some(&d),
+            rcpt_checks: None,
         };
         let o = decide(&p, &env, msg);
         assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
         assert!(o.edits.is_empty() || !format!("{:?}", o.edits).contains("anna@eu.contoso.com"));
+    }
+
+    #[test]
+    fn the_sender_stamp_is_seen_by_rules_and_a_forged_one_is_not() {
+        let rules = concat!(
+            "[domains]\naccepted = [\"contoso.com\"]\n",
+            "[[inbound]]\nname = \"org\"\nkind = \"organization\"\nclient_ips = \"10.0.0.0/8\"\n",
+            "[[connector]]\nname = \"all\"\naddress_spaces = [\"*\"]\n",
+            "[sender_filter]\nblocked = [\"spam.example\"]\naction = \"stamp\"\n",
+            "[[rule]]\nname = \"Flag\"\nif = { header = \"X-Sluice-Sender-Filter\" }\n",
+            "then = { add_header = { \"X-Flag\" = \"yes\" } }\n",
+        );
+        let added = |o: &Outcome| -> Vec<String> {
+            o.edits
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    HeaderEdit::Add { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let plain = b"From: a@ok.example\r\n\r\nb\r\n";
+        let forged = b"X-Sluice-Sender-Filter: blocked\r\nFrom: a@ok.example\r\n\r\nb\r\n";
+        let to = ["u@contoso.com"];
+        let o = outcome(rules, "192.0.2.1", "x@spam.example", &to, plain);
+        assert_eq!(added(&o), ["X-Sluice-Sender-Filter", "X-Flag"]);
+        let o = outcome(rules, "192.0.2.1", "a@ok.example", &to, forged);
+        assert!(added(&o).is_empty(), "{:?}", o.edits);
+        assert!(o
+            .edits
+            .iter()
+            .any(|(a, e)| *a == Agent::SenderFilter && matches!(e, HeaderEdit::Remove { .. })));
+        // From inside the header is the organisation's own: kept and seen.
+        let o = outcome(rules, "10.0.0.1", "a@ok.example", &to, forged);
+        assert_eq!(added(&o), ["X-Flag"]);
     }
 
     #[test]
@@ -441,7 +487,7 @@ mod tests {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
             let a = policy::attribute(&p.table, &ip16(ip), None);
-            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, directory: None }, &msg);
+            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, directory: None, rcpt_checks: None }, &msg);
             let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
             let spliced = splice(&msg, &all);
             prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));

@@ -1,7 +1,8 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
 use crate::engine::policy::{
-    attribute, run_order, run_position, Agent, AgentSlot, Table, ALSO_ON, STAGES,
+    attribute, recipient_check, run_order, run_position, sender_check, Agent, AgentSlot,
+    Attribution, Probe, RcptCheck, Table, ALSO_ON, STAGES,
 };
 use crate::shell::config::Config;
 use crate::shell::directory::Directory;
@@ -9,6 +10,7 @@ use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
 use crate::shell::policy::runtime::{self, Policy};
 use crate::shell::relay::splice::splice;
+use crate::shell::relay::verify::{Verified, Verifier};
 use serde_json::{json, Value};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -205,13 +207,17 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         a.tls_name.as_deref().map(str::as_bytes),
     );
     let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
+    let filtered = filter_recipients(table, &att, &rcpts, directory.as_ref(), cfg);
+    let checks: Vec<RcptCheck> = filtered.iter().map(|(c, _)| *c).collect();
     let env = runtime::Arrival {
         attribution: att,
         client: a.peer,
         sender: a.from.as_bytes(),
         rcpts: &rcpts,
         directory: directory.as_ref(),
+        rcpt_checks: Some(&checks),
     };
+    let sender = render::sender_check_words(&sender_check(table, &att, a.from.as_bytes()));
     let out = runtime::decide(&pol, &env, &msg);
     let inbound = att
         .inbound
@@ -230,14 +236,99 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         if a.snapshots {
             doc["snapshots"] = Value::Array(snapshot_list(table, &msg, &out));
         }
+        doc["sender_filter"] = json!(sender);
+        if let Some(list) = doc["recipients"].as_array_mut() {
+            for (r, (c, v)) in list.iter_mut().zip(filtered.iter()) {
+                r["recipient_filter"] = filter_json(c, v.as_ref());
+            }
+        }
         outln!("{doc}");
     } else {
         print_text(&out, a.peer, inbound.as_deref(), att.originating, &a.from);
+        outln!("sender filter: {sender}");
+        for (to, (c, v)) in a.to.iter().zip(filtered.iter()) {
+            outln!("recipient filter <{to}>: {}", render::rcpt_check_words(c));
+            if let Some(v) = v {
+                outln!(
+                    "    call-ahead: {}{}: {}",
+                    probe_word(v.probe),
+                    if v.cached { " (cached)" } else { "" },
+                    v.detail
+                );
+            }
+        }
         if a.snapshots {
             print_snapshots(table, &msg, &out);
         }
     }
     i32::from(out.result == "Rejected")
+}
+
+/// The recipient filter's RCPT-time decision for each recipient, as the
+/// daemon makes it; call-ahead really asks the next hop (there is no cache
+/// across traces); the directory is the one the trace runs with.
+fn filter_recipients(
+    t: &Table,
+    att: &Attribution,
+    rcpts: &[&[u8]],
+    directory: Option<&Directory>,
+    cfg: Option<&Config>,
+) -> Vec<(RcptCheck, Option<Verified>)> {
+    let mut verifier: Option<Result<Verifier, String>> = None;
+    let mut out = Vec::new();
+    for r in rcpts {
+        let known = directory.map(|d| d.lookup(r).is_some());
+        let mut check = recipient_check(t, att, r, known, None);
+        let mut asked = None;
+        if let RcptCheck::Ask(c) = check {
+            let answer = match verifier.get_or_insert_with(|| trace_verifier(cfg)) {
+                Ok(v) => smol::block_on(v.check(t, c, r)),
+                Err(e) => Verified {
+                    probe: Probe::Failed,
+                    cached: false,
+                    detail: e.clone(),
+                },
+            };
+            check = recipient_check(t, att, r, known, Some(answer.probe));
+            asked = Some(answer);
+        }
+        out.push((check, asked));
+    }
+    out
+}
+
+/// A call-ahead verifier from the config's `[dns]` and `ca` (defaults
+/// without a config).
+fn trace_verifier(cfg: Option<&Config>) -> Result<Verifier, String> {
+    let (helo, dns, ca) = match cfg {
+        Some(c) => (c.hostname.clone(), c.dns.clone(), c.ca.clone()),
+        None => ("localhost".to_string(), Default::default(), None),
+    };
+    let tls = crate::shell::relay::deliver::TlsClients::new(ca.as_deref())
+        .or_else(|_| crate::shell::relay::deliver::TlsClients::new(None));
+    let resolver = crate::shell::relay::dns::Resolver::new(dns);
+    tls.map(|tls| Verifier::new(helo, resolver, tls))
+        .map_err(|e| format!("TLS client setup failed: {e}"))
+}
+
+/// A call-ahead answer in a word.
+fn probe_word(p: Probe) -> &'static str {
+    match p {
+        Probe::Valid => "valid",
+        Probe::Unknown => "unknown",
+        Probe::Failed => "failed",
+    }
+}
+
+/// A recipient's `recipient_filter` in `--json` output.
+fn filter_json(c: &RcptCheck, v: Option<&Verified>) -> Value {
+    json!({
+        "decision": render::rcpt_check_words(c),
+        "reply": c.reason().map(|r| crate::shell::reply::OwnedReply::from(r).to_string()),
+        "call_ahead": v.map(|v| json!({
+            "answer": probe_word(v.probe), "cached": v.cached, "detail": v.detail,
+        })),
+    })
 }
 
 /// The header block before and after each agent, as text.

@@ -193,8 +193,9 @@ impl Result1 {
     }
 }
 
-/// Where to connect, in order: (host name for TLS, address).
-async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> {
+/// Where to connect, in order: (host name for TLS, address); call-ahead
+/// ([`super::verify`]) asks the same hosts delivery would use.
+pub(super) async fn targets(a: &Attempt<'_>) -> Result<Vec<(String, SocketAddr)>, Result1> {
     let mut out = Vec::new();
     let mut last_err = None;
     let hosts: Vec<(String, u16)> = match a.next_hop {
@@ -236,28 +237,31 @@ fn dns_failure(e: &DnsError, name: &str) -> Result1 {
 }
 
 /// A connection, plain or after STARTTLS.
-enum Conn {
+pub(super) enum Conn {
     Plain(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
     Gone,
 }
 
 impl Conn {
-    async fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+    /// Reads some octets (0: closed).
+    pub(super) async fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self {
             Conn::Plain(s) => s.read(b).await,
             Conn::Tls(s) => s.read(b).await,
             Conn::Gone => Ok(0),
         }
     }
-    async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+    /// Writes all of `b`.
+    pub(super) async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
         match self {
             Conn::Plain(s) => s.write_all(b).await,
             Conn::Tls(s) => s.write_all(b).await,
             Conn::Gone => Err(io::ErrorKind::NotConnected.into()),
         }
     }
-    async fn flush(&mut self) -> io::Result<()> {
+    /// Flushes what was written.
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
         match self {
             Conn::Plain(s) => s.flush().await,
             Conn::Tls(s) => s.flush().await,
@@ -266,7 +270,8 @@ impl Conn {
     }
 }
 
-async fn timed<T>(
+/// `f`, or `TimedOut` after `d`.
+pub(super) async fn timed<T>(
     d: Duration,
     f: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {

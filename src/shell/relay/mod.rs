@@ -10,3 +10,4 @@ pub mod dsn;
 pub mod failure;
 pub mod queue;
 pub mod splice;
+pub mod verify;

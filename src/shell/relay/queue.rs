@@ -594,6 +594,7 @@ impl Queue {
             sender: b"",
             rcpts: &rcpts,
             directory: None,
+            rcpt_checks: None,
         };
         let out = crate::shell::policy::runtime::decide(&policy, &penv, &message);
         let routes = out

@@ -12,6 +12,7 @@ use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::queue::Queue;
+use crate::shell::relay::verify::Verifier;
 use crate::shell::spool::{self, Scan, Spool};
 use crate::shell::tls;
 use async_net::TcpListener;
@@ -46,6 +47,8 @@ pub(super) struct Shared {
     pub(super) stopping: smol::channel::Receiver<()>,
     /// The command and data timeouts of every session.
     pub(super) deadlines: Deadlines,
+    /// The recipient filter's call-ahead (its cache is the daemon's).
+    pub(super) verifier: Verifier,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -137,6 +140,11 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         )
     })?;
     let (stop_tx, stop_rx) = smol::channel::bounded::<()>(1);
+    let verifier = Verifier::new(
+        cfg.hostname.clone(),
+        Resolver::new(cfg.dns.clone()),
+        TlsClients::new(cfg.ca.as_deref())?,
+    );
     let shared = Arc::new(Shared {
         live: RwLock::new(Arc::new(live)),
         spool,
@@ -147,6 +155,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         active: AtomicUsize::new(0),
         stopping: stop_rx,
         deadlines: Deadlines::new(),
+        verifier,
     });
     serve(&shared, listeners, path, stop_tx)?;
     shared.spool.close();

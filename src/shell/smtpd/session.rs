@@ -17,12 +17,15 @@ use super::deadline::Deadline;
 use super::listen::{reply_line, Slot};
 use super::received::received;
 use super::starttls::{self, Conn};
-use crate::engine::policy::{attribute, recipient_allowed, Agent, Attribution, Table};
+use crate::engine::policy::{
+    attribute, harvest_exceeded, recipient_check, sender_check, Agent, Attribution, RcptCheck,
+    SenderCheck, Table, Verdict,
+};
 use crate::engine::reply::{Reason, Reply};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
 use crate::shell::directory::Directory;
-use crate::shell::ops::counters;
+use crate::shell::ops::counters::{self, Tally};
 use crate::shell::ops::log::{self, Kind};
 use crate::shell::policy::mime::MimeScan;
 use crate::shell::policy::render::{self, Outcome};
@@ -258,6 +261,8 @@ struct Session<'a> {
     txn: Txn,
     /// This session's read deadline.
     deadline: Arc<Deadline>,
+    /// Unknown recipients so far (the harvest limit counts them).
+    unknown: u32,
 }
 
 impl<'a> Session<'a> {
@@ -297,6 +302,7 @@ impl<'a> Session<'a> {
             end: 0,
             txn: Txn::default(),
             deadline: sh.deadlines.register(),
+            unknown: 0,
         }
     }
 
@@ -364,7 +370,7 @@ impl<'a> Session<'a> {
                 Flow::Go
             }
             Action::Rcpt(r) => {
-                self.rcpt(r);
+                self.rcpt(r).await;
                 Flow::Go
             }
             Action::Chunk => {
@@ -379,9 +385,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// MAIL: refused `452 4.3.1` when the spool has less room than the
-    /// declared size plus the reserve.
+    /// MAIL: the sender filter (OnMailCommand), then refused `452 4.3.1`
+    /// when the spool has less room than the declared size plus the reserve.
     fn mail(&mut self, size: Option<u64>) {
+        if !self.sender_filter() {
+            return;
+        }
         let need = size
             .unwrap_or(0)
             .saturating_add(self.limits().spool_reserve);
@@ -396,24 +405,106 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// RCPT: an accepted domain, or relaying permitted for this client.
-    fn rcpt(&mut self, r: Vec<u8>) {
-        if recipient_allowed(self.table(), &self.att, &r) {
+    /// OnMailCommand's sender filter: `false` when it refused the sender
+    /// (`550 5.7.1`, blocked or blank); a stamp waits for the end of the
+    /// headers, where the pipeline adds it.
+    fn sender_filter(&mut self) -> bool {
+        let check = sender_check(self.table(), &self.att, &self.txn.from);
+        match check {
+            SenderCheck::Originating | SenderCheck::Disabled => true,
+            SenderCheck::Pass => {
+                counters::count(Agent::SenderFilter, Tally::Passed);
+                true
+            }
+            SenderCheck::Stamp => true,
+            SenderCheck::Blank | SenderCheck::Blocked => {
+                let reply = check
+                    .reason()
+                    .map_or_else(|| refusal(&Refusal::SpoolWrite), |r| r.reply());
+                counters::refuse(
+                    Agent::SenderFilter,
+                    true,
+                    format_args!(
+                        "{} from=<{}>: {}",
+                        self.peer,
+                        String::from_utf8_lossy(&self.txn.from),
+                        render::sender_check_words(&check)
+                    ),
+                );
+                self.rx.reject(reply);
+                false
+            }
+        }
+    }
+
+    /// RCPT (OnRcptCommand): the recipient filter. Accepted domains (or
+    /// relaying for an originating client), then blocked, valid patterns,
+    /// the directory and call-ahead; an unknown recipient turns the tarpit
+    /// on for the rest of the session and counts towards `max_unknown`.
+    async fn rcpt(&mut self, r: Vec<u8>) {
+        let t = self.table();
+        // The directory the session began with (None: none installed).
+        let directory = self.directory.map(|d| d.lookup(&r).is_some());
+        let mut check = recipient_check(t, &self.att, &r, directory, None);
+        let mut asked = String::new();
+        if let RcptCheck::Ask(c) = check {
+            let v = self.sh.verifier.check(t, c, &r).await;
+            check = recipient_check(t, &self.att, &r, directory, Some(v.probe));
+            asked = format!(
+                " (call-ahead{}: {})",
+                if v.cached { ", cached" } else { "" },
+                v.detail
+            );
+        }
+        if matches!(check, RcptCheck::Unknown(_)) {
+            self.unknown = self.unknown.saturating_add(1);
+        }
+        self.tarpit().await;
+        let Some(reason) = check.reason() else {
+            if !matches!(
+                check,
+                RcptCheck::Accept(crate::engine::policy::Valid::Originating)
+            ) {
+                counters::count(Agent::RecipientFilter, Tally::Passed);
+            }
             self.txn.rcpts.push(r);
             self.rx.accept();
             return;
-        }
+        };
+        let harvest = matches!(check, RcptCheck::Unknown(_)) && harvest_exceeded(t, self.unknown);
+        let reply = if harvest {
+            crate::engine::reply::Reason::TooManyUnknown.reply()
+        } else {
+            reason.reply()
+        };
         counters::refuse(
             Agent::RecipientFilter,
-            true,
+            reply.code >= 500,
             format_args!(
-                "{} from=<{}> to=<{}>: relay access denied",
+                "{} from=<{}> to=<{}>: {}{asked}{}",
                 self.peer,
                 String::from_utf8_lossy(&self.txn.from),
-                String::from_utf8_lossy(&r)
+                String::from_utf8_lossy(&r),
+                render::rcpt_check_words(&check),
+                if harvest {
+                    "; too many unknown recipients, closing"
+                } else {
+                    ""
+                }
             ),
         );
-        self.rx.reject(refusal(&Refusal::RelayDenied));
+        self.rx.reject(reply);
+    }
+
+    /// The tarpit: once the session has had an unknown recipient, each
+    /// RCPT reply (that one's included) waits `tarpit` first. The wait
+    /// happens while no read is pending, so it never counts against the
+    /// client's command timeout.
+    async fn tarpit(&self) {
+        let ms = self.table().recipient_filter.tarpit_ms;
+        if self.unknown > 0 && ms > 0 {
+            async_io::Timer::after(std::time::Duration::from_millis(u64::from(ms))).await;
+        }
     }
 
     /// Message octets: once a chunk's worth is here, it goes to the spool
@@ -450,9 +541,28 @@ impl<'a> Session<'a> {
         let outcome = self.decide(size);
         if let Some(reply) = render::verdict_reply(self.table(), &outcome.verdict) {
             self.txn.forget_message();
+            if let Verdict::Sender(c) = outcome.verdict {
+                counters::refuse(
+                    Agent::SenderFilter,
+                    true,
+                    format_args!(
+                        "{} from=<{}> id={id}: {} (From: header)",
+                        self.peer,
+                        String::from_utf8_lossy(&self.txn.from),
+                        render::sender_check_words(&c)
+                    ),
+                );
+            }
             self.log_refused(&id, message_id.as_deref(), &outcome);
             self.rx.reject(reply.as_reply());
             return;
+        }
+        if outcome
+            .edits
+            .iter()
+            .any(|(a, e)| *a == Agent::SenderFilter && matches!(e, render::HeaderEdit::Add { .. }))
+        {
+            counters::count(Agent::SenderFilter, Tally::Stamped);
         }
         let env = self.stamp(&id, &outcome, size, message_id);
         let committed = self.commit(&env).await;
@@ -493,6 +603,7 @@ impl<'a> Session<'a> {
             sender: &self.txn.from,
             rcpts: &rcpts,
             directory: self.directory,
+            rcpt_checks: None,
         };
         if self.txn.head.is_empty() {
             return pol::decide(self.policy, &env, &self.txn.data);
@@ -780,14 +891,11 @@ enum Refusal {
     /// Appending or syncing the message failed (the error is logged where
     /// it happened).
     SpoolWrite,
-    /// A recipient outside the accepted domains from an anonymous client.
-    RelayDenied,
 }
 
 /// The one mapping from the receive side's own failures to a reply.
 fn refusal(r: &Refusal) -> Reply<'static> {
     match r {
         Refusal::SpoolFull | Refusal::SpoolWrite => Reason::InsufficientStorage.reply(),
-        Refusal::RelayDenied => Reason::RelayDenied.reply(),
     }
 }

@@ -11,8 +11,8 @@ use crate::engine::limits::{
     MAX_STRING_BYTES,
 };
 use crate::engine::policy::{
-    Action, Condition, Connector, Direction, Group, Inbound, List, Net, Rewrite, Rule, Space, Span,
-    Str, Table,
+    Action, Condition, Connector, Direction, Group, Inbound, List, Net, RecipientFilter, Rewrite,
+    Rule, SenderFilter, Space, Span, Str, Table, SENDER_STAMP, SENDER_STAMP_VALUE,
 };
 use std::collections::HashMap;
 
@@ -360,6 +360,7 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
     l.max_message_size = m.limits.max_message_size.unwrap_or(l.max_message_size);
     l.max_recipients = m.limits.max_recipients.unwrap_or(l.max_recipients);
     emit_rules(cx, b, m);
+    emit_filters(b, m);
     for a in &m.agents {
         put(
             &mut b.t.agents,
@@ -575,4 +576,34 @@ fn emit_actions(b: &mut Builder, actions: &[(ActM, usize)]) -> Span {
         first: afirst as u16,
         count: acts.len() as u16,
     }
+}
+
+/// The recipient and sender filters: their pattern lists, settings and
+/// the sender filter's stamp field.
+pub(super) fn emit_filters(b: &mut Builder, m: &Model) {
+    let r = &m.recipient_filter;
+    let valid = b.list(&r.valid, r.at);
+    let blocked = b.list(&r.blocked, r.at);
+    b.t.recipient_filter = RecipientFilter {
+        valid,
+        blocked,
+        directory: r.directory,
+        call_ahead: r.call_ahead,
+        tarpit_ms: r.tarpit_ms,
+        max_unknown: r.max_unknown,
+        call_ahead_timeout: r.timeout,
+        valid_ttl: r.valid_ttl,
+        unknown_ttl: r.unknown_ttl,
+    };
+    let s = &m.sender_filter;
+    let blocked = b.list(&s.blocked, s.at);
+    let stamp_name = b.s(SENDER_STAMP, s.at);
+    let stamp_value = b.s(SENDER_STAMP_VALUE, s.at);
+    b.t.sender_filter = SenderFilter {
+        blocked,
+        stamp: s.stamp,
+        reject_blank: s.reject_blank,
+        stamp_name,
+        stamp_value,
+    };
 }

@@ -23,6 +23,7 @@
 mod checks;
 mod cx;
 mod emit;
+mod filters;
 mod model;
 mod syntax;
 

@@ -6,14 +6,15 @@ use super::cx::{
     get_bool, get_int, get_str, get_str_map, get_strs, get_table, get_tables, type_err, Cx, Fields,
     Val, S,
 };
+use super::filters::{
+    parse_recipient_filter, parse_sender_filter, RecipientFilterM, SenderFilterM,
+};
 use super::syntax::{
     address, domain, header_name, header_value, network, reject, show_net, smart_host,
 };
 use super::{DEFAULT_COST, DEFAULT_STAMP, DEFAULT_TRUSTED_PREFIX};
 use crate::engine::limits::{MAX_RECIPIENTS, MAX_RULES};
-use crate::engine::policy::{
-    Agent, AgentSlot, Direction, InboundKind, Location, Net, TlsPolicy, AGENTS,
-};
+use crate::engine::policy::{AgentSlot, Direction, InboundKind, Location, Net, TlsPolicy, AGENTS};
 use crate::shell::reply::OwnedReply;
 use std::fmt;
 use toml::de::{DeTable, DeValue};
@@ -246,6 +247,10 @@ pub(super) struct Model {
     pub(super) limits: LimitsM,
     /// `[connection_filter] blocked_networks`.
     pub(super) blocked: Vec<Net>,
+    /// `[recipient_filter]`.
+    pub(super) recipient_filter: RecipientFilterM,
+    /// `[sender_filter]`.
+    pub(super) sender_filter: SenderFilterM,
     /// `[[rule]]`, in file order.
     pub(super) rules: Vec<RuleM>,
     /// The agents, as `[[agent]]` left them.
@@ -267,6 +272,8 @@ const TOP_KEYS: &[&str] = &[
     "cmt",
     "header_firewall",
     "connection_filter",
+    "recipient_filter",
+    "sender_filter",
     "limits",
     "agent",
     "rule",
@@ -323,6 +330,8 @@ impl Model {
             renames: Vec::new(),
             limits: LimitsM::default(),
             blocked: Vec::new(),
+            recipient_filter: RecipientFilterM::default(),
+            sender_filter: SenderFilterM::default(),
             rules: Vec::new(),
             agents: AGENTS
                 .iter()
@@ -374,6 +383,12 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     }
     if let Some(v) = top.get("connection_filter") {
         parse_connection_filter(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("recipient_filter") {
+        parse_recipient_filter(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("sender_filter") {
+        parse_sender_filter(cx, &mut m, v);
     }
     if let Some(v) = top.get("limits") {
         parse_limits(cx, &mut m, v);
@@ -845,7 +860,11 @@ fn parse_cmt(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
 }
 
 /// The error for a name that is not defined, listing the defined ones.
-fn unknown_name<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a String>) -> String {
+pub(super) fn unknown_name<'a>(
+    what: &str,
+    name: &str,
+    known: impl Iterator<Item = &'a String>,
+) -> String {
     let known: Vec<String> = known.map(|k| format!("\"{k}\"")).collect();
     if known.is_empty() {
         format!("unknown {what} \"{name}\" (none is defined)")
@@ -971,16 +990,11 @@ fn parse_agents(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             continue;
         }
         seen.push((i, name.at()));
+        // recipient_filter with enabled = false switches off what it does
+        // beyond the accepted domains (valid, blocked, directory,
+        // call-ahead, tarpit, harvest limit): the accepted-domain check
+        // always runs, so disabling it never makes an open relay.
         let enabled = f.get("enabled").and_then(|v| get_bool(cx, v, "enabled"));
-        if enabled == Some(false) && AGENTS.get(i).is_some_and(|a| a.0 == Agent::RecipientFilter) {
-            let at = f.get("enabled").map_or(name.at(), |v| v.span().start);
-            cx.err(
-                at,
-                "agent \"recipient_filter\" cannot be disabled: that would make an open relay \
-                 (any client could relay to any domain)",
-            );
-            continue;
-        }
         let priority = f
             .get("priority")
             .and_then(|v| get_int(cx, v, "priority", 1, i64::from(u8::MAX)));

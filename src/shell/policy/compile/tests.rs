@@ -560,6 +560,18 @@ const ERROR_CASES: &[(&str, usize, usize, &str)] = &[
     ("[[agent]]\nname = \"spam_filter\"\n", 2, 8, "unknown agent"),
     ("[limits]\nmax_message_size = \"lots\"\n", 2, 20, "max_message_size"),
     ("[limits]\nmax_recipients = 5000\n", 2, 18, "out of range"),
+    // the recipient and sender filters
+    ("[recipient_filter]\nvalids = []\n", 2, 1, "did you mean \"valid\""),
+    ("[recipient_filter]\nvalid = [\"a@b@\"]\n", 2, 10, "bad address"),
+    ("[recipient_filter]\nblocked = [\"*.\"]\n", 2, 12, "bad pattern"),
+    ("[recipient_filter]\ncall_ahead = \"nope\"\n", 2, 14, "unknown connector \"nope\""),
+    ("[recipient_filter]\ntarpit = \"2 fortnights\"\n", 2, 10, "expected a duration"),
+    ("[recipient_filter]\ntarpit = \"2h\"\n", 2, 10, "longer than"),
+    ("[recipient_filter]\nmax_unknown = -1\n", 2, 15, "out of range"),
+    ("[recipient_filter]\ndirectory = \"yes\"\n", 2, 13, "true or false"),
+    ("[sender_filter]\naction = \"drop\"\n", 2, 10, "bad action"),
+    ("[sender_filter]\nblank_sender = \"maybe\"\n", 2, 16, "bad blank_sender"),
+    ("[sender_filter]\nblocked = 3\n", 2, 11, "a string or a list"),
 ];
 
 #[test]
@@ -945,4 +957,60 @@ proptest! {
             Err(e) => prop_assert!(!e.is_empty() && e.iter().all(|d| d.line >= 1 && d.col >= 1)),
         }
     }
+}
+
+#[test]
+fn the_recipient_and_sender_filters_compile() {
+    let c = ok(concat!(
+        "[domains]\naccepted = [\"contoso.com\"]\n",
+        "[[connector]]\nname = \"exchange\"\naddress_spaces = [\"--\"]\nsmart_hosts = [\"10.0.0.5\"]\n",
+        "[recipient_filter]\nvalid = [\"Jaap@Contoso.com\", \"*.EU.contoso.com\", \"sales.contoso.com\"]\n",
+        "blocked = [\"ceo@contoso.com\"]\ndirectory = true\ncall_ahead = \"exchange\"\n",
+        "tarpit = \"1500ms\"\nmax_unknown = 10\ncall_ahead_timeout = \"3s\"\n",
+        "call_ahead_valid_ttl = \"2h\"\ncall_ahead_unknown_ttl = \"5m\"\n",
+        "[sender_filter]\nblocked = [\"spam.example\", \"*.bulk.example\", \"x@y.example\"]\n",
+        "action = \"stamp\"\nblank_sender = \"reject\"\n",
+    ));
+    let t = &c.table;
+    let r = &t.recipient_filter;
+    assert_eq!(
+        list(t, r.valid),
+        ["Jaap@contoso.com", "*.eu.contoso.com", "sales.contoso.com"]
+    );
+    assert_eq!(list(t, r.blocked), ["ceo@contoso.com"]);
+    assert!(r.directory);
+    assert_eq!(r.call_ahead, Some(0));
+    assert_eq!((r.tarpit_ms, r.max_unknown), (1500, 10));
+    assert_eq!(
+        (r.call_ahead_timeout, r.valid_ttl, r.unknown_ttl),
+        (3, 7200, 300)
+    );
+    let sf = &t.sender_filter;
+    assert_eq!(
+        list(t, sf.blocked),
+        ["spam.example", "*.bulk.example", "x@y.example"]
+    );
+    assert!(sf.stamp && sf.reject_blank);
+    assert_eq!(s(t, sf.stamp_name), crate::engine::policy::SENDER_STAMP);
+    // defaults
+    let c = ok("[recipient_filter]\n[sender_filter]\n");
+    let r = &c.table.recipient_filter;
+    assert_eq!((r.tarpit_ms, r.max_unknown, r.call_ahead), (0, 0, None));
+    assert_eq!(
+        (r.call_ahead_timeout, r.valid_ttl, r.unknown_ttl),
+        (10, 86400, 3600)
+    );
+    assert!(!c.table.sender_filter.stamp && !c.table.sender_filter.reject_blank);
+}
+
+#[test]
+fn the_recipient_filter_can_be_disabled_and_timeouts_without_call_ahead_warn() {
+    let c = ok("[[agent]]\nname = \"recipient_filter\"\nenabled = false\n");
+    assert!(!c.table.enabled(Agent::RecipientFilter));
+    let ws = warnings("[recipient_filter]\ncall_ahead_timeout = \"3s\"\n");
+    assert!(
+        ws.iter()
+            .any(|w| w.contains("no effect without call_ahead")),
+        "{ws:?}"
+    );
 }
