@@ -7,8 +7,10 @@
 pub mod addr;
 pub mod client;
 pub mod decimal;
+pub mod dnsbl;
 pub mod header;
 pub mod limits;
 pub mod policy;
 pub mod reply;
+pub mod reputation;
 pub mod smtp;
