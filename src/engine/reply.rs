@@ -69,6 +69,12 @@ pub enum Reason {
     AccessDenied,
     /// `554 5.4.14`: more Received: fields than the policy allows.
     HopCount,
+    /// `421 4.7.0`: the connection filter's connections-per-minute limit.
+    ConnectionRate,
+    /// `450 4.7.1`: the connection filter's messages-per-minute limit.
+    MessageRate,
+    /// `421 4.7.0`: protocol analysis blocked the client for a while.
+    BadReputation,
     /// `250 2.0.0 Ok` for RSET and NOOP.
     Ok,
     /// `250 2.1.0 Ok` for MAIL.
@@ -150,6 +156,21 @@ impl Reason {
                 Some((5, 4, 14)),
                 "Hop count exceeded - possible mail loop",
             ),
+            ConnectionRate => (
+                421,
+                Some((4, 7, 0)),
+                "Too many connections per minute from your address, try later",
+            ),
+            MessageRate => (
+                450,
+                Some((4, 7, 1)),
+                "Too many messages per minute from your address, try later",
+            ),
+            BadReputation => (
+                421,
+                Some((4, 7, 0)),
+                "Your address is blocked for a while after protocol errors, try later",
+            ),
             Ok => (250, Some((2, 0, 0)), "Ok"),
             SenderOk => (250, Some((2, 1, 0)), "Ok"),
             RecipientOk => (250, Some((2, 1, 5)), "Ok"),
@@ -227,6 +248,9 @@ mod tests {
             RelayDenied,
             AccessDenied,
             HopCount,
+            ConnectionRate,
+            MessageRate,
+            BadReputation,
         ];
         for r in all {
             let rep = r.reply();

@@ -118,6 +118,14 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client first seen at `now`.
+    pub fn new(now: u64) -> Self {
+        Client {
+            last_seen: now,
+            ..Client::default()
+        }
+    }
+
     /// A connection: false when it is over `per_minute` (0: no limit).
     pub fn connect(&mut self, now: u64, per_minute: u32) -> bool {
         self.last_seen = now;

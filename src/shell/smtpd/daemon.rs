@@ -3,6 +3,7 @@
 //! SIGTERM.
 
 use super::deadline::Deadlines;
+use super::edge::Edge;
 use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
@@ -42,6 +43,9 @@ pub(super) struct Shared {
     pub(super) stopping: smol::channel::Receiver<()>,
     /// The command and data timeouts of every session.
     pub(super) deadlines: Deadlines,
+    /// The Edge agents' state (DNS list cache, rate limits, protocol
+    /// analysis scores): kept across policy installs, lost on restart.
+    pub(super) edge: Edge,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -121,6 +125,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         active: AtomicUsize::new(0),
         stopping: stop_rx,
         deadlines: Deadlines::new(),
+        edge: Edge::new(cfg.dns.clone()),
     });
     serve(&shared, listeners, path, stop_tx)?;
     shared.spool.close();

@@ -14,14 +14,18 @@
 
 use super::daemon::{Live, Shared};
 use super::deadline::Deadline;
+use super::edge::{self, ListResult, ListVerdict};
 use super::listen::{reply_line, Slot};
 use super::received::received;
 use super::starttls::{self, Conn};
-use crate::engine::policy::{attribute, recipient_allowed, Agent, Attribution, Table};
+use crate::engine::policy::{
+    allowed_network, attribute, recipient_allowed, Agent, Attribution, Table,
+};
 use crate::engine::reply::{Reason, Reply};
+use crate::engine::reputation::{Behaviour, RSET_FLOOD};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
-use crate::shell::ops::counters;
+use crate::shell::ops::counters::{self, Tally};
 use crate::shell::ops::log::{self, Kind};
 use crate::shell::policy::mime::MimeScan;
 use crate::shell::policy::render::{self, Outcome};
@@ -30,7 +34,8 @@ use crate::shell::spool::{self, Envelope, Route, SpoolError};
 use crate::shell::time::now_secs;
 use async_net::TcpStream;
 use futures_lite::{future, AsyncWriteExt};
-use std::net::SocketAddr;
+use smol::Executor;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Octets read from a client at a time; small, so that a thousand idle
@@ -46,18 +51,56 @@ pub(super) async fn serve(
     starttls: bool,
     sh: Arc<Shared>,
     _slot: Slot,
+    ex: Arc<Executor<'static>>,
 ) {
     let _ = stream.set_nodelay(true);
     let live = sh.live();
     let policy: Arc<Policy> = sh.installer.current();
-    let att = attribute(&policy.table, &pol::ip16(peer.ip()), None);
+    let table = &policy.table;
+    let att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         refuse_connection(stream, peer, &live.cfg.hostname).await;
         return;
     }
+    // Originating sessions and allowed networks skip the DNS lists, the
+    // rate limits and protocol analysis.
+    let exempt = att.originating || allowed_network(table, &pol::ip16(peer.ip()));
+    if !exempt {
+        if let Some(reason) = sh.edge.admit(table, peer.ip()) {
+            refuse_at_connect(stream, peer, &live.cfg.hostname, reason).await;
+            return;
+        }
+        if edge::analysing(table) {
+            counters::count(Agent::ProtocolAnalysis, Tally::Passed);
+        }
+    }
+    let mut watch = Watch {
+        exempt,
+        local: stream.local_addr().ok().map(|a| a.ip()),
+        ..Watch::default()
+    };
+    if !exempt && table.enabled(Agent::ConnectionFilter) && !table.dns_lists.is_empty() {
+        // Asked now, awaited at the first RCPT: the client's HELO and
+        // MAIL time hides the lookups' latency.
+        let (sh2, pol, ip) = (sh.clone(), policy.clone(), peer.ip());
+        watch.lists =
+            Lists::Pending(ex.spawn(async move { sh2.edge.check_lists(&pol.table, ip).await }));
+    }
     let mut s = Session::new(&sh, &live, &policy, stream, peer, starttls, att);
+    s.watch = watch;
     s.run().await;
     s.end().await;
+}
+
+/// OnConnect's rate limit or protocol analysis refused the client: 421
+/// and close, with no session.
+async fn refuse_at_connect(mut stream: TcpStream, peer: SocketAddr, host: &str, reason: Reason) {
+    let _ = stream.write_all(&reply_line(reason.reply(), host)).await;
+    let (agent, why) = match reason {
+        Reason::BadReputation => (Agent::ProtocolAnalysis, "blocked after misbehaviour"),
+        _ => (Agent::ConnectionFilter, "over connections_per_minute"),
+    };
+    counters::refuse(agent, false, format_args!("{peer}: {why}"));
 }
 
 /// OnConnect's connection filter refused the client: 554 and close, with
@@ -228,6 +271,35 @@ impl Txn {
     }
 }
 
+/// The DNS lists' answers for this session.
+#[derive(Default)]
+enum Lists {
+    /// Not asked (no list, exempt client, agent disabled).
+    #[default]
+    None,
+    /// Asked at connect, not yet awaited.
+    Pending(smol::Task<Vec<ListResult>>),
+    /// Awaited at the first RCPT.
+    Done(ListVerdict),
+}
+
+/// What the Edge agents watch in one session.
+#[derive(Default)]
+struct Watch {
+    /// Originating or in an allowed network: nothing is checked or scored.
+    exempt: bool,
+    /// The DNS lists' answers.
+    lists: Lists,
+    /// RSETs so far.
+    rsets: u32,
+    /// A MAIL command came.
+    mail_seen: bool,
+    /// Pipelining without EHLO was scored (once per session).
+    pipelined: bool,
+    /// Our address on this connection (a HELO naming it is forged).
+    local: Option<IpAddr>,
+}
+
 /// A session in progress.
 struct Session<'a> {
     /// The daemon's shared state.
@@ -252,6 +324,8 @@ struct Session<'a> {
     txn: Txn,
     /// This session's read deadline.
     deadline: Arc<Deadline>,
+    /// The Edge agents' view of the session.
+    watch: Watch,
 }
 
 impl<'a> Session<'a> {
@@ -290,6 +364,7 @@ impl<'a> Session<'a> {
             end: 0,
             txn: Txn::default(),
             deadline: sh.deadlines.register(),
+            watch: Watch::default(),
         }
     }
 
@@ -334,8 +409,13 @@ impl<'a> Session<'a> {
                 }
                 return Flow::Go;
             };
+            let pipelined = !self.txn.esmtp && self.start < self.end && is_command(&ev);
+            let seen = observe(&mut self.watch, &self.live.cfg.hostname, &ev, pipelined);
             let spool = &self.sh.spool;
             let action = self.txn.note(ev, || spool.new_id(), self.peer);
+            if let Some(b) = seen {
+                self.score(b);
+            }
             if self.act(action).await == Flow::Stop {
                 return Flow::Stop;
             }
@@ -357,7 +437,7 @@ impl<'a> Session<'a> {
                 Flow::Go
             }
             Action::Rcpt(r) => {
-                self.rcpt(r);
+                self.rcpt(r).await;
                 Flow::Go
             }
             Action::Chunk => {
@@ -375,6 +455,19 @@ impl<'a> Session<'a> {
     /// MAIL: refused `452 4.3.1` when the spool has less room than the
     /// declared size plus the reserve.
     fn mail(&mut self, size: Option<u64>) {
+        if !self.watch.exempt && !self.sh.edge.admit_message(self.table(), self.peer.ip()) {
+            counters::refuse(
+                Agent::ConnectionFilter,
+                false,
+                format_args!(
+                    "{} from=<{}>: over messages_per_minute",
+                    self.peer,
+                    String::from_utf8_lossy(&self.txn.from)
+                ),
+            );
+            self.rx.reject(Reason::MessageRate.reply());
+            return;
+        }
         let need = size
             .unwrap_or(0)
             .saturating_add(self.limits().spool_reserve);
@@ -389,8 +482,25 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// RCPT: an accepted domain, or relaying permitted for this client.
-    fn rcpt(&mut self, r: Vec<u8>) {
+    /// RCPT: the connection filter's DNS block lists (refused `550 5.7.1`
+    /// at RCPT, as Exchange does, so the log has the envelope), then an
+    /// accepted domain, or relaying permitted for this client.
+    async fn rcpt(&mut self, r: Vec<u8>) {
+        if let Some(reply) = self.listed().await {
+            counters::refuse(
+                Agent::ConnectionFilter,
+                true,
+                format_args!(
+                    "{} from=<{}> to=<{}>: {}",
+                    self.peer,
+                    String::from_utf8_lossy(&self.txn.from),
+                    String::from_utf8_lossy(&r),
+                    reply
+                ),
+            );
+            self.refuse_rcpt(reply.as_reply());
+            return;
+        }
         if recipient_allowed(self.table(), &self.att, &r) {
             self.txn.rcpts.push(r);
             self.rx.accept();
@@ -406,7 +516,46 @@ impl<'a> Session<'a> {
                 String::from_utf8_lossy(&r)
             ),
         );
-        self.rx.reject(refusal(&Refusal::RelayDenied));
+        self.refuse_rcpt(refusal(&Refusal::RelayDenied));
+    }
+
+    /// Refuses a RCPT; protocol analysis scores a 5xx refusal (directory
+    /// harvest). Every RCPT refusal goes through here.
+    fn refuse_rcpt(&mut self, reply: Reply<'_>) {
+        if reply.code >= 500 {
+            self.score(Behaviour::RefusedRecipient);
+        }
+        self.rx.reject(reply);
+    }
+
+    /// The DNS block lists' refusal for this client, if any: the answers
+    /// asked at connect are awaited at the first RCPT (logged and counted
+    /// then), and kept for the session's later RCPTs. A client that became
+    /// originating by its TLS certificate is not checked.
+    async fn listed(&mut self) -> Option<crate::shell::reply::OwnedReply> {
+        if let Lists::Pending(_) = self.watch.lists {
+            let Lists::Pending(task) = std::mem::take(&mut self.watch.lists) else {
+                return None;
+            };
+            let results = task.await;
+            let ip = self.peer.ip();
+            let v = edge::verdict(self.table(), ip, &results);
+            edge::tally(ip, &results, &v);
+            self.watch.lists = Lists::Done(v);
+        }
+        match &self.watch.lists {
+            Lists::Done(ListVerdict::Blocked { reply, .. }) if !self.att.originating => {
+                Some(reply.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Protocol analysis scores `b` for this client (not when exempt).
+    fn score(&self, b: Behaviour) {
+        if !self.watch.exempt && !self.att.originating {
+            self.sh.edge.score(self.table(), self.peer.ip(), b);
+        }
     }
 
     /// Message octets: once a chunk's worth is here, it goes to the spool
@@ -709,12 +858,80 @@ impl<'a> Session<'a> {
     /// told, so that its Disconnect, the last event, comes exactly once per
     /// session. It logs nothing.
     async fn end(mut self) {
+        if !self.watch.mail_seen {
+            self.score(Behaviour::NoMail);
+        }
         self.rx.connection_lost();
         while let Some(ev) = self.rx.feed(&[]).event {
             debug_assert!(matches!(ev, Event::Disconnect), "{ev:?}");
         }
         self.conn.close().await;
     }
+}
+
+/// What protocol analysis makes of an event (before the transaction
+/// notes it); `pipelined`: more input followed a command line from a
+/// client that did not EHLO.
+fn observe(w: &mut Watch, hostname: &str, ev: &Event<'_>, pipelined: bool) -> Option<Behaviour> {
+    if w.exempt {
+        return None;
+    }
+    if pipelined && !w.pipelined {
+        w.pipelined = true;
+        return Some(Behaviour::Pipelining);
+    }
+    match ev {
+        Event::Reject(reason) if reason.reply().code >= 500 => Some(Behaviour::ProtocolError),
+        Event::MessageRejected(Reason::BareLineEnding) => Some(Behaviour::BareLineEnding),
+        Event::Rset => {
+            w.rsets += 1;
+            (w.rsets > RSET_FLOOD).then_some(Behaviour::RsetFlood)
+        }
+        Event::Mail(_) => {
+            w.mail_seen = true;
+            None
+        }
+        Event::Helo { name, .. } => {
+            forged_helo(name, hostname, w.local).then_some(Behaviour::ForgedHelo)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an event ends a command line (more input after it, from a
+/// client that was not offered PIPELINING, is a violation).
+fn is_command(ev: &Event<'_>) -> bool {
+    matches!(
+        ev,
+        Event::Helo { .. }
+            | Event::Mail(_)
+            | Event::Rcpt(_)
+            | Event::DataStart
+            | Event::Rset
+            | Event::Noop
+            | Event::Help
+            | Event::Vrfy
+            | Event::Reject(_)
+    )
+}
+
+/// A HELO/EHLO name that is our own host name, or our address (bare or
+/// as a literal): a client claiming to be us.
+fn forged_helo(name: &[u8], hostname: &str, local: Option<IpAddr>) -> bool {
+    let name = String::from_utf8_lossy(name);
+    let name = name.trim();
+    if name.eq_ignore_ascii_case(hostname) {
+        return true;
+    }
+    let inner = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    let inner = inner
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("ipv6:"))
+        .map_or(inner, |_| &inner[5..]);
+    matches!((inner.parse::<IpAddr>(), local), (Ok(a), Some(l)) if a == l)
 }
 
 /// The RECEIVE line, a ROUTE line per recipient and the rule execution log
