@@ -202,3 +202,25 @@ def test_disabled_agent_checks_nothing(sluice_factory, dns):
     check(rcpt_from(d, "127.0.0.2"), 250, "2.1.5")
     check(rcpt_from(d, "127.0.0.2"), 250, "2.1.5")
     assert dns.queries() == before
+
+
+def test_trace_shows_the_dns_list_answers(sluice_factory, dns, tmp_path):
+    d = daemon(sluice_factory, dns.port)
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"From: a@client.test\r\nSubject: x\r\n\r\nHi.\r\n")
+    rules = d.workdir + "/rules.toml"
+    p = d.cli("trace", str(msg), "--from", "a@client.test", "--to", "bob@example.test",
+              "--peer", "127.0.0.2", "--rules", rules, "--json")
+    assert p.returncode == 1, p.stderr
+    doc = json.loads(p.stdout)
+    cf = doc["connection_filter"]
+    assert doc["result"] == "Rejected" and "Client 127.0.0.2 is listed at bl.test" in doc["reply"]
+    bl = [l for l in cf["lists"] if l["zone"] == "bl.test"][0]
+    assert bl == {"zone": "bl.test", "allow": False, "query": "2.0.0.127.bl.test",
+                  "answer": "127.0.0.2", "outcome": "listed"}, cf
+    p = d.cli("trace", str(msg), "--from", "a@client.test", "--to", "bob@example.test",
+              "--peer", "127.0.0.7", "--rules", rules)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "allow list wl.test asked 7.0.0.127.wl.test: listed (127.0.0.2)" in out, out
+    assert "connection_filter: allow-listed by wl.test" in out, out
