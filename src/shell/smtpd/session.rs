@@ -1000,3 +1000,21 @@ fn refusal(r: &Refusal) -> Reply<'static> {
         Refusal::RelayDenied => Reason::RelayDenied.reply(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::forged_helo;
+
+    #[test]
+    fn a_helo_naming_us_is_forged() {
+        let local = Some("192.0.2.25".parse().expect("ip"));
+        assert!(forged_helo(b"EDGE1.test", "edge1.test", local));
+        assert!(forged_helo(b"[192.0.2.25]", "edge1.test", local));
+        assert!(forged_helo(b"192.0.2.25", "edge1.test", local));
+        assert!(!forged_helo(b"client.test", "edge1.test", local));
+        assert!(!forged_helo(b"[192.0.2.26]", "edge1.test", local));
+        let v6 = Some("2001:db8::25".parse().expect("ip"));
+        assert!(forged_helo(b"[IPv6:2001:db8::25]", "edge1.test", v6));
+        assert!(!forged_helo(b"[IPv6:2001:db8::25]", "edge1.test", None));
+    }
+}
