@@ -114,3 +114,22 @@ def test_disabled_protocol_analysis_does_nothing(sluice_factory):
         misbehave(d, "127.0.0.4", bad=8)
         check(greeted(d, "127.0.0.4"), 220)
         assert counts(d)["deferred"] == 0
+
+
+def test_trace_shows_the_running_daemons_score(sluice_factory, tmp_path):
+    d = sluice_factory(rules_text=RULES)
+    misbehave(d, "127.0.0.4", bad=3)   # 3 protocol errors + a session without mail
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(b"From: a@client.test\r\nSubject: x\r\n\r\nHi.\r\n")
+    args = ["trace", str(msg), "--from", "a@client.test", "--to", "bob@example.test",
+            "--rules", d.workdir + "/rules.toml"]
+    p = d.cli(*args, "--peer", "127.0.0.4", "--json")
+    assert p.returncode == 0, p.stderr
+    pa = json.loads(p.stdout)["protocol_analysis"]
+    assert pa["enabled"] and pa["threshold"] == 5 and pa["score"] == 4 and pa["blocked_for"] is None, pa
+    # The 5th point blocks and restarts the score: one more error and a
+    # session without mail follow.
+    misbehave(d, "127.0.0.4", bad=2)
+    p = d.cli(*args, "--peer", "127.0.0.4")
+    out = p.stdout.decode()
+    assert "protocol_analysis: on, threshold 5, block_for 3600s (running daemon: score 2, blocked for 3" in out, out

@@ -193,7 +193,10 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         .and_then(|i| table.inbound.get(usize::from(i)))
         .map(|c| String::from_utf8_lossy(table.str(c.name)).into_owned());
     let dns = cfg.map(|c| c.dns.clone()).unwrap_or_default();
-    let edge = edge_trace(table, &att, a.peer, dns);
+    let mut edge = edge_trace(table, &att, a.peer, dns);
+    if let Some(cfg) = cfg {
+        daemon_score(&mut edge, cfg, a.peer);
+    }
     if a.json_out {
         let mut doc = to_json(
             &out,
@@ -237,6 +240,29 @@ struct EdgeTrace {
     lines: Vec<String>,
     /// The RCPT refusal of a listed client.
     refusal: Option<String>,
+}
+
+/// Protocol analysis' current score of `peer`, asked of the running
+/// daemon of `cfg` over its control socket; nothing when none runs.
+fn daemon_score(edge: &mut EdgeTrace, cfg: &Config, peer: IpAddr) {
+    let req = json!({ "cmd": "reputation", "ip": peer.to_string() });
+    let Some(Ok(v)) = crate::shell::ops::control::request(&cfg.state_dir, &req) else {
+        return;
+    };
+    if v["ok"] != json!(true) {
+        return;
+    }
+    edge.reputation["score"] = v["score"].clone();
+    edge.reputation["blocked_for"] = v["blocked_for"].clone();
+    if let Some(last) = edge.lines.last_mut() {
+        if let Some(head) = last.strip_suffix("(no running daemon: no score)") {
+            let blocked = v["blocked_for"]
+                .as_u64()
+                .map(|s| format!(", blocked for {s}s more"))
+                .unwrap_or_default();
+            *last = format!("{head}(running daemon: score {}{blocked})", v["score"]);
+        }
+    }
 }
 
 /// Runs the connection filter's DNS lists for `peer` with real lookups
@@ -298,7 +324,7 @@ fn edge_trace(t: &Table, att: &Attribution, peer: IpAddr, dns: DnsConfig) -> Edg
         "protocol_analysis: {}",
         if on {
             format!(
-                "on, threshold {}, block_for {}s (the score is the running daemon's; none offline)",
+                "on, threshold {}, block_for {}s (no running daemon: no score)",
                 rep.threshold, rep.block_for
             )
         } else {

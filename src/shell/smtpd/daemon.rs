@@ -45,7 +45,7 @@ pub(super) struct Shared {
     pub(super) deadlines: Deadlines,
     /// The Edge agents' state (DNS list cache, rate limits, protocol
     /// analysis scores): kept across policy installs, lost on restart.
-    pub(super) edge: Edge,
+    pub(super) edge: Arc<Edge>,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -105,9 +105,13 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         serve_uploads(dev, cfg.upload_baud, installer.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
+    let edge = Arc::new(Edge::new(cfg.dns.clone()));
     let control_thread = control::serve(
         &state_dir,
-        control_handler(installer.clone(), queue.clone()),
+        with_reputation(
+            control_handler(installer.clone(), queue.clone()),
+            edge.clone(),
+        ),
     )
     .map_err(|e| {
         format!(
@@ -125,7 +129,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         active: AtomicUsize::new(0),
         stopping: stop_rx,
         deadlines: Deadlines::new(),
-        edge: Edge::new(cfg.dns.clone()),
+        edge,
     });
     serve(&shared, listeners, path, stop_tx)?;
     shared.spool.close();
@@ -134,6 +138,21 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     log::info(format_args!("stopped"));
     finish_log();
     Ok(())
+}
+
+/// The control socket's requests, plus `{"cmd":"reputation","ip":"IP"}`:
+/// protocol analysis' current score of an address (`sluice trace --peer`).
+fn with_reputation(base: control::Handler, edge: Arc<Edge>) -> control::Handler {
+    Arc::new(move |req: &serde_json::Value| {
+        if req["cmd"].as_str() != Some("reputation") {
+            return base(req);
+        }
+        let Some(ip) = req["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            return serde_json::json!({ "ok": false, "errors": ["reputation needs \"ip\""] });
+        };
+        let (score, blocked) = edge.reputation_of(ip).unwrap_or((0, None));
+        serde_json::json!({ "ok": true, "score": score, "blocked_for": blocked })
+    })
 }
 
 /// Opens the spool and logs what recovery found.
