@@ -133,3 +133,32 @@ def test_trace_shows_the_running_daemons_score(sluice_factory, tmp_path):
     p = d.cli(*args, "--peer", "127.0.0.4")
     out = p.stdout.decode()
     assert "protocol_analysis: on, threshold 5, block_for 3600s (running daemon: score 2, blocked for 3" in out, out
+
+
+def test_rset_floods_and_bare_line_endings_score(sluice_factory):
+    d = sluice_factory(rules_text=RULES)
+    with RawSMTP(d.host, d.port, source="127.0.0.12") as c:
+        c.greeting()
+        c.ehlo()
+        c.mail("a@client.test")          # a session with mail: no "without mail" point
+        for _ in range(10):              # ten RSETs are allowed
+            check(c.cmd("RSET"), 250)
+    check(greeted(d, "127.0.0.12"), 220)
+    with RawSMTP(d.host, d.port, source="127.0.0.12") as c:
+        c.greeting()
+        c.ehlo()
+        c.mail("a@client.test")
+        for _ in range(13):              # three beyond the ten: 2 points each
+            check(c.cmd("RSET"), 250)
+    check(greeted(d, "127.0.0.12"), 421, "4.7.0")
+    # Bare LF in DATA (refused, 550 5.6.11): 3 points each.
+    for _ in range(2):
+        with RawSMTP(d.host, d.port, source="127.0.0.13") as c:
+            c.greeting()
+            c.ehlo()
+            c.mail("a@client.test")
+            c.rcpt("bob@example.test")
+            check(c.cmd("DATA"), 354)
+            c.send(b"Subject: x\r\n\r\nbare\nline\r\n.\r\n")
+            check(c.reply(), 550, "5.6.11")
+    check(greeted(d, "127.0.0.13"), 421, "4.7.0")
