@@ -86,6 +86,7 @@ pub const MAX_DIRECTORY_ADDRESSES: usize = 262_144;
 /// Octets of the directory's pool of primary addresses (each stored once,
 /// with a two-octet length): 2^18 primaries of 60 octets on average.
 pub const MAX_DIRECTORY_POOL: usize = 16 * 1024 * 1024;
+
 // ---- the Edge protection agents (recipient and sender filters) ----------
 
 /// Longest `[recipient_filter] tarpit`, milliseconds. A tarpit slows a
@@ -104,3 +105,27 @@ pub const MAX_CALL_AHEAD_TIMEOUT: u16 = 60;
 /// [`MAX_PATH`] octets bound the cache to about 1.2 MiB, and cover the
 /// recipients a small site's box sees in a TTL's time many times over.
 pub const CALL_AHEAD_CACHE: usize = 4096;
+
+// ---- the Edge agents: connection filter and protocol analysis ----------
+
+/// DNS block and allow list providers in one policy. Every one is asked at
+/// connect time, concurrently; eight is more than any site runs (two or
+/// three block lists and an allow list are usual).
+pub const MAX_DNS_LISTS: usize = 8;
+/// Return codes listed per DNS block list (`codes = [...]`); providers
+/// document a handful (Spamhaus ZEN: 127.0.0.2-4, 9, 10, 11).
+pub const MAX_LIST_CODES: usize = 8;
+/// Longest DNS name in text form, without the final dot (RFC 1035 §2.3.4:
+/// 255 octets on the wire, 253 characters written out). An IPv6 query name
+/// takes 64 of them, so a list zone may be up to 189 characters long.
+pub const MAX_DNS_NAME: usize = 253;
+/// DNS list answers cached (one per client address and zone), by their
+/// TTL; beyond it the entry nearest to expiry goes. At about 100 octets an
+/// entry, 4,096 take under half a MiB and hold an hour of a small site's
+/// distinct clients.
+pub const MAX_LIST_CACHE: usize = 4096;
+/// Client addresses whose rate-limit buckets and protocol analysis score
+/// are kept; beyond it the least recently seen address is forgotten. At
+/// about 100 octets an entry, 4,096 take under half a MiB; a spam run from
+/// more addresses than that is what the DNS block lists are for.
+pub const MAX_CLIENTS: usize = 4096;

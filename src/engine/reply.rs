@@ -82,6 +82,12 @@ pub enum Reason {
     BlockedSender,
     /// `550 5.7.1`: the sender filter refuses the blank sender `<>`.
     BlankSender,
+    /// `421 4.7.0`: the connection filter's connections-per-minute limit.
+    ConnectionRate,
+    /// `450 4.7.1`: the connection filter's messages-per-minute limit.
+    MessageRate,
+    /// `421 4.7.0`: protocol analysis blocked the client for a while.
+    BadReputation,
     /// `250 2.0.0 Ok` for RSET and NOOP.
     Ok,
     /// `250 2.1.0 Ok` for MAIL.
@@ -185,6 +191,21 @@ impl Reason {
             ),
             BlockedSender => (550, Some((5, 7, 1)), "Sender denied"),
             BlankSender => (550, Some((5, 7, 1)), "Blank sender denied"),
+            ConnectionRate => (
+                421,
+                Some((4, 7, 0)),
+                "Too many connections per minute from your address, try later",
+            ),
+            MessageRate => (
+                450,
+                Some((4, 7, 1)),
+                "Too many messages per minute from your address, try later",
+            ),
+            BadReputation => (
+                421,
+                Some((4, 7, 0)),
+                "Your address is blocked for a while after protocol errors, try later",
+            ),
             Ok => (250, Some((2, 0, 0)), "Ok"),
             SenderOk => (250, Some((2, 1, 0)), "Ok"),
             RecipientOk => (250, Some((2, 1, 5)), "Ok"),
@@ -268,6 +289,9 @@ mod tests {
             TooManyUnknown,
             BlockedSender,
             BlankSender,
+            ConnectionRate,
+            MessageRate,
+            BadReputation,
         ];
         for r in all {
             let rep = r.reply();

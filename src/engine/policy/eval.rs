@@ -81,9 +81,18 @@ pub fn attribute(t: &Table, ip: &[u8; 16], tls_name: Option<&[u8]>) -> Attributi
     a
 }
 
-/// The connection filter: whether the client is in a blocked network.
+/// The connection filter: whether the client is in a blocked network and
+/// not in an allowed one (`allowed_networks` wins, as Exchange's IP Allow
+/// list does).
 fn connection_filter(t: &Table, ip: &[u8; 16]) -> bool {
-    nets(t, t.blocked).any(|n| n.contains(ip))
+    nets(t, t.blocked).any(|n| n.contains(ip)) && !allowed_network(t, ip)
+}
+
+/// Whether the client is in `allowed_networks`: exempt from the
+/// connection filter's DNS block lists and rate limits, and from protocol
+/// analysis.
+pub fn allowed_network(t: &Table, ip: &[u8; 16]) -> bool {
+    nets(t, t.allowed).any(|n| n.contains(ip))
 }
 
 /// Attribution: the first inbound connector, in file order, whose networks

@@ -7,10 +7,11 @@
 //! [`Str`]; lists of strings ([`List`]) index [`Table::items`]. Regex
 //! patterns are sparse DFAs (regex-automata) in [`Table::dfa_bytes`].
 
+use super::super::dnsbl::Codes;
 use super::super::limits::{
     MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
-    MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES, MAX_RULES, MAX_SPACES,
-    MAX_STRING_BYTES,
+    MAX_DNS_LISTS, MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES,
+    MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
@@ -518,6 +519,45 @@ pub struct PolicyLimits {
     pub max_recipients: u32,
 }
 
+/// A DNS list provider of the connection filter (`block_lists`,
+/// `allow_lists`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct DnsList {
+    /// The list's zone, e.g. `zen.spamhaus.org`.
+    pub zone: Str,
+    /// An allow list (a listed client skips the block lists) rather than a
+    /// block list.
+    pub allow: bool,
+    /// Which answers count as listed.
+    pub codes: Codes,
+    /// A block list's reply text; `{client}` stands for the client's
+    /// address, `{zone}` for the zone.
+    pub reply: Str,
+}
+
+/// Per-client rate limits of the connection filter; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct RateLimits {
+    /// Connections per minute per client address (`421 4.7.0` beyond).
+    pub connections_per_minute: u32,
+    /// Messages (MAIL FROM) per minute per client address (`450 4.7.1`).
+    pub messages_per_minute: u32,
+}
+
+/// `[protocol_analysis]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Reputation {
+    /// Whether behaviour is scored (also off when the agent is disabled).
+    pub enabled: bool,
+    /// The score at which an address is blocked.
+    pub threshold: u32,
+    /// How long a blocked address is refused at connect, seconds.
+    pub block_for: u32,
+}
+
 /// The whole compiled policy. Build it with the shell's compiler, or
 /// decode a blob with [`Table::from_blob`]; both validate it, after which
 /// evaluation cannot fail or panic.
@@ -575,6 +615,15 @@ pub struct Table {
     pub recipient_filter: RecipientFilter,
     /// The sender filter.
     pub sender_filter: SenderFilter,
+    /// Networks the connection filter always lets in: never blocked, never
+    /// checked against DNS block lists or rate limits.
+    pub allowed: Span,
+    /// DNS block and allow lists, in file order.
+    pub dns_lists: Vec<DnsList, MAX_DNS_LISTS>,
+    /// Per-client rate limits.
+    pub rate_limits: RateLimits,
+    /// Protocol analysis.
+    pub reputation: Reputation,
 }
 
 /// Why a table or blob was refused.
@@ -644,6 +693,17 @@ impl Table {
                 reject_blank: false,
                 stamp_name: Str { off: 0, len: 0 },
                 stamp_value: Str { off: 0, len: 0 },
+            },
+            allowed: Span { first: 0, count: 0 },
+            dns_lists: Vec::new(),
+            rate_limits: RateLimits {
+                connections_per_minute: 0,
+                messages_per_minute: 0,
+            },
+            reputation: Reputation {
+                enabled: false,
+                threshold: 0,
+                block_for: 0,
             },
         }
     }
@@ -719,6 +779,11 @@ impl Table {
                     && i.tls_name.as_ref().is_none_or(s_ok)
             })
             && span_ok(&self.blocked, self.nets.len())
+            && span_ok(&self.allowed, self.nets.len())
+            && self
+                .dns_lists
+                .iter()
+                .all(|l| s_ok(&l.zone) && s_ok(&l.reply))
             && self.connectors.iter().all(|c| {
                 s_ok(&c.name)
                     && span_ok(&c.spaces, self.spaces.len())

@@ -1,14 +1,15 @@
 //! `sluice trace` and `sluice pipeline`: the policy, offline.
 
 use crate::engine::policy::{
-    attribute, recipient_check, run_order, run_position, sender_check, Agent, AgentSlot,
-    Attribution, Probe, RcptCheck, Table, ALSO_ON, STAGES,
+    allowed_network, attribute, recipient_check, run_order, run_position, sender_check, Agent,
+    AgentSlot, Attribution, Probe, RcptCheck, Table, ALSO_ON, STAGES,
 };
 use crate::shell::config::Config;
 use crate::shell::directory::Directory;
 use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
 use crate::shell::policy::runtime::{self, Policy};
+use crate::shell::relay::dns::DnsConfig;
 use crate::shell::relay::splice::splice;
 use crate::shell::relay::verify::{Verified, Verifier};
 use serde_json::{json, Value};
@@ -223,6 +224,11 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         .inbound
         .and_then(|i| table.inbound.get(usize::from(i)))
         .map(|c| String::from_utf8_lossy(table.str(c.name)).into_owned());
+    let dns = cfg.map(|c| c.dns.clone()).unwrap_or_default();
+    let mut edge = edge_trace(table, &att, a.peer, dns);
+    if let Some(cfg) = cfg {
+        daemon_score(&mut edge, cfg, a.peer);
+    }
     if a.json_out {
         let mut doc = to_json(
             &out,
@@ -242,6 +248,12 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
                 r["recipient_filter"] = filter_json(c, v.as_ref());
             }
         }
+        doc["connection_filter"] = edge.json.clone();
+        doc["protocol_analysis"] = edge.reputation.clone();
+        if let Some(r) = &edge.refusal {
+            doc["result"] = json!("Rejected");
+            doc["reply"] = json!(r);
+        }
         outln!("{doc}");
     } else {
         print_text(&out, a.peer, inbound.as_deref(), att.originating, &a.from);
@@ -257,11 +269,127 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
                 );
             }
         }
+        for l in &edge.lines {
+            outln!("{l}");
+        }
         if a.snapshots {
             print_snapshots(table, &msg, &out);
         }
     }
-    i32::from(out.result == "Rejected")
+    i32::from(out.result == "Rejected" || edge.refusal.is_some())
+}
+
+/// What the connection filter's DNS lists and rate limits and protocol
+/// analysis make of the peer, for `sluice trace`.
+struct EdgeTrace {
+    /// `connection_filter` in `--json`.
+    json: Value,
+    /// `protocol_analysis` in `--json`.
+    reputation: Value,
+    /// The text lines.
+    lines: Vec<String>,
+    /// The RCPT refusal of a listed client.
+    refusal: Option<String>,
+}
+
+/// Protocol analysis' current score of `peer`, asked of the running
+/// daemon of `cfg` over its control socket; nothing when none runs.
+fn daemon_score(edge: &mut EdgeTrace, cfg: &Config, peer: IpAddr) {
+    let req = json!({ "cmd": "reputation", "ip": peer.to_string() });
+    let Some(Ok(v)) = crate::shell::ops::control::request(&cfg.state_dir, &req) else {
+        return;
+    };
+    if v["ok"] != json!(true) {
+        return;
+    }
+    edge.reputation["score"] = v["score"].clone();
+    edge.reputation["blocked_for"] = v["blocked_for"].clone();
+    if let Some(last) = edge.lines.last_mut() {
+        if let Some(head) = last.strip_suffix("(no running daemon: no score)") {
+            let blocked = v["blocked_for"]
+                .as_u64()
+                .map(|s| format!(", blocked for {s}s more"))
+                .unwrap_or_default();
+            *last = format!("{head}(running daemon: score {}{blocked})", v["score"]);
+        }
+    }
+}
+
+/// Runs the connection filter's DNS lists for `peer` with real lookups
+/// against `dns` (the `[dns] servers` of the config given), as the daemon
+/// would at connect; rate limits and protocol analysis' score are the
+/// running daemon's and only described.
+fn edge_trace(t: &Table, att: &Attribution, peer: IpAddr, dns: DnsConfig) -> EdgeTrace {
+    use crate::shell::smtpd::edge::{analysing, verdict, Edge, ListOutcome, ListVerdict};
+    let mut lines = Vec::new();
+    let exempt = if att.originating {
+        Some("originating")
+    } else if allowed_network(t, &runtime::ip16(peer)) {
+        Some("allowed_networks")
+    } else {
+        None
+    };
+    let enabled = t.enabled(Agent::ConnectionFilter);
+    let mut lists = Vec::new();
+    let mut refusal = None;
+    let mut decision = "no DNS list".to_string();
+    if !enabled {
+        decision = "disabled".into();
+    } else if let Some(why) = exempt {
+        decision = format!("not checked ({why})");
+    } else if !t.dns_lists.is_empty() {
+        let results = smol::block_on(Edge::new(dns).check_lists(t, peer));
+        for r in &results {
+            let (answer, outcome) = match &r.outcome {
+                ListOutcome::Listed(a) => (Some(a.to_string()), "listed".to_string()),
+                ListOutcome::NotListed => (None, "not listed".to_string()),
+                ListOutcome::Failed(e) => (None, format!("lookup failed, fail-open ({e})")),
+            };
+            let kind = if r.allow { "allow list" } else { "block list" };
+            lines.push(format!(
+                "OnConnect connection_filter: {kind} {} asked {}: {outcome}{}",
+                r.zone,
+                r.query,
+                answer
+                    .as_deref()
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default()
+            ));
+            lists.push(json!({ "zone": r.zone, "allow": r.allow, "query": r.query, "answer": answer, "outcome": outcome }));
+        }
+        decision = match verdict(t, peer, &results) {
+            ListVerdict::Pass => "pass".into(),
+            ListVerdict::Allowed(z) => format!("allow-listed by {z}"),
+            ListVerdict::Blocked { zone, reply } => {
+                refusal = Some(reply.to_string());
+                format!("refused at RCPT by {zone}: {reply}")
+            }
+        };
+    }
+    lines.push(format!("OnRcptCommand connection_filter: {decision}"));
+    let r = t.rate_limits;
+    let rep = t.reputation;
+    let on = analysing(t);
+    lines.push(format!(
+        "protocol_analysis: {}",
+        if on {
+            format!(
+                "on, threshold {}, block_for {}s (no running daemon: no score)",
+                rep.threshold, rep.block_for
+            )
+        } else {
+            "off".into()
+        }
+    ));
+    EdgeTrace {
+        json: json!({
+            "enabled": enabled, "exempt": exempt, "lists": lists, "decision": decision,
+            "rate_limits": { "connections_per_minute": r.connections_per_minute, "messages_per_minute": r.messages_per_minute },
+        }),
+        reputation: json!({ "enabled": on, "threshold": rep.threshold, "block_for": rep.block_for, "score": null }),
+        lines,
+        refusal,
+    }
 }
 
 /// The recipient filter's RCPT-time decision for each recipient, as the

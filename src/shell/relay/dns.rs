@@ -425,6 +425,8 @@ enum RecData {
 struct Record {
     owner: String,
     data: RecData,
+    /// Seconds the record may be cached.
+    ttl: u32,
 }
 
 /// A parsed, matching answer.
@@ -479,6 +481,7 @@ fn parse_response(
         .filter(|rr| rr.class == CLASS::IN)
         .map(|rr| Record {
             owner: name_string(&rr.name),
+            ttl: rr.ttl,
             data: match &rr.rdata {
                 RData::A(a) => RecData::A(Ipv4Addr::from(a.address)),
                 RData::AAAA(a) => RecData::Aaaa(Ipv6Addr::from(a.address)),
@@ -518,6 +521,20 @@ async fn with_timeout<T>(
         Err(format!("no answer within {t:?}"))
     })
     .await
+}
+
+/// How long "not listed" (NXDOMAIN, no A record) is cached, seconds: the
+/// answer carries no TTL this resolver reads, and list providers publish
+/// negative TTLs of a few minutes.
+pub const LIST_NEGATIVE_TTL: u32 = 300;
+
+/// The answer to a DNS list query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListAnswer {
+    /// The A records (empty: not listed).
+    pub addrs: Vec<Ipv4Addr>,
+    /// Seconds it may be cached.
+    pub ttl: u32,
 }
 
 /// Resolves mail routes: static tables first, then DNS.
@@ -709,6 +726,35 @@ impl Resolver {
             (Err(e @ DnsError::Temporary(_)), _) | (_, Err(e @ DnsError::Temporary(_))) => Err(e),
             _ => Err(DnsError::NoAddress),
         }
+    }
+
+    /// A DNS list query (RFC 5782): the A records of `name` with the
+    /// smallest TTL among them. NXDOMAIN and an empty answer are "not
+    /// listed": no addresses, with [`LIST_NEGATIVE_TTL`]. SERVFAIL,
+    /// timeouts and unreachable servers are [`DnsError::Temporary`]; every
+    /// try is bounded by `timeout`, so the whole lookup by `timeout` ×
+    /// `attempts` × servers. Static tables are not consulted.
+    pub async fn list_lookup(&self, name: &str) -> Result<ListAnswer, DnsError> {
+        let name = normalize(name)?;
+        let resp = self.query(&name, TYPE::A).await?;
+        let mut answer = ListAnswer {
+            addrs: Vec::new(),
+            ttl: LIST_NEGATIVE_TTL,
+        };
+        if resp.rcode == RCODE::NameError {
+            return Ok(answer);
+        }
+        let mut ttl = u32::MAX;
+        for r in &resp.answers {
+            if let RecData::A(a) = r.data {
+                answer.addrs.push(a);
+                ttl = ttl.min(r.ttl);
+            }
+        }
+        if !answer.addrs.is_empty() {
+            answer.ttl = ttl;
+        }
+        Ok(answer)
     }
 
     /// The records of `qtype` for `name`, following CNAMEs (through the
@@ -1339,6 +1385,34 @@ static_mx = { "eu.contoso.com" = [[10, "relay-eu.contoso.example"], [20, "relay-
     }
 
     // ---- round trips against the fake server ----
+
+    #[test]
+    fn list_lookups_listed_not_listed_and_failing() {
+        let fake = fake_server(vec![
+            (
+                ("2.0.0.127.bl.test", TYPE::A),
+                ok(vec![
+                    ("2.0.0.127.bl.test", Rd::A(Ipv4Addr::new(127, 0, 0, 2))),
+                    ("2.0.0.127.bl.test", Rd::A(Ipv4Addr::new(127, 0, 0, 4))),
+                ]),
+            ),
+            (("3.0.0.127.bl.test", TYPE::A), rcode(RCODE::ServerFailure)),
+        ]);
+        let r = resolver_for(vec![fake.addr]);
+        let listed = future::block_on(r.list_lookup("2.0.0.127.bl.test")).unwrap();
+        assert_eq!(
+            listed.addrs,
+            [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 4)]
+        );
+        assert_eq!(listed.ttl, 60);
+        // NXDOMAIN: not listed, cached for the negative TTL.
+        let not = future::block_on(r.list_lookup("9.0.0.127.bl.test")).unwrap();
+        assert!(not.addrs.is_empty());
+        assert_eq!(not.ttl, LIST_NEGATIVE_TTL);
+        // SERVFAIL: temporary, never "listed".
+        let e = future::block_on(r.list_lookup("3.0.0.127.bl.test")).unwrap_err();
+        assert!(e.is_temporary(), "{e:?}");
+    }
 
     #[test]
     fn mx_a_aaaa_round_trip() {

@@ -3,6 +3,7 @@
 //! SIGTERM.
 
 use super::deadline::Deadlines;
+use super::edge::Edge;
 use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
 use crate::shell::directory::{self, Directory};
@@ -49,6 +50,9 @@ pub(super) struct Shared {
     pub(super) deadlines: Deadlines,
     /// The recipient filter's call-ahead (its cache is the daemon's).
     pub(super) verifier: Verifier,
+    /// The Edge agents' state (DNS list cache, rate limits, protocol
+    /// analysis scores): kept across policy installs, lost on restart.
+    pub(super) edge: Arc<Edge>,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -129,9 +133,13 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         serve_uploads(dev, cfg.upload_baud, installer.clone(), directory.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
+    let edge = Arc::new(Edge::new(cfg.dns.clone()));
     let control_thread = control::serve(
         &state_dir,
-        control_handler(installer.clone(), directory.clone(), queue.clone()),
+        with_reputation(
+            control_handler(installer.clone(), directory.clone(), queue.clone()),
+            edge.clone(),
+        ),
     )
     .map_err(|e| {
         format!(
@@ -156,6 +164,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         stopping: stop_rx,
         deadlines: Deadlines::new(),
         verifier,
+        edge,
     });
     serve(&shared, listeners, path, stop_tx)?;
     shared.spool.close();
@@ -164,6 +173,21 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     log::info(format_args!("stopped"));
     finish_log();
     Ok(())
+}
+
+/// The control socket's requests, plus `{"cmd":"reputation","ip":"IP"}`:
+/// protocol analysis' current score of an address (`sluice trace --peer`).
+fn with_reputation(base: control::Handler, edge: Arc<Edge>) -> control::Handler {
+    Arc::new(move |req: &serde_json::Value| {
+        if req["cmd"].as_str() != Some("reputation") {
+            return base(req);
+        }
+        let Some(ip) = req["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) else {
+            return serde_json::json!({ "ok": false, "errors": ["reputation needs \"ip\""] });
+        };
+        let (score, blocked) = edge.reputation_of(ip).unwrap_or((0, None));
+        serde_json::json!({ "ok": true, "score": score, "blocked_for": blocked })
+    })
 }
 
 /// Opens the spool and logs what recovery found.

@@ -91,9 +91,10 @@ pub(super) async fn accept_loop(
         };
         let slot = admit(&sh, peer.ip());
         let sh = sh.clone();
+        let ex2 = ex.clone();
         ex.spawn(async move {
             match slot {
-                Ok(slot) => session::serve(stream, peer, starttls, sh, slot).await,
+                Ok(slot) => session::serve(stream, peer, starttls, sh, slot, ex2).await,
                 Err(reason) => {
                     let mut s = stream;
                     let _ = s

@@ -8,10 +8,13 @@
 //! * `starttls`: the connection, plain or TLS, and the handshake with
 //!   attribution by client certificate;
 //! * `received`: our `Received:` field;
-//! * [`deadline`]: the command and data timeouts of every session.
+//! * [`deadline`]: the command and data timeouts of every session;
+//! * [`edge`]: the Edge agents' daemon-wide state: DNS list lookups and
+//!   their cache, per-client rate limits, protocol analysis' scores.
 
 mod daemon;
 pub mod deadline;
+pub mod edge;
 mod listen;
 mod received;
 mod session;

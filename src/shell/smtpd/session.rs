@@ -14,14 +14,16 @@
 
 use super::daemon::{Live, Shared};
 use super::deadline::Deadline;
+use super::edge::{self, ListResult, ListVerdict};
 use super::listen::{reply_line, Slot};
 use super::received::received;
 use super::starttls::{self, Conn};
 use crate::engine::policy::{
-    attribute, harvest_exceeded, recipient_check, sender_check, Agent, Attribution, RcptCheck,
-    SenderCheck, Table, Verdict,
+    allowed_network, attribute, harvest_exceeded, recipient_check, sender_check, Agent,
+    Attribution, RcptCheck, SenderCheck, Table, Verdict,
 };
 use crate::engine::reply::{Reason, Reply};
+use crate::engine::reputation::{Behaviour, RSET_FLOOD};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
 use crate::shell::directory::Directory;
@@ -34,7 +36,8 @@ use crate::shell::spool::{self, Envelope, Route, SpoolError};
 use crate::shell::time::now_secs;
 use async_net::TcpStream;
 use futures_lite::{future, AsyncWriteExt};
-use std::net::SocketAddr;
+use smol::Executor;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Octets read from a client at a time; small, so that a thousand idle
@@ -50,20 +53,58 @@ pub(super) async fn serve(
     starttls: bool,
     sh: Arc<Shared>,
     _slot: Slot,
+    ex: Arc<Executor<'static>>,
 ) {
     let _ = stream.set_nodelay(true);
     let live = sh.live();
     let policy: Arc<Policy> = sh.installer.current();
     let directory = sh.directory();
-    let att = attribute(&policy.table, &pol::ip16(peer.ip()), None);
+    let table = &policy.table;
+    let att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         refuse_connection(stream, peer, &live.cfg.hostname).await;
         return;
     }
+    // Originating sessions and allowed networks skip the DNS lists, the
+    // rate limits and protocol analysis.
+    let exempt = att.originating || allowed_network(table, &pol::ip16(peer.ip()));
+    if !exempt {
+        if let Some(reason) = sh.edge.admit(table, peer.ip()) {
+            refuse_at_connect(stream, peer, &live.cfg.hostname, reason).await;
+            return;
+        }
+        if edge::analysing(table) {
+            counters::count(Agent::ProtocolAnalysis, Tally::Passed);
+        }
+    }
+    let mut watch = Watch {
+        exempt,
+        local: stream.local_addr().ok().map(|a| a.ip()),
+        ..Watch::default()
+    };
+    if !exempt && table.enabled(Agent::ConnectionFilter) && !table.dns_lists.is_empty() {
+        // Asked now, awaited at the first RCPT: the client's HELO and
+        // MAIL time hides the lookups' latency.
+        let (sh2, pol, ip) = (sh.clone(), policy.clone(), peer.ip());
+        watch.lists =
+            Lists::Pending(ex.spawn(async move { sh2.edge.check_lists(&pol.table, ip).await }));
+    }
     let mut s = Session::new(&sh, &live, &policy, stream, peer, starttls, att);
     s.directory = directory.as_deref();
+    s.watch = watch;
     s.run().await;
     s.end().await;
+}
+
+/// OnConnect's rate limit or protocol analysis refused the client: 421
+/// and close, with no session.
+async fn refuse_at_connect(mut stream: TcpStream, peer: SocketAddr, host: &str, reason: Reason) {
+    let _ = stream.write_all(&reply_line(reason.reply(), host)).await;
+    let (agent, why) = match reason {
+        Reason::BadReputation => (Agent::ProtocolAnalysis, "blocked after misbehaviour"),
+        _ => (Agent::ConnectionFilter, "over connections_per_minute"),
+    };
+    counters::refuse(agent, false, format_args!("{peer}: {why}"));
 }
 
 /// OnConnect's connection filter refused the client: 554 and close, with
@@ -234,6 +275,35 @@ impl Txn {
     }
 }
 
+/// The DNS lists' answers for this session.
+#[derive(Default)]
+enum Lists {
+    /// Not asked (no list, exempt client, agent disabled).
+    #[default]
+    None,
+    /// Asked at connect, not yet awaited.
+    Pending(smol::Task<Vec<ListResult>>),
+    /// Awaited at the first RCPT.
+    Done(ListVerdict),
+}
+
+/// What the Edge agents watch in one session.
+#[derive(Default)]
+struct Watch {
+    /// Originating or in an allowed network: nothing is checked or scored.
+    exempt: bool,
+    /// The DNS lists' answers.
+    lists: Lists,
+    /// RSETs so far.
+    rsets: u32,
+    /// A MAIL command came.
+    mail_seen: bool,
+    /// Pipelining without EHLO was scored (once per session).
+    pipelined: bool,
+    /// Our address on this connection (a HELO naming it is forged).
+    local: Option<IpAddr>,
+}
+
 /// A session in progress.
 struct Session<'a> {
     /// The daemon's shared state.
@@ -263,6 +333,8 @@ struct Session<'a> {
     deadline: Arc<Deadline>,
     /// Unknown recipients so far (the harvest limit counts them).
     unknown: u32,
+    /// The Edge agents' view of the session.
+    watch: Watch,
 }
 
 impl<'a> Session<'a> {
@@ -303,6 +375,7 @@ impl<'a> Session<'a> {
             txn: Txn::default(),
             deadline: sh.deadlines.register(),
             unknown: 0,
+            watch: Watch::default(),
         }
     }
 
@@ -347,8 +420,13 @@ impl<'a> Session<'a> {
                 }
                 return Flow::Go;
             };
+            let pipelined = !self.txn.esmtp && self.start < self.end && is_command(&ev);
+            let seen = observe(&mut self.watch, &self.live.cfg.hostname, &ev, pipelined);
             let spool = &self.sh.spool;
             let action = self.txn.note(ev, || spool.new_id(), self.peer);
+            if let Some(b) = seen {
+                self.score(b);
+            }
             if self.act(action).await == Flow::Stop {
                 return Flow::Stop;
             }
@@ -385,9 +463,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// MAIL: the sender filter (OnMailCommand), then refused `452 4.3.1`
-    /// when the spool has less room than the declared size plus the reserve.
+    /// MAIL (OnMailCommand): the connection filter's message rate, the
+    /// sender filter, then refused `452 4.3.1` when the spool has less room
+    /// than the declared size plus the reserve.
     fn mail(&mut self, size: Option<u64>) {
+        if !self.watch.exempt && !self.sh.edge.admit_message(self.table(), self.peer.ip()) {
+            counters::refuse(
+                Agent::ConnectionFilter,
+                false,
+                format_args!(
+                    "{} from=<{}>: over messages_per_minute",
+                    self.peer,
+                    String::from_utf8_lossy(&self.txn.from)
+                ),
+            );
+            self.rx.reject(Reason::MessageRate.reply());
+            return;
+        }
         if !self.sender_filter() {
             return;
         }
@@ -437,25 +529,29 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// RCPT (OnRcptCommand): the recipient filter. Accepted domains (or
-    /// relaying for an originating client), then blocked, valid patterns,
-    /// the directory and call-ahead; an unknown recipient turns the tarpit
-    /// on for the rest of the session and counts towards `max_unknown`.
+    /// RCPT (OnRcptCommand): the connection filter's DNS block lists
+    /// (refused `550 5.7.1` at RCPT, as Exchange does, so the log has the
+    /// envelope), then the recipient filter: accepted domains (or relaying
+    /// for an originating client), blocked, valid patterns, the directory
+    /// and call-ahead. An unknown recipient turns the tarpit on for the
+    /// rest of the session and counts towards `max_unknown`.
     async fn rcpt(&mut self, r: Vec<u8>) {
-        let t = self.table();
-        // The directory the session began with (None: none installed).
-        let directory = self.directory.map(|d| d.lookup(&r).is_some());
-        let mut check = recipient_check(t, &self.att, &r, directory, None);
-        let mut asked = String::new();
-        if let RcptCheck::Ask(c) = check {
-            let v = self.sh.verifier.check(t, c, &r).await;
-            check = recipient_check(t, &self.att, &r, directory, Some(v.probe));
-            asked = format!(
-                " (call-ahead{}: {})",
-                if v.cached { ", cached" } else { "" },
-                v.detail
+        if let Some(reply) = self.listed().await {
+            counters::refuse(
+                Agent::ConnectionFilter,
+                true,
+                format_args!(
+                    "{} from=<{}> to=<{}>: {}",
+                    self.peer,
+                    String::from_utf8_lossy(&self.txn.from),
+                    String::from_utf8_lossy(&r),
+                    reply
+                ),
             );
+            self.refuse_rcpt(reply.as_reply());
+            return;
         }
+        let (check, asked) = self.recipient_filter(&r).await;
         if matches!(check, RcptCheck::Unknown(_)) {
             self.unknown = self.unknown.saturating_add(1);
         }
@@ -471,9 +567,10 @@ impl<'a> Session<'a> {
             self.rx.accept();
             return;
         };
-        let harvest = matches!(check, RcptCheck::Unknown(_)) && harvest_exceeded(t, self.unknown);
+        let harvest =
+            matches!(check, RcptCheck::Unknown(_)) && harvest_exceeded(self.table(), self.unknown);
         let reply = if harvest {
-            crate::engine::reply::Reason::TooManyUnknown.reply()
+            Reason::TooManyUnknown.reply()
         } else {
             reason.reply()
         };
@@ -493,7 +590,28 @@ impl<'a> Session<'a> {
                 }
             ),
         );
-        self.rx.reject(reply);
+        self.refuse_rcpt(reply);
+    }
+
+    /// The recipient filter's decision for `r`, asking the session's
+    /// directory and, when the decision needs it, call-ahead; with the
+    /// call-ahead detail for the log.
+    async fn recipient_filter(&self, r: &[u8]) -> (RcptCheck, String) {
+        let t = self.table();
+        // The directory the session began with (None: none installed).
+        let directory = self.directory.map(|d| d.lookup(r).is_some());
+        let check = recipient_check(t, &self.att, r, directory, None);
+        let RcptCheck::Ask(c) = check else {
+            return (check, String::new());
+        };
+        let v = self.sh.verifier.check(t, c, r).await;
+        let check = recipient_check(t, &self.att, r, directory, Some(v.probe));
+        let asked = format!(
+            " (call-ahead{}: {})",
+            if v.cached { ", cached" } else { "" },
+            v.detail
+        );
+        (check, asked)
     }
 
     /// The tarpit: once the session has had an unknown recipient, each
@@ -504,6 +622,45 @@ impl<'a> Session<'a> {
         let ms = self.table().recipient_filter.tarpit_ms;
         if self.unknown > 0 && ms > 0 {
             async_io::Timer::after(std::time::Duration::from_millis(u64::from(ms))).await;
+        }
+    }
+
+    /// Refuses a RCPT; protocol analysis scores a 5xx refusal (directory
+    /// harvest). Every RCPT refusal goes through here.
+    fn refuse_rcpt(&mut self, reply: Reply<'_>) {
+        if reply.code >= 500 {
+            self.score(Behaviour::RefusedRecipient);
+        }
+        self.rx.reject(reply);
+    }
+
+    /// The DNS block lists' refusal for this client, if any: the answers
+    /// asked at connect are awaited at the first RCPT (logged and counted
+    /// then), and kept for the session's later RCPTs. A client that became
+    /// originating by its TLS certificate is not checked.
+    async fn listed(&mut self) -> Option<crate::shell::reply::OwnedReply> {
+        if let Lists::Pending(_) = self.watch.lists {
+            let Lists::Pending(task) = std::mem::take(&mut self.watch.lists) else {
+                return None;
+            };
+            let results = task.await;
+            let ip = self.peer.ip();
+            let v = edge::verdict(self.table(), ip, &results);
+            edge::tally(ip, &results, &v);
+            self.watch.lists = Lists::Done(v);
+        }
+        match &self.watch.lists {
+            Lists::Done(ListVerdict::Blocked { reply, .. }) if !self.att.originating => {
+                Some(reply.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Protocol analysis scores `b` for this client (not when exempt).
+    fn score(&self, b: Behaviour) {
+        if !self.watch.exempt && !self.att.originating {
+            self.sh.edge.score(self.table(), self.peer.ip(), b);
         }
     }
 
@@ -828,12 +985,80 @@ impl<'a> Session<'a> {
     /// told, so that its Disconnect, the last event, comes exactly once per
     /// session. It logs nothing.
     async fn end(mut self) {
+        if !self.watch.mail_seen {
+            self.score(Behaviour::NoMail);
+        }
         self.rx.connection_lost();
         while let Some(ev) = self.rx.feed(&[]).event {
             debug_assert!(matches!(ev, Event::Disconnect), "{ev:?}");
         }
         self.conn.close().await;
     }
+}
+
+/// What protocol analysis makes of an event (before the transaction
+/// notes it); `pipelined`: more input followed a command line from a
+/// client that did not EHLO.
+fn observe(w: &mut Watch, hostname: &str, ev: &Event<'_>, pipelined: bool) -> Option<Behaviour> {
+    if w.exempt {
+        return None;
+    }
+    if pipelined && !w.pipelined {
+        w.pipelined = true;
+        return Some(Behaviour::Pipelining);
+    }
+    match ev {
+        Event::Reject(reason) if reason.reply().code >= 500 => Some(Behaviour::ProtocolError),
+        Event::MessageRejected(Reason::BareLineEnding) => Some(Behaviour::BareLineEnding),
+        Event::Rset => {
+            w.rsets += 1;
+            (w.rsets > RSET_FLOOD).then_some(Behaviour::RsetFlood)
+        }
+        Event::Mail(_) => {
+            w.mail_seen = true;
+            None
+        }
+        Event::Helo { name, .. } => {
+            forged_helo(name, hostname, w.local).then_some(Behaviour::ForgedHelo)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an event ends a command line (more input after it, from a
+/// client that was not offered PIPELINING, is a violation).
+fn is_command(ev: &Event<'_>) -> bool {
+    matches!(
+        ev,
+        Event::Helo { .. }
+            | Event::Mail(_)
+            | Event::Rcpt(_)
+            | Event::DataStart
+            | Event::Rset
+            | Event::Noop
+            | Event::Help
+            | Event::Vrfy
+            | Event::Reject(_)
+    )
+}
+
+/// A HELO/EHLO name that is our own host name, or our address (bare or
+/// as a literal): a client claiming to be us.
+fn forged_helo(name: &[u8], hostname: &str, local: Option<IpAddr>) -> bool {
+    let name = String::from_utf8_lossy(name);
+    let name = name.trim();
+    if name.eq_ignore_ascii_case(hostname) {
+        return true;
+    }
+    let inner = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    let inner = inner
+        .get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("ipv6:"))
+        .map_or(inner, |_| &inner[5..]);
+    matches!((inner.parse::<IpAddr>(), local), (Ok(a), Some(l)) if a == l)
 }
 
 /// The RECEIVE line, a ROUTE line per recipient and the rule execution log
@@ -897,5 +1122,23 @@ enum Refusal {
 fn refusal(r: &Refusal) -> Reply<'static> {
     match r {
         Refusal::SpoolFull | Refusal::SpoolWrite => Reason::InsufficientStorage.reply(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forged_helo;
+
+    #[test]
+    fn a_helo_naming_us_is_forged() {
+        let local = Some("192.0.2.25".parse().expect("ip"));
+        assert!(forged_helo(b"EDGE1.test", "edge1.test", local));
+        assert!(forged_helo(b"[192.0.2.25]", "edge1.test", local));
+        assert!(forged_helo(b"192.0.2.25", "edge1.test", local));
+        assert!(!forged_helo(b"client.test", "edge1.test", local));
+        assert!(!forged_helo(b"[192.0.2.26]", "edge1.test", local));
+        let v6 = Some("2001:db8::25".parse().expect("ip"));
+        assert!(forged_helo(b"[IPv6:2001:db8::25]", "edge1.test", v6));
+        assert!(!forged_helo(b"[IPv6:2001:db8::25]", "edge1.test", None));
     }
 }

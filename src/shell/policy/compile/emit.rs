@@ -350,6 +350,7 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
         emit_inbound(b, i);
     }
     b.t.blocked = b.nets(&m.blocked, 0);
+    super::edge::emit_edge(b, &m.edge);
     for c in &m.connectors {
         emit_connector(b, c);
     }

@@ -22,6 +22,7 @@
 
 mod checks;
 mod cx;
+mod edge;
 mod emit;
 mod filters;
 mod model;

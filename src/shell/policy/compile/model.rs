@@ -6,6 +6,7 @@ use super::cx::{
     get_bool, get_int, get_str, get_str_map, get_strs, get_table, get_tables, type_err, Cx, Fields,
     Val, S,
 };
+use super::edge::{parse_connection_filter, parse_protocol_analysis, EdgeM};
 use super::filters::{
     parse_recipient_filter, parse_sender_filter, RecipientFilterM, SenderFilterM,
 };
@@ -251,6 +252,8 @@ pub(super) struct Model {
     pub(super) recipient_filter: RecipientFilterM,
     /// `[sender_filter]`.
     pub(super) sender_filter: SenderFilterM,
+    /// The rest of `[connection_filter]`, and `[protocol_analysis]`.
+    pub(super) edge: EdgeM,
     /// `[[rule]]`, in file order.
     pub(super) rules: Vec<RuleM>,
     /// The agents, as `[[agent]]` left them.
@@ -274,6 +277,7 @@ const TOP_KEYS: &[&str] = &[
     "connection_filter",
     "recipient_filter",
     "sender_filter",
+    "protocol_analysis",
     "limits",
     "agent",
     "rule",
@@ -332,6 +336,7 @@ impl Model {
             blocked: Vec::new(),
             recipient_filter: RecipientFilterM::default(),
             sender_filter: SenderFilterM::default(),
+            edge: EdgeM::default(),
             rules: Vec::new(),
             agents: AGENTS
                 .iter()
@@ -382,7 +387,10 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
         None => m.trusted.push(DEFAULT_TRUSTED_PREFIX.to_string()),
     }
     if let Some(v) = top.get("connection_filter") {
-        parse_connection_filter(cx, &mut m, v);
+        parse_connection_filter(cx, &mut m.blocked, &mut m.edge, v);
+    }
+    if let Some(v) = top.get("protocol_analysis") {
+        parse_protocol_analysis(cx, &mut m.edge, v);
     }
     if let Some(v) = top.get("recipient_filter") {
         parse_recipient_filter(cx, &mut m, v);
@@ -416,16 +424,6 @@ fn check_version(cx: &mut Cx<'_>, v: &Val<'_>) {
                 v.span().start,
                 format!("version = {n}: this sluice reads rule files of version 1"),
             );
-        }
-    }
-}
-
-/// `[connection_filter]`: the networks whose clients are refused.
-fn parse_connection_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
-    if let Some(t) = get_table(cx, v, "connection_filter") {
-        let f = Fields::new(cx, t, &["blocked_networks"], "[connection_filter]");
-        if let Some(v) = f.get("blocked_networks") {
-            m.blocked = nets(cx, v, "blocked_networks");
         }
     }
 }
