@@ -229,54 +229,98 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     if let Some(cfg) = cfg {
         daemon_score(&mut edge, cfg, a.peer);
     }
+    let t = Traced {
+        a: &a,
+        table,
+        att,
+        msg: &msg,
+        out,
+        inbound,
+        sender,
+        filtered,
+        edge,
+    };
     if a.json_out {
-        let mut doc = to_json(
-            &out,
-            table,
-            a.peer,
-            inbound,
-            att.originating,
-            a.tls_name.as_deref(),
-            &a.from,
-        );
-        if a.snapshots {
-            doc["snapshots"] = Value::Array(snapshot_list(table, &msg, &out));
-        }
-        doc["sender_filter"] = json!(sender);
-        if let Some(list) = doc["recipients"].as_array_mut() {
-            for (r, (c, v)) in list.iter_mut().zip(filtered.iter()) {
-                r["recipient_filter"] = filter_json(c, v.as_ref());
-            }
-        }
-        doc["connection_filter"] = edge.json.clone();
-        doc["protocol_analysis"] = edge.reputation.clone();
-        if let Some(r) = &edge.refusal {
-            doc["result"] = json!("Rejected");
-            doc["reply"] = json!(r);
-        }
-        outln!("{doc}");
+        print_json(&t);
     } else {
-        print_text(&out, a.peer, inbound.as_deref(), att.originating, &a.from);
-        outln!("sender filter: {sender}");
-        for (to, (c, v)) in a.to.iter().zip(filtered.iter()) {
-            outln!("recipient filter <{to}>: {}", render::rcpt_check_words(c));
-            if let Some(v) = v {
-                outln!(
-                    "    call-ahead: {}{}: {}",
-                    probe_word(v.probe),
-                    if v.cached { " (cached)" } else { "" },
-                    v.detail
-                );
-            }
-        }
-        for l in &edge.lines {
-            outln!("{l}");
-        }
-        if a.snapshots {
-            print_snapshots(table, &msg, &out);
+        print_plain(&t);
+    }
+    i32::from(t.out.result == "Rejected" || t.edge.refusal.is_some())
+}
+
+/// Everything one trace found, for printing.
+struct Traced<'a> {
+    a: &'a TraceArgs,
+    table: &'a Table,
+    att: Attribution,
+    msg: &'a [u8],
+    out: Outcome,
+    inbound: Option<String>,
+    /// The sender filter's decision, in words.
+    sender: &'static str,
+    /// The recipient filter's decision per recipient, with call-ahead's.
+    filtered: Vec<(RcptCheck, Option<Verified>)>,
+    edge: EdgeTrace,
+}
+
+/// `sluice trace --json`: one JSON document.
+fn print_json(t: &Traced<'_>) {
+    let (a, table) = (t.a, t.table);
+    let mut doc = to_json(
+        &t.out,
+        table,
+        a.peer,
+        t.inbound.clone(),
+        t.att.originating,
+        a.tls_name.as_deref(),
+        &a.from,
+    );
+    if a.snapshots {
+        doc["snapshots"] = Value::Array(snapshot_list(table, t.msg, &t.out));
+    }
+    doc["sender_filter"] = json!(t.sender);
+    if let Some(list) = doc["recipients"].as_array_mut() {
+        for (r, (c, v)) in list.iter_mut().zip(t.filtered.iter()) {
+            r["recipient_filter"] = filter_json(c, v.as_ref());
         }
     }
-    i32::from(out.result == "Rejected" || edge.refusal.is_some())
+    doc["connection_filter"] = t.edge.json.clone();
+    doc["protocol_analysis"] = t.edge.reputation.clone();
+    if let Some(r) = &t.edge.refusal {
+        doc["result"] = json!("Rejected");
+        doc["reply"] = json!(r);
+    }
+    outln!("{doc}");
+}
+
+/// `sluice trace`: the text report.
+fn print_plain(t: &Traced<'_>) {
+    let a = t.a;
+    print_text(
+        &t.out,
+        a.peer,
+        t.inbound.as_deref(),
+        t.att.originating,
+        &a.from,
+    );
+    outln!("sender filter: {}", t.sender);
+    for (to, (c, v)) in a.to.iter().zip(t.filtered.iter()) {
+        outln!("recipient filter <{to}>: {}", render::rcpt_check_words(c));
+        if let Some(v) = v {
+            outln!(
+                "    call-ahead: {}{}: {}",
+                probe_word(v.probe),
+                if v.cached { " (cached)" } else { "" },
+                v.detail
+            );
+        }
+    }
+    for l in &t.edge.lines {
+        outln!("{l}");
+    }
+    if a.snapshots {
+        print_snapshots(t.table, t.msg, &t.out);
+    }
 }
 
 /// What the connection filter's DNS lists and rate limits and protocol

@@ -165,6 +165,25 @@ pub(super) fn parse_recipient_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>
     {
         r.directory = b;
     }
+    call_ahead(cx, m, &f, &mut r);
+    if let Some(ms) = f
+        .get("tarpit")
+        .and_then(|v| duration_ms(cx, v, "tarpit", u64::from(MAX_TARPIT_MS)))
+    {
+        r.tarpit_ms = ms as u32;
+    }
+    if let Some(n) = f
+        .get("max_unknown")
+        .and_then(|v| get_int(cx, v, "max_unknown", 0, i64::from(u16::MAX)))
+    {
+        r.max_unknown = n as u16;
+    }
+    m.recipient_filter = r;
+}
+
+/// `call_ahead` (a connector of the rule file) and its timeout and cache
+/// TTLs; the latter only warn without it.
+fn call_ahead(cx: &mut Cx<'_>, m: &Model, f: &Fields<'_, '_>, r: &mut RecipientFilterM) {
     if let Some(s) = f
         .get("call_ahead")
         .and_then(|v| get_str(cx, v, "call_ahead"))
@@ -180,18 +199,6 @@ pub(super) fn parse_recipient_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>
                 ),
             ),
         }
-    }
-    if let Some(ms) = f
-        .get("tarpit")
-        .and_then(|v| duration_ms(cx, v, "tarpit", u64::from(MAX_TARPIT_MS)))
-    {
-        r.tarpit_ms = ms as u32;
-    }
-    if let Some(n) = f
-        .get("max_unknown")
-        .and_then(|v| get_int(cx, v, "max_unknown", 0, i64::from(u16::MAX)))
-    {
-        r.max_unknown = n as u16;
     }
     let secs = |ms: u64| (ms / 1000) as u32;
     if let Some(ms) = f.get("call_ahead_timeout").and_then(|v| {
@@ -228,7 +235,6 @@ pub(super) fn parse_recipient_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>
             }
         }
     }
-    m.recipient_filter = r;
 }
 
 /// `[sender_filter]`: blocked senders, the action, blank senders.
