@@ -16,8 +16,10 @@ use super::super::limits::{
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
-/// Version of the blob layout; a blob of another version is refused.
-pub const FORMAT: u16 = 1;
+/// Version of the blob layout; a blob of another version is refused (the
+/// installer then recompiles the generation's source). 2: the Edge agents'
+/// settings (recipient, sender and connection filters, protocol analysis).
+pub const FORMAT: u16 = 2;
 
 /// A string in [`Table::strings`]: offset and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -632,6 +634,9 @@ pub struct Table {
 pub enum TableError {
     /// The blob does not decode (truncated, corrupt, too large).
     Decode,
+    /// The blob is intact (its CRC holds) but of another layout: made by
+    /// another version of sluice.
+    Layout,
     /// The blob is of another layout version.
     Format(u16),
     /// An index or span points outside its table.
@@ -729,7 +734,13 @@ impl Table {
     /// Decodes and validates a blob made by the shell's rule compiler
     /// (`shell::policy::compile::encode`: postcard with a CRC-32C).
     pub fn from_blob(blob: &[u8]) -> Result<Self, TableError> {
-        let t: Table = postcard::from_bytes_crc32(blob, crc32()).map_err(|_| TableError::Decode)?;
+        let t: Table = postcard::from_bytes_crc32(blob, crc32()).map_err(|_| {
+            if intact(blob) {
+                TableError::Layout
+            } else {
+                TableError::Decode
+            }
+        })?;
         if t.format != FORMAT {
             return Err(TableError::Format(t.format));
         }
@@ -900,6 +911,18 @@ impl Default for Table {
 pub fn crc32() -> crc::Digest<'static, u32> {
     static CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
     CASTAGNOLI.digest()
+}
+
+/// The blob's trailing CRC-32C (little-endian, as postcard appends it)
+/// matches its payload: the blob is whole, whatever layout made it.
+fn intact(blob: &[u8]) -> bool {
+    let Some(split) = blob.len().checked_sub(4) else {
+        return false;
+    };
+    let (payload, tail) = blob.split_at(split);
+    let mut d = crc32();
+    d.update(payload);
+    <[u8; 4]>::try_from(tail).is_ok_and(|b| u32::from_le_bytes(b) == d.finalize())
 }
 
 /// A span of `count` entries from `first` lies inside a pool of `n`.

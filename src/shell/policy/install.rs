@@ -15,7 +15,7 @@
 //! Sessions hold the policy they began with (an `Arc`); an install swaps the
 //! pointer for new sessions only.
 
-use crate::engine::policy::Table;
+use crate::engine::policy::{Table, TableError};
 use crate::shell::config::Config;
 use crate::shell::policy::compile;
 use crate::shell::policy::runtime::{Policy, DEFAULT_RULES};
@@ -46,19 +46,20 @@ pub struct Installer {
     lock: Mutex<()>,
 }
 
-/// Decodes a blob on a thread with a large stack (the table passes through
-/// the stack by value in debug builds).
-pub fn decode_blob(blob: Vec<u8>) -> Result<Policy, String> {
+/// Decodes a policy blob on a thread with a large stack (the table passes
+/// through the stack by value in debug builds). `Err(None)`: the blob is whole but of another layout or format, made
+/// by another version of sluice; `Err(Some(_))`: it is damaged.
+fn decode_blob(blob: Vec<u8>) -> Result<Policy, Option<String>> {
     std::thread::Builder::new()
         .stack_size(32 << 20)
-        .spawn(move || {
-            Table::from_blob(&blob)
-                .map_err(|e| format!("{e:?}"))
-                .and_then(|t| Policy::new(Box::new(t)).map_err(|e| format!("{e:?}")))
+        .spawn(move || match Table::from_blob(&blob) {
+            Ok(t) => Policy::new(Box::new(t)).map_err(|e| Some(format!("{e:?}"))),
+            Err(TableError::Layout | TableError::Format(_)) => Err(None),
+            Err(e) => Err(Some(format!("{e:?}"))),
         })
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Some(e.to_string()))?
         .join()
-        .map_err(|_| "decoding the policy failed".to_string())?
+        .map_err(|_| Some("decoding the policy failed".to_string()))?
 }
 
 /// Writes `data` to `dir/name` atomically: temporary file, sync, rename.
@@ -157,6 +158,18 @@ pub(crate) fn collect_garbage(dir: &Path, pointer: &Value) {
     let _ = fs::remove_file(dir.join(format!(".{POINTER}.tmp")));
 }
 
+/// Compiles the source kept in generation directory `gen` again, for a
+/// blob of an older layout.
+fn recompile(gen: &Path) -> Result<Policy, String> {
+    let name = gen.display();
+    let source = fs::read_to_string(gen.join("policy.toml")).map_err(|e| format!("{name}: {e}"))?;
+    let (policy, _, _) = compile(&source).map_err(|e| format!("{name}: {}", e.join("; ")))?;
+    crate::shell::ops::log::info(format_args!(
+        "{name}: policy blob of another sluice version; compiled again from its source"
+    ));
+    Ok(policy)
+}
+
 /// Loads the policy of the generation named by `entry` (a pointer's
 /// `policy` or `previous`).
 fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
@@ -165,7 +178,13 @@ fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
         .filter(|g| g.starts_with("gen-") && !g.contains('/'))
         .ok_or_else(|| "no generation named".to_string())?;
     let blob = fs::read(dir.join(gen).join("policy.blob")).map_err(|e| format!("{gen}: {e}"))?;
-    decode_blob(blob).map_err(|e| format!("{gen}: {e}"))
+    match decode_blob(blob) {
+        Ok(p) => Ok(p),
+        // An upgrade changed the table's layout: the generation's source
+        // compiles into the current one (same text, same version).
+        Err(None) => recompile(&dir.join(gen)),
+        Err(Some(e)) => Err(format!("{gen}: {e}")),
+    }
 }
 
 /// Compiles a rule file into a policy, its blob and its warnings; the
@@ -644,6 +663,23 @@ mod tests {
         assert_eq!(active(&cfg), version_of(DEFAULT_RULES));
         assert!(read_pointer(&dir)["previous"].is_null());
         assert!(!dir.join(&gen).exists());
+    }
+
+    #[test]
+    fn a_blob_of_another_layout_is_compiled_again_from_its_source() {
+        let (dir, cfg) = setup("layout");
+        let gen = read_pointer(&dir)["policy"]["dir"]
+            .as_str()
+            .expect("dir")
+            .to_string();
+        let before = active(&cfg);
+        // Whole (its CRC holds) but not today's table: an older version's.
+        let old =
+            postcard::to_allocvec_crc32(&(1u16, "an older table"), crate::engine::policy::crc32())
+                .expect("encode");
+        fs::write(dir.join(&gen).join("policy.blob"), old).expect("write");
+        assert_eq!(active(&cfg), before, "same source, same version");
+        assert!(dir.join(&gen).exists(), "the generation is kept");
     }
 
     #[test]
