@@ -11,7 +11,11 @@
 #          (dnsmasq on a loopback port answers them; the client, 127.0.0.1,
 #          is listed in neither, so the NXDOMAIN answers are cached for
 #          their TTL and only the first session waits for DNS), rate limits
-#          far above the load, and protocol analysis on.
+#          far above the load, and protocol analysis on; the recipient
+#          filter with valid and blocked patterns, a harvest limit, a tarpit
+#          and a 200,000-address directory installed (the recipient is found
+#          in it); the sender filter with blocked patterns and blank senders
+#          refused (the sender is listed in neither).
 #   The table gives the medians of REPEAT pairs and the median of the pairs'
 #   ratios (on / off). The issue's target: cost < 10 % (ratio >= 0.90) at
 #   4 KiB / 10 sessions.
@@ -76,6 +80,18 @@ DNS_PORT=$(free_port)
     --address=/2.0.0.127.bl.bench.test/127.0.0.2 >"$WORK/dnsmasq.log" 2>&1 &
 DNS_PID=$!
 
+# The directory the "on" rows install: 100,000 users with a secondary
+# address each (200,000 addresses), the benchmark's recipient among them.
+DIRECTORY=$WORK/directory.csv
+python3 - "$DIRECTORY" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("mail,proxyAddresses\n")
+    f.write("rcpt@sink.bench.test,SMTP:rcpt@sink.bench.test;smtp:r@sink.bench.test\n")
+    for i in range(99_999):
+        f.write(f"user{i}@sink.bench.test,SMTP:user{i}@sink.bench.test;smtp:u{i}@eu.sink.bench.test\n")
+PY
+
 rules_common() {
     cat <<EOF
 [domains]
@@ -99,6 +115,18 @@ rate_limits = { connections_per_minute = 1000000, messages_per_minute = 1000000 
 [protocol_analysis]
 threshold = 100000
 block_for = "1h"
+
+[recipient_filter]
+valid = ["postmaster@sink.bench.test", "*.sink.bench.test"]
+blocked = ["blocked@sink.bench.test", "old.sink.bench.test"]
+directory = true
+tarpit = "2s"
+max_unknown = 5
+
+[sender_filter]
+blocked = ["spammer@bad.example", "*.bad.example", "worse.example"]
+action = "reject"
+blank_sender = "reject"
 EOF
     [ -n "${AGENTS_ON_RULES:-}" ] && cat "$AGENTS_ON_RULES"
 }
@@ -113,6 +141,14 @@ enabled = false
 
 [[agent]]
 name = "protocol_analysis"
+enabled = false
+
+[[agent]]
+name = "recipient_filter"
+enabled = false
+
+[[agent]]
+name = "sender_filter"
 enabled = false
 EOF
     [ -n "${AGENTS_OFF_RULES:-}" ] && cat "$AGENTS_OFF_RULES"
@@ -153,6 +189,11 @@ row() { # mode size msgs sessions run -> RATE
     mkdir -p "$dir"
     port=$(free_port)
     write_config "$dir" "$port" "$1"
+    if [ "$1" = on ] && ! "$SLUICE_BIN" directory apply --config "$dir/sluice.toml" "$DIRECTORY" \
+        >"$dir/directory.log" 2>&1; then
+        echo "WARNING: directory apply: $(tail -c 300 "$dir/directory.log")" >&2
+        FAILED=1; RATE=FAIL; return
+    fi
     "$SLUICE_BIN" run --config "$dir/sluice.toml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
     SLUICE_PID=$!
     for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
@@ -171,8 +212,9 @@ row() { # mode size msgs sessions run -> RATE
     if [ "$spooled" != "$3" ]; then
         echo "WARNING: $1: expected $3 spooled, found ${spooled:-?}" >&2; FAILED=1
     fi
-    if grep -q 'connection_filter\|protocol_analysis' "$dir/stderr.log"; then
-        echo "WARNING: $1: an Edge agent logged: $(grep -m2 'connection_filter\|protocol_analysis' "$dir/stderr.log")" >&2
+    # An agent refusing or failing open here would measure something else.
+    if grep -q 'REJECT\|let through' "$dir/stderr.log"; then
+        echo "WARNING: $1: an Edge agent refused or failed open: $(grep -m2 'REJECT\|let through' "$dir/stderr.log")" >&2
     fi
     [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ] || rm -rf "$dir"
 }
