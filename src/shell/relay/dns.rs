@@ -528,6 +528,10 @@ async fn with_timeout<T>(
 /// negative TTLs of a few minutes.
 pub const LIST_NEGATIVE_TTL: u32 = 300;
 
+/// Longest a DNS list answer is cached, whatever TTL the server gave: a
+/// wrong "listed" answer must not stay until a restart.
+pub const LIST_MAX_TTL: u32 = 86_400;
+
 /// The answer to a DNS list query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListAnswer {

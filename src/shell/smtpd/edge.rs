@@ -144,7 +144,8 @@ impl Edge {
             .await
             .map_err(|e| e.to_string())?;
         if let Ok(mut c) = self.cache.lock() {
-            let expires = Instant::now() + Duration::from_secs(u64::from(a.ttl));
+            let ttl = a.ttl.min(crate::shell::relay::dns::LIST_MAX_TTL);
+            let expires = Instant::now() + Duration::from_secs(u64::from(ttl));
             if c.len() >= MAX_LIST_CACHE && !c.contains_key(name) {
                 c.retain(|_, (_, e)| *e > now);
                 if c.len() >= MAX_LIST_CACHE {

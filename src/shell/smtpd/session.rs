@@ -294,7 +294,7 @@ struct Watch {
     exempt: bool,
     /// The DNS lists' answers.
     lists: Lists,
-    /// RSETs so far.
+    /// RSETs since the last MAIL.
     rsets: u32,
     /// A MAIL command came.
     mail_seen: bool,
@@ -467,7 +467,10 @@ impl<'a> Session<'a> {
     /// sender filter, then refused `452 4.3.1` when the spool has less room
     /// than the declared size plus the reserve.
     fn mail(&mut self, size: Option<u64>) {
-        if !self.watch.exempt && !self.sh.edge.admit_message(self.table(), self.peer.ip()) {
+        // A client may have become originating by its certificate since
+        // connect: it is exempt from then on.
+        let exempt = self.watch.exempt || self.att.originating;
+        if !exempt && !self.sh.edge.admit_message(self.table(), self.peer.ip()) {
             counters::refuse(
                 Agent::ConnectionFilter,
                 false,
@@ -1011,11 +1014,14 @@ fn observe(w: &mut Watch, hostname: &str, ev: &Event<'_>, pipelined: bool) -> Op
         Event::Reject(reason) if reason.reply().code >= 500 => Some(Behaviour::ProtocolError),
         Event::MessageRejected(Reason::BareLineEnding) => Some(Behaviour::BareLineEnding),
         Event::Rset => {
-            w.rsets += 1;
+            w.rsets = w.rsets.saturating_add(1);
             (w.rsets > RSET_FLOOD).then_some(Behaviour::RsetFlood)
         }
+        // A flood is RSETs with no mail between them: a relay that reuses
+        // its connection sends one RSET per message, which is no flood.
         Event::Mail(_) => {
             w.mail_seen = true;
+            w.rsets = 0;
             None
         }
         Event::Helo { name, .. } => {
@@ -1127,7 +1133,30 @@ fn refusal(r: &Refusal) -> Reply<'static> {
 
 #[cfg(test)]
 mod tests {
-    use super::forged_helo;
+    use super::{forged_helo, observe, Watch};
+    use crate::engine::reputation::Behaviour;
+    use crate::engine::smtp::{Body, Event, Mail};
+
+    #[test]
+    fn an_rset_per_message_is_no_flood_but_rsets_without_mail_are() {
+        let mail = Event::Mail(Mail {
+            from: b"a@example.org",
+            size: None,
+            body: Body::SevenBit,
+            smtputf8: false,
+        });
+        let mut w = Watch::default();
+        let flood = |w: &mut Watch, ev: &Event<'_>| {
+            observe(w, "mx.example", ev, false) == Some(Behaviour::RsetFlood)
+        };
+        // A relay reusing its connection: MAIL ... RSET, thirty times.
+        for _ in 0..30 {
+            assert!(!flood(&mut w, &mail));
+            assert!(!flood(&mut w, &Event::Rset));
+        }
+        let floods = (0..30).filter(|_| flood(&mut w, &Event::Rset)).count();
+        assert!(floods > 0, "thirty RSETs in a row are a flood");
+    }
 
     #[test]
     fn a_helo_naming_us_is_forged() {

@@ -10,7 +10,7 @@
 use super::cx::{get_bool, get_int, get_str, get_strs, get_table, type_err, Cx, Fields, Val};
 use super::model::Model;
 use super::syntax::{address, domain};
-use crate::engine::limits::{MAX_CALL_AHEAD_TIMEOUT, MAX_TARPIT_MS};
+use crate::engine::limits::{MAX_CALL_AHEAD_TIMEOUT, MAX_ERRORS, MAX_TARPIT_MS};
 use toml::de::DeValue;
 
 /// `call_ahead_timeout` when not given, seconds.
@@ -174,7 +174,9 @@ pub(super) fn parse_recipient_filter(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>
     }
     if let Some(n) = f
         .get("max_unknown")
-        .and_then(|v| get_int(cx, v, "max_unknown", 0, i64::from(u16::MAX)))
+        // Below the session's error limit: each unknown recipient is a 5xx
+        // error, and at MAX_ERRORS the receiver closes first.
+        .and_then(|v| get_int(cx, v, "max_unknown", 0, i64::from(MAX_ERRORS) - 1))
     {
         r.max_unknown = n as u16;
     }
@@ -189,6 +191,15 @@ fn call_ahead(cx: &mut Cx<'_>, m: &Model, f: &Fields<'_, '_>, r: &mut RecipientF
         .and_then(|v| get_str(cx, v, "call_ahead"))
     {
         match m.connectors.iter().position(|c| c.name.v == s.v) {
+            // Without smart hosts the probe would follow the accepted
+            // domain's MX, which is usually this box: it would ask itself.
+            Some(i) if m.connectors[i].smart_hosts.is_empty() => cx.err(
+                s.at(),
+                format!(
+                    "call_ahead: connector {:?} has no smart_hosts; call-ahead asks a connector's smart hosts (an accepted domain's MX is usually this relay)",
+                    s.v
+                ),
+            ),
             Some(i) => r.call_ahead = Some(i as u16),
             None => cx.err(
                 s.at(),

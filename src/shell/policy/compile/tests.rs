@@ -568,6 +568,13 @@ const ERROR_CASES: &[(&str, usize, usize, &str)] = &[
     ("[recipient_filter]\ntarpit = \"2 fortnights\"\n", 2, 10, "expected a duration"),
     ("[recipient_filter]\ntarpit = \"2h\"\n", 2, 10, "longer than"),
     ("[recipient_filter]\nmax_unknown = -1\n", 2, 15, "out of range"),
+    ("[recipient_filter]\nmax_unknown = 20\n", 2, 15, "out of range"),
+    (
+        "[[connector]]\nname = \"mx\"\naddress_spaces = [\"*\"]\n[recipient_filter]\ncall_ahead = \"mx\"\n",
+        5,
+        14,
+        "has no smart_hosts",
+    ),
     ("[recipient_filter]\ndirectory = \"yes\"\n", 2, 13, "true or false"),
     ("[sender_filter]\naction = \"drop\"\n", 2, 10, "bad action"),
     ("[sender_filter]\nblank_sender = \"maybe\"\n", 2, 16, "bad blank_sender"),
