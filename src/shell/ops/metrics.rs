@@ -1,0 +1,198 @@
+//! The daemon's metrics registry: labelled counter families kept in fixed
+//! arrays of atomics (no lock, no allocation on the hot path), and their
+//! rendering in the Prometheus text exposition format 0.0.4, written by hand
+//! (no exporter crate). A family's label values are fixed when the daemon
+//! starts (listener and connector names come from the config); a value not
+//! registered, or one past a family's capacity, counts in the `other` bucket.
+//!
+//! Only the registry and the format live here so far: wiring the counters
+//! into the session, the relay and the spool, the `[metrics]` listener and
+//! the STATS syslog line are still to do (see issue 15).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Label values per family (listeners, connectors, agents, status classes):
+/// a small appliance config has a handful; more than this share `other`.
+pub const MAX_LABELS: usize = 32;
+
+/// The label value counted when a value is unknown or the family is full.
+pub const OTHER: &str = "other";
+
+/// Whether a family only goes up (`counter`) or is a level (`gauge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// Monotonic; the name ends in `_total`.
+    Counter,
+    /// A current level, set or moved both ways.
+    Gauge,
+}
+
+/// One metric family with one label: fixed slots, the last being `other`.
+pub struct Family {
+    /// Metric name (Prometheus conventions, base units).
+    name: &'static str,
+    /// The `# HELP` text.
+    help: &'static str,
+    /// Counter or gauge.
+    kind: Type,
+    /// The label's name, e.g. `listener`.
+    label: &'static str,
+    /// The registered label values, fixed once at start.
+    values: OnceLock<Vec<String>>,
+    /// One cell per registered value, then the `other` cell.
+    cells: [AtomicU64; MAX_LABELS + 1],
+}
+
+impl Family {
+    /// A family with no label values registered yet.
+    pub const fn new(
+        name: &'static str,
+        help: &'static str,
+        kind: Type,
+        label: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            help,
+            kind,
+            label,
+            values: OnceLock::new(),
+            cells: [const { AtomicU64::new(0) }; MAX_LABELS + 1],
+        }
+    }
+
+    /// Fixes the label values (first call wins); those past [`MAX_LABELS`]
+    /// count under `other`.
+    pub fn register<I: IntoIterator<Item = String>>(&self, values: I) {
+        let v: Vec<String> = values.into_iter().take(MAX_LABELS).collect();
+        let _ = self.values.set(v);
+    }
+
+    /// The cell for `value`, or the `other` cell.
+    fn cell(&self, value: &str) -> &AtomicU64 {
+        let i = self
+            .values
+            .get()
+            .and_then(|v| v.iter().position(|x| x == value))
+            .unwrap_or(MAX_LABELS);
+        &self.cells[i]
+    }
+
+    /// Adds `n` to `value`'s cell.
+    pub fn add(&self, value: &str, n: u64) {
+        self.cell(value).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes `n` from `value`'s cell (a gauge going down), never below 0.
+    pub fn sub(&self, value: &str, n: u64) {
+        let c = self.cell(value);
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+            Some(x.saturating_sub(n))
+        });
+    }
+
+    /// The current value of `value`'s cell.
+    pub fn get(&self, value: &str) -> u64 {
+        self.cell(value).load(Ordering::Relaxed)
+    }
+
+    /// Appends the family in exposition format: HELP, TYPE, then one line
+    /// per registered value and `other` when it is non-zero.
+    pub fn render(&self, out: &mut String) {
+        let t = match self.kind {
+            Type::Counter => "counter",
+            Type::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
+        let _ = writeln!(out, "# TYPE {} {t}", self.name);
+        let values = self.values.get().map_or(&[][..], Vec::as_slice);
+        for (v, c) in values.iter().zip(&self.cells) {
+            self.line(out, v, c.load(Ordering::Relaxed));
+        }
+        let other = self.cells[MAX_LABELS].load(Ordering::Relaxed);
+        if other > 0 || values.is_empty() {
+            self.line(out, OTHER, other);
+        }
+    }
+
+    /// One sample line.
+    fn line(&self, out: &mut String, value: &str, n: u64) {
+        let _ = writeln!(
+            out,
+            "{}{{{}=\"{}\"}} {n}",
+            self.name,
+            self.label,
+            escape_label(value)
+        );
+    }
+}
+
+/// Escapes a label value: backslash, double quote and newline (format 0.0.4).
+pub fn escape_label(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => o.push_str("\\\\"),
+            '"' => o.push_str("\\\""),
+            '\n' => o.push_str("\\n"),
+            _ => o.push(c),
+        }
+    }
+    o
+}
+
+/// Escapes HELP text: backslash and newline (format 0.0.4).
+pub fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label("x\ny"), "x\\ny");
+        assert_eq!(escape_help("h\\i\nj"), "h\\\\i\\nj");
+    }
+
+    #[test]
+    fn render_has_help_type_and_samples() {
+        static F: Family = Family::new(
+            "sluice_sessions_total",
+            "Sessions accepted, by listener.",
+            Type::Counter,
+            "listener",
+        );
+        F.register(["mx".to_string(), "sub\"x".to_string()]);
+        F.add("mx", 3);
+        let mut s = String::new();
+        F.render(&mut s);
+        assert_eq!(
+            s,
+            "# HELP sluice_sessions_total Sessions accepted, by listener.\n\
+             # TYPE sluice_sessions_total counter\n\
+             sluice_sessions_total{listener=\"mx\"} 3\n\
+             sluice_sessions_total{listener=\"sub\\\"x\"} 0\n"
+        );
+    }
+
+    #[test]
+    fn unknown_and_overflow_values_count_as_other() {
+        static F: Family = Family::new("sluice_x", "x", Type::Gauge, "connector");
+        F.register((0..MAX_LABELS + 5).map(|i| format!("c{i}")));
+        F.add("c0", 1);
+        F.add(&format!("c{}", MAX_LABELS + 1), 2);
+        F.add("nobody", 1);
+        F.sub("c0", 5);
+        assert_eq!(F.get("c0"), 0);
+        assert_eq!(F.get(OTHER), 3);
+        let mut s = String::new();
+        F.render(&mut s);
+        assert!(s.contains("# TYPE sluice_x gauge\n"));
+        assert!(s.ends_with("sluice_x{connector=\"other\"} 3\n"));
+    }
+}
