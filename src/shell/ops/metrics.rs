@@ -148,6 +148,56 @@ pub fn escape_help(s: &str) -> String {
     s.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
+/// Sessions started, by listener address (admitted or refused with 421).
+pub static SESSIONS_TOTAL: Family = Family::new(
+    "sluice_sessions_total",
+    "SMTP sessions started, by listener address.",
+    Type::Counter,
+    "listener",
+);
+
+/// Sessions running now, by listener address.
+pub static SESSIONS_CURRENT: Family = Family::new(
+    "sluice_sessions",
+    "SMTP sessions running now, by listener address.",
+    Type::Gauge,
+    "listener",
+);
+
+/// Every family, in exposition order.
+static FAMILIES: [&Family; 2] = [&SESSIONS_TOTAL, &SESSIONS_CURRENT];
+
+/// The whole registry in exposition format 0.0.4 (the `/metrics` body).
+pub fn render_all() -> String {
+    let mut s = String::new();
+    for f in FAMILIES {
+        f.render(&mut s);
+    }
+    s
+}
+
+/// The registry as JSON for `sluice status --json`: family name → label
+/// value → count (non-zero cells only, to keep it short).
+pub fn snapshot() -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for f in FAMILIES {
+        let mut row = serde_json::Map::new();
+        let values = f.values.get().map_or(&[][..], Vec::as_slice);
+        for (v, c) in values.iter().zip(&f.cells) {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                row.insert(v.clone(), n.into());
+            }
+        }
+        let other = f.cells[MAX_LABELS].load(Ordering::Relaxed);
+        if other > 0 {
+            row.insert(OTHER.into(), other.into());
+        }
+        m.insert(f.name.into(), row.into());
+    }
+    m.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

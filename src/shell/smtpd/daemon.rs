@@ -8,7 +8,7 @@ use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
 use crate::shell::directory::{self, Directory};
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
-use crate::shell::ops::log;
+use crate::shell::ops::{log, metrics};
 use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::Resolver;
@@ -332,6 +332,12 @@ fn start_tasks(
     listeners: Vec<(TcpListener, bool)>,
 ) -> (Vec<smol::Task<()>>, [smol::Task<()>; 2]) {
     let mut accepts = Vec::new();
+    let names: Vec<String> = listeners
+        .iter()
+        .filter_map(|(l, _)| l.local_addr().ok().map(|a| a.to_string()))
+        .collect();
+    metrics::SESSIONS_TOTAL.register(names.clone());
+    metrics::SESSIONS_CURRENT.register(names);
     for (l, starttls) in listeners {
         if let Ok(a) = l.local_addr() {
             log::info(format_args!("listening on {a}"));
