@@ -198,6 +198,64 @@ pub fn snapshot() -> serde_json::Value {
     m.into()
 }
 
+/// The longest request head read from a scraper; a longer one is dropped.
+const MAX_REQUEST: usize = 8192;
+
+/// How long a scraper may take to send its request head.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `GET /metrics` on `l` until cancelled, one task per connection.
+pub async fn serve(l: async_net::TcpListener, ex: std::sync::Arc<smol::Executor<'static>>) {
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => ex.spawn(answer(s)).detach(),
+            Err(_) => {
+                smol::Timer::after(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Reads one request head (bounded, timed) and answers it: 200 with the
+/// exposition for `GET /metrics`, 404 for anything else.
+async fn answer(mut s: async_net::TcpStream) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(buf)
+    };
+    let timeout = async {
+        smol::Timer::after(READ_TIMEOUT).await;
+        None
+    };
+    let Some(head) = read.or(timeout).await else {
+        return;
+    };
+    let first = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut words = first.split(|&b| b == b' ');
+    let ok = words.next() == Some(b"GET") && words.next() == Some(b"/metrics");
+    let (status, ctype, body) = if ok {
+        ("200 OK", "text/plain; version=0.0.4", render_all())
+    } else {
+        ("404 Not Found", "text/plain", "not found\n".to_string())
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes()).await;
+    let _ = s.flush().await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
