@@ -60,6 +60,9 @@ def test_metrics_endpoint_serves_the_counters_and_404s_the_rest(sluice_factory):
     assert status == 200 and ctype == "text/plain; version=0.0.4", (status, ctype)
     assert "# TYPE sluice_sessions_total counter" in body
     assert "# HELP sluice_sessions_total " in body
+    assert "# TYPE sluice_agent_actions_total counter" in body
+    assert sample(body, "sluice_agent_actions_total", agent="sender_filter", action="rejected") == 0
+    assert "# TYPE sluice_syslog_dropped_total counter" in body
     before = sample(body, "sluice_sessions_total", listener=label)
     for _ in range(2):
         c = d.session()

@@ -173,7 +173,33 @@ pub fn render_all() -> String {
     for f in FAMILIES {
         f.render(&mut s);
     }
+    render_agents(&mut s);
+    let (_, dropped) = super::log::stats();
+    s.push_str(
+        "# HELP sluice_syslog_dropped_total Syslog lines dropped (writer too slow or absent).\n",
+    );
+    s.push_str("# TYPE sluice_syslog_dropped_total counter\n");
+    let _ = writeln!(s, "sluice_syslog_dropped_total {dropped}");
     s
+}
+
+/// The agents' counters ([`super::counters`], not duplicated here) as
+/// `sluice_agent_actions_total{agent,action}`.
+fn render_agents(s: &mut String) {
+    use super::counters::{get, TALLIES};
+    s.push_str("# HELP sluice_agent_actions_total What each agent did, by agent and action.\n");
+    s.push_str("# TYPE sluice_agent_actions_total counter\n");
+    for (a, ..) in crate::engine::policy::AGENTS.iter() {
+        let name = crate::shell::policy::render::agent_name(*a);
+        for (t, action) in TALLIES {
+            let _ = writeln!(
+                s,
+                "sluice_agent_actions_total{{agent=\"{}\",action=\"{action}\"}} {}",
+                escape_label(name),
+                get(*a, t)
+            );
+        }
+    }
 }
 
 /// The registry as JSON for `sluice status --json`: family name → label
