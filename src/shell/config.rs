@@ -58,6 +58,8 @@ pub struct Config {
     pub upload_serial: Option<PathBuf>,
     /// Its speed (8N1).
     pub upload_baud: u32,
+    /// `[metrics] listen`: where `GET /metrics` is served; `None`: off.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The delivery queue's schedule and limits.
     pub queue: QueueConfig,
     /// `[dns]`, checked (servers from resolv.conf when it lists none).
@@ -169,6 +171,7 @@ struct Raw {
     limits: RawLimits,
     syslog: RawSyslog,
     upload: RawUpload,
+    metrics: RawMetrics,
     queue: RawQueue,
     dns: Option<toml::Value>,
 }
@@ -196,6 +199,13 @@ struct RawSyslog {
 struct RawUpload {
     serial: Option<String>,
     baud: Option<u32>,
+}
+
+/// `[metrics]` as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -374,6 +384,7 @@ impl Config {
             self.upload_serial != new.upload_serial || self.upload_baud != new.upload_baud,
             "[upload]",
         );
+        check(self.metrics_listen != new.metrics_listen, "[metrics]");
         out
     }
 }
@@ -413,6 +424,7 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         DnsConfig::from_toml_with_resolv_conf(raw.dns.as_ref(), resolv_conf),
     );
     let syslog = keep(&mut errs, syslog(raw.syslog));
+    let metrics_listen = keep(&mut errs, metrics_listen(raw.metrics));
     let (
         Some(hostname),
         Some(limits),
@@ -421,7 +433,17 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         Some(tls),
         Some(dns),
         Some((syslog_target, syslog_facility)),
-    ) = (hostname, limits, listen, queue, tls, dns, syslog)
+        Some(metrics_listen),
+    ) = (
+        hostname,
+        limits,
+        listen,
+        queue,
+        tls,
+        dns,
+        syslog,
+        metrics_listen,
+    )
     else {
         return Err(errs);
     };
@@ -440,6 +462,7 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         syslog_facility,
         upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
         upload_baud: raw.upload.baud.unwrap_or(115_200),
+        metrics_listen,
     })
 }
 
@@ -463,6 +486,19 @@ fn hostname(h: Option<String>) -> Result<String, ValueError> {
         ));
     }
     Ok(hostname)
+}
+
+/// `[metrics] listen`: the address `GET /metrics` is served on, if any.
+fn metrics_listen(raw: RawMetrics) -> Result<Option<std::net::SocketAddr>, ValueError> {
+    match raw.listen.as_deref() {
+        None | Some("") => Ok(None),
+        Some(a) => a.parse().map(Some).map_err(|e| {
+            ValueError::at(
+                &["metrics", "listen"],
+                format!("{a:?} is not an ip:port address: {e}"),
+            )
+        }),
+    }
 }
 
 /// `[syslog]` target and facility, defaults filled in, checked as the

@@ -43,6 +43,10 @@ impl Config {
         upload.insert("serial".into(), serial);
         upload.insert("baud".into(), Value::Integer(i64::from(self.upload_baud)));
         top.insert("upload".into(), Value::Table(upload));
+        let mut metrics = Table::new();
+        let listen = self.metrics_listen.map_or(s(""), |a| s(&a.to_string()));
+        metrics.insert("listen".into(), listen);
+        top.insert("metrics".into(), Value::Table(metrics));
         let body = toml::to_string(&top).unwrap_or_default();
         format!("# sluice: the effective config, every default filled in\n\n{body}")
     }

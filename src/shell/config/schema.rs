@@ -61,6 +61,8 @@ const DNS: &[(&str, Shape)] = &[
 const SYSLOG: &[(&str, Shape)] = &[("target", Leaf), ("facility", Leaf)];
 /// `[upload]` keys.
 const UPLOAD: &[(&str, Shape)] = &[("serial", Leaf), ("baud", Leaf)];
+/// `[metrics]` keys.
+const METRICS: &[(&str, Shape)] = &[("listen", Leaf)];
 /// The top level: keys, then sections.
 const ROOT: &[(&str, Shape)] = &[
     ("hostname", Leaf),
@@ -74,6 +76,7 @@ const ROOT: &[(&str, Shape)] = &[
     ("dns", Table(DNS)),
     ("syslog", Table(SYSLOG)),
     ("upload", Table(UPLOAD)),
+    ("metrics", Table(METRICS)),
 ];
 
 /// The text's positions: byte offsets to 1-based lines and columns.
@@ -180,7 +183,7 @@ fn unknown_section(name: &str) -> String {
         }
         _ => format!(
             "unknown section [{name}] (expected one of: listen, tls, limits, queue, dns, \
-             syslog, upload)"
+             syslog, upload, metrics)"
         ),
     }
 }

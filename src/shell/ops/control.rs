@@ -144,6 +144,7 @@ fn policy_request(inst: &Installer, req: &Value) -> Value {
             let mut s = inst.status();
             s["ok"] = true.into();
             s["agents"] = super::counters::snapshot();
+            s["metrics"] = super::metrics::snapshot();
             s
         }
         _ => json!({ "ok": false, "errors": ["unknown command"] }),

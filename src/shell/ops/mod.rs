@@ -1,8 +1,10 @@
 //! The operator's side of the running daemon: the [`control`] requests
 //! (policy, status, queue), the agents' [`counters`], the operator [`log`]
-//! (syslog) and rule uploads over the serial line ([`upload`]).
+//! (syslog), the [`metrics`] registry and rule uploads over the serial line
+//! ([`upload`]).
 
 pub mod control;
 pub mod counters;
 pub mod log;
+pub mod metrics;
 pub mod upload;

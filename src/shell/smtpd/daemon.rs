@@ -8,7 +8,7 @@ use super::listen::{accept_loop, bind};
 use crate::shell::config::Config;
 use crate::shell::directory::{self, Directory};
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
-use crate::shell::ops::log;
+use crate::shell::ops::{log, metrics};
 use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::Resolver;
@@ -129,6 +129,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     let (spool, scan) = open_spool(&cfg)?;
     let queue = start_queue(&cfg, spool.clone(), installer.clone(), scan)?;
     let listeners = open_listeners(&cfg)?;
+    let metrics_listener = open_metrics(&cfg)?;
     if let Some(dev) = cfg.upload_serial.clone() {
         serve_uploads(dev, cfg.upload_baud, installer.clone(), directory.clone())?;
     }
@@ -166,7 +167,7 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         verifier,
         edge,
     });
-    serve(&shared, listeners, path, stop_tx)?;
+    serve(&shared, (listeners, metrics_listener), path, stop_tx)?;
     shared.spool.close();
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     drop(control_thread);
@@ -254,6 +255,18 @@ fn start_queue(
     Ok(queue)
 }
 
+/// Binds `[metrics] listen`, if set; an address in use stops the start.
+fn open_metrics(cfg: &Config) -> Result<Option<TcpListener>, String> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    smol::block_on(async {
+        bind(addr)
+            .map(Some)
+            .map_err(|e| format!("[metrics] listen on {addr}: {e}"))
+    })
+}
+
 /// Binds every `[[listen]]` address; any failure stops the start.
 fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
     smol::block_on(async {
@@ -274,7 +287,7 @@ fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
 /// [`session_threads`] threads until a stopping signal, then drains.
 fn serve(
     shared: &Arc<Shared>,
-    listeners: Vec<(TcpListener, bool)>,
+    (listeners, metrics_listener): (Vec<(TcpListener, bool)>, Option<TcpListener>),
     path: Option<PathBuf>,
     stop_tx: smol::channel::Sender<()>,
 ) -> Result<(), String> {
@@ -301,6 +314,12 @@ fn serve(
     let ex2 = ex.clone();
     smol::block_on(ex.run(async move {
         let (accepts, _background) = start_tasks(&sh, &ex2, listeners);
+        let _metrics = metrics_listener.map(|l| {
+            if let Ok(a) = l.local_addr() {
+                log::info(format_args!("metrics on http://{a}/metrics"));
+            }
+            ex2.spawn(metrics::serve(l, ex2.clone()))
+        });
         let sig = loop {
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
@@ -332,6 +351,12 @@ fn start_tasks(
     listeners: Vec<(TcpListener, bool)>,
 ) -> (Vec<smol::Task<()>>, [smol::Task<()>; 2]) {
     let mut accepts = Vec::new();
+    let names: Vec<String> = listeners
+        .iter()
+        .filter_map(|(l, _)| l.local_addr().ok().map(|a| a.to_string()))
+        .collect();
+    metrics::SESSIONS_TOTAL.register(names.clone());
+    metrics::SESSIONS_CURRENT.register(names);
     for (l, starttls) in listeners {
         if let Ok(a) = l.local_addr() {
             log::info(format_args!("listening on {a}"));

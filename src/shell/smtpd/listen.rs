@@ -5,7 +5,7 @@
 use super::daemon::Shared;
 use super::session;
 use crate::engine::reply::{Reason, Reply};
-use crate::shell::ops::log;
+use crate::shell::ops::{log, metrics};
 use async_net::TcpListener;
 use futures_lite::AsyncWriteExt;
 use smol::{Executor, Timer};
@@ -79,6 +79,10 @@ pub(super) async fn accept_loop(
     sh: Arc<Shared>,
     ex: Arc<Executor<'static>>,
 ) {
+    let name: Arc<str> = l
+        .local_addr()
+        .map_or_else(|_| String::new(), |a| a.to_string())
+        .into();
     loop {
         let (stream, peer) = match l.accept().await {
             Ok(x) => x,
@@ -92,9 +96,15 @@ pub(super) async fn accept_loop(
         let slot = admit(&sh, peer.ip());
         let sh = sh.clone();
         let ex2 = ex.clone();
+        let name = name.clone();
+        metrics::SESSIONS_TOTAL.add(&name, 1);
         ex.spawn(async move {
             match slot {
-                Ok(slot) => session::serve(stream, peer, starttls, sh, slot, ex2).await,
+                Ok(slot) => {
+                    metrics::SESSIONS_CURRENT.add(&name, 1);
+                    session::serve(stream, peer, starttls, sh, slot, ex2).await;
+                    metrics::SESSIONS_CURRENT.sub(&name, 1);
+                }
                 Err(reason) => {
                     let mut s = stream;
                     let _ = s
