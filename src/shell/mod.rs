@@ -41,6 +41,7 @@ pub mod ops;
 pub mod policy;
 pub mod relay;
 pub mod reply;
+pub mod report;
 pub mod smtpd;
 pub mod spool;
 pub mod time;
