@@ -1,4 +1,5 @@
-//! The mail-flow report (issue 15, items 2 and 3): seed 001's MX-cost
-//! arithmetic. Only the arithmetic ([`mx`]) is here so far; the daemon's
-//! history and the `sluice report` command are not built yet.
+//! The mail-flow report: the arithmetic of MX layouts ([`mx`]), i.e. which
+//! share of mail, and how many bytes, each layout of MX records would
+//! redirect between locations. The daemon's daily history and the
+//! `sluice report` command are to build on it; neither exists yet.
 pub mod mx;
