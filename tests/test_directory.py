@@ -9,21 +9,19 @@ with the line named, and the installed directory stays (status and
 rewriting unchanged). With the daemon stopped, `directory apply` installs
 into the state directory and the daemon loads it at start."""
 import base64
-import getpass
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
-from contextlib import contextmanager
 
 import pytest
 
 from helpers.daemon import SLUICE_BIN, relay
-from helpers.ports import free_port
+from helpers.pty import PtyPair
 from helpers.rules import variant_text
 from helpers.smtp import check
+from helpers.ssh import sshd_forcing
 from helpers.tools import needs_tool
 
 USERS = 10_000
@@ -92,44 +90,6 @@ def edge(sluice_factory, sinks, **kw):
     d = relay(sluice_factory, {"exch1.contoso.internal": sink.port, "exch2.contoso.internal": sink.port},
               rules_text=variant_text("onprem_off_loopback"), **kw)
     return d, sink
-
-
-@contextmanager
-def sshd_forcing(command, tmp_path):
-    """An OpenSSH server on loopback whose one key runs `command`; yields the
-    ssh command line to reach it."""
-    ssh_dir = tmp_path / "ssh"
-    ssh_dir.mkdir(mode=0o700)
-    host_key, user_key = ssh_dir / "host_ed25519", ssh_dir / "operator_ed25519"
-    for k in (host_key, user_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True, timeout=30)
-    auth = ssh_dir / "authorized_keys"
-    auth.write_text('restrict,command="%s" %s' % (command, open(str(user_key) + ".pub").read()))
-    os.chmod(auth, 0o600)
-    port = free_port()
-    conf = ssh_dir / "sshd_config"
-    conf.write_text("\n".join([
-        "Port %d" % port, "ListenAddress 127.0.0.1", "HostKey %s" % host_key,
-        "AuthorizedKeysFile %s" % auth, "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
-        "PidFile %s" % (ssh_dir / "sshd.pid"), "LogLevel ERROR", ""]))
-    os.makedirs("/run/sshd", exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield ["ssh", "-i", str(user_key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-               "%s@127.0.0.1" % getpass.getuser()]
-    finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
 
 
 def refused(p, where, what):
@@ -240,7 +200,6 @@ def test_check_and_apply_with_the_daemon_stopped(sluice_factory, sinks, tmp_path
 
 @pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
 def test_directory_send_over_a_serial_line(sluice_factory, sinks, tmp_path):
-    from test_serial import PtyPair
     pair = PtyPair(str(tmp_path / "daemon-tty"), str(tmp_path / "operator-tty"))
     try:
         d, sink = edge(sluice_factory, sinks,

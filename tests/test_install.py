@@ -2,7 +2,6 @@
 control socket, refusal of a bad file, sessions in flight keeping their
 policy, restart on the last installed policy, rollback, status, SIGHUP, and
 the SSH forced-command path with a real OpenSSH server on loopback."""
-import getpass
 import json
 import os
 import shutil
@@ -15,9 +14,9 @@ import time
 
 from helpers import certs
 from helpers.daemon import HOSTNAME, SLUICE_BIN
-from helpers.ports import free_port
 from helpers.rules import variant_text
 from helpers.smtp import check
+from helpers.ssh import sshd_forcing
 from helpers.tools import needs_tool
 
 
@@ -187,38 +186,9 @@ def test_sighup_serves_the_new_certificate_and_names_what_needs_a_restart(sluice
 @needs_tool(os.path.exists("/usr/sbin/sshd"), "OpenSSH server (Debian openssh-server) not installed")
 def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
     d = sluice_factory()
-    ssh_dir = tmp_path / "ssh"
-    ssh_dir.mkdir(mode=0o700)
-    host_key, user_key = ssh_dir / "host_ed25519", ssh_dir / "operator_ed25519"
-    for k in (host_key, user_key):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(k)], check=True, timeout=30)
-    forced = "%s rules apply --config %s -" % (SLUICE_BIN, d.config)
-    auth = ssh_dir / "authorized_keys"
     # The README's line.
-    auth.write_text('restrict,command="%s" %s' % (forced, open(str(user_key) + ".pub").read()))
-    os.chmod(auth, 0o600)
-    port = free_port()
-    conf = ssh_dir / "sshd_config"
-    conf.write_text("\n".join([
-        "Port %d" % port, "ListenAddress 127.0.0.1", "HostKey %s" % host_key,
-        "AuthorizedKeysFile %s" % auth, "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-        "PubkeyAuthentication yes", "PermitRootLogin prohibit-password", "StrictModes no", "UsePAM no",
-        "PidFile %s" % (ssh_dir / "sshd.pid"), "LogLevel ERROR", ""]))
-    os.makedirs("/run/sshd", exist_ok=True)
-    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 10
-        import socket
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        ssh = ["ssh", "-i", str(user_key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-               "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-               "%s@127.0.0.1" % getpass.getuser()]
+    forced = "%s rules apply --config %s -" % (SLUICE_BIN, d.config)
+    with sshd_forcing(forced, tmp_path) as ssh:
         before = status(d)["policy"]["version"]
         # The operator's command; the forced command replaces whatever is asked.
         p = subprocess.run(ssh + ["sluice", "rules", "apply", "-"], input=sample_text().encode(),
@@ -232,6 +202,3 @@ def test_rules_apply_over_ssh_with_a_forced_command(sluice_factory, tmp_path):
         assert p.returncode == 1 and b"root:" not in p.stdout, p
         assert b"error:" in p.stderr
         assert status(d)["policy"]["version"] == after["policy"]["version"]
-    finally:
-        sshd.terminate()
-        sshd.wait(timeout=10)
