@@ -57,6 +57,8 @@ fn receive(session: &[u8]) -> usize {
         starttls: false,
         tls: false,
         bare_line_endings: BareLineEndings::Refuse,
+        auth: false,
+        auth_plaintext: false,
     });
     rx.greet();
     let mut body = 0;

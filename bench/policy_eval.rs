@@ -105,6 +105,8 @@ fn main() {
             size: MESSAGE.len() as u64,
             directory: None,
             rcpt_checks: None,
+            auth: None,
+            login: b"",
         };
         // The engine alone (what a no_std build runs).
         let mut sink = Null(0);
@@ -126,6 +128,8 @@ fn main() {
                 rcpts: &rcpts,
                 directory: None,
                 rcpt_checks: None,
+                auth: None,
+                login: None,
             };
             black_box(policy::decide(&pol, &env, MESSAGE));
             iters2 += 1;

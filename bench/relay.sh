@@ -41,8 +41,16 @@
 #         cargo build --release
 #   (same code and optimisation, symbols kept).
 #
+#   With --milter, each relay runs twice per row: without a milter and
+#   with one no-op milter (bench/noop_milter.py, python3-milter, which
+#   negotiates every step away but end of message and accepts there),
+#   shared by both relays: sluice's `[[milter]]`, Postfix's
+#   `smtpd_milters`. Rows: sluice, sluice_milter, postfix, postfix_milter,
+#   then the milter's cost per relay and sluice_milter / postfix_milter.
+#   SIZES="4096" SESSIONS="10" restrict the rows (default: both of each).
+#
 # How to run (as root, from anywhere)
-#   bench/relay.sh [--quick] [--no-perf] [--only sluice|postfix]
+#   bench/relay.sh [--quick] [--no-perf] [--only sluice|postfix] [--milter]
 #   SLUICE_BIN=/path/to/sluice bench/relay.sh   (default: target/release/sluice)
 #   KEEP=1 bench/relay.sh                       (keep temp queues, logs, perf data)
 #   Needs /usr/sbin/smtp-source, smtp-sink, postfix, postconf (Postfix; the
@@ -74,11 +82,12 @@ READY_TIMEOUT=30                  # seconds, for a listener to come up
 # shellcheck source=bench/lib.sh
 . "$BENCH_DIR/lib.sh"
 
-QUICK=0 NO_PERF=0 ONLY=''
+QUICK=0 NO_PERF=0 ONLY='' MILTER=0
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --no-perf) NO_PERF=1 ;;
+        --milter) MILTER=1 ;;
         --only) shift; ONLY=${1:-} ;;
         --only=*) ONLY=${1#--only=} ;;
         -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -89,9 +98,14 @@ done
 case $ONLY in ''|sluice|postfix) ;; *) echo "--only: sluice or postfix" >&2; exit 2 ;; esac
 RELAYS=(sluice postfix)
 [ -n "$ONLY" ] && RELAYS=("$ONLY")
+if [ $MILTER = 1 ]; then
+    R2=()
+    for r in "${RELAYS[@]}"; do R2+=("$r" "${r}_milter"); done
+    RELAYS=("${R2[@]}")
+fi
 
-SIZES=(4096 65536)
-SESSIONS=(10 50)
+read -r -a SIZES <<<"${SIZES:-4096 65536}"
+read -r -a SESSIONS <<<"${SESSIONS:-10 50}"
 msgs_for() { # size -> message count
     local n
     if [ "$1" -le 4096 ]; then n=3000; else n=1000; fi
@@ -104,6 +118,7 @@ for tool in "$SMTP_SOURCE" "$SMTP_SINK"; do
 done
 for relay in "${RELAYS[@]}"; do
     case $relay in
+        *_milter) ;;
         sluice) [ -x "$SLUICE_BIN" ] || { echo "missing $SLUICE_BIN (cargo build --release, or SLUICE_BIN=)" >&2; exit 2; } ;;
         postfix)
             [ "$(id -u)" = 0 ] || { echo "the private Postfix instance needs root (postfix start)" >&2; exit 2; }
@@ -250,6 +265,7 @@ if __name__ == "__main__":
     {"drive": drive, "pss": pss}[sys.argv[1]](*sys.argv[2:])
 PY
 
+MILTER_PID='' MILTER_ADDR='' WITH_MILTER=''
 SINK_PID='' SLUICE_PID='' DRIVE_PID='' SAMPLER_PID='' PERF_PID='' PF_CONF='' PF_MASTER=''
 pf_cmd() { # postfix/postconf with its messages on stderr (they go to syslog when stderr is no tty)
     if command -v script >/dev/null; then
@@ -282,6 +298,7 @@ cleanup() {
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
     pf_stop
     stop_pid "$SINK_PID"; SINK_PID=''
+    stop_pid "$MILTER_PID"; MILTER_PID=''
     if [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ]; then
         echo "temp files kept in $WORK" >&2
     else
@@ -361,13 +378,30 @@ servers = ["127.0.0.1:1"]
 static = { "sink.bench" = ["127.0.0.1:$3"] }
 static_mx = { "bench.test" = [[10, "sink.bench"]] }
 EOF
+    if [ -n "$WITH_MILTER" ]; then
+        printf '\n[[milter]]\nname = "noop"\naddress = "%s"\non_failure = "tempfail"\n' \
+            "$MILTER_ADDR" >>"$1/sluice.toml"
+    fi
+}
+
+# The same rows with the no-op milter.
+sluice_milter_row() { WITH_MILTER=1 sluice_row "$@"; }
+postfix_milter_row() { WITH_MILTER=1 postfix_row "$@"; }
+
+start_milter() { # -> MILTER_PID, MILTER_ADDR: bench/noop_milter.py on a free port
+    local port
+    port=$(free_port)
+    /usr/bin/python3 "$BENCH_DIR/noop_milter.py" "inet:$port@127.0.0.1" >"$WORK/milter.log" 2>&1 &
+    MILTER_PID=$!
+    MILTER_ADDR=inet:127.0.0.1:$port
+    wait_port "$port" || { echo "the no-op milter did not listen: $(head -c 300 "$WORK/milter.log")" >&2; exit 2; }
 }
 
 # size msgs sessions [record|trace] -> ACC DEL PSS_MIB SUNK NOTE
 sluice_row() {
     local size=$1 msgs=$2 sessions=$3 prof=${4:-} dir port i n
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/sluice-$size-$sessions${prof:+-$prof}
+    dir=$WORK/sluice-$size-$sessions${prof:+-$prof}${WITH_MILTER:+-milter}
     mkdir -p "$dir"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
     port=$(free_port)
@@ -467,6 +501,9 @@ pf_setup() {
         "compatibility_level = 3.6" \
         "maillog_file_prefixes = $dir" \
         "maillog_file = $dir/maillog" || return 1
+    if [ -n "$WITH_MILTER" ]; then
+        "$POSTCONF" -c "$conf" -e "smtpd_milters = $MILTER_ADDR" "milter_default_action = tempfail" || return 1
+    fi
     # smtpd on the bench port only (no port 25), nothing chrooted (the
     # private queue has no chroot tree).
     "$POSTCONF" -c "$conf" -MX smtp/inet || return 1
@@ -477,7 +514,7 @@ pf_setup() {
 postfix_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     local size=$1 msgs=$2 sessions=$3 dir port i
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/postfix-$size-$sessions
+    dir=$WORK/postfix-$size-$sessions${WITH_MILTER:+-milter}
     mkdir -p "$dir"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
     port=$(free_port)
@@ -520,8 +557,10 @@ postfix_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     echo "# queues: $WORK ($FSTYPE); one client connection per message$([ $QUICK = 1 ] && echo '; --quick')"
 } | tee "$RESULT"
 
+[ $MILTER = 1 ] && start_milter
+
 declare -A R_ACC R_DEL R_PSS
-HEADER=$(printf '%-8s %5s %8s %6s %11s %12s %14s  %s' relay size sessions msgs 'accepted/s' 'delivered/s' 'peak PSS MiB' notes)
+HEADER=$(printf '%-14s %5s %8s %6s %11s %12s %14s  %s' relay size sessions msgs 'accepted/s' 'delivered/s' 'peak PSS MiB' notes)
 echo "$HEADER" | tee -a "$RESULT"
 for size in "${SIZES[@]}"; do
     msgs=$(msgs_for "$size")
@@ -531,7 +570,7 @@ for size in "${SIZES[@]}"; do
             "${relay}_row" "$size" "$msgs" "$sessions"
             key=$relay-$size-$sessions
             R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB
-            printf '%-8s %5s %8s %6s %11s %12s %14s  %s\n' "$relay" "$((size / 1024))K" "$sessions" "$msgs" \
+            printf '%-14s %5s %8s %6s %11s %12s %14s  %s\n' "$relay" "$((size / 1024))K" "$sessions" "$msgs" \
                 "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
         done
     done
@@ -551,6 +590,26 @@ if [ ${#RELAYS[@]} = 2 ]; then
                     mr = (sm + 0 > 0 && pm + 0 > 0) ? sprintf("%.2f", sm / pm) : "-"
                     ok = (dr != "-" && mr != "-") ? ((dr + 0 >= 3 && mr + 0 < 0.2) ? "met" : "not met") : "-"
                     printf "%5s %8s %14s %14s %11s\n", sz, ss, dr, mr, ok }'
+            done
+        done
+    } | tee -a "$RESULT"
+fi
+
+if [ $MILTER = 1 ]; then
+    {
+        echo
+        echo "# the no-op milter's cost (delivered/s with / without) and sluice_milter / postfix_milter"
+        printf '%5s %8s %14s %15s %24s\n' size sessions sluice postfix 'sluice/postfix (milter)'
+        for size in "${SIZES[@]}"; do
+            for sessions in "${SESSIONS[@]}"; do
+                k=$size-$sessions
+                awk -v sz="$((size / 1024))K" -v ss="$sessions" \
+                    -v s0="${R_DEL[sluice-$k]:-}" -v s1="${R_DEL[sluice_milter-$k]:-}" \
+                    -v p0="${R_DEL[postfix-$k]:-}" -v p1="${R_DEL[postfix_milter-$k]:-}" 'BEGIN {
+                    sr = (s0 + 0 > 0 && s1 + 0 > 0) ? sprintf("%.2f", s1 / s0) : "-"
+                    pr = (p0 + 0 > 0 && p1 + 0 > 0) ? sprintf("%.2f", p1 / p0) : "-"
+                    xr = (s1 + 0 > 0 && p1 + 0 > 0) ? sprintf("%.2f", s1 / p1) : "-"
+                    printf "%5s %8s %14s %15s %24s\n", sz, ss, sr, pr, xr }'
             done
         done
     } | tee -a "$RESULT"

@@ -6,6 +6,7 @@
 //! feature) drives the engine with sockets, disk, TLS and timers.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod engine;
 

@@ -125,8 +125,13 @@ def test_answers_are_cached_by_ttl(sluice_factory, dns):
     d = daemon(sluice_factory, dns.port)
     check(rcpt_from(d, "127.0.0.2"), 550, "5.7.1")
     before = dns.queries()
+    m0 = json.loads(d.cli("status", "--json").stdout)["metrics"]
     check(rcpt_from(d, "127.0.0.2"), 550, "5.7.1")
     assert dns.queries() == before
+    # The metrics say the same: cache hits, no more queries.
+    m = json.loads(d.cli("status", "--json").stdout)["metrics"]
+    assert m["sluice_dns_cache_hits_total"] >= m0["sluice_dns_cache_hits_total"] + 1, (m0, m)
+    assert m["sluice_dns_queries_total"] == m0["sluice_dns_queries_total"], (m0, m)
 
 
 def test_a_zone_that_does_not_resolve_lets_mail_through(sluice_factory, dns):

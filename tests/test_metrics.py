@@ -1,18 +1,23 @@
 """Metrics (issue 15, part 1) against the real daemon: the session counters
 by listener address, as `sluice status --json` shows them in its `metrics`
 object and on the `[metrics] listen` endpoint (format 0.0.4, 404 for other
-paths), an address in use at start, and `sluice config check`. (The STATS
-line and the Prometheus test are still to come.)"""
+paths); every other counter and level moving through a relay with real
+peers (an SMTP sink with STARTTLS, a dead DNS server); an address in use at
+start, and `sluice config check`. The STATS line in rsyslog is in
+test_metrics_syslog.py, the Prometheus scrape in test_prometheus.py."""
 
 import json
+import os
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
-from helpers.daemon import SLUICE_BIN
+from helpers.daemon import SLUICE_BIN, relay
 from helpers.ports import free_port
+from helpers.smtp import check, unverified_context
 
 
 def metrics(d):
@@ -46,7 +51,7 @@ def scrape(port, path="/metrics"):
 
 
 def sample(body, name, **labels):
-    want = name + "{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "} "
+    want = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "") + " "
     lines = [ln for ln in body.splitlines() if ln.startswith(want)]
     assert len(lines) == 1, (want, body)
     return int(lines[0].split()[-1])
@@ -83,7 +88,8 @@ def test_metrics_address_in_use_stops_the_start_naming_it(sluice_factory):
         p = subprocess.run([SLUICE_BIN, "run", "--config", d.config], capture_output=True,
                            timeout=20, stdin=subprocess.DEVNULL)
         assert p.returncode != 0
-        assert ("127.0.0.1:%d" % port) in p.stderr.decode(), p.stderr
+        err = p.stderr.decode()
+        assert ("[metrics] listen on 127.0.0.1:%d" % port) in err and "in use" in err, err
     finally:
         held.close()
 
@@ -92,4 +98,22 @@ def test_config_check_shows_the_metrics_section(sluice_factory):
     d = sluice_factory(start=False, extra='[metrics]\nlisten = "127.0.0.1:9"\n')
     p = d.cli("config", "check")
     assert p.returncode == 0, p.stderr
-    assert '[metrics]\nlisten = "127.0.0.1:9"' in p.stdout.decode(), p.stdout
+    assert '[metrics]\nlisten = "127.0.0.1:9"\nsyslog_interval = "5m"' in p.stdout.decode(), p.stdout
+
+
+def test_syslog_interval_is_checked(sluice_factory):
+    d = sluice_factory(start=False, extra='[metrics]\nsyslog_interval = "2s"\n')
+    p = d.cli("config", "check")
+    assert p.returncode == 0, p.stderr
+    assert 'syslog_interval = "2s"' in p.stdout.decode(), p.stdout
+    for bad in ('"0s"', '"soon"', '"-1s"'):
+        d = sluice_factory(start=False, extra='[metrics]\nsyslog_interval = %s\n' % bad)
+        with open(d.config, encoding="utf-8") as f:
+            line = f.read().splitlines().index("syslog_interval = %s" % bad) + 1
+        checked = d.cli("config", "check")
+        run = subprocess.run([SLUICE_BIN, "run", "--config", d.config], capture_output=True,
+                             timeout=20, stdin=subprocess.DEVNULL, cwd=d.cwd)
+        for p in (checked, run):
+            err = p.stderr.decode()
+            assert p.returncode != 0, (bad, err)
+            assert ":%d:" % line in err and "syslog_interval" in err, (bad, err)

@@ -759,7 +759,12 @@ def test_header_firewall_anonymous(peer):
     assert "X-MS-Exchange-Organization-SCL" in removed, t
     # the prefix matches whatever the case; the name is reported as in the message
     assert "x-ms-exchange-organization-authas" in removed, t
-    assert not [h for h in removed if h.lower().startswith("x-ms-exchange-crosspremises-")], t
+    # Issue 13: cross-premises headers of anonymous and partner mail are
+    # stripped too, by cross_premises_promotion (not by the firewall's prefixes).
+    assert [h for h in removed if h.lower().startswith("x-ms-exchange-crosspremises-")] \
+        == ["X-MS-Exchange-CrossPremises-Note"], t
+    assert any("cross_premises_promotion: Removed header [X-MS-Exchange-CrossPremises-Note]" in l
+               for l in t["log"]), t
     assert not [h for h in removed if h.lower().startswith("x-forefront")], t
     assert {"from": "X-Forefront-Antispam-Report", "to": "X-Forefront-Antispam-Report-Untrusted"} \
         in t["headers_renamed"], t
@@ -1422,10 +1427,12 @@ EVENT_ORDER = ["OnConnect", "OnMailCommand", "OnRcpt", "OnEndOfHeaders", "OnEndO
                "OnSubmittedMessage", "OnResolvedMessage", "OnRoutedMessage", "OnCategorizedMessage"]
 AGENTS = ["connection_filter", "attribution", "recipient_filter", "header_firewall", "hop_count",
           "inbound_rewrite", "transport_rules", "cmt", "connector_selection", "outbound_rewrite",
-          "sender_filter", "protocol_analysis"]
+          "sender_filter", "protocol_analysis", "cross_premises_demotion", "cross_premises_promotion",
+          "content_filter", "sender_authentication"]
 # Agents listed under more than their own event (the first one listed).
 ALSO_ON = {"connection_filter": ["OnMailCommand", "OnRcpt"],
            "sender_filter": ["OnEndOfHeaders"],
+           "sender_authentication": ["OnEndOfData"],
            "protocol_analysis": ["OnRcpt", "OnEndOfHeaders", "OnEndOfData", "OnDisconnect"]}
 
 

@@ -167,3 +167,99 @@ def test_smuggling_refused_in_tiny_writes(sluice, fake_end):
         check(c.reply(), 550, "5.6.11")
         assert_no_more_replies(c)
     assert sluice.queue_list() == []
+
+
+NUL_ENDS = [b"\r\n\x00.\r\n", b"\r\n.\x00\r\n"]
+ANON = "127.0.0.3"     # no inbound connector: anonymous
+INSIDE = "127.0.0.5"   # the organization connector: originating
+EDGE_RULES = """
+[domains]
+accepted = ["example.test"]
+
+[[inbound]]
+name = "inside"
+kind = "organization"
+client_ips = ["127.0.0.5/32"]
+
+[[connector]]
+name = "internet"
+address_spaces = ["*"]
+"""
+
+
+@pytest.fixture
+def edge(sluice_factory):
+    """A daemon where 127.0.0.3 is an anonymous Internet client."""
+    return sluice_factory(rules_text=EDGE_RULES)
+
+
+def open_from(d, source):
+    c = d.connect(source=source)
+    c.ehlo()
+    return c
+
+
+@pytest.mark.parametrize("fake_end", NUL_ENDS, ids=repr)
+def test_nul_endings_refused(edge, fake_end):
+    """smtpsmug's NUL variants: the message is read to its real end and refused."""
+    with open_from(edge, ANON) as c:
+        c.mail("alice@client.test")
+        check(c.cmd("RCPT TO:<bob@example.test>"), 250)
+        check(c.cmd("DATA"), 354)
+        c.send(smuggling_payload(fake_end))
+        check(c.reply(), 550, "5.6.0")
+        assert_no_more_replies(c)
+    assert edge.queue_list() == []
+
+
+@pytest.mark.parametrize("fake_end", NUL_ENDS, ids=repr)
+def test_nul_stripped_when_normalizing(sluice_factory, fake_end):
+    d = sluice_factory(limits={"bare_line_endings": "normalize"})
+    r, c = send_smuggling(d, fake_end)
+    with c:
+        qid = queued_id(r)
+        assert_no_more_replies(c)
+    raw = d.queue_raw(qid)
+    assert b"\x00" not in raw and b"smuggled" in raw, raw
+    assert [e["id"] for e in d.queue_list()] == [qid]
+
+
+def two_messages_blind():
+    """smtpsmug's pipelining check: the next message's commands *and its
+    content* follow DATA before the 354 came."""
+    one = (b"MAIL FROM:<alice@client.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+           + make_message("first", b"one\r\n") + b".\r\n")
+    two = (b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+           + make_message("second", b"two\r\n") + b".\r\n")
+    return one + two
+
+
+def test_content_before_354_refused_from_anonymous(edge):
+    with open_from(edge, ANON) as c:
+        c.send(two_messages_blind())
+        check(c.reply(), 250, "2.1.0")
+        check(c.reply(), 250, "2.1.5")
+        check(c.reply(), 554, "5.5.0")
+        assert c.pending(2.0) == b"", "the session ends after 554"
+    assert edge.queue_list() == []
+
+
+def test_content_before_354_taken_from_originating(edge):
+    """An organization connector's client is trusted to pipeline."""
+    with open_from(edge, INSIDE) as c:
+        c.send(two_messages_blind())
+        replies = [c.reply() for _ in range(8)]
+        assert [r.code for r in replies] == [250, 250, 354, 250, 250, 250, 354, 250], replies
+    assert len(edge.queue_list()) == 2
+
+
+def test_nul_and_8bit_commands(sluice):
+    with sluice.session() as c:
+        check(c.cmd("NOOP"), 250)
+        c.send(b"NOOP a\x00b\r\n")
+        check(c.reply(), 500, "5.5.2")
+        c.send(b"HELO h\xc3\xa9llo\r\n")
+        check(c.reply(), 501, "5.5.2")
+        c.send(b"MAIL FROM:<j\xc3\xa9@client.test>\r\n")
+        check(c.reply(), 553, "5.6.7")
+        check(c.cmd("QUIT"), 221)

@@ -770,6 +770,8 @@ mod tests {
             starttls: false,
             tls: false,
             bare_line_endings: smtp::BareLineEndings::Refuse,
+            auth: false,
+            auth_plaintext: false,
         });
         let mut cl = Client::new(
             cfg(TlsMode::Opportunistic),

@@ -73,7 +73,7 @@ pub const MAX_DFAS: usize = 256;
 /// Octets of all sparse DFAs; a case-insensitive header pattern takes 1-3 KiB.
 pub const MAX_DFA_BYTES: usize = 256 * 1024;
 /// Agents of the pipeline (every built-in agent once).
-pub const MAX_AGENTS: usize = 12;
+pub const MAX_AGENTS: usize = 16;
 
 // ---- the recipient directory (engine::directory) -------------------------
 
@@ -129,3 +129,69 @@ pub const MAX_LIST_CACHE: usize = 4096;
 /// about 100 octets an entry, 4,096 take under half a MiB; a spam run from
 /// more addresses than that is what the DNS block lists are for.
 pub const MAX_CLIENTS: usize = 4096;
+
+// ---- sender authentication: SPF (engine::spf) ----------------------------
+
+/// Octets of one SPF record (its TXT strings joined). RFC 7208 §3.4 asks
+/// publishers to fit the answer in 512 octets of UDP; real records of big
+/// senders reach about 1 KiB through several strings. A longer record is a
+/// local limit, answered `permerror` with that reason.
+pub const MAX_SPF_RECORD: usize = 2048;
+/// Records evaluated at once: the checked domain plus one per `include`
+/// level. Each include costs one of the 10 DNS-querying terms (RFC 7208
+/// §4.6.4), so ten levels below the top are the most a check can reach.
+pub const MAX_SPF_DEPTH: usize = 11;
+/// Names one `mx` or `ptr` term looks at: RFC 7208 §4.6.4 allows 10
+/// address lookups per `mx` (more MX names: `permerror`) and uses the
+/// first 10 PTR names.
+pub const MAX_SPF_NAMES: usize = 10;
+/// DNS-querying terms per check (`include`, `a`, `mx`, `ptr`, `exists`,
+/// `redirect`), RFC 7208 §4.6.4; the 11th is `permerror`.
+pub const SPF_LOOKUP_LIMIT: u8 = 10;
+/// Lookups that return no answer (NXDOMAIN or no data) per check; the RFC
+/// recommends two (§4.6.4); the third is `permerror`.
+pub const SPF_VOID_LIMIT: u8 = 2;
+/// Octets of an expanded explanation (`exp=`), the text of a `550` reply
+/// line; longer text is cut.
+pub const MAX_SPF_EXPLANATION: usize = 512;
+
+// ---- sender authentication: DKIM (engine::dkim) ---------------------------
+
+/// Octets of a base64 tag value once its folding white space is gone: an
+/// RSA-4096 public key (`p=`, 550 octets of SubjectPublicKeyInfo) takes 736
+/// characters and its signature (`b=`) 684; 2 KiB leaves room for 8192-bit
+/// keys' signatures. Longer values are `permerror`.
+pub const MAX_DKIM_BASE64: usize = 2048;
+
+// ---- the milter protocol (engine::milter) ---------------------------------
+
+/// Largest milter packet (length field, command octet and data) sluice
+/// reads or writes. libmilter's largest negotiable data size is 1 MiB
+/// (`SMFIP_MDS_1M`), a body replacement chunk at most that; a header change
+/// or a reply code is far smaller. A longer length is refused as a protocol
+/// error before a single octet of it is buffered.
+pub const MAX_MILTER_PACKET: usize = 1024 * 1024 + 64;
+/// Body octets sent in one `SMFIC_BODY` packet: libmilter's default data
+/// size (`MILTER_CHUNK_SIZE`, 64 KiB less one), which every milter accepts
+/// without negotiating a larger one.
+pub const MILTER_CHUNK: usize = 65_535;
+/// Longest macro name and value sluice sends (each); Postfix's values
+/// (addresses, host names, queue ids) are under 1 KiB.
+pub const MAX_MILTER_MACRO: usize = 1024;
+/// Macro lists (`SMFIR_SETSYMLIST`) a milter may ask for: one per stage,
+/// seven stages (connect, HELO, MAIL, RCPT, DATA, end of message, end of
+/// headers).
+pub const MILTER_MACRO_STAGES: usize = 7;
+
+// ---- SMTP AUTH (RFC 4954, RFC 4616) --------------------------------------
+
+/// Longest decoded SASL response kept: a PLAIN message of authorization
+/// id, login and password of up to 255 octets each (RFC 4616 §2) and the
+/// two NULs between them. Longer is refused `500 5.5.6`.
+pub const MAX_AUTH_DECODED: usize = 3 * 255 + 2;
+
+/// Longest AUTH command or response line, CRLF included: the base64 of
+/// [`MAX_AUTH_DECODED`] octets (1,024 characters) after `AUTH PLAIN ` and
+/// before the CRLF, rounded up. A longer line gets `500 5.5.6`
+/// (RFC 4954 §4 lets a server cap it; 12,288 octets would be wasted here).
+pub const MAX_AUTH_LINE: usize = 1040;

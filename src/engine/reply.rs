@@ -47,6 +47,16 @@ pub enum Reason {
     TooManyRecipients,
     /// `550 5.6.11`: bare CR or LF in DATA while they are refused.
     BareLineEnding,
+    /// `550 5.6.0`: a NUL octet in message content while NUL is refused.
+    NulInContent,
+    /// `500 5.5.2`: a NUL octet in a command line.
+    NulInCommand,
+    /// `501 5.5.2`: 8-bit octets in a command that allows none (anything
+    /// but a MAIL or RCPT address under SMTPUTF8).
+    EightBitCommand,
+    /// `554 5.5.0`: content or commands sent before the 354 that DATA waits
+    /// for (RFC 2920 §3.1), from a non-originating client; closes.
+    ImproperPipelining,
     /// `502 5.5.1`: STARTTLS is not offered, EXPN and the like.
     NotImplemented,
     /// `421 4.7.0`: too many errors; the session closes.
@@ -104,6 +114,31 @@ pub enum Reason {
     Bye,
     /// `220 2.0.0` for STARTTLS.
     ReadyTls,
+    /// `235 2.7.0`: AUTH succeeded (RFC 4954 §6).
+    AuthOk,
+    /// `538 5.7.11`: AUTH before STARTTLS on a listener that needs TLS
+    /// for it (RFC 4954 §6).
+    EncryptionRequired,
+    /// `503 5.5.1`: AUTH after a successful AUTH (RFC 4954 §4).
+    AlreadyAuthenticated,
+    /// `503 5.5.1`: AUTH inside a mail transaction (RFC 4954 §4).
+    AuthInTransaction,
+    /// `504 5.5.4`: AUTH with a mechanism that is not offered.
+    UnknownMechanism,
+    /// `501 5.0.0`: the client cancelled the exchange with `*` (RFC 4954 §4).
+    AuthCancelled,
+    /// `501 5.5.2`: an AUTH response that is not valid base64 (RFC 4954 §4).
+    AuthBadBase64,
+    /// `500 5.5.6`: an AUTH line longer than the limit (RFC 4954 §6).
+    AuthLineTooLong,
+    /// `535 5.7.8`: wrong credentials (RFC 4954 §6).
+    AuthFailed,
+    /// `421 4.7.0`: too many AUTH failures from this address; closes.
+    AuthLockedOut,
+    /// `454 4.7.0`: the credentials could not be checked now (RFC 4954 §6).
+    AuthUnavailable,
+    /// `550 5.7.1`: MAIL FROM an address the login may not use.
+    SenderLoginMismatch,
 }
 
 /// A reply: three-digit code, enhanced status (class.subject.detail) and text.
@@ -149,6 +184,18 @@ impl Reason {
                 550,
                 Some((5, 6, 11)),
                 "Bare CR or LF in message not allowed",
+            ),
+            NulInContent => (550, Some((5, 6, 0)), "NUL octet in message not allowed"),
+            NulInCommand => (500, Some((5, 5, 2)), "NUL octet in command not allowed"),
+            EightBitCommand => (
+                501,
+                Some((5, 5, 2)),
+                "8-bit octets not allowed in this command",
+            ),
+            ImproperPipelining => (
+                554,
+                Some((5, 5, 0)),
+                "Improper use of SMTP command pipelining",
             ),
             NotImplemented => (502, Some((5, 5, 1)), "Command not implemented"),
             TooManyErrors => (421, Some((4, 7, 0)), "Too many errors, closing connection"),
@@ -222,6 +269,38 @@ impl Reason {
             ),
             Bye => (221, Some((2, 0, 0)), "Bye"),
             ReadyTls => (220, Some((2, 0, 0)), "Ready to start TLS"),
+            AuthOk => (235, Some((2, 7, 0)), "Authentication successful"),
+            EncryptionRequired => (
+                538,
+                Some((5, 7, 11)),
+                "Encryption required for requested authentication mechanism",
+            ),
+            AlreadyAuthenticated => (503, Some((5, 5, 1)), "Already authenticated"),
+            AuthInTransaction => (
+                503,
+                Some((5, 5, 1)),
+                "AUTH not permitted during a mail transaction",
+            ),
+            UnknownMechanism => (504, Some((5, 5, 4)), "Unrecognized authentication type"),
+            AuthCancelled => (501, Some((5, 0, 0)), "Authentication canceled"),
+            AuthBadBase64 => (501, Some((5, 5, 2)), "Cannot decode response"),
+            AuthLineTooLong => (
+                500,
+                Some((5, 5, 6)),
+                "Authentication exchange line is too long",
+            ),
+            AuthFailed => (535, Some((5, 7, 8)), "Authentication credentials invalid"),
+            AuthLockedOut => (
+                421,
+                Some((4, 7, 0)),
+                "Too many authentication failures from your address, try later",
+            ),
+            AuthUnavailable => (454, Some((4, 7, 0)), "Temporary authentication failure"),
+            SenderLoginMismatch => (
+                550,
+                Some((5, 7, 1)),
+                "Sender address not owned by the authenticated user",
+            ),
         };
         Reply { code, status, text }
     }
@@ -272,6 +351,10 @@ mod tests {
             HeaderTooBig,
             TooManyRecipients,
             BareLineEnding,
+            NulInContent,
+            NulInCommand,
+            EightBitCommand,
+            ImproperPipelining,
             NotImplemented,
             TooManyErrors,
             Timeout,
@@ -292,6 +375,17 @@ mod tests {
             ConnectionRate,
             MessageRate,
             BadReputation,
+            EncryptionRequired,
+            AlreadyAuthenticated,
+            AuthInTransaction,
+            UnknownMechanism,
+            AuthCancelled,
+            AuthBadBase64,
+            AuthLineTooLong,
+            AuthFailed,
+            AuthLockedOut,
+            AuthUnavailable,
+            SenderLoginMismatch,
         ];
         for r in all {
             let rep = r.reply();

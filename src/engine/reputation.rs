@@ -30,7 +30,8 @@ pub enum Behaviour {
     ProtocolError,
     /// Bare CR or LF in DATA (the message was refused): smuggling attempt.
     BareLineEnding,
-    /// Commands pipelined without EHLO (PIPELINING was never offered).
+    /// Commands pipelined without EHLO (PIPELINING was never offered), or
+    /// anything sent after DATA before its 354 (RFC 2920 §3.1).
     Pipelining,
     /// An RSET beyond [`RSET_FLOOD`] in one session.
     RsetFlood,
@@ -57,7 +58,7 @@ impl Behaviour {
             Behaviour::RefusedRecipient => "refused recipient",
             Behaviour::ProtocolError => "protocol error",
             Behaviour::BareLineEnding => "bare line ending",
-            Behaviour::Pipelining => "pipelining without EHLO",
+            Behaviour::Pipelining => "improper pipelining",
             Behaviour::RsetFlood => "RSET flood",
             Behaviour::ForgedHelo => "forged HELO",
             Behaviour::NoMail => "connection without mail",

@@ -31,10 +31,28 @@
 use super::addr::parse_path;
 use super::decimal::{fmt_u64, parse_u64};
 use super::limits::{
-    MAX_COMMAND_LINE, MAX_ERRORS, MAX_HEADER_BLOCK, MAX_RECIPIENTS, MAX_REPLY, REPLY_BUFFER,
+    MAX_AUTH_DECODED, MAX_COMMAND_LINE, MAX_ERRORS, MAX_HEADER_BLOCK, MAX_RECIPIENTS, MAX_REPLY,
+    REPLY_BUFFER,
 };
 use super::reply::{Reason, Reply};
 use heapless::Vec;
+
+/// The commands whose lines must be 7-bit (RFC 5321 §2.4; RFC 6531 allows
+/// UTF-8 only in the MAIL and RCPT addresses).
+const SEVEN_BIT_VERBS: [&[u8]; 10] = [
+    b"EHLO",
+    b"HELO",
+    b"DATA",
+    b"BDAT",
+    b"RSET",
+    b"NOOP",
+    b"HELP",
+    b"VRFY",
+    b"QUIT",
+    b"STARTTLS",
+];
+mod auth;
+pub use auth::Mechanism;
 
 /// What to do with a CR or LF that is not part of a CRLF pair in DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +81,11 @@ pub struct ReceiverConfig<'h> {
     pub tls: bool,
     /// Treatment of bare CR / LF in DATA.
     pub bare_line_endings: BareLineEndings,
+    /// Whether the listener offers SMTP AUTH (PLAIN and LOGIN); only once
+    /// TLS is on unless `auth_plaintext`.
+    pub auth: bool,
+    /// Whether AUTH is offered without TLS too (tests only).
+    pub auth_plaintext: bool,
 }
 
 /// The BODY parameter of MAIL (RFC 6152, RFC 3030).
@@ -144,6 +167,16 @@ pub enum Event<'a> {
     Quit,
     /// A command was refused with this reason (the reply is sent).
     Reject(Reason),
+    /// AUTH PLAIN or LOGIN ended with these credentials, waiting for the
+    /// shell's check: [`Receiver::auth_accepted`] or [`Receiver::reject`].
+    Auth {
+        /// The mechanism used.
+        mechanism: Mechanism,
+        /// The authentication identity (the login name).
+        login: &'a [u8],
+        /// The password.
+        secret: &'a [u8],
+    },
     /// The session is over (OnDisconnectEvent): flush the output, then
     /// close the connection. Handed out exactly once, as the last event.
     Disconnect,
@@ -165,6 +198,7 @@ enum Pending {
     Mail,
     Rcpt,
     Message,
+    Auth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +217,8 @@ enum Phase {
     },
     /// STARTTLS answered; waiting for the handshake.
     AwaitTls,
+    /// A 334 challenge was sent; the next line is the client's response.
+    Auth(auth::Step),
     Closed,
 }
 
@@ -247,6 +283,19 @@ pub struct Receiver<'h> {
     hdr_field_seen: bool,
     /// End of headers found, to hand out on the next `feed`.
     queued_eoh: Option<u64>,
+    /// More input followed the command line being handled (RFC 2920
+    /// §3.1: nothing may follow DATA before its 354).
+    more_input: bool,
+    /// The client may send after DATA without waiting (an originating
+    /// client); others get `554 5.5.0` and the session ends.
+    pipelining_trusted: bool,
+    /// AUTH succeeded in this session.
+    authenticated: bool,
+    /// The decoded credentials of an AUTH exchange: the login, then the
+    /// password from `auth_split` on. Zeroed once decided.
+    auth_buf: Vec<u8, MAX_AUTH_DECODED>,
+    /// Where the password starts in `auth_buf`.
+    auth_split: usize,
 }
 
 impl<'h> Receiver<'h> {
@@ -281,6 +330,11 @@ impl<'h> Receiver<'h> {
             hdr_line_at: 0,
             hdr_field_seen: false,
             queued_eoh: None,
+            more_input: false,
+            pipelining_trusted: false,
+            authenticated: false,
+            auth_buf: Vec::new(),
+            auth_split: 0,
         }
     }
 
@@ -384,6 +438,9 @@ impl<'h> Receiver<'h> {
         if p == Pending::Message {
             self.reset_transaction();
         }
+        if p == Pending::Auth {
+            self.forget_credentials();
+        }
         self.error_reply(reply);
     }
 
@@ -416,6 +473,7 @@ impl<'h> Receiver<'h> {
         if self.phase == Phase::AwaitTls {
             self.tls = true;
             self.helo = false;
+            self.authenticated = false;
             self.reset_transaction();
             self.line.clear();
             self.overlong = false;
@@ -424,6 +482,14 @@ impl<'h> Receiver<'h> {
     }
 
     // ---- input ---------------------------------------------------------
+
+    /// Lets the client send content or commands right after DATA without
+    /// waiting for the 354 (an originating client: the shell calls this
+    /// once it knows). Others are refused, as Postfix's
+    /// `smtpd_forbid_unauth_pipelining` does.
+    pub fn trust_pipelining(&mut self, trusted: bool) {
+        self.pipelining_trusted = trusted;
+    }
 
     /// Consumes client octets; returns how many and at most one event.
     /// Bytes of a partial command line are kept inside (they count as
@@ -450,7 +516,7 @@ impl<'h> Receiver<'h> {
             };
         }
         match self.phase {
-            Phase::Command => self.feed_command(input),
+            Phase::Command | Phase::Auth(_) => self.feed_command(input),
             Phase::Data => {
                 let step = self.feed_data(input);
                 self.or_disconnect(step)
@@ -509,6 +575,10 @@ impl<'h> Receiver<'h> {
             };
         }
         self.line_done = true;
+        if let Phase::Auth(step) = self.phase {
+            let event = self.auth_response(step);
+            return Step { consumed, event };
+        }
         if self.overlong {
             self.overlong = false;
             self.line.clear();
@@ -518,6 +588,7 @@ impl<'h> Receiver<'h> {
                 event: Some(ev),
             };
         }
+        self.more_input = input.len() > consumed;
         let event = self.command();
         Step { consumed, event }
     }
@@ -533,6 +604,9 @@ impl<'h> Receiver<'h> {
             end -= 1;
         }
         self.line.truncate(end);
+        if self.line.contains(&0) {
+            return Some(self.refuse(Reason::NulInCommand));
+        }
         let verb_end = self.line.iter().position(|&b| b == b' ').unwrap_or(end);
         let mut verb = [0u8; 8];
         let verb_len = verb_end.min(verb.len());
@@ -545,6 +619,11 @@ impl<'h> Receiver<'h> {
             &verb[..verb_len]
         };
         let arg_start = (verb_end + 1).min(end);
+        // Only MAIL and RCPT may carry 8-bit octets (an SMTPUTF8 address,
+        // checked by each); another known command with them is malformed.
+        if !self.line.is_ascii() && SEVEN_BIT_VERBS.contains(&verb) {
+            return Some(self.refuse(Reason::EightBitCommand));
+        }
         match verb {
             b"EHLO" | b"HELO" => self.cmd_helo(arg_start, verb == b"EHLO"),
             b"MAIL" => self.cmd_mail(arg_start),
@@ -580,6 +659,7 @@ impl<'h> Receiver<'h> {
                 Some(Event::Quit)
             }
             b"STARTTLS" => self.cmd_starttls(arg_start),
+            b"AUTH" => self.cmd_auth(arg_start),
             _ => Some(
                 self.refuse(if verb == b"EXPN" || verb == b"TURN" || verb == b"ETRN" {
                     Reason::NotImplemented
@@ -609,6 +689,11 @@ impl<'h> Receiver<'h> {
             self.write_raw(&[b"250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"]);
             if self.cfg.starttls && !self.tls {
                 self.write_raw(&[b"250-STARTTLS\r\n"]);
+            }
+            if self.auth_offered() && !self.authenticated {
+                // RFC 4954's form, and the `AUTH=` form older Outlook
+                // versions look for.
+                self.write_raw(&[b"250-AUTH PLAIN LOGIN\r\n250-AUTH=PLAIN LOGIN\r\n"]);
             }
             self.write_raw(&[b"250 ENHANCEDSTATUSCODES\r\n"]);
         } else {
@@ -737,6 +822,13 @@ impl<'h> Receiver<'h> {
         }
         if self.rcpts == 0 {
             return Some(self.refuse(Reason::NoValidRecipients));
+        }
+        if self.more_input && !self.pipelining_trusted {
+            // RFC 2920 §3.1: DATA ends a pipelined group; whatever came
+            // with it was sent blind (the smuggling of a second message).
+            self.write_reply(Reason::ImproperPipelining.reply());
+            self.phase = Phase::Closed;
+            return Some(Event::Reject(Reason::ImproperPipelining));
         }
         self.write_reply(Reason::StartData.reply());
         self.start_content();
@@ -912,6 +1004,36 @@ impl<'h> Receiver<'h> {
         None
     }
 
+    /// A NUL at `i` of DATA: the run before it goes out first; then it is
+    /// dropped (normalising) or refuses the message.
+    fn at_nul<'i>(
+        &mut self,
+        input: &'i [u8],
+        run: &mut usize,
+        i: &mut usize,
+        normalize: bool,
+    ) -> Option<Step<'i>> {
+        if *run < *i && (normalize || self.data_error.is_none()) {
+            return Some(self.emit(*i, &input[*run..*i]));
+        }
+        self.line_start = false;
+        *i += 1;
+        if normalize {
+            *run = *i;
+        } else {
+            self.nul();
+        }
+        None
+    }
+
+    /// A NUL octet in the content: refused unless line endings are
+    /// normalised (then the scanner drops it).
+    fn nul(&mut self) {
+        if self.cfg.bare_line_endings == BareLineEndings::Refuse && self.data_error.is_none() {
+            self.data_error = Some(Reason::NulInContent);
+        }
+    }
+
     fn bare(&mut self) {
         if self.cfg.bare_line_endings == BareLineEndings::Refuse && self.data_error.is_none() {
             self.data_error = Some(Reason::BareLineEnding);
@@ -983,7 +1105,7 @@ impl<'h> Receiver<'h> {
             if self.dot == Dot::Clear && !self.prev_cr && !self.line_start {
                 match input
                     .get(i..)
-                    .and_then(|r| memchr::memchr2(b'\r', b'\n', r))
+                    .and_then(|r| memchr::memchr3(b'\r', b'\n', 0, r))
                 {
                     Some(k) => i += k,
                     None => break,
@@ -1011,6 +1133,12 @@ impl<'h> Receiver<'h> {
                     return self.emit(i, b"\n");
                 }
                 self.bare();
+            }
+            if b == 0 {
+                if let Some(step) = self.at_nul(input, &mut run, &mut i, normalize) {
+                    return step;
+                }
+                continue;
             }
             if self.line_start && b == b'.' {
                 if run < i {
@@ -1061,9 +1189,20 @@ impl<'h> Receiver<'h> {
         if remaining == 0 {
             return self.finish_chunk(chunk, last, discard);
         }
-        let n = usize::try_from(remaining)
+        let mut n = usize::try_from(remaining)
             .unwrap_or(usize::MAX)
             .min(input.len());
+        // A NUL octet: refused, or dropped when normalising (the octets
+        // before it go out first, then the NUL alone with no event).
+        let mut drop_nul = false;
+        if let Some(k) = memchr::memchr(0, input.get(..n).unwrap_or(&[])) {
+            if self.cfg.bare_line_endings == BareLineEndings::Normalize {
+                drop_nul = k == 0;
+                n = k.max(1);
+            } else if !discard {
+                self.nul();
+            }
+        }
         let left = remaining - n as u64;
         self.phase = Phase::Bdat {
             remaining: left,
@@ -1071,7 +1210,7 @@ impl<'h> Receiver<'h> {
             last,
             discard,
         };
-        let step = if discard {
+        let step = if discard || drop_nul {
             Step {
                 consumed: n,
                 event: None,
@@ -1259,6 +1398,8 @@ mod tests {
             starttls: true,
             tls: false,
             bare_line_endings: BareLineEndings::Refuse,
+            auth: false,
+            auth_plaintext: false,
         }
     }
 
@@ -1354,8 +1495,15 @@ mod tests {
         }
     }
 
+    /// A session of a trusted (originating) client: most tests send a
+    /// whole session in one chunk, DATA and its content together.
     fn session(c: ReceiverConfig<'static>, chunks: &[&[u8]]) -> Log {
+        session_of(c, chunks, true)
+    }
+
+    fn session_of(c: ReceiverConfig<'static>, chunks: &[&[u8]], trusted: bool) -> Log {
         let mut rx = Receiver::new(c);
+        rx.trust_pipelining(trusted);
         let mut log = Log::default();
         rx.greet();
         // As the shell does, feed before the first read: Connect comes out
@@ -1363,6 +1511,57 @@ mod tests {
         drive_with(&mut rx, &[b""], &mut log);
         drive_with(&mut rx, chunks, &mut log);
         log
+    }
+
+    #[test]
+    fn content_before_the_354_closes_an_untrusted_session() {
+        let input = cat(&[TXN, b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\n"]);
+        let log = session_of(cfg(), &[&input], false);
+        assert_eq!(log.replies().last().map(String::as_str), Some("554 5.5.0"));
+        assert!(log.bodies.is_empty(), "{log:?}");
+        assert_eq!(log.events.last().map(String::as_str), Some("Disconnect"));
+        // DATA alone, then the content after the 354: accepted.
+        let log = session_of(cfg(), &[TXN, b"DATA\r\n", b"body\r\n.\r\n"], false);
+        assert_eq!(log.bodies.len(), 1, "{log:?}");
+        // A trusted client may send it all at once.
+        assert_eq!(session(cfg(), &[&input]).bodies.len(), 1);
+    }
+
+    #[test]
+    fn a_nul_in_the_content_is_refused_or_dropped() {
+        for end in [&b"\r\n\x00.\r\n"[..], b"\r\n.\x00\r\n", b"a\x00b"] {
+            let input = cat(&[
+                TXN,
+                b"DATA\r\n",
+                b"Subject: x\r\n\r\nbody",
+                end,
+                b"more\r\n.\r\n",
+            ]);
+            let log = session(cfg(), &[&input]);
+            assert!(log.bodies.is_empty(), "{log:?}");
+            assert_eq!(log.replies().last().map(String::as_str), Some("550 5.6.0"));
+            let log = session(proptest_cfg(true), &[&input]);
+            assert_eq!(log.bodies.len(), 1, "{log:?}");
+            assert!(!log.bodies[0].contains(&0), "{log:?}");
+        }
+        // BDAT: refused, or dropped.
+        let input = cat(&[TXN, b"BDAT 5 LAST\r\na\x00b\r\n"]);
+        let log = session(cfg(), &[&input]);
+        assert_eq!(log.replies().last().map(String::as_str), Some("550 5.6.0"));
+        let log = session(proptest_cfg(true), &[&input]);
+        assert_eq!(log.bodies, [b"ab\r\n".to_vec()], "{log:?}");
+    }
+
+    #[test]
+    fn nul_and_8bit_commands_get_their_own_replies() {
+        let input =
+            cat(&[b"EHLO c\r\nNOOP a\x00b\r\nHELO h\xc3\xa9\r\nMAIL FROM:<a@x> FOO=\xc3\xa9\r\n"]);
+        let r = session(cfg(), &[&input]).replies();
+        assert_eq!(
+            &r[r.len() - 3..],
+            ["500 5.5.2", "501 5.5.2", "555 5.5.4"],
+            "{r:?}"
+        );
     }
 
     macro_rules! replies {
@@ -1842,6 +2041,7 @@ mod tests {
 
         // The client goes away in the middle of a message.
         let mut rx = Receiver::new(cfg());
+        rx.trust_pipelining(true);
         rx.greet();
         let mut log = Log::default();
         drive_with(&mut rx, &[TXN, b"DATA\r\nSubject: x\r\n"], &mut log);

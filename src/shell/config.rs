@@ -9,8 +9,13 @@
 //! file's are ([`schema`] finds the places, [`effective`] prints the
 //! result back as TOML for `sluice config check`).
 
+mod auth;
 mod effective;
+mod milter;
 mod schema;
+
+pub use auth::AuthConfig;
+pub use milter::{MilterAddress, MilterConfig, OnFailure, MACRO_STAGES};
 
 use crate::engine::smtp::BareLineEndings;
 use crate::shell::policy::compile::Diag;
@@ -66,6 +71,52 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Extra CA roots for `tls = "verify"` connectors.
     pub ca: Option<PathBuf>,
+    /// `[auth]`: SMTP AUTH for internal clients.
+    pub auth: AuthConfig,
+    /// `[metrics] syslog_interval`: how often the STATS line is logged.
+    pub metrics_syslog_interval: Duration,
+    /// `[[dkim]]`: the keys that sign originating mail, per From domain.
+    pub dkim: Vec<crate::shell::sender_auth::sign::KeyFile>,
+    /// `[[tls.client]]`: client certificates a send connector presents
+    /// (`[[connector]] tls_certificate = "NAME"`), reloaded on SIGHUP.
+    pub tls_clients: Vec<ClientCertFiles>,
+    /// `[[milter]]`: the content filters, in the order they run.
+    pub milters: Vec<MilterConfig>,
+    /// `[report]`: the mail-flow history's settings.
+    pub report: ReportConfig,
+}
+
+/// One `[[tls.client]]`: a named certificate chain and key presented to a
+/// next hop that asks for a client certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientCertFiles {
+    /// The name connectors use.
+    pub name: String,
+    /// The certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// The private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[report]`: what the mail-flow history counts as this relay's and how
+/// often it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    /// This relay's location domains, lower case: a recipient rewritten to
+    /// any other domain is counted (and logged) as redirected. Empty:
+    /// nothing counts as redirected.
+    pub local_domains: Vec<String>,
+    /// How often the history's changed days are written to disk.
+    pub flush_interval: Duration,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            local_domains: Vec::new(),
+            flush_interval: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[queue]`: retries, warning, expiry, concurrency.
@@ -108,6 +159,10 @@ pub struct Listener {
     pub address: String,
     /// Offer STARTTLS here (needs `[tls]`).
     pub starttls: bool,
+    /// `tls = "implicit"`: TLS from the first octet (RFC 8314, port 465).
+    pub implicit_tls: bool,
+    /// `auth = true`: offer SMTP AUTH here (once TLS is on).
+    pub auth: bool,
 }
 
 /// PEM files for TLS.
@@ -174,6 +229,26 @@ struct Raw {
     metrics: RawMetrics,
     queue: RawQueue,
     dns: Option<toml::Value>,
+    auth: auth::RawAuth,
+    dkim: Option<Vec<RawDkim>>,
+    milter: Option<Vec<milter::RawMilter>>,
+    report: RawReport,
+}
+
+/// One `[[dkim]]` as written.
+#[derive(Deserialize)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    key: String,
+}
+
+/// `[report]` as written.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawReport {
+    local_domains: Option<Vec<String>>,
+    flush_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -206,6 +281,7 @@ struct RawUpload {
 #[serde(default)]
 struct RawMetrics {
     listen: Option<String>,
+    syslog_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -213,6 +289,9 @@ struct RawListen {
     address: String,
     #[serde(default)]
     starttls: bool,
+    tls: Option<String>,
+    #[serde(default)]
+    auth: bool,
 }
 
 #[derive(Deserialize)]
@@ -221,6 +300,15 @@ struct RawTls {
     key: Option<String>,
     ca: Option<String>,
     client_ca: Option<String>,
+    client: Option<Vec<RawClientCert>>,
+}
+
+/// `[[tls.client]]` as written.
+#[derive(Deserialize)]
+struct RawClientCert {
+    name: Option<String>,
+    certificate: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -361,7 +449,8 @@ impl Config {
     /// The parts of `new` that differ from `self` and that a SIGHUP does
     /// not reload (only the hostname, `[limits]` and the inbound TLS
     /// files are): listeners, paths, the rule file, `[queue]`, `[dns]`,
-    /// `[tls] ca`, `[syslog]`, `[upload]`. Named as in the config file.
+    /// `[tls] ca`, `[syslog]`, `[upload]`, `[report]`. Named as in the config
+    /// file.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         let mut check = |changed: bool, name: &'static str| {
@@ -384,7 +473,13 @@ impl Config {
             self.upload_serial != new.upload_serial || self.upload_baud != new.upload_baud,
             "[upload]",
         );
-        check(self.metrics_listen != new.metrics_listen, "[metrics]");
+        check(
+            self.metrics_listen != new.metrics_listen
+                || self.metrics_syslog_interval != new.metrics_syslog_interval,
+            "[metrics]",
+        );
+        check(self.report != new.report, "[report]");
+        check(self.auth.restart_only(&new.auth), "[auth]");
         out
     }
 }
@@ -403,7 +498,7 @@ fn keep<T>(errs: &mut Vec<ValueError>, r: Result<T, ValueError>) -> Option<T> {
 
 /// The checked config from the deserialized file: every section's values
 /// checked (every error found), defaults filled in.
-fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<ValueError>> {
+fn from_raw(mut raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<ValueError>> {
     let rel = |s: &str| -> PathBuf {
         let p = Path::new(s);
         if p.is_absolute() {
@@ -418,13 +513,27 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
     let listen = keep(&mut errs, listeners(raw.listen));
     let queue = keep(&mut errs, queue(raw.queue));
     let ca = raw.tls.as_ref().and_then(|t| t.ca.as_deref()).map(rel);
+    let tls_clients = keep(
+        &mut errs,
+        tls_clients(raw.tls.as_mut().and_then(|t| t.client.take()), &rel),
+    );
     let tls = keep(&mut errs, tls(raw.tls, &rel));
     let dns = keep(
         &mut errs,
         DnsConfig::from_toml_with_resolv_conf(raw.dns.as_ref(), resolv_conf),
     );
     let syslog = keep(&mut errs, syslog(raw.syslog));
+    let metrics_syslog_interval = keep(&mut errs, syslog_interval(&raw.metrics));
     let metrics_listen = keep(&mut errs, metrics_listen(raw.metrics));
+    let dkim = keep(&mut errs, dkim_keys(raw.dkim, &rel));
+    let milters = keep(&mut errs, milter::milters(raw.milter));
+    let report = keep(&mut errs, report(raw.report));
+    let auth = keep(&mut errs, auth::auth(raw.auth, &rel));
+    if let (Some(l), Some(a)) = (&listen, &auth) {
+        if let Err(e) = auth::check_listeners(l, a, tls.as_ref().is_some_and(|t| t.is_some())) {
+            errs.push(e);
+        }
+    }
     let (
         Some(hostname),
         Some(limits),
@@ -434,6 +543,12 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         Some(dns),
         Some((syslog_target, syslog_facility)),
         Some(metrics_listen),
+        Some(dkim),
+        Some(tls_clients),
+        Some(milters),
+        Some(report),
+        Some(metrics_syslog_interval),
+        Some(auth),
     ) = (
         hostname,
         limits,
@@ -443,10 +558,20 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         dns,
         syslog,
         metrics_listen,
+        dkim,
+        tls_clients,
+        milters,
+        report,
+        metrics_syslog_interval,
+        auth,
     )
     else {
         return Err(errs);
     };
+    if !errs.is_empty() {
+        // A check across sections (listeners against [auth] and [tls]).
+        return Err(errs);
+    }
     Ok(Config {
         queue,
         dns,
@@ -463,7 +588,131 @@ fn from_raw(raw: Raw, base: &Path, resolv_conf: &Path) -> Result<Config, Vec<Val
         upload_serial: raw.upload.serial.filter(|s| !s.is_empty()).map(|s| rel(&s)),
         upload_baud: raw.upload.baud.unwrap_or(115_200),
         metrics_listen,
+        dkim,
+        tls_clients,
+        milters,
+        report,
+        metrics_syslog_interval,
+        auth,
     })
+}
+
+/// `[[dkim]]`: a domain name, a selector (a DNS label sequence) and a key
+/// file each; the keys themselves are read when the daemon starts.
+fn dkim_keys(
+    raw: Option<Vec<RawDkim>>,
+    rel: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<crate::shell::sender_auth::sign::KeyFile>, ValueError> {
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    };
+    let mut out = Vec::new();
+    for (i, d) in raw.unwrap_or_default().into_iter().enumerate() {
+        for (key, value) in [("domain", &d.domain), ("selector", &d.selector)] {
+            if !name_ok(value) {
+                return Err(ValueError {
+                    path: vec!["dkim".into(), Seg::Index(i), key.into()],
+                    message: format!("dkim {key} {value:?} is not a domain name"),
+                });
+            }
+        }
+        out.push(crate::shell::sender_auth::sign::KeyFile {
+            domain: d.domain.to_ascii_lowercase(),
+            selector: d.selector,
+            key: rel(&d.key),
+        });
+    }
+    Ok(out)
+}
+
+/// `[[tls.client]]`: each needs a name (unique), a certificate and a key.
+/// The files are read when the daemon starts or reloads, not here.
+fn tls_clients(
+    raw: Option<Vec<RawClientCert>>,
+    rel: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<ClientCertFiles>, ValueError> {
+    let mut out: Vec<ClientCertFiles> = Vec::new();
+    for (i, c) in raw.unwrap_or_default().into_iter().enumerate() {
+        // An error at key `key` of this table, or at the table itself
+        // (a missing key) when `key` is empty.
+        let at = |key: &str, m: String| {
+            let mut path = vec![Seg::from("tls"), Seg::from("client"), Seg::Index(i)];
+            if !key.is_empty() {
+                path.push(Seg::from(key));
+            }
+            ValueError { path, message: m }
+        };
+        let name = match c.name {
+            Some(n) if !n.is_empty() => n,
+            Some(_) => return Err(at("name", "[[tls.client]]: empty name".into())),
+            None => {
+                let m = "[[tls.client]] needs a name (connectors refer to it)";
+                return Err(at("", m.into()));
+            }
+        };
+        if out.iter().any(|o| o.name == name) {
+            return Err(at(
+                "name",
+                format!("[[tls.client]] \"{name}\" is declared twice"),
+            ));
+        }
+        let need = |v: Option<String>, key: &str| match v {
+            Some(s) if !s.is_empty() => Ok(rel(&s)),
+            Some(_) => Err(at(key, format!("[[tls.client]] \"{name}\": empty {key}"))),
+            None => Err(at("", format!("[[tls.client]] \"{name}\" needs {key}"))),
+        };
+        let certificate = need(c.certificate, "certificate")?;
+        let key = need(c.key, "key")?;
+        out.push(ClientCertFiles {
+            name,
+            certificate,
+            key,
+        });
+    }
+    Ok(out)
+}
+
+/// `[report]`, checked: each local domain a domain name (stored lower
+/// case), the flush interval from 1 s to 1 h.
+fn report(raw: RawReport) -> Result<ReportConfig, ValueError> {
+    let mut r = ReportConfig::default();
+    for (i, d) in raw.local_domains.unwrap_or_default().iter().enumerate() {
+        let ok = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(ValueError {
+                path: vec![
+                    Seg::from("report"),
+                    Seg::from("local_domains"),
+                    Seg::Index(i),
+                ],
+                message: format!("report.local_domains: {d:?} is not a domain name"),
+            });
+        }
+        r.local_domains.push(d.to_ascii_lowercase());
+    }
+    if let Some(f) = opt_duration(raw.flush_interval, &["report", "flush_interval"])? {
+        if f < Duration::from_secs(1) || f > Duration::from_secs(3600) {
+            return Err(ValueError::at(
+                &["report", "flush_interval"],
+                "report.flush_interval: from \"1s\" to \"1h\"",
+            ));
+        }
+        r.flush_interval = f;
+    }
+    Ok(r)
 }
 
 /// `hostname`, or the kernel's host name, or `localhost`; checked.
@@ -499,6 +748,23 @@ fn metrics_listen(raw: RawMetrics) -> Result<Option<std::net::SocketAddr>, Value
             )
         }),
     }
+}
+
+/// The default `[metrics] syslog_interval`: a STATS line every 5 minutes.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(300);
+
+/// `[metrics] syslog_interval`: a duration of at least one second
+/// (default [`STATS_INTERVAL`]).
+fn syslog_interval(raw: &RawMetrics) -> Result<Duration, ValueError> {
+    let key = ["metrics", "syslog_interval"];
+    let d = opt_duration(raw.syslog_interval.clone(), &key)?.unwrap_or(STATS_INTERVAL);
+    if d.is_zero() {
+        return Err(ValueError::at(
+            &key,
+            "metrics.syslog_interval must be at least \"1s\"".to_string(),
+        ));
+    }
+    Ok(d)
 }
 
 /// `[syslog]` target and facility, defaults filled in, checked as the
@@ -551,6 +817,8 @@ fn listeners(raw: Option<Vec<RawListen>>) -> Result<Vec<Listener>, ValueError> {
         return Ok(vec![Listener {
             address: "127.0.0.1:2525".into(),
             starttls: false,
+            implicit_tls: false,
+            auth: false,
         }]);
     };
     let mut out = Vec::new();
@@ -561,9 +829,36 @@ fn listeners(raw: Option<Vec<RawListen>>) -> Result<Vec<Listener>, ValueError> {
                 message: format!("listen address {:?}: {e}", l.address),
             });
         }
+        let implicit_tls = match l.tls.as_deref() {
+            None | Some("none") => false,
+            Some("starttls") => {
+                if !l.starttls {
+                    // `tls = "starttls"` is the same as `starttls = true`.
+                    out.push(Listener {
+                        address: l.address,
+                        starttls: true,
+                        implicit_tls: false,
+                        auth: l.auth,
+                    });
+                    continue;
+                }
+                false
+            }
+            Some("implicit") => true,
+            Some(o) => {
+                return Err(ValueError {
+                    path: vec!["listen".into(), Seg::Index(i), "tls".into()],
+                    message: format!(
+                        "listen.tls = {o:?}: expected \"implicit\", \"starttls\" or \"none\""
+                    ),
+                })
+            }
+        };
         out.push(Listener {
             address: l.address,
-            starttls: l.starttls,
+            starttls: l.starttls && !implicit_tls,
+            implicit_tls,
+            auth: l.auth,
         });
     }
     Ok(out)

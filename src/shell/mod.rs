@@ -34,14 +34,17 @@ macro_rules! outln {
     };
 }
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
+pub mod milter;
 pub mod ops;
 pub mod policy;
 pub mod relay;
 pub mod reply;
 pub mod report;
+pub mod sender_auth;
 pub mod smtpd;
 pub mod spool;
 pub mod time;

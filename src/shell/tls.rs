@@ -90,3 +90,29 @@ pub fn certificate_name<'n>(
     }
     None
 }
+
+/// A `[[tls.client]]` certificate loaded: its chain and key.
+pub struct ClientCert {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Reads one `[[tls.client]]`'s PEM files; an unreadable or empty file is
+/// an error naming the certificate and the file (a key that does not fit
+/// the certificate is refused when the client configuration is built).
+pub fn load_client_cert(c: &crate::shell::config::ClientCertFiles) -> Result<ClientCert, String> {
+    let what = |p: &std::path::Path, e: &dyn std::fmt::Display| {
+        format!("[[tls.client]] \"{}\": {}: {e}", c.name, p.display())
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.certificate)
+        .map_err(|e| what(&c.certificate, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| what(&c.certificate, &e))?;
+    if chain.is_empty() {
+        return Err(what(&c.certificate, &"no certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|e| what(&c.key, &e))?;
+    Ok(ClientCert { chain, key })
+}

@@ -202,6 +202,16 @@ class Sluice:
         except OSError:
             return ""
 
+    def wait_log(self, text, timeout=10.0):
+        """The stderr log once it holds `text` (the log writer is a thread
+        of its own: a line may land just after the reply it follows)."""
+        deadline = time.monotonic() + timeout
+        log = self.stderr()
+        while text not in log and time.monotonic() < deadline:
+            time.sleep(0.05)
+            log = self.stderr()
+        return log
+
     def edit_config(self, old, new):
         """Replaces `old` (which must be there) by `new` in the config file."""
         with open(self.config, encoding="utf-8") as f:

@@ -44,11 +44,14 @@ class Dnsmasq:
     """dnsmasq on 127.0.0.1:<port>: `answers` maps names to A addresses;
     every other name under `zones` is NXDOMAIN."""
 
-    def __init__(self, workdir, zones, answers):
+    def __init__(self, workdir, zones, answers, extra=()):
+        """`extra`: more dnsmasq options (--txt-record, --mx-host,
+        --host-record, --ptr-record) for the test's zone."""
         if not DNSMASQ:
             pytest.skip("dnsmasq is not installed (Debian package dnsmasq-base)")
         args = ["--local=/%s/" % z for z in zones]
         args += ["--address=/%s/%s" % (n, a) for n, a in answers.items()]
+        args += list(extra)
         last = ""
         for attempt in range(5):
             self.port = free_port()

@@ -280,6 +280,25 @@ pub enum Edit {
     /// Replace the address at `start..end` of the block by `addr` (its
     /// `Orig` pieces are ranges of the header block).
     Address(u32, u32, Addr),
+    /// Append a copy of the field at `start..end` of the block whose name's
+    /// first `cut` octets are replaced by `prefix` (cross-premises
+    /// promotion and demotion); `via`: only on the copy sent through that
+    /// connector ([`Table::connectors`] index).
+    Twin {
+        /// Start of the field copied.
+        start: u32,
+        /// End of the field (line ending included).
+        end: u32,
+        /// Octets of the name's prefix replaced.
+        cut: u32,
+        /// The new prefix.
+        prefix: Str,
+        /// The connector whose copy alone gets it, if any.
+        via: Option<u16>,
+    },
+    /// Append a field (name, value) only on the copy sent through this
+    /// connector.
+    AddVia(u16, Str, Str),
 }
 
 /// What an agent noticed: the structured trace records of the rule log.
@@ -306,6 +325,8 @@ pub enum Note<'a> {
     Excepted(u16, u16),
     /// Rule `rule` rerouted recipient `rcpt` to `domain` (UseOverrideDomain).
     Rerouted(u16, u16, &'a [u8]),
+    /// DMARC quarantine routed recipient `rcpt` to `domain`.
+    Quarantined(u16, &'a [u8]),
     /// Rule `rule` sends recipient `rcpt` through connector `c`.
     UseConnector(u16, u16, u16),
     /// Rule `rule` refused recipient `rcpt`.
@@ -350,6 +371,20 @@ pub enum Note<'a> {
     Blocked,
     /// Recipient `rcpt` leaves by connector `c` (or none matched).
     Connector(u16, Option<u16>),
+    /// Cross-premises promotion: this cross-premises field was copied to
+    /// its organisation twin (originating mail).
+    Promoted(&'a [u8]),
+    /// Cross-premises promotion overwrote (removed) this organisation field.
+    OrganizationReplaced(&'a [u8]),
+    /// A cross-premises field was removed from mail not attributed to an
+    /// organization connector.
+    CrossPremisesRemoved(&'a [u8]),
+    /// Demotion: the copy through connector `c` carries the cross-premises
+    /// twin of this organisation field.
+    Demoted(u16, &'a [u8]),
+    /// Demotion: the copy through connector `c` gets the originator header
+    /// (the default accepted domain).
+    OriginatorOrg(u16),
 }
 
 /// What the sender filter noted.
@@ -403,6 +438,12 @@ pub struct Message<'a> {
     /// recipients passed it at RCPT already (a session); only the
     /// accepted-domain check is repeated.
     pub rcpt_checks: Option<&'a [RcptCheck]>,
+    /// The sender authentication verdicts; `None` when the message was not
+    /// checked (originating mail, or the agent is off).
+    pub auth: Option<AuthVerdicts>,
+    /// The login the session authenticated as (SMTP AUTH); empty when it
+    /// did not.
+    pub login: &'a [u8],
 }
 
 impl Message<'_> {
@@ -459,6 +500,11 @@ impl RuleBits {
 
 /// Field visibility after the header firewall.
 fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
+    // Cross-premises fields from anywhere but an organization connector
+    // are stripped by promotion: rules never see them.
+    if cross_premises_stripped(t, m, name) {
+        return None;
+    }
     if m.attribution.originating {
         return Some(name);
     }
@@ -479,6 +525,39 @@ fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'
         }
     }
     Some(name)
+}
+
+/// Whether the session came through an inbound connector of kind
+/// `organization` (not merely originating, as an authenticated client may
+/// be): only such mail has its cross-premises headers promoted.
+fn from_organization(t: &Table, m: &Message<'_>) -> bool {
+    m.attribution
+        .inbound
+        .and_then(|i| t.inbound.get(usize::from(i)))
+        .is_some_and(|c| c.kind == InboundKind::Organization)
+}
+
+/// Whether cross-premises promotion strips field `name`: a cross-premises
+/// field of mail not from an organization connector, the agent enabled.
+fn cross_premises_stripped(t: &Table, m: &Message<'_>, name: &[u8]) -> bool {
+    let cp = t.str(t.cross_premises.cross_premises);
+    !cp.is_empty()
+        && starts_with_ci(name, cp)
+        && t.enabled(Agent::CrossPremisesPromotion)
+        && !from_organization(t, m)
+}
+
+/// Whether `suffix` (a name after the organisation or cross-premises
+/// prefix) is one that is promoted and demoted: the list, or every one
+/// when the list is empty; never the prefix alone.
+fn cross_premises_listed(t: &Table, suffix: &[u8]) -> bool {
+    let l = t.cross_premises.headers;
+    !suffix.is_empty() && (l.count == 0 || t.list(l).any(|h| h.eq_ignore_ascii_case(suffix)))
+}
+
+/// The part of `name` after `prefix` (which it starts with).
+fn suffix<'n>(name: &'n [u8], prefix: &[u8]) -> &'n [u8] {
+    name.get(prefix.len()..).unwrap_or(&[])
 }
 
 /// Whether `s` begins with `prefix`, ASCII case ignored.
@@ -622,6 +701,11 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 holds
             }
             Condition::Inbound(i) => m.attribution.inbound == Some(i),
+            Condition::AuthenticatedAs(l) => {
+                !m.login.is_empty()
+                    && t.list(l)
+                        .any(|n| n == b"*" || n.eq_ignore_ascii_case(m.login))
+            }
             Condition::ClientNetwork(span) => nets(t, span).any(|n| n.contains(&m.client_ip)),
             Condition::AttachmentMatches(dfa) => {
                 self.log_attachments();
@@ -632,6 +716,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 }
                 found.is_some()
             }
+            Condition::Auth(method, set) => m.auth.is_some_and(|a| a.of(method).bit() & set != 0),
         }
     }
 
@@ -816,6 +901,9 @@ struct Run {
     /// Whether the message arrived with the CMT stamp (visible after the
     /// header firewall).
     stamped: bool,
+    /// The connectors some accepted recipient leaves by (bit per
+    /// [`Table::connectors`] index; MAX_CONNECTORS is 64).
+    via: u64,
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
@@ -950,6 +1038,20 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 Note::RecipientRewritten(rcpt)
             };
             self.sink.note(Agent::InboundRewrite, n);
+        }
+    }
+
+    /// A DMARC quarantine with `quarantine = "route_to DOMAIN"`: the
+    /// recipient goes by that domain, whatever the rules say after.
+    fn quarantine_route(&mut self, rcpt: u16, d: &mut Decision) {
+        let t = self.t;
+        let quarantined = self.m.auth.is_some_and(|a| a.quarantine);
+        if let (true, Some(dom), None) = (quarantined, t.authentication.quarantine_route, d.route) {
+            d.route = Some(Override::RouteTo(dom));
+            self.sink.note(
+                Agent::SenderAuthentication,
+                Note::Quarantined(rcpt, t.str(dom)),
+            );
         }
     }
 
@@ -1115,6 +1217,27 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     }
 }
 
+/// A client the connection filter blocks (the daemon refuses it before
+/// its greeting; a trace shows it here), or a message over the limits the
+/// receiver applies in session (a trace meets them here).
+fn refused_before_agents<'a, S: Sink<'a>>(
+    t: &Table,
+    m: &Message<'_>,
+    sink: &mut S,
+) -> Option<Verdict> {
+    if m.attribution.blocked {
+        sink.note(Agent::ConnectionFilter, Note::Blocked);
+        return Some(Verdict::Blocked);
+    }
+    if m.size > t.limits.max_message_size {
+        return Some(Verdict::TooBig);
+    }
+    if m.headers.len() > super::super::limits::MAX_HEADER_BLOCK {
+        return Some(Verdict::HeaderTooBig);
+    }
+    None
+}
+
 /// [`evaluate`] with the patterns run by `p`.
 ///
 /// The agents run in [`run_order`]: events in the pipeline's order, and
@@ -1131,18 +1254,8 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     rcpts: &[&'a [u8]],
     sink: &mut S,
 ) -> Verdict {
-    // OnConnect: the connection filter (the daemon refuses such a client
-    // before its greeting; a trace shows it here).
-    if m.attribution.blocked {
-        sink.note(Agent::ConnectionFilter, Note::Blocked);
-        return Verdict::Blocked;
-    }
-    // The receiver applies the same limits in session; a trace meets them here.
-    if m.size > t.limits.max_message_size {
-        return Verdict::TooBig;
-    }
-    if m.headers.len() > super::super::limits::MAX_HEADER_BLOCK {
-        return Verdict::HeaderTooBig;
+    if let Some(v) = refused_before_agents(t, m, sink) {
+        return v;
     }
     let order = run_order(t);
     let mut ev = Eval {
@@ -1162,6 +1275,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     let mut run = Run {
         used: RuleBits::new(),
         stamped: t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some(),
+        via: 0,
     };
     let mut stamp = false;
     let mut routed = false;
@@ -1180,6 +1294,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
                 all_refused = false;
                 stamp |= matches!(d.route, Some(Override::Cmt(_)));
                 routed |= d.route.is_some();
+                run.via |= connector_bit(d.connector);
             }
         }
         ev.sink.decision(rcpt, &d);
@@ -1190,7 +1305,7 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     if refused_whole {
         run.used = RuleBits::new();
     }
-    ev.added_recipients(&run, n);
+    ev.added_recipients(&mut run, n);
     // What the categorizer agents do to the message as a whole, in the
     // order they run (none of the rules' header actions for a message
     // refused whole: nothing of it is kept).
@@ -1217,6 +1332,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                     }
                 }
                 Agent::HeaderFirewall => self.header_firewall(),
+                Agent::CrossPremisesPromotion => self.cross_premises_promotion(),
                 Agent::HopCount => {
                     if let Some(v) = self.hop_count() {
                         return Some(v);
@@ -1291,6 +1407,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             }
             match s.agent {
                 Agent::InboundRewrite if s.enabled => self.inbound_rewrite(rcpt, orig, &mut d),
+                Agent::SenderAuthentication if s.enabled => self.quarantine_route(rcpt, &mut d),
                 Agent::TransportRules if s.enabled => self.transport_rules(rcpt, orig, &mut d, run),
                 Agent::Cmt if s.enabled => self.cmt(rcpt, orig, &mut d, run),
                 // Logged even when disabled: the recipient then has no connector.
@@ -1309,7 +1426,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
 
     /// Recipients added by the rules `run` used (journaling), numbered
     /// from `n`: routed by address space only.
-    fn added_recipients(&mut self, run: &Run, mut n: u16) {
+    fn added_recipients(&mut self, run: &mut Run, mut n: u16) {
         let t = self.t;
         for (ri, rule) in t.rules.iter().enumerate() {
             if !run.used.get(ri) {
@@ -1321,6 +1438,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                     n = n.saturating_add(1);
                     let addr = Addr::from_table(t, s);
                     let connector = select_connector(t, domain_of(t.str(s)));
+                    run.via |= connector_bit(connector);
                     self.sink
                         .note(Agent::TransportRules, Note::Added(ri as u16, rcpt));
                     self.sink
@@ -1357,10 +1475,138 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                     self.sink.note(Agent::Cmt, Note::CmtStamped);
                 }
                 Agent::OutboundRewrite => self.outbound_rewrite(&mut sender),
+                Agent::CrossPremisesDemotion => self.cross_premises_demotion(run),
                 _ => {}
             }
         }
         sender
+    }
+}
+
+/// The bit of connector `c` in [`Run::via`] (none for no connector).
+fn connector_bit(c: Option<u16>) -> u64 {
+    c.and_then(|c| 1u64.checked_shl(u32::from(c))).unwrap_or(0)
+}
+
+impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
+    /// OnEndOfHeaders, after the header firewall: on mail from an
+    /// organization connector each cross-premises field is copied to its
+    /// organisation twin, which overwrites (removes) the organisation
+    /// fields of that name; on any other mail the cross-premises fields
+    /// are removed, as the firewall removes the organisation ones.
+    fn cross_premises_promotion(&mut self) {
+        let (t, m) = (self.t, self.m);
+        let x = &t.cross_premises;
+        let (org, cp) = (t.str(x.organization), t.str(x.cross_premises));
+        if org.is_empty() || cp.is_empty() {
+            return;
+        }
+        let promote = from_organization(t, m);
+        let agent = Agent::CrossPremisesPromotion;
+        for (i, f) in header::fields(m.headers).enumerate() {
+            if !starts_with_ci(f.name, cp) {
+                continue;
+            }
+            let (start, end) = field_span(m.headers, f.name, f.value);
+            if !promote {
+                self.sink.edit(agent, Edit::Remove(start, end));
+                self.sink.note(agent, Note::CrossPremisesRemoved(f.name));
+                continue;
+            }
+            let sfx = suffix(f.name, cp);
+            if !cross_premises_listed(t, sfx) {
+                continue;
+            }
+            // Overwrite once per name: the first cross-premises field of
+            // that name removes the organisation fields of it.
+            let first = !header::fields(m.headers).take(i).any(|g| {
+                starts_with_ci(g.name, cp) && suffix(g.name, cp).eq_ignore_ascii_case(sfx)
+            });
+            if first {
+                for g in header::fields(m.headers) {
+                    if starts_with_ci(g.name, org) && suffix(g.name, org).eq_ignore_ascii_case(sfx)
+                    {
+                        let (s, e) = field_span(m.headers, g.name, g.value);
+                        self.sink.edit(agent, Edit::Remove(s, e));
+                        self.sink.note(agent, Note::OrganizationReplaced(g.name));
+                    }
+                }
+            }
+            let twin = Edit::Twin {
+                start,
+                end,
+                cut: cp.len() as u32,
+                prefix: x.organization,
+                via: None,
+            };
+            self.sink.edit(agent, twin);
+            self.sink.note(agent, Note::Promoted(f.name));
+        }
+    }
+
+    /// Whether organisation field `name` leaves with the message and needs
+    /// a cross-premises twin: the header firewall keeps it, and no
+    /// cross-premises field of the same name leaves already (the one it
+    /// was promoted from, or one the organisation sent).
+    fn needs_twin(&self, name: &[u8], sfx: &[u8]) -> bool {
+        let (t, m) = (self.t, self.m);
+        let cp = t.str(t.cross_premises.cross_premises);
+        if firewall_view(t, m, name).is_none() {
+            return false;
+        }
+        let twin_leaves = header::fields(m.headers).any(|g| {
+            starts_with_ci(g.name, cp)
+                && suffix(g.name, cp).eq_ignore_ascii_case(sfx)
+                && !cross_premises_stripped(t, m, g.name)
+        });
+        !twin_leaves
+    }
+
+    /// OnRoutedMessage, after connector selection: for each
+    /// `cross_premises` connector some recipient leaves by, the copy sent
+    /// through it carries each organisation field also as its
+    /// cross-premises twin, and originating mail without the originator
+    /// header gets it (the default accepted domain).
+    fn cross_premises_demotion(&mut self, run: &Run) {
+        let (t, m) = (self.t, self.m);
+        let x = &t.cross_premises;
+        let (org, cp) = (t.str(x.organization), t.str(x.cross_premises));
+        if org.is_empty() || cp.is_empty() {
+            return;
+        }
+        let agent = Agent::CrossPremisesDemotion;
+        for (ci, c) in t.connectors.iter().enumerate() {
+            let ci = ci as u16;
+            if !c.cross_premises || run.via & connector_bit(Some(ci)) == 0 {
+                continue;
+            }
+            for f in header::fields(m.headers) {
+                let sfx = suffix(f.name, org);
+                if !starts_with_ci(f.name, org)
+                    || !cross_premises_listed(t, sfx)
+                    || !self.needs_twin(f.name, sfx)
+                {
+                    continue;
+                }
+                let (start, end) = field_span(m.headers, f.name, f.value);
+                let twin = Edit::Twin {
+                    start,
+                    end,
+                    cut: org.len() as u32,
+                    prefix: x.cross_premises,
+                    via: Some(ci),
+                };
+                self.sink.edit(agent, twin);
+                self.sink.note(agent, Note::Demoted(ci, f.name));
+            }
+            let has_originator = values(t, m, t.str(x.originator)).next().is_some();
+            if let (true, false, Some(dd)) =
+                (m.attribution.originating, has_originator, t.default_domain)
+            {
+                self.sink.edit(agent, Edit::AddVia(ci, x.originator, dd));
+                self.sink.note(agent, Note::OriginatorOrg(ci));
+            }
+        }
     }
 }
 
@@ -1497,6 +1743,8 @@ mod tests {
                 smart_hosts: List::default(),
                 tls: TlsPolicy::Opportunistic,
                 cost,
+                cross_premises: false,
+                tls_certificate: None,
             })
             .expect("connectors");
     }
@@ -1667,5 +1915,105 @@ mod tests {
         assert!(recipient_allowed(&t, &anon, b"a@contoso.com"));
         assert!(!recipient_allowed(&t, &anon, b"a@gmail.com"));
         assert!(recipient_allowed(&t, &org, b"a@gmail.com"));
+    }
+
+    /// Keeps the header edits, by agent.
+    struct Edits(heapless::Vec<(Agent, Edit), 16>);
+
+    impl<'a> Sink<'a> for Edits {
+        fn decision(&mut self, _rcpt: u16, _d: &Decision) {}
+        fn edit(&mut self, agent: Agent, e: Edit) {
+            self.0.push((agent, e)).expect("room");
+        }
+        fn note(&mut self, _agent: Agent, _n: Note<'a>) {}
+        fn sender(&mut self, _addr: &Addr) {}
+    }
+
+    /// [`table`] with Exchange's prefix pair (the firewall's too), a default domain, connector
+    /// 2 ("onprem", the accepted domains) cross-premises and one
+    /// organization inbound connector.
+    fn hybrid() -> Box<Table> {
+        let mut t = table();
+        t.cross_premises = CrossPremises {
+            organization: s(&mut t, "X-MS-Exchange-Organization-"),
+            cross_premises: s(&mut t, "X-MS-Exchange-CrossPremises-"),
+            headers: List::default(),
+            originator: s(&mut t, "X-OriginatorOrg"),
+        };
+        t.default_domain = Some(s(&mut t, "contoso.com"));
+        t.trusted_prefixes = list(&mut t, &["X-MS-Exchange-Organization-"]);
+        t.connectors[2].cross_premises = true;
+        let name = s(&mut t, "exo");
+        t.inbound
+            .push(Inbound {
+                name,
+                kind: InboundKind::Organization,
+                nets: Span::default(),
+                tls_name: None,
+                milters: None,
+            })
+            .expect("inbound");
+        t.validate().expect("valid");
+        t
+    }
+
+    fn edits_for(t: &Table, a: Attribution, rcpts: &[&[u8]], headers: &[u8]) -> Edits {
+        let m = Message {
+            attribution: a,
+            client_ip: [0; 16],
+            sender: b"a@contoso.com",
+            headers,
+            attachments: &[],
+            size: headers.len() as u64,
+            directory: None,
+            rcpt_checks: None,
+            auth: None,
+            login: b"",
+        };
+        let mut e = Edits(heapless::Vec::new());
+        evaluate(t, &m, rcpts, &mut e);
+        e
+    }
+
+    #[test]
+    fn demotion_edits_belong_to_the_cross_premises_connector_copy() {
+        let t = hybrid();
+        let org = Attribution {
+            inbound: Some(0),
+            originating: true,
+            blocked: false,
+        };
+        let h = b"X-MS-Exchange-Organization-SCL: 1\r\nSubject: s\r\n\r\n";
+        // To the Internet only: nothing.
+        assert!(edits_for(&t, org, &[b"x@example.org"], h).0.is_empty());
+        // Also inside (onprem, cross-premises): the twin and the
+        // originator, both for connector 2 only.
+        let e = edits_for(&t, org, &[b"x@example.org", b"u@contoso.com"], h);
+        let got: heapless::Vec<_, 4> = e.0.iter().map(|(a, e)| (*a, *e)).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(matches!(
+            got[0],
+            (
+                Agent::CrossPremisesDemotion,
+                Edit::Twin {
+                    start: 0,
+                    cut: 27,
+                    via: Some(2),
+                    ..
+                }
+            )
+        ));
+        assert!(matches!(
+            got[1],
+            (Agent::CrossPremisesDemotion, Edit::AddVia(2, _, _))
+        ));
+        // Anonymous: the firewall keeps nothing to twin, and the
+        // originator header is for originating mail only.
+        let e = edits_for(&t, Attribution::default(), &[b"u@contoso.com"], h);
+        assert!(
+            e.0.iter().all(|(a, _)| *a != Agent::CrossPremisesDemotion),
+            "{:?}",
+            e.0
+        );
     }
 }

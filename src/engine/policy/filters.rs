@@ -331,6 +331,8 @@ mod tests {
                 smart_hosts: List::default(),
                 tls: crate::engine::policy::TlsPolicy::Opportunistic,
                 cost: 10,
+                cross_premises: false,
+                tls_certificate: None,
             })
             .expect("connector");
         t.recipient_filter.call_ahead = Some(0);

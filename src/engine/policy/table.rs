@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the blob layout; a blob of another version is refused (the
 /// installer then recompiles the generation's source). 2: the Edge agents'
 /// settings (recipient, sender and connection filters, protocol analysis).
-pub const FORMAT: u16 = 2;
+/// 3: the cross-premises agents and connector settings, the content
+/// filter and a connector's milters, authentication conditions.
+pub const FORMAT: u16 = 3;
 
 /// A string in [`Table::strings`]: offset and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -73,6 +75,9 @@ pub struct Inbound {
     pub nets: Span,
     /// The name in the client's TLS certificate, if that attributes.
     pub tls_name: Option<Str>,
+    /// The milters this connector's mail goes through, comma-separated
+    /// (`None`: every configured one; empty: none).
+    pub milters: Option<Str>,
 }
 
 /// An IP network; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`, prefix + 96).
@@ -130,6 +135,12 @@ pub struct Connector {
     pub tls: TlsPolicy,
     /// Cost; the lower wins a tie of specificity.
     pub cost: u32,
+    /// `cross_premises = true`: the connector to Exchange Online or to
+    /// on-premises; cross-premises demotion applies to the copy sent here.
+    pub cross_premises: bool,
+    /// `tls_certificate`: the name of the client certificate (declared in
+    /// the appliance config's `[[tls.client]]`) presented at STARTTLS.
+    pub tls_certificate: Option<Str>,
 }
 
 /// One address space of a send connector.
@@ -223,6 +234,105 @@ pub enum Condition {
     ClientNetwork(Span),
     /// An attachment's file name matches the pattern.
     AttachmentMatches(u16),
+    /// The session authenticated (SMTP AUTH) as one of these logins
+    /// (case-insensitive; `*`: any login).
+    AuthenticatedAs(List),
+    /// A sender authentication method's result is one of a set (bits of
+    /// [`AuthResult`]); never true for mail that was not checked.
+    Auth(AuthMethod, u8),
+}
+
+/// A sender authentication method (rule conditions `spf`, `dkim`, `dmarc`,
+/// `arc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AuthMethod {
+    /// SPF (RFC 7208).
+    Spf,
+    /// DKIM (RFC 6376): `pass` when any signature verified.
+    Dkim,
+    /// DMARC (RFC 7489).
+    Dmarc,
+    /// ARC (RFC 8617).
+    Arc,
+}
+
+/// A method's result (RFC 8601 names); its bit in a condition's set is
+/// `1 << (self as u8)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AuthResult {
+    /// Nothing to check (no record, no signature).
+    None,
+    /// Verified.
+    Pass,
+    /// Refuted.
+    Fail,
+    /// SPF `softfail`.
+    SoftFail,
+    /// SPF `neutral` (or a DKIM signature not checked).
+    Neutral,
+    /// A transient error (DNS).
+    TempError,
+    /// A permanent error (broken records or signatures).
+    PermError,
+}
+
+impl AuthResult {
+    /// Every result, by name, for the rule file and the trace.
+    pub const ALL: [(AuthResult, &'static str); 7] = [
+        (AuthResult::None, "none"),
+        (AuthResult::Pass, "pass"),
+        (AuthResult::Fail, "fail"),
+        (AuthResult::SoftFail, "softfail"),
+        (AuthResult::Neutral, "neutral"),
+        (AuthResult::TempError, "temperror"),
+        (AuthResult::PermError, "permerror"),
+    ];
+
+    /// Its bit in a condition's set.
+    pub const fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        AuthResult::ALL
+            .iter()
+            .find(|r| r.0 == self)
+            .map_or("none", |r| r.1)
+    }
+}
+
+/// The sender authentication verdicts of one message, as the shell found
+/// them (the rules' `spf`, `dkim`, `dmarc`, `arc` conditions read them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct AuthVerdicts {
+    /// SPF.
+    pub spf: AuthResult,
+    /// DKIM, summed up over the signatures.
+    pub dkim: AuthResult,
+    /// DMARC.
+    pub dmarc: AuthResult,
+    /// ARC.
+    pub arc: AuthResult,
+    /// DMARC failed with `p=quarantine` (after `pct=`, and no trusted ARC
+    /// sealer vouched for the message): `[authentication] quarantine`
+    /// applies.
+    pub quarantine: bool,
+}
+
+impl AuthVerdicts {
+    /// The result of `m`.
+    pub fn of(&self, m: AuthMethod) -> AuthResult {
+        match m {
+            AuthMethod::Spf => self.spf,
+            AuthMethod::Dkim => self.dkim,
+            AuthMethod::Dmarc => self.dmarc,
+            AuthMethod::Arc => self.arc,
+        }
+    }
 }
 
 /// One action of a transport rule.
@@ -303,6 +413,20 @@ pub enum Agent {
     /// A per-client score from behaviour over recent sessions (OnConnect,
     /// then watching every later event of the session).
     ProtocolAnalysis,
+    /// Copies the organisation headers to their cross-premises twins on
+    /// the copy leaving by a `cross_premises` connector (OnRoutedMessage).
+    CrossPremisesDemotion,
+    /// Promotes cross-premises headers back to organisation headers on
+    /// originating mail, strips them from anonymous mail (OnEndOfHeaders).
+    CrossPremisesPromotion,
+    /// The milters of the appliance config (OnEndOfData, after the hop
+    /// count): their verdicts, header edits, body and envelope changes.
+    ContentFilter,
+    /// SPF, DKIM, DMARC and ARC verdicts of non-originating mail, the
+    /// `Authentication-Results` field, DMARC's reject and quarantine
+    /// (OnEndOfHeaders, as Exchange's Sender ID; the body checks at
+    /// OnEndOfData).
+    SenderAuthentication,
 }
 
 /// The events agents register on, in pipeline order (seed 003).
@@ -415,12 +539,37 @@ pub const AGENTS: [(Agent, Stage, u8, &str); MAX_AGENTS] = [
         3,
         "protocol_analysis",
     ),
+    (
+        Agent::CrossPremisesDemotion,
+        Stage::OnRoutedMessage,
+        2,
+        "cross_premises_demotion",
+    ),
+    (
+        Agent::CrossPremisesPromotion,
+        Stage::OnEndOfHeaders,
+        2,
+        "cross_premises_promotion",
+    ),
+    (
+        Agent::ContentFilter,
+        Stage::OnEndOfData,
+        2,
+        "content_filter",
+    ),
+    (
+        Agent::SenderAuthentication,
+        Stage::OnEndOfHeaders,
+        3,
+        "sender_authentication",
+    ),
 ];
 
 /// The later events an agent also acts on, beyond its own in [`AGENTS`]
 /// (seed 003 lists several events for some Edge agents). Its priority in
 /// them is the one of its own event; `sluice pipeline` lists it under each.
-pub const ALSO_ON: [(Agent, Stage); 7] = [
+pub const ALSO_ON: [(Agent, Stage); 8] = [
+    (Agent::SenderAuthentication, Stage::OnEndOfData),
     (Agent::ConnectionFilter, Stage::OnMailCommand),
     (Agent::ConnectionFilter, Stage::OnRcptCommand),
     (Agent::SenderFilter, Stage::OnEndOfHeaders),
@@ -560,6 +709,22 @@ pub struct Reputation {
     pub block_for: u32,
 }
 
+/// `[cross_premises]`: the header pair of cross-premises promotion and
+/// demotion (Exchange's by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CrossPremises {
+    /// The organisation prefix, `X-MS-Exchange-Organization-`.
+    pub organization: Str,
+    /// The cross-premises prefix, `X-MS-Exchange-CrossPremises-`.
+    pub cross_premises: Str,
+    /// The names after the prefix that are demoted and promoted; empty:
+    /// every one.
+    pub headers: List,
+    /// The originator header's name, `X-OriginatorOrg`.
+    pub originator: Str,
+}
+
 /// The whole compiled policy. Build it with the shell's compiler, or
 /// decode a blob with [`Table::from_blob`]; both validate it, after which
 /// evaluation cannot fail or panic.
@@ -626,6 +791,27 @@ pub struct Table {
     pub rate_limits: RateLimits,
     /// Protocol analysis.
     pub reputation: Reputation,
+    /// Cross-premises header promotion and demotion.
+    pub cross_premises: CrossPremises,
+    /// `[authentication]`: sender authentication of non-originating mail.
+    pub authentication: Authentication,
+}
+
+/// `[authentication]`: what the sender authentication agent does with
+/// its verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Authentication {
+    /// The section is present: non-originating mail is checked.
+    pub enabled: bool,
+    /// `honor_reject`: a DMARC `p=reject` failure gets `550 5.7.1`.
+    pub honor_reject: bool,
+    /// `quarantine = "route_to DOMAIN"`: a DMARC `p=quarantine` failure is
+    /// routed by this domain; `None`: stamped.
+    pub quarantine_route: Option<Str>,
+    /// `trusted_arc_sealers`: a passing ARC chain sealed by one of these
+    /// overrides a DMARC failure (forwarders, mailing lists).
+    pub trusted_sealers: List,
 }
 
 /// Why a table or blob was refused.
@@ -709,6 +895,18 @@ impl Table {
                 enabled: false,
                 threshold: 0,
                 block_for: 0,
+            },
+            cross_premises: CrossPremises {
+                organization: Str { off: 0, len: 0 },
+                cross_premises: Str { off: 0, len: 0 },
+                headers: List { first: 0, count: 0 },
+                originator: Str { off: 0, len: 0 },
+            },
+            authentication: Authentication {
+                enabled: false,
+                honor_reject: true,
+                quarantine_route: None,
+                trusted_sealers: List { first: 0, count: 0 },
             },
         }
     }
@@ -799,6 +997,7 @@ impl Table {
                 s_ok(&c.name)
                     && span_ok(&c.spaces, self.spaces.len())
                     && self.list_ok(&c.smart_hosts)
+                    && c.tls_certificate.as_ref().is_none_or(s_ok)
             })
             && self.spaces.iter().all(|sp| match sp {
                 Space::Domain(s) | Space::Subdomains(s) => s_ok(s),
@@ -809,6 +1008,22 @@ impl Table {
             && self.list_ok(&self.trusted_prefixes)
             && self.renames.iter().all(|(a, b)| s_ok(a) && s_ok(b))
             && self.filters_ok()
+            && self.cross_premises_ok()
+            && self
+                .authentication
+                .quarantine_route
+                .is_none_or(|r| self.str_ok(&r))
+            && self.list_ok(&self.authentication.trusted_sealers)
+    }
+
+    /// The cross-premises prefixes, names and originator header point
+    /// inside the table.
+    fn cross_premises_ok(&self) -> bool {
+        let x = &self.cross_premises;
+        self.str_ok(&x.organization)
+            && self.str_ok(&x.cross_premises)
+            && self.list_ok(&x.headers)
+            && self.str_ok(&x.originator)
     }
 
     /// The recipient and sender filters point inside the table.
@@ -850,7 +1065,8 @@ impl Table {
             Condition::Sender(l)
             | Condition::SenderDomain(l)
             | Condition::Recipient(l)
-            | Condition::RecipientDomain(l) => self.list_ok(l),
+            | Condition::RecipientDomain(l)
+            | Condition::AuthenticatedAs(l) => self.list_ok(l),
             Condition::SenderGroup(g) | Condition::RecipientGroup(g) => {
                 usize::from(*g) < self.groups.len()
             }
@@ -862,6 +1078,7 @@ impl Table {
             Condition::Inbound(i) => usize::from(*i) < self.inbound.len(),
             Condition::ClientNetwork(sp) => span_ok(sp, self.nets.len()),
             Condition::AttachmentMatches(d) => usize::from(*d) < self.dfas.len(),
+            Condition::Auth(_, set) => *set != 0 && *set < 1 << AuthResult::ALL.len(),
         }
     }
 

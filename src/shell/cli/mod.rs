@@ -1,6 +1,8 @@
 //! The operator's command line: `run`, `config check`, `queue`, `rules`,
-//! `directory`, `status`, `pipeline`, `trace`, `help` (the usage text lists
+//! `directory`, `auth`, `status`, `pipeline`, `trace`, `help` (the usage text lists
 //! them all).
+
+mod auth;
 
 use crate::shell::config::Config;
 use crate::shell::ops::upload::FileKind;
@@ -39,8 +41,20 @@ usage: sluice <command> [--config FILE]
                                installed directory
   pipeline [--rules FILE]      events and the agents on each, by priority
   trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N]
-        [--rules FILE] [--directory EXPORT] [--snapshots] [--json]
+        [--rules FILE] [--directory EXPORT] [--snapshots] [--milters] [--json]
                                run the policy offline: decisions + rule log
+  auth verify MESSAGE.eml --ip IP --helo NAME --from ADDR [--json]
+                               SPF, DKIM and DMARC of a message with the
+                               config's resolver: the Authentication-Results
+                               field it would get (or JSON)
+  auth passwd [--scheme S] [--user NAME]
+                               read a password (terminal or stdin), print
+                               its passwd-file hash ({ARGON2ID} by default;
+                               SHA512-CRYPT, BLF-CRYPT)
+  auth check FILE              check a passwd file: users, or the first bad
+                               line as FILE:LINE:COL
+  auth bench [--scheme S] [--count N] [--m-kib K --t T]
+                               time one password check at the default cost
   help                         this text
 
 ";
@@ -87,8 +101,14 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
+    command(&words, config)
+}
+
+/// Runs one command (`words`, the options taken out) with the config file
+/// given by `--config`, if any.
+fn command(words: &[&str], config: Option<PathBuf>) -> i32 {
     let cfg = || Config::load(config.as_deref());
-    match words.as_slice() {
+    match words {
         ["run"] => match cfg().and_then(|c| crate::shell::smtpd::run(c, config.clone())) {
             Ok(()) => 0,
             Err(e) => fail(&e),
@@ -100,7 +120,15 @@ pub fn main(args: &[String]) -> i32 {
         ["config", "check"] => config_check(config.as_deref()),
         ["config", "check", file] => config_check(Some(std::path::Path::new(file))),
         ["rules", "check", file] => {
-            crate::shell::policy::compile::check_command(std::path::Path::new(file))
+            // Connectors' tls_certificate names are checked against the
+            // config's [[tls.client]] (--config, else the embedded default).
+            let certs: Option<Vec<String>> = cfg()
+                .ok()
+                .map(|c| c.tls_clients.iter().map(|x| x.name.clone()).collect());
+            crate::shell::policy::compile::check_command(
+                std::path::Path::new(file),
+                certs.as_deref(),
+            )
         }
         ["rules", "apply", file] => match cfg() {
             Ok(c) => rules_apply(&c, file),
@@ -121,6 +149,11 @@ pub fn main(args: &[String]) -> i32 {
             Err(e) => fail(&e),
         },
         ["directory", "send", rest @ ..] => send(rest, FileKind::Directory),
+        ["auth", "verify", rest @ ..] => match cfg() {
+            Ok(c) => auth_verify(&c, rest),
+            Err(e) => fail(&e),
+        },
+        ["auth", rest @ ..] => auth::command(rest),
         ["status", rest @ ..] => match cfg() {
             Ok(c) => status(&c, rest.contains(&"--json")),
             Err(e) => fail(&e),
@@ -132,6 +165,7 @@ pub fn main(args: &[String]) -> i32 {
                 2
             }
         },
+        ["report", rest @ ..] => crate::shell::report::command::report_command(rest, cfg()),
         ["pipeline", rest @ ..] => match cfg() {
             Ok(c) => crate::shell::policy::trace::pipeline_command(rest, Some(&c)),
             Err(e) => fail(&e),
@@ -147,6 +181,53 @@ pub fn main(args: &[String]) -> i32 {
         [] => usage("no command"),
         [w, ..] => usage(&format!("unknown or not yet available command {w:?}")),
     }
+}
+
+/// `sluice auth verify MESSAGE.eml --ip IP --helo NAME --from ADDR [--json]`:
+/// exit 0 when the checks ran (whatever they found), 2 on bad input.
+fn auth_verify(cfg: &Config, args: &[&str]) -> i32 {
+    let (mut file, mut ip, mut helo, mut from, mut json) = (None, None, None, None, false);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--ip" => ip = it.next().and_then(|v| v.parse::<std::net::IpAddr>().ok()),
+            "--helo" => helo = it.next().map(|v| v.to_string()),
+            "--from" => from = it.next().map(|v| v.trim_matches(['<', '>']).to_string()),
+            "--json" => json = true,
+            f if file.is_none() && !f.starts_with("--") => file = Some(f.to_string()),
+            other => return usage(&format!("auth verify: unexpected {other:?}")),
+        }
+    }
+    let (Some(file), Some(ip), Some(helo), Some(from)) = (file, ip, helo, from) else {
+        return usage("auth verify needs MESSAGE.eml, --ip IP, --helo NAME and --from ADDR");
+    };
+    let msg = match std::fs::read(&file) {
+        Ok(m) => m,
+        Err(e) => return usage(&format!("{file}: {e}")),
+    };
+    let resolver = crate::shell::relay::dns::Resolver::new(cfg.dns.clone());
+    let env = crate::shell::sender_auth::Envelope {
+        ip,
+        helo: &helo,
+        mail_from: &from,
+    };
+    let deadline = std::time::Duration::from_secs(20);
+    let report = smol::block_on(crate::shell::sender_auth::check_message(
+        &resolver,
+        &cfg.hostname,
+        &env,
+        &msg,
+        deadline,
+    ));
+    if json {
+        outln!("{}", crate::shell::sender_auth::report_json(&report));
+    } else {
+        out!(
+            "{}",
+            crate::shell::sender_auth::results_field(&cfg.hostname, &report)
+        );
+    }
+    0
 }
 
 /// `sluice config check [FILE]`: the effective config as TOML on standard

@@ -24,6 +24,14 @@ impl Config {
             let mut t = Table::new();
             t.insert("address".into(), s(&l.address));
             t.insert("starttls".into(), Value::Boolean(l.starttls));
+            // Written only when set, so that a config without them reads
+            // as it did before they existed.
+            if l.implicit_tls {
+                t.insert("tls".into(), s("implicit"));
+            }
+            if l.auth {
+                t.insert("auth".into(), Value::Boolean(true));
+            }
             Value::Table(t)
         });
         top.insert("listen".into(), Value::Array(listen.collect()));
@@ -46,7 +54,37 @@ impl Config {
         let mut metrics = Table::new();
         let listen = self.metrics_listen.map_or(s(""), |a| s(&a.to_string()));
         metrics.insert("listen".into(), listen);
+        metrics.insert(
+            "syslog_interval".into(),
+            duration(self.metrics_syslog_interval),
+        );
         top.insert("metrics".into(), Value::Table(metrics));
+        if !self.dkim.is_empty() {
+            let dkim = self.dkim.iter().map(|k| {
+                let mut t = Table::new();
+                t.insert("domain".into(), s(&k.domain));
+                t.insert("selector".into(), s(&k.selector));
+                t.insert("key".into(), path(&k.key));
+                Value::Table(t)
+            });
+            top.insert("dkim".into(), Value::Array(dkim.collect()));
+        }
+        if !self.milters.is_empty() {
+            let list = self
+                .milters
+                .iter()
+                .map(|m| Value::Table(super::milter::effective(m)));
+            top.insert("milter".into(), Value::Array(list.collect()));
+        }
+        let mut report = Table::new();
+        let local = self.report.local_domains.iter().map(|d| s(d)).collect();
+        report.insert("local_domains".into(), Value::Array(local));
+        report.insert(
+            "flush_interval".into(),
+            s(&format!("{}s", self.report.flush_interval.as_secs())),
+        );
+        top.insert("report".into(), Value::Table(report));
+        top.insert("auth".into(), Value::Table(self.auth.effective(path)));
         let body = toml::to_string(&top).unwrap_or_default();
         format!("# sluice: the effective config, every default filled in\n\n{body}")
     }
@@ -63,6 +101,20 @@ impl Config {
         }
         if let Some(c) = &self.ca {
             t.insert("ca".into(), path(c));
+        }
+        if !self.tls_clients.is_empty() {
+            let list = self
+                .tls_clients
+                .iter()
+                .map(|c| {
+                    let mut e = Table::new();
+                    e.insert("name".into(), s(&c.name));
+                    e.insert("certificate".into(), path(&c.certificate));
+                    e.insert("key".into(), path(&c.key));
+                    Value::Table(e)
+                })
+                .collect();
+            t.insert("client".into(), Value::Array(list));
         }
         t
     }

@@ -21,13 +21,31 @@ enum Shape {
 use Shape::{Leaf, Table, Tables};
 
 /// `[[listen]]` keys.
-const LISTEN: &[(&str, Shape)] = &[("address", Leaf), ("starttls", Leaf)];
+const LISTEN: &[(&str, Shape)] = &[
+    ("address", Leaf),
+    ("starttls", Leaf),
+    ("tls", Leaf),
+    ("auth", Leaf),
+];
+/// `[auth]` keys (`sender_login` holds login names: not checked here).
+const AUTH: &[(&str, Shape)] = &[
+    ("passwd_file", Leaf),
+    ("allow_plaintext", Leaf),
+    ("concurrent_checks", Leaf),
+    ("failure_delay", Leaf),
+    ("max_failures", Leaf),
+    ("lockout", Leaf),
+    ("sender_login", Leaf),
+];
+/// `[[tls.client]]` keys.
+const TLS_CLIENT: &[(&str, Shape)] = &[("name", Leaf), ("certificate", Leaf), ("key", Leaf)];
 /// `[tls]` keys.
 const TLS: &[(&str, Shape)] = &[
     ("certificate", Leaf),
     ("key", Leaf),
     ("ca", Leaf),
     ("client_ca", Leaf),
+    ("client", Tables(TLS_CLIENT)),
 ];
 /// `[limits]` keys.
 const LIMITS: &[(&str, Shape)] = &[
@@ -62,7 +80,34 @@ const SYSLOG: &[(&str, Shape)] = &[("target", Leaf), ("facility", Leaf)];
 /// `[upload]` keys.
 const UPLOAD: &[(&str, Shape)] = &[("serial", Leaf), ("baud", Leaf)];
 /// `[metrics]` keys.
-const METRICS: &[(&str, Shape)] = &[("listen", Leaf)];
+/// `[[dkim]]` keys (one signing key each).
+const DKIM: &[(&str, Shape)] = &[("domain", Leaf), ("selector", Leaf), ("key", Leaf)];
+/// `[[milter]] macros` keys: the stages.
+const MILTER_MACROS: &[(&str, Shape)] = &[
+    ("connect", Leaf),
+    ("helo", Leaf),
+    ("mail", Leaf),
+    ("rcpt", Leaf),
+    ("data", Leaf),
+    ("eoh", Leaf),
+    ("eom", Leaf),
+];
+/// `[[milter]]` keys.
+const MILTER: &[(&str, Shape)] = &[
+    ("name", Leaf),
+    ("address", Leaf),
+    ("on_failure", Leaf),
+    ("connect_timeout", Leaf),
+    ("command_timeout", Leaf),
+    ("eom_timeout", Leaf),
+    ("protocol", Leaf),
+    ("macros", Table(MILTER_MACROS)),
+    ("originating", Leaf),
+    ("pool", Leaf),
+];
+/// `[report]` keys.
+const REPORT: &[(&str, Shape)] = &[("local_domains", Leaf), ("flush_interval", Leaf)];
+const METRICS: &[(&str, Shape)] = &[("listen", Leaf), ("syslog_interval", Leaf)];
 /// The top level: keys, then sections.
 const ROOT: &[(&str, Shape)] = &[
     ("hostname", Leaf),
@@ -77,6 +122,10 @@ const ROOT: &[(&str, Shape)] = &[
     ("syslog", Table(SYSLOG)),
     ("upload", Table(UPLOAD)),
     ("metrics", Table(METRICS)),
+    ("dkim", Tables(DKIM)),
+    ("milter", Tables(MILTER)),
+    ("report", Table(REPORT)),
+    ("auth", Table(AUTH)),
 ];
 
 /// The text's positions: byte offsets to 1-based lines and columns.
@@ -183,7 +232,7 @@ fn unknown_section(name: &str) -> String {
         }
         _ => format!(
             "unknown section [{name}] (expected one of: listen, tls, limits, queue, dns, \
-             syslog, upload, metrics)"
+             syslog, upload, metrics, milter, report, dkim, auth)"
         ),
     }
 }

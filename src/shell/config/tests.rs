@@ -149,7 +149,8 @@ fn the_effective_config_reads_back_the_same() {
                 bare_line_endings = \"normalize\"\n[queue]\nhold = true\nretry = [\"30s\"]\n\
                 [dns]\nservers = [\"[::1]:5353\"]\ntimeout = 1.5\nattempts = 3\n\
                 static = { \"x.test\" = [\"10.0.0.5\"] }\n\
-                [upload]\nserial = \"/dev/ttyS0\"\nbaud = 9600\n";
+                [upload]\nserial = \"/dev/ttyS0\"\nbaud = 9600\n\
+                [report]\nlocal_domains = [\"US.contoso.com\"]\nflush_interval = \"30s\"\n";
     for text in [SAMPLE, full, ""] {
         let c = check(text).expect("checks");
         let printed = c.effective_toml();
@@ -246,4 +247,74 @@ fn the_board_profiles_pass_the_check() {
             panic!("boards/{board}/sluice.toml: {e:?}");
         }
     }
+}
+
+#[test]
+fn client_certificates_are_named_and_checked_at_their_place() {
+    let ok = "[[tls.client]]\nname = \"edge\"\ncertificate = \"c.pem\"\nkey = \"k.pem\"\n";
+    let c = check(ok).expect("one client certificate");
+    assert_eq!(
+        c.tls_clients,
+        vec![ClientCertFiles {
+            name: "edge".into(),
+            certificate: PathBuf::from("/etc/sluice/c.pem"),
+            key: PathBuf::from("/etc/sluice/k.pem"),
+        }]
+    );
+    assert!(c.tls.is_none(), "no server certificate for that");
+    assert!(
+        c.effective_toml().contains("[[tls.client]]"),
+        "{}",
+        c.effective_toml()
+    );
+    // Twice the same name, a missing key, an unknown key: each at its line.
+    let e = check(&format!("{ok}{ok}")).unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (6, 8), "{e:?}");
+    assert!(e[0].message.contains("declared twice"), "{e:?}");
+    let e = check("hostname = \"a\"\n[[tls.client]]\nname = \"edge\"\ncertificate = \"c.pem\"\n")
+        .unwrap_err();
+    assert!(e[0].message.contains("needs key"), "{e:?}");
+    assert!(e[0].line > 1, "at its table: {e:?}");
+    let e = check("[[tls.client]]\nname = \"edge\"\ncert = \"c.pem\"\nkey = \"k\"\n").unwrap_err();
+    assert!(
+        e.iter()
+            .any(|d| (d.line, d.col) == (3, 1) && d.message.contains("unknown key \"cert\"")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn milters_are_checked_at_their_place_and_read_back() {
+    let ok = "[[milter]]\nname = \"spam\"\naddress = \"inet:127.0.0.1:11332\"\n\n\
+              [[milter]]\nname = \"dkim\"\naddress = \"unix:/run/dkim.sock\"\n\
+              on_failure = \"accept\"\noriginating = true\nmacros = { mail = [\"i\"] }\n";
+    let c = check(ok).expect("valid");
+    assert_eq!(c.milters.len(), 2);
+    assert_eq!(c.milters[1].on_failure, super::OnFailure::Accept);
+    assert_eq!(c.milters[1].macros[2], vec!["i".to_string()]);
+    let again = check(&c.effective_toml()).expect("reads back");
+    assert_eq!(again.milters, c.milters);
+    let e = check("[[milter]]\nname = \"x\"\naddress = \"inet:h:1\"\non_failure = \"maybe\"\n")
+        .unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (4, 14), "{e:?}");
+    let e = check("[[milter]]\nname = \"x\"\naddress = \"h:1\"\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (3, 11), "{e:?}");
+    let e =
+        check("[[milter]]\nname = \"x\"\naddress = \"inet:h:1\"\ntimeout = \"1s\"\n").unwrap_err();
+    assert!(e[0].message.contains("timeout"), "{e:?}");
+    assert_eq!(e[0].line, 4);
+}
+
+#[test]
+fn the_report_section_is_checked_with_its_place() {
+    let c = check("[report]\nlocal_domains = [\"US.Contoso.com\"]\n").expect("checks");
+    assert_eq!(c.report.local_domains, ["us.contoso.com"]);
+    assert_eq!(c.report.flush_interval, std::time::Duration::from_secs(300));
+    let e = check("[report]\nlocal_domains = [\"a.test\", \"not a domain\"]\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (2, 28), "{e:?}");
+    assert!(e[0].message.contains("not a domain"), "{}", e[0]);
+    let e = check("[report]\nflush_interval = \"2h\"\n").unwrap_err();
+    assert_eq!((e[0].line, e[0].col), (2, 18), "{e:?}");
+    let e = check("[report]\nlocal_domain = []\n").unwrap_err();
+    assert!(e[0].message.contains("did you mean"), "{}", e[0]);
 }

@@ -2,9 +2,10 @@
 //! followed from accept to delivery with a single grep on its queue id.
 //!
 //! Events carry a MSGID ([`Kind`]: `RECEIVE REJECT RULE ROUTE SEND DEFER
-//! BOUNCE POLICY`; `-` for daemon lifecycle lines from [`info`] and
+//! BOUNCE POLICY STATS`; `-` for daemon lifecycle lines from [`info`] and
 //! [`warn`]) and the queue id and Message-ID as structured data
-//! `[sluice@32473 qid="..." msgid="..."]`.
+//! `[sluice@32473 qid="..." msgid="..."]`; a STATS line ([`stats_line`])
+//! brings its own structured data, the metrics.
 //!
 //! Before [`init`] (and for every CLI command) lines go straight to stderr.
 //! After `init` callers only format the line and `try_send` it into a
@@ -86,6 +87,8 @@ pub enum Kind {
     Bounce,
     /// Policy table installed, refused or rolled back.
     Policy,
+    /// The periodic counters (`[metrics] syslog_interval`).
+    Stats,
 }
 
 impl Kind {
@@ -100,6 +103,7 @@ impl Kind {
             Kind::Defer => "DEFER",
             Kind::Bounce => "BOUNCE",
             Kind::Policy => "POLICY",
+            Kind::Stats => "STATS",
         }
     }
 }
@@ -133,6 +137,7 @@ pub fn event_warn(kind: Kind, args: Arguments<'_>) {
         kind: Some(kind),
         queue_id: None,
         message_id: None,
+        sd: None,
         args,
     });
 }
@@ -178,6 +183,20 @@ impl Drop for Batch {
     }
 }
 
+/// A STATS line: `sd` is whole RFC 5424 SD-ELEMENTs, names and values
+/// already valid (the caller, [`super::stats`], writes SD-NAMEs and
+/// numbers only); the text follows. On the local socket and stderr the elements are in the text.
+pub fn stats_line(sd: &str, args: Arguments<'_>) {
+    emit(&Record {
+        severity: Severity::Info,
+        kind: Some(Kind::Stats),
+        queue_id: None,
+        message_id: None,
+        sd: Some(sd),
+        args,
+    });
+}
+
 /// An ordinary daemon lifecycle line (MSGID `-`).
 pub fn info(args: Arguments<'_>) {
     emit(&Record {
@@ -185,6 +204,7 @@ pub fn info(args: Arguments<'_>) {
         kind: None,
         queue_id: None,
         message_id: None,
+        sd: None,
         args,
     });
 }
@@ -196,6 +216,7 @@ pub fn warn(args: Arguments<'_>) {
         kind: None,
         queue_id: None,
         message_id: None,
+        sd: None,
         args,
     });
 }
@@ -255,6 +276,9 @@ struct Record<'a> {
     kind: Option<Kind>,
     queue_id: Option<&'a str>,
     message_id: Option<&'a str>,
+    /// Structured data of its own (already RFC 5424 elements, escaped),
+    /// written instead of the queue id and Message-ID ([`stats_line`]).
+    sd: Option<&'a str>,
     args: Arguments<'a>,
 }
 
@@ -271,6 +295,7 @@ impl<'a> Record<'a> {
             kind: Some(kind),
             queue_id,
             message_id,
+            sd: None,
             args,
         }
     }
@@ -489,6 +514,10 @@ impl Format {
                 if r.kind.is_some() {
                     out.push_str(msgid);
                     out.push(' ');
+                    if let Some(sd) = r.sd.filter(|s| !s.is_empty()) {
+                        out.push_str(sd);
+                        out.push(' ');
+                    }
                     for (name, v) in [("qid", r.queue_id), ("msgid", r.message_id)] {
                         if let Some(v) = v {
                             let _ = write!(out, "{name}=");
@@ -508,6 +537,10 @@ impl Format {
 /// Writes `[sluice@32473 qid="..." msgid="..."]`; false if there is nothing
 /// to write.
 fn write_sd(out: &mut String, r: &Record<'_>) -> bool {
+    if let Some(sd) = r.sd {
+        out.push_str(sd);
+        return !sd.is_empty();
+    }
     if r.queue_id.is_none() && r.message_id.is_none() {
         return false;
     }
@@ -769,6 +802,7 @@ impl Writer {
             kind: None,
             queue_id: None,
             message_id: None,
+            sd: None,
             args: format_args!("{n} log messages dropped"),
         };
         let line = self.report.line(&r, SystemTime::now());
@@ -996,6 +1030,7 @@ mod tests {
             kind,
             queue_id: qid,
             message_id: mid,
+            sd: None,
             args,
         }
     }

@@ -44,6 +44,9 @@ pub struct Installer {
     current: RwLock<Arc<Policy>>,
     /// Serialises installs and rollbacks.
     lock: Mutex<()>,
+    /// The appliance config's `[[tls.client]]` names: a rule file whose
+    /// connector names another `tls_certificate` is refused.
+    certificates: RwLock<Vec<String>>,
 }
 
 /// Decodes a policy blob on a thread with a large stack (the table passes
@@ -190,7 +193,16 @@ fn load_entry(dir: &Path, entry: &Value) -> Result<Policy, String> {
 /// Compiles a rule file into a policy, its blob and its warnings; the
 /// errors as `LINE:COL: error: ...`.
 fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> {
-    let c = compile::compile(source).map_err(|diags| {
+    compile_declared(source, None)
+}
+
+/// [`compile`], checking connectors' `tls_certificate` against the
+/// appliance config's `[[tls.client]]` names when given.
+fn compile_declared(
+    source: &str,
+    certificates: Option<&[String]>,
+) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> {
+    let c = compile::compile_declared(source, certificates).map_err(|diags| {
         diags
             .iter()
             .map(|d| format!("{}:{}: error: {}", d.line, d.col, d.message))
@@ -205,6 +217,11 @@ fn compile(source: &str) -> Result<(Policy, Vec<u8>, Vec<String>), Vec<String>> 
     let policy =
         Policy::new(c.table).map_err(|e| vec![format!("the compiled policy is invalid: {e:?}")])?;
     Ok((policy, blob, warnings))
+}
+
+/// The `[[tls.client]]` names of `cfg`.
+fn certificate_names(cfg: &Config) -> Vec<String> {
+    cfg.tls_clients.iter().map(|c| c.name.clone()).collect()
 }
 
 /// The pointer and the policy it names as active; if that does not load,
@@ -327,6 +344,7 @@ impl Installer {
                 state_dir: dir,
                 current: RwLock::new(Arc::new(p)),
                 lock: Mutex::new(()),
+                certificates: RwLock::new(certificate_names(cfg)),
             });
         }
         let first = first_policy(&dir, cfg, &pointer)?;
@@ -334,11 +352,28 @@ impl Installer {
             state_dir: dir,
             current: RwLock::new(Arc::new(first.policy)),
             lock: Mutex::new(()),
+            certificates: RwLock::new(certificate_names(cfg)),
         };
         let version = inst.current().table.version;
         inst.write_state(&first.source, &first.blob, version, &first.via)
             .map_err(|e| format!("state {}: {e}", inst.state_dir.display()))?;
         Ok(inst)
+    }
+
+    /// The `[[tls.client]]` names installs are checked against.
+    pub fn certificate_names(&self) -> Vec<String> {
+        match self.certificates.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Sets the `[[tls.client]]` names (SIGHUP reloaded the config).
+    pub fn set_certificate_names(&self, names: Vec<String>) {
+        match self.certificates.write() {
+            Ok(mut g) => *g = names,
+            Err(p) => *p.into_inner() = names,
+        }
     }
 
     /// The active policy (a session keeps this `Arc` to its end).
@@ -349,8 +384,10 @@ impl Installer {
         }
     }
 
-    /// Makes `p` the active policy; sessions under way keep theirs.
+    /// Makes `p` the active policy; sessions under way keep theirs. Counted
+    /// as an install (`sluice_policy_installs_total`).
     fn swap(&self, p: Policy) {
+        crate::shell::ops::metrics::POLICY_INSTALLS.add(1);
         let p = Arc::new(p);
         match self.current.write() {
             Ok(mut g) => *g = p,
@@ -389,7 +426,8 @@ impl Installer {
             );
             errors
         };
-        let (policy, blob, warnings) = compile(source).map_err(refused)?;
+        let names = self.certificate_names();
+        let (policy, blob, warnings) = compile_declared(source, Some(&names)).map_err(refused)?;
         let version = policy.table.version;
         let _g = self
             .lock

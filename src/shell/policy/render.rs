@@ -437,6 +437,11 @@ fn rule_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> Option<String> {
             rule(r),
             addr_of(rs, i)
         ),
+        Note::Quarantined(i, d) => format!(
+            "Recipient [{}]. DMARC quarantine: routed to [{}].",
+            addr_of(rs, i),
+            lossy(d)
+        ),
         Note::RouteKept(r, i) => format!(
             "{}. Recipient [{}]. Already routed by centralized mail flow (cmt runs first); override not applied.",
             rule(r),
@@ -513,8 +518,65 @@ fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
         Note::Connector(i, None) => {
             format!("Recipient [{}]. No send connector matches.", addr_of(rs, i))
         }
-        // A rule's notes are rendered by rule_note.
-        _ => String::new(),
+        // The cross-premises agents' notes, then a rule's (rule_note).
+        _ => cross_premises_note(t, note).unwrap_or_default(),
+    }
+}
+
+/// The cross-premises agents' notes in words.
+fn cross_premises_note(t: &Table, note: &Note<'_>) -> Option<String> {
+    Some(match *note {
+        Note::Promoted(n) => format!("Promoted header [{}] to the organisation header.", lossy(n)),
+        Note::OrganizationReplaced(n) => {
+            format!("Removed header [{}]: promotion overwrites it.", lossy(n))
+        }
+        Note::CrossPremisesRemoved(n) => format!(
+            "Removed header [{}] from mail not attributed to an organization connector.",
+            lossy(n)
+        ),
+        Note::Demoted(c, n) => format!(
+            "Connector [{}]. Copied header [{}] to its cross-premises twin.",
+            connector_name(t, c),
+            lossy(n)
+        ),
+        Note::OriginatorOrg(c) => format!(
+            "Connector [{}]. Stamped [{}: {}].",
+            connector_name(t, c),
+            lossy(t.str(t.cross_premises.originator)),
+            t.default_domain
+                .map(|d| lossy(t.str(d)))
+                .unwrap_or_default()
+        ),
+        _ => return None,
+    })
+}
+
+/// A copy of the field at `start..end` of `block`, its name's first
+/// `cut` octets replaced by `prefix`, as an [`HeaderEdit::Add`] (the value
+/// as written, folding kept).
+fn twin(block: &[u8], start: u32, end: u32, cut: u32, prefix: &[u8]) -> HeaderEdit {
+    let text = block.get(start as usize..end as usize).unwrap_or(&[]);
+    let colon = text.iter().position(|&b| b == b':').unwrap_or(text.len());
+    let name = text.get(..colon).map(header::trim).unwrap_or(&[]);
+    let rest = name.get(cut as usize..).unwrap_or(&[]);
+    let value = text.get(colon + 1..).unwrap_or(&[]);
+    let value = value.strip_suffix(b"\n").unwrap_or(value);
+    let value = value.strip_suffix(b"\r").unwrap_or(value);
+    let lead = value
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(value.len());
+    HeaderEdit::Add {
+        name: format!("{}{}", lossy(prefix), lossy(rest)),
+        value: lossy(value.get(lead..).unwrap_or(&[])),
+    }
+}
+
+/// `edit` for the copy through connector `c` only.
+fn via(t: &Table, c: u16, edit: HeaderEdit) -> HeaderEdit {
+    HeaderEdit::Via {
+        connector: connector_name(t, c),
+        edit: Box::new(edit),
     }
 }
 
@@ -523,6 +585,27 @@ fn agent_note(t: &Table, note: &Note<'_>, rs: &[Recipient]) -> String {
 fn render_edit(t: &Table, dir: &[u8], block: &[u8], e: &Edit) -> HeaderEdit {
     let span = |a: u32, b: u32| lossy(block.get(a as usize..b as usize).unwrap_or(&[]));
     match *e {
+        Edit::Twin {
+            start,
+            end,
+            cut,
+            prefix,
+            via: v,
+        } => {
+            let add = twin(block, start, end, cut, t.str(prefix));
+            match v {
+                Some(c) => via(t, c, add),
+                None => add,
+            }
+        }
+        Edit::AddVia(c, n, v) => via(
+            t,
+            c,
+            HeaderEdit::Add {
+                name: lossy(t.str(n)),
+                value: lossy(t.str(v)),
+            },
+        ),
         Edit::Remove(s, e2) => {
             let text = block.get(s as usize..e2 as usize).unwrap_or(&[]);
             let name = text

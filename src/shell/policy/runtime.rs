@@ -41,6 +41,19 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The milters inbound connector `i` names (`None`: every one).
+    pub fn inbound_milters(&self, i: u16) -> Option<Vec<String>> {
+        let ib = self.table.inbound.get(usize::from(i))?;
+        let list = self.table.str(ib.milters?);
+        Some(
+            String::from_utf8_lossy(list)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
     /// Validates `table` and loads its DFAs.
     pub fn new(table: Box<Table>) -> Result<Policy, TableError> {
         table.validate()?;
@@ -107,6 +120,11 @@ pub struct Arrival<'a> {
     /// The recipient filter's RCPT-time answers per recipient (a trace);
     /// `None` in a session, whose recipients passed it at RCPT.
     pub rcpt_checks: Option<&'a [crate::engine::policy::RcptCheck]>,
+    /// The sender authentication verdicts (`None`: not checked).
+    pub auth: Option<crate::engine::policy::AuthVerdicts>,
+    /// The SMTP AUTH login of the session, if it authenticated
+    /// (`authenticated_as`).
+    pub login: Option<&'a str>,
 }
 
 /// Runs the pipeline for `msg`, as the daemon does at the end of DATA, and
@@ -143,6 +161,8 @@ pub fn decide_with(
         size,
         directory: env.directory.map(|d| d.view()),
         rcpt_checks: env.rcpt_checks,
+        auth: env.auth,
+        login: env.login.map_or(&[][..], str::as_bytes),
     };
     let dir = env.directory.map_or(&[][..], |d| d.bytes());
     let mut c = Collect::new(t, dir, headers, rcpts, sender);
@@ -211,6 +231,8 @@ mod tests {
                 rcpts: &rc,
                 directory: None,
                 rcpt_checks: None,
+                auth: None,
+                login: None,
             };
             decide(&direct, &env, msg).log
         };
@@ -268,6 +290,8 @@ mod tests {
                     rcpts: &rc,
                     directory: None,
                     rcpt_checks: None,
+                    auth: None,
+                    login: None,
                 },
                 msg,
             );
@@ -280,6 +304,8 @@ mod tests {
                     rcpts: &rc,
                     directory: None,
                     rcpt_checks: None,
+                    auth: None,
+                    login: None,
                 },
                 msg,
             );
@@ -297,6 +323,8 @@ mod tests {
                 size: msg.len() as u64,
                 directory: None,
                 rcpt_checks: None,
+                auth: None,
+                login: b"",
             };
             let v = policy::evaluate(&direct.table, &m, &rc, &mut c);
             assert_eq!(digest(&render::render(&c, v)), digest(&o1));
@@ -315,6 +343,8 @@ mod tests {
             rcpts: &rc,
             directory: None,
             rcpt_checks: None,
+            auth: None,
+            login: None,
         };
         decide(&p, &env, msg)
     }
@@ -345,6 +375,8 @@ mod tests {
                 rcpts: &rc,
                 directory,
                 rcpt_checks: None,
+                auth: None,
+                login: None,
             };
             decide(&p, &env, msg)
         };
@@ -394,6 +426,8 @@ mod tests {
             rcpts: &rc,
             directory: Some(&d),
             rcpt_checks: None,
+            auth: None,
+            login: None,
         };
         let o = decide(&p, &env, msg);
         assert_eq!(o.recipients[0].final_addr, "ANNA@contoso.com");
@@ -487,7 +521,7 @@ mod tests {
             let ip: IpAddr = peer.parse().expect("ip");
             let rc: Vec<&[u8]> = rcpts.iter().map(|r| r.as_bytes()).collect();
             let a = policy::attribute(&p.table, &ip16(ip), None);
-            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, directory: None, rcpt_checks: None }, &msg);
+            let o = decide(&p, &Arrival { attribution: a, client: ip, sender: from.as_bytes(), rcpts: &rc, directory: None, rcpt_checks: None, auth: None, login: None }, &msg);
             let all: Vec<&HeaderEdit> = o.edits.iter().map(|(_, e)| e).collect();
             let spliced = splice(&msg, &all);
             prop_assert!(spliced.ends_with(b"\r\nbody\r\n"));

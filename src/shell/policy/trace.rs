@@ -50,7 +50,7 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
 }
 
 /// `sluice trace`'s usage line.
-const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--rules FILE] [--directory EXPORT] [--snapshots] [--json]";
+const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--auth LOGIN] [--rules FILE] [--directory EXPORT] [--snapshots] [--milters] [--json]";
 
 /// `sluice trace`'s command line.
 struct TraceArgs {
@@ -72,6 +72,10 @@ struct TraceArgs {
     json_out: bool,
     /// `--snapshots`.
     snapshots: bool,
+    /// `--milters`: run the config's milters on the message first.
+    milters: bool,
+    /// `--auth LOGIN`: the session authenticated (SMTP AUTH) as LOGIN.
+    login: Option<String>,
 }
 
 impl TraceArgs {
@@ -85,7 +89,8 @@ impl TraceArgs {
         let mut tls_name: Option<String> = None;
         let mut rules_file: Option<PathBuf> = None;
         let mut directory_file: Option<PathBuf> = None;
-        let (mut json_out, mut snapshots) = (false, false);
+        let (mut json_out, mut snapshots, mut milters) = (false, false, false);
+        let mut login: Option<String> = None;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |what: &str| -> Result<String, i32> {
@@ -105,10 +110,12 @@ impl TraceArgs {
                     })?;
                 }
                 "--tls-name" => tls_name = Some(value("--tls-name")?),
+                "--auth" => login = Some(value("--auth")?),
                 "--rules" => rules_file = Some(PathBuf::from(value("--rules")?)),
                 "--directory" => directory_file = Some(PathBuf::from(value("--directory")?)),
                 "--json" => json_out = true,
                 "--snapshots" => snapshots = true,
+                "--milters" => milters = true,
                 "--help" | "-h" => {
                     outln!("{TRACE_USAGE}");
                     return Err(0);
@@ -139,6 +146,8 @@ impl TraceArgs {
             directory_file,
             json_out,
             snapshots,
+            milters,
+            login,
         })
     }
 }
@@ -197,16 +206,24 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Ok(t) => t,
         Err(code) => return code,
     };
+    let mut a = a;
+    let (msg, milters) = match (a.milters, cfg) {
+        (true, Some(c)) => trace_milters(c, &pol, &mut a, msg),
+        _ => (msg, None),
+    };
+    let a = a;
     let directory = match load_directory(a.directory_file.as_deref(), cfg) {
         Ok(d) => d,
         Err(code) => return code,
     };
     let table: &Table = &pol.table;
-    let att = attribute(
+    let mut att = attribute(
         table,
         &runtime::ip16(a.peer),
         a.tls_name.as_deref().map(str::as_bytes),
     );
+    // SMTP AUTH makes the session originating, as in the daemon.
+    att.originating |= a.login.is_some();
     let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
     let filtered = filter_recipients(table, &att, &rcpts, directory.as_ref(), cfg);
     let checks: Vec<RcptCheck> = filtered.iter().map(|(c, _)| *c).collect();
@@ -217,6 +234,8 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         rcpts: &rcpts,
         directory: directory.as_ref(),
         rcpt_checks: Some(&checks),
+        auth: None,
+        login: a.login.as_deref(),
     };
     let sender = render::sender_check_words(&sender_check(table, &att, a.from.as_bytes()));
     let out = runtime::decide(&pol, &env, &msg);
@@ -239,13 +258,129 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         sender,
         filtered,
         edge,
+        cfg,
     };
+    let refused = milters.as_ref().is_some_and(|m| m.refusal.is_some());
     if a.json_out {
-        print_json(&t);
+        print_json(&t, milters.as_ref());
     } else {
+        if let Some(m) = &milters {
+            for l in &m.lines {
+                outln!("{l}");
+            }
+        }
         print_plain(&t);
     }
-    i32::from(t.out.result == "Rejected" || t.edge.refusal.is_some())
+    let login_refused = sender_login_ok(&a, cfg) == Some(false);
+    i32::from(t.out.result == "Rejected" || t.edge.refusal.is_some() || refused || login_refused)
+}
+
+/// What `--milters` found: lines for the text report, the JSON, and the
+/// refusal (or discard) if a milter made one.
+struct MilterTrace {
+    /// `content filter: milter NAME: ...` lines.
+    lines: Vec<String>,
+    /// `content_filter` in `--json`.
+    json: Value,
+    /// The reply (or "discard") that ends the message.
+    refusal: Option<String>,
+}
+
+/// Runs the config's milters on the message as the daemon would for the
+/// peer (its inbound connector's `milters`, or by whether it is
+/// originating; the agent disabled: none): the message, sender and
+/// recipients they leave go on to the policy.
+fn trace_milters(
+    cfg: &Config,
+    pol: &Policy,
+    a: &mut TraceArgs,
+    msg: Vec<u8>,
+) -> (Vec<u8>, Option<MilterTrace>) {
+    use crate::shell::milter::{Facts, Fate, Message, Milters};
+    let att = attribute(
+        &pol.table,
+        &runtime::ip16(a.peer),
+        a.tls_name.as_deref().map(str::as_bytes),
+    );
+    let selected = match att.inbound {
+        _ if !pol
+            .table
+            .enabled(crate::engine::policy::Agent::ContentFilter) =>
+        {
+            Some(Vec::new())
+        }
+        Some(i) => pol.inbound_milters(i),
+        None => None,
+    };
+    let ms = Milters::new(&cfg.milters);
+    let m = Message::new(
+        msg,
+        a.from.as_bytes().to_vec(),
+        a.to.iter().map(|t| t.as_bytes().to_vec()).collect(),
+    );
+    let facts = Facts {
+        hostname: &cfg.hostname,
+        queue_id: "TRACE",
+        client: std::net::SocketAddr::new(a.peer, 0),
+        local: None,
+        helo: b"trace",
+        tls: false,
+    };
+    let max = cfg.limits.max_message_size as usize;
+    let f = futures_lite::future::block_on(ms.filter(
+        m,
+        &facts,
+        att.originating,
+        selected.as_deref(),
+        max,
+    ));
+    let (mut lines, reports) = milter_lines(&f.reports);
+    let refusal = match &f.fate {
+        Fate::Pass => None,
+        Fate::Discard { milter } => Some(format!("discarded by milter {milter}")),
+        Fate::Refuse { milter, reply, .. } => Some(format!("{reply} (milter {milter})")),
+    };
+    if let Some(r) = &refusal {
+        lines.push(format!("content filter: REFUSED {r}"));
+    }
+    a.from = String::from_utf8_lossy(&f.message.from).into_owned();
+    a.to = f
+        .message
+        .rcpts
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let json = json!({"milters": reports, "refusal": refusal});
+    let (octets, _) = f.message.into_octets();
+    (
+        octets,
+        Some(MilterTrace {
+            lines,
+            json,
+            refusal,
+        }),
+    )
+}
+
+/// Each milter's replies and modifications, as trace lines and JSON.
+fn milter_lines(reports: &[crate::shell::milter::Report]) -> (Vec<String>, Vec<Value>) {
+    let mut lines = Vec::new();
+    let mut out = Vec::new();
+    for r in reports {
+        for l in &r.lines {
+            lines.push(format!("content filter: milter {}: {l}", r.milter));
+        }
+        if let Some((why, on)) = &r.failure {
+            lines.push(format!(
+                "content filter: milter {}: failed: {why}; on_failure = {}",
+                r.milter,
+                on.name()
+            ));
+        }
+        out.push(json!({"milter": r.milter, "actions": r.lines,
+            "failure": r.failure.as_ref().map(|(w, on)| json!({"error": w, "on_failure": on.name()}))}));
+    }
+    (lines, out)
 }
 
 /// Everything one trace found, for printing.
@@ -261,10 +396,42 @@ struct Traced<'a> {
     /// The recipient filter's decision per recipient, with call-ahead's.
     filtered: Vec<(RcptCheck, Option<Verified>)>,
     edge: EdgeTrace,
+    /// The appliance config (`[auth] sender_login`), when there is one.
+    cfg: Option<&'a Config>,
+}
+
+/// The AUTH decision of `--auth LOGIN`: originating, and whether
+/// `[auth] sender_login` lets the login use the envelope sender.
+fn sender_login_ok(a: &TraceArgs, cfg: Option<&Config>) -> Option<bool> {
+    let login = a.login.as_deref()?;
+    let allowed = cfg.and_then(|c| c.auth.sender_login.get(login));
+    Some(allowed.is_none_or(|list| crate::shell::auth::sender_allowed(list, &a.from)))
+}
+
+/// `--auth` in the text report.
+fn auth_line(a: &TraceArgs, cfg: Option<&Config>) -> Option<String> {
+    let ok = sender_login_ok(a, cfg)?;
+    let login = a.login.as_deref().unwrap_or_default();
+    Some(if ok {
+        format!("auth: authenticated as {login}: originating (may relay), sender allowed")
+    } else {
+        format!(
+            "auth: authenticated as {login}: sender_login refuses <{}>: 550 5.7.1",
+            a.from
+        )
+    })
+}
+
+/// `--auth` in `--json`: null without it.
+fn auth_json(a: &TraceArgs, cfg: Option<&Config>) -> Value {
+    match sender_login_ok(a, cfg) {
+        Some(ok) => json!({ "login": a.login, "originating": true, "sender_allowed": ok }),
+        None => Value::Null,
+    }
 }
 
 /// `sluice trace --json`: one JSON document.
-fn print_json(t: &Traced<'_>) {
+fn print_json(t: &Traced<'_>, milters: Option<&MilterTrace>) {
     let (a, table) = (t.a, t.table);
     let mut doc = to_json(
         &t.out,
@@ -279,6 +446,7 @@ fn print_json(t: &Traced<'_>) {
         doc["snapshots"] = Value::Array(snapshot_list(table, t.msg, &t.out));
     }
     doc["sender_filter"] = json!(t.sender);
+    doc["auth"] = auth_json(a, t.cfg);
     if let Some(list) = doc["recipients"].as_array_mut() {
         for (r, (c, v)) in list.iter_mut().zip(t.filtered.iter()) {
             r["recipient_filter"] = filter_json(c, v.as_ref());
@@ -290,6 +458,13 @@ fn print_json(t: &Traced<'_>) {
         doc["result"] = json!("Rejected");
         doc["reply"] = json!(r);
     }
+    if let Some(m) = milters {
+        doc["content_filter"] = m.json.clone();
+        if let Some(r) = &m.refusal {
+            doc["result"] = json!("Rejected");
+            doc["reply"] = json!(r);
+        }
+    }
     outln!("{doc}");
 }
 
@@ -297,6 +472,7 @@ fn print_json(t: &Traced<'_>) {
 fn print_plain(t: &Traced<'_>) {
     let a = t.a;
     print_text(
+        t.table,
         &t.out,
         a.peer,
         t.inbound.as_deref(),
@@ -304,6 +480,9 @@ fn print_plain(t: &Traced<'_>) {
         &a.from,
     );
     outln!("sender filter: {}", t.sender);
+    if let Some(l) = auth_line(a, t.cfg) {
+        outln!("{l}");
+    }
     for (to, (c, v)) in a.to.iter().zip(t.filtered.iter()) {
         outln!("recipient filter <{to}>: {}", render::rcpt_check_words(c));
         if let Some(v) = v {
@@ -544,6 +723,7 @@ fn to_json(
                 "next_hop": next_hop_json(&r.next_hop), "override": r.route,
                 "override_domain": r.override_domain, "rule": r.rule, "added_by": r.added_by,
                 "rejected": r.rejected, "reason": r.reason,
+                "tls_certificate": r.connector.as_deref().and_then(|c| client_certificate(t, c)),
             })
         })
         .collect();
@@ -560,6 +740,11 @@ fn to_json(
             HeaderEdit::Address {
                 field, from, to, ..
             } => rewritten.push(json!({ "name": field, "from": from, "to": to })),
+            HeaderEdit::Via { connector, edit } => {
+                if let HeaderEdit::Add { name, value } = &**edit {
+                    added.push(json!({ "name": name, "value": value, "connector": connector }));
+                }
+            }
         }
     }
     json!({
@@ -590,21 +775,70 @@ fn snapshot_list(t: &Table, msg: &[u8], out: &Outcome) -> Vec<Value> {
     // In the order the agents ran (events in pipeline order, agents of an
     // event by priority), whatever order their edits came in.
     agents.sort_by_key(|a| run_position(t, *a));
+    let snap = |label: String, before: &[u8], after: &[u8]| {
+        json!({
+            "agent": label,
+            "before": String::from_utf8_lossy(runtime::header_block(before)),
+            "after": String::from_utf8_lossy(runtime::header_block(after)),
+        })
+    };
     for a in agents {
         let before = splice(msg, &done);
-        done.extend(out.edits.iter().filter(|(x, _)| *x == a).map(|(_, e)| e));
-        let after = splice(msg, &done);
-        list.push(json!({
-            "agent": render::agent_name(a),
-            "before": String::from_utf8_lossy(runtime::header_block(&before)),
-            "after": String::from_utf8_lossy(runtime::header_block(&after)),
-        }));
+        let mine: Vec<&HeaderEdit> = out
+            .edits
+            .iter()
+            .filter(|(x, _)| *x == a)
+            .map(|(_, e)| e)
+            .collect();
+        // Edits of one connector's copy: a snapshot per copy, and the
+        // later agents' snapshots go on without them.
+        let mut copies: Vec<&str> = Vec::new();
+        for e in &mine {
+            if let HeaderEdit::Via { connector, .. } = e {
+                if !copies.contains(&connector.as_str()) {
+                    copies.push(connector);
+                }
+            }
+        }
+        let plain = mine.iter().any(|e| !matches!(e, HeaderEdit::Via { .. }));
+        done.extend(mine.iter().filter(|e| !matches!(e, HeaderEdit::Via { .. })));
+        if plain {
+            let after = splice(msg, &done);
+            list.push(snap(render::agent_name(a).to_string(), &before, &after));
+        }
+        for c in copies {
+            let mut copy = done.clone();
+            copy.extend(mine.iter().filter_map(|e| match e {
+                HeaderEdit::Via { connector, edit } if connector == c => Some(&**edit),
+                _ => None,
+            }));
+            let after = splice(msg, &copy);
+            let label = format!("{} (the copy via connector {c})", render::agent_name(a));
+            list.push(snap(label, &splice(msg, &done), &after));
+        }
     }
     list
 }
 
+/// The `[[tls.client]]` name send connector `name` presents, if any.
+fn client_certificate(t: &Table, name: &str) -> Option<String> {
+    let c = t
+        .connectors
+        .iter()
+        .find(|c| t.str(c.name) == name.as_bytes())?;
+    c.tls_certificate
+        .map(|s| String::from_utf8_lossy(t.str(s)).into_owned())
+}
+
 /// `sluice trace`: the outcome as text for the operator.
-fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: bool, from: &str) {
+fn print_text(
+    t: &Table,
+    out: &Outcome,
+    peer: IpAddr,
+    inbound: Option<&str>,
+    originating: bool,
+    from: &str,
+) {
     outln!(
         "session: peer {peer}, inbound connector {}, {}",
         inbound.unwrap_or("(none)"),
@@ -638,14 +872,25 @@ fn print_text(out: &Outcome, peer: IpAddr, inbound: Option<&str>, originating: b
         match &r.rejected {
             Some(rep) => outln!("    rejected: {rep}"),
             None => outln!(
-                "    connector {} via {hop}",
-                r.connector.clone().unwrap_or_else(|| "-".into())
+                "    connector {} via {hop}{}",
+                r.connector.clone().unwrap_or_else(|| "-".into()),
+                r.connector
+                    .as_deref()
+                    .and_then(|c| client_certificate(t, c))
+                    .map(|n| format!(", client certificate {n}"))
+                    .unwrap_or_default()
             ),
         }
         outln!("    why: {}", r.reason);
     }
     for (a, e) in &out.edits {
         let what = match e {
+            HeaderEdit::Via { connector, edit } => match &**edit {
+                HeaderEdit::Add { name, value } => {
+                    format!("add {name}: {value} (the copy via connector {connector})")
+                }
+                other => format!("{other:?} (the copy via connector {connector})"),
+            },
             HeaderEdit::Add { name, value } => format!("add {name}: {value}"),
             HeaderEdit::Prepend { field } => format!("prepend {}", field.trim_end()),
             HeaderEdit::Remove { name, .. } => format!("remove {name}"),

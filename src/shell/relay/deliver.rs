@@ -43,6 +43,9 @@ pub struct TlsClients {
     pub any: Arc<ClientConfig>,
     /// Checks the certificate against the roots and the host's name.
     pub verify: Arc<ClientConfig>,
+    /// Per `[[tls.client]]` name: the same two configurations, presenting
+    /// that client certificate when the next hop asks for one.
+    pub certs: std::collections::HashMap<String, (Arc<ClientConfig>, Arc<ClientConfig>)>,
 }
 
 /// Accepts any certificate but checks the handshake's signatures: for
@@ -97,40 +100,86 @@ impl TlsClients {
     /// Builds both configurations; the roots for `verify` are the system's
     /// (`/etc/ssl/certs/ca-certificates.crt`) plus `extra_ca` (PEM).
     pub fn new(extra_ca: Option<&std::path::Path>) -> Result<TlsClients, String> {
-        use rustls::pki_types::pem::PemObject;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-        let mut files: Vec<&std::path::Path> = Vec::new();
-        if system.exists() {
-            files.push(system);
-        }
-        if let Some(p) = extra_ca {
-            files.push(p);
-        }
-        for f in files {
-            let certs =
-                CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
-            for c in certs.flatten() {
-                let _ = roots.add(c);
-            }
-        }
-        let verify = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let any = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
-        Ok(TlsClients {
-            any: Arc::new(any),
-            verify: Arc::new(verify),
-        })
+        TlsClients::with_certificates(extra_ca, &[])
     }
+
+    /// [`TlsClients::new`] plus a pair of configurations per client
+    /// certificate of `clients` (`[[tls.client]]`); an unreadable file or a
+    /// key that does not fit its certificate is an error naming both.
+    pub fn with_certificates(
+        extra_ca: Option<&std::path::Path>,
+        clients: &[crate::shell::config::ClientCertFiles],
+    ) -> Result<TlsClients, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = Arc::new(roots(extra_ca)?);
+        let (any, verify) = client_pair(&provider, &roots, None)?;
+        let mut certs = std::collections::HashMap::new();
+        for c in clients {
+            let cert = crate::shell::tls::load_client_cert(c)?;
+            let pair = client_pair(&provider, &roots, Some(cert)).map_err(|e| {
+                format!(
+                    "[[tls.client]] \"{}\": {} / {}: {e}",
+                    c.name,
+                    c.certificate.display(),
+                    c.key.display()
+                )
+            })?;
+            certs.insert(c.name.clone(), pair);
+        }
+        Ok(TlsClients { any, verify, certs })
+    }
+}
+
+/// The system's roots (`/etc/ssl/certs/ca-certificates.crt`) plus
+/// `extra_ca` (PEM), for `tls = "verify"`.
+fn roots(extra_ca: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let system = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let mut files: Vec<&std::path::Path> = Vec::new();
+    if system.exists() {
+        files.push(system);
+    }
+    if let Some(p) = extra_ca {
+        files.push(p);
+    }
+    for f in files {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs.flatten() {
+            let _ = roots.add(c);
+        }
+    }
+    Ok(roots)
+}
+
+/// The opportunistic and the verifying client configuration, presenting
+/// `cert` when the server asks for a client certificate (none without).
+fn client_pair(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    roots: &Arc<rustls::RootCertStore>,
+    cert: Option<crate::shell::tls::ClientCert>,
+) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), String> {
+    let verify = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots.clone());
+    let any = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())));
+    let (any, verify) = match cert {
+        None => (any.with_no_client_auth(), verify.with_no_client_auth()),
+        Some(c) => (
+            any.with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                .map_err(|e| e.to_string())?,
+            verify
+                .with_client_auth_cert(c.chain, c.key)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    Ok((Arc::new(any), Arc::new(verify)))
 }
 
 /// What one attempt needs.
@@ -145,6 +194,10 @@ pub struct Attempt<'a> {
     pub mode: TlsMode,
     /// Where to go.
     pub next_hop: &'a NextHop,
+    /// The send connector's name: its copy's header edits apply.
+    pub connector: Option<&'a str>,
+    /// The client certificate (`[[tls.client]]` name) presented at STARTTLS.
+    pub certificate: Option<&'a str>,
 }
 
 /// A next hop's reply as the shell keeps it (its text as UTF-8, lossily).
@@ -284,10 +337,12 @@ pub(super) async fn timed<T>(
 
 /// The message's header block with the edits applied, and where the
 /// original body starts.
-fn spliced_head(m: &Stored) -> io::Result<(Vec<u8>, u64)> {
+/// The edits are those of the copy sent through `connector` (a
+/// cross-premises connector's copy carries the demoted twins).
+fn spliced_head(m: &Stored, connector: Option<&str>) -> io::Result<(Vec<u8>, u64)> {
     let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
     let head = m.read_head()?;
-    let edits: Vec<&HeaderEdit> = m.env.edits.iter().collect();
+    let edits = HeaderEdit::for_connector(&m.env.edits, connector);
     Ok((splice(&head, &edits), head_len))
 }
 
@@ -310,6 +365,11 @@ enum Session {
 /// One attempt for `routes` (indices into the envelope's routes) of `m`:
 /// a result per route, in the same order.
 pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1> {
+    // A certificate the config no longer declares: defer (sending without
+    // it would be attributed wrongly at the next hop).
+    if let Some(name) = a.certificate.filter(|n| !a.tls.certs.contains_key(*n)) {
+        return vec![Result1::Deferred(Failure::NoClientCertificate.reply(name)); routes.len()];
+    }
     let targets = match targets(a).await {
         Ok(t) => t,
         Err(r) => return vec![r; routes.len()],
@@ -371,7 +431,7 @@ async fn session(
         .iter()
         .filter_map(|i| m.env.routes.get(usize::from(*i)).map(|r| r.rcpt.as_slice()))
         .collect();
-    let (head, body_at) = spliced_head(m)?;
+    let (head, body_at) = spliced_head(m, a.connector)?;
     let size = head.len() as u64 + (m.env.size - body_at);
     let env = client::Transaction {
         from: &m.env.from,
@@ -560,10 +620,21 @@ impl Transaction<'_> {
         let Conn::Plain(plain) = std::mem::replace(&mut self.conn, Conn::Gone) else {
             return Ok(Some(Session::Next(Failure::TlsState.reply(""))));
         };
+        let (any, verify) = match self.a.certificate {
+            None => (&self.a.tls.any, &self.a.tls.verify),
+            Some(name) => match self.a.tls.certs.get(name) {
+                Some((any, verify)) => (any, verify),
+                None => {
+                    return Ok(Some(Session::Next(
+                        Failure::NoClientCertificate.reply(name),
+                    )))
+                }
+            },
+        };
         let cfg = if self.a.mode == TlsMode::Verify {
-            self.a.tls.verify.clone()
+            verify.clone()
         } else {
-            self.a.tls.any.clone()
+            any.clone()
         };
         let name = ServerName::try_from(self.host.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -577,9 +648,11 @@ impl Transaction<'_> {
                 self.conn = Conn::Tls(Box::new(s));
                 self.start = self.end; // nothing read in clear text counts after STARTTLS
                 self.cl.tls_established();
+                crate::shell::ops::metrics::TLS_HANDSHAKES.add("outbound", 1);
                 Ok(None)
             }
             Err(e) => {
+                crate::shell::ops::metrics::TLS_FAILURES.add("outbound", 1);
                 let why = format!("{} failed: {e}", self.host);
                 Ok(Some(Session::TlsFailed(Failure::TlsHandshake.reply(&why))))
             }

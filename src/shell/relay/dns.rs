@@ -418,6 +418,9 @@ enum RecData {
     Aaaa(Ipv6Addr),
     Cname(String),
     Mx(u16, String),
+    /// A TXT record's strings joined (not UTF-8: dropped).
+    Txt(Vec<u8>),
+    Ptr(String),
     Other,
 }
 
@@ -487,6 +490,9 @@ fn parse_response(
                 RData::AAAA(a) => RecData::Aaaa(Ipv6Addr::from(a.address)),
                 RData::CNAME(c) => RecData::Cname(name_string(&c.0)),
                 RData::MX(m) => RecData::Mx(m.preference, name_string(&m.exchange)),
+                RData::TXT(t) => String::try_from(t.clone())
+                    .map_or(RecData::Other, |t| RecData::Txt(t.into_bytes())),
+                RData::PTR(p) => RecData::Ptr(name_string(&p.0)),
                 _ => RecData::Other,
             },
         })
@@ -521,6 +527,42 @@ async fn with_timeout<T>(
         Err(format!("no answer within {t:?}"))
     })
     .await
+}
+
+/// What sender authentication looks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    /// TXT (SPF, DKIM keys, DMARC).
+    Txt,
+    /// A.
+    A,
+    /// AAAA.
+    Aaaa,
+    /// MX (the exchange names).
+    Mx,
+    /// PTR (the names of an address).
+    Ptr,
+}
+
+impl AuthType {
+    fn empty(self) -> AuthRecords {
+        match self {
+            AuthType::Txt => AuthRecords::Texts(Vec::new()),
+            AuthType::A | AuthType::Aaaa => AuthRecords::Addresses(Vec::new()),
+            AuthType::Mx | AuthType::Ptr => AuthRecords::Names(Vec::new()),
+        }
+    }
+}
+
+/// The answer to an [`Resolver::auth_lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthRecords {
+    /// TXT records, each one's strings joined.
+    Texts(Vec<Vec<u8>>),
+    /// MX exchanges or PTR names.
+    Names(Vec<String>),
+    /// A or AAAA addresses.
+    Addresses(Vec<IpAddr>),
 }
 
 /// How long "not listed" (NXDOMAIN, no A record) is cached, seconds: the
@@ -761,6 +803,39 @@ impl Resolver {
         Ok(answer)
     }
 
+    /// The records sender authentication asks for (SPF, DKIM keys, DMARC),
+    /// following CNAMEs; static tables are not consulted. NXDOMAIN and no
+    /// data are an empty answer; SERVFAIL and timeouts are
+    /// [`DnsError::Temporary`]; a name no query can carry is empty.
+    pub async fn auth_lookup(&self, name: &str, kind: AuthType) -> Result<AuthRecords, DnsError> {
+        let Ok(name) = normalize(name) else {
+            return Ok(kind.empty());
+        };
+        let qtype = match kind {
+            AuthType::Txt => TYPE::TXT,
+            AuthType::A => TYPE::A,
+            AuthType::Aaaa => TYPE::AAAA,
+            AuthType::Mx => TYPE::MX,
+            AuthType::Ptr => TYPE::PTR,
+        };
+        let found = match self.lookup(&name, qtype).await {
+            Ok(found) => found,
+            Err(DnsError::NoSuchDomain) => return Ok(kind.empty()),
+            Err(e) => return Err(e),
+        };
+        let mut out = kind.empty();
+        for r in found {
+            match (&mut out, r) {
+                (AuthRecords::Texts(v), RecData::Txt(t)) => v.push(t),
+                (AuthRecords::Names(v), RecData::Mx(_, h) | RecData::Ptr(h)) => v.push(h),
+                (AuthRecords::Addresses(v), RecData::A(a)) => v.push(IpAddr::V4(a)),
+                (AuthRecords::Addresses(v), RecData::Aaaa(a)) => v.push(IpAddr::V6(a)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// The records of `qtype` for `name`, following CNAMEs (through the
     /// answer section, and by asking again when a chain ends there).
     async fn lookup(&self, name: &str, qtype: TYPE) -> Result<Vec<RecData>, DnsError> {
@@ -783,6 +858,8 @@ impl Resolver {
                             (RecData::A(_), TYPE::A)
                                 | (RecData::Aaaa(_), TYPE::AAAA)
                                 | (RecData::Mx(..), TYPE::MX)
+                                | (RecData::Txt(_), TYPE::TXT)
+                                | (RecData::Ptr(_), TYPE::PTR)
                         )
                     })
                     .map(|r| r.data.clone())
@@ -818,7 +895,10 @@ impl Resolver {
     /// One question to the servers: UDP, TCP when truncated; every server
     /// in order, `attempts` rounds. NOERROR and NXDOMAIN answers are final.
     async fn query(&self, qname: &str, qtype: TYPE) -> Result<Response, DnsError> {
+        use crate::shell::ops::metrics::{DNS_FAILURES, DNS_QUERIES};
+        DNS_QUERIES.add(1);
         if self.servers.is_empty() {
+            DNS_FAILURES.add(1);
             return Err(DnsError::Temporary(format!(
                 "no DNS server configured to look up {qname} {qtype:?}"
             )));
@@ -835,6 +915,7 @@ impl Resolver {
                 }
             }
         }
+        DNS_FAILURES.add(1);
         Err(DnsError::Temporary(last))
     }
 

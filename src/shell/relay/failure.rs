@@ -57,6 +57,9 @@ pub enum Failure {
     Closed,
     /// The recipient was in the queue longer than `expire_after`.
     Expired,
+    /// The connector's client certificate (`tls_certificate`) is not
+    /// loaded: the appliance config does not declare it.
+    NoClientCertificate,
 }
 
 impl Failure {
@@ -96,6 +99,11 @@ impl Failure {
             Closed => (451, (4, 4, 2), "the next hop closed the connection"),
             // The status's class is 4 as sluice has always written it.
             Expired => (554, (4, 4, 7), "Message expired after"),
+            NoClientCertificate => (
+                451,
+                (4, 3, 5),
+                "the connector's client certificate is not declared in the appliance config:",
+            ),
         }
     }
 

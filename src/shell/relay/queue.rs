@@ -94,7 +94,9 @@ pub struct Queue {
     helo: String,
     installer: Arc<Installer>,
     resolver: Resolver,
-    tls: TlsClients,
+    /// The TLS client configurations; replaced on SIGHUP (the client
+    /// certificates reload), a delivery keeps the one it began with.
+    tls: std::sync::RwLock<Arc<TlsClients>>,
     /// By id, so oldest first: ids grow with time.
     entries: Mutex<BTreeMap<u64, Entry>>,
     /// Deliveries running, in total and per next hop.
@@ -106,6 +108,11 @@ pub struct Queue {
     /// The time retries, warnings and expiry go by.
     clock: Arc<dyn Clock>,
 }
+
+/// A queued message's state as the metrics name it ([`Queue::depth`]):
+/// a delivery holds it, `[queue] hold` keeps it, a recipient is deferred,
+/// a recipient was never tried, or only its bounce report is owed.
+pub const DEPTH_STATES: [&str; 5] = ["active", "hold", "deferred", "pending", "bounce"];
 
 /// Deliveries running: in total, and per next hop (a [`Group`]'s key).
 type Running = (usize, HashMap<String, usize>);
@@ -150,7 +157,7 @@ impl Queue {
             helo,
             installer,
             resolver,
-            tls,
+            tls: std::sync::RwLock::new(Arc::new(tls)),
             entries: Mutex::new(entries),
             running: Mutex::new((0, HashMap::new())),
             wake: smol::channel::bounded(1),
@@ -192,6 +199,35 @@ impl Queue {
             Err(_) => Vec::new(),
         };
         serde_json::json!({ "ok": true, "now": self.clock.now(), "messages": messages })
+    }
+
+    /// The queue's depth for the metrics: messages per state, in
+    /// [`DEPTH_STATES`] order, and the age in seconds of the oldest message
+    /// (0 when empty). Walks the queue under its lock: for a scrape or the
+    /// STATS line, not for the hot path.
+    pub fn depth(&self) -> ([u64; DEPTH_STATES.len()], u64) {
+        let mut n = [0u64; DEPTH_STATES.len()];
+        let now = self.clock.now();
+        let mut oldest = now;
+        if let Ok(e) = self.entries.lock() {
+            for x in e.values() {
+                oldest = oldest.min(x.msg.env.received);
+                let has = |f: fn(&RcptState) -> bool| x.msg.states.iter().any(f);
+                let state = if x.busy {
+                    0
+                } else if self.cfg.hold {
+                    1
+                } else if has(|s| matches!(s, RcptState::Deferred { .. })) {
+                    2
+                } else if has(|s| matches!(s, RcptState::Pending)) {
+                    3
+                } else {
+                    4
+                };
+                n[state] += 1;
+            }
+        }
+        (n, now.saturating_sub(oldest))
     }
 
     /// Takes a newly accepted message and wakes the scheduler.
@@ -595,6 +631,8 @@ impl Queue {
             rcpts: &rcpts,
             directory: None,
             rcpt_checks: None,
+            auth: None,
+            login: None,
         };
         let out = crate::shell::policy::runtime::decide(&policy, &penv, &message);
         let routes = out
@@ -682,6 +720,12 @@ impl Queue {
                     }
                 }
                 if !changes.is_empty() {
+                    for (i, _) in &changes {
+                        let route = entry.msg.env.routes.get(usize::from(*i));
+                        let connector = route.and_then(|r| r.connector.as_deref());
+                        crate::shell::ops::metrics::BOUNCED
+                            .add(crate::shell::ops::stats::connector_label(connector), 1);
+                    }
                     expired.push((entry.msg.id, entry.msg.env.message_id.clone(), changes));
                 }
             }
@@ -701,6 +745,24 @@ impl Queue {
                 format_args!("expired: {} recipient(s) after {limit}s", changes.len()),
             );
             self.forget_if_done(id);
+        }
+    }
+
+    /// The TLS client configurations deliveries use now.
+    fn tls(&self) -> Arc<TlsClients> {
+        match self.tls.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the TLS client configurations (SIGHUP reloaded the client
+    /// certificates); deliveries under way keep theirs.
+    pub fn set_tls(&self, tls: TlsClients) {
+        let tls = Arc::new(tls);
+        match self.tls.write() {
+            Ok(mut g) => *g = tls,
+            Err(p) => *p.into_inner() = tls,
         }
     }
 
@@ -775,16 +837,21 @@ impl Queue {
         };
         if let Some(msg) = msg {
             let policy = self.installer.current();
+            let tls = self.tls();
             for g in &groups {
+                let certificate = client_certificate(&policy, g.connector.as_deref());
                 let attempt = Attempt {
                     helo: &self.helo,
                     resolver: &self.resolver,
-                    tls: &self.tls,
+                    tls: &tls,
                     mode: tls_mode(&policy, g.connector.as_deref()),
                     next_hop: &g.next_hop,
+                    connector: g.connector.as_deref(),
+                    certificate: certificate.as_deref(),
                 };
                 let results = deliver::attempt(&attempt, &msg, &g.routes).await;
-                self.record_results(&msg, g, &results).await;
+                self.record_results(&msg, g, &results, certificate.as_deref())
+                    .await;
             }
         }
         self.release(&groups);
@@ -801,7 +868,13 @@ impl Queue {
 
     /// Logs and records the `results` of an attempt for group `g` of `msg`:
     /// each recipient's new state, deferred ones with their next time.
-    async fn record_results(&self, msg: &Stored, g: &Group, results: &[Result1]) {
+    async fn record_results(
+        &self,
+        msg: &Stored,
+        g: &Group,
+        results: &[Result1],
+        certificate: Option<&str>,
+    ) {
         let t = self.clock.now();
         let changes: Vec<(u16, RcptState)> = g
             .routes
@@ -815,7 +888,8 @@ impl Queue {
             .collect();
         let qid = crate::shell::spool::format_id(msg.id);
         for ((i, _), r) in changes.iter().zip(results) {
-            log_result(&qid, msg, *i, r);
+            log_result(&qid, msg, *i, r, certificate);
+            count_result(g.connector.as_deref(), r);
         }
         match self.spool.record(msg.id, &changes).await {
             Ok(()) => self.apply(msg.id, &changes),
@@ -916,9 +990,37 @@ fn tls_mode(policy: &crate::shell::policy::runtime::Policy, connector: Option<&s
         })
 }
 
+/// The `[[tls.client]]` name the send connector named `connector`
+/// presents at STARTTLS (`tls_certificate`), if any.
+fn client_certificate(
+    policy: &crate::shell::policy::runtime::Policy,
+    connector: Option<&str>,
+) -> Option<String> {
+    let t = &policy.table;
+    let c = t
+        .connectors
+        .iter()
+        .find(|c| Some(t.str(c.name)) == connector.map(str::as_bytes))?;
+    c.tls_certificate
+        .map(|s| String::from_utf8_lossy(t.str(s)).into_owned())
+}
+
+/// Counts one recipient's result by its send connector
+/// (`sluice_recipients_{delivered,deferred,bounced}_total`).
+fn count_result(connector: Option<&str>, r: &Result1) {
+    use crate::shell::ops::metrics::{BOUNCED, DEFERRED, DELIVERED};
+    let family = match r {
+        Result1::Delivered(_) => &DELIVERED,
+        Result1::Deferred(_) => &DEFERRED,
+        Result1::Bounced(_) => &BOUNCED,
+    };
+    family.add(crate::shell::ops::stats::connector_label(connector), 1);
+}
+
 /// The log line for recipient `i` of `msg` after an attempt: SEND, DEFER
-/// or BOUNCE with the reply.
-fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1) {
+/// or BOUNCE with the reply, and the client certificate the connector
+/// presents (`cert=NAME`), if any.
+fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1, certificate: Option<&str>) {
     use crate::shell::ops::log::{event, Kind};
     let rcpt = msg
         .env
@@ -935,7 +1037,13 @@ fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1) {
         kind,
         Some(qid),
         msg.env.message_id.as_deref(),
-        format_args!("to=<{rcpt}> {}", r.reply()),
+        format_args!(
+            "to=<{rcpt}> {}{}",
+            r.reply(),
+            certificate
+                .map(|c| format!(" cert={c}"))
+                .unwrap_or_default()
+        ),
     );
 }
 

@@ -31,6 +31,9 @@ pub fn splice(msg: &[u8], edits: &[&HeaderEdit]) -> Vec<u8> {
             | HeaderEdit::Address { start, end, to, .. } => {
                 spans.push((*start, *end, to.as_bytes().to_vec()))
             }
+            // A copy's own edits are unwrapped by the caller
+            // (HeaderEdit::for_connector); here they go nowhere.
+            HeaderEdit::Via { .. } => {}
             HeaderEdit::Add { name, value } => {
                 added.extend_from_slice(name.as_bytes());
                 added.push(b':');

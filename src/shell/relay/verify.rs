@@ -201,6 +201,8 @@ impl Verifier {
             tls: &self.tls,
             mode: tls_mode(c.tls),
             next_hop: &next_hop,
+            connector: None,
+            certificate: None,
         };
         let hosts = match targets(&attempt).await {
             Ok(h) => h,
@@ -342,7 +344,9 @@ impl ProbeSession<'_> {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let tls = futures_rustls::TlsConnector::from(cfg)
             .connect(name, plain)
-            .await?;
+            .await
+            .inspect_err(|_| crate::shell::ops::metrics::TLS_FAILURES.add("outbound", 1))?;
+        crate::shell::ops::metrics::TLS_HANDSHAKES.add("outbound", 1);
         self.conn = Conn::Tls(Box::new(tls));
         self.start = self.end;
         self.cl.tls_established();

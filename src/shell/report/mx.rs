@@ -70,6 +70,37 @@ pub fn single_primary(flows: &[Flow], primary: &str) -> Outcome {
     }
 }
 
+/// One primary per location, the others as backups: every location's
+/// own domain has its relay as primary (mail addressed to it arrives where
+/// it belongs), and a domain shared by several locations (a flat domain
+/// rewritten to more than one) gets as primary the relay of the location
+/// that takes most of its mail. DNS gives one answer per domain, so mail
+/// for a shared domain cannot be split by location before it arrives: each
+/// shared domain redirects its minority share. `domains` holds each shared
+/// domain's flows.
+pub fn per_location(domains: &[Vec<Flow>]) -> Outcome {
+    let mut msgs = 0u64;
+    let mut redirected = 0f64;
+    let mut crossing = 0f64;
+    for flows in domains {
+        let (m, _) = totals(flows);
+        msgs += m;
+        if let Some(p) = best_primary(flows) {
+            let o = single_primary(flows, &p.location);
+            redirected += o.redirected * m as f64;
+            crossing += o.crossing_bytes;
+        }
+    }
+    Outcome {
+        redirected: if msgs == 0 {
+            0.0
+        } else {
+            redirected / msgs as f64
+        },
+        crossing_bytes: crossing,
+    }
+}
+
 /// The location with the most messages: the best single primary.
 pub fn best_primary(flows: &[Flow]) -> Option<&Flow> {
     flows.iter().max_by_key(|f| f.messages)
@@ -113,6 +144,30 @@ mod tests {
         assert!((o.redirected - 0.30).abs() < 1e-9);
         assert!((o.crossing_bytes - 3000.0).abs() < 1e-6);
         assert!((single_primary(&f, "eu").redirected - 0.70).abs() < 1e-9);
+    }
+
+    /// One primary per location: each shared domain redirects its
+    /// minority; with the seed's single flat domain that is a US primary.
+    #[test]
+    fn per_location_redirects_each_domains_minority() {
+        assert!((per_location(&[seed()]).redirected - 0.30).abs() < 1e-9);
+        let eu_heavy = vec![
+            Flow {
+                location: "us".into(),
+                messages: 20,
+                bytes: 200,
+            },
+            Flow {
+                location: "eu".into(),
+                messages: 80,
+                bytes: 800,
+            },
+        ];
+        // 30 of 100 and 20 of 100 redirected: 25 %, 300 + 200 bytes.
+        let o = per_location(&[seed(), eu_heavy]);
+        assert!((o.redirected - 0.25).abs() < 1e-9);
+        assert!((o.crossing_bytes - 3200.0).abs() < 1e-6);
+        assert_eq!(per_location(&[]).redirected, 0.0);
     }
 
     /// No mail: nothing redirected, no division by zero.

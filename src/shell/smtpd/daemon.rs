@@ -4,11 +4,11 @@
 
 use super::deadline::Deadlines;
 use super::edge::Edge;
-use super::listen::{accept_loop, bind};
+use super::listen::{accept_loop, bind, Listening};
 use crate::shell::config::Config;
 use crate::shell::directory::{self, Directory};
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
-use crate::shell::ops::{log, metrics};
+use crate::shell::ops::{log, metrics, stats};
 use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::TlsClients;
 use crate::shell::relay::dns::Resolver;
@@ -53,6 +53,8 @@ pub(super) struct Shared {
     /// The Edge agents' state (DNS list cache, rate limits, protocol
     /// analysis scores): kept across policy installs, lost on restart.
     pub(super) edge: Arc<Edge>,
+    /// SMTP AUTH's checks at once and failures per client address.
+    pub(super) auth: Arc<crate::shell::auth::Guard>,
 }
 
 /// What SIGHUP reloads: the appliance config and the TLS certificates.
@@ -61,6 +63,16 @@ pub(super) struct Live {
     pub(super) cfg: Config,
     /// The STARTTLS acceptor, when `[tls]` has a certificate.
     pub(super) tls: Option<futures_rustls::TlsAcceptor>,
+    /// The `[[dkim]]` keys, read at start and at each SIGHUP (a bad key
+    /// stops the start, or keeps the running keys).
+    pub(super) signer: crate::shell::sender_auth::sign::Signer,
+    /// The delivery side's TLS configurations with the `[[tls.client]]`
+    /// certificates; handed to the queue when this `Live` is installed.
+    pub(super) clients: Option<TlsClients>,
+    /// `[[milter]]` with their connection pools (new ones on SIGHUP).
+    pub(super) milters: crate::shell::milter::Milters,
+    /// `[auth] passwd_file`, loaded (reloaded with the config on SIGHUP).
+    pub(super) passwd: Option<Arc<crate::shell::auth::Passwd>>,
 }
 
 impl Live {
@@ -78,7 +90,24 @@ impl Live {
                 "starttls = true but no [tls] certificate: STARTTLS is not offered"
             ));
         }
-        Ok(Live { cfg, tls: acceptor })
+        let signer = crate::shell::sender_auth::sign::Signer::load(&cfg.dkim)?;
+        let clients = Some(TlsClients::with_certificates(
+            cfg.ca.as_deref(),
+            &cfg.tls_clients,
+        )?);
+        let milters = crate::shell::milter::Milters::new(&cfg.milters);
+        let passwd = match &cfg.auth.passwd_file {
+            Some(p) => Some(Arc::new(crate::shell::auth::Passwd::load(p)?)),
+            None => None,
+        };
+        Ok(Live {
+            cfg,
+            tls: acceptor,
+            signer,
+            clients,
+            milters,
+            passwd,
+        })
     }
 }
 
@@ -105,35 +134,33 @@ impl Shared {
 /// and the TLS certificates, atomically; listeners and the spool stay.
 pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
     log::init(&cfg.syslog_target, &cfg.syslog_facility, &cfg.hostname)?;
-    let installer = Arc::new(Installer::open(&cfg)?);
-    log::event(
-        log::Kind::Policy,
-        None,
-        None,
-        format_args!("version {:016X} active", installer.current().table.version),
-    );
-    let directory = Arc::new(directory::install::Store::open(&cfg.state_dir));
-    if let Some(d) = directory.current() {
-        log::event(
-            log::Kind::Policy,
-            None,
-            None,
-            format_args!(
-                "directory version {:016X} active: {} addresses",
-                d.version(),
-                d.addresses()
-            ),
-        );
-    }
-    let live = Live::load(cfg.clone())?;
+    let (installer, directory) = open_state(&cfg)?;
+    let mut live = Live::load(cfg.clone())?;
     let (spool, scan) = open_spool(&cfg)?;
     let queue = start_queue(&cfg, spool.clone(), installer.clone(), scan)?;
+    if let Some(c) = live.clients.take() {
+        queue.set_tls(c);
+    }
+    if let Err(e) = super::hybrid::certificates_cover_policy(&installer, &cfg) {
+        // Started anyway (the policy was installed under another config):
+        // such deliveries are deferred until the config declares it.
+        log::warn(format_args!(
+            "{e}; its mail is deferred until it is declared"
+        ));
+    }
+    stats::register(&installer.current().table);
+    stats::set_levels(queue.clone(), spool.clone(), installer.clone());
     let listeners = open_listeners(&cfg)?;
     let metrics_listener = open_metrics(&cfg)?;
     if let Some(dev) = cfg.upload_serial.clone() {
         serve_uploads(dev, cfg.upload_baud, installer.clone(), directory.clone())?;
     }
     let state_dir = cfg.state_dir.clone();
+    crate::shell::report::history::start(
+        &state_dir,
+        &cfg.report.local_domains,
+        cfg.report.flush_interval,
+    )?;
     let edge = Arc::new(Edge::new(cfg.dns.clone()));
     let control_thread = control::serve(
         &state_dir,
@@ -166,14 +193,42 @@ pub fn run(cfg: Config, path: Option<PathBuf>) -> Result<(), String> {
         deadlines: Deadlines::new(),
         verifier,
         edge,
+        auth: crate::shell::auth::Guard::new(cfg.auth.concurrent_checks),
     });
     serve(&shared, (listeners, metrics_listener), path, stop_tx)?;
     shared.spool.close();
+    crate::shell::report::history::flush();
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     drop(control_thread);
     log::info(format_args!("stopped"));
     finish_log();
     Ok(())
+}
+
+/// The installed policy and directory of the state directory, each
+/// logged as active.
+fn open_state(cfg: &Config) -> Result<(Arc<Installer>, Arc<directory::install::Store>), String> {
+    let installer = Arc::new(Installer::open(cfg)?);
+    log::event(
+        log::Kind::Policy,
+        None,
+        None,
+        format_args!("version {:016X} active", installer.current().table.version),
+    );
+    let directory = Arc::new(directory::install::Store::open(&cfg.state_dir));
+    if let Some(d) = directory.current() {
+        log::event(
+            log::Kind::Policy,
+            None,
+            None,
+            format_args!(
+                "directory version {:016X} active: {} addresses",
+                d.version(),
+                d.addresses()
+            ),
+        );
+    }
+    Ok((installer, directory))
 }
 
 /// The control socket's requests, plus `{"cmd":"reputation","ip":"IP"}`:
@@ -268,7 +323,7 @@ fn open_metrics(cfg: &Config) -> Result<Option<TcpListener>, String> {
 }
 
 /// Binds every `[[listen]]` address; any failure stops the start.
-fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
+fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, Listening)>, String> {
     smol::block_on(async {
         let mut v = Vec::new();
         for l in &cfg.listen {
@@ -277,7 +332,12 @@ fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
                 .parse()
                 .map_err(|e| format!("listen address {:?}: {e}", l.address))?;
             let sock = bind(addr).map_err(|e| format!("listen on {addr}: {e}"))?;
-            v.push((sock, l.starttls));
+            let mode = Listening {
+                starttls: l.starttls,
+                implicit_tls: l.implicit_tls,
+                auth: l.auth,
+            };
+            v.push((sock, mode));
         }
         Ok(v)
     })
@@ -287,7 +347,7 @@ fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, bool)>, String> {
 /// [`session_threads`] threads until a stopping signal, then drains.
 fn serve(
     shared: &Arc<Shared>,
-    (listeners, metrics_listener): (Vec<(TcpListener, bool)>, Option<TcpListener>),
+    (listeners, metrics_listener): (Vec<(TcpListener, Listening)>, Option<TcpListener>),
     path: Option<PathBuf>,
     stop_tx: smol::channel::Sender<()>,
 ) -> Result<(), String> {
@@ -320,6 +380,7 @@ fn serve(
             }
             ex2.spawn(metrics::serve(l, ex2.clone()))
         });
+        let _stats = ex2.spawn(stats::every(sh.live().cfg.metrics_syslog_interval));
         let sig = loop {
             match signals.next().await {
                 Some(Ok(async_signal::Signal::Hup)) => reload(&sh, path.as_deref()),
@@ -348,7 +409,7 @@ fn serve(
 fn start_tasks(
     sh: &Arc<Shared>,
     ex: &Arc<Executor<'static>>,
-    listeners: Vec<(TcpListener, bool)>,
+    listeners: Vec<(TcpListener, Listening)>,
 ) -> (Vec<smol::Task<()>>, [smol::Task<()>; 2]) {
     let mut accepts = Vec::new();
     let names: Vec<String> = listeners
@@ -357,6 +418,7 @@ fn start_tasks(
         .collect();
     metrics::SESSIONS_TOTAL.register(names.clone());
     metrics::SESSIONS_CURRENT.register(names);
+    metrics::AUTH_TOTAL.register(["success", "failure", "lockout"].map(String::from));
     for (l, starttls) in listeners {
         if let Ok(a) = l.local_addr() {
             log::info(format_args!("listening on {a}"));
@@ -419,16 +481,27 @@ fn reload(sh: &Shared, path: Option<&Path>) {
                 "SIGHUP: {section} changed; takes effect after a restart"
             ));
         }
+        super::hybrid::certificates_cover_policy(&sh.installer, &cfg)?;
         Live::load(cfg)
     });
     match result {
-        Ok(live) => {
+        Ok(mut live) => {
+            if let Some(c) = live.clients.take() {
+                sh.queue.set_tls(c);
+            }
+            sh.installer.set_certificate_names(
+                live.cfg
+                    .tls_clients
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect(),
+            );
             match sh.live.write() {
                 Ok(mut g) => *g = Arc::new(live),
                 Err(p) => *p.into_inner() = Arc::new(live),
             }
             log::info(format_args!(
-                "SIGHUP: configuration and certificates reloaded"
+                "SIGHUP: configuration, certificates and passwd file reloaded"
             ));
         }
         Err(e) => log::warn(format_args!(

@@ -94,6 +94,11 @@ impl Edge {
         }
     }
 
+    /// The resolver of `[dns]` (DNS lists, sender authentication).
+    pub(super) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     /// Milliseconds since the daemon started.
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -134,6 +139,7 @@ impl Edge {
         if let Ok(c) = self.cache.lock() {
             if let Some((addrs, exp)) = c.get(name) {
                 if *exp > now {
+                    crate::shell::ops::metrics::DNS_CACHE_HITS.add(1);
                     return Ok(addrs.clone());
                 }
             }

@@ -14,6 +14,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a listener offers, from its `[[listen]]` entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Listening {
+    /// STARTTLS is offered (when `[tls]` has a certificate).
+    pub(super) starttls: bool,
+    /// TLS from the first octet (RFC 8314).
+    pub(super) implicit_tls: bool,
+    /// SMTP AUTH is offered once TLS is on.
+    pub(super) auth: bool,
+}
+
 /// Holds a connection slot; frees it when dropped.
 pub(super) struct Slot {
     sh: Arc<Shared>,
@@ -75,7 +86,7 @@ pub(super) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// session as a task of its own.
 pub(super) async fn accept_loop(
     l: TcpListener,
-    starttls: bool,
+    mode: Listening,
     sh: Arc<Shared>,
     ex: Arc<Executor<'static>>,
 ) {
@@ -102,7 +113,7 @@ pub(super) async fn accept_loop(
             match slot {
                 Ok(slot) => {
                     metrics::SESSIONS_CURRENT.add(&name, 1);
-                    session::serve(stream, peer, starttls, sh, slot, ex2).await;
+                    session::serve(stream, peer, mode, sh, slot, ex2).await;
                     metrics::SESSIONS_CURRENT.sub(&name, 1);
                 }
                 Err(reason) => {
@@ -123,10 +134,13 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// A 421 refusal before any session exists, naming our host (RFC 5321 §3.8).
+/// A 421 refusal before any session exists, naming our host (RFC 5321 §3.8);
+/// counted in `sluice_rejected_total` as it is made (it is always sent).
 pub(super) fn reply_line(r: Reply<'_>, host: &str) -> Vec<u8> {
     let (c, s, d) = r.status.unwrap_or((4, 0, 0));
-    format!("{} {c}.{s}.{d} {host} {}\r\n", r.code, r.text).into_bytes()
+    let line = format!("{} {c}.{s}.{d} {host} {}\r\n", r.code, r.text).into_bytes();
+    metrics::count_refusals(&line);
+    line
 }
 
 #[cfg(test)]

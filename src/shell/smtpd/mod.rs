@@ -9,14 +9,19 @@
 //!   attribution by client certificate;
 //! * `received`: our `Received:` field;
 //! * [`deadline`]: the command and data timeouts of every session;
+//! * `record`: the per-record deadline (a slow drip does not keep a session);
 //! * [`edge`]: the Edge agents' daemon-wide state: DNS list lookups and
-//!   their cache, per-client rate limits, protocol analysis' scores.
+//!   their cache, per-client rate limits, protocol analysis' scores;
+//! * `hybrid`: the cross-premises agents' counters, and the check that
+//!   the config declares the policy's client certificates (SIGHUP).
 
 mod daemon;
 pub mod deadline;
 pub mod edge;
+mod hybrid;
 mod listen;
 mod received;
+mod record;
 mod session;
 mod starttls;
 

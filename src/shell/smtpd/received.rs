@@ -13,6 +13,8 @@ pub(super) struct Facts<'t> {
     pub(super) smtputf8: bool,
     /// The accepted recipients.
     pub(super) rcpts: &'t [Vec<u8>],
+    /// The SMTP AUTH login, when the session authenticated.
+    pub(super) login: Option<&'t str>,
 }
 
 /// The field: the client's name and address, our name, the protocol
@@ -27,6 +29,20 @@ pub(super) fn received(host: &str, t: Facts<'_>, peer: SocketAddr, tls: bool, id
         (false, false, true) => "SMTPS",
         (false, false, false) => "SMTP",
     };
+    // RFC 3848 / RFC 6531: an "A" for an authenticated session, and the
+    // login in a comment (as Postfix's authenticated header does).
+    let (auth, who) = match t.login {
+        Some(l) => (
+            "A",
+            format!(
+                " (authenticated as {})",
+                l.chars()
+                    .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+                    .collect::<String>()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     // The client's name is its own claim: no controls, no comment
     // delimiters, bounded.
     let helo: String = String::from_utf8_lossy(t.helo)
@@ -39,7 +55,7 @@ pub(super) fn received(host: &str, t: Facts<'_>, peer: SocketAddr, tls: bool, id
         _ => String::new(),
     };
     format!(
-        "Received: from {helo} ([{}])\r\n\tby {host} (sluice) with {proto} id {id}{rcpt};\r\n\t{}\r\n",
+        "Received: from {helo} ([{}]){who}\r\n\tby {host} (sluice) with {proto}{auth} id {id}{rcpt};\r\n\t{}\r\n",
         peer.ip(),
         rfc5322(now_secs())
     )
@@ -57,6 +73,7 @@ mod tests {
             esmtp: true,
             smtputf8: false,
             rcpts: &rcpts,
+            login: None,
         };
         let peer: SocketAddr = "192.0.2.7:4000".parse().expect("addr");
         let r = received("mx.test", f, peer, true, "0000000000000001");
@@ -64,5 +81,29 @@ mod tests {
             "Received: from clientevilX: y ([192.0.2.7])\r\n\tby mx.test (sluice) with ESMTPS id 0000000000000001\r\n\tfor <a@x.test>;\r\n\t"
         ), "{r}");
         assert!(r.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn an_authenticated_session_is_esmtpsa_and_names_the_login() {
+        let rcpts = vec![b"a@x.test".to_vec(), b"b@x.test".to_vec()];
+        let f = |login| Facts {
+            helo: b"scanner.test",
+            esmtp: true,
+            smtputf8: false,
+            rcpts: &rcpts,
+            login,
+        };
+        let peer: SocketAddr = "192.0.2.7:4000".parse().expect("addr");
+        let r = received("mx.test", f(Some("scan(1)")), peer, true, "1");
+        assert!(r.starts_with(
+            "Received: from scanner.test ([192.0.2.7]) (authenticated as scan1)\r\n\tby mx.test (sluice) with ESMTPSA id 1;"
+        ), "{r}");
+        let r = received("mx.test", f(Some("scan")), peer, false, "1");
+        assert!(r.contains("with ESMTPA id 1;"), "{r}");
+        let r = received("mx.test", f(None), peer, true, "1");
+        assert!(
+            r.contains("with ESMTPS id 1;") && !r.contains("authenticated"),
+            "{r}"
+        );
     }
 }

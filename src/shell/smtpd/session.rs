@@ -15,8 +15,9 @@
 use super::daemon::{Live, Shared};
 use super::deadline::Deadline;
 use super::edge::{self, ListResult, ListVerdict};
-use super::listen::{reply_line, Slot};
+use super::listen::{reply_line, Listening, Slot};
 use super::received::received;
+use super::record::RecordClock;
 use super::starttls::{self, Conn};
 use crate::engine::policy::{
     allowed_network, attribute, harvest_exceeded, recipient_check, sender_check, Agent,
@@ -29,9 +30,12 @@ use crate::shell::config::Limits;
 use crate::shell::directory::Directory;
 use crate::shell::ops::counters::{self, Tally};
 use crate::shell::ops::log::{self, Kind};
+use crate::shell::ops::{metrics, stats};
 use crate::shell::policy::mime::MimeScan;
 use crate::shell::policy::render::{self, Outcome};
 use crate::shell::policy::runtime::{self as pol, Policy};
+use crate::shell::report::history;
+use crate::shell::sender_auth::sign::BodyTap;
 use crate::shell::spool::{self, Envelope, Route, SpoolError};
 use crate::shell::time::now_secs;
 use async_net::TcpStream;
@@ -39,6 +43,10 @@ use futures_lite::{future, AsyncWriteExt};
 use smol::Executor;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+mod content_filter;
+mod login;
+mod sender_auth;
 
 /// Octets read from a client at a time; small, so that a thousand idle
 /// sessions stay cheap, large enough for a pipelined burst.
@@ -50,7 +58,7 @@ const READ_BUFFER: usize = 8 * 1024;
 pub(super) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    starttls: bool,
+    mode: Listening,
     sh: Arc<Shared>,
     _slot: Slot,
     ex: Arc<Executor<'static>>,
@@ -60,7 +68,7 @@ pub(super) async fn serve(
     let policy: Arc<Policy> = sh.installer.current();
     let directory = sh.directory();
     let table = &policy.table;
-    let att = attribute(table, &pol::ip16(peer.ip()), None);
+    let mut att = attribute(table, &pol::ip16(peer.ip()), None);
     if att.blocked {
         refuse_connection(stream, peer, &live.cfg.hostname).await;
         return;
@@ -89,7 +97,10 @@ pub(super) async fn serve(
         watch.lists =
             Lists::Pending(ex.spawn(async move { sh2.edge.check_lists(&pol.table, ip).await }));
     }
-    let mut s = Session::new(&sh, &live, &policy, stream, peer, starttls, att);
+    let Some(conn) = login::implicit_tls(stream, mode, &live, table, peer, &mut att).await else {
+        return;
+    };
+    let mut s = Session::new(&sh, &live, &policy, conn, peer, mode, att);
     s.directory = directory.as_deref();
     s.watch = watch;
     s.run().await;
@@ -143,6 +154,8 @@ enum Action {
     Message(u64),
     /// STARTTLS was answered 220: handshake.
     StartTls,
+    /// AUTH ended with these credentials: check them.
+    Auth(login::Credentials),
     /// The engine ended the session: send what is queued, then close.
     Disconnect,
 }
@@ -175,6 +188,18 @@ struct Txn {
     head: Vec<u8>,
     /// Attachment names seen in the chunks appended so far.
     mime: Option<MimeScan>,
+    /// Messages of this session may be DKIM-signed (originating, and a
+    /// `[[dkim]]` key exists): their body hash is taken as they arrive.
+    want_tap: bool,
+    /// The body hash of the message being received, for signing.
+    tap: Option<BodyTap>,
+    /// Messages of this session are checked by sender authentication
+    /// (non-originating, and `[authentication]` is on).
+    want_verify: bool,
+    /// The DKIM and ARC checks of the message being received.
+    verify: Option<crate::shell::sender_auth::MessageTap>,
+    /// The verdicts and the `Authentication-Results` field of the message.
+    auth: Option<(crate::engine::policy::AuthVerdicts, String)>,
 }
 
 impl Txn {
@@ -204,10 +229,22 @@ impl Txn {
             }
             Event::Body(b) => {
                 self.data.extend_from_slice(b);
+                if let Some(t) = self.tap.as_mut() {
+                    t.feed(b);
+                }
+                if let Some(t) = self.verify.as_mut() {
+                    t.feed(b);
+                }
                 Action::Chunk
             }
             Event::EndOfHeaders { body_offset } => {
                 self.body_offset = Some(body_offset);
+                if let Some(t) = self.tap.as_mut() {
+                    t.body_at(body_offset);
+                }
+                if let Some(t) = self.verify.as_mut() {
+                    t.body_at(body_offset);
+                }
                 Action::Nothing
             }
             Event::MessageEnd { size } => Action::Message(size),
@@ -226,6 +263,11 @@ impl Txn {
                 Action::Nothing
             }
             Event::StartTls => Action::StartTls,
+            Event::Auth {
+                mechanism,
+                login,
+                secret,
+            } => Action::Auth(login::Credentials::new(mechanism, login, secret)),
             Event::Rset
             | Event::Noop
             | Event::Help
@@ -246,6 +288,11 @@ impl Txn {
         self.failed = None;
         self.head = Vec::new();
         self.mime = None;
+        self.tap = self.want_tap.then(BodyTap::default);
+        self.verify = self
+            .want_verify
+            .then(crate::shell::sender_auth::MessageTap::default);
+        self.auth = None;
     }
 
     /// The message's first octets: the whole message when it was never
@@ -335,6 +382,13 @@ struct Session<'a> {
     unknown: u32,
     /// The Edge agents' view of the session.
     watch: Watch,
+    /// The milters of this session (content_filter), made at the first
+    /// MAIL when any applies.
+    milters: Option<crate::shell::milter::Chain<'a>>,
+    /// When the record being read began (the per-record deadline).
+    record: RecordClock,
+    /// The SMTP AUTH login, once AUTH succeeded.
+    login: Option<String>,
 }
 
 impl<'a> Session<'a> {
@@ -344,9 +398,9 @@ impl<'a> Session<'a> {
         sh: &'a Shared,
         live: &'a Live,
         policy: &'a Policy,
-        stream: TcpStream,
+        conn: Conn,
         peer: SocketAddr,
-        starttls: bool,
+        mode: Listening,
         att: Attribution,
     ) -> Self {
         let limits = &live.cfg.limits;
@@ -355,11 +409,19 @@ impl<'a> Session<'a> {
             hostname: &live.cfg.hostname,
             max_message_size: limits.max_message_size.min(table.limits.max_message_size),
             max_recipients: limits.max_recipients.min(table.limits.max_recipients),
-            starttls: starttls && live.tls.is_some(),
-            tls: false,
+            starttls: mode.starttls && live.tls.is_some(),
+            tls: matches!(conn, Conn::Tls(_)),
             bare_line_endings: limits.bare_line_endings,
+            auth: mode.auth && live.passwd.is_some(),
+            auth_plaintext: live.cfg.auth.allow_plaintext,
         });
         rx.greet();
+        rx.trust_pipelining(att.originating);
+        let txn = Txn {
+            want_tap: att.originating && !live.signer.is_empty(),
+            want_verify: sender_auth::wanted(table, att.originating),
+            ..Txn::default()
+        };
         Session {
             sh,
             live,
@@ -368,15 +430,53 @@ impl<'a> Session<'a> {
             peer,
             att,
             rx,
-            conn: Conn::Plain(stream),
+            conn,
             buf: vec![0u8; READ_BUFFER],
             start: 0,
             end: 0,
-            txn: Txn::default(),
+            txn,
             deadline: sh.deadlines.register(),
             unknown: 0,
             watch: Watch::default(),
+            milters: None,
+            record: RecordClock::default(),
+            login: None,
         }
+    }
+
+    /// DKIM-Signature fields for an originating message, over its header
+    /// block as it will leave (`edits` applied) and the body hash `tap`
+    /// took; none when no key signs for its From domain.
+    fn dkim_signatures(
+        &self,
+        id: &str,
+        tap: BodyTap,
+        edits: &[render::HeaderEdit],
+    ) -> Vec<render::HeaderEdit> {
+        let head = self.txn.head();
+        let end = self
+            .txn
+            .body_offset
+            .map_or(head.len(), |b| (b as usize).min(head.len()));
+        let refs: Vec<&render::HeaderEdit> = edits.iter().collect();
+        let leaving = crate::shell::relay::splice::splice(&head[..end], &refs);
+        let Some(domain) = crate::shell::sender_auth::from_domain(&leaving) else {
+            return Vec::new();
+        };
+        let fields = self
+            .live
+            .signer
+            .sign(&domain, &leaving, &tap.finish(), now_secs());
+        if !fields.is_empty() {
+            log::info(format_args!(
+                "{id}: DKIM-signed for {domain} ({} signatures)",
+                fields.len()
+            ));
+        }
+        fields
+            .into_iter()
+            .map(|field| render::HeaderEdit::Prepend { field })
+            .collect()
     }
 
     /// The appliance's session limits.
@@ -444,7 +544,7 @@ impl<'a> Session<'a> {
                 Flow::Stop
             }
             Action::Mail(size) => {
-                self.mail(size);
+                self.mail(size).await;
                 Flow::Go
             }
             Action::Rcpt(r) => {
@@ -460,13 +560,17 @@ impl<'a> Session<'a> {
                 Flow::Go
             }
             Action::StartTls => self.starttls().await,
+            Action::Auth(c) => {
+                self.authenticate(c).await;
+                Flow::Go
+            }
         }
     }
 
     /// MAIL (OnMailCommand): the connection filter's message rate, the
     /// sender filter, then refused `452 4.3.1` when the spool has less room
     /// than the declared size plus the reserve.
-    fn mail(&mut self, size: Option<u64>) {
+    async fn mail(&mut self, size: Option<u64>) {
         // A client may have become originating by its certificate since
         // connect: it is exempt from then on.
         let exempt = self.watch.exempt || self.att.originating;
@@ -483,7 +587,7 @@ impl<'a> Session<'a> {
             self.rx.reject(Reason::MessageRate.reply());
             return;
         }
-        if !self.sender_filter() {
+        if !self.sender_login() || !self.sender_filter() {
             return;
         }
         let need = size
@@ -496,7 +600,10 @@ impl<'a> Session<'a> {
                 ));
                 self.rx.reject(refusal(&Refusal::SpoolFull));
             }
-            _ => self.rx.accept(),
+            _ => match self.milter_mail().await {
+                Some(reply) => self.rx.reject(reply.as_reply()),
+                None => self.rx.accept(),
+            },
         }
     }
 
@@ -565,6 +672,10 @@ impl<'a> Session<'a> {
                 RcptCheck::Accept(crate::engine::policy::Valid::Originating)
             ) {
                 counters::count(Agent::RecipientFilter, Tally::Passed);
+            }
+            if let Some(reply) = self.milter_rcpt(&r).await {
+                self.rx.reject(reply.as_reply());
+                return;
             }
             self.txn.rcpts.push(r);
             self.rx.accept();
@@ -671,10 +782,10 @@ impl<'a> Session<'a> {
     /// (a large message is never held whole in memory). A failed append is
     /// remembered and refuses the message at its end.
     async fn chunk(&mut self) {
-        let txn = &mut self.txn;
-        if txn.data.len() < spool::CHUNK {
+        if self.txn.data.len() < spool::CHUNK || self.filtering() {
             return;
         }
+        let txn = &mut self.txn;
         if txn.head.is_empty() {
             // The first octets hold the header block.
             txn.head = txn.data.clone();
@@ -697,6 +808,12 @@ impl<'a> Session<'a> {
     /// with its reply instead, and nothing is queued.
     async fn end_of_message(&mut self, size: u64) {
         let id = spool::format_id(self.txn.id);
+        if self.sender_authentication(&id).await.is_none() {
+            return;
+        }
+        let Some(size) = self.content_filter(&id, size).await else {
+            return;
+        };
         let message_id = self.txn.message_id();
         let outcome = self.decide(size);
         if let Some(reply) = render::verdict_reply(self.table(), &outcome.verdict) {
@@ -724,13 +841,15 @@ impl<'a> Session<'a> {
         {
             counters::count(Agent::SenderFilter, Tally::Stamped);
         }
+        super::hybrid::count(&outcome, |a| self.table().enabled(a));
         let env = self.stamp(&id, &outcome, size, message_id);
         let committed = self.commit(&env).await;
         self.txn.forget_message();
         match committed {
             Ok(parts) => {
                 self.rx.accept_message(&id);
-                log_accepted(&id, &env, &outcome, self.peer);
+                metrics::MESSAGES_RECEIVED.add(stats::inbound_label(self.table(), &self.att), 1);
+                log_accepted(&id, &env, &outcome, self.peer, self.login.as_deref());
                 // Queued after its RECEIVE/ROUTE/RULE lines, so the log
                 // never shows a delivery before the acceptance.
                 self.sh.queue.add(spool::Stored {
@@ -764,6 +883,8 @@ impl<'a> Session<'a> {
             rcpts: &rcpts,
             directory: self.directory,
             rcpt_checks: None,
+            auth: self.txn.auth.as_ref().map(|a| a.0),
+            login: self.login.as_deref(),
         };
         if self.txn.head.is_empty() {
             return pol::decide(self.policy, &env, &self.txn.data);
@@ -807,7 +928,11 @@ impl<'a> Session<'a> {
             id,
         );
         let mut edits = vec![render::HeaderEdit::Prepend { field: trace }];
+        edits.extend(self.auth_edits());
         edits.extend(outcome.edits.iter().map(|(_, e)| e.clone()));
+        if let Some(tap) = self.txn.tap.take() {
+            edits.extend(self.dkim_signatures(id, tap, &edits));
+        }
         Envelope {
             from: std::mem::take(&mut self.txn.from),
             rcpts: std::mem::take(&mut self.txn.rcpts),
@@ -833,6 +958,7 @@ impl<'a> Session<'a> {
             esmtp: self.txn.esmtp,
             smtputf8: self.txn.smtputf8,
             rcpts: &self.txn.rcpts,
+            login: self.login.as_deref(),
         }
     }
 
@@ -890,7 +1016,18 @@ impl<'a> Session<'a> {
             return Flow::Stop;
         }
         self.rx.tls_established();
+        // A client certificate may have made the client originating.
+        self.originating_changed();
         Flow::Go
+    }
+
+    /// What follows from the client's originating flag once a certificate or
+    /// AUTH has set it: pipelining after DATA is trusted, outbound mail is
+    /// tapped for DKIM signing, and sender authentication is skipped.
+    pub(super) fn originating_changed(&mut self) {
+        self.rx.trust_pipelining(self.att.originating);
+        self.txn.want_tap = self.att.originating && !self.live.signer.is_empty();
+        self.txn.want_verify = sender_auth::wanted(self.table(), self.att.originating);
     }
 
     /// Sends the replies the receiver has queued. `Ok(true)` if there were
@@ -899,6 +1036,7 @@ impl<'a> Session<'a> {
         if self.rx.output().is_empty() {
             return Ok(false);
         }
+        metrics::count_refusals(self.rx.output());
         self.conn.write_all(self.rx.output()).await?;
         let n = self.rx.output().len();
         self.rx.output_sent(n);
@@ -932,6 +1070,7 @@ impl<'a> Session<'a> {
         match self.read_within_deadline().await {
             Some(Ok(0)) | Some(Err(_)) => Flow::Stop,
             Some(Ok(n)) => {
+                self.record.read(&self.buf[self.end..self.end + n]);
                 self.end += n;
                 Flow::Go
             }
@@ -950,7 +1089,8 @@ impl<'a> Session<'a> {
     }
 
     /// One read, or `None` when the deadline passed first (or, between
-    /// commands, the daemon began to stop).
+    /// commands, the daemon began to stop). The timeout covers a whole
+    /// record (see `record`), not each read.
     async fn read_within_deadline(&mut self) -> Option<std::io::Result<usize>> {
         let in_data = self.rx.in_data();
         let limits = self.limits();
@@ -959,6 +1099,7 @@ impl<'a> Session<'a> {
         } else {
             limits.command_timeout
         };
+        let wait = self.record.wait(wait);
         let deadline = self.deadline.clone();
         let stopping = &self.sh.stopping;
         deadline.arm(wait);
@@ -991,6 +1132,9 @@ impl<'a> Session<'a> {
         if !self.watch.mail_seen {
             self.score(Behaviour::NoMail);
         }
+        if let Some(chain) = self.milters.take() {
+            chain.end().await;
+        }
         self.rx.connection_lost();
         while let Some(ev) = self.rx.feed(&[]).event {
             debug_assert!(matches!(ev, Event::Disconnect), "{ev:?}");
@@ -1011,8 +1155,12 @@ fn observe(w: &mut Watch, hostname: &str, ev: &Event<'_>, pipelined: bool) -> Op
         return Some(Behaviour::Pipelining);
     }
     match ev {
+        Event::Reject(Reason::ImproperPipelining) => Some(Behaviour::Pipelining),
         Event::Reject(reason) if reason.reply().code >= 500 => Some(Behaviour::ProtocolError),
-        Event::MessageRejected(Reason::BareLineEnding) => Some(Behaviour::BareLineEnding),
+        // A smuggling attempt: a bare line ending or a NUL in the content.
+        Event::MessageRejected(Reason::BareLineEnding | Reason::NulInContent) => {
+            Some(Behaviour::BareLineEnding)
+        }
         Event::Rset => {
             w.rsets = w.rsets.saturating_add(1);
             (w.rsets > RSET_FLOOD).then_some(Behaviour::RsetFlood)
@@ -1068,8 +1216,21 @@ fn forged_helo(name: &[u8], hostname: &str, local: Option<IpAddr>) -> bool {
 }
 
 /// The RECEIVE line, a ROUTE line per recipient and the rule execution log
-/// of an accepted message, handed to the log writer at once.
-fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
+/// of an accepted message, handed to the log writer at once; the message
+/// is counted in the mail-flow history (a ROUTE line says `redirected=yes`
+/// when its recipient is rewritten to another relay's location).
+fn log_accepted(
+    id: &str,
+    env: &Envelope,
+    outcome: &Outcome,
+    peer: SocketAddr,
+    login: Option<&str>,
+) {
+    let flows = history::pairs(outcome.recipients.iter().map(|r| {
+        let accepted = r.rejected.is_none();
+        (r.original.as_str(), r.final_addr.as_str(), accepted)
+    }));
+    history::record(&flows, env.size);
     let mid = env.message_id.as_deref();
     let mut lines = log::Batch::new();
     lines.event(
@@ -1077,11 +1238,12 @@ fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
         Some(id),
         mid,
         format_args!(
-            "from=<{}> rcpts={} size={} peer={peer} tls={} result={}",
+            "from=<{}> rcpts={} size={} peer={peer} tls={}{} result={}",
             String::from_utf8_lossy(&env.from),
             env.rcpts.len(),
             env.size,
             env.tls,
+            login.map(|l| format!(" login={l}")).unwrap_or_default(),
             outcome.result
         ),
     );
@@ -1091,7 +1253,7 @@ fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
             Some(id),
             mid,
             format_args!(
-                "to=<{}> orig=<{}> connector={} next_hop={} {}",
+                "to=<{}> orig=<{}> connector={} next_hop={} {}{}",
                 r.final_addr,
                 r.original,
                 r.connector.as_deref().unwrap_or("-"),
@@ -1099,6 +1261,11 @@ fn log_accepted(id: &str, env: &Envelope, outcome: &Outcome, peer: SocketAddr) {
                     render::NextHop::Mx(d) => format!("mx:{d}"),
                     render::NextHop::SmartHosts(h) => h.join(","),
                     render::NextHop::None => "-".into(),
+                },
+                if history::redirected_addr(&r.original, &r.final_addr) {
+                    "redirected=yes "
+                } else {
+                    ""
                 },
                 r.rejected
                     .as_deref()

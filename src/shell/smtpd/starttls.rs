@@ -2,7 +2,7 @@
 //! handshake with attribution by client certificate.
 
 use crate::engine::policy::{attribute, Attribution, Table};
-use crate::shell::ops::log;
+use crate::shell::ops::{log, metrics};
 use crate::shell::policy::runtime as pol;
 use crate::shell::tls;
 use async_net::TcpStream;
@@ -81,13 +81,18 @@ pub(super) async fn upgrade(
                 ));
             }
             *conn = Conn::Tls(Box::new(s));
+            metrics::TLS_HANDSHAKES.add("inbound", 1);
             true
         }
         Some(Err(e)) => {
             log::info(format_args!("TLS handshake with {peer} failed: {e}"));
+            metrics::TLS_FAILURES.add("inbound", 1);
             false
         }
-        None => false,
+        None => {
+            metrics::TLS_FAILURES.add("inbound", 1);
+            false
+        }
     }
 }
 

@@ -295,6 +295,22 @@ impl Spool {
         wait.recv().await.map_err(|_| SpoolError::Closed)?
     }
 
+    /// The spool's segments: how many, and their octets on disk
+    /// (preallocated room included). Stats each segment: for a scrape,
+    /// not for the hot path.
+    pub fn usage(&self) -> (u64, u64) {
+        let paths: Vec<PathBuf> = match self.segments.lock() {
+            Ok(s) => s.ids.keys().cloned().collect(),
+            Err(_) => return (0, 0),
+        };
+        let bytes = paths
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        (paths.len() as u64, bytes)
+    }
+
     /// Free octets on the spool's file system, if known.
     pub fn free_space(&self) -> Option<u64> {
         let s = rustix::fs::statvfs(&self.dir).ok()?;

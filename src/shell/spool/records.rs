@@ -131,6 +131,34 @@ pub enum HeaderEdit {
         /// New address.
         to: String,
     },
+    /// `edit` applies only to the copy sent through send connector
+    /// `connector` (cross-premises demotion). Declared last, so records
+    /// written before it decode unchanged.
+    Via {
+        /// The send connector's name.
+        connector: String,
+        /// The edit (never a `Via` itself).
+        edit: Box<HeaderEdit>,
+    },
+}
+
+impl HeaderEdit {
+    /// The edits that apply to a copy sent through `connector`: every
+    /// plain edit, and the `Via` edits of that connector unwrapped.
+    pub fn for_connector<'e>(
+        edits: &'e [HeaderEdit],
+        connector: Option<&str>,
+    ) -> Vec<&'e HeaderEdit> {
+        edits
+            .iter()
+            .filter_map(|e| match e {
+                HeaderEdit::Via { connector: c, edit } => {
+                    (Some(c.as_str()) == connector).then_some(&**edit)
+                }
+                plain => Some(plain),
+            })
+            .collect()
+    }
 }
 
 /// The typed head of a record.

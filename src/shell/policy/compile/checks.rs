@@ -255,6 +255,7 @@ fn empty_list(conds: &[&CondM]) -> Option<String> {
             | CondM::Recipient(l)
             | CondM::SenderDomain(l)
             | CondM::RecipientDomain(l)
+            | CondM::AuthenticatedAs(l)
                 if l.is_empty() =>
             {
                 return Some("a condition has an empty list".into());

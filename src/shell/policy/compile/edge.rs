@@ -73,6 +73,67 @@ pub(super) struct EdgeM {
     pub(super) rate: RateLimits,
     /// `[protocol_analysis]`; off when the section is absent.
     pub(super) reputation: Reputation,
+    /// `[authentication]`; off when the section is absent.
+    pub(super) auth: AuthM,
+}
+
+/// `[authentication]` as given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct AuthM {
+    /// The section is present.
+    pub(super) on: bool,
+    /// `honor_reject` (default true).
+    pub(super) honor_reject: bool,
+    /// `quarantine = "route_to DOMAIN"`: the domain and its offset.
+    pub(super) route: Option<(String, usize)>,
+    /// `trusted_arc_sealers`: domains, and where the list is.
+    pub(super) sealers: Vec<String>,
+    pub(super) sealers_at: usize,
+}
+
+/// `[authentication]`: the section turns sender authentication on for
+/// non-originating mail.
+pub(super) fn parse_authentication(cx: &mut Cx<'_>, edge: &mut EdgeM, v: &Val<'_>) {
+    let Some(t) = get_table(cx, v, "authentication") else {
+        return;
+    };
+    let f = Fields::new(
+        cx,
+        t,
+        &["honor_reject", "quarantine", "trusted_arc_sealers"],
+        "[authentication]",
+    );
+    let a = &mut edge.auth;
+    a.on = true;
+    a.honor_reject = f
+        .get("honor_reject")
+        .and_then(|v| get_bool(cx, v, "honor_reject"))
+        .unwrap_or(true);
+    if let Some(s) = f
+        .get("quarantine")
+        .and_then(|v| get_str(cx, v, "quarantine"))
+    {
+        match s.v.strip_prefix("route_to ").map(str::trim) {
+            _ if s.v == "stamp" => {}
+            Some(d) => match domain(d) {
+                Ok(d) => a.route = Some((d, s.at())),
+                Err(e) => cx.err(s.at(), format!("quarantine = {:?}: {e}", s.v)),
+            },
+            None => cx.err(
+                s.at(),
+                format!("quarantine = {:?}: \"stamp\" or \"route_to DOMAIN\"", s.v),
+            ),
+        }
+    }
+    if let Some(v) = f.get("trusted_arc_sealers") {
+        a.sealers_at = v.span().start;
+        for s in get_strs(cx, v, "trusted_arc_sealers") {
+            match domain(&s.v) {
+                Ok(d) => a.sealers.push(d),
+                Err(e) => cx.err(s.at(), e),
+            }
+        }
+    }
 }
 
 /// The keys of `[connection_filter]`.
@@ -378,6 +439,11 @@ pub(super) fn emit_edge(b: &mut Builder, edge: &EdgeM) {
     }
     b.t.rate_limits = edge.rate;
     b.t.reputation = edge.reputation;
+    let a = &edge.auth;
+    b.t.authentication.enabled = a.on;
+    b.t.authentication.honor_reject = !a.on || a.honor_reject;
+    b.t.authentication.quarantine_route = a.route.as_ref().map(|(d, at)| b.s(d, *at));
+    b.t.authentication.trusted_sealers = b.list(&a.sealers, a.sealers_at);
 }
 
 #[cfg(test)]

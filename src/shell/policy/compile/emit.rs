@@ -298,6 +298,8 @@ impl Builder {
                 CondM::Inbound(i) => Condition::Inbound(*i),
                 CondM::ClientNetwork(n) => Condition::ClientNetwork(self.nets(n, cat)),
                 CondM::AttachmentMatches(p) => Condition::AttachmentMatches(self.dfa(cx, p, cat)),
+                CondM::Auth(m, set) => Condition::Auth(*m, *set),
+                CondM::AuthenticatedAs(l) => Condition::AuthenticatedAs(self.list(l, cat)),
             };
             conds.push((cond, cat));
         }
@@ -356,6 +358,7 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
     }
     emit_rewrites(b, m);
     emit_cmt_and_firewall(b, m);
+    super::hybrid::emit(b, m);
     let l = &mut b.t.limits;
     l.max_hops = m.limits.max_hops.unwrap_or(l.max_hops);
     l.max_message_size = m.limits.max_message_size.unwrap_or(l.max_message_size);
@@ -378,11 +381,13 @@ fn emit_inbound(b: &mut Builder, i: &InboundM) {
     let name = b.s(&i.name.v, at);
     let nets = b.nets(&i.nets, at);
     let tls_name = i.tls.as_ref().map(|t| b.s(t, at));
+    let milters = i.milters.as_ref().map(|l| b.s(&l.join(","), at));
     let ib = Inbound {
         name,
         kind: i.kind,
         nets,
         tls_name,
+        milters,
     };
     put(
         &mut b.t.inbound,
@@ -421,6 +426,8 @@ fn emit_connector(b: &mut Builder, c: &ConnM) {
         smart_hosts,
         tls: c.tls,
         cost: c.cost,
+        cross_premises: c.hybrid.cross_premises,
+        tls_certificate: c.hybrid.tls_certificate.as_ref().map(|s| b.s(&s.v, s.at())),
     };
     put(
         &mut b.t.connectors,

@@ -25,6 +25,7 @@ mod cx;
 mod edge;
 mod emit;
 mod filters;
+mod hybrid;
 mod model;
 mod syntax;
 
@@ -88,7 +89,17 @@ pub struct Compiled {
 /// Parses, checks and compiles a rule file; on failure every error found,
 /// sorted by position. The blob is verified to decode back to the table.
 pub fn compile(text: &str) -> Result<Compiled, Vec<Diag>> {
-    let o = run(text);
+    compile_declared(text, None)
+}
+
+/// [`compile`], checking each connector's `tls_certificate` against the
+/// appliance config's `[[tls.client]]` names when `certificates` is given
+/// (an undeclared name is an error at its position).
+pub fn compile_declared(
+    text: &str,
+    certificates: Option<&[String]>,
+) -> Result<Compiled, Vec<Diag>> {
+    let o = run(text, certificates);
     match (o.errors.is_empty(), o.table) {
         (true, Some(table)) => Ok(Compiled {
             table,
@@ -108,7 +119,7 @@ pub fn encode(table: &Table) -> Vec<u8> {
 /// `sluice rules check FILE`: prints the table sizes against their
 /// capacities, the blob size and version, then every warning and error as
 /// `FILE:LINE:COL: warning|error: ...`; returns the exit status (0: no error).
-pub fn check_command(path: &Path) -> i32 {
+pub fn check_command(path: &Path, certificates: Option<&[String]>) -> i32 {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
@@ -116,7 +127,7 @@ pub fn check_command(path: &Path) -> i32 {
             return 1;
         }
     };
-    let o = run(&text);
+    let o = run(&text, certificates);
     out!("{}", report(&path.display().to_string(), &o));
     i32::from(!o.errors.is_empty())
 }
@@ -138,12 +149,12 @@ struct Findings {
 }
 
 /// Runs the compiler on a thread with a large stack (see [`COMPILER_STACK`]).
-fn run(text: &str) -> Findings {
+fn run(text: &str, certificates: Option<&[String]>) -> Findings {
     let spawned = std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("rules".into())
             .stack_size(COMPILER_STACK)
-            .spawn_scoped(s, || run_here(text))
+            .spawn_scoped(s, || run_here(text, certificates))
             .map(|h| h.join())
     });
     match spawned {
@@ -164,7 +175,7 @@ fn run(text: &str) -> Findings {
 }
 
 /// Parses, checks, emits and verifies on the current thread.
-fn run_here(text: &str) -> Findings {
+fn run_here(text: &str, certificates: Option<&[String]>) -> Findings {
     let mut cx = Cx::new(text);
     let root = match DeTable::parse(text) {
         Ok(r) => r,
@@ -176,6 +187,10 @@ fn run_here(text: &str) -> Findings {
     };
     let model = parse_model(&mut cx, root.get_ref());
     check_model(&mut cx, &model);
+    hybrid::check(&mut cx, &model);
+    if let Some(declared) = certificates {
+        hybrid::check_certificates(&mut cx, &model, declared);
+    }
     let mut b = Builder::new();
     emit(&mut cx, &mut b, &model, text);
     let sizes = b.sizes();

@@ -6,7 +6,7 @@ use super::cx::{
     get_bool, get_int, get_str, get_str_map, get_strs, get_table, get_tables, type_err, Cx, Fields,
     Val, S,
 };
-use super::edge::{parse_connection_filter, parse_protocol_analysis, EdgeM};
+use super::edge::{parse_authentication, parse_connection_filter, parse_protocol_analysis, EdgeM};
 use super::filters::{
     parse_recipient_filter, parse_sender_filter, RecipientFilterM, SenderFilterM,
 };
@@ -78,13 +78,20 @@ pub(super) enum CondM {
     ClientNetwork(Vec<Net>),
     /// `attachment_name_matches`: a pattern.
     AttachmentMatches(String),
+    /// `spf`, `dkim`, `dmarc`, `arc`: the method and its results' bits.
+    Auth(crate::engine::policy::AuthMethod, u8),
+    /// `authenticated_as`: SMTP AUTH logins (`*`: any).
+    AuthenticatedAs(Vec<String>),
 }
 
 impl CondM {
     /// Evaluation order inside a set: cheap tests first, patterns last.
     pub(super) fn cost(&self) -> u8 {
         match self {
-            CondM::SenderLocation(_) | CondM::RecipientLocation(_) | CondM::Inbound(_) => 0,
+            CondM::SenderLocation(_)
+            | CondM::RecipientLocation(_)
+            | CondM::Inbound(_)
+            | CondM::AuthenticatedAs(_) => 0,
             CondM::ClientNetwork(_) => 1,
             CondM::Sender(_)
             | CondM::SenderDomain(_)
@@ -94,6 +101,7 @@ impl CondM {
             CondM::HeaderPresent(_) | CondM::HeaderAbsent(_) => 4,
             CondM::HeaderMatches(..) | CondM::HeaderNotMatches(..) => 5,
             CondM::AttachmentMatches(_) => 6,
+            CondM::Auth(..) => 0,
         }
     }
 
@@ -175,6 +183,9 @@ pub(super) struct InboundM {
     pub(super) nets: Vec<Net>,
     /// `tls_certificate_name`, possibly `*.domain`.
     pub(super) tls: Option<String>,
+    /// `milters`: the appliance config's milters this connector's mail
+    /// goes through (`None`: every one).
+    pub(super) milters: Option<Vec<String>>,
 }
 
 /// A `[[connector]]` (send connector): where mail for its address
@@ -190,6 +201,8 @@ pub(super) struct ConnM {
     pub(super) tls: TlsPolicy,
     /// `cost`.
     pub(super) cost: u32,
+    /// `cross_premises` and `tls_certificate`.
+    pub(super) hybrid: super::hybrid::ConnHybrid,
 }
 
 /// One `[[rewrite]]` map entry.
@@ -262,6 +275,8 @@ pub(super) struct Model {
     pub(super) group_used: Vec<bool>,
     /// Connectors named by some rule's `use_connector`.
     pub(super) conn_named: Vec<bool>,
+    /// `[cross_premises]`.
+    pub(super) cross_premises: super::hybrid::CrossPremisesM,
 }
 
 /// The keys of the rule file's top level.
@@ -278,9 +293,11 @@ const TOP_KEYS: &[&str] = &[
     "recipient_filter",
     "sender_filter",
     "protocol_analysis",
+    "authentication",
     "limits",
     "agent",
     "rule",
+    "cross_premises",
 ];
 
 /// The keys of a condition set (`if`, `except`).
@@ -300,6 +317,11 @@ const COND_KEYS: &[&str] = &[
     "inbound",
     "client_network",
     "attachment_name_matches",
+    "spf",
+    "dkim",
+    "dmarc",
+    "arc",
+    "authenticated_as",
 ];
 
 /// The keys of a rule's `then`.
@@ -349,6 +371,7 @@ impl Model {
                 .collect(),
             group_used: Vec::new(),
             conn_named: Vec::new(),
+            cross_premises: Default::default(),
         }
     }
 }
@@ -392,6 +415,9 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     if let Some(v) = top.get("protocol_analysis") {
         parse_protocol_analysis(cx, &mut m.edge, v);
     }
+    if let Some(v) = top.get("authentication") {
+        parse_authentication(cx, &mut m.edge, v);
+    }
     if let Some(v) = top.get("recipient_filter") {
         parse_recipient_filter(cx, &mut m, v);
     }
@@ -400,6 +426,9 @@ pub(super) fn parse_model(cx: &mut Cx<'_>, root: &DeTable<'_>) -> Model {
     }
     if let Some(v) = top.get("limits") {
         parse_limits(cx, &mut m, v);
+    }
+    if let Some(v) = top.get("cross_premises") {
+        super::hybrid::parse_cross_premises(cx, &mut m, v);
     }
     if let Some(v) = top.get("agent") {
         parse_agents(cx, &mut m, v);
@@ -496,7 +525,13 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
         let f = Fields::new(
             cx,
             t,
-            &["name", "kind", "client_ips", "tls_certificate_name"],
+            &[
+                "name",
+                "kind",
+                "client_ips",
+                "tls_certificate_name",
+                "milters",
+            ],
             "[[inbound]]",
         );
         let default = format!("Inbound {}", nth + 1);
@@ -548,13 +583,39 @@ fn parse_inbound(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
                 ),
             );
         }
+        let milters = f.get("milters").map(|v| milter_names(cx, v));
         m.inbound.push(InboundM {
             name,
             kind,
             nets,
             tls,
+            milters,
         });
     }
+}
+
+/// An inbound connector's `milters`: names of `[[milter]]` sections of the
+/// appliance config (letters, digits, `-` and `_`).
+fn milter_names(cx: &mut Cx<'_>, v: &Val<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in get_strs(cx, v, "milters") {
+        let ok = !s.v.is_empty()
+            && s.v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            out.push(s.v.clone());
+        } else {
+            cx.err(
+                s.at(),
+                format!(
+                    "milters: {:?} is not a milter name (letters, digits, - and _)",
+                    s.v
+                ),
+            );
+        }
+    }
+    out
 }
 
 /// An inbound connector's `tls_certificate_name`: a domain or `*.domain`,
@@ -636,12 +697,12 @@ pub(super) fn nets(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Vec<Net> {
 /// `[[connector]]`: send connectors.
 fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
     for (nth, (t, at)) in get_tables(cx, v, "connector").into_iter().enumerate() {
-        let f = Fields::new(
-            cx,
-            t,
-            &["name", "address_spaces", "smart_hosts", "tls", "cost"],
-            "[[connector]]",
-        );
+        let keys = ["name", "address_spaces", "smart_hosts", "tls", "cost"];
+        let keys: Vec<&str> = keys
+            .into_iter()
+            .chain(super::hybrid::CONNECTOR_KEYS)
+            .collect();
+        let f = Fields::new(cx, t, &keys, "[[connector]]");
         let default = format!("Connector {}", nth + 1);
         let Some(name) = name_or(cx, &f, at, "[[connector]]", Some(default)) else {
             continue;
@@ -675,12 +736,14 @@ fn parse_connectors(cx: &mut Cx<'_>, m: &mut Model, v: &Val<'_>) {
             .get("cost")
             .and_then(|v| get_int(cx, v, "cost", 0, i64::from(u32::MAX)))
             .map_or(DEFAULT_COST, |n| n as u32);
+        let hybrid = super::hybrid::parse_connector(cx, &f);
         m.connectors.push(ConnM {
             name,
             spaces,
             smart_hosts,
             tls,
             cost,
+            hybrid,
         });
     }
 }
@@ -1204,6 +1267,8 @@ fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> Co
             "attachment_name_matches" => get_str(cx, v, key)
                 .and_then(|s| pattern(cx, &s))
                 .map(CondM::AttachmentMatches),
+            "spf" | "dkim" | "dmarc" | "arc" => auth_cond(cx, v, key),
+            "authenticated_as" => Some(login_cond(cx, v, key)),
             _ => None,
         };
         if let Some(c) = c {
@@ -1212,6 +1277,66 @@ fn parse_conds(cx: &mut Cx<'_>, m: &mut Model, t: &DeTable<'_>, ctx: &str) -> Co
     }
     hk.finish(&mut out);
     out
+}
+
+/// `spf` / `dkim` / `dmarc` / `arc`: one result or a list of them (RFC 8601
+/// names; each method allows the results it can have).
+fn auth_cond(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> Option<CondM> {
+    use crate::engine::policy::{AuthMethod, AuthResult};
+    let (method, allowed): (AuthMethod, &[&str]) = match key {
+        "spf" => (
+            AuthMethod::Spf,
+            &[
+                "none",
+                "pass",
+                "fail",
+                "softfail",
+                "neutral",
+                "temperror",
+                "permerror",
+            ],
+        ),
+        "dkim" => (
+            AuthMethod::Dkim,
+            &["none", "pass", "fail", "neutral", "temperror", "permerror"],
+        ),
+        "dmarc" => (
+            AuthMethod::Dmarc,
+            &["none", "pass", "fail", "temperror", "permerror"],
+        ),
+        _ => (AuthMethod::Arc, &["none", "pass", "fail"]),
+    };
+    let mut set = 0u8;
+    for s in get_strs(cx, v, key) {
+        let want = s.v.to_ascii_lowercase();
+        match AuthResult::ALL.iter().find(|r| r.1 == want) {
+            Some((r, name)) if allowed.contains(name) => set |= r.bit(),
+            _ => cx.err(
+                s.at(),
+                format!("{key} result {:?}: one of {}", s.v, allowed.join(", ")),
+            ),
+        }
+    }
+    (set != 0).then_some(CondM::Auth(method, set))
+}
+
+/// `authenticated_as`: SMTP AUTH logins, or `*` for any.
+fn login_cond(cx: &mut Cx<'_>, v: &Val<'_>, key: &str) -> CondM {
+    let mut list = Vec::new();
+    for s in get_strs(cx, v, key) {
+        if s.v.is_empty()
+            || s.v.len() > 255
+            || s.v.contains(|c: char| c.is_whitespace() || c == ':')
+        {
+            cx.err(
+                s.at(),
+                format!("{:?} is not a login name (or \"*\" for any)", s.v),
+            );
+        } else {
+            list.push(s.v.clone());
+        }
+    }
+    CondM::AuthenticatedAs(list)
 }
 
 /// `sender` / `recipient`: a list of address patterns.

@@ -321,7 +321,7 @@ fn the_blob_round_trips() {
 
 #[test]
 fn the_check_report_of_the_sample() {
-    let o = run(SAMPLE);
+    let o = run(SAMPLE, None);
     let out = report("rules.toml", &o);
     assert!(out.contains("rules             5 / 1024\n"), "{out}");
     assert!(out.contains("connectors        5 / 64\n"), "{out}");
@@ -342,11 +342,11 @@ fn the_check_command_exit_status() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");
     std::fs::write(&good, SAMPLE).unwrap();
-    assert_eq!(check_command(&good), 0);
+    assert_eq!(check_command(&good, None), 0);
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[rule]]\nprority = 1\n").unwrap();
-    assert_eq!(check_command(&bad), 1);
-    assert_eq!(check_command(&dir.join("missing.toml")), 1);
+    assert_eq!(check_command(&bad, None), 1);
+    assert_eq!(check_command(&dir.join("missing.toml"), None), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -579,7 +579,32 @@ const ERROR_CASES: &[(&str, usize, usize, &str)] = &[
     ("[sender_filter]\naction = \"drop\"\n", 2, 10, "bad action"),
     ("[sender_filter]\nblank_sender = \"maybe\"\n", 2, 16, "bad blank_sender"),
     ("[sender_filter]\nblocked = 3\n", 2, 11, "a string or a list"),
+    (
+        "[[rule]]\nname = \"r\"\nif = { dmarc = \"softfail\" }\nthen = { add_header = { \"X\" = \"1\" } }\n",
+        3,
+        16,
+        "one of none, pass, fail",
+    ),
 ];
+
+#[test]
+fn authentication_conditions_compile_to_result_sets() {
+    use crate::engine::policy::{AuthMethod, AuthResult};
+    let c = ok(
+        "[[rule]]\nname = \"r\"\nif = { dkim = \"pass\", spf = [\"fail\", \"SoftFail\"] }\n\
+        then = { add_header = { \"X-Auth\" = \"1\" } }\n",
+    );
+    let conds: Vec<Condition> = c.table.conditions.iter().copied().collect();
+    assert!(
+        conds.contains(&Condition::Auth(AuthMethod::Dkim, AuthResult::Pass.bit())),
+        "{conds:?}"
+    );
+    let spf = AuthResult::Fail.bit() | AuthResult::SoftFail.bit();
+    assert!(
+        conds.contains(&Condition::Auth(AuthMethod::Spf, spf)),
+        "{conds:?}"
+    );
+}
 
 #[test]
 fn errors_name_line_and_column() {
@@ -905,7 +930,7 @@ fn deep_nesting_is_an_error_not_a_crash() {
 #[test]
 fn a_report_with_errors_and_warnings() {
     let text = "[domains]\naccepted = [\"a.com\"]\n[groups]\nG = \"x@a.com\"\n[[rule]]\nprority = 1\nthen = { reject = \"550 5.7.1 No\" }\n";
-    let o = run(text);
+    let o = run(text, None);
     let out = report("f.toml", &o);
     assert!(out.contains("not compiled: 1 error\n"), "{out}");
     let tail: Vec<&str> = out.lines().skip(CAPS.len() + 1).collect();
@@ -1020,4 +1045,38 @@ fn the_recipient_filter_can_be_disabled_and_timeouts_without_call_ahead_warn() {
             .any(|w| w.contains("no effect without call_ahead")),
         "{ws:?}"
     );
+}
+
+#[test]
+fn an_inbound_connector_names_its_milters() {
+    let base = "version = 1\n[domains]\naccepted = [\"contoso.com\"]\n\
+                [[inbound]]\nname = \"org\"\nkind = \"organization\"\nclient_ips = [\"10.0.0.0/8\"]\n";
+    let c = ok(&format!("{base}milters = [\"rspamd\", \"dkim\"]\n"));
+    let t = &c.table;
+    assert_eq!(t.inbound[0].milters.map(|m| s(t, m)), Some("rspamd,dkim"));
+    let none = ok(base);
+    assert_eq!(none.table.inbound[0].milters, None, "absent: every milter");
+    let e = errs(&format!("{base}milters = [\"no way\"]\n"));
+    assert_eq!((e[0].line, e[0].col), (8, 12), "{e:?}");
+    assert!(e[0].message.contains("not a milter name"), "{e:?}");
+}
+
+#[test]
+fn authenticated_as_is_a_list_of_logins() {
+    let c = ok(r#"
+[[rule]]
+name = "scanner"
+if = { authenticated_as = ["Scanner", "*"] }
+then = { add_header = { "X-Scanner" = "yes" } }
+"#);
+    let t = &c.table;
+    let Condition::AuthenticatedAs(l) = conds_of(t, t.rules[0].when)[0] else {
+        panic!("{:?}", conds_of(t, t.rules[0].when));
+    };
+    assert_eq!(list(t, l), ["Scanner", "*"]);
+    let e = errs("[[rule]]\nif = { authenticated_as = [\"bad login\"] }\n");
+    assert_eq!((e[0].line, e[0].col), (2, 28), "{e:?}");
+    assert!(e[0].message.contains("not a login name"), "{e:?}");
+    let w = warnings("[[rule]]\nif = { authenticated_as = [] }\n");
+    assert!(w.iter().any(|m| m.contains("empty list")), "{w:?}");
 }
