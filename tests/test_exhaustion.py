@@ -46,10 +46,10 @@ def no_panic(d):
 
 IDLE = 10_000            # sessions held open
 PER_IP = IDLE // 2       # connections_per_ip: two source addresses fill the total
-# README "Resource exhaustion": an idle session costs about 24 KiB of the
-# daemon's memory in a release build (24.4 KiB measured at 10,000; bench/README's
-# target is 24), about 30 KiB in a debug build; the bound covers both builds.
-PER_SESSION_KIB = 32
+# README "Resource exhaustion": an idle session costs about 18 KiB of the
+# daemon's memory (18.2 KiB measured at 10,000, release and debug builds);
+# bench/README's target, 24 KiB, is the bound.
+PER_SESSION_KIB = 24
 
 
 def raise_fd_limit(need):

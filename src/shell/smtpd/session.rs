@@ -97,14 +97,19 @@ pub(super) async fn serve(
         watch.lists =
             Lists::Pending(ex.spawn(async move { sh2.edge.check_lists(&pol.table, ip).await }));
     }
-    let Some(conn) = login::implicit_tls(stream, mode, &live, table, peer, &mut att).await else {
+    let tls = Box::pin(login::implicit_tls(
+        stream, mode, &live, table, peer, &mut att,
+    ));
+    let Some(conn) = tls.await else {
         return;
     };
     let mut s = Session::new(&sh, &live, &policy, conn, peer, mode, att);
     s.directory = directory.as_deref();
     s.watch = watch;
     s.run().await;
-    s.end().await;
+    // Boxed: `end` owns the session, which would otherwise sit in this
+    // future twice for the whole session.
+    Box::pin(s.end()).await;
 }
 
 /// OnConnect's rate limit or protocol analysis refused the client: 421
@@ -533,7 +538,10 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// One handler per action.
+    /// One handler per action. Each handler's future is boxed: an idle
+    /// session then holds only the read's state, not the largest handler's
+    /// (end of data with milters, signing and sender authentication), which
+    /// keeps the per-session memory small (README "Resource exhaustion").
     async fn act(&mut self, action: Action) -> Flow {
         match action {
             Action::Nothing => Flow::Go,
@@ -544,24 +552,24 @@ impl<'a> Session<'a> {
                 Flow::Stop
             }
             Action::Mail(size) => {
-                self.mail(size).await;
+                Box::pin(self.mail(size)).await;
                 Flow::Go
             }
             Action::Rcpt(r) => {
-                self.rcpt(r).await;
+                Box::pin(self.rcpt(r)).await;
                 Flow::Go
             }
             Action::Chunk => {
-                self.chunk().await;
+                Box::pin(self.chunk()).await;
                 Flow::Go
             }
             Action::Message(size) => {
-                self.end_of_message(size).await;
+                Box::pin(self.end_of_message(size)).await;
                 Flow::Go
             }
-            Action::StartTls => self.starttls().await,
+            Action::StartTls => Box::pin(self.starttls()).await,
             Action::Auth(c) => {
-                self.authenticate(c).await;
+                Box::pin(self.authenticate(c)).await;
                 Flow::Go
             }
         }
