@@ -87,6 +87,8 @@ def test_listed_client_is_refused_at_rcpt_with_the_list_text(sluice_factory, dns
     d = daemon(sluice_factory, dns.port)
     r = rcpt_from(d, "127.0.0.2")
     check(r, 550, "5.7.1", "Client 127.0.0.2 is listed at bl.test")
+    # The log line may follow the reply by a moment.
+    d.wait_log("REJECT connection_filter:")
     log = d.stderr()
     # The REJECT line names the agent and has the envelope.
     assert any("connection_filter:" in l and "to=<bob@example.test>" in l and "from=<alice@client.test>" in l
@@ -155,7 +157,7 @@ def test_a_dns_server_that_never_answers_fails_open(sluice_factory):
         assert waited >= 0.8, waited
         c = counts(d)
         assert c["failed_open"] == 2 and c["rejected"] == 0, c   # both lists
-        log = d.stderr()
+        log = d.wait_log("DNS list bl.test lookup 2.0.0.127.bl.test failed")
         assert "connection_filter: 127.0.0.2: DNS list bl.test lookup 2.0.0.127.bl.test failed" in log, log
     finally:
         hole.stop()
@@ -177,7 +179,7 @@ def test_connection_rate_limit(sluice_factory, dns):
         with RawSMTP(d.host, d.port, source=src) as c:
             c.greeting()
     assert counts(d)["deferred"] == 1
-    assert "connection_filter: 127.0.0.4:" in d.stderr()
+    assert "connection_filter: 127.0.0.4:" in d.wait_log("connection_filter: 127.0.0.4:")
 
 
 def test_message_rate_limit(sluice_factory, dns):

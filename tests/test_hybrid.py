@@ -291,7 +291,7 @@ def test_sighup_reloads_client_certificates_and_keeps_them_on_a_bad_file(sluice_
     d.edit_config(pki["edge"][0], pki["edge2"][0])
     d.edit_config(pki["edge"][1], pki["edge2"][1])
     d.signal(signal.SIGHUP)
-    wait_log("SIGHUP: configuration and certificates reloaded")
+    wait_log("SIGHUP: configuration, certificates and passwd file reloaded")
     send(b"two")
     assert common_name(cloud.wait(2)[1].peercert) == "edge2.contoso.com"
     # An unreadable one: the reload is refused, the running one stays.
