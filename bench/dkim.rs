@@ -102,11 +102,7 @@ fn main() {
     let rsa = key_file(&dir, "rsa", "rsa.pem", RSA_PEM);
     let ed = key_file(&dir, "ed", "ed.pem", &ed_pem);
     let load = |f: &[KeyFile]| Signer::load(f).expect("keys load");
-    let (both, rsa_only, ed_only) = (
-        load(&[rsa.clone(), ed.clone()]),
-        load(&[rsa]),
-        load(&[ed]),
-    );
+    let (both, rsa_only, ed_only) = (load(&[rsa.clone(), ed.clone()]), load(&[rsa]), load(&[ed]));
     let msg = message();
     let signed = [sign(&both, &msg).concat().as_bytes(), &msg].concat();
     let fixtures: serde_json::Value = serde_json::from_str(FIXTURES).expect("fixtures");
@@ -126,17 +122,35 @@ fn main() {
     .map(|(k, v)| (k, KeyAnswer::Records(vec![v.into_bytes()])))
     .collect();
     let verdicts = verify(&signed, &keys);
-    assert_eq!(verdicts, [Verdict::Pass, Verdict::Pass], "the bench's signatures verify");
-    println!("message: {} octets, signed: {} octets", msg.len(), signed.len());
+    assert_eq!(
+        verdicts,
+        [Verdict::Pass, Verdict::Pass],
+        "the bench's signatures verify"
+    );
+    println!(
+        "message: {} octets, signed: {} octets",
+        msg.len(),
+        signed.len()
+    );
     let v = rate(|| {
         black_box(verify(black_box(&signed), &keys));
     });
-    println!("verify rsa-2048 + ed25519, keys cached: {v:>9.0} msg/s ({:.1} µs)", 1e6 / v);
-    for (name, s) in [("rsa-2048", &rsa_only), ("ed25519", &ed_only), ("rsa-2048 + ed25519", &both)] {
+    println!(
+        "verify rsa-2048 + ed25519, keys cached: {v:>9.0} msg/s ({:.1} µs)",
+        1e6 / v
+    );
+    for (name, s) in [
+        ("rsa-2048", &rsa_only),
+        ("ed25519", &ed_only),
+        ("rsa-2048 + ed25519", &both),
+    ] {
         let r = rate(|| {
             black_box(sign(s, black_box(&msg)));
         });
-        println!("sign {name:<19}                {r:>9.0} msg/s ({:.1} µs)", 1e6 / r);
+        println!(
+            "sign {name:<19}                {r:>9.0} msg/s ({:.1} µs)",
+            1e6 / r
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
