@@ -415,8 +415,9 @@ EOF
     fi
     if [ -n "$WITH_ANON$WITH_VERIFY" ]; then
         # The client is anonymous (no inbound connector), the recipient's
-        # domain accepted: mail from outside for the organisation.
-        printf '[domains]\naccepted = ["bench.test"]\n' >"$1/rules.toml"
+        # domain accepted: mail from outside for the organisation, handed
+        # to the sink as the inside smart host.
+        printf '[domains]\naccepted = ["bench.test"]\n\n[[connector]]\nname = "inside"\naddress_spaces = ["bench.test"]\nsmart_hosts = ["sink.bench"]\n' >"$1/rules.toml"
         [ -n "$WITH_VERIFY" ] && printf '\n[authentication]\n' >>"$1/rules.toml"
     fi
 }

@@ -14,6 +14,7 @@ Zone (all under .test):
 import base64
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -239,6 +240,28 @@ def test_signed_mail_passes_gets_results_and_rules_see_them(edge, rsa_key):
     assert len(results) == 1, head
     assert "dkim=pass header.d=spf.test" in results[0] and "dmarc=pass" in results[0], results
     assert "X-DKIM-Verified: yes" in head, head
+
+
+def test_lookups_are_cached_by_ttl(edge, rsa_key, dns):
+    """The second message from the same domain, signed with the same key,
+    is checked from the resolver's cache: dnsmasq sees no new query (its
+    records have a 300 s TTL), and the cache hits are counted."""
+    def signed(n):
+        raw = make_message("cached %d" % n, b"Hello.\r\n", sender="alice@spf.test", to="bob@inside.test")
+        return dkim.sign(raw, b"sel", b"spf.test", rsa_key[0],
+                         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"]) + raw
+    line = "sender_authentication: spf=none dkim=pass dmarc=pass"
+    start = edge.stderr().count(line)
+    check(send_from(edge, signed(1), "bounces@elsewhere.test"), 250)
+    before = dns.queries()
+    check(send_from(edge, signed(2), "bounces@elsewhere.test"), 250)
+    assert dns.queries() == before, "the second message asked DNS again"
+    deadline = time.monotonic() + 5
+    while edge.stderr().count(line) < start + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert edge.stderr().count(line) == start + 2, edge.stderr()[-3000:]
+    status = json.loads(edge.cli("status", "--json").stdout)
+    assert status["metrics"]["sluice_dns_cache_hits_total"] >= 3, status["metrics"]
 
 
 def arc_forwarded(rsa_key, tmp_path):

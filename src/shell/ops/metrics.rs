@@ -281,10 +281,10 @@ pub static DNS_FAILURES: Scalar = Scalar::new(
     "DNS questions that got no usable answer (timeouts, SERVFAIL, no server).",
 );
 
-/// Answers taken from the DNS list cache.
+/// Answers taken from a DNS cache (DNS lists, sender authentication).
 pub static DNS_CACHE_HITS: Scalar = Scalar::new(
     "sluice_dns_cache_hits_total",
-    "DNS list lookups answered from the cache.",
+    "DNS lookups answered from a cache (DNS lists, sender authentication).",
 );
 
 /// Policies installed since start.

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_io::Timer;
 use async_net::{TcpStream, UdpSocket};
@@ -40,6 +40,9 @@ use simple_dns::rdata::RData;
 use simple_dns::{Name, Packet, PacketFlag, Question, CLASS, QCLASS, QTYPE, RCODE, TYPE};
 
 use crate::shell::config::{Seg, ValueError};
+
+mod cache;
+pub use cache::{AUTH_CACHE_ENTRIES, AUTH_MAX_TTL, AUTH_NEGATIVE_TTL};
 
 /// Where the system's name servers are listed.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -530,7 +533,7 @@ async fn with_timeout<T>(
 }
 
 /// What sender authentication looks up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthType {
     /// TXT (SPF, DKIM keys, DMARC).
     Txt,
@@ -552,6 +555,21 @@ impl AuthType {
             AuthType::Mx | AuthType::Ptr => AuthRecords::Names(Vec::new()),
         }
     }
+}
+
+/// The records of `found` that a `kind` lookup answers with.
+fn auth_records(kind: AuthType, found: Vec<RecData>) -> AuthRecords {
+    let mut out = kind.empty();
+    for r in found {
+        match (&mut out, r) {
+            (AuthRecords::Texts(v), RecData::Txt(t)) => v.push(t),
+            (AuthRecords::Names(v), RecData::Mx(_, h) | RecData::Ptr(h)) => v.push(h),
+            (AuthRecords::Addresses(v), RecData::A(a)) => v.push(IpAddr::V4(a)),
+            (AuthRecords::Addresses(v), RecData::Aaaa(a)) => v.push(IpAddr::V6(a)),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The answer to an [`Resolver::auth_lookup`].
@@ -592,6 +610,8 @@ pub struct Resolver {
     timeout: Duration,
     attempts: u32,
     rng: AtomicU64,
+    /// Sender authentication's answers, kept for their TTL.
+    auth_cache: cache::AuthCache,
 }
 
 impl Resolver {
@@ -627,6 +647,7 @@ impl Resolver {
             } else {
                 seed
             }),
+            auth_cache: cache::AuthCache::default(),
         }
     }
 
@@ -807,10 +828,16 @@ impl Resolver {
     /// following CNAMEs; static tables are not consulted. NXDOMAIN and no
     /// data are an empty answer; SERVFAIL and timeouts are
     /// [`DnsError::Temporary`]; a name no query can carry is empty.
+    /// Answers are cached by TTL, empty ones for [`AUTH_NEGATIVE_TTL`];
+    /// failures are not.
     pub async fn auth_lookup(&self, name: &str, kind: AuthType) -> Result<AuthRecords, DnsError> {
         let Ok(name) = normalize(name) else {
             return Ok(kind.empty());
         };
+        if let Some(hit) = self.auth_cache.get(&name, kind, Instant::now()) {
+            crate::shell::ops::metrics::DNS_CACHE_HITS.add(1);
+            return Ok(hit);
+        }
         let qtype = match kind {
             AuthType::Txt => TYPE::TXT,
             AuthType::A => TYPE::A,
@@ -818,27 +845,26 @@ impl Resolver {
             AuthType::Mx => TYPE::MX,
             AuthType::Ptr => TYPE::PTR,
         };
-        let found = match self.lookup(&name, qtype).await {
+        let (found, ttl) = match self.lookup_ttl(&name, qtype).await {
+            Ok((found, _)) if found.is_empty() => (found, AUTH_NEGATIVE_TTL),
             Ok(found) => found,
-            Err(DnsError::NoSuchDomain) => return Ok(kind.empty()),
+            Err(DnsError::NoSuchDomain) => (Vec::new(), AUTH_NEGATIVE_TTL),
             Err(e) => return Err(e),
         };
-        let mut out = kind.empty();
-        for r in found {
-            match (&mut out, r) {
-                (AuthRecords::Texts(v), RecData::Txt(t)) => v.push(t),
-                (AuthRecords::Names(v), RecData::Mx(_, h) | RecData::Ptr(h)) => v.push(h),
-                (AuthRecords::Addresses(v), RecData::A(a)) => v.push(IpAddr::V4(a)),
-                (AuthRecords::Addresses(v), RecData::Aaaa(a)) => v.push(IpAddr::V6(a)),
-                _ => {}
-            }
-        }
+        let out = auth_records(kind, found);
+        self.auth_cache
+            .put(&name, kind, out.clone(), ttl, Instant::now());
         Ok(out)
     }
 
-    /// The records of `qtype` for `name`, following CNAMEs (through the
-    /// answer section, and by asking again when a chain ends there).
+    /// The records of `qtype` for `name`, following CNAMEs.
     async fn lookup(&self, name: &str, qtype: TYPE) -> Result<Vec<RecData>, DnsError> {
+        self.lookup_ttl(name, qtype).await.map(|(found, _)| found)
+    }
+    /// The records of `qtype` for `name` and the smallest TTL among them,
+    /// following CNAMEs (through the answer section, and by asking again
+    /// when a chain ends there).
+    async fn lookup_ttl(&self, name: &str, qtype: TYPE) -> Result<(Vec<RecData>, u32), DnsError> {
         let mut qname = name.to_string();
         let mut hops = 0;
         loop {
@@ -848,7 +874,7 @@ impl Resolver {
             }
             let mut target = qname.clone();
             loop {
-                let found: Vec<RecData> = resp
+                let records: Vec<&Record> = resp
                     .answers
                     .iter()
                     .filter(|r| r.owner == target)
@@ -862,10 +888,10 @@ impl Resolver {
                                 | (RecData::Ptr(_), TYPE::PTR)
                         )
                     })
-                    .map(|r| r.data.clone())
                     .collect();
-                if !found.is_empty() {
-                    return Ok(found);
+                if !records.is_empty() {
+                    let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(0);
+                    return Ok((records.into_iter().map(|r| r.data.clone()).collect(), ttl));
                 }
                 let next = resp.answers.iter().find_map(|r| match &r.data {
                     RecData::Cname(c) if r.owner == target => Some(c.clone()),
@@ -885,7 +911,7 @@ impl Resolver {
                 }
             }
             if target == qname {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), 0));
             }
             // The chain ended without data: ask for its last name.
             qname = target;
