@@ -217,6 +217,9 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Err(code) => return code,
     };
     let mut a = a;
+    // Sender authentication checks the message as it arrived, before the
+    // milters change it (as in a session).
+    let arrived = a.milters.then(|| msg.clone());
     let (msg, milters) = match (a.milters, cfg) {
         (true, Some(c)) => trace_milters(c, &pol, &mut a, msg),
         _ => (msg, None),
@@ -234,11 +237,18 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     );
     // SMTP AUTH makes the session originating, as in the daemon.
     att.originating |= a.login.is_some();
-    let (out, filtered, sender_auth) =
-        match decide_traced(&pol, &a, att, directory.as_ref(), cfg, &msg) {
-            Ok(x) => x,
-            Err(code) => return code,
-        };
+    let (out, filtered, sender_auth) = match decide_traced(
+        &pol,
+        &a,
+        att,
+        directory.as_ref(),
+        cfg,
+        &msg,
+        arrived.as_deref(),
+    ) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
     let sender = render::sender_check_words(&sender_check(table, &att, a.from.as_bytes()));
     let inbound = att
         .inbound
@@ -286,7 +296,8 @@ type Decided = (
 );
 
 /// The recipient filter, the sender_authentication agent and the policy's
-/// pipeline on the traced message, with the agent's verdicts in the rules
+/// pipeline on the traced message `msg` (the agent checks it as it
+/// `arrived`, before the milters), with the agent's verdicts in the rules
 /// as in a session: `Err` holds the exit status of bad input.
 fn decide_traced(
     pol: &Policy,
@@ -295,6 +306,7 @@ fn decide_traced(
     directory: Option<&Directory>,
     cfg: Option<&Config>,
     msg: &[u8],
+    arrived: Option<&[u8]>,
 ) -> Result<Decided, i32> {
     let table: &Table = &pol.table;
     let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
@@ -306,7 +318,7 @@ fn decide_traced(
         peer: a.peer,
         from: &a.from,
     };
-    let sender_auth = trace_auth::run(table, att.originating, cfg, &ask, msg)?;
+    let sender_auth = trace_auth::run(table, att.originating, cfg, &ask, arrived.unwrap_or(msg))?;
     let env = runtime::Arrival {
         attribution: att,
         client: a.peer,
