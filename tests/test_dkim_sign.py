@@ -7,6 +7,8 @@ Sample rules: 127.0.0.1 is exchange-onprem (organization: originating),
 static MX."""
 
 import base64
+import os
+import re
 import signal
 import subprocess
 import time
@@ -130,3 +132,89 @@ def test_a_bad_key_stops_the_start_and_sighup_keeps_the_running_keys(sluice_fact
         check(c.send_mail("sales@contoso.com", ["b@gmail.test"], MSG), 250)
     (got,) = internet.wait(1)
     assert verify_all(got[2], keys[2]) == [True, True]
+
+
+# ---- sluice dkim keygen ----------------------------------------------------
+
+def keygen(d, *args):
+    return d.cli("dkim", "keygen", *args)
+
+
+def record_of(out):
+    """(name, value) of the zone-file line keygen printed: the quoted
+    strings joined, as a resolver hands them to a verifier."""
+    line = out.decode().strip()
+    m = re.match(r'^(\S+)\. IN TXT ((?:"[^"]*" ?)+)$', line)
+    assert m, line
+    strings = re.findall(r'"([^"]*)"', m.group(2))
+    assert all(len(s) <= 255 for s in strings), strings
+    return m.group(1), "".join(strings)
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa"])
+def test_keygen_signs_mail_that_verifies_at_the_sink(sluice_factory, sinks, tmp_path, kind):
+    internet = sinks()
+    key = tmp_path / "k.pem"
+    d = relay(sluice_factory, {"mx.gmail.test": internet.port, "mx": {"gmail.test": "mx.gmail.test"}},
+              rules_text=sample_text(), start=False,
+              extra='[[dkim]]\ndomain = "contoso.com"\nselector = "k2026"\nkey = "%s"\n' % key)
+    p = keygen(d, "--domain", "contoso.com", "--selector", "k2026", "--type", kind, "--out", str(key))
+    assert p.returncode == 0, p
+    assert os.stat(key).st_mode & 0o777 == 0o600
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----\n"), key.read_text()
+    name, value = record_of(p.stdout)
+    assert name == "k2026._domainkey.contoso.com", name
+    assert value.startswith("v=DKIM1; k=%s; p=" % kind), value
+    if kind == "rsa":
+        # openssl reads the key: 2048 bits.
+        assert b"2048 bit" in openssl("pkey", "-in", str(key), "-noout", "-text")
+    # Never over an existing key.
+    before = key.read_bytes()
+    p = keygen(d, "--domain", "contoso.com", "--selector", "k2026", "--out", str(key))
+    assert p.returncode == 1 and b"exists" in p.stderr, p
+    assert key.read_bytes() == before
+    d.start()
+    assert "readable by group or others" not in d.stderr()
+    with d.session() as c:
+        check(c.send_mail("sales@contoso.com", ["b@gmail.test"], MSG), 250)
+    (got,) = internet.wait(1)
+    assert b"a=%s-sha256" % kind.encode() in got[2] and b"s=k2026" in got[2], got[2][:800]
+    assert verify_all(got[2], {name: value}) == [True], got[2][:1200]
+
+
+def test_keygen_bad_input(sluice_factory, tmp_path):
+    d = sluice_factory(start=False)
+    assert keygen(d, "--domain", "contoso.com").returncode == 2
+    assert keygen(d, "--domain", "bad domain", "--selector", "s").returncode == 2
+    assert keygen(d, "--domain", "contoso.com", "--selector", "s", "--type", "dsa").returncode == 2
+    p = keygen(d, "--domain", "contoso.com", "--selector", "s", "--type", "rsa", "--bits", "512",
+               "--out", str(tmp_path / "r.pem"))
+    assert p.returncode == 2, p
+    assert not (tmp_path / "r.pem").exists()
+
+
+def test_a_readable_key_file_is_a_warning_at_start_and_on_sighup(sluice_factory, sinks, keys, tmp_path):
+    internet = sinks()
+    key = tmp_path / "loose.pem"
+    key.write_bytes(open(keys[1], "rb").read())
+    os.chmod(key, 0o644)
+    d = relay(sluice_factory, {"mx.gmail.test": internet.port, "mx": {"gmail.test": "mx.gmail.test"}},
+              rules_text=sample_text(),
+              extra='[[dkim]]\ndomain = "contoso.com"\nselector = "ed2026"\nkey = "%s"\n' % key)
+    warning = "DKIM key %s: mode 0644: readable by group or others" % key
+    deadline = time.time() + 10
+    while warning not in d.stderr() and time.time() < deadline:
+        time.sleep(0.1)
+    assert warning in d.stderr(), d.stderr()
+    os.chmod(key, 0o640)
+    d.signal(signal.SIGHUP)
+    warning = "DKIM key %s: mode 0640: readable by group or others" % key
+    deadline = time.time() + 10
+    while warning not in d.stderr() and time.time() < deadline:
+        time.sleep(0.1)
+    assert warning in d.stderr(), d.stderr()
+    # Only a warning: the key signs.
+    with d.session() as c:
+        check(c.send_mail("sales@contoso.com", ["b@gmail.test"], MSG), 250)
+    (got,) = internet.wait(1)
+    assert verify_all(got[2], keys[2]) == [True], got[2][:1200]

@@ -306,3 +306,71 @@ def test_inside_mail_is_not_checked(sluice_factory, dns, sinks):
     check(send_from(d, raw, "ceo@spf.test", source="127.0.0.5"), 250)
     (got,) = hub.wait(1)
     assert b"Authentication-Results" not in got[2]
+
+
+# ---- sluice trace runs the same checks ------------------------------------
+
+@pytest.fixture
+def tracer(sluice_factory, dns):
+    return sluice_factory(start=False, rules_text=AGENT_RULES, dns_servers=["127.0.0.1:%d" % dns.port],
+                          dns_extra="timeout = 2\nattempts = 1\n")
+
+
+def trace(d, path, mail_from, *extra):
+    return d.cli("trace", path, "--from", mail_from, "--to", "bob@inside.test", "--peer", ANON, *extra)
+
+
+def test_trace_runs_the_checks_and_the_rules_on_them(tracer, rsa_key, tmp_path):
+    path = message(tmp_path, rsa_key)
+    p = trace(tracer, path, "alice@spf.test", "--helo", "client.example", "--json")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    doc = json.loads(p.stdout)
+    a = doc["authentication"]
+    assert a["checked"] and a["dkim"][0]["result"] == "pass" and a["dkim"][0]["domain"] == "spf.test", a
+    assert a["verdicts"]["dkim"] == "pass" and a["verdicts"]["dmarc"] == "pass", a
+    assert a["dmarc_action"] == "none" and a["field"].startswith("Authentication-Results: edge1.test;"), a
+    # The rule on dkim = "pass" fired; the results field goes on top.
+    added = doc["headers_added"]
+    assert {"name": "X-DKIM-Verified", "value": "yes"} in added, added
+    assert any(h.get("field", "").startswith("Authentication-Results: edge1.test;") for h in added), added
+    # The plain report: the field on one line, and the rule's header.
+    p = trace(tracer, path, "alice@spf.test", "--helo", "client.example")
+    out = p.stdout.decode()
+    assert p.returncode == 0, out
+    # SPF fails (127.0.0.3 is not spf.test's), DMARC passes by DKIM.
+    assert "authentication: Authentication-Results: edge1.test; spf=fail smtp.mailfrom=spf.test;" in out, out
+    assert "dkim=pass header.d=spf.test header.s=sel" in out, out
+    assert "authentication: DMARC action: none" in out, out
+    assert "add X-DKIM-Verified: yes" in out, out
+
+
+def test_trace_shows_a_dmarc_reject_forgery_as_rejected(tracer, tmp_path):
+    path = message(tmp_path, sender="ceo@spf.test")
+    p = trace(tracer, path, "ceo@spf.test", "--helo", "client.example")
+    out = p.stdout.decode()
+    assert p.returncode == 1, (p.returncode, out, p.stderr)
+    assert "result:  Rejected (550 5.7.1 Message rejected per DMARC policy of spf.test)" in out, out
+    assert "authentication: DMARC action: reject" in out and "dmarc=fail" in out, out
+    assert "X-DKIM-Verified" not in out, out
+    p = trace(tracer, path, "ceo@spf.test", "--helo", "client.example", "--json")
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    assert doc["result"] == "Rejected" and doc["reply"].startswith("550 5.7.1"), doc
+    assert doc["authentication"]["dmarc_action"] == "reject", doc["authentication"]
+
+
+def test_trace_without_helo_says_how_and_given_results_reach_the_rules(tracer, tmp_path):
+    path = message(tmp_path, sender="ceo@spf.test")
+    p = trace(tracer, path, "ceo@spf.test")
+    assert p.returncode == 0 and "authentication: not checked: give --helo NAME" in p.stdout.decode(), p
+    p = trace(tracer, path, "ceo@spf.test", "--auth-results", "dkim=pass dmarc=pass", "--json")
+    assert p.returncode == 0, p
+    doc = json.loads(p.stdout)
+    assert doc["authentication"]["verdicts"]["dkim"] == "pass", doc["authentication"]
+    assert {"name": "X-DKIM-Verified", "value": "yes"} in doc["headers_added"], doc
+    p = trace(tracer, path, "ceo@spf.test", "--auth-results", "dkim=maybe")
+    assert p.returncode == 2, p
+    # Originating sessions are never checked, as in the daemon.
+    p = tracer.cli("trace", path, "--from", "ceo@spf.test", "--to", "bob@inside.test", "--auth", "bob",
+                   "--helo", "client.example", "--json")
+    assert json.loads(p.stdout)["authentication"]["checked"] is False, p.stdout

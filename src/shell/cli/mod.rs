@@ -3,6 +3,7 @@
 //! them all).
 
 mod auth;
+mod dkim;
 
 use crate::shell::config::Config;
 use crate::shell::ops::upload::FileKind;
@@ -41,12 +42,17 @@ usage: sluice <command> [--config FILE]
                                installed directory
   pipeline [--rules FILE]      events and the agents on each, by priority
   trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N]
+        [--auth LOGIN] [--helo NAME | --auth-results \"spf=pass ...\"]
         [--rules FILE] [--directory EXPORT] [--snapshots] [--milters] [--json]
                                run the policy offline: decisions + rule log
+                               (--helo: with the sender authentication checks)
   auth verify MESSAGE.eml --ip IP --helo NAME --from ADDR [--json]
                                SPF, DKIM and DMARC of a message with the
                                config's resolver: the Authentication-Results
                                field it would get (or JSON)
+  dkim keygen --domain D --selector S [--type ed25519|rsa] [--bits 2048]
+        [--out FILE]           write a new DKIM signing key (mode 0600) and
+                               print the DNS TXT record to publish
   auth passwd [--scheme S] [--user NAME]
                                read a password (terminal or stdin), print
                                its passwd-file hash ({ARGON2ID} by default;
@@ -154,6 +160,7 @@ fn command(words: &[&str], config: Option<PathBuf>) -> i32 {
             Err(e) => fail(&e),
         },
         ["auth", rest @ ..] => auth::command(rest),
+        ["dkim", rest @ ..] => dkim::command(rest),
         ["status", rest @ ..] => match cfg() {
             Ok(c) => status(&c, rest.contains(&"--json")),
             Err(e) => fail(&e),

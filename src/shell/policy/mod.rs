@@ -11,3 +11,4 @@ pub mod mime;
 pub mod render;
 pub mod runtime;
 pub mod trace;
+mod trace_auth;

@@ -9,6 +9,7 @@ use crate::shell::directory::Directory;
 use crate::shell::policy::compile;
 use crate::shell::policy::render::{self, HeaderEdit, NextHop, Outcome};
 use crate::shell::policy::runtime::{self, Policy};
+use crate::shell::policy::trace_auth;
 use crate::shell::relay::dns::DnsConfig;
 use crate::shell::relay::splice::splice;
 use crate::shell::relay::verify::{Verified, Verifier};
@@ -50,7 +51,7 @@ pub fn load_rules(explicit: Option<&Path>, cfg: Option<&Config>) -> Result<Polic
 }
 
 /// `sluice trace`'s usage line.
-const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--auth LOGIN] [--rules FILE] [--directory EXPORT] [--snapshots] [--milters] [--json]";
+const TRACE_USAGE: &str = "usage: sluice trace MESSAGE.eml --from A --to B [--to C ...] [--peer IP] [--tls-name N] [--auth LOGIN] [--helo NAME | --auth-results \"spf=pass dkim=pass ...\"] [--rules FILE] [--directory EXPORT] [--snapshots] [--milters] [--json]";
 
 /// `sluice trace`'s command line.
 struct TraceArgs {
@@ -76,6 +77,10 @@ struct TraceArgs {
     milters: bool,
     /// `--auth LOGIN`: the session authenticated (SMTP AUTH) as LOGIN.
     login: Option<String>,
+    /// `--helo NAME`: run the sender authentication checks.
+    helo: Option<String>,
+    /// `--auth-results`: sender authentication verdicts given by hand.
+    auth_results: Option<String>,
 }
 
 impl TraceArgs {
@@ -91,6 +96,7 @@ impl TraceArgs {
         let mut directory_file: Option<PathBuf> = None;
         let (mut json_out, mut snapshots, mut milters) = (false, false, false);
         let mut login: Option<String> = None;
+        let (mut helo, mut auth_results): (Option<String>, Option<String>) = (None, None);
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |what: &str| -> Result<String, i32> {
@@ -111,6 +117,8 @@ impl TraceArgs {
                 }
                 "--tls-name" => tls_name = Some(value("--tls-name")?),
                 "--auth" => login = Some(value("--auth")?),
+                "--helo" => helo = Some(value("--helo")?),
+                "--auth-results" => auth_results = Some(value("--auth-results")?),
                 "--rules" => rules_file = Some(PathBuf::from(value("--rules")?)),
                 "--directory" => directory_file = Some(PathBuf::from(value("--directory")?)),
                 "--json" => json_out = true,
@@ -148,6 +156,8 @@ impl TraceArgs {
             snapshots,
             milters,
             login,
+            helo,
+            auth_results,
         })
     }
 }
@@ -207,6 +217,9 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         Err(code) => return code,
     };
     let mut a = a;
+    // Sender authentication checks the message as it arrived, before the
+    // milters change it (as in a session).
+    let arrived = a.milters.then(|| msg.clone());
     let (msg, milters) = match (a.milters, cfg) {
         (true, Some(c)) => trace_milters(c, &pol, &mut a, msg),
         _ => (msg, None),
@@ -224,21 +237,19 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     );
     // SMTP AUTH makes the session originating, as in the daemon.
     att.originating |= a.login.is_some();
-    let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
-    let filtered = filter_recipients(table, &att, &rcpts, directory.as_ref(), cfg);
-    let checks: Vec<RcptCheck> = filtered.iter().map(|(c, _)| *c).collect();
-    let env = runtime::Arrival {
-        attribution: att,
-        client: a.peer,
-        sender: a.from.as_bytes(),
-        rcpts: &rcpts,
-        directory: directory.as_ref(),
-        rcpt_checks: Some(&checks),
-        auth: None,
-        login: a.login.as_deref(),
+    let (out, filtered, sender_auth) = match decide_traced(
+        &pol,
+        &a,
+        att,
+        directory.as_ref(),
+        cfg,
+        &msg,
+        arrived.as_deref(),
+    ) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
     let sender = render::sender_check_words(&sender_check(table, &att, a.from.as_bytes()));
-    let out = runtime::decide(&pol, &env, &msg);
     let inbound = att
         .inbound
         .and_then(|i| table.inbound.get(usize::from(i)))
@@ -259,6 +270,7 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
         filtered,
         edge,
         cfg,
+        sender_auth,
     };
     let refused = milters.as_ref().is_some_and(|m| m.refusal.is_some());
     if a.json_out {
@@ -273,6 +285,53 @@ pub fn trace_command(args: &[&str], cfg: Option<&Config>) -> i32 {
     }
     let login_refused = sender_login_ok(&a, cfg) == Some(false);
     i32::from(t.out.result == "Rejected" || t.edge.refusal.is_some() || refused || login_refused)
+}
+
+/// The policy's outcome, the recipient filter's checks (with call-ahead's)
+/// and the sender_authentication agent's trace.
+type Decided = (
+    Outcome,
+    Vec<(RcptCheck, Option<Verified>)>,
+    trace_auth::AuthTrace,
+);
+
+/// The recipient filter, the sender_authentication agent and the policy's
+/// pipeline on the traced message `msg` (the agent checks it as it
+/// `arrived`, before the milters), with the agent's verdicts in the rules
+/// as in a session: `Err` holds the exit status of bad input.
+fn decide_traced(
+    pol: &Policy,
+    a: &TraceArgs,
+    att: Attribution,
+    directory: Option<&Directory>,
+    cfg: Option<&Config>,
+    msg: &[u8],
+    arrived: Option<&[u8]>,
+) -> Result<Decided, i32> {
+    let table: &Table = &pol.table;
+    let rcpts: Vec<&[u8]> = a.to.iter().map(|s| s.as_bytes()).collect();
+    let filtered = filter_recipients(table, &att, &rcpts, directory, cfg);
+    let checks: Vec<RcptCheck> = filtered.iter().map(|(c, _)| *c).collect();
+    let ask = trace_auth::AuthAsk {
+        helo: a.helo.as_deref(),
+        given: a.auth_results.as_deref(),
+        peer: a.peer,
+        from: &a.from,
+    };
+    let sender_auth = trace_auth::run(table, att.originating, cfg, &ask, arrived.unwrap_or(msg))?;
+    let env = runtime::Arrival {
+        attribution: att,
+        client: a.peer,
+        sender: a.from.as_bytes(),
+        rcpts: &rcpts,
+        directory,
+        rcpt_checks: Some(&checks),
+        auth: sender_auth.verdicts,
+        login: a.login.as_deref(),
+    };
+    let mut out = runtime::decide(pol, &env, msg);
+    trace_auth::apply(&sender_auth, &mut out);
+    Ok((out, filtered, sender_auth))
 }
 
 /// What `--milters` found: lines for the text report, the JSON, and the
@@ -398,6 +457,8 @@ struct Traced<'a> {
     edge: EdgeTrace,
     /// The appliance config (`[auth] sender_login`), when there is one.
     cfg: Option<&'a Config>,
+    /// The sender_authentication agent's checks and decision.
+    sender_auth: trace_auth::AuthTrace,
 }
 
 /// The AUTH decision of `--auth LOGIN`: originating, and whether
@@ -447,6 +508,7 @@ fn print_json(t: &Traced<'_>, milters: Option<&MilterTrace>) {
     }
     doc["sender_filter"] = json!(t.sender);
     doc["auth"] = auth_json(a, t.cfg);
+    doc["authentication"] = t.sender_auth.json.clone();
     if let Some(list) = doc["recipients"].as_array_mut() {
         for (r, (c, v)) in list.iter_mut().zip(t.filtered.iter()) {
             r["recipient_filter"] = filter_json(c, v.as_ref());
@@ -481,6 +543,9 @@ fn print_plain(t: &Traced<'_>) {
     );
     outln!("sender filter: {}", t.sender);
     if let Some(l) = auth_line(a, t.cfg) {
+        outln!("{l}");
+    }
+    for l in &t.sender_auth.lines {
         outln!("{l}");
     }
     for (to, (c, v)) in a.to.iter().zip(t.filtered.iter()) {

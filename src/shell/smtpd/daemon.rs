@@ -91,6 +91,12 @@ impl Live {
             ));
         }
         let signer = crate::shell::sender_auth::sign::Signer::load(&cfg.dkim)?;
+        for (path, mode) in crate::shell::sender_auth::sign::Signer::loose_files(&cfg.dkim) {
+            log::warn(format_args!(
+                "DKIM key {}: mode {mode:04o}: readable by group or others; chmod 600 it",
+                path.display()
+            ));
+        }
         let clients = Some(TlsClients::with_certificates(
             cfg.ca.as_deref(),
             &cfg.tls_clients,

@@ -105,6 +105,20 @@ impl Signer {
         Ok(Signer { keys })
     }
 
+    /// The key files that group or others may read, with their modes: the
+    /// daemon warns about each at start and on SIGHUP (a private key should
+    /// be 0600 or 0400, owned by the user sluice runs as).
+    pub fn loose_files(files: &[KeyFile]) -> Vec<(PathBuf, u32)> {
+        use std::os::unix::fs::PermissionsExt as _;
+        files
+            .iter()
+            .filter_map(|f| {
+                let mode = std::fs::metadata(&f.key).ok()?.permissions().mode() & 0o7777;
+                (mode & 0o044 != 0).then(|| (f.key.clone(), mode))
+            })
+            .collect()
+    }
+
     /// Whether any key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()

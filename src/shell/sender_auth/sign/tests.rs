@@ -151,3 +151,29 @@ fn bad_key_files_are_named() {
     assert!(e.contains("junk.pem"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn readable_key_files_are_found() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tmp();
+    let key = write(&dir, "k.pem", b"x");
+    let f = KeyFile {
+        domain: "x.example".into(),
+        selector: "s".into(),
+        key: key.clone(),
+    };
+    let set = |m: u32| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(m));
+    set(0o600).expect("chmod");
+    assert!(Signer::loose_files(std::slice::from_ref(&f)).is_empty());
+    set(0o640).expect("chmod");
+    assert_eq!(
+        Signer::loose_files(std::slice::from_ref(&f)),
+        vec![(key.clone(), 0o640)]
+    );
+    set(0o604).expect("chmod");
+    assert_eq!(
+        Signer::loose_files(std::slice::from_ref(&f)),
+        vec![(key.clone(), 0o604)]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
