@@ -199,3 +199,21 @@ def test_the_cache_can_be_turned_off(sluice_factory):
         assert sink.commands.count("QUIT") == 5
     finally:
         sink.stop()
+
+
+def test_sessions_kept_open_end_with_quit_at_shutdown(sluice_factory):
+    sink = CountingSink()
+    try:
+        d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}},
+                  queue_extra='connection_cache_time = "60s"\n')
+        submit(d, 3)
+        sink.wait(3)
+        time.sleep(0.5)
+        assert "QUIT" not in sink.commands, "kept open, well within the idle limit"
+        assert d.stop() == 0
+        deadline = time.time() + 5
+        while sink.commands.count("QUIT") < len(sink.per_connection) and time.time() < deadline:
+            time.sleep(0.05)
+        assert sink.commands.count("QUIT") == len(sink.per_connection) >= 1, sink.commands
+    finally:
+        sink.stop()
