@@ -1236,6 +1236,16 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        add_to(
+            q,
+            spool,
+            NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+        )
+    }
+
+    /// Spools and queues a message from `a@x.test` to one recipient
+    /// whose next hop is `next_hop`.
+    fn add_to(q: &Queue, spool: &Spool, next_hop: NextHop) -> u64 {
         let body = b"Subject: t\r\n\r\nbody\r\n";
         let env = Envelope {
             from: b"a@x.test".to_vec(),
@@ -1251,7 +1261,7 @@ mod tests {
             policy: 0,
             message_id: None,
             routes: vec![Route {
-                next_hop: NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+                next_hop,
                 ..route("b@y.test", "b@y.test")
             }],
             edits: Vec::new(),
@@ -1326,6 +1336,32 @@ mod tests {
             assert_eq!((reason.code, reason.status), (451, Some((4, 4, 1))));
             at += wait;
         }
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_finished_delivery_takes_the_next_waiting_message_for_its_next_hop() {
+        let cfg = QueueConfig {
+            concurrency_per_destination: 1,
+            ..QueueConfig::default()
+        };
+        let (q, _clock, spool, dir) = queue("handoff", cfg);
+        let hop = |p: u16| NextHop::SmartHosts(vec![format!("127.0.0.1:{p}")]);
+        let (a, b) = (add_to(&q, &spool, hop(9)), add_to(&q, &spool, hop(9)));
+        let other = add_to(&q, &spool, hop(10));
+        // One delivery per next hop: `b` waits for `a`'s slot.
+        let due = q.due(vec![a, b, other]);
+        let started: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
+        assert_eq!(started, [a, other]);
+        let (_, groups_other) = &due[1];
+        assert!(q.waiting_for(groups_other).is_none(), "not for another hop");
+        let (_, groups_a) = &due[0];
+        let next = q.waiting_for(groups_a).map(|(id, g)| (id, g.len()));
+        assert_eq!(next, Some((b, 1)), "a's slot (and session) goes to b");
+        assert!(q.entries.lock().expect("lock")[&b].busy);
+        assert!(q.candidates.lock().expect("lock").waiting.is_empty());
+        assert!(q.waiting_for(groups_a).is_none(), "once");
         spool.close();
         let _ = std::fs::remove_dir_all(&dir);
     }
