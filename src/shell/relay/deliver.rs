@@ -588,7 +588,8 @@ async fn session(
             return SessionEnd {
                 result: Err(e),
                 kept: None,
-                // Nothing was sent: the session stays usable, but unused.
+                // The spool failed us, not the session: a new connection
+                // would not help (the session is dropped, unused).
                 mail_answered: true,
             };
         }
