@@ -268,6 +268,29 @@ def test_the_connector_presents_its_client_certificate(sluice_factory, pki, hops
     assert {"name": "X-OriginatorOrg", "value": "contoso.com", "connector": "cloud"} in doc["headers_added"], doc
 
 
+def test_kept_sessions_never_mix_client_certificates(sluice_factory, pki, hops, sinks):
+    # Both connectors go to the same host and port; only "cloud" presents a
+    # certificate. Sessions kept open between messages (the connection
+    # cache) must stay with their own connector's TLS identity.
+    hop = hops(require=False)
+    text = rules('tls_certificate = "edge"').replace('smart_hosts = ["internet.test"]',
+                                                     'smart_hosts = ["cloud.test"]')
+    d = relay(sluice_factory, {"cloud.test": hop.port, "exch.test": sinks().port}, rules_text=text,
+              extra=client_section("edge", pki["edge"]))
+    for i in range(3):
+        r = send_from(d, "127.0.0.1", "user@contoso.com", ["u@contoso.mail.onmicrosoft.com", "x@example.org"],
+                      b"From: user@contoso.com\r\nSubject: mixed %d\r\n\r\nbody\r\n" % i)
+        check(r, 250)
+        hop.wait(2 * (i + 1))
+    for m in hop.messages:
+        want = "edge.contoso.com" if m.rcpts == ["u@contoso.mail.onmicrosoft.com"] else None
+        assert m.tls and common_name(m.peercert) == want, (m.rcpts, m.peercert)
+    sends = [l for l in d.stderr().splitlines() if "SEND qid=" in l]
+    assert len(sends) == 6 and sum(" reused=0" not in l for l in sends) >= 2, sends
+    # One connection per identity (one EHLO each, and one more after STARTTLS).
+    assert len(hop.ehlos) == 4, hop.ehlos
+
+
 def test_sighup_reloads_client_certificates_and_keeps_them_on_a_bad_file(sluice_factory, pki, hops, sinks):
     cloud = hops(require=True)
     d = hybrid_daemon(sluice_factory, {"cloud.test": cloud, "exch.test": sinks(), "internet.test": sinks()},

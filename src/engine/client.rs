@@ -29,7 +29,7 @@ pub const OUTPUT_BUFFER: usize = 4096;
 const RCPT_OVERHEAD: usize = 12;
 
 /// TLS policy of the connection (the send connector's `tls`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum TlsMode {
     /// STARTTLS when offered, clear text otherwise.
@@ -168,10 +168,16 @@ enum Phase {
     Sending,
     EndOfData,
     Quit,
+    /// The transaction is over and the session stays open for another
+    /// ([`Client::keep_open`]): nothing is sent until [`Client::resume`].
+    Idle,
+    /// A resumed session sent RSET (a transaction was left open).
+    Rset,
     Closed,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 struct Extensions {
     pipelining: bool,
     size: Option<u64>,
@@ -208,7 +214,41 @@ pub struct Client<'a> {
     /// Verify mode ([`Client::verify`]): QUIT after the RCPT replies, never
     /// DATA or BDAT.
     verify: bool,
+    /// After the transaction, stay open ([`Phase::Idle`]) rather than QUIT.
+    keep: bool,
+    /// A transaction was left open (MAIL accepted, nothing sent): the next
+    /// one on this session starts with RSET.
+    left_open: bool,
+    /// MAIL got an answer other than 421: the session was alive for it.
+    mail_answered: bool,
 }
+
+/// What a session kept open ([`Client::idle`]) carries into its next
+/// transaction ([`Client::resume`]): the extensions EHLO announced,
+/// whether TLS is up, and whether a transaction must be reset first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Idle {
+    ext: Extensions,
+    tls: bool,
+    rset: bool,
+}
+
+impl Idle {
+    /// Whether the session runs over TLS (STARTTLS succeeded).
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Whether the next transaction begins with RSET.
+    pub fn needs_rset(&self) -> bool {
+        self.rset
+    }
+}
+
+/// The command that ends a session kept open ([`Client::idle`]) that will
+/// not be resumed: the shell writes it when the session is closed.
+pub const QUIT: &[u8] = b"QUIT\r\n";
 
 fn parse_reply(line: &[u8]) -> Option<(ServerReply<'_>, bool)> {
     let code = line.get(..3)?;
@@ -270,7 +310,53 @@ impl<'a> Client<'a> {
             line_done: false,
             queued: None,
             verify: false,
+            keep: false,
+            left_open: false,
+            mail_answered: false,
         }
+    }
+
+    /// A client for one transaction of `env` on a session kept open
+    /// after an earlier one (`idle`, from [`Client::idle`]): no greeting,
+    /// EHLO or STARTTLS; RSET first when that one left a transaction open,
+    /// then MAIL (already in [`Client::output`]).
+    pub fn resume(cfg: ClientConfig<'a>, env: Transaction<'a>, idle: Idle) -> Self {
+        let mut c = Client::new(cfg, env);
+        c.ext = idle.ext;
+        c.tls = idle.tls;
+        if idle.rset {
+            c.command(&[b"RSET"]);
+            c.phase = Phase::Rset;
+        } else {
+            // A message the session cannot take fails at once, as an event.
+            c.queued = c.send_transaction();
+        }
+        c
+    }
+
+    /// Keeps the session open after this transaction (whatever its end
+    /// of data's reply, or when no recipient was accepted) instead of
+    /// sending QUIT, so that another message can use it: see
+    /// [`Client::idle`].
+    pub fn keep_open(&mut self) {
+        self.keep = true;
+    }
+
+    /// The session, if it is open and between transactions (after
+    /// [`Client::keep_open`]): what [`Client::resume`] needs.
+    pub fn idle(&self) -> Option<Idle> {
+        (self.phase == Phase::Idle).then_some(Idle {
+            ext: self.ext,
+            tls: self.tls,
+            rset: self.left_open,
+        })
+    }
+
+    /// Whether MAIL got an answer other than 421. A resumed session that
+    /// fails before this ([`Client::resume`]) was closed while idle: the
+    /// message can go over a new one, as if nothing had been tried.
+    pub fn mail_answered(&self) -> bool {
+        self.mail_answered
     }
 
     /// A client that only verifies recipients (call-ahead, as Postfix's
@@ -380,7 +466,10 @@ impl<'a> Client<'a> {
                 event: Some(self.event(k)),
             };
         }
-        if matches!(self.phase, Phase::Closed | Phase::AwaitTls | Phase::Sending) {
+        if matches!(
+            self.phase,
+            Phase::Closed | Phase::AwaitTls | Phase::Sending | Phase::Idle
+        ) {
             return Step {
                 consumed: 0,
                 event: None,
@@ -448,6 +537,12 @@ impl<'a> Client<'a> {
     }
 
     fn fail(&mut self, why: Failure, with_reply: bool) -> Option<Kind> {
+        if self.keep && why == Failure::NoRecipients {
+            // MAIL stands without a recipient: RSET before the next one.
+            self.left_open = true;
+            self.phase = Phase::Idle;
+            return Some(Kind::Failed(why, with_reply));
+        }
         if self.phase != Phase::Greeting || with_reply {
             self.command(&[b"QUIT"]);
         }
@@ -555,7 +650,10 @@ impl<'a> Client<'a> {
                 self.phase = Phase::AwaitTls;
                 Some(Kind::StartTls)
             }
-            Phase::Mail => self.on_mail(positive),
+            Phase::Mail => {
+                self.mail_answered = code != 421;
+                self.on_mail(positive)
+            }
             Phase::Rcpt => self.on_rcpt(positive),
             Phase::Data => {
                 if self.no_rcpt {
@@ -568,15 +666,26 @@ impl<'a> Client<'a> {
                 Some(Kind::SendMessage(false))
             }
             Phase::EndOfData => {
-                self.command(&[b"QUIT"]);
-                self.phase = Phase::Quit;
+                if self.keep {
+                    self.phase = Phase::Idle;
+                } else {
+                    self.command(&[b"QUIT"]);
+                    self.phase = Phase::Quit;
+                }
                 Some(Kind::Done)
+            }
+            Phase::Rset => {
+                if !positive {
+                    return self.fail(Failure::Refused, true);
+                }
+                self.left_open = false;
+                self.send_transaction()
             }
             Phase::Quit => {
                 self.phase = Phase::Closed;
                 None
             }
-            Phase::AwaitTls | Phase::Sending | Phase::Closed => None,
+            Phase::AwaitTls | Phase::Sending | Phase::Idle | Phase::Closed => None,
         }
     }
 
@@ -868,8 +977,16 @@ mod tests {
     /// says, one reply per step.
     fn scripted(c: ClientConfig<'_>, e: Transaction<'_>, script: &[&[u8]]) -> (V<String>, String) {
         let mut cl = Client::new(c, e);
+        on_script(&mut cl, script)
+    }
+
+    /// Runs `cl` against `script` (one server reply per step): its events
+    /// and everything it sent, the output waiting at the start included.
+    fn on_script(cl: &mut Client<'_>, script: &[&[u8]]) -> (V<String>, String) {
         let mut events = V::new();
-        let mut sent = String::new();
+        let mut sent = String::from_utf8_lossy(cl.output()).into_owned();
+        let n = cl.output().len();
+        cl.output_sent(n);
         for reply in script {
             let mut pos = 0;
             loop {
@@ -929,6 +1046,103 @@ mod tests {
             cl.output_sent(n);
         }
         (events, sent)
+    }
+
+    /// A server that pipelines and speaks 8BITMIME: greeting and EHLO.
+    const HELLO: [&[u8]; 2] = [
+        b"220 mx.test\r\n",
+        b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+    ];
+
+    /// A whole transaction's replies after [`HELLO`]: MAIL, one RCPT,
+    /// DATA, the end of data.
+    const ONE: [&[u8]; 4] = [b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"];
+
+    /// A client kept open after one transaction to `b@y.test`: its idle state.
+    fn kept_open() -> Idle {
+        let rcpts: [&[u8]; 1] = [b"b@y.test"];
+        let mut cl = Client::new(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10));
+        cl.keep_open();
+        let mut script: V<&[u8]> = HELLO.to_vec();
+        script.extend_from_slice(&ONE);
+        let (ev, sent) = on_script(&mut cl, &script);
+        assert_eq!(ev, ["rcpt0:250", "send:data", "done:250"]);
+        assert!(!sent.contains("QUIT"), "{sent}");
+        assert!(cl.mail_answered());
+        cl.idle().expect("idle after the transaction")
+    }
+
+    #[test]
+    fn a_session_kept_open_carries_a_second_transaction_without_ehlo() {
+        let idle = kept_open();
+        assert!(!idle.tls() && !idle.needs_rset());
+        // The next message: MAIL, RCPT and DATA in one flight, no EHLO.
+        let two: [&[u8]; 1] = [b"c@y.test"];
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&two, true, 20), idle);
+        next.keep_open();
+        let (ev, sent) = on_script(&mut next, &ONE);
+        assert_eq!(ev, ["rcpt0:250", "send:data", "done:250"]);
+        let flight = "MAIL FROM:<a@x.test> BODY=8BITMIME\r\nRCPT TO:<c@y.test>\r\nDATA\r\n";
+        assert!(sent.starts_with(flight), "{sent}");
+        assert!(!sent.contains("EHLO") && !sent.contains("QUIT"), "{sent}");
+        assert_eq!(next.idle(), Some(idle), "idle again, the same session");
+        // Not kept open: QUIT after the transaction, as before.
+        let mut last = Client::resume(cfg(TlsMode::Opportunistic), env(&two, false, 20), idle);
+        let (ev, sent) = on_script(&mut last, &ONE);
+        assert_eq!(ev, ["rcpt0:250", "send:data", "done:250"]);
+        assert!(
+            sent.ends_with("QUIT\r\n") && last.idle().is_none(),
+            "{sent}"
+        );
+    }
+
+    #[test]
+    fn a_transaction_left_open_is_reset_before_the_next_mail() {
+        let rcpts: [&[u8]; 1] = [b"b@y.test"];
+        let mut cl = Client::new(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10));
+        cl.keep_open();
+        let mut script: V<&[u8]> = HELLO.to_vec();
+        script.extend_from_slice(&[b"250 ok\r\n", b"550 5.1.1 no\r\n", b"554 no rcpt\r\n"]);
+        let (ev, sent) = on_script(&mut cl, &script);
+        assert_eq!(ev, ["rcpt0:550", "failed:NoRecipients:0"]);
+        assert!(!sent.contains("QUIT"), "{sent}");
+        let idle = cl.idle().expect("kept open");
+        assert!(idle.needs_rset());
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10), idle);
+        assert_eq!(next.output(), b"RSET\r\n", "RSET alone, then MAIL");
+        let (ev, sent) = on_script(&mut next, &[b"250 reset\r\n", b"250 ok\r\n", b"250 ok\r\n"]);
+        assert_eq!(ev, ["rcpt0:250"]);
+        let flight = "RSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n";
+        assert!(sent.starts_with(flight), "{sent}");
+        // A refused RSET ends the session.
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10), idle);
+        let (ev, _) = on_script(&mut next, &[b"421 4.3.2 bye\r\n"]);
+        assert_eq!(ev, ["failed:Refused:421"]);
+        assert!(!next.mail_answered() && next.is_closed());
+    }
+
+    #[test]
+    fn a_resumed_session_closed_while_idle_has_no_answer_to_mail() {
+        let idle = kept_open();
+        let rcpts: [&[u8]; 1] = [b"b@y.test"];
+        // The server timed the idle session out: its 421 comes for MAIL.
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10), idle);
+        let (ev, _) = on_script(&mut next, &[b"421 4.4.2 idle too long\r\n"]);
+        assert_eq!(ev, ["failed:Refused:421"]);
+        assert!(!next.mail_answered());
+        // A real refusal of MAIL is an answer.
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10), idle);
+        let (ev, _) = on_script(&mut next, &[b"451 4.3.0 later\r\n"]);
+        assert_eq!(ev, ["failed:Refused:451"]);
+        assert!(next.mail_answered());
+        // A message the session cannot take fails at the first feed.
+        let seven = Idle {
+            ext: Extensions::default(),
+            ..idle
+        };
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&rcpts, true, 10), seven);
+        let (ev, _) = on_script(&mut next, &[b""]);
+        assert_eq!(ev, ["failed:Needs8BitMime:0"]);
     }
 
     #[test]

@@ -132,6 +132,11 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Deliveries at once to one next hop.
     pub concurrency_per_destination: usize,
+    /// The connection cache's bounds: an outbound session idle longer
+    /// than `connection_cache_time` is closed, one carries at most
+    /// `connection_cache_messages` messages, at most
+    /// `connection_cache_size` sessions stay open (0 for any: no cache).
+    pub connection_cache: crate::shell::relay::pool::Limits,
     /// Accept and spool, deliver nothing (a maintenance window at the
     /// next hop, or measuring the accept path alone). Warnings and expiry
     /// still run.
@@ -147,6 +152,7 @@ impl Default for QueueConfig {
             expire_after: m(2 * 24 * 60),
             concurrency: 100,
             concurrency_per_destination: 10,
+            connection_cache: crate::shell::relay::pool::Limits::default(),
             hold: false,
         }
     }
@@ -259,6 +265,9 @@ struct RawQueue {
     expire_after: Option<String>,
     concurrency: Option<usize>,
     concurrency_per_destination: Option<usize>,
+    connection_cache_time: Option<String>,
+    connection_cache_messages: Option<u32>,
+    connection_cache_size: Option<usize>,
     hold: Option<bool>,
 }
 
@@ -884,6 +893,16 @@ fn queue(q: RawQueue) -> Result<QueueConfig, ValueError> {
             .concurrency_per_destination
             .unwrap_or(qd.concurrency_per_destination)
             .max(1),
+        connection_cache: crate::shell::relay::pool::Limits {
+            idle: opt_duration(q.connection_cache_time, &["queue", "connection_cache_time"])?
+                .unwrap_or(qd.connection_cache.idle),
+            messages: q
+                .connection_cache_messages
+                .unwrap_or(qd.connection_cache.messages),
+            sessions: q
+                .connection_cache_size
+                .unwrap_or(qd.connection_cache.sessions),
+        },
         hold: q.hold.unwrap_or(false),
     })
 }

@@ -183,6 +183,13 @@ fn queue(q: &QueueConfig) -> Table {
         "concurrency_per_destination".into(),
         int(q.concurrency_per_destination as u64),
     );
+    let cache = &q.connection_cache;
+    t.insert("connection_cache_time".into(), duration(cache.idle));
+    t.insert(
+        "connection_cache_messages".into(),
+        int(u64::from(cache.messages)),
+    );
+    t.insert("connection_cache_size".into(), int(cache.sessions as u64));
     t.insert("hold".into(), Value::Boolean(q.hold));
     t
 }

@@ -65,6 +65,9 @@ const QUEUE: &[(&str, Shape)] = &[
     ("expire_after", Leaf),
     ("concurrency", Leaf),
     ("concurrency_per_destination", Leaf),
+    ("connection_cache_time", Leaf),
+    ("connection_cache_messages", Leaf),
+    ("connection_cache_size", Leaf),
     ("hold", Leaf),
 ];
 /// `[dns]` keys (`static` and `static_mx` hold names: not checked here).

@@ -269,6 +269,15 @@ pub static TLS_FAILURES: Family = Family::new(
     "direction",
 );
 
+/// Outbound sessions a delivery used: new connections (`no`) and sessions
+/// taken from the connection cache (`yes`).
+pub static DELIVERY_CONNECTIONS: Family = Family::new(
+    "sluice_delivery_connections_total",
+    "Outbound sessions deliveries used: new connections (reused=no) and sessions kept open from an earlier delivery (reused=yes).",
+    Type::Counter,
+    "reused",
+);
+
 /// Questions sent to DNS servers.
 pub static DNS_QUERIES: Scalar = Scalar::new(
     "sluice_dns_queries_total",
@@ -306,7 +315,7 @@ static FAMILIES: [&Family; 8] = [
 ];
 
 /// Every labelled family after [`FAMILIES`], and the counters.
-static MORE: [&Family; 2] = [&TLS_FAILURES, &AUTH_TOTAL];
+static MORE: [&Family; 3] = [&TLS_FAILURES, &AUTH_TOTAL, &DELIVERY_CONNECTIONS];
 
 /// Every unlabelled counter, in exposition order.
 static SCALARS: [&Scalar; 4] = [

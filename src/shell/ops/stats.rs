@@ -62,6 +62,7 @@ pub fn register(t: &Table) {
     for f in [&metrics::TLS_HANDSHAKES, &metrics::TLS_FAILURES] {
         f.register(["inbound".to_string(), "outbound".to_string()]);
     }
+    metrics::DELIVERY_CONNECTIONS.register(["no".to_string(), "yes".to_string()]);
 }
 
 /// Hands the registry the function that reads the levels of `queue`,

@@ -9,11 +9,19 @@
 //! next. The engine's [`Client`] speaks SMTP; this module moves the octets:
 //! TCP, TLS per the connector's policy, and the message streamed from the
 //! spool with the header edits spliced into the header block only.
+//!
+//! With a connection cache ([`Attempt::pool`], see [`super::pool`]) a
+//! session stays open after its transaction and the next message to the
+//! same host, port and TLS identity goes over it: MAIL at once (RSET first
+//! when a transaction was left open). A cached session that fails before
+//! MAIL is answered (the next hop closed it while idle, a 421, a broken
+//! pipe) was no attempt: the message goes over a new connection at once.
 
 use crate::engine::client::{self, Client, Event, ServerReply, TlsMode};
 use crate::shell::policy::render::HeaderEdit;
 use crate::shell::relay::dns::{DnsError, Resolver};
 use crate::shell::relay::failure::{at_host, Failure};
+use crate::shell::relay::pool::{Key, Pool};
 use crate::shell::relay::splice::splice;
 use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{NextHop, RcptState, Stored};
@@ -36,6 +44,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 const DATA_END_TIMEOUT: Duration = Duration::from_secs(600);
 /// Octets read from the spool and written at a time while streaming.
 const STREAM_CHUNK: usize = 64 * 1024;
+/// How long closing a cached session may take (QUIT written and flushed).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// TLS client configurations, one per connector policy.
 pub struct TlsClients {
@@ -198,6 +208,43 @@ pub struct Attempt<'a> {
     pub connector: Option<&'a str>,
     /// The client certificate (`[[tls.client]]` name) presented at STARTTLS.
     pub certificate: Option<&'a str>,
+    /// The connection cache: sessions are taken from it and kept in it
+    /// (none: one connection per attempt, closed with QUIT).
+    pub pool: Option<&'a Sessions>,
+}
+
+/// An outbound session kept open between deliveries: the connection and
+/// what the engine's client needs to go on with it.
+pub struct Cached {
+    conn: Conn,
+    idle: client::Idle,
+}
+
+/// The connection cache of outbound sessions.
+pub type Sessions = Pool<Cached>;
+
+/// Ends cached sessions: QUIT written and flushed (a TLS session also
+/// sends its close_notify), then the connection is dropped. For sessions
+/// at the idle limit, evicted, or at shutdown.
+pub async fn close(sessions: Vec<Cached>) {
+    for mut c in sessions {
+        let _ = timed(CLOSE_TIMEOUT, async {
+            c.conn.write_all(client::QUIT).await?;
+            c.conn.close().await
+        })
+        .await;
+    }
+}
+
+/// What an attempt came to: a result per route, in order, and how many
+/// messages the connection that carried the transaction had carried
+/// before it (0: a new connection, or none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// A result per route.
+    pub results: Vec<Result1>,
+    /// Messages the connection carried before this one.
+    pub reused: u32,
 }
 
 /// A next hop's reply as the shell keeps it (its text as UTF-8, lossily).
@@ -321,6 +368,14 @@ impl Conn {
             Conn::Gone => Ok(()),
         }
     }
+    /// Flushes and closes the writing side (TLS: close_notify first).
+    pub(super) async fn close(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.close().await,
+            Conn::Tls(s) => s.close().await,
+            Conn::Gone => Ok(()),
+        }
+    }
 }
 
 /// `f`, or `TimedOut` after `d`.
@@ -364,74 +419,185 @@ enum Session {
 
 /// One attempt for `routes` (indices into the envelope's routes) of `m`:
 /// a result per route, in the same order.
-pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Vec<Result1> {
+pub async fn attempt(a: &Attempt<'_>, m: &Stored, routes: &[u16]) -> Outcome {
+    let all = |r: Result1| Outcome {
+        results: vec![r; routes.len()],
+        reused: 0,
+    };
     // A certificate the config no longer declares: defer (sending without
     // it would be attributed wrongly at the next hop).
     if let Some(name) = a.certificate.filter(|n| !a.tls.certs.contains_key(*n)) {
-        return vec![Result1::Deferred(Failure::NoClientCertificate.reply(name)); routes.len()];
+        return all(Result1::Deferred(Failure::NoClientCertificate.reply(name)));
     }
     let targets = match targets(a).await {
         Ok(t) => t,
-        Err(r) => return vec![r; routes.len()],
+        Err(r) => return all(r),
     };
     let mut last = Failure::NoAnswer.reply("");
     let mut tempfailed: Option<Vec<Result1>> = None;
     for (host, addr) in targets {
-        // Opportunistic TLS that fails its handshake: once more in clear text.
-        let mut use_tls = true;
-        loop {
-            let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last = Failure::Connect.reply(&format!("{host} [{addr}]: {e}"));
-                    break;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            match session(a, m, routes, &host, Conn::Plain(stream), use_tls).await {
-                Ok(Session::Done(results)) => return results,
-                Ok(Session::TempFailed(results)) => {
-                    last = Failure::AllDeferred.reply(&format!("{host} [{addr}]"));
-                    tempfailed = Some(results);
-                }
-                Ok(Session::Next(why)) => last = at_host(why, &host, &addr),
-                Ok(Session::TlsFailed(why)) => {
-                    last = at_host(why, &host, &addr);
-                    if a.mode == TlsMode::Opportunistic && use_tls {
-                        crate::shell::ops::log::info(format_args!(
-                            "deliver: {last}; opportunistic TLS, trying again without STARTTLS"
-                        ));
-                        use_tls = false;
-                        continue;
-                    }
-                }
-                Ok(Session::Permanent(why)) => {
-                    return vec![Result1::Bounced(at_host(why, &host, &addr)); routes.len()]
-                }
-                Err(e) => last = Failure::Io.reply(&format!("{host} [{addr}]: {e}")),
+        match at_address(a, m, routes, &host, addr).await {
+            Tried::Over(outcome) => return outcome,
+            Tried::TempFailed(results, why) => {
+                last = why;
+                tempfailed = Some(results);
             }
-            break;
+            Tried::Next(why) => last = why,
+            Tried::Permanent(why) => return all(Result1::Bounced(why)),
         }
     }
     // The last host that answered every recipient with 4xx keeps its
     // per-recipient replies; otherwise the last reason stands for all.
-    tempfailed.unwrap_or_else(|| vec![Result1::Deferred(last); routes.len()])
+    Outcome {
+        results: tempfailed.unwrap_or_else(|| vec![Result1::Deferred(last); routes.len()]),
+        reused: 0,
+    }
 }
 
-/// One SMTP session with `host` over `conn` for `routes` of `m`.
+/// How one address came out.
+enum Tried {
+    /// The transaction ran: the attempt is over.
+    Over(Outcome),
+    /// Every recipient was refused for now (their results, and why).
+    TempFailed(Vec<Result1>, OwnedReply),
+    /// Nothing was delivered: the next address (why).
+    Next(OwnedReply),
+    /// Every recipient failed permanently (why).
+    Permanent(OwnedReply),
+}
+
+/// The attempt at one address: over a cached session if there is one
+/// (one closed while idle counts for nothing), else over new connections
+/// (opportunistic TLS whose handshake fails: once more in clear text).
+async fn at_address(
+    a: &Attempt<'_>,
+    m: &Stored,
+    routes: &[u16],
+    host: &str,
+    addr: SocketAddr,
+) -> Tried {
+    let key = Key {
+        host: host.to_string(),
+        addr,
+        mode: a.mode,
+        certificate: a.certificate.map(str::to_string),
+    };
+    if let Some((cached, carried)) = take_cached(a, &key).await {
+        crate::shell::ops::metrics::DELIVERY_CONNECTIONS.add("yes", 1);
+        let end = session(a, m, routes, host, cached.conn, Start::Resume(cached.idle)).await;
+        if end.mail_answered {
+            return finish(a, key, end, carried, addr, host).await;
+        }
+        crate::shell::ops::log::info(format_args!(
+            "deliver: the session to {host} [{addr}] kept open after {carried} message(s) failed before MAIL was answered; a new one"
+        ));
+    }
+    // Opportunistic TLS that fails its handshake: once more in clear text.
+    let mut use_tls = true;
+    loop {
+        let stream = match timed(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(s) => s,
+            Err(e) => return Tried::Next(Failure::Connect.reply(&format!("{host} [{addr}]: {e}"))),
+        };
+        let _ = stream.set_nodelay(true);
+        crate::shell::ops::metrics::DELIVERY_CONNECTIONS.add("no", 1);
+        let conn = Conn::Plain(stream);
+        let end = session(a, m, routes, host, conn, Start::New { use_tls }).await;
+        if let Ok(Session::TlsFailed(why)) = &end.result {
+            let why = at_host(why.clone(), host, &addr);
+            if a.mode == TlsMode::Opportunistic && use_tls {
+                crate::shell::ops::log::info(format_args!(
+                    "deliver: {why}; opportunistic TLS, trying again without STARTTLS"
+                ));
+                use_tls = false;
+                continue;
+            }
+            return Tried::Next(why);
+        }
+        return finish(a, key, end, 0, addr, host).await;
+    }
+}
+
+/// A cached session for `key`, if one is idle (and not past the idle
+/// limit: those found are closed now), with the messages it carried.
+async fn take_cached(a: &Attempt<'_>, key: &Key) -> Option<(Cached, u32)> {
+    let pool = a.pool?;
+    let (found, stale) = pool.take(key, std::time::Instant::now());
+    close(stale).await;
+    found
+}
+
+/// What a session came to for the attempt; the session itself is kept in
+/// the cache when it stays open (it carried `carried` messages before).
+async fn finish(
+    a: &Attempt<'_>,
+    key: Key,
+    end: SessionEnd,
+    carried: u32,
+    addr: SocketAddr,
+    host: &str,
+) -> Tried {
+    if let (Some(pool), Some(kept)) = (a.pool, end.kept) {
+        let evicted = pool.put(key, kept, carried + 1, std::time::Instant::now());
+        close(evicted.into_iter().collect()).await;
+    }
+    match end.result {
+        Ok(Session::Done(results)) => Tried::Over(Outcome {
+            results,
+            reused: carried,
+        }),
+        Ok(Session::TempFailed(results)) => Tried::TempFailed(
+            results,
+            Failure::AllDeferred.reply(&format!("{host} [{addr}]")),
+        ),
+        Ok(Session::Next(why) | Session::TlsFailed(why)) => Tried::Next(at_host(why, host, &addr)),
+        Ok(Session::Permanent(why)) => Tried::Permanent(at_host(why, host, &addr)),
+        Err(e) => Tried::Next(Failure::Io.reply(&format!("{host} [{addr}]: {e}"))),
+    }
+}
+
+/// How a session ended: its result for the attempt, the session if it
+/// stays open for another message, and whether MAIL was answered.
+struct SessionEnd {
+    result: io::Result<Session>,
+    kept: Option<Cached>,
+    mail_answered: bool,
+}
+
+/// How a session begins.
+#[derive(Clone, Copy)]
+enum Start {
+    /// A new connection: the greeting, EHLO, STARTTLS if `use_tls`.
+    New { use_tls: bool },
+    /// A session kept open after an earlier transaction.
+    Resume(client::Idle),
+}
+
+/// One SMTP transaction with `host` over `conn` for `routes` of `m`.
 async fn session(
     a: &Attempt<'_>,
     m: &Stored,
     routes: &[u16],
     host: &str,
     conn: Conn,
-    use_tls: bool,
-) -> io::Result<Session> {
+    start: Start,
+) -> SessionEnd {
+    let (head, body_at) = match spliced_head(m, a.connector) {
+        Ok(x) => x,
+        Err(e) => {
+            return SessionEnd {
+                result: Err(e),
+                kept: None,
+                // The spool failed us, not the session: a new connection
+                // would not help (the session is dropped, unused).
+                mail_answered: true,
+            };
+        }
+    };
     let rcpts: Vec<&[u8]> = routes
         .iter()
         .filter_map(|i| m.env.routes.get(usize::from(*i)).map(|r| r.rcpt.as_slice()))
         .collect();
-    let (head, body_at) = spliced_head(m, a.connector)?;
     let size = head.len() as u64 + (m.env.size - body_at);
     let env = client::Transaction {
         from: &m.env.from,
@@ -443,13 +609,20 @@ async fn session(
     let cfg = client::ClientConfig {
         helo: a.helo,
         tls: a.mode,
-        tls_available: use_tls,
+        tls_available: !matches!(start, Start::New { use_tls: false }),
     };
+    let mut cl = match start {
+        Start::New { .. } => Client::new(cfg, env),
+        Start::Resume(idle) => Client::resume(cfg, env, idle),
+    };
+    if a.pool.is_some_and(|p| p.limits().enabled()) {
+        cl.keep_open();
+    }
     let mut t = Transaction {
         a,
         m,
         host,
-        cl: Client::new(cfg, env),
+        cl,
         conn,
         head,
         body_at,
@@ -459,7 +632,19 @@ async fn session(
         end: 0,
         data_sent: false,
     };
-    t.run().await
+    let result = t.run().await;
+    let kept = match (&result, t.cl.idle()) {
+        (Ok(_), Some(idle)) => Some(Cached {
+            conn: std::mem::replace(&mut t.conn, Conn::Gone),
+            idle,
+        }),
+        _ => None,
+    };
+    SessionEnd {
+        result,
+        kept,
+        mail_answered: t.cl.mail_answered(),
+    }
 }
 
 /// A client event with the next hop's reply owned, so that acting on it

@@ -15,12 +15,19 @@
 //! still undelivered `expire_after` after acceptance is bounced. All three
 //! go by the queue's [`Clock`]. Deliveries run at most `concurrency` at
 //! once, `concurrency_per_destination` per next hop.
+//!
+//! Deliveries share a connection cache ([`super::pool`]): a session stays
+//! open after its transaction for the next message to the same next hop.
+//! So that this happens under load and not only by chance, a delivery
+//! that ends hands its slot (and so the session it just kept) to the next
+//! message held back for the same next hop, if one is waiting; the
+//! scheduler's tick closes the sessions idle past the limit.
 
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use crate::shell::config::QueueConfig;
 use crate::shell::policy::install::Installer;
-use crate::shell::relay::deliver::{self, Attempt, Result1, TlsClients};
+use crate::shell::relay::deliver::{self, Attempt, Result1, Sessions, TlsClients};
 use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::failure::Failure;
 use crate::shell::reply::OwnedReply;
@@ -107,7 +114,13 @@ pub struct Queue {
     rescan: AtomicBool,
     /// The time retries, warnings and expiry go by.
     clock: Arc<dyn Clock>,
+    /// Outbound sessions kept open between deliveries.
+    sessions: Sessions,
 }
+
+/// Waiting messages a finished delivery looks at for one to the same
+/// next hop (the oldest ones; the rest wait for the scheduler).
+const HANDOFF_SCAN: usize = 64;
 
 /// A queued message's state as the metrics name it ([`Queue::depth`]):
 /// a delivery holds it, `[queue] hold` keeps it, a recipient is deferred,
@@ -151,6 +164,7 @@ impl Queue {
                 )
             })
             .collect();
+        let cfg_cache = cfg.connection_cache;
         Arc::new(Queue {
             spool,
             cfg,
@@ -165,7 +179,20 @@ impl Queue {
             // The first pass walks what was recovered.
             rescan: AtomicBool::new(true),
             clock: Arc::new(SystemClock),
+            sessions: Sessions::new(cfg_cache),
         })
+    }
+
+    /// Closes the outbound sessions idle past the limit (and those
+    /// retired), with QUIT.
+    async fn close_idle(&self) {
+        deliver::close(self.sessions.expired_at(std::time::Instant::now())).await;
+    }
+
+    /// Closes every cached outbound session with QUIT and keeps no more
+    /// (shutdown).
+    pub async fn close_sessions(&self) {
+        deliver::close(self.sessions.drain()).await;
     }
 
     /// Messages waiting (for `status` and logs).
@@ -291,6 +318,7 @@ impl Queue {
                 },
             )
             .await;
+            self.close_idle().await;
             let full = self.rescan.swap(false, Ordering::Relaxed)
                 || last_full.elapsed() >= Duration::from_secs(1);
             if !full {
@@ -764,6 +792,9 @@ impl Queue {
             Ok(mut g) => *g = tls,
             Err(p) => *p.into_inner() = tls,
         }
+        // A session kept open presents the old certificate: none is used
+        // again, the next tick closes them.
+        self.sessions.retire();
     }
 
     /// Picks the messages with due recipients and marks them busy, within
@@ -829,52 +860,102 @@ impl Queue {
     }
 
     /// One delivery of message `id`: an attempt per group, each result
-    /// logged and recorded; then the slots are free and the message too.
+    /// logged and recorded; then, while a message for the same next hop
+    /// waits, that one in the same slot (the session just kept goes to
+    /// it); then the slots are free.
     async fn deliver(self: Arc<Self>, id: u64, groups: Vec<Group>) {
-        let msg = match self.entries.lock() {
-            Ok(e) => e.get(&id).map(|e| e.msg.clone()),
-            Err(_) => None,
-        };
-        if let Some(msg) = msg {
-            let policy = self.installer.current();
-            let tls = self.tls();
-            for g in &groups {
-                let certificate = client_certificate(&policy, g.connector.as_deref());
-                let attempt = Attempt {
-                    helo: &self.helo,
-                    resolver: &self.resolver,
-                    tls: &tls,
-                    mode: tls_mode(&policy, g.connector.as_deref()),
-                    next_hop: &g.next_hop,
-                    connector: g.connector.as_deref(),
-                    certificate: certificate.as_deref(),
-                };
-                let results = deliver::attempt(&attempt, &msg, &g.routes).await;
-                self.record_results(&msg, g, &results, certificate.as_deref())
-                    .await;
+        let (mut id, mut groups) = (id, groups);
+        let mut handed = 0;
+        loop {
+            self.deliver_one(id, &groups).await;
+            if let Ok(mut e) = self.entries.lock() {
+                if let Some(entry) = e.get_mut(&id) {
+                    entry.busy = false;
+                }
+            }
+            self.forget_if_done(id);
+            handed += 1;
+            if handed >= self.cfg.connection_cache.messages {
+                break;
+            }
+            match self.waiting_for(&groups) {
+                Some((next, g)) => (id, groups) = (next, g),
+                None => break,
             }
         }
         self.release(&groups);
-        if let Ok(mut e) = self.entries.lock() {
-            if let Some(entry) = e.get_mut(&id) {
-                entry.busy = false;
-            }
-        }
-        self.forget_if_done(id);
         // A slot is free: messages held back by the concurrency limits go
         // now, not at the next tick.
         let _ = self.wake.0.try_send(());
     }
 
+    /// The attempts for message `id`'s `groups`, each recorded.
+    async fn deliver_one(&self, id: u64, groups: &[Group]) {
+        let msg = match self.entries.lock() {
+            Ok(e) => e.get(&id).map(|e| e.msg.clone()),
+            Err(_) => None,
+        };
+        let Some(msg) = msg else { return };
+        let policy = self.installer.current();
+        let tls = self.tls();
+        for g in groups {
+            let certificate = client_certificate(&policy, g.connector.as_deref());
+            let attempt = Attempt {
+                helo: &self.helo,
+                resolver: &self.resolver,
+                tls: &tls,
+                mode: tls_mode(&policy, g.connector.as_deref()),
+                next_hop: &g.next_hop,
+                connector: g.connector.as_deref(),
+                certificate: certificate.as_deref(),
+                pool: Some(&self.sessions),
+            };
+            let outcome = deliver::attempt(&attempt, &msg, &g.routes).await;
+            let how = Sent {
+                certificate: certificate.as_deref(),
+                reused: outcome.reused,
+            };
+            self.record_results(&msg, g, &outcome.results, how).await;
+        }
+    }
+
+    /// A message held back by the concurrency limits whose due recipients
+    /// all go to the one next hop of `groups`: it leaves the waiting list,
+    /// marked busy, with its groups. None unless the cache is on and
+    /// `groups` is one next hop; only the oldest [`HANDOFF_SCAN`] waiting
+    /// messages are looked at.
+    fn waiting_for(&self, groups: &[Group]) -> Option<(u64, Vec<Group>)> {
+        let [done] = groups else { return None };
+        if !self.cfg.connection_cache.enabled() || self.cfg.hold {
+            return None;
+        }
+        let t = self.clock.now();
+        let (Ok(mut entries), Ok(mut cands)) = (self.entries.lock(), self.candidates.lock()) else {
+            return None;
+        };
+        for i in 0..cands.waiting.len().min(HANDOFF_SCAN) {
+            let Some(&id) = cands.waiting.get(i) else {
+                break;
+            };
+            let Some(entry) = entries.get_mut(&id).filter(|e| !e.busy) else {
+                continue;
+            };
+            let next = groups_due(&entry.msg, t);
+            if let [g] = next.as_slice() {
+                if g.key == done.key {
+                    entry.busy = true;
+                    entry.waiting = false;
+                    cands.waiting.remove(i);
+                    return Some((id, next));
+                }
+            }
+        }
+        None
+    }
+
     /// Logs and records the `results` of an attempt for group `g` of `msg`:
     /// each recipient's new state, deferred ones with their next time.
-    async fn record_results(
-        &self,
-        msg: &Stored,
-        g: &Group,
-        results: &[Result1],
-        certificate: Option<&str>,
-    ) {
+    async fn record_results(&self, msg: &Stored, g: &Group, results: &[Result1], how: Sent<'_>) {
         let t = self.clock.now();
         let changes: Vec<(u16, RcptState)> = g
             .routes
@@ -888,7 +969,7 @@ impl Queue {
             .collect();
         let qid = crate::shell::spool::format_id(msg.id);
         for ((i, _), r) in changes.iter().zip(results) {
-            log_result(&qid, msg, *i, r, certificate);
+            log_result(&qid, msg, *i, r, how);
             count_result(g.connector.as_deref(), r);
         }
         match self.spool.record(msg.id, &changes).await {
@@ -1017,10 +1098,20 @@ fn count_result(connector: Option<&str>, r: &Result1) {
     family.add(crate::shell::ops::stats::connector_label(connector), 1);
 }
 
+/// How an attempt went out, for its log lines.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    /// The client certificate the connector presents, if any.
+    certificate: Option<&'a str>,
+    /// Messages the connection carried before this one.
+    reused: u32,
+}
+
 /// The log line for recipient `i` of `msg` after an attempt: SEND, DEFER
-/// or BOUNCE with the reply, and the client certificate the connector
-/// presents (`cert=NAME`), if any.
-fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1, certificate: Option<&str>) {
+/// or BOUNCE with the reply, the client certificate the connector
+/// presents (`cert=NAME`), if any, and on SEND how many messages the
+/// connection carried before (`reused=N`, 0 for a new connection).
+fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1, how: Sent<'_>) {
     use crate::shell::ops::log::{event, Kind};
     let rcpt = msg
         .env
@@ -1038,11 +1129,15 @@ fn log_result(qid: &str, msg: &Stored, i: u16, r: &Result1, certificate: Option<
         Some(qid),
         msg.env.message_id.as_deref(),
         format_args!(
-            "to=<{rcpt}> {}{}",
+            "to=<{rcpt}> {}{}{}",
             r.reply(),
-            certificate
+            how.certificate
                 .map(|c| format!(" cert={c}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            match r {
+                Result1::Delivered(_) => format!(" reused={}", how.reused),
+                _ => String::new(),
+            }
         ),
     );
 }
@@ -1141,6 +1236,16 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        add_to(
+            q,
+            spool,
+            NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+        )
+    }
+
+    /// Spools and queues a message from `a@x.test` to one recipient
+    /// whose next hop is `next_hop`.
+    fn add_to(q: &Queue, spool: &Spool, next_hop: NextHop) -> u64 {
         let body = b"Subject: t\r\n\r\nbody\r\n";
         let env = Envelope {
             from: b"a@x.test".to_vec(),
@@ -1156,7 +1261,7 @@ mod tests {
             policy: 0,
             message_id: None,
             routes: vec![Route {
-                next_hop: NextHop::SmartHosts(vec![format!("127.0.0.1:{port}")]),
+                next_hop,
                 ..route("b@y.test", "b@y.test")
             }],
             edits: Vec::new(),
@@ -1231,6 +1336,32 @@ mod tests {
             assert_eq!((reason.code, reason.status), (451, Some((4, 4, 1))));
             at += wait;
         }
+        spool.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_finished_delivery_takes_the_next_waiting_message_for_its_next_hop() {
+        let cfg = QueueConfig {
+            concurrency_per_destination: 1,
+            ..QueueConfig::default()
+        };
+        let (q, _clock, spool, dir) = queue("handoff", cfg);
+        let hop = |p: u16| NextHop::SmartHosts(vec![format!("127.0.0.1:{p}")]);
+        let (a, b) = (add_to(&q, &spool, hop(9)), add_to(&q, &spool, hop(9)));
+        let other = add_to(&q, &spool, hop(10));
+        // One delivery per next hop: `b` waits for `a`'s slot.
+        let due = q.due(vec![a, b, other]);
+        let started: Vec<u64> = due.iter().map(|(id, _)| *id).collect();
+        assert_eq!(started, [a, other]);
+        let (_, groups_other) = &due[1];
+        assert!(q.waiting_for(groups_other).is_none(), "not for another hop");
+        let (_, groups_a) = &due[0];
+        let next = q.waiting_for(groups_a).map(|(id, g)| (id, g.len()));
+        assert_eq!(next, Some((b, 1)), "a's slot (and session) goes to b");
+        assert!(q.entries.lock().expect("lock")[&b].busy);
+        assert!(q.candidates.lock().expect("lock").waiting.is_empty());
+        assert!(q.waiting_for(groups_a).is_none(), "once");
         spool.close();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -203,6 +203,7 @@ impl Verifier {
             next_hop: &next_hop,
             connector: None,
             certificate: None,
+            pool: None,
         };
         let hosts = match targets(&attempt).await {
             Ok(h) => h,

@@ -400,6 +400,8 @@ fn serve(
         drop(accepts); // cancels the accept loops: no new sessions
         stop_tx.close();
         drain(&sh).await;
+        // Outbound sessions kept open for more mail end politely.
+        sh.queue.close_sessions().await;
     }));
     end_tx.close();
     for w in workers {

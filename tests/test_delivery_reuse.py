@@ -1,0 +1,219 @@
+"""Delivery connection reuse (the connection cache), end to end: a raw
+next hop on loopback counts the connections and the messages each one
+carried, and can close a connection it kept idle (silently, or with a
+421 first) to show that a cached session that fails before MAIL is
+answered costs the message nothing."""
+import json
+import socket
+import threading
+import time
+
+from helpers.daemon import relay
+from helpers.smtp import check, queued_id
+from helpers.queue import states
+
+
+class CountingSink:
+    """A minimal SMTP server on 127.0.0.1 (a thread per connection) that
+    accepts every message and counts per connection how many it carried.
+    `close_idle`: after each transaction, wait that many seconds and then
+    close the connection (`goodbye`: the line sent before, e.g. a 421)."""
+
+    def __init__(self, close_idle=None, goodbye=None):
+        self.close_idle = close_idle
+        self.goodbye = goodbye
+        self.per_connection = []  # messages carried, one entry per connection
+        self.messages = []  # (mail_from, rcpts, data)
+        self.commands = []  # every command line, in order
+        self.lock = threading.Lock()
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.per_connection.append(0)
+                index = len(self.per_connection) - 1
+            threading.Thread(target=self._serve, args=(conn, index), daemon=True).start()
+
+    def _serve(self, conn, index):
+        f = conn.makefile("rb")
+        try:
+            conn.sendall(b"220 sink.test ESMTP\r\n")
+            mail, rcpts = None, []
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                cmd = line.decode("latin-1").rstrip("\r\n")
+                with self.lock:
+                    self.commands.append(cmd)
+                verb = cmd[:4].upper()
+                if verb == "EHLO":
+                    conn.sendall(b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n")
+                elif verb == "MAIL":
+                    mail, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
+                    conn.sendall(b"250 2.1.0 ok\r\n")
+                elif verb == "RCPT":
+                    rcpts.append(cmd[8:].split(">")[0].lstrip("<"))
+                    conn.sendall(b"250 2.1.5 ok\r\n")
+                elif verb == "DATA":
+                    conn.sendall(b"354 go\r\n")
+                    data = b""
+                    while True:
+                        l = f.readline()
+                        if not l or l == b".\r\n":
+                            break
+                        data += l[1:] if l.startswith(b".") else l
+                    with self.lock:
+                        self.messages.append((mail, rcpts, data))
+                        self.per_connection[index] += 1
+                    conn.sendall(b"250 2.0.0 captured\r\n")
+                    if self.close_idle is not None:
+                        time.sleep(self.close_idle)
+                        if self.goodbye:
+                            conn.sendall(self.goodbye)
+                        return
+                elif verb == "RSET":
+                    mail, rcpts = None, []
+                    conn.sendall(b"250 2.0.0 reset\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 2.0.0 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"502 5.5.2 what\r\n")
+        except OSError:
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def wait(self, n, timeout=20):
+        deadline = time.time() + timeout
+        while len(self.messages) < n and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(self.messages) >= n, "got %d message(s), wanted %d" % (len(self.messages), n)
+        return self.messages
+
+    def stop(self):
+        self.stopped = True
+        self.srv.close()
+
+
+def connection_metrics(d):
+    p = d.cli("status", "--json")
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)["metrics"].get("sluice_delivery_connections_total", {})
+
+
+def submit(d, n, prefix="m"):
+    """Sends `n` messages over one inbound session; their queue ids."""
+    c = d.session()
+    qids = []
+    for i in range(n):
+        r = c.send_mail("a@contoso.com", ["x@reuse.test"],
+                        b"Subject: %s %d\r\n\r\nbody %d\r\n" % (prefix.encode(), i, i))
+        check(r, 250)
+        qids.append(queued_id(r))
+    c.close()
+    return qids
+
+
+def test_twenty_messages_share_connections_and_say_reused(sluice_factory):
+    sink = CountingSink()
+    try:
+        d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}})
+        qids = submit(d, 20)
+        sink.wait(20)
+        for q in qids:
+            states(d, q, ["Delivered"])
+        assert sum(sink.per_connection) == 20
+        assert len(sink.per_connection) < 20, sink.per_connection
+        assert max(sink.per_connection) >= 2, sink.per_connection
+        log = d.stderr()
+        sends = [l for l in log.splitlines() if "SEND qid=" in l]
+        assert len(sends) == 20, sends
+        assert all(" reused=" in l for l in sends), sends
+        assert any(" reused=0" not in l for l in sends), sends
+        assert "DEFER" not in log
+        m = connection_metrics(d)
+        assert m.get("yes", 0) >= 1 and m.get("yes", 0) + m.get("no", 0) == 20, m
+        assert m.get("no", 0) == len(sink.per_connection), (m, sink.per_connection)
+        # Idle past the limit (2 s by default), the sessions end with QUIT.
+        deadline = time.time() + 6
+        while sink.commands.count("QUIT") < len(sink.per_connection) and time.time() < deadline:
+            time.sleep(0.1)
+        assert sink.commands.count("QUIT") == len(sink.per_connection), sink.commands[-10:]
+        # A reused session starts with MAIL: one EHLO per connection.
+        assert sum(1 for c in sink.commands if c.startswith("EHLO")) == len(sink.per_connection)
+    finally:
+        sink.stop()
+
+
+def test_a_session_closed_while_idle_costs_no_attempt(sluice_factory):
+    for goodbye in (None, b"421 4.4.2 sink.test idle too long\r\n"):
+        sink = CountingSink(close_idle=0.1, goodbye=goodbye)
+        try:
+            d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}},
+                      queue_extra='connection_cache_time = "10s"\n')
+            qids = []
+            for i in range(4):
+                qids += submit(d, 1, prefix="idle%d" % i)
+                sink.wait(i + 1)
+                time.sleep(0.4)  # the sink has closed the session sluice keeps
+            for q in qids:
+                entry = states(d, q, ["Delivered"])
+                assert "Deferred" not in json.dumps(entry), entry
+            log = d.stderr()
+            assert "DEFER" not in log, log[-3000:]
+            assert log.count("failed before MAIL was answered; a new one") >= 3, log[-3000:]
+            sends = [l for l in log.splitlines() if "SEND qid=" in l]
+            assert len(sends) == 4 and all(" reused=0" in l for l in sends), sends
+            assert sink.per_connection == [1, 1, 1, 1], sink.per_connection
+            m = connection_metrics(d)
+            assert m.get("no", 0) == 4 and m.get("yes", 0) >= 3, m
+        finally:
+            sink.stop()
+
+
+def test_the_cache_can_be_turned_off(sluice_factory):
+    sink = CountingSink()
+    try:
+        d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}},
+                  queue_extra="connection_cache_size = 0\n")
+        submit(d, 5)
+        sink.wait(5)
+        time.sleep(0.3)
+        assert sink.per_connection == [1] * 5, sink.per_connection
+        assert sink.commands.count("QUIT") == 5
+    finally:
+        sink.stop()
+
+
+def test_sessions_kept_open_end_with_quit_at_shutdown(sluice_factory):
+    sink = CountingSink()
+    try:
+        d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}},
+                  queue_extra='connection_cache_time = "60s"\n')
+        submit(d, 3)
+        sink.wait(3)
+        time.sleep(0.5)
+        assert "QUIT" not in sink.commands, "kept open, well within the idle limit"
+        assert d.stop() == 0
+        deadline = time.time() + 5
+        while sink.commands.count("QUIT") < len(sink.per_connection) and time.time() < deadline:
+            time.sleep(0.05)
+        assert sink.commands.count("QUIT") == len(sink.per_connection) >= 1, sink.commands
+    finally:
+        sink.stop()
