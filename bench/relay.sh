@@ -118,6 +118,7 @@ if [ $MILTER = 1 ]; then
     RELAYS=("${R2[@]}")
 fi
 
+SIGN_KEYS=${SIGN_KEYS:-rsa ed}
 if [ $SENDER_AUTH = 1 ]; then
     RELAYS=(sluice sluice_sign sluice_anon sluice_verify)
     DNSMASQ=${DNSMASQ:-$(command -v dnsmasq || echo /usr/sbin/dnsmasq)}
@@ -410,8 +411,10 @@ EOF
             "$MILTER_ADDR" >>"$1/sluice.toml"
     fi
     if [ -n "$WITH_SIGN" ]; then
-        printf '\n[[dkim]]\ndomain = "bench.test"\nselector = "%s"\nkey = "%s"\n' \
-            rsa "$WORK/dkim-rsa.pem" ed "$WORK/dkim-ed.pem" >>"$1/sluice.toml"
+        for k in $SIGN_KEYS; do
+            printf '\n[[dkim]]\ndomain = "bench.test"\nselector = "%s"\nkey = "%s"\n' \
+                "$k" "$WORK/dkim-$k.pem" >>"$1/sluice.toml"
+        done
     fi
     if [ -n "$WITH_ANON$WITH_VERIFY" ]; then
         # The client is anonymous (no inbound connector), the recipient's
@@ -687,7 +690,7 @@ if [ $SENDER_AUTH = 1 ]; then
     {
         echo
         echo "# sender authentication's cost: delivered/s with / without (target: >= 0.85)"
-        printf '%5s %8s %22s %26s\n' size sessions 'sign (rsa+ed25519)' 'verify (spf,dkim,dmarc,arc)'
+        printf '%5s %8s %22s %26s\n' size sessions "sign ($SIGN_KEYS)" 'verify (spf,dkim,dmarc,arc)'
         for size in "${SIZES[@]}"; do
             for sessions in "${SESSIONS[@]}"; do
                 k=$size-$sessions

@@ -129,13 +129,17 @@ impl Body {
         self.total
     }
 
-    /// Canonicalizes `chunk` into `out`.
+    /// Canonicalizes `chunk` into `out`. Octets that need no rewriting
+    /// (all but CR, and SP/HTAB when relaxed) go out as whole runs, so the
+    /// hash is fed slices rather than single octets.
     pub fn feed(&mut self, chunk: &[u8], out: &mut impl FnMut(&[u8])) {
-        for &b in chunk {
+        let mut i = 0;
+        while let Some(&b) = chunk.get(i) {
             if self.cr {
                 self.cr = false;
                 if b == b'\n' {
                     self.end_line();
+                    i += 1;
                     continue;
                 }
                 self.content(b'\r', out);
@@ -143,8 +147,19 @@ impl Body {
             match b {
                 b'\r' => self.cr = true,
                 b' ' | b'\t' if self.c == Canon::Relaxed => self.space = true,
-                _ => self.content(b, out),
+                _ => {
+                    let rest = &chunk[i..];
+                    let len = match self.c {
+                        Canon::Relaxed => memchr::memchr3(b'\r', b' ', b'\t', rest),
+                        Canon::Simple => memchr::memchr(b'\r', rest),
+                    }
+                    .unwrap_or(rest.len());
+                    self.run(&rest[..len], out);
+                    i += len;
+                    continue;
+                }
             }
+            i += 1;
         }
     }
 
@@ -166,7 +181,14 @@ impl Body {
         self.crlfs += 1;
     }
 
+    /// One octet of line content.
     fn content(&mut self, b: u8, out: &mut impl FnMut(&[u8])) {
+        self.run(&[b], out);
+    }
+
+    /// Line content that is hashed as it is (not empty): the CRLFs and the
+    /// white space held back first.
+    fn run(&mut self, bytes: &[u8], out: &mut impl FnMut(&[u8])) {
         while self.crlfs > 0 {
             self.crlfs -= 1;
             self.emit(b"\r\n", out);
@@ -179,7 +201,7 @@ impl Body {
         }
         self.line = true;
         self.any = true;
-        self.emit(&[b], out);
+        self.emit(bytes, out);
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut impl FnMut(&[u8])) {
@@ -267,5 +289,23 @@ mod tests {
             head(Canon::Simple, f, true, true),
             b"DKIM-Signature: v=1; a=rsa-sha256; bh=xyz=;\r\n b=; d=x.example"
         );
+    }
+
+    proptest::proptest! {
+        /// Runs hashed whole give what one octet at a time gives (the
+        /// octet-wise path is the plain reading of §3.4.3 and §3.4.4),
+        /// whatever the chunking, with and without `l=`.
+        #[test]
+        fn runs_hash_as_octets_do(
+            input in proptest::collection::vec(proptest::sample::select(
+                &b"ab \t\r\n\r\n"[..]), 0..200),
+            split in 1usize..40,
+            limit in proptest::option::of(0u64..150),
+        ) {
+            for c in [Canon::Relaxed, Canon::Simple] {
+                proptest::prop_assert_eq!(body(c, &input, limit, split), body(c, &input, limit, 1));
+                proptest::prop_assert_eq!(body(c, &input, limit, input.len().max(1)), body(c, &input, limit, 1));
+            }
+        }
     }
 }
