@@ -59,8 +59,13 @@
 #   on a loopback port serves the SPF, DMARC and key records with a
 #   300 s TTL, so all but the first lookups are cache hits). Then the
 #   ratios sign/default and verify/anon (issue 11's target: >= 0.85).
-#   smtp-source's messages are unsigned, so verification finds no
-#   signature here; `cargo bench --bench dkim` measures signature checks.
+#   smtp-source's messages are unsigned, so sluice_verify finds no
+#   signature; the last two rows chain two sluices, smtp-source -> A -> B
+#   -> smtp-sink: chain (A relays, B takes A's mail as anonymous mail for
+#   an accepted domain) against chain_on (A signs with SIGN_KEYS, B
+#   verifies those signatures, SPF and DMARC): the issue's "verification
+#   and signing on against off" on real signatures. Both sluices share
+#   the 2 cores, so the chain's rate is about half a single relay's.
 #
 # How to run (as root, from anywhere)
 #   bench/relay.sh [--quick] [--no-perf] [--only sluice|postfix] [--milter] [--sender-auth]
@@ -120,7 +125,7 @@ fi
 
 SIGN_KEYS=${SIGN_KEYS:-rsa ed}
 if [ $SENDER_AUTH = 1 ]; then
-    RELAYS=(sluice sluice_sign sluice_anon sluice_verify)
+    RELAYS=(sluice sluice_sign sluice_anon sluice_verify chain chain_on)
     DNSMASQ=${DNSMASQ:-$(command -v dnsmasq || echo /usr/sbin/dnsmasq)}
     [ -x "$DNSMASQ" ] || { echo "missing dnsmasq (--sender-auth)" >&2; exit 2; }
 fi
@@ -288,7 +293,7 @@ PY
 
 MILTER_PID='' MILTER_ADDR='' WITH_MILTER='' WITH_SIGN='' WITH_ANON='' WITH_VERIFY=''
 DNS_PID='' DNS_PORT=''
-SINK_PID='' SLUICE_PID='' DRIVE_PID='' SAMPLER_PID='' PERF_PID='' PF_CONF='' PF_MASTER=''
+CHAIN_PIDS='' SINK_PID='' SLUICE_PID='' DRIVE_PID='' SAMPLER_PID='' PERF_PID='' PF_CONF='' PF_MASTER=''
 pf_cmd() { # postfix/postconf with its messages on stderr (they go to syslog when stderr is no tty)
     if command -v script >/dev/null; then
         script -qec "$(printf '%q ' "$@")" /dev/null
@@ -318,6 +323,7 @@ cleanup() {
     stop_pid "$SAMPLER_PID"; SAMPLER_PID=''
     stop_pid "$PERF_PID" INT; PERF_PID=''
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
+    for p in $CHAIN_PIDS; do stop_pid "$p"; done
     pf_stop
     stop_pid "$SINK_PID"; SINK_PID=''
     stop_pid "$MILTER_PID"; MILTER_PID=''
@@ -431,6 +437,55 @@ EOF
 sluice_sign_row() { WITH_SIGN=1 sluice_row "$@"; }
 sluice_anon_row() { WITH_ANON=1 sluice_row "$@"; }
 sluice_verify_row() { WITH_VERIFY=1 sluice_row "$@"; }
+chain_on_row() { chain_row "$@" on; }
+
+# Starts `sluice run` in dir on port and waits for it: -> CHAIN_PID (empty
+# when it did not come up).
+start_chain_sluice() { # dir port
+    "$SLUICE_BIN" run --config "$1/sluice.toml" >"$1/stdout.log" 2>"$1/stderr.log" &
+    CHAIN_PID=$!
+    CHAIN_PIDS="$CHAIN_PIDS $CHAIN_PID"
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        grep -q 'listening on' "$1/stderr.log" 2>/dev/null && wait_port "$2" && return 0
+        kill -0 "$CHAIN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "WARNING: sluice did not come up on $2: $(tail -c 500 "$1/stderr.log" | tr '\n' ' ')" >&2
+    CHAIN_PID=''
+    return 1
+}
+
+# Two sluices in a row, smtp-source -> A -> B -> smtp-sink: A takes the
+# mail from an originating client (and signs it with SIGN_KEYS when on), B
+# takes it from A as anonymous mail for an accepted domain (and verifies
+# it when on), so B checks real signatures. size msgs sessions on|off.
+chain_row() {
+    local size=$1 msgs=$2 sessions=$3 on=${4:-off} dir pa pb p
+    ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE='' CHAIN_PIDS=''
+    dir=$WORK/chain-$size-$sessions-$on
+    mkdir -p "$dir/a" "$dir/b"
+    start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
+    pa=$(free_port) pb=$(free_port)
+    if [ "$on" = on ]; then
+        WITH_VERIFY=1 write_sluice_config "$dir/b" "$pb" "$SINK_PORT"
+        WITH_SIGN=1 write_sluice_config "$dir/a" "$pa" "$pb"
+    else
+        WITH_ANON=1 write_sluice_config "$dir/b" "$pb" "$SINK_PORT"
+        write_sluice_config "$dir/a" "$pa" "$pb"
+    fi
+    if start_chain_sluice "$dir/b" "$pb" && start_chain_sluice "$dir/a" "$pa"; then
+        drive "$pa" "$size" "$msgs" "$sessions" "$dir"
+    else
+        FAILED=1 NOTE='sluice down'
+    fi
+    for p in $CHAIN_PIDS; do stop_pid "$p"; done
+    CHAIN_PIDS=''
+    stop_pid "$SINK_PID"; SINK_PID=''
+    log_note sluice "$dir/b/stderr.log" "$msgs" "$size" "$sessions" "" \
+        ' SEND q?id=' ' DEFER q?id=' ' BOUNCE q?id=' 'error|panic|warn'
+    [ "$on" = on ] && NOTE="$NOTE; $(grep -c 'dkim=pass' "$dir/b/stderr.log") with dkim=pass at B"
+}
 
 # dnsmasq on a free loopback port, authoritative for bench.test, with the
 # records the checks ask for (TTL 300 s, so the resolver's cache answers
@@ -690,16 +745,18 @@ if [ $SENDER_AUTH = 1 ]; then
     {
         echo
         echo "# sender authentication's cost: delivered/s with / without (target: >= 0.85)"
-        printf '%5s %8s %22s %26s\n' size sessions "sign ($SIGN_KEYS)" 'verify (spf,dkim,dmarc,arc)'
+        printf '%5s %8s %22s %28s %20s\n' size sessions "sign ($SIGN_KEYS)" 'verify (unsigned mail)' 'chain sign+verify'
         for size in "${SIZES[@]}"; do
             for sessions in "${SESSIONS[@]}"; do
                 k=$size-$sessions
                 awk -v sz="$((size / 1024))K" -v ss="$sessions" \
                     -v o="${R_DEL[sluice-$k]:-}" -v s="${R_DEL[sluice_sign-$k]:-}" \
-                    -v a="${R_DEL[sluice_anon-$k]:-}" -v v="${R_DEL[sluice_verify-$k]:-}" 'BEGIN {
+                    -v a="${R_DEL[sluice_anon-$k]:-}" -v v="${R_DEL[sluice_verify-$k]:-}" \
+                    -v c0="${R_DEL[chain-$k]:-}" -v c1="${R_DEL[chain_on-$k]:-}" 'BEGIN {
                     sr = (o + 0 > 0 && s + 0 > 0) ? sprintf("%.2f", s / o) : "-"
                     vr = (a + 0 > 0 && v + 0 > 0) ? sprintf("%.2f", v / a) : "-"
-                    printf "%5s %8s %22s %26s\n", sz, ss, sr, vr }'
+                    cr = (c0 + 0 > 0 && c1 + 0 > 0) ? sprintf("%.2f", c1 / c0) : "-"
+                    printf "%5s %8s %22s %28s %20s\n", sz, ss, sr, vr, cr }'
             done
         done
     } | tee -a "$RESULT"
