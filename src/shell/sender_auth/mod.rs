@@ -117,12 +117,18 @@ pub async fn finish(
         let n = tap.held.len() as u64;
         tap.body_at(n);
     }
-    let spf = spf::check(resolver, env.ip, env.mail_from, env.helo, host, deadline).await;
     let block = tap.header_block().to_vec();
-    let (dkim, arc) = match tap.started.take() {
-        Some((v, a, _)) => check_signatures(resolver, v, a).await,
-        None => (Vec::new(), arc::ArcCheck::new(b"").finish(&HashMap::new())),
+    let started = tap.started.take();
+    // SPF and the signatures' key lookups ask DNS at the same time; DMARC
+    // needs both results, so it comes after.
+    let signatures = async {
+        match started {
+            Some((v, a, _)) => check_signatures(resolver, v, a).await,
+            None => (Vec::new(), arc::ArcCheck::new(b"").finish(&HashMap::new())),
+        }
     };
+    let spf = spf::check(resolver, env.ip, env.mail_from, env.helo, host, deadline);
+    let (spf, (dkim, arc)) = futures_lite::future::zip(spf, signatures).await;
     let passes = dmarc::Passes {
         spf: (spf.result == crate::engine::spf::SpfResult::Pass).then(|| spf.domain.clone()),
         dkim: dkim
@@ -158,15 +164,15 @@ async fn check_signatures(
     names.extend(a.key_names());
     names.sort();
     names.dedup();
-    let mut keys = HashMap::new();
-    for name in names {
-        let answer = match resolver.auth_lookup(&name, AuthType::Txt).await {
+    let lookups = names.iter().map(|name| async move {
+        match resolver.auth_lookup(name, AuthType::Txt).await {
             Ok(AuthRecords::Texts(t)) => dkim::KeyAnswer::Records(t),
             Ok(_) => dkim::KeyAnswer::Records(Vec::new()),
             Err(_) => dkim::KeyAnswer::Failed,
-        };
-        keys.insert(name, answer);
-    }
+        }
+    });
+    let answers = join_all(lookups.collect()).await;
+    let keys: HashMap<String, dkim::KeyAnswer> = names.into_iter().zip(answers).collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -177,6 +183,32 @@ async fn check_signatures(
         v.finish(&keys, now)
     };
     (dkim, arc)
+}
+
+/// Runs `futs` at the same time (the key lookups of one message: at most
+/// a few), their outputs in order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// The domain of the single RFC5322.From address, lower case; `None` when
@@ -356,5 +388,41 @@ pub fn decide(r: &Report, trusted: &[String], honor_reject: bool) -> Decision {
         },
         reject,
         excused,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_all;
+    use std::cell::Cell;
+
+    /// The first future waits for the last one: run one after the other
+    /// they would never end; together they do, outputs in order.
+    #[test]
+    fn join_all_runs_the_lookups_together() {
+        let flag = Cell::new(false);
+        let waiter = |n: u32| {
+            let flag = &flag;
+            async move {
+                while !flag.get() {
+                    futures_lite::future::yield_now().await;
+                }
+                n
+            }
+        };
+        let setter = |n: u32| {
+            let flag = &flag;
+            async move {
+                flag.set(true);
+                n
+            }
+        };
+        let futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u32> + '_>>> = vec![
+            Box::pin(waiter(1)),
+            Box::pin(waiter(2)),
+            Box::pin(setter(3)),
+        ];
+        let out = futures_lite::future::block_on(join_all(futs));
+        assert_eq!(out, [1, 2, 3]);
     }
 }
