@@ -66,6 +66,8 @@
 #   verifies those signatures, SPF and DMARC): the issue's "verification
 #   and signing on against off" on real signatures. Both sluices share
 #   the 2 cores, so the chain's rate is about half a single relay's.
+#   CHAIN_SIGNS=1 makes A sign in the "off" row too: the pair then
+#   measures B's verification of real signatures alone.
 #
 # How to run (as root, from anywhere)
 #   bench/relay.sh [--quick] [--no-perf] [--only sluice|postfix] [--milter] [--sender-auth]
@@ -124,6 +126,9 @@ if [ $MILTER = 1 ]; then
 fi
 
 SIGN_KEYS=${SIGN_KEYS:-rsa ed}
+# CHAIN_SIGNS=1: A signs in the chain's "off" row too, so that the pair
+# measures B's verification of real signatures alone.
+CHAIN_SIGNS=${CHAIN_SIGNS:-}
 if [ $SENDER_AUTH = 1 ]; then
     RELAYS=(sluice sluice_sign sluice_anon sluice_verify chain chain_on)
     DNSMASQ=${DNSMASQ:-$(command -v dnsmasq || echo /usr/sbin/dnsmasq)}
@@ -472,7 +477,7 @@ chain_row() {
         WITH_SIGN=1 write_sluice_config "$dir/a" "$pa" "$pb"
     else
         WITH_ANON=1 write_sluice_config "$dir/b" "$pb" "$SINK_PORT"
-        write_sluice_config "$dir/a" "$pa" "$pb"
+        WITH_SIGN=$CHAIN_SIGNS write_sluice_config "$dir/a" "$pa" "$pb"
     fi
     if start_chain_sluice "$dir/b" "$pb" && start_chain_sluice "$dir/a" "$pa"; then
         drive "$pa" "$size" "$msgs" "$sessions" "$dir"
