@@ -224,7 +224,7 @@ fn scan_segment(
 /// Makes the spool in `dir` fit to write after `scan`: cuts torn tails and
 /// unused preallocation, moves foreign segments to `corrupt/` and copies
 /// damaged ones there.
-pub(super) fn repair(dir: &Path, scan: &Scan) -> io::Result<()> {
+pub(crate) fn repair(dir: &Path, scan: &Scan) -> io::Result<()> {
     for (path, good) in scan.torn.iter().chain(&scan.unused) {
         // A torn tail is what a crash leaves; nothing in it was
         // acknowledged. Unused preallocation goes the same way (no new
