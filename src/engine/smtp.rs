@@ -1199,6 +1199,10 @@ impl<'h> Receiver<'h> {
             if self.cfg.bare_line_endings == BareLineEndings::Normalize {
                 drop_nul = k == 0;
                 n = k.max(1);
+            } else if k > 0 && !discard && self.data_error.is_none() {
+                // The octets before it go out first, as in DATA, so that
+                // the events do not depend on where the input was split.
+                n = k;
             } else if !discard {
                 self.nul();
             }
@@ -1853,6 +1857,46 @@ mod tests {
         assert_eq!(log.replies()[4..], ["250 2.0.0", "250 2.0.0", "221 2.0.0"]);
         let log = session(cfg(), &[TXN, b"BDAT 0 LAST\r\n"]);
         assert_eq!(log.bodies, [StdVec::<u8>::new()]);
+    }
+
+    /// The content handed out before a BDAT chunk with a NUL is refused.
+    fn content_before_refusal(chunks: &[&[u8]]) -> StdVec<u8> {
+        let mut rx = Receiver::new(cfg());
+        rx.trust_pipelining(true);
+        rx.greet();
+        let mut seen = StdVec::new();
+        for chunk in chunks {
+            let mut pos = 0;
+            loop {
+                let step = rx.feed(&chunk[pos..]);
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Body(b)) => seen.extend_from_slice(b),
+                    Some(Event::Mail(_) | Event::Rcpt(_)) => rx.accept(),
+                    Some(_) => {}
+                    None if pos >= chunk.len() => break,
+                    None => {}
+                }
+                let n = rx.output().len();
+                rx.output_sent(n);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_nul_in_bdat_is_refused_alike_however_the_chunk_is_split() {
+        // Found by the receiver fuzz target: whole, "x" was never handed
+        // out; octet by octet it was, before the refusal.
+        let input = cat(&[TXN, b"BDAT 3 LAST\r\nx\0y"]);
+        let whole = content_before_refusal(&[&input]);
+        let octets: StdVec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(whole, b"x");
+        assert_eq!(content_before_refusal(&octets), whole);
+        let r = replies!(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3 LAST\r\nx\0yQUIT\r\n"
+        );
+        assert_eq!(r[4..], ["550 5.6.0", "221 2.0.0"]);
     }
 
     #[test]
