@@ -70,7 +70,12 @@ pub fn header(data: &[u8]) {
         assert_eq!(&slots[..k], &found[..k], "a prefix's final fields changed");
     }
     if plain_block(block) {
-        let parsed = mail_parser::MessageParser::default().parse_headers(block);
+        // Every field read raw (a map that names one field makes the rest
+        // use the default, raw): what is compared is where fields begin
+        // and end, not mail-parser's reading of a value (it drops a
+        // Message-ID it cannot read, for one).
+        let raw = mail_parser::MessageParser::new().header_raw(mail_parser::HeaderName::Subject);
+        let parsed = raw.parse_headers(block);
         let theirs: Vec<&str> = parsed
             .iter()
             .flat_map(|m| m.headers())

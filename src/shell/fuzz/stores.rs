@@ -222,7 +222,12 @@ pub fn spool(data: &[u8]) {
         if let Ok(again) = recovery::scan(&dir) {
             assert!(
                 again.torn.is_empty() && again.unused.is_empty(),
-                "repair left a tail"
+                "repair left a tail: {:?} {:?} then {:?} {:?} (segment {} octets)",
+                scan.torn,
+                scan.unused,
+                again.torn,
+                again.unused,
+                seg.len()
             );
             let after: BTreeSet<u64> = again.messages.iter().map(|m| m.id).collect();
             assert_eq!(found, after, "repair changed the messages");
