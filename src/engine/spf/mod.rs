@@ -762,11 +762,19 @@ impl Spf {
         record::in_network(&self.ip, x, if client_v4 { v4 } else { v6 }, client_v4)
     }
 
+    /// Keeps the names of an MX or PTR answer to look up in turn (up to
+    /// [`MAX_SPF_NAMES`], the root left out).
     fn keep_names(&mut self, names: &[&[u8]]) {
         self.names.clear();
         for n in names {
+            let n = trim_dot(n);
+            if n.is_empty() {
+                // The root: a null MX (RFC 7505 `MX 0 .`) or PTR names
+                // nothing to look up; asking for "" failed as temperror.
+                continue;
+            }
             let mut name = Name::new();
-            if name.extend_from_slice(trim_dot(n)).is_ok() {
+            if name.extend_from_slice(n).is_ok() {
                 let _ = self.names.push(name);
             }
         }

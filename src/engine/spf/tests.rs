@@ -50,6 +50,27 @@ fn check(zone: Zone<'_>, client: &str, from: &str) -> (SpfResult, StdVec<std::st
 }
 
 #[test]
+fn a_null_mx_is_no_match_not_a_lookup_of_nothing() {
+    // Found by the spf fuzz target: the root name of a null MX (RFC 7505)
+    // was looked up as "", which the resolver refuses: temperror.
+    let zone: Zone<'_> = &[
+        ("example.com", Rtype::Txt, &["v=spf1 mx ptr -all"]),
+        ("example.com", Rtype::Mx, &["."]),
+        ("1.2.0.192.in-addr.arpa", Rtype::Ptr, &["", "."]),
+    ];
+    let (r, asked) = check(zone, "192.0.2.1", "user@example.com");
+    assert_eq!(r, SpfResult::Fail);
+    assert_eq!(
+        asked,
+        [
+            "Txt example.com",
+            "Mx example.com",
+            "Ptr 1.2.0.192.in-addr.arpa"
+        ]
+    );
+}
+
+#[test]
 fn a_pass_through_include_and_mx() {
     let zone: Zone<'_> = &[
         (

@@ -244,7 +244,11 @@ pub fn spf(data: &[u8]) {
         let rtype = match spf.need() {
             Need::Done(_) => break,
             Need::Lookup { name, rtype } => {
-                assert!(!name.is_empty() && name.len() <= 255, "bad lookup name");
+                assert!(
+                    !name.is_empty() && name.len() <= 255,
+                    "bad lookup name {:?} ({rtype:?})",
+                    name.escape_ascii().to_string()
+                );
                 rtype
             }
         };
