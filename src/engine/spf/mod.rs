@@ -254,6 +254,8 @@ impl Spf {
             || s.sender.push(b'@').is_err()
             || s.sender.extend_from_slice(domain).is_err()
         {
+            // Nothing half-built is left for `domain()` to show.
+            s.sender.clear();
             s.result = Some(SpfResult::None);
             return s;
         }
@@ -271,9 +273,10 @@ impl Spf {
         &self.explanation
     }
 
-    /// The domain checked (the MAIL FROM domain, or the HELO name).
+    /// The domain checked (the MAIL FROM domain, or the HELO name); empty
+    /// when the identity was too long to check (the result is `none`).
     pub fn domain(&self) -> &[u8] {
-        &self.sender[self.local_len + 1..]
+        self.sender.get(self.local_len + 1..).unwrap_or(&[])
     }
 
     /// The next lookup, or the result.

@@ -50,6 +50,30 @@ fn check(zone: Zone<'_>, client: &str, from: &str) -> (SpfResult, StdVec<std::st
 }
 
 #[test]
+fn an_identity_too_long_to_check_has_an_empty_domain_not_a_panic() {
+    // Found by the spf fuzz target: Spf::domain() sliced an empty sender
+    // (a HELO name or MAIL FROM longer than the sender buffer), a panic
+    // the shell reached after every such check.
+    let long = "h".repeat(400);
+    let id = Identity {
+        ip: ip("192.0.2.1"),
+        mail_from: b"",
+        helo: long.as_bytes(),
+        receiver: b"mx.ours.example",
+        now: 0,
+    };
+    let mut spf = std::boxed::Box::new(Spf::new(&id));
+    assert_eq!(spf.need(), Need::Done(SpfResult::None));
+    assert_eq!(spf.domain(), b"");
+    let from = format!("{}@example.com", "l".repeat(400));
+    let id = Identity {
+        mail_from: from.as_bytes(),
+        ..id
+    };
+    assert_eq!(Spf::new(&id).domain(), b"");
+}
+
+#[test]
 fn a_null_mx_is_no_match_not_a_lookup_of_nothing() {
     // Found by the spf fuzz target: the root name of a null MX (RFC 7505)
     // was looked up as "", which the resolver refuses: temperror.
