@@ -931,7 +931,10 @@ impl<'h> Receiver<'h> {
     }
 
     /// Returns a Body event for `bytes` (after size and header accounting),
-    /// or no event when the message is already refused.
+    /// or no event when the message is already refused. Octets up to a
+    /// limit (the message size, the header block) are handed out and none
+    /// past it, so that the events do not depend on where the input was
+    /// split.
     fn emit<'i>(&mut self, consumed: usize, bytes: &'i [u8]) -> Step<'i> {
         let none = Step {
             consumed,
@@ -942,28 +945,42 @@ impl<'h> Receiver<'h> {
         }
         let start = self.size;
         self.size = self.size.saturating_add(bytes.len() as u64);
-        if self.size > self.cfg.max_message_size {
+        let room = self.cfg.max_message_size.saturating_sub(start);
+        let mut keep = usize::try_from(room).map_or(bytes.len(), |r| r.min(bytes.len()));
+        if keep < bytes.len() {
             self.data_error = Some(Reason::TooBig);
-            return none;
         }
         if self.in_headers {
-            for (i, &b) in bytes.iter().enumerate() {
-                let at = start + i as u64;
-                if let Some(body) = self.header_octet(b, at) {
-                    self.in_headers = false;
-                    self.queued_eoh = Some(body);
-                    break;
-                }
-            }
-            if self.in_headers && self.size > MAX_HEADER_BLOCK as u64 {
+            if let Some(cut) = self.header_run(start, bytes.get(..keep).unwrap_or(&[])) {
+                keep = cut;
                 self.data_error = Some(Reason::HeaderTooBig);
-                return none;
             }
         }
-        Step {
-            consumed,
-            event: Some(Event::Body(bytes)),
+        match bytes.get(..keep) {
+            Some(kept) if !kept.is_empty() => Step {
+                consumed,
+                event: Some(Event::Body(kept)),
+            },
+            _ => none,
         }
+    }
+
+    /// Scans `bytes`, at offset `start` of the message, as header octets:
+    /// notes the end of headers if they hold it; `Some(i)` when the header
+    /// block runs past [`MAX_HEADER_BLOCK`] at `bytes[i]`.
+    fn header_run(&mut self, start: u64, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = start + i as u64;
+            if let Some(body) = self.header_octet(b, at) {
+                self.in_headers = false;
+                self.queued_eoh = Some(body);
+                return None;
+            }
+            if at >= MAX_HEADER_BLOCK as u64 {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// One octet of the header block at offset `at`; returns where the body
@@ -1859,9 +1876,9 @@ mod tests {
         assert_eq!(log.bodies, [StdVec::<u8>::new()]);
     }
 
-    /// The content handed out before a BDAT chunk with a NUL is refused.
-    fn content_before_refusal(chunks: &[&[u8]]) -> StdVec<u8> {
-        let mut rx = Receiver::new(cfg());
+    /// The content handed out before a message is refused.
+    fn content_before_refusal(c: ReceiverConfig<'static>, chunks: &[&[u8]]) -> StdVec<u8> {
+        let mut rx = Receiver::new(c);
         rx.trust_pipelining(true);
         rx.greet();
         let mut seen = StdVec::new();
@@ -1885,14 +1902,45 @@ mod tests {
     }
 
     #[test]
+    fn content_up_to_a_limit_is_handed_out_however_it_is_split() {
+        // Found by the receiver fuzz target: fed whole, a run that crossed
+        // the size limit was dropped whole; octet by octet, its octets up
+        // to the limit went out first.
+        let small = ReceiverConfig {
+            max_message_size: 10,
+            ..cfg()
+        };
+        let input = cat(&[TXN, b"DATA\r\nA: 1\r\n\r\nbody text\r\n.\r\n"]);
+        let octets: StdVec<&[u8]> = input.chunks(1).collect();
+        let whole = content_before_refusal(small, &[&input]);
+        assert_eq!(whole, b"A: 1\r\n\r\nbo");
+        assert_eq!(content_before_refusal(small, &octets), whole);
+        // The header block's bound, the same way.
+        let long = cat(&[
+            TXN,
+            b"DATA\r\nX: ",
+            &[b'a'; MAX_HEADER_BLOCK],
+            b"\r\n\r\n.\r\n",
+        ]);
+        let big = ReceiverConfig {
+            max_message_size: 10_000_000,
+            ..cfg()
+        };
+        let whole = content_before_refusal(big, &[&long]);
+        assert_eq!(whole.len(), MAX_HEADER_BLOCK);
+        let octets: StdVec<&[u8]> = long.chunks(1).collect();
+        assert_eq!(content_before_refusal(big, &octets), whole);
+    }
+
+    #[test]
     fn a_nul_in_bdat_is_refused_alike_however_the_chunk_is_split() {
         // Found by the receiver fuzz target: whole, "x" was never handed
         // out; octet by octet it was, before the refusal.
         let input = cat(&[TXN, b"BDAT 3 LAST\r\nx\0y"]);
-        let whole = content_before_refusal(&[&input]);
+        let whole = content_before_refusal(cfg(), &[&input]);
         let octets: StdVec<&[u8]> = input.chunks(1).collect();
         assert_eq!(whole, b"x");
-        assert_eq!(content_before_refusal(&octets), whole);
+        assert_eq!(content_before_refusal(cfg(), &octets), whole);
         let r = replies!(
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3 LAST\r\nx\0yQUIT\r\n"
         );
