@@ -7,7 +7,9 @@
 //! 2. [`Receiver::feed`] the bytes read; it returns how many it consumed
 //!    and at most one [`Event`]. Call it again with the rest until it
 //!    returns no event; then send the output (RFC 2920: replies are flushed
-//!    when the client's input is drained) and read more.
+//!    when the client's input is drained) and read more. A step with no
+//!    event that consumed octets, or wrote a reply (the `250` of an empty
+//!    BDAT chunk), is progress: feed the rest again before reading.
 //! 3. Some events wait for a decision: [`Event::Mail`], [`Event::Rcpt`] and
 //!    [`Event::MessageEnd`]. Until the shell calls [`Receiver::accept`],
 //!    [`Receiver::accept_message`] or [`Receiver::reject`], `feed` consumes
