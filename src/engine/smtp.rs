@@ -7,7 +7,9 @@
 //! 2. [`Receiver::feed`] the bytes read; it returns how many it consumed
 //!    and at most one [`Event`]. Call it again with the rest until it
 //!    returns no event; then send the output (RFC 2920: replies are flushed
-//!    when the client's input is drained) and read more.
+//!    when the client's input is drained) and read more. A step with no
+//!    event that consumed octets, or wrote a reply (the `250` of an empty
+//!    BDAT chunk), is progress: feed the rest again before reading.
 //! 3. Some events wait for a decision: [`Event::Mail`], [`Event::Rcpt`] and
 //!    [`Event::MessageEnd`]. Until the shell calls [`Receiver::accept`],
 //!    [`Receiver::accept_message`] or [`Receiver::reject`], `feed` consumes
@@ -931,7 +933,10 @@ impl<'h> Receiver<'h> {
     }
 
     /// Returns a Body event for `bytes` (after size and header accounting),
-    /// or no event when the message is already refused.
+    /// or no event when the message is already refused. Octets up to a
+    /// limit (the message size, the header block) are handed out and none
+    /// past it, so that the events do not depend on where the input was
+    /// split.
     fn emit<'i>(&mut self, consumed: usize, bytes: &'i [u8]) -> Step<'i> {
         let none = Step {
             consumed,
@@ -942,28 +947,42 @@ impl<'h> Receiver<'h> {
         }
         let start = self.size;
         self.size = self.size.saturating_add(bytes.len() as u64);
-        if self.size > self.cfg.max_message_size {
+        let room = self.cfg.max_message_size.saturating_sub(start);
+        let mut keep = usize::try_from(room).map_or(bytes.len(), |r| r.min(bytes.len()));
+        if keep < bytes.len() {
             self.data_error = Some(Reason::TooBig);
-            return none;
         }
         if self.in_headers {
-            for (i, &b) in bytes.iter().enumerate() {
-                let at = start + i as u64;
-                if let Some(body) = self.header_octet(b, at) {
-                    self.in_headers = false;
-                    self.queued_eoh = Some(body);
-                    break;
-                }
-            }
-            if self.in_headers && self.size > MAX_HEADER_BLOCK as u64 {
+            if let Some(cut) = self.header_run(start, bytes.get(..keep).unwrap_or(&[])) {
+                keep = cut;
                 self.data_error = Some(Reason::HeaderTooBig);
-                return none;
             }
         }
-        Step {
-            consumed,
-            event: Some(Event::Body(bytes)),
+        match bytes.get(..keep) {
+            Some(kept) if !kept.is_empty() => Step {
+                consumed,
+                event: Some(Event::Body(kept)),
+            },
+            _ => none,
         }
+    }
+
+    /// Scans `bytes`, at offset `start` of the message, as header octets:
+    /// notes the end of headers if they hold it; `Some(i)` when the header
+    /// block runs past [`MAX_HEADER_BLOCK`] at `bytes[i]`.
+    fn header_run(&mut self, start: u64, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = start + i as u64;
+            if let Some(body) = self.header_octet(b, at) {
+                self.in_headers = false;
+                self.queued_eoh = Some(body);
+                return None;
+            }
+            if at >= MAX_HEADER_BLOCK as u64 {
+                return Some(i);
+            }
+        }
+        None
     }
 
     /// One octet of the header block at offset `at`; returns where the body
@@ -1199,6 +1218,10 @@ impl<'h> Receiver<'h> {
             if self.cfg.bare_line_endings == BareLineEndings::Normalize {
                 drop_nul = k == 0;
                 n = k.max(1);
+            } else if k > 0 && !discard && self.data_error.is_none() {
+                // The octets before it go out first, as in DATA, so that
+                // the events do not depend on where the input was split.
+                n = k;
             } else if !discard {
                 self.nul();
             }
@@ -1853,6 +1876,77 @@ mod tests {
         assert_eq!(log.replies()[4..], ["250 2.0.0", "250 2.0.0", "221 2.0.0"]);
         let log = session(cfg(), &[TXN, b"BDAT 0 LAST\r\n"]);
         assert_eq!(log.bodies, [StdVec::<u8>::new()]);
+    }
+
+    /// The content handed out before a message is refused.
+    fn content_before_refusal(c: ReceiverConfig<'static>, chunks: &[&[u8]]) -> StdVec<u8> {
+        let mut rx = Receiver::new(c);
+        rx.trust_pipelining(true);
+        rx.greet();
+        let mut seen = StdVec::new();
+        for chunk in chunks {
+            let mut pos = 0;
+            loop {
+                let step = rx.feed(&chunk[pos..]);
+                pos += step.consumed;
+                match step.event {
+                    Some(Event::Body(b)) => seen.extend_from_slice(b),
+                    Some(Event::Mail(_) | Event::Rcpt(_)) => rx.accept(),
+                    Some(_) => {}
+                    None if pos >= chunk.len() => break,
+                    None => {}
+                }
+                let n = rx.output().len();
+                rx.output_sent(n);
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn content_up_to_a_limit_is_handed_out_however_it_is_split() {
+        // Found by the receiver fuzz target: fed whole, a run that crossed
+        // the size limit was dropped whole; octet by octet, its octets up
+        // to the limit went out first.
+        let small = ReceiverConfig {
+            max_message_size: 10,
+            ..cfg()
+        };
+        let input = cat(&[TXN, b"DATA\r\nA: 1\r\n\r\nbody text\r\n.\r\n"]);
+        let octets: StdVec<&[u8]> = input.chunks(1).collect();
+        let whole = content_before_refusal(small, &[&input]);
+        assert_eq!(whole, b"A: 1\r\n\r\nbo");
+        assert_eq!(content_before_refusal(small, &octets), whole);
+        // The header block's bound, the same way.
+        let long = cat(&[
+            TXN,
+            b"DATA\r\nX: ",
+            &[b'a'; MAX_HEADER_BLOCK],
+            b"\r\n\r\n.\r\n",
+        ]);
+        let big = ReceiverConfig {
+            max_message_size: 10_000_000,
+            ..cfg()
+        };
+        let whole = content_before_refusal(big, &[&long]);
+        assert_eq!(whole.len(), MAX_HEADER_BLOCK);
+        let octets: StdVec<&[u8]> = long.chunks(1).collect();
+        assert_eq!(content_before_refusal(big, &octets), whole);
+    }
+
+    #[test]
+    fn a_nul_in_bdat_is_refused_alike_however_the_chunk_is_split() {
+        // Found by the receiver fuzz target: whole, "x" was never handed
+        // out; octet by octet it was, before the refusal.
+        let input = cat(&[TXN, b"BDAT 3 LAST\r\nx\0y"]);
+        let whole = content_before_refusal(cfg(), &[&input]);
+        let octets: StdVec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(whole, b"x");
+        assert_eq!(content_before_refusal(cfg(), &octets), whole);
+        let r = replies!(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3 LAST\r\nx\0yQUIT\r\n"
+        );
+        assert_eq!(r[4..], ["550 5.6.0", "221 2.0.0"]);
     }
 
     #[test]

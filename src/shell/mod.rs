@@ -38,6 +38,8 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directory;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod milter;
 pub mod ops;
 pub mod policy;

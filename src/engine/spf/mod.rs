@@ -254,6 +254,8 @@ impl Spf {
             || s.sender.push(b'@').is_err()
             || s.sender.extend_from_slice(domain).is_err()
         {
+            // Nothing half-built is left for `domain()` to show.
+            s.sender.clear();
             s.result = Some(SpfResult::None);
             return s;
         }
@@ -271,9 +273,10 @@ impl Spf {
         &self.explanation
     }
 
-    /// The domain checked (the MAIL FROM domain, or the HELO name).
+    /// The domain checked (the MAIL FROM domain, or the HELO name); empty
+    /// when the identity was too long to check (the result is `none`).
     pub fn domain(&self) -> &[u8] {
-        &self.sender[self.local_len + 1..]
+        self.sender.get(self.local_len + 1..).unwrap_or(&[])
     }
 
     /// The next lookup, or the result.
@@ -762,11 +765,19 @@ impl Spf {
         record::in_network(&self.ip, x, if client_v4 { v4 } else { v6 }, client_v4)
     }
 
+    /// Keeps the names of an MX or PTR answer to look up in turn (up to
+    /// [`MAX_SPF_NAMES`], the root left out).
     fn keep_names(&mut self, names: &[&[u8]]) {
         self.names.clear();
         for n in names {
+            let n = trim_dot(n);
+            if n.is_empty() {
+                // The root: a null MX (RFC 7505 `MX 0 .`) or PTR names
+                // nothing to look up; asking for "" failed as temperror.
+                continue;
+            }
             let mut name = Name::new();
-            if name.extend_from_slice(trim_dot(n)).is_ok() {
+            if name.extend_from_slice(n).is_ok() {
                 let _ = self.names.push(name);
             }
         }

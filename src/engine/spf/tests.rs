@@ -50,6 +50,51 @@ fn check(zone: Zone<'_>, client: &str, from: &str) -> (SpfResult, StdVec<std::st
 }
 
 #[test]
+fn an_identity_too_long_to_check_has_an_empty_domain_not_a_panic() {
+    // Found by the spf fuzz target: Spf::domain() sliced an empty sender
+    // (a HELO name or MAIL FROM longer than the sender buffer), a panic
+    // the shell reached after every such check.
+    let long = "h".repeat(400);
+    let id = Identity {
+        ip: ip("192.0.2.1"),
+        mail_from: b"",
+        helo: long.as_bytes(),
+        receiver: b"mx.ours.example",
+        now: 0,
+    };
+    let mut spf = std::boxed::Box::new(Spf::new(&id));
+    assert_eq!(spf.need(), Need::Done(SpfResult::None));
+    assert_eq!(spf.domain(), b"");
+    let from = format!("{}@example.com", "l".repeat(400));
+    let id = Identity {
+        mail_from: from.as_bytes(),
+        ..id
+    };
+    assert_eq!(Spf::new(&id).domain(), b"");
+}
+
+#[test]
+fn a_null_mx_is_no_match_not_a_lookup_of_nothing() {
+    // Found by the spf fuzz target: the root name of a null MX (RFC 7505)
+    // was looked up as "", which the resolver refuses: temperror.
+    let zone: Zone<'_> = &[
+        ("example.com", Rtype::Txt, &["v=spf1 mx ptr -all"]),
+        ("example.com", Rtype::Mx, &["."]),
+        ("1.2.0.192.in-addr.arpa", Rtype::Ptr, &["", "."]),
+    ];
+    let (r, asked) = check(zone, "192.0.2.1", "user@example.com");
+    assert_eq!(r, SpfResult::Fail);
+    assert_eq!(
+        asked,
+        [
+            "Txt example.com",
+            "Mx example.com",
+            "Ptr 1.2.0.192.in-addr.arpa"
+        ]
+    );
+}
+
+#[test]
 fn a_pass_through_include_and_mx() {
     let zone: Zone<'_> = &[
         (

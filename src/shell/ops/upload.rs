@@ -225,6 +225,34 @@ fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, postcard::Error> {
     Ok(out)
 }
 
+/// `payload` framed as the line carries it (COBS of the payload and its
+/// CRC), without the delimiters: lets the fuzz target (`shell::fuzz`)
+/// reach the message decoder past the checksum.
+pub(crate) fn wrap(payload: &[u8]) -> Vec<u8> {
+    let wire = Wire {
+        payload,
+        crc: FRAME_CRC.checksum(payload),
+    };
+    let mut body = postcard::to_stdvec_cobs(&wire).unwrap_or_default();
+    if body.last() == Some(&0) {
+        body.pop();
+    }
+    body
+}
+
+/// Whether a frame the board sent (without delimiters) decodes as one of
+/// its answers: the fuzz target's check on what the server says.
+pub(crate) fn decodes_as_down(frame: &mut [u8]) -> bool {
+    decode::<Down<'_>>(frame).is_some()
+}
+
+/// An upload server that applies nothing (every file "applied" with an
+/// empty message), at 115200 baud: the fuzz target's board.
+pub(crate) fn fuzz_server() -> UploadServer {
+    let apply: ApplyFn = Arc::new(|_, _, _| Ok(String::new()));
+    UploadServer::new(apply, "fuzz".into(), Timing::for_baud(115_200))
+}
+
 /// One frame's bytes (between delimiters, without them) → its message.
 /// `None`: the frame is bad. Decodes in place.
 fn decode<'a, T: Deserialize<'a>>(frame: &'a mut [u8]) -> Option<T> {
@@ -545,7 +573,7 @@ struct Done {
 
 /// The daemon's protocol state: at most one session in progress, and the
 /// last finished one (to answer a repeated `End`).
-struct UploadServer {
+pub(crate) struct UploadServer {
     apply: ApplyFn,
     via: String,
     timing: Timing,
@@ -626,7 +654,7 @@ impl UploadServer {
     }
 
     /// One frame in → the frames to answer with.
-    fn on_frame(&mut self, frame: &mut [u8]) -> Vec<Vec<u8>> {
+    pub(crate) fn on_frame(&mut self, frame: &mut [u8]) -> Vec<Vec<u8>> {
         let Some(msg) = decode::<Up<'_>>(frame) else {
             return self.bad_frame();
         };

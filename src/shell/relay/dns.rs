@@ -507,6 +507,26 @@ fn parse_response(
     }))
 }
 
+/// [`parse_response`] for the fuzz target (`shell::fuzz`): the query type
+/// picked by `qtype`; what it found as (truncated, number of records).
+pub(crate) fn fuzz_parse(
+    buf: &[u8],
+    id: u16,
+    qname: &str,
+    qtype: u8,
+) -> Result<Option<(bool, usize)>, String> {
+    let types = [
+        TYPE::A,
+        TYPE::AAAA,
+        TYPE::MX,
+        TYPE::TXT,
+        TYPE::PTR,
+        TYPE::CNAME,
+    ];
+    let t = types[usize::from(qtype) % types.len()];
+    parse_response(buf, id, qname, t).map(|r| r.map(|r| (r.truncated, r.answers.len())))
+}
+
 fn build_query(id: u16, qname: &str, qtype: TYPE) -> Result<Vec<u8>, DnsError> {
     let name = Name::new(qname).map_err(|_| DnsError::NoSuchDomain)?;
     let mut p = Packet::new_query(id);

@@ -224,8 +224,15 @@ fn scan_segment(
 /// Makes the spool in `dir` fit to write after `scan`: cuts torn tails and
 /// unused preallocation, moves foreign segments to `corrupt/` and copies
 /// damaged ones there.
-pub(super) fn repair(dir: &Path, scan: &Scan) -> io::Result<()> {
+pub(crate) fn repair(dir: &Path, scan: &Scan) -> io::Result<()> {
     for (path, good) in scan.torn.iter().chain(&scan.unused) {
+        if *good == 0 {
+            // Torn inside its magic: the crash came while the segment was
+            // made, and it holds nothing. Cut to nothing it would be found
+            // torn again at every start, and never collected: removed.
+            fs::remove_file(path)?;
+            continue;
+        }
         // A torn tail is what a crash leaves; nothing in it was
         // acknowledged. Unused preallocation goes the same way (no new
         // record is ever appended to an old segment).
@@ -271,6 +278,26 @@ mod tests {
     use crate::shell::spool::records::{frame, read_reply};
     use crate::shell::spool::testutil::*;
     use crate::shell::spool::{Spool, CHUNK};
+
+    #[test]
+    fn a_segment_torn_inside_its_magic_is_removed_once() {
+        // Found by the spool fuzz target: cut to 0 octets, the segment
+        // was torn again at every start and never collected.
+        let dir = tmpdir("torn-magic");
+        fs::create_dir_all(&dir).expect("mkdir");
+        let seg = dir.join("seg-0000000000000001.log");
+        fs::write(&seg, &SEGMENT_MAGIC[..4]).expect("write");
+        let s = scan(&dir).expect("scan");
+        assert_eq!(s.torn, vec![(seg.clone(), 0)]);
+        repair(&dir, &s).expect("repair");
+        assert!(!seg.exists());
+        let again = scan(&dir).expect("scan again");
+        assert!(again.torn.is_empty() && again.messages.is_empty());
+        let (spool, s) = Spool::open(&dir).expect("open");
+        assert!(s.torn.is_empty());
+        spool.close();
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn commit_then_recover_in_chunks() {

@@ -1,0 +1,4 @@
+//! cargo-fuzz entry point: `sluice::shell::fuzz::upload`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice::shell::fuzz::upload(data));
