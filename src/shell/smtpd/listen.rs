@@ -146,14 +146,23 @@ pub(super) fn reply_line(r: Reply<'_>, host: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     /// `[::]:P` and `0.0.0.0:P` together, as a dual-stack board config has
-    /// them (the sockets are only bound; nothing connects).
+    /// them (the sockets are only bound; nothing connects). The port the
+    /// kernel picks for IPv6 may be held by another process's IPv4 socket
+    /// on a busy machine: a few ports are tried, and one must work.
     #[test]
     fn ipv4_and_ipv6_wildcards_on_one_port() {
-        let Ok(v6) = super::bind("[::]:0".parse().expect("addr")) else {
-            return; // no IPv6 on this machine
-        };
-        let port = v6.local_addr().expect("addr").port();
-        let v4 = super::bind(std::net::SocketAddr::from(([0, 0, 0, 0], port)));
-        assert!(v4.is_ok(), "{v4:?}");
+        let mut last = None;
+        for _ in 0..20 {
+            let Ok(v6) = super::bind("[::]:0".parse().expect("addr")) else {
+                return; // no IPv6 on this machine
+            };
+            let port = v6.local_addr().expect("addr").port();
+            match super::bind(std::net::SocketAddr::from(([0, 0, 0, 0], port))) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        panic!("IPv4 wildcard refused on 20 ports the IPv6 wildcard had: {last:?}");
     }
 }
