@@ -20,7 +20,7 @@ use super::super::addr::{addr_matches, domain_of, is_addr_byte, is_subdomain, lo
 use super::super::header;
 use super::super::limits::MAX_AGENTS;
 use super::filters::{recipient_check, sender_blocked, sender_check, RcptCheck, SenderCheck};
-use super::index::key_hash;
+use super::index::{key_hash, net_key};
 use super::table::*;
 use regex_automata::dfa::Automaton;
 
@@ -545,6 +545,15 @@ impl RuleBits {
     }
 }
 
+/// Words of the per-message filter of visible field names: 2,048 bits,
+/// so that a header block of 20 distinct names leaves a header condition
+/// about 1 % of false hits (each costs a scan of the block); 256 octets of
+/// stack.
+const SEEN_WORDS: usize = 32;
+
+/// The filter's bit of a name hash is its top 11 bits (2,048 = 2^11).
+const SEEN_SHIFT: u32 = 21;
+
 /// Field visibility after the header firewall.
 fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
     // Cross-premises fields from anywhere but an organization connector
@@ -670,11 +679,12 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     /// rule is evaluated, as [`evaluate_linear`] does).
     indexed: bool,
     /// The candidates for every recipient: the always candidates and the
-    /// rules keyed by the sender's domain (computed at the first recipient).
+    /// rules keyed by the sender's domain or the client's network
+    /// (computed at the first recipient).
     msg_cand: Option<RuleBits>,
-    /// The hashes of the field names the rules see, as a 512-bit filter
-    /// (computed when a header condition first asks).
-    seen: Option<[u64; 8]>,
+    /// The hashes of the field names the rules see, as a filter of
+    /// `SEEN_WORDS` * 64 bits (computed when a header condition first asks).
+    seen: Option<[u64; SEEN_WORDS]>,
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
@@ -800,7 +810,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         let Some(seen) = &self.seen else {
             return true;
         };
-        let bit = (h >> 23) as usize;
+        let bit = (h >> SEEN_SHIFT) as usize;
         seen.get(bit / 64)
             .is_none_or(|w| w & (1 << (bit % 64)) != 0)
     }
@@ -808,11 +818,11 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// The filter of the hashes of the field names the rules see: the
     /// fields the header firewall leaves visible (by their visible name),
     /// and the sender filter's stamp when it stamped the message.
-    fn seen_names(&self) -> [u64; 8] {
+    fn seen_names(&self) -> [u64; SEEN_WORDS] {
         let (t, m) = (self.t, self.m);
-        let mut seen = [0u64; 8];
+        let mut seen = [0u64; SEEN_WORDS];
         let mut add = |name: &[u8]| {
-            let bit = (key_hash(name) >> 23) as usize;
+            let bit = (key_hash(name) >> SEEN_SHIFT) as usize;
             if let Some(w) = seen.get_mut(bit / 64) {
                 *w |= 1 << (bit % 64);
             }
@@ -1177,6 +1187,9 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 break;
             };
             let r = ri as u16;
+            if self.absent_header_first(r, rule) {
+                continue;
+            }
             let ctx = Ctx {
                 local: Addr::piece(d.addr.local, orig, t, dir),
                 domain: Addr::piece(d.addr.domain, orig, t, dir),
@@ -1209,6 +1222,38 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         }
     }
 
+    /// With the index, whether rule `r`'s `if` set begins with a header
+    /// condition (present, value matches or not) whose field the name
+    /// filter knows is absent: the set fails there, after the condition
+    /// noted `was not found` once per message, exactly as its evaluation
+    /// would (a cached result notes nothing; neither does this twice).
+    fn absent_header_first(&mut self, r: u16, rule: &Rule) -> bool {
+        if !self.indexed {
+            return false;
+        }
+        let t = self.t;
+        let Some(span) = t.condsets.get(usize::from(rule.when)) else {
+            return false;
+        };
+        let i = usize::from(span.first);
+        let name = match (span.count, t.conditions.get(i)) {
+            (
+                1..,
+                Some(
+                    Condition::HeaderPresent(n)
+                    | Condition::HeaderMatches(n, _)
+                    | Condition::HeaderNotMatches(n, _),
+                ),
+            ) => *n,
+            _ => return false,
+        };
+        if self.maybe_seen(i) {
+            return false;
+        }
+        self.log_header(r, t.str(name), None, None);
+        true
+    }
+
     /// The rules to evaluate for a recipient at `domain`: every rule, or
     /// with the index the always candidates, the rules keyed by the
     /// sender's domain and those keyed by `domain`, in priority order.
@@ -1223,6 +1268,8 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 let mut c = RuleBits::from_words(&t.index.always);
                 let sd = domain_of(self.m.sender);
                 c.add_all(t.index.sender.lookup(key_hash(sd)));
+                let ip = net_key(&self.m.client_ip);
+                c.add_all(t.index.client.lookup(key_hash(ip)));
                 self.msg_cand = Some(c);
                 c
             }
@@ -1326,10 +1373,12 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// that applied, in rule order.
     fn rule_header_actions(&mut self, run: &Run) {
         let (t, m) = (self.t, self.m);
-        for (ri, rule) in t.rules.iter().enumerate() {
-            if !run.used.get(ri) {
-                continue;
-            }
+        let mut next = 0;
+        while let Some(ri) = run.used.next_from(next) {
+            next = ri + 1;
+            let Some(rule) = t.rules.get(ri) else {
+                break;
+            };
             for a in actions(t, rule) {
                 match *a {
                     Action::AddHeader(name, value) => self
@@ -1610,10 +1659,12 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// from `n`: routed by address space only.
     fn added_recipients(&mut self, run: &mut Run, mut n: u16) {
         let t = self.t;
-        for (ri, rule) in t.rules.iter().enumerate() {
-            if !run.used.get(ri) {
-                continue;
-            }
+        let mut next = 0;
+        while let Some(ri) = run.used.next_from(next) {
+            next = ri + 1;
+            let Some(rule) = t.rules.get(ri) else {
+                break;
+            };
             for a in actions(t, rule) {
                 if let Action::AddRecipient(s) = *a {
                     let rcpt = n;

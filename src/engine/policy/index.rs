@@ -12,7 +12,9 @@
 //! it logs anything: skipping it changes neither decisions nor the log.
 //! Keyed rules are listed in the bucket of each of their key's domains,
 //! in the recipient or the sender map; every other rule is *always* a
-//! candidate. Hash collisions only add candidates, which are evaluated in
+//! candidate. A `client_network` condition whose networks are all IPv4
+//! /16 or longer (IPv6 /112) keys a rule too, in the client map, by the
+//! first 14 octets of its addresses. Hash collisions only add candidates, which are evaluated in
 //! full, so the index is exact.
 //!
 //! The index also holds the hash of every header condition's field name:
@@ -25,7 +27,7 @@
 
 use super::super::addr::domain_of;
 use super::super::limits::{MAX_CONDITIONS, MAX_INDEX_BUCKETS, MAX_INDEX_ENTRIES, MAX_RULES};
-use super::table::{Condition, List, Rule, Table};
+use super::table::{Condition, List, Rule, Span, Table};
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +53,8 @@ pub enum KeySide {
     Recipient,
     /// The envelope sender (per message).
     Sender,
+    /// The client's address (per message).
+    Client,
 }
 
 /// The domains of a rule's key.
@@ -61,7 +65,20 @@ pub enum Key {
     Domains(List),
     /// A list of address patterns (`user@domain`, `*@domain`): their domains.
     Addresses(List),
+    /// Client networks of prefix [`NET_KEY_BITS`] or longer: the first
+    /// [`NET_KEY_OCTETS`] octets of each.
+    Networks(Span),
 }
+
+/// A `client_network` condition is a key when each of its networks is at
+/// least this long a prefix: an IPv4 network of /16 or longer (IPv4 is
+/// stored IPv4-mapped, 96 bits before it), an IPv6 one of /112 or longer.
+/// Every address such a network contains shares its first octets.
+pub const NET_KEY_BITS: u8 = 112;
+
+/// The octets of an address that a network key hashes
+/// ([`NET_KEY_BITS`] / 8).
+pub const NET_KEY_OCTETS: usize = NET_KEY_BITS as usize / 8;
 
 /// One map of the index: the rules keyed by a domain, by the domain's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -126,6 +143,9 @@ pub struct RuleIndex {
     pub recipient: DomainMap,
     /// Rules keyed by a sender condition, by the sender's domain.
     pub sender: DomainMap,
+    /// Rules keyed by a client network condition, by the client address's
+    /// first [`NET_KEY_OCTETS`] octets.
+    pub client: DomainMap,
     /// The rules without a key, always candidates: a bit per rule, in
     /// `rules.len().div_ceil(32)` words.
     pub always: Vec<u32, RULE_WORDS>,
@@ -146,6 +166,10 @@ impl RuleIndex {
                 starts: Vec::new(),
                 rules: Vec::new(),
             },
+            client: DomainMap {
+                starts: Vec::new(),
+                rules: Vec::new(),
+            },
             always: Vec::new(),
             names: Vec::new(),
         }
@@ -156,6 +180,7 @@ impl RuleIndex {
         match side {
             KeySide::Recipient => &self.recipient,
             KeySide::Sender => &self.sender,
+            KeySide::Client => &self.client,
         }
     }
 
@@ -189,6 +214,12 @@ fn key_of(t: &Table, c: &Condition) -> Option<(KeySide, Key)> {
         Condition::Recipient(l) => Some((KeySide::Recipient, Key::Addresses(*l))),
         Condition::RecipientDomain(l) => Some((KeySide::Recipient, Key::Domains(*l))),
         Condition::RecipientGroup(g) => Some((KeySide::Recipient, Key::Addresses(group(g)?))),
+        Condition::ClientNetwork(sp) => {
+            let start = usize::from(sp.first);
+            let nets = t.nets.get(start..start + usize::from(sp.count))?;
+            let keyed = !nets.is_empty() && nets.iter().all(|n| n.prefix >= NET_KEY_BITS);
+            keyed.then_some((KeySide::Client, Key::Networks(*sp)))
+        }
         _ => None,
     }
 }
@@ -205,14 +236,28 @@ pub fn rule_key(t: &Table, rule: &Rule) -> Option<(KeySide, Key)> {
         .find_map(|c| key_of(t, c))
 }
 
-/// The domains a key names (with repeats, as the lists hold them).
+/// The domains a key names (with repeats, as the lists hold them), or
+/// for networks the octets of their addresses that are hashed.
 pub fn key_domains(t: &Table, k: Key) -> impl Iterator<Item = &[u8]> + '_ {
-    let (l, addresses) = match k {
-        Key::Domains(l) => (l, false),
-        Key::Addresses(l) => (l, true),
+    let (l, addresses, sp) = match k {
+        Key::Domains(l) => (l, false, Span::default()),
+        Key::Addresses(l) => (l, true, Span::default()),
+        Key::Networks(sp) => (List::default(), false, sp),
     };
+    let start = usize::from(sp.first);
+    let nets = t
+        .nets
+        .get(start..start + usize::from(sp.count))
+        .unwrap_or(&[]);
     t.list(l)
         .map(move |s| if addresses { domain_of(s) } else { s })
+        .chain(nets.iter().map(|n| net_key(&n.addr)))
+}
+
+/// The octets of an address (IPv4-mapped for IPv4) that a network key
+/// hashes.
+pub fn net_key(ip: &[u8; 16]) -> &[u8] {
+    ip.get(..NET_KEY_OCTETS).unwrap_or(&[])
 }
 
 /// The hash [`RuleIndex::names`] holds for condition `c`.
@@ -244,7 +289,7 @@ impl Table {
                 .iter()
                 .zip(self.conditions.iter())
                 .all(|(h, c)| *h == name_hash(self, c))
-            && [KeySide::Recipient, KeySide::Sender]
+            && [KeySide::Recipient, KeySide::Sender, KeySide::Client]
                 .iter()
                 .all(|s| x.map(*s).shape_ok(n) && self.entries_ok(*s))
             && self

@@ -19,7 +19,7 @@ type Keyed = Vec<(u16, Vec<u32>)>;
 pub(super) fn emit_index(b: &mut Builder) {
     let t = &*b.t;
     let mut always = vec![0u32; t.rules.len().div_ceil(32)];
-    let (mut rcpt, mut sender): (Keyed, Keyed) = (Vec::new(), Vec::new());
+    let mut keyed: [Keyed; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for (r, rule) in t.rules.iter().enumerate() {
         match rule_key(t, rule) {
             None => {
@@ -29,19 +29,29 @@ pub(super) fn emit_index(b: &mut Builder) {
             }
             Some((side, k)) => {
                 let hashes = key_domains(t, k).map(key_hash).collect();
-                match side {
-                    KeySide::Recipient => rcpt.push((r as u16, hashes)),
-                    KeySide::Sender => sender.push((r as u16, hashes)),
+                let i = match side {
+                    KeySide::Recipient => 0,
+                    KeySide::Sender => 1,
+                    KeySide::Client => 2,
+                };
+                if let Some(k) = keyed.get_mut(i) {
+                    k.push((r as u16, hashes));
                 }
             }
         }
     }
-    let (rm, rn) = buckets(&rcpt);
-    let (sm, sn) = buckets(&sender);
-    let need: usize = rn.iter().chain(sn.iter()).map(|(_, n)| n).sum();
-    let over = overflow(&rn, &sn).and_then(|r| b.rule_at.get(usize::from(r)).copied());
+    let [rm, sm, cm] = keyed.map(|k| buckets(&k));
+    let counts: Vec<(u16, usize)> = [&rm.1, &sm.1, &cm.1]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect();
+    let need: usize = counts.iter().map(|(_, n)| n).sum();
+    let over = overflow(counts).and_then(|r| b.rule_at.get(usize::from(r)).copied());
     let fits = over.is_none() && need <= MAX_INDEX_ENTRIES;
-    let index = fits.then(|| assemble(t, rm, sm, &always)).flatten();
+    let index = fits
+        .then(|| assemble(t, [rm.0, sm.0, cm.0], &always))
+        .flatten();
     count_index(b, need, over);
     if let Some(index) = index {
         b.t.index = index;
@@ -76,10 +86,9 @@ fn buckets(keyed: &Keyed) -> (Vec<Vec<u16>>, Vec<(u16, usize)>) {
     (bs, counts)
 }
 
-/// The first rule, in rule order, at which the two maps' entries together
-/// exceed `MAX_INDEX_ENTRIES`.
-fn overflow(a: &[(u16, usize)], b: &[(u16, usize)]) -> Option<u16> {
-    let mut all: Vec<(u16, usize)> = a.iter().chain(b.iter()).copied().collect();
+/// The first rule, in rule order, at which the maps' entries (each rule's
+/// count) together exceed `MAX_INDEX_ENTRIES`.
+fn overflow(mut all: Vec<(u16, usize)>) -> Option<u16> {
     all.sort_by_key(|(r, _)| *r);
     let mut total = 0;
     all.into_iter().find_map(|(r, n)| {
@@ -90,15 +99,12 @@ fn overflow(a: &[(u16, usize)], b: &[(u16, usize)]) -> Option<u16> {
 
 /// The index from the maps' buckets, the always words and the conditions'
 /// name hashes; `None` if something does not fit (counted before).
-fn assemble(
-    t: &Table,
-    rcpt: Vec<Vec<u16>>,
-    sender: Vec<Vec<u16>>,
-    always: &[u32],
-) -> Option<RuleIndex> {
+fn assemble(t: &Table, maps: [Vec<Vec<u16>>; 3], always: &[u32]) -> Option<RuleIndex> {
     let mut x = RuleIndex::new();
+    let [rcpt, sender, client] = maps;
     x.recipient = map(rcpt)?;
     x.sender = map(sender)?;
+    x.client = map(client)?;
     for w in always {
         x.always.push(*w).ok()?;
     }
@@ -192,7 +198,10 @@ mod tests {
             10 => format!("header = \"{h}\", header_value_not_matches = '^v'"),
             11 => format!("header_absent = \"{h}\""),
             12 => "attachment_name_matches = '\\.exe$'".into(),
-            _ => "client_network = [\"10.0.0.0/8\"]".into(),
+            _ => format!(
+                "client_network = [\"{}\"]",
+                ["10.0.0.0/8", "10.1.2.0/24", "192.0.2.0/28", "10.1.0.0/16"][v % 4]
+            ),
         }
     }
 
@@ -288,7 +297,7 @@ mod tests {
         #[test]
         fn the_indexed_evaluation_equals_the_linear_one(
             rules in proptest::collection::vec(arb_rule(), 0..24),
-            peer in prop_oneof![Just("10.1.2.3"), Just("192.0.2.1")],
+            peer in prop_oneof![Just("10.1.2.3"), Just("192.0.2.1"), Just("10.9.9.9")],
             sender in (0usize..3, 0usize..6),
             headers in proptest::collection::vec((0usize..3, 0usize..3), 0..4),
             exe in any::<bool>(),
@@ -325,6 +334,7 @@ mod tests {
             (vec![(8, 0)], vec![], 2, false),
             (vec![(5, 0)], vec![(12, 0)], 3, true),
             (vec![(13, 0)], vec![], 0, false),
+            (vec![(13, 1), (8, 1)], vec![], 0, false),
         ];
         compile(&file(&rules)).expect("compiles").table
     }
@@ -334,14 +344,16 @@ mod tests {
         let t = sample();
         let x = &t.index;
         // r0 by recipient domain, r1 by sender (after header_absent, which
-        // logs nothing), r2 and r4 always (a header condition alone; a
-        // network is no key), r3 by recipient group.
+        // logs nothing), r2 and r4 always (a header condition alone; a /8
+        // network is no key), r3 by recipient group, r5 by its /24.
         assert_eq!(x.always.as_slice(), &[0b10100]);
         assert_eq!(x.sender.rules.as_slice(), &[1]);
         let mut rcpt: Vec<u16> = x.recipient.rules.to_vec();
         rcpt.sort_unstable();
         rcpt.dedup();
         assert_eq!(rcpt, [0, 3]);
+        assert_eq!(x.client.rules.as_slice(), &[5]);
+        assert_eq!(x.client.buckets(), 2);
         assert_eq!(x.names.len(), t.conditions.len());
         assert!(t.validate().is_ok());
     }
@@ -382,6 +394,16 @@ mod tests {
         let mut bad = t.clone();
         bad.index.sender = Default::default();
         assert_eq!(bad.validate(), Err(TableError::BadRuleIndex), "map lost");
+        let mut bad = t.clone();
+        let moved = bad.index.client.starts[1] ^ 1;
+        bad.index.client.starts[1] = moved;
+        assert_eq!(
+            bad.validate(),
+            Err(TableError::BadRuleIndex),
+            "wrong bucket"
+        );
+        let mut bad = t.clone();
+        bad.index.sender = Default::default();
         // Through the blob as well.
         let blob = super::super::encode(&bad);
         let back = std::thread::Builder::new()
