@@ -1268,8 +1268,10 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 let mut c = RuleBits::from_words(&t.index.always);
                 let sd = domain_of(self.m.sender);
                 c.add_all(t.index.sender.lookup(key_hash(sd)));
-                let ip = net_key(&self.m.client_ip);
-                c.add_all(t.index.client.lookup(key_hash(ip)));
+                for long in [false, true] {
+                    let ip = net_key(&self.m.client_ip, long);
+                    c.add_all(t.index.client.lookup(key_hash(ip)));
+                }
                 self.msg_cand = Some(c);
                 c
             }

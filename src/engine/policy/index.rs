@@ -14,7 +14,7 @@
 //! in the recipient or the sender map; every other rule is *always* a
 //! candidate. A `client_network` condition whose networks are all IPv4
 //! /16 or longer (IPv6 /112) keys a rule too, in the client map, by the
-//! first 14 octets of its addresses. Hash collisions only add candidates, which are evaluated in
+//! first 14 octets of its addresses (15 for a /24 or longer). Hash collisions only add candidates, which are evaluated in
 //! full, so the index is exact.
 //!
 //! The index also holds the hash of every header condition's field name:
@@ -79,6 +79,11 @@ pub const NET_KEY_BITS: u8 = 112;
 /// The octets of an address that a network key hashes
 /// ([`NET_KEY_BITS`] / 8).
 pub const NET_KEY_OCTETS: usize = NET_KEY_BITS as usize / 8;
+
+/// A network of this prefix or longer (IPv4 /24, IPv6 /120) is keyed by
+/// one octet more, so that the many /24s of one /16 do not share a key;
+/// the client's address is looked up by both lengths.
+pub const NET_KEY_LONG_BITS: u8 = NET_KEY_BITS + 8;
 
 /// One map of the index: the rules keyed by a domain, by the domain's hash.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -251,13 +256,17 @@ pub fn key_domains(t: &Table, k: Key) -> impl Iterator<Item = &[u8]> + '_ {
         .unwrap_or(&[]);
     t.list(l)
         .map(move |s| if addresses { domain_of(s) } else { s })
-        .chain(nets.iter().map(|n| net_key(&n.addr)))
+        .chain(
+            nets.iter()
+                .map(|n| net_key(&n.addr, n.prefix >= NET_KEY_LONG_BITS)),
+        )
 }
 
 /// The octets of an address (IPv4-mapped for IPv4) that a network key
-/// hashes.
-pub fn net_key(ip: &[u8; 16]) -> &[u8] {
-    ip.get(..NET_KEY_OCTETS).unwrap_or(&[])
+/// hashes: [`NET_KEY_OCTETS`], one more for a `long` key
+/// ([`NET_KEY_LONG_BITS`]).
+pub fn net_key(ip: &[u8; 16], long: bool) -> &[u8] {
+    ip.get(..NET_KEY_OCTETS + usize::from(long)).unwrap_or(&[])
 }
 
 /// The hash [`RuleIndex::names`] holds for condition `c`.

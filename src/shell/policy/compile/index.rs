@@ -58,7 +58,7 @@ pub(super) fn emit_index(b: &mut Builder) {
     }
 }
 
-/// A map's buckets (a power of two, at least twice its distinct hashes,
+/// A map's buckets (a power of two, at least four times its distinct hashes,
 /// at most `MAX_INDEX_BUCKETS`), each the ascending rules keyed by a
 /// domain of its hashes; and each rule's number of entries.
 fn buckets(keyed: &Keyed) -> (Vec<Vec<u16>>, Vec<(u16, usize)>) {
@@ -66,7 +66,7 @@ fn buckets(keyed: &Keyed) -> (Vec<Vec<u16>>, Vec<(u16, usize)>) {
     if distinct.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let n = (2 * distinct.len())
+    let n = (4 * distinct.len())
         .next_power_of_two()
         .min(MAX_INDEX_BUCKETS);
     let mut bs: Vec<Vec<u16>> = vec![Vec::new(); n];
@@ -353,7 +353,7 @@ mod tests {
         rcpt.dedup();
         assert_eq!(rcpt, [0, 3]);
         assert_eq!(x.client.rules.as_slice(), &[5]);
-        assert_eq!(x.client.buckets(), 2);
+        assert_eq!(x.client.buckets(), 4);
         assert_eq!(x.names.len(), t.conditions.len());
         assert!(t.validate().is_ok());
     }
