@@ -20,6 +20,7 @@ use super::super::addr::{addr_matches, domain_of, is_addr_byte, is_subdomain, lo
 use super::super::header;
 use super::super::limits::MAX_AGENTS;
 use super::filters::{recipient_check, sender_blocked, sender_check, RcptCheck, SenderCheck};
+use super::index::{key_hash, net_key};
 use super::table::*;
 use regex_automata::dfa::Automaton;
 
@@ -485,9 +486,55 @@ const RULE_WORDS: usize = super::super::limits::MAX_RULES.div_ceil(32);
 struct RuleBits([u32; RULE_WORDS]);
 
 impl RuleBits {
+    /// No rule.
     const fn new() -> Self {
         RuleBits([0; RULE_WORDS])
     }
+
+    /// Rules `0..n`: every rule of a table of `n`, as the linear
+    /// evaluation takes them.
+    fn upto(n: usize) -> Self {
+        let mut b = RuleBits::new();
+        for (i, w) in b.0.iter_mut().enumerate() {
+            let lo = i * 32;
+            *w = match n.saturating_sub(lo) {
+                0 => 0,
+                k if k >= 32 => u32::MAX,
+                k => (1u32 << k) - 1,
+            };
+        }
+        b
+    }
+
+    /// The words of `words` (the index's always candidates).
+    fn from_words(words: &[u32]) -> Self {
+        let mut b = RuleBits::new();
+        for (w, x) in b.0.iter_mut().zip(words) {
+            *w = *x;
+        }
+        b
+    }
+
+    /// Adds the rules listed (an index bucket).
+    fn add_all(&mut self, rules: &[u16]) {
+        for r in rules {
+            self.set(usize::from(*r));
+        }
+    }
+
+    /// The first rule at or after `i` in the set.
+    fn next_from(&self, i: usize) -> Option<usize> {
+        let mut w = i / 32;
+        let mut word = self.0.get(w)? & (u32::MAX << (i % 32));
+        loop {
+            if word != 0 {
+                return Some(w * 32 + word.trailing_zeros() as usize);
+            }
+            w += 1;
+            word = *self.0.get(w)?;
+        }
+    }
+
     fn get(&self, i: usize) -> bool {
         self.0.get(i / 32).is_some_and(|w| w & (1 << (i % 32)) != 0)
     }
@@ -497,6 +544,15 @@ impl RuleBits {
         }
     }
 }
+
+/// Words of the per-message filter of visible field names: 2,048 bits,
+/// so that a header block of 20 distinct names leaves a header condition
+/// about 1 % of false hits (each costs a scan of the block); 256 octets of
+/// stack.
+const SEEN_WORDS: usize = 32;
+
+/// The filter's bit of a name hash is its top 11 bits (2,048 = 2^11).
+const SEEN_SHIFT: u32 = 21;
 
 /// Field visibility after the header firewall.
 fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
@@ -619,6 +675,16 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     value: [u32; COND_WORDS],
     /// The sender filter stamped the message: rules see its field.
     sender_stamped: bool,
+    /// Whether the rule index chooses the candidate rules (else every
+    /// rule is evaluated, as [`evaluate_linear`] does).
+    indexed: bool,
+    /// The candidates for every recipient: the always candidates and the
+    /// rules keyed by the sender's domain or the client's network
+    /// (computed at the first recipient).
+    msg_cand: Option<RuleBits>,
+    /// The hashes of the field names the rules see, as a filter of
+    /// `SEEN_WORDS` * 64 bits (computed when a header condition first asks).
+    seen: Option<[u64; SEEN_WORDS]>,
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
@@ -643,13 +709,13 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 | Condition::RecipientLocation(_)
         );
         if per_recipient {
-            return self.condition(rule, cond, c);
+            return self.condition(i, rule, cond, c);
         }
         let (w, bit) = (i / 32, 1u32 << (i % 32));
         if self.known.get(w).is_some_and(|k| k & bit != 0) {
             return self.value.get(w).is_some_and(|v| v & bit != 0);
         }
-        let r = self.condition(rule, cond, c);
+        let r = self.condition(i, rule, cond, c);
         if let (Some(k), Some(v)) = (self.known.get_mut(w), self.value.get_mut(w)) {
             *k |= bit;
             if r {
@@ -659,14 +725,16 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         r
     }
 
-    fn condition(&mut self, rule: u16, cond: Condition, c: &Ctx<'_>) -> bool {
+    /// Condition `i` (`cond`) of rule `rule` for the recipient of `c`,
+    /// noting in the rule log what header and attachment conditions found.
+    fn condition(&mut self, i: usize, rule: u16, cond: Condition, c: &Ctx<'_>) -> bool {
         let t = self.t;
         let m = self.m;
-        let (sl, sd) = (local_of(m.sender), domain_of(m.sender));
+        let (sl, sd) = (|| local_of(m.sender), || domain_of(m.sender));
         match cond {
-            Condition::Sender(l) => t.list(l).any(|p| addr_matches(p, sl, sd)),
-            Condition::SenderDomain(l) => t.list(l).any(|d| d.eq_ignore_ascii_case(sd)),
-            Condition::SenderGroup(g) => in_group(t, g, sl, sd),
+            Condition::Sender(l) => t.list(l).any(|p| addr_matches(p, sl(), sd())),
+            Condition::SenderDomain(l) => t.list(l).any(|d| d.eq_ignore_ascii_case(sd())),
+            Condition::SenderGroup(g) => in_group(t, g, sl(), sd()),
             Condition::Recipient(l) => t.list(l).any(|p| addr_matches(p, c.local, c.domain)),
             Condition::RecipientDomain(l) => t.list(l).any(|d| d.eq_ignore_ascii_case(c.domain)),
             Condition::RecipientGroup(g) => in_group(t, g, c.local, c.domain),
@@ -678,17 +746,23 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             }
             Condition::HeaderPresent(name) => {
                 let name = t.str(name);
-                let found = self.visible(name).next();
+                let found = match self.maybe_seen(i) {
+                    true => self.visible(name).next(),
+                    false => None,
+                };
                 self.log_header(rule, name, found, None);
                 found.is_some()
             }
-            Condition::HeaderAbsent(name) => self.visible(t.str(name)).next().is_none(),
+            Condition::HeaderAbsent(name) => {
+                !self.maybe_seen(i) || self.visible(t.str(name)).next().is_none()
+            }
             Condition::HeaderMatches(name, dfa) | Condition::HeaderNotMatches(name, dfa) => {
                 let want = matches!(cond, Condition::HeaderMatches(..));
                 let name = t.str(name);
                 let mut first = None;
                 let mut any_match = false;
-                for v in self.visible(name) {
+                let vals = self.maybe_seen(i).then(|| self.visible(name));
+                for v in vals.into_iter().flatten() {
                     first.get_or_insert(v);
                     if dfa_matches(self.p, dfa, v) {
                         any_match = true;
@@ -718,6 +792,50 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             }
             Condition::Auth(method, set) => m.auth.is_some_and(|a| a.of(method).bit() & set != 0),
         }
+    }
+
+    /// Whether a field named as header condition `i` asks may be visible:
+    /// false only when the index's hash of the name is not among those of
+    /// the fields the rules see (then [`Self::visible`] yields nothing).
+    fn maybe_seen(&mut self, i: usize) -> bool {
+        if !self.indexed {
+            return true;
+        }
+        let Some(h) = self.t.index.names.get(i).copied() else {
+            return true;
+        };
+        if self.seen.is_none() {
+            self.seen = Some(self.seen_names());
+        }
+        let Some(seen) = &self.seen else {
+            return true;
+        };
+        let bit = (h >> SEEN_SHIFT) as usize;
+        seen.get(bit / 64)
+            .is_none_or(|w| w & (1 << (bit % 64)) != 0)
+    }
+
+    /// The filter of the hashes of the field names the rules see: the
+    /// fields the header firewall leaves visible (by their visible name),
+    /// and the sender filter's stamp when it stamped the message.
+    fn seen_names(&self) -> [u64; SEEN_WORDS] {
+        let (t, m) = (self.t, self.m);
+        let mut seen = [0u64; SEEN_WORDS];
+        let mut add = |name: &[u8]| {
+            let bit = (key_hash(name) >> SEEN_SHIFT) as usize;
+            if let Some(w) = seen.get_mut(bit / 64) {
+                *w |= 1 << (bit % 64);
+            }
+        };
+        for f in header::fields(m.headers) {
+            if let Some(name) = firewall_view(t, m, f.name) {
+                add(name);
+            }
+        }
+        if self.sender_stamped {
+            add(t.str(t.sender_filter.stamp_name));
+        }
+        seen
     }
 
     /// The values of the fields named `name` the rules see: those the
@@ -1060,11 +1178,21 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// CMT when it runs first) is kept.
     fn transport_rules(&mut self, rcpt: u16, orig: &[u8], d: &mut Decision, run: &mut Run) {
         let t = self.t;
-        for (ri, rule) in t.rules.iter().enumerate() {
+        let dir = self.m.dir_bytes();
+        let mut cand = self.candidates(Addr::piece(d.addr.domain, orig, t, dir));
+        let mut next = 0;
+        while let Some(ri) = cand.next_from(next) {
+            next = ri + 1;
+            let Some(rule) = t.rules.get(ri) else {
+                break;
+            };
             let r = ri as u16;
+            if self.absent_header_first(r, rule) {
+                continue;
+            }
             let ctx = Ctx {
-                local: Addr::piece(d.addr.local, orig, t, self.m.dir_bytes()),
-                domain: Addr::piece(d.addr.domain, orig, t, self.m.dir_bytes()),
+                local: Addr::piece(d.addr.local, orig, t, dir),
+                domain: Addr::piece(d.addr.domain, orig, t, dir),
             };
             if !self.condset(r, rule.when, &ctx) {
                 continue;
@@ -1080,40 +1208,11 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             self.sink
                 .note(Agent::TransportRules, Note::Applies(r, rcpt));
             run.used.set(ri);
-            for a in actions(t, rule) {
-                match *a {
-                    Action::Reject { code, status, text } if d.refused.is_none() => {
-                        d.refused = Some(Refusal::Rule(code, status, text));
-                        d.rule = Some(r);
-                        self.sink
-                            .note(Agent::TransportRules, Note::Refused(r, rcpt));
-                    }
-                    Action::RouteTo(_) | Action::UseConnector(_)
-                        if matches!(d.route, Some(Override::Cmt(_))) =>
-                    {
-                        self.sink
-                            .note(Agent::TransportRules, Note::RouteKept(r, rcpt));
-                    }
-                    Action::RouteTo(dom) if d.route.is_none() => {
-                        d.route = Some(Override::RouteTo(dom));
-                        d.rule.get_or_insert(r);
-                        self.sink
-                            .note(Agent::TransportRules, Note::Rerouted(r, rcpt, t.str(dom)));
-                    }
-                    Action::UseConnector(c) if d.route.is_none() => {
-                        d.route = Some(Override::UseConnector);
-                        d.connector = Some(c);
-                        d.rule.get_or_insert(r);
-                        self.sink
-                            .note(Agent::TransportRules, Note::UseConnector(r, rcpt, c));
-                    }
-                    Action::RewriteRecipient(s) => {
-                        d.addr = Addr::from_table(t, s);
-                        self.sink
-                            .note(Agent::TransportRules, Note::RuleRewrote(r, rcpt));
-                    }
-                    _ => {}
-                }
+            if self.rule_actions(r, rule, rcpt, d) && self.indexed {
+                // A rewritten recipient: the rules keyed by its new domain
+                // become candidates too (the old ones stay: a superset).
+                let domain = Addr::piece(d.addr.domain, orig, t, dir);
+                cand.add_all(t.index.recipient.lookup(key_hash(domain)));
             }
             if rule.stop {
                 self.sink
@@ -1121,6 +1220,109 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 break;
             }
         }
+    }
+
+    /// With the index, whether rule `r`'s `if` set begins with a header
+    /// condition (present, value matches or not) whose field the name
+    /// filter knows is absent: the set fails there, after the condition
+    /// noted `was not found` once per message, exactly as its evaluation
+    /// would (a cached result notes nothing; neither does this twice).
+    fn absent_header_first(&mut self, r: u16, rule: &Rule) -> bool {
+        if !self.indexed {
+            return false;
+        }
+        let t = self.t;
+        let Some(span) = t.condsets.get(usize::from(rule.when)) else {
+            return false;
+        };
+        let i = usize::from(span.first);
+        let name = match (span.count, t.conditions.get(i)) {
+            (
+                1..,
+                Some(
+                    Condition::HeaderPresent(n)
+                    | Condition::HeaderMatches(n, _)
+                    | Condition::HeaderNotMatches(n, _),
+                ),
+            ) => *n,
+            _ => return false,
+        };
+        if self.maybe_seen(i) {
+            return false;
+        }
+        self.log_header(r, t.str(name), None, None);
+        true
+    }
+
+    /// The rules to evaluate for a recipient at `domain`: every rule, or
+    /// with the index the always candidates, the rules keyed by the
+    /// sender's domain and those keyed by `domain`, in priority order.
+    fn candidates(&mut self, domain: &[u8]) -> RuleBits {
+        let t = self.t;
+        if !self.indexed {
+            return RuleBits::upto(t.rules.len());
+        }
+        let mut c = match self.msg_cand {
+            Some(c) => c,
+            None => {
+                let mut c = RuleBits::from_words(&t.index.always);
+                let sd = domain_of(self.m.sender);
+                c.add_all(t.index.sender.lookup(key_hash(sd)));
+                for long in [false, true] {
+                    let ip = net_key(&self.m.client_ip, long);
+                    c.add_all(t.index.client.lookup(key_hash(ip)));
+                }
+                self.msg_cand = Some(c);
+                c
+            }
+        };
+        c.add_all(t.index.recipient.lookup(key_hash(domain)));
+        c
+    }
+
+    /// Rule `r`'s per-recipient actions for recipient `rcpt`: refusal,
+    /// route, connector, rewrite (the first route and refusal stand);
+    /// whether it rewrote the recipient.
+    fn rule_actions(&mut self, r: u16, rule: &Rule, rcpt: u16, d: &mut Decision) -> bool {
+        let t = self.t;
+        let mut rewrote = false;
+        for a in actions(t, rule) {
+            match *a {
+                Action::Reject { code, status, text } if d.refused.is_none() => {
+                    d.refused = Some(Refusal::Rule(code, status, text));
+                    d.rule = Some(r);
+                    self.sink
+                        .note(Agent::TransportRules, Note::Refused(r, rcpt));
+                }
+                Action::RouteTo(_) | Action::UseConnector(_)
+                    if matches!(d.route, Some(Override::Cmt(_))) =>
+                {
+                    self.sink
+                        .note(Agent::TransportRules, Note::RouteKept(r, rcpt));
+                }
+                Action::RouteTo(dom) if d.route.is_none() => {
+                    d.route = Some(Override::RouteTo(dom));
+                    d.rule.get_or_insert(r);
+                    self.sink
+                        .note(Agent::TransportRules, Note::Rerouted(r, rcpt, t.str(dom)));
+                }
+                Action::UseConnector(c) if d.route.is_none() => {
+                    d.route = Some(Override::UseConnector);
+                    d.connector = Some(c);
+                    d.rule.get_or_insert(r);
+                    self.sink
+                        .note(Agent::TransportRules, Note::UseConnector(r, rcpt, c));
+                }
+                Action::RewriteRecipient(s) => {
+                    d.addr = Addr::from_table(t, s);
+                    rewrote = true;
+                    self.sink
+                        .note(Agent::TransportRules, Note::RuleRewrote(r, rcpt));
+                }
+                _ => {}
+            }
+        }
+        rewrote
     }
 
     /// OnResolvedMessage, per recipient: CMT routes a recipient outside the
@@ -1173,10 +1375,12 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// that applied, in rule order.
     fn rule_header_actions(&mut self, run: &Run) {
         let (t, m) = (self.t, self.m);
-        for (ri, rule) in t.rules.iter().enumerate() {
-            if !run.used.get(ri) {
-                continue;
-            }
+        let mut next = 0;
+        while let Some(ri) = run.used.next_from(next) {
+            next = ri + 1;
+            let Some(rule) = t.rules.get(ri) else {
+                break;
+            };
             for a in actions(t, rule) {
                 match *a {
                     Action::AddHeader(name, value) => self
@@ -1254,6 +1458,32 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
     rcpts: &[&'a [u8]],
     sink: &mut S,
 ) -> Verdict {
+    run_agents(t, p, m, rcpts, sink, true)
+}
+
+/// [`evaluate_with`] without the rule index: every transport rule is
+/// evaluated for every recipient, and header conditions always scan the
+/// header block. The reference the indexed evaluation must equal (same
+/// decisions, same sink calls in the same order); tests compare them.
+pub fn evaluate_linear<'a, S: Sink<'a>, P: Patterns + ?Sized>(
+    t: &'a Table,
+    p: &'a P,
+    m: &'a Message<'a>,
+    rcpts: &[&'a [u8]],
+    sink: &mut S,
+) -> Verdict {
+    run_agents(t, p, m, rcpts, sink, false)
+}
+
+/// The pipeline for [`evaluate_with`] (`indexed`) and [`evaluate_linear`].
+fn run_agents<'a, S: Sink<'a>, P: Patterns + ?Sized>(
+    t: &'a Table,
+    p: &'a P,
+    m: &'a Message<'a>,
+    rcpts: &[&'a [u8]],
+    sink: &mut S,
+    indexed: bool,
+) -> Verdict {
     if let Some(v) = refused_before_agents(t, m, sink) {
         return v;
     }
@@ -1268,6 +1498,9 @@ pub fn evaluate_with<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         known: [0; COND_WORDS],
         value: [0; COND_WORDS],
         sender_stamped: false,
+        indexed,
+        msg_cand: None,
+        seen: None,
     };
     if let Some(v) = ev.receive_agents(&order) {
         return v;
@@ -1428,10 +1661,12 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// from `n`: routed by address space only.
     fn added_recipients(&mut self, run: &mut Run, mut n: u16) {
         let t = self.t;
-        for (ri, rule) in t.rules.iter().enumerate() {
-            if !run.used.get(ri) {
-                continue;
-            }
+        let mut next = 0;
+        while let Some(ri) = run.used.next_from(next) {
+            next = ri + 1;
+            let Some(rule) = t.rules.get(ri) else {
+                break;
+            };
             for a in actions(t, rule) {
                 if let Action::AddRecipient(s) = *a {
                     let rcpt = n;

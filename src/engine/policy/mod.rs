@@ -3,8 +3,10 @@
 
 pub mod eval;
 pub mod filters;
+pub mod index;
 pub mod table;
 
 pub use eval::*;
 pub use filters::*;
+pub use index::*;
 pub use table::*;

@@ -13,6 +13,7 @@ use super::super::limits::{
     MAX_DNS_LISTS, MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES,
     MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
+use super::index::RuleIndex;
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +22,8 @@ use serde::{Deserialize, Serialize};
 /// settings (recipient, sender and connection filters, protocol analysis).
 /// 3: the cross-premises agents and connector settings, the content
 /// filter and a connector's milters, authentication conditions.
-pub const FORMAT: u16 = 3;
+/// 4: the rule index ([`RuleIndex`]).
+pub const FORMAT: u16 = 4;
 
 /// A string in [`Table::strings`]: offset and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -795,6 +797,8 @@ pub struct Table {
     pub cross_premises: CrossPremises,
     /// `[authentication]`: sender authentication of non-originating mail.
     pub authentication: Authentication,
+    /// The rule index: which rules can apply to a recipient.
+    pub index: RuleIndex,
 }
 
 /// `[authentication]`: what the sender authentication agent does with
@@ -827,6 +831,8 @@ pub enum TableError {
     Format(u16),
     /// An index or span points outside its table.
     BadIndex,
+    /// The rule index does not fit the rules ([`Table::index_ok`]).
+    BadRuleIndex,
     /// A pattern is not a valid DFA for this target.
     BadPattern(u16),
 }
@@ -908,6 +914,7 @@ impl Table {
                 quarantine_route: None,
                 trusted_sealers: List { first: 0, count: 0 },
             },
+            index: RuleIndex::new(),
         }
     }
 
@@ -950,6 +957,9 @@ impl Table {
     pub fn validate(&self) -> Result<(), TableError> {
         if !(self.settings_ok() && self.rules_ok()) {
             return Err(TableError::BadIndex);
+        }
+        if !self.index_ok() {
+            return Err(TableError::BadRuleIndex);
         }
         for i in 0..self.dfas.len() {
             if self.dfa(i as u16).is_none() {

@@ -7,8 +7,8 @@ use super::fnv1a64;
 use super::model::{ActM, CondM, CondSet, ConnM, InboundM, Model, RewriteM, RuleM, SpaceM};
 use crate::engine::limits::{
     MAX_ACTIONS, MAX_AGENTS, MAX_CONDITIONS, MAX_CONDSETS, MAX_CONNECTORS, MAX_DFAS, MAX_DFA_BYTES,
-    MAX_GROUPS, MAX_INBOUND, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES, MAX_RULES, MAX_SPACES,
-    MAX_STRING_BYTES,
+    MAX_GROUPS, MAX_INBOUND, MAX_INDEX_ENTRIES, MAX_ITEMS, MAX_NETS, MAX_RENAMES, MAX_REWRITES,
+    MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
 use crate::engine::policy::{
     Action, Condition, Connector, Direction, Group, Inbound, List, Net, RecipientFilter, Rewrite,
@@ -21,7 +21,7 @@ use std::collections::HashMap;
 const DFA_WARN_SIZE: usize = 16 * 1024;
 
 /// How many capacity-bound tables there are.
-pub(super) const NCAPS: usize = 16;
+pub(super) const NCAPS: usize = 17;
 
 /// A capacity-bound table of [`Table`], the index into [`CAPS`].
 #[derive(Clone, Copy)]
@@ -42,6 +42,7 @@ enum Cap {
     Dfas,
     DfaBytes,
     Agents,
+    Index,
 }
 
 /// How a capacity is reported: label, noun, constant, size.
@@ -103,6 +104,12 @@ pub(super) const CAPS: [CapInfo; NCAPS] = [
         ..cap("dfa bytes", "DFA bytes", "MAX_DFA_BYTES", MAX_DFA_BYTES)
     },
     cap("agents", "agents", "MAX_AGENTS", MAX_AGENTS),
+    cap(
+        "index",
+        "rule index entries",
+        "MAX_INDEX_ENTRIES",
+        MAX_INDEX_ENTRIES,
+    ),
 ];
 
 /// What one capacity-bound table needed.
@@ -140,6 +147,8 @@ pub(super) struct Builder {
     dfa_index: HashMap<String, u16>,
     /// The condition set with no condition, once placed (rules share it).
     empty_set: Option<u16>,
+    /// Where each rule of the table is in the file, by rule number.
+    pub(super) rule_at: Vec<usize>,
 }
 
 impl Builder {
@@ -152,6 +161,7 @@ impl Builder {
             lists: HashMap::new(),
             dfa_index: HashMap::new(),
             empty_set: None,
+            rule_at: Vec::new(),
         }
     }
 
@@ -365,6 +375,7 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
     l.max_recipients = m.limits.max_recipients.unwrap_or(l.max_recipients);
     emit_rules(cx, b, m);
     emit_filters(b, m);
+    super::index::emit_index(b);
     for a in &m.agents {
         put(
             &mut b.t.agents,
@@ -548,6 +559,15 @@ fn emit_rule(cx: &mut Cx<'_>, b: &mut Builder, r: &RuleM, priority: u32) {
         &mut b.counters[Cap::Rules as usize],
         r.at,
     );
+    b.rule_at.push(r.at);
+}
+
+/// Counts `need` entries of the rule index against `MAX_INDEX_ENTRIES`,
+/// over it first at `over` (the rule whose entries do not fit).
+pub(super) fn count_index(b: &mut Builder, need: usize, over: Option<usize>) {
+    let c = &mut b.counters[Cap::Index as usize];
+    c.need = need;
+    c.over = over;
 }
 
 /// A rule's actions, their strings placed first so the run is contiguous.

@@ -26,6 +26,7 @@ mod edge;
 mod emit;
 mod filters;
 mod hybrid;
+mod index;
 mod model;
 mod syntax;
 
