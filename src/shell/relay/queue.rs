@@ -116,6 +116,9 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     /// Outbound sessions kept open between deliveries.
     sessions: Sessions,
+    /// Results that could not be written (the spool's device was full):
+    /// applied in memory, written again at each pass until they land.
+    unrecorded: Mutex<Vec<(u64, Vec<(u16, RcptState)>)>>,
 }
 
 /// Waiting messages a finished delivery looks at for one to the same
@@ -180,6 +183,7 @@ impl Queue {
             rescan: AtomicBool::new(true),
             clock: Arc::new(SystemClock),
             sessions: Sessions::new(cfg_cache),
+            unrecorded: Mutex::new(Vec::new()),
         })
     }
 
@@ -330,6 +334,7 @@ impl Queue {
                 continue;
             }
             last_full = std::time::Instant::now();
+            self.record_again().await;
             // Delivery results are written unsynced (a lost one is a retry,
             // never a loss); make them durable at least once a second.
             if let Err(e) = self.spool.sync().await {
@@ -972,13 +977,56 @@ impl Queue {
             log_result(&qid, msg, *i, r, how);
             count_result(g.connector.as_deref(), r);
         }
-        match self.spool.record(msg.id, &changes).await {
-            Ok(()) => self.apply(msg.id, &changes),
-            // Not recorded: the states stay as they were, so the
-            // recipients are tried again (a duplicate, not a loss).
-            Err(e) => {
-                crate::shell::ops::log::warn(format_args!("queue: recording results of {qid}: {e}"))
+        let recorded = self.spool.record(msg.id, &changes).await;
+        if recorded.is_ok() {
+            self.superseded(msg.id, &changes);
+        }
+        if let Err(e) = recorded {
+            // Not recorded (the spool's device is full, say): the states are
+            // still applied in memory, so this process does not send a
+            // delivered message again at every retry, and the record is
+            // written again at each pass (`record_again`). A restart before
+            // it lands sends the message once more: a duplicate, never a
+            // loss, as the spool on disk still has it pending.
+            crate::shell::ops::log::warn(format_args!(
+                "queue: recording results of {qid}: {e} (kept in memory, written again later)"
+            ));
+            if let Ok(mut u) = self.unrecorded.lock() {
+                u.push((msg.id, changes.clone()));
             }
+        }
+        self.apply(msg.id, &changes);
+    }
+
+    /// Drops the unwritten results of `id`'s recipients that `changes`
+    /// (just written) supersede: written later, they would undo them.
+    fn superseded(&self, id: u64, changes: &[(u16, RcptState)]) {
+        if let Ok(mut u) = self.unrecorded.lock() {
+            u.retain_mut(|(i, old)| {
+                if *i == id {
+                    old.retain(|(r, _)| !changes.iter().any(|(c, _)| c == r));
+                }
+                !old.is_empty()
+            });
+        }
+    }
+
+    /// Writes the results that could not be written before, in their
+    /// order; those that fail again wait for the next pass.
+    async fn record_again(&self) {
+        let pending = match self.unrecorded.lock() {
+            Ok(mut u) => std::mem::take(&mut *u),
+            Err(_) => return,
+        };
+        let mut left = Vec::new();
+        for (id, changes) in pending {
+            if !left.is_empty() || self.spool.record(id, &changes).await.is_err() {
+                left.push((id, changes));
+            }
+        }
+        if let Ok(mut u) = self.unrecorded.lock() {
+            left.append(&mut u);
+            *u = left;
         }
     }
 
