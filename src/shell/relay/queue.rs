@@ -118,8 +118,11 @@ pub struct Queue {
     sessions: Sessions,
     /// Results that could not be written (the spool's device was full):
     /// applied in memory, written again at each pass until they land.
-    unrecorded: Mutex<Vec<(u64, Vec<(u16, RcptState)>)>>,
+    unrecorded: Mutex<Vec<Unrecorded>>,
 }
+
+/// A message's recipient states not yet written to the spool.
+type Unrecorded = (u64, Vec<(u16, RcptState)>);
 
 /// Waiting messages a finished delivery looks at for one to the same
 /// next hop (the oldest ones; the rest wait for the scheduler).
