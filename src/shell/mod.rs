@@ -51,3 +51,66 @@ pub mod smtpd;
 pub mod spool;
 pub mod time;
 pub mod tls;
+
+/// Runs `futs` at the same time, their outputs in order: the few DNS
+/// lookups of one check (DNS lists, a message's DKIM keys) on the
+/// session's task, without spawning.
+pub(crate) async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join_all;
+    use std::cell::Cell;
+
+    /// The first future waits for the last one: run one after the other
+    /// they would never end; together they do, outputs in order.
+    #[test]
+    fn join_all_runs_the_lookups_together() {
+        let flag = Cell::new(false);
+        let waiter = |n: u32| {
+            let flag = &flag;
+            async move {
+                while !flag.get() {
+                    futures_lite::future::yield_now().await;
+                }
+                n
+            }
+        };
+        let setter = |n: u32| {
+            let flag = &flag;
+            async move {
+                flag.set(true);
+                n
+            }
+        };
+        let futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u32> + '_>>> = vec![
+            Box::pin(waiter(1)),
+            Box::pin(waiter(2)),
+            Box::pin(setter(3)),
+        ];
+        let out = futures_lite::future::block_on(join_all(futs));
+        assert_eq!(out, [1, 2, 3]);
+    }
+}

@@ -171,7 +171,7 @@ async fn check_signatures(
             Err(_) => dkim::KeyAnswer::Failed,
         }
     });
-    let answers = join_all(lookups.collect()).await;
+    let answers = crate::shell::join_all(lookups.collect()).await;
     let keys: HashMap<String, dkim::KeyAnswer> = names.into_iter().zip(answers).collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -183,32 +183,6 @@ async fn check_signatures(
         v.finish(&keys, now)
     };
     (dkim, arc)
-}
-
-/// Runs `futs` at the same time (the key lookups of one message: at most
-/// a few), their outputs in order.
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    use std::task::Poll;
-    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *o = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// The domain of the single RFC5322.From address, lower case; `None` when
@@ -388,41 +362,5 @@ pub fn decide(r: &Report, trusted: &[String], honor_reject: bool) -> Decision {
         },
         reject,
         excused,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::join_all;
-    use std::cell::Cell;
-
-    /// The first future waits for the last one: run one after the other
-    /// they would never end; together they do, outputs in order.
-    #[test]
-    fn join_all_runs_the_lookups_together() {
-        let flag = Cell::new(false);
-        let waiter = |n: u32| {
-            let flag = &flag;
-            async move {
-                while !flag.get() {
-                    futures_lite::future::yield_now().await;
-                }
-                n
-            }
-        };
-        let setter = |n: u32| {
-            let flag = &flag;
-            async move {
-                flag.set(true);
-                n
-            }
-        };
-        let futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u32> + '_>>> = vec![
-            Box::pin(waiter(1)),
-            Box::pin(waiter(2)),
-            Box::pin(setter(3)),
-        ];
-        let out = futures_lite::future::block_on(join_all(futs));
-        assert_eq!(out, [1, 2, 3]);
     }
 }

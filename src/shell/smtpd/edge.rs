@@ -28,7 +28,6 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// The Edge agents' daemon-wide state.
@@ -130,7 +129,7 @@ impl Edge {
                 }
             }));
         }
-        join_all(lookups).await
+        crate::shell::join_all(lookups).await
     }
 
     /// The A records of a list query name: the cache, else the resolver.
@@ -304,29 +303,6 @@ pub fn tally(ip: IpAddr, results: &[ListResult], v: &ListVerdict) {
     if !matches!(v, ListVerdict::Blocked { .. }) {
         counters::count(Agent::ConnectionFilter, Tally::Passed);
     }
-}
-
-/// Polls every future until all are done; results in their order.
-async fn join_all<T>(mut futs: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
-    let mut out: Vec<Option<T>> = futs.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
-            if slot.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *slot = Some(v),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 #[cfg(test)]
