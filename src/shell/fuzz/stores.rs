@@ -4,18 +4,24 @@
 
 use super::{take, Dice};
 use crate::engine::policy::table::Table;
+use crate::engine::policy::{
+    attribute, evaluate_linear, evaluate_with, Addr, Agent, Decision, Edit, Message, Note, Sink,
+};
 use crate::shell::ops::upload;
 use crate::shell::policy::compile;
+use crate::shell::policy::runtime::{header_block, ip16};
 use crate::shell::relay::dns;
 use crate::shell::spool::records::{frame, Envelope, Head};
 use crate::shell::spool::{recovery, SEGMENT_MAGIC};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// The rule compiler: any text compiles or is refused with diagnostics;
-/// what compiles gives a blob that the engine's loader accepts and that
-/// encodes the table it came with.
+/// what compiles gives a blob that the engine's loader accepts, that
+/// encodes the table it came with, and that evaluates the same with and
+/// without its rule index.
 pub fn rules(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -26,9 +32,91 @@ pub fn rules(data: &[u8]) {
             c.blob,
             "blob is not the table's encoding"
         );
-        if let Err(e) = Table::from_blob(&c.blob) {
-            panic!("the compiler's own blob is refused: {e:?}");
+        match Table::from_blob(&c.blob) {
+            Ok(t) => same_by_index_and_scan(&t),
+            Err(e) => panic!("the compiler's own blob is refused: {e:?}"),
         }
+    }
+}
+
+/// Every sink call of one evaluation, as text, in order.
+#[derive(Default)]
+struct Calls(Vec<String>);
+
+impl Sink<'_> for Calls {
+    fn decision(&mut self, rcpt: u16, d: &Decision) {
+        self.0.push(format!("decision {rcpt} {d:?}"));
+    }
+    fn edit(&mut self, a: Agent, e: Edit) {
+        self.0.push(format!("edit {a:?} {e:?}"));
+    }
+    fn note(&mut self, a: Agent, n: Note<'_>) {
+        self.0.push(format!("note {a:?} {n:?}"));
+    }
+    fn sender(&mut self, addr: &Addr) {
+        self.0.push(format!("sender {addr:?}"));
+    }
+}
+
+/// The messages a loaded table is evaluated on: (client, sender, message,
+/// attachment names, recipients), inside and outside the sample's
+/// networks and domains.
+type Probe = (
+    &'static str,
+    &'static [u8],
+    &'static [u8],
+    &'static [&'static [u8]],
+    &'static [&'static [u8]],
+);
+
+/// See [`Probe`].
+const PROBES: [Probe; 3] = [
+    (
+        "127.0.0.1",
+        b"jo@contoso.com",
+        b"From: jo@contoso.com\r\nTo: a@fabrikam.com\r\nSubject: v1\r\nX-A: v1\r\n\r\nbody\r\n",
+        &[b"a.exe"],
+        &[b"a@fabrikam.com", b"b@eu.contoso.com", b"c@C.EXAMPLE"],
+    ),
+    (
+        "192.0.2.9",
+        b"",
+        b"Received: x\r\nReceived: y\r\nX-B: w\r\n\r\n",
+        &[],
+        &[b"postmaster@contoso.com"],
+    ),
+    (
+        "::1",
+        b"u@a.example",
+        b"Subject: hi\r\n\r\n",
+        &[b"report.pdf"],
+        &[b"jo@b.example", b"x@d.example", b"jo@b.example"],
+    ),
+];
+
+/// A table that loads evaluates every probe without a panic, and the rule
+/// index changes nothing: the indexed evaluation's verdict and sink calls
+/// equal those of the linear one (the loader refuses an index untrue to
+/// the rules, so this holds for any blob that loads).
+fn same_by_index_and_scan(t: &Table) {
+    for (client, sender, msg, atts, rcpts) in PROBES {
+        let ip: IpAddr = client.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let m = Message {
+            attribution: attribute(t, &ip16(ip), None),
+            client_ip: ip16(ip),
+            sender,
+            headers: header_block(msg),
+            attachments: atts,
+            size: msg.len() as u64,
+            directory: None,
+            rcpt_checks: None,
+            auth: None,
+            login: b"",
+        };
+        let (mut a, mut b) = (Calls::default(), Calls::default());
+        let va = evaluate_with(t, t, &m, rcpts, &mut a);
+        let vb = evaluate_linear(t, t, &m, rcpts, &mut b);
+        assert_eq!((va, a.0), (vb, b.0), "the index changed a decision");
     }
 }
 
@@ -56,7 +144,7 @@ fn reseal(blob: &mut Vec<u8>) {
 /// random blobs: `[mode]rest`. Mode 0: the rest as it is. Mode 1: the rest,
 /// resealed. Otherwise the sample rule file's blob with octets of the rest
 /// written at positions the rest picks, resealed. Never a panic; what
-/// loads validates again.
+/// loads validates again and evaluates the same with and without its index.
 pub fn blob(data: &[u8]) {
     let ([mode], rest) = take::<1>(data);
     let mut b = match mode % 3 {
@@ -77,6 +165,7 @@ pub fn blob(data: &[u8]) {
     }
     if let Ok(t) = Table::from_blob(&b) {
         assert!(t.validate().is_ok(), "a loaded table fails validation");
+        same_by_index_and_scan(&t);
     }
 }
 
