@@ -17,11 +17,15 @@ class CountingSink:
     """A minimal SMTP server on 127.0.0.1 (a thread per connection) that
     accepts every message and counts per connection how many it carried.
     `close_idle`: after each transaction, wait that many seconds and then
-    close the connection (`goodbye`: the line sent before, e.g. a 421)."""
+    close the connection (`goodbye`: the line sent before, e.g. a 421).
+    `refuse_mail`, `refuse_data`: senders refused at MAIL (550; the
+    pipelined RCPTs and DATA then get 503) or at DATA (451)."""
 
-    def __init__(self, close_idle=None, goodbye=None):
+    def __init__(self, close_idle=None, goodbye=None, refuse_mail=(), refuse_data=()):
         self.close_idle = close_idle
         self.goodbye = goodbye
+        self.refuse_mail = refuse_mail  # senders whose MAIL gets 550
+        self.refuse_data = refuse_data  # senders whose DATA gets 451
         self.per_connection = []  # messages carried, one entry per connection
         self.messages = []  # (mail_from, rcpts, data)
         self.commands = []  # every command line, in order
@@ -62,7 +66,15 @@ class CountingSink:
                     conn.sendall(b"250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n")
                 elif verb == "MAIL":
                     mail, rcpts = cmd[10:].split(">")[0].lstrip("<"), []
-                    conn.sendall(b"250 2.1.0 ok\r\n")
+                    if mail in self.refuse_mail:
+                        mail = None
+                        conn.sendall(b"550 5.7.1 sender refused\r\n")
+                    else:
+                        conn.sendall(b"250 2.1.0 ok\r\n")
+                elif verb in ("RCPT", "DATA") and mail is None:
+                    conn.sendall(b"503 5.5.1 MAIL first\r\n")
+                elif verb == "DATA" and mail in self.refuse_data:
+                    conn.sendall(b"451 4.3.0 not now\r\n")
                 elif verb == "RCPT":
                     rcpts.append(cmd[8:].split(">")[0].lstrip("<"))
                     conn.sendall(b"250 2.1.5 ok\r\n")
@@ -185,6 +197,39 @@ def test_a_session_closed_while_idle_costs_no_attempt(sluice_factory):
             assert m.get("no", 0) == 4 and m.get("yes", 0) >= 3, m
         finally:
             sink.stop()
+
+
+def test_a_refused_mail_or_data_keeps_the_session_with_rset(sluice_factory):
+    """Postfix's connection cache keeps a session whose MAIL or DATA was
+    refused: the message fails (bounced or deferred) and the next one goes
+    over the same connection after RSET."""
+    sink = CountingSink(refuse_mail={"refused@contoso.com"}, refuse_data={"later@contoso.com"})
+    try:
+        d = relay(sluice_factory, {"mx.reuse.test": sink.port, "mx": {"reuse.test": "mx.reuse.test"}},
+                  queue_extra='connection_cache_time = "30s"\n', retry='"1h"')
+        outcome = {}
+        for sender, want in (("a@contoso.com", "Delivered"), ("refused@contoso.com", "Bounced"),
+                             ("b@contoso.com", "Delivered"), ("later@contoso.com", "Deferred"),
+                             ("c@contoso.com", "Delivered")):
+            c = d.session()
+            r = c.send_mail(sender, ["x@reuse.test"], b"Subject: from %s\r\n\r\nbody\r\n" % sender.encode())
+            check(r, 250)
+            c.close()
+            outcome[sender] = states(d, queued_id(r), [want])
+        assert [m[0] for m in sink.messages] == ["a@contoso.com", "b@contoso.com", "c@contoso.com"]
+        assert sink.per_connection == [3], sink.per_connection
+        mails = [i for i, c in enumerate(sink.commands) if c.startswith("MAIL")]
+        assert len(mails) == 5, sink.commands
+        # After each refusal the next transaction begins with RSET; never QUIT.
+        for refused in (1, 3):
+            assert sink.commands[mails[refused + 1] - 1] == "RSET", sink.commands
+        assert "QUIT" not in sink.commands and sum(c.startswith("EHLO") for c in sink.commands) == 1
+        assert "550 5.7.1" in json.dumps(outcome["refused@contoso.com"])
+        assert "451 4.3.0" in json.dumps(outcome["later@contoso.com"])
+        sends = [l for l in d.stderr().splitlines() if "SEND qid=" in l]
+        assert [" reused=0" in l for l in sends] == [True, False, False], sends
+    finally:
+        sink.stop()
 
 
 def test_the_cache_can_be_turned_off(sluice_factory):

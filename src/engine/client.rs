@@ -173,6 +173,10 @@ enum Phase {
     Idle,
     /// A resumed session sent RSET (a transaction was left open).
     Rset,
+    /// MAIL or DATA was refused on a session kept open: the replies to
+    /// what was pipelined after it (`drain` of them) are read and dropped,
+    /// then the session is idle (RSET before the next MAIL).
+    Drain,
     Closed,
 }
 
@@ -221,6 +225,8 @@ pub struct Client<'a> {
     left_open: bool,
     /// MAIL got an answer other than 421: the session was alive for it.
     mail_answered: bool,
+    /// Replies still to be dropped in [`Phase::Drain`].
+    drain: u16,
 }
 
 /// What a session kept open ([`Client::idle`]) carries into its next
@@ -313,17 +319,21 @@ impl<'a> Client<'a> {
             keep: false,
             left_open: false,
             mail_answered: false,
+            drain: 0,
         }
     }
 
     /// A client for one transaction of `env` on a session kept open
     /// after an earlier one (`idle`, from [`Client::idle`]): no greeting,
     /// EHLO or STARTTLS; RSET first when that one left a transaction open,
-    /// then MAIL (already in [`Client::output`]).
+    /// then MAIL (already in [`Client::output`]). It stays open after the
+    /// transaction ([`Client::keep_open`]): it came from a cache, and the
+    /// cache decides whether it goes back or is closed with [`QUIT`].
     pub fn resume(cfg: ClientConfig<'a>, env: Transaction<'a>, idle: Idle) -> Self {
         let mut c = Client::new(cfg, env);
         c.ext = idle.ext;
         c.tls = idle.tls;
+        c.keep = true;
         if idle.rset {
             c.command(&[b"RSET"]);
             c.phase = Phase::Rset;
@@ -350,6 +360,13 @@ impl<'a> Client<'a> {
             tls: self.tls,
             rset: self.left_open,
         })
+    }
+
+    /// Whether the replies to commands pipelined after a refused MAIL are
+    /// still to be read ([`Client::feed`] drops them): then the session
+    /// becomes idle, and can be kept.
+    pub fn draining(&self) -> bool {
+        self.phase == Phase::Drain
     }
 
     /// Whether MAIL got an answer other than 421. A resumed session that
@@ -537,6 +554,15 @@ impl<'a> Client<'a> {
     }
 
     fn fail(&mut self, why: Failure, with_reply: bool) -> Option<Kind> {
+        let unsent = matches!(
+            why,
+            Failure::Needs8BitMime | Failure::NeedsSmtpUtf8 | Failure::TooBig
+        );
+        if self.keep && unsent {
+            // Refused before MAIL was written: nothing to reset.
+            self.phase = Phase::Idle;
+            return Some(Kind::Failed(why, with_reply));
+        }
         if self.keep && why == Failure::NoRecipients {
             // MAIL stands without a recipient: RSET before the next one.
             self.left_open = true;
@@ -548,6 +574,21 @@ impl<'a> Client<'a> {
         }
         self.phase = Phase::Closed;
         Some(Kind::Failed(why, with_reply))
+    }
+
+    /// MAIL or DATA refused (not 421) on a session kept open: the
+    /// transaction failed, the session did not. `pending` replies to
+    /// commands pipelined after it are dropped first ([`Phase::Drain`]);
+    /// the next transaction begins with RSET (RFC 5321 §4.1.1.5).
+    fn refused_keeping_open(&mut self, pending: u16) -> Option<Kind> {
+        self.left_open = true;
+        self.drain = pending;
+        self.phase = if pending == 0 {
+            Phase::Idle
+        } else {
+            Phase::Drain
+        };
+        Some(Kind::Failed(Failure::Refused, true))
     }
 
     fn send_transaction(&mut self) -> Option<Kind> {
@@ -652,12 +693,19 @@ impl<'a> Client<'a> {
             }
             Phase::Mail => {
                 self.mail_answered = code != 421;
+                if !positive && self.keep && code != 421 {
+                    // The RCPTs and DATA pipelined after it are refused too.
+                    return self.refused_keeping_open(self.rcpt_sent + u16::from(self.data_sent));
+                }
                 self.on_mail(positive)
             }
             Phase::Rcpt => self.on_rcpt(positive),
             Phase::Data => {
                 if self.no_rcpt {
                     return self.fail(Failure::NoRecipients, false);
+                }
+                if code != 354 && self.keep && code != 421 {
+                    return self.refused_keeping_open(0);
                 }
                 if code != 354 {
                     return self.fail(Failure::Refused, true);
@@ -683,6 +731,17 @@ impl<'a> Client<'a> {
             }
             Phase::Quit => {
                 self.phase = Phase::Closed;
+                None
+            }
+            Phase::Drain => {
+                self.drain = self.drain.saturating_sub(1);
+                self.phase = match (code, self.drain) {
+                    // 354: the server took the pipelined DATA after all; the
+                    // session is in no state to reuse.
+                    (421 | 354, _) => Phase::Closed,
+                    (_, 0) => Phase::Idle,
+                    _ => Phase::Drain,
+                };
                 None
             }
             Phase::AwaitTls | Phase::Sending | Phase::Idle | Phase::Closed => None,
@@ -1086,14 +1145,6 @@ mod tests {
         assert!(sent.starts_with(flight), "{sent}");
         assert!(!sent.contains("EHLO") && !sent.contains("QUIT"), "{sent}");
         assert_eq!(next.idle(), Some(idle), "idle again, the same session");
-        // Not kept open: QUIT after the transaction, as before.
-        let mut last = Client::resume(cfg(TlsMode::Opportunistic), env(&two, false, 20), idle);
-        let (ev, sent) = on_script(&mut last, &ONE);
-        assert_eq!(ev, ["rcpt0:250", "send:data", "done:250"]);
-        assert!(
-            sent.ends_with("QUIT\r\n") && last.idle().is_none(),
-            "{sent}"
-        );
     }
 
     #[test]
@@ -1119,6 +1170,75 @@ mod tests {
         let (ev, _) = on_script(&mut next, &[b"421 4.3.2 bye\r\n"]);
         assert_eq!(ev, ["failed:Refused:421"]);
         assert!(!next.mail_answered() && next.is_closed());
+    }
+
+    #[test]
+    fn a_refused_mail_keeps_the_session_after_the_pipelined_replies() {
+        let idle = kept_open();
+        let two: [&[u8]; 2] = [b"b@y.test", b"c@y.test"];
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&two, false, 10), idle);
+        next.keep_open();
+        let (ev, sent) = on_script(&mut next, &[b"550 5.7.1 sender refused\r\n"]);
+        assert_eq!(ev, ["failed:Refused:550"]);
+        assert!(next.mail_answered() && next.draining() && next.idle().is_none());
+        // Two RCPTs and DATA were pipelined: their three replies are dropped.
+        let drop: [&[u8]; 3] = [
+            b"503 5.5.1 no\r\n",
+            b"503-5.5.1 no\r\n503 5.5.1 no\r\n",
+            b"503 5.5.1 no\r\n",
+        ];
+        let (ev, more) = on_script(&mut next, &drop[..2]);
+        assert!(ev.is_empty() && next.draining(), "{ev:?}");
+        let (ev, more2) = on_script(&mut next, &drop[2..]);
+        assert!(ev.is_empty() && !next.draining(), "{ev:?}");
+        assert!(!format!("{sent}{more}{more2}").contains("QUIT"));
+        let idle = next.idle().expect("idle after the drain");
+        assert!(idle.needs_rset(), "RSET before the next MAIL");
+        // A 421 while draining closes it.
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&two, false, 10), idle);
+        next.keep_open();
+        let script: [&[u8]; 3] = [
+            b"250 reset\r\n",
+            b"451 4.3.0 later\r\n",
+            b"421 4.3.2 bye\r\n",
+        ];
+        let (ev, _) = on_script(&mut next, &script);
+        assert_eq!(ev, ["failed:Refused:451"]);
+        assert!(next.is_closed() && next.idle().is_none());
+        // A session not kept open: QUIT at once, as before.
+        let rcpts: [&[u8]; 1] = [b"b@y.test"];
+        let mut cl = Client::new(cfg(TlsMode::Opportunistic), env(&rcpts, false, 10));
+        let mut script: V<&[u8]> = HELLO.to_vec();
+        script.push(b"550 5.7.1 no\r\n");
+        let (ev, sent) = on_script(&mut cl, &script);
+        assert_eq!(ev, ["failed:Refused:550"]);
+        assert!(sent.ends_with("QUIT\r\n") && !cl.draining(), "{sent}");
+    }
+
+    #[test]
+    fn a_refused_data_or_a_message_too_big_keeps_the_session() {
+        let idle = kept_open();
+        let one: [&[u8]; 1] = [b"b@y.test"];
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&one, false, 10), idle);
+        next.keep_open();
+        let script: [&[u8]; 3] = [b"250 ok\r\n", b"250 ok\r\n", b"451 4.3.0 not now\r\n"];
+        let (ev, sent) = on_script(&mut next, &script);
+        assert_eq!(ev, ["rcpt0:250", "failed:Refused:451"]);
+        assert!(!sent.contains("QUIT"), "{sent}");
+        assert!(next.idle().expect("kept").needs_rset());
+        // Over the server's SIZE: refused before MAIL is written.
+        let small = Idle {
+            ext: Extensions {
+                size: Some(5),
+                ..idle.ext
+            },
+            ..idle
+        };
+        let mut next = Client::resume(cfg(TlsMode::Opportunistic), env(&one, false, 10), small);
+        let (ev, sent) = on_script(&mut next, &[b""]);
+        assert_eq!(ev, ["failed:TooBig:0"]);
+        assert!(sent.is_empty(), "nothing written: {sent}");
+        assert_eq!(next.idle(), Some(small), "idle, no RSET needed");
     }
 
     #[test]

@@ -633,6 +633,11 @@ async fn session(
         data_sent: false,
     };
     let result = t.run().await;
+    if result.is_ok() && t.cl.draining() {
+        // A refused MAIL: read the pipelined replies so that the session
+        // can be kept; one that fails here is dropped.
+        let _ = t.drain().await;
+    }
     let kept = match (&result, t.cl.idle()) {
         (Ok(_), Some(idle)) => Some(Cached {
             conn: std::mem::replace(&mut t.conn, Conn::Gone),
@@ -708,6 +713,18 @@ impl Transaction<'_> {
                 return Ok(over);
             }
         }
+    }
+
+    /// Reads the replies the client drops after a refused MAIL until it is
+    /// idle, or the session ends (each read within the reply timeout).
+    async fn drain(&mut self) -> io::Result<()> {
+        while self.cl.draining() {
+            let fed = self.next_event().is_some();
+            if !fed && self.cl.draining() && self.write_and_read().await?.is_some() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// The client's next event from the replies read so far, if any.
