@@ -275,9 +275,16 @@ fn client_setup(flags: u8) -> (ClientConfig<'static>, Transaction<'static>) {
 
 /// Feeds server octets to a new client in `reads`; records its events and
 /// commands. Panics if it stalls or consumes more than it was given.
-fn run_client(flags: u8, reads: &[&[u8]]) -> Transcript {
+/// `keep`: the session is kept open, and each time it is idle with input
+/// left, the next transaction resumes it (as the connection cache does).
+fn run_client(flags: u8, keep: bool, reads: &[&[u8]]) -> Transcript {
     let (cfg, env) = client_setup(flags);
     let mut c = Client::new(cfg, env);
+    if keep {
+        c.keep_open();
+    }
+    // The current client has read input (else resuming it again is futile).
+    let mut fed = false;
     let mut t = Transcript::default();
     let mut budget = 4 * reads.iter().map(|r| r.len()).sum::<usize>() + 64;
     for &read in reads {
@@ -285,7 +292,18 @@ fn run_client(flags: u8, reads: &[&[u8]]) -> Transcript {
         loop {
             assert!(budget > 0, "the client makes no progress");
             budget -= 1;
+            if let Some(idle) = c.idle().filter(|_| keep && !rest.is_empty()) {
+                if !fed {
+                    // The same transaction again would fail the same way
+                    // (too big, say) without reading: the end.
+                    return t;
+                }
+                t.push(format!("resume {idle:?}"));
+                c = Client::resume(cfg, env, idle);
+                fed = false;
+            }
             let step = c.feed(rest);
+            fed |= step.consumed > 0;
             assert!(step.consumed <= rest.len(), "consumed more than given");
             let moved = step.consumed > 0;
             rest = &rest[step.consumed..];
@@ -315,13 +333,19 @@ fn run_client(flags: u8, reads: &[&[u8]]) -> Transcript {
 }
 
 /// The outbound client: `[flags][seed]server-octets`. Fed whole, by octets
-/// and in random splits, its events and commands must be the same.
+/// and in random splits, its events and commands must be the same. An odd
+/// seed keeps the session open and resumes it for the next transaction.
 pub fn client(data: &[u8]) {
     let ([flags, seed], server) = take::<2>(data);
-    let whole = run_client(flags, &[server]);
+    let keep = seed & 1 == 1;
+    let whole = run_client(flags, keep, &[server]);
     if server.len() <= 2048 {
         let bytes: Vec<&[u8]> = server.chunks(1).collect();
-        same(&whole, &run_client(flags, &bytes), "split into octets");
+        same(
+            &whole,
+            &run_client(flags, keep, &bytes),
+            "split into octets",
+        );
     }
     let mut dice = Dice::new(&[flags, seed]);
     let split = chunks(
@@ -329,5 +353,5 @@ pub fn client(data: &[u8]) {
         &mut dice,
         [3, 17, 200, 2000][usize::from(seed >> 6)],
     );
-    same(&whole, &run_client(flags, &split), "random split");
+    same(&whole, &run_client(flags, keep, &split), "random split");
 }
