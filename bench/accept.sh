@@ -212,7 +212,6 @@ sluice_row() { # size msgs sessions run -> sets RATE and SPOOLED
 } | tee "$RESULT"
 
 REPEAT=${REPEAT:-3}
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0 || v[1] == "FAIL") print "FAIL"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 HEADER=$(printf '%-6s %8s %8s %12s %12s %7s %8s  %s' size sessions msgs 'ceiling/s' 'sluice/s' ratio spooled ratios)
 echo "$HEADER" | tee -a "$RESULT"
 for size in "${SIZES[@]}"; do

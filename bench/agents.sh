@@ -219,7 +219,6 @@ row() { # mode size msgs sessions run -> RATE
     [ "${KEEP:-0}" = 1 ] || [ "${FAILED:-0}" = 1 ] || rm -rf "$dir"
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0 || v[1] == "FAIL") print "FAIL"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 {
     echo "# sluice accept throughput, Edge agents on vs off, $(date -u '+%Y-%m-%d %H:%M:%S UTC')"

@@ -55,3 +55,7 @@ max_message_size = "36 MiB"
 target = "stderr"
 EOF
 }
+
+# The median of the numbers on stdin (spaces or lines); FAIL if any run
+# failed (FAIL sorts first) or there is none.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0 || v[1] == "FAIL") print "FAIL"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -60,6 +60,13 @@
 #                   (sluice: its one pid; Postfix: master and every
 #                   descendant of it; Exim: the daemon and its children;
 #                   OpenSMTPD: the parent and its processes)
+#   The first row of each size and session count is the loopback ceiling
+#   (smtp-source straight to smtp-sink, no relay; CEILING=0 leaves it
+#   out), and a table gives sluice's delivered/s over it (issue 16's
+#   target at 4 KiB / 10 sessions: >= 0.50).
+#   REPEAT=N runs every row N times, the relays in order on odd runs and
+#   in reverse on even ones (each run in fresh directories); a table of
+#   medians follows, and the ratio tables use the medians.
 #   Messages per row: 3,000 (4 KiB) and 1,000 (64 KiB); --quick: a tenth.
 #   Each message uses a new client connection (smtp-source without -d).
 #   Every relay's row checks the sink counted every message and that the
@@ -115,6 +122,7 @@
 #   PEERS_DIR=/opt/bench-peers bench/relay.sh   (where Exim and OpenSMTPD are
 #                                                unpacked; default bench/out/peers)
 #   KEEP=1 bench/relay.sh                       (keep temp queues, logs, perf data)
+#   REPEAT=3 bench/relay.sh --no-perf           (medians of 3 alternating runs)
 #   Needs /usr/sbin/smtp-source, smtp-sink, postfix, postconf (Postfix; the
 #   users postfix/postdrop), python3, awk, perf (for the profile); for
 #   Exim and OpenSMTPD apt-get and dpkg-deb (first run only), unshare and
@@ -168,6 +176,8 @@ done
 # The milter rows exist for sluice and Postfix only.
 [ $MILTER = 1 ] && PEER_LIST=(postfix)
 RELAYS=(sluice "${PEER_LIST[@]}")
+# The loopback ceiling (smtp-source -> smtp-sink, no relay) beside them.
+[ $MILTER = 0 ] && [ -z "$ONLY" ] && [ "${CEILING:-1}" = 1 ] && RELAYS=(ceiling "${RELAYS[@]}")
 [ -n "$ONLY" ] && RELAYS=("$ONLY")
 if [ $MILTER = 1 ]; then
     R2=()
@@ -199,7 +209,7 @@ for tool in "$SMTP_SOURCE" "$SMTP_SINK"; do
 done
 for relay in "${RELAYS[@]}"; do
     case $relay in
-        *_milter|sluice_*) ;;
+        *_milter|sluice_*|ceiling) ;;
         sluice) [ -x "$SLUICE_BIN" ] || { echo "missing $SLUICE_BIN (cargo build --release, or SLUICE_BIN=)" >&2; exit 2; } ;;
         postfix)
             [ "$(id -u)" = 0 ] || { echo "the private Postfix instance needs root (postfix start)" >&2; exit 2; }
@@ -452,6 +462,20 @@ drive() {
     DEL=$(awk -v n="$msgs" -v t="$t_del" 'BEGIN { if (t + 0 > 0) printf "%.0f", n / t; else print "FAIL" }')
 }
 
+# ---------------------------------------------------------------- ceiling
+# smtp-source straight to smtp-sink: what loopback and the two Postfix
+# tools do without a relay between them (delivered/s = accepted/s).
+ceiling_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
+    local size=$1 msgs=$2 sessions=$3 dir
+    ACC=FAIL DEL=FAIL PSS_MIB=- SUNK='?' NOTE='no relay'
+    dir=$WORK/ceiling-$size-$sessions${RUN_TAG:-}
+    mkdir -p "$dir"
+    start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
+    drive "$SINK_PORT" "$size" "$msgs" "$sessions" "$dir"
+    stop_pid "$SINK_PID"; SINK_PID=''
+    [ "$SUNK" = "$msgs" ] || { NOTE="the sink counted $SUNK of $msgs"; FAILED=1; }
+}
+
 # ---------------------------------------------------------------- sluice
 write_sluice_config() { # dir port sinkport
     local dns="127.0.0.1:1"
@@ -523,7 +547,7 @@ start_chain_sluice() { # dir port
 chain_row() {
     local size=$1 msgs=$2 sessions=$3 on=${4:-off} dir pa pb p
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE='' CHAIN_PIDS=''
-    dir=$WORK/chain-$size-$sessions-$on
+    dir=$WORK/chain-$size-$sessions-$on${RUN_TAG:-}
     mkdir -p "$dir/a" "$dir/b"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
     pa=$(free_port) pb=$(free_port)
@@ -586,7 +610,7 @@ start_milter() { # -> MILTER_PID, MILTER_ADDR: bench/noop_milter.py on a free po
 sluice_row() {
     local size=$1 msgs=$2 sessions=$3 prof=${4:-} dir port i n
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/sluice-$size-$sessions${prof:+-$prof}${WITH_MILTER:+-milter}${WITH_SIGN:+-sign}${WITH_ANON:+-anon}${WITH_VERIFY:+-verify}
+    dir=$WORK/sluice-$size-$sessions${prof:+-$prof}${WITH_MILTER:+-milter}${WITH_SIGN:+-sign}${WITH_ANON:+-anon}${WITH_VERIFY:+-verify}${RUN_TAG:-}
     mkdir -p "$dir"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
     port=$(free_port)
@@ -699,7 +723,7 @@ pf_setup() {
 postfix_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     local size=$1 msgs=$2 sessions=$3 dir port i
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/postfix-$size-$sessions${WITH_MILTER:+-milter}
+    dir=$WORK/postfix-$size-$sessions${WITH_MILTER:+-milter}${RUN_TAG:-}
     mkdir -p "$dir"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
     port=$(free_port)
@@ -809,7 +833,7 @@ peer_config() { # template out exim dir port sinkport
 exim_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     local size=$1 msgs=$2 sessions=$3 dir port
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/exim-$size-$sessions
+    dir=$WORK/exim-$size-$sessions${RUN_TAG:-}
     mkdir -p "$dir/spool" "$dir/log"
     chown Debian-exim: "$dir/spool" "$dir/log"
     start_sink "$dir" || { FAILED=1; NOTE='sink down'; return; }
@@ -841,7 +865,7 @@ exim_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
 opensmtpd_row() { # size msgs sessions -> ACC DEL PSS_MIB SUNK NOTE
     local size=$1 msgs=$2 sessions=$3 dir port drops
     ACC=FAIL DEL=FAIL PSS_MIB='?' SUNK='?' NOTE=''
-    dir=$WORK/opensmtpd-$size-$sessions
+    dir=$WORK/opensmtpd-$size-$sessions${RUN_TAG:-}
     mkdir -p "$dir/queue" "$dir/chroot"
     chmod 711 "$dir/queue"   # smtpd checks its queue root: root, 0711
     echo 'nameserver 127.0.0.1' >"$dir/resolv.conf"
@@ -920,22 +944,72 @@ done
 [ $MILTER = 1 ] && start_milter
 [ $SENDER_AUTH = 1 ] && start_auth_dns
 
-declare -A R_ACC R_DEL R_PSS
+# REPEAT runs of every row; odd runs take the relays in order, even runs
+# in reverse, so that no relay always runs first on a cold machine (or
+# last, after the others warmed the disk). The ratios use the medians.
+REPEAT=${REPEAT:-1}
+declare -A R_ACC R_DEL R_PSS L_ACC L_DEL L_PSS
+row_line() { # relay size sessions msgs acc del pss note
+    printf '%-14s %5s %8s %6s %11s %12s %14s  %s\n' "$1" "$(($2 / 1024))K" "$3" "$4" "$5" "$6" "$7" "$8"
+}
 HEADER=$(printf '%-14s %5s %8s %6s %11s %12s %14s  %s' relay size sessions msgs 'accepted/s' 'delivered/s' 'peak PSS MiB' notes)
 echo "$HEADER" | tee -a "$RESULT"
 for size in "${SIZES[@]}"; do
     msgs=$(msgs_for "$size")
     for sessions in "${SESSIONS[@]}"; do
-        for relay in "${RELAYS[@]}"; do
-            # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
-            "${relay}_row" "$size" "$msgs" "$sessions"
-            key=$relay-$size-$sessions
-            R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB
-            printf '%-14s %5s %8s %6s %11s %12s %14s  %s\n' "$relay" "$((size / 1024))K" "$sessions" "$msgs" \
-                "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
+        for ((rep = 1; rep <= REPEAT; rep++)); do
+            order=("${RELAYS[@]}")
+            if [ $((rep % 2)) = 0 ]; then
+                order=()
+                for ((i = ${#RELAYS[@]} - 1; i >= 0; i--)); do order+=("${RELAYS[$i]}"); done
+            fi
+            # A fresh directory (queue, logs) for every run of a row.
+            RUN_TAG=-run$rep
+            for relay in "${order[@]}"; do
+                # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
+                "${relay}_row" "$size" "$msgs" "$sessions"
+                key=$relay-$size-$sessions
+                L_ACC[$key]+=" $ACC" L_DEL[$key]+=" $DEL" L_PSS[$key]+=" $PSS_MIB"
+                R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB
+                [ "$REPEAT" -gt 1 ] && NOTE="run $rep/$REPEAT${NOTE:+; $NOTE}"
+                row_line "$relay" "$size" "$sessions" "$msgs" "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
+            done
         done
     done
 done
+if [ "$REPEAT" -gt 1 ]; then
+    {
+        echo
+        echo "# medians of $REPEAT runs (alternating order); the tables below use them"
+        echo "$HEADER"
+        for size in "${SIZES[@]}"; do
+            for sessions in "${SESSIONS[@]}"; do
+                for relay in "${RELAYS[@]}"; do
+                    key=$relay-$size-$sessions
+                    R_ACC[$key]=$(echo "${L_ACC[$key]}" | median)
+                    R_DEL[$key]=$(echo "${L_DEL[$key]}" | median)
+                    R_PSS[$key]=$(echo "${L_PSS[$key]}" | tr -d '?-' | median)
+                    [ "$relay" = ceiling ] && R_PSS[$key]=-
+                    row_line "$relay" "$size" "$sessions" "$(msgs_for "$size")" "${R_ACC[$key]}" "${R_DEL[$key]}" \
+                        "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}"
+                done
+            done
+        done
+    } | tee -a "$RESULT"
+fi
+if [[ " ${RELAYS[*]} " == *" ceiling "* ]] && [[ " ${RELAYS[*]} " == *" sluice "* ]]; then
+    {
+        echo
+        echo "# sluice delivered/s / loopback ceiling (target at 4K, 10 sessions: >= 0.50)"
+        for size in "${SIZES[@]}"; do
+            for sessions in "${SESSIONS[@]}"; do
+                awk -v sz="$((size / 1024))K" -v ss="$sessions" -v s="${R_DEL[sluice-$size-$sessions]}" \
+                    -v c="${R_DEL[ceiling-$size-$sessions]}" 'BEGIN {
+                    printf "%5s %8s %8s\n", sz, ss, (s + 0 > 0 && c + 0 > 0) ? sprintf("%.2f", s / c) : "-" }'
+            done
+        done
+    } | tee -a "$RESULT"
+fi
 
 # sluice / each peer, for every row: delivered/s and peak PSS. Targets
 # (issue 16): delivered >= 6 x Postfix, >= 3 x Exim, > 1 x OpenSMTPD
