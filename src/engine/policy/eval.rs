@@ -711,18 +711,32 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if per_recipient {
             return self.condition(i, rule, cond, c);
         }
-        let (w, bit) = (i / 32, 1u32 << (i % 32));
-        if self.known.get(w).is_some_and(|k| k & bit != 0) {
-            return self.value.get(w).is_some_and(|v| v & bit != 0);
+        if let Some(r) = self.known(i) {
+            return r;
         }
         let r = self.condition(i, rule, cond, c);
+        self.remember(i, r);
+        r
+    }
+
+    /// The result of message-wide condition `i`, if it was decided.
+    fn known(&self, i: usize) -> Option<bool> {
+        let (w, bit) = (i / 32, 1u32 << (i % 32));
+        self.known
+            .get(w)
+            .is_some_and(|k| k & bit != 0)
+            .then(|| self.value.get(w).is_some_and(|v| v & bit != 0))
+    }
+
+    /// Notes the result of message-wide condition `i`.
+    fn remember(&mut self, i: usize, r: bool) {
+        let (w, bit) = (i / 32, 1u32 << (i % 32));
         if let (Some(k), Some(v)) = (self.known.get_mut(w), self.value.get_mut(w)) {
             *k |= bit;
             if r {
                 *v |= bit;
             }
         }
-        r
     }
 
     /// Condition `i` (`cond`) of rule `rule` for the recipient of `c`,
@@ -1250,7 +1264,17 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if self.maybe_seen(i) {
             return false;
         }
-        self.log_header(r, t.str(name), None, None);
+        // As `cached` would: a condition decided before (another rule with
+        // the same condition set) notes nothing again.
+        match self.known(i) {
+            // Not reached (an absent field decides these false); evaluate.
+            Some(true) => return false,
+            Some(false) => {}
+            None => {
+                self.log_header(r, t.str(name), None, None);
+                self.remember(i, false);
+            }
+        }
         true
     }
 
