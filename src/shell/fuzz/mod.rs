@@ -15,6 +15,8 @@ mod stores;
 
 pub use parsers::{dkim, header, milter, spf};
 pub use session::{auth, client, receiver};
+#[cfg(test)]
+pub(crate) use stores::by_index_and_scan;
 pub use stores::{blob, directory, dns, passwd, rules, spool, upload};
 
 /// A fuzz target body: the fuzzer's input in, a panic on a broken invariant.

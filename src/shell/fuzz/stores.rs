@@ -6,6 +6,7 @@ use super::{take, Dice};
 use crate::engine::policy::table::Table;
 use crate::engine::policy::{
     attribute, evaluate_linear, evaluate_with, Addr, Agent, Decision, Edit, Message, Note, Sink,
+    Verdict,
 };
 use crate::shell::ops::upload;
 use crate::shell::policy::compile;
@@ -101,23 +102,38 @@ const PROBES: [Probe; 3] = [
 fn same_by_index_and_scan(t: &Table) {
     for (client, sender, msg, atts, rcpts) in PROBES {
         let ip: IpAddr = client.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        let m = Message {
-            attribution: attribute(t, &ip16(ip), None),
-            client_ip: ip16(ip),
-            sender,
-            headers: header_block(msg),
-            attachments: atts,
-            size: msg.len() as u64,
-            directory: None,
-            rcpt_checks: None,
-            auth: None,
-            login: b"",
-        };
-        let (mut a, mut b) = (Calls::default(), Calls::default());
-        let va = evaluate_with(t, t, &m, rcpts, &mut a);
-        let vb = evaluate_linear(t, t, &m, rcpts, &mut b);
-        assert_eq!((va, a.0), (vb, b.0), "the index changed a decision");
+        let (a, b) = by_index_and_scan(t, ip, sender, msg, atts, rcpts);
+        assert_eq!(a, b, "the index changed a decision");
     }
+}
+
+/// One message from `ip` evaluated by `t` with the rule index and without
+/// it (`evaluate_with`, `evaluate_linear`): each verdict with its sink
+/// calls. The property test of the index uses it too.
+pub(crate) fn by_index_and_scan(
+    t: &Table,
+    ip: IpAddr,
+    sender: &[u8],
+    msg: &[u8],
+    atts: &[&[u8]],
+    rcpts: &[&[u8]],
+) -> ((Verdict, Vec<String>), (Verdict, Vec<String>)) {
+    let m = Message {
+        attribution: attribute(t, &ip16(ip), None),
+        client_ip: ip16(ip),
+        sender,
+        headers: header_block(msg),
+        attachments: atts,
+        size: msg.len() as u64,
+        directory: None,
+        rcpt_checks: None,
+        auth: None,
+        login: b"",
+    };
+    let (mut a, mut b) = (Calls::default(), Calls::default());
+    let va = evaluate_with(t, t, &m, rcpts, &mut a);
+    let vb = evaluate_linear(t, t, &m, rcpts, &mut b);
+    ((va, a.0), (vb, b.0))
 }
 
 /// The blob of the repository's sample rule file, compiled once.

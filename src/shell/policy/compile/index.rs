@@ -133,32 +133,10 @@ fn map(buckets: Vec<Vec<u16>>) -> Option<DomainMap> {
 #[cfg(test)]
 mod tests {
     use super::super::compile;
-    use crate::engine::policy::{
-        attribute, evaluate_linear, evaluate_with, Addr, Agent, Decision, Edit, Message, Note,
-        Sink, Table, TableError, Verdict,
-    };
-    use crate::shell::policy::runtime::{header_block, ip16};
+    use crate::engine::policy::{Table, TableError};
+    use crate::shell::fuzz::by_index_and_scan;
     use proptest::prelude::*;
     use std::net::IpAddr;
-
-    /// Every sink call, as text, in order.
-    #[derive(Default)]
-    struct Log(Vec<String>);
-
-    impl Sink<'_> for Log {
-        fn decision(&mut self, rcpt: u16, d: &Decision) {
-            self.0.push(format!("decision {rcpt} {d:?}"));
-        }
-        fn edit(&mut self, a: Agent, e: Edit) {
-            self.0.push(format!("edit {a:?} {e:?}"));
-        }
-        fn note(&mut self, a: Agent, n: Note<'_>) {
-            self.0.push(format!("note {a:?} {n:?}"));
-        }
-        fn sender(&mut self, addr: &Addr) {
-            self.0.push(format!("sender {addr:?}"));
-        }
-    }
 
     const DOMAINS: [&str; 5] = [
         "a.example",
@@ -253,34 +231,6 @@ mod tests {
         s
     }
 
-    /// Both evaluators' verdicts and logs for one message.
-    fn both(
-        t: &Table,
-        peer: &str,
-        sender: &[u8],
-        msg: &[u8],
-        atts: &[&[u8]],
-        rcpts: &[&[u8]],
-    ) -> ((Verdict, Vec<String>), (Verdict, Vec<String>)) {
-        let ip: IpAddr = peer.parse().expect("ip");
-        let m = Message {
-            attribution: attribute(t, &ip16(ip), None),
-            client_ip: ip16(ip),
-            sender,
-            headers: header_block(msg),
-            attachments: atts,
-            size: msg.len() as u64,
-            directory: None,
-            rcpt_checks: None,
-            auth: None,
-            login: b"",
-        };
-        let (mut a, mut b) = (Log::default(), Log::default());
-        let va = evaluate_with(t, t, &m, rcpts, &mut a);
-        let vb = evaluate_linear(t, t, &m, rcpts, &mut b);
-        ((va, a.0), (vb, b.0))
-    }
-
     /// A generated rule: 1-3 `if` kinds, 0-1 `except` kinds, action, stop.
     fn arb_rule() -> impl Strategy<Value = GenRule> {
         (
@@ -321,7 +271,8 @@ mod tests {
                 .map(|(l, d)| format!("{}@{}", LOCALS[*l], DOMAINS[*d]))
                 .collect();
             let rs: Vec<&[u8]> = rs.iter().map(|r| r.as_bytes()).collect();
-            let (a, b) = both(t, peer, sender.as_bytes(), msg.as_bytes(), &atts, &rs);
+            let ip: IpAddr = peer.parse().expect("ip");
+            let (a, b) = by_index_and_scan(t, ip, sender.as_bytes(), msg.as_bytes(), &atts, &rs);
             prop_assert_eq!(a, b, "{}", text);
         }
     }
