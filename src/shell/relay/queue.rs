@@ -707,7 +707,7 @@ impl Queue {
         let id = self.spool.new_id();
         let parts = self
             .spool
-            .commit(id, &env, &message)
+            .commit(id, &env, message)
             .await
             .map_err(|e| e.to_string())?;
         let mut states = crate::shell::spool::initial_states(&env);
@@ -1318,7 +1318,7 @@ mod tests {
             edits: Vec::new(),
         };
         let id = spool.new_id();
-        let parts = smol::block_on(spool.commit(id, &env, body)).expect("commit");
+        let parts = smol::block_on(spool.commit(id, &env, body.to_vec())).expect("commit");
         let states = initial_states(&env);
         q.add(Stored {
             id,

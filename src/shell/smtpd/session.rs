@@ -975,7 +975,12 @@ impl<'a> Session<'a> {
     async fn commit(&mut self, env: &Envelope) -> Result<Vec<spool::Part>, SpoolError> {
         match self.txn.failed.take() {
             Some(e) => Err(e),
-            None => self.sh.spool.commit(self.txn.id, env, &self.txn.data).await,
+            None => {
+                self.sh
+                    .spool
+                    .commit(self.txn.id, env, std::mem::take(&mut self.txn.data))
+                    .await
+            }
         }
     }
 

@@ -18,7 +18,8 @@ pub mod recovery;
 mod writer;
 
 pub use records::{
-    frame, initial_states, read_reply, Envelope, Head, HeaderEdit, NextHop, RcptState, Route,
+    frame, frame_head, initial_states, read_reply, Envelope, Head, HeaderEdit, NextHop, RcptState,
+    Route,
 };
 pub use recovery::{scan, Scan};
 pub use writer::Durable;
@@ -265,7 +266,7 @@ impl Spool {
     /// Makes everything written so far durable (a no-op when nothing was
     /// written since the last sync).
     pub async fn sync(&self) -> Result<(), SpoolError> {
-        self.run_job(Vec::new(), 0, (0, 0), false, true)
+        self.run_job(Vec::new(), Vec::new(), 0, (0, 0), false, true)
             .await
             .map(|_| ())
     }
@@ -275,6 +276,7 @@ impl Spool {
     async fn run_job(
         &self,
         frames: Vec<u8>,
+        tail: Vec<u8>,
         id: u64,
         data: (usize, usize),
         closes: bool,
@@ -284,6 +286,7 @@ impl Spool {
         self.tx
             .send(Job {
                 frames,
+                tail,
                 id,
                 data,
                 closes,
@@ -325,6 +328,7 @@ impl Spool {
         self.tx
             .send(Job {
                 frames,
+                tail: Vec::new(),
                 id,
                 data: (at, data.len()),
                 closes: false,
@@ -337,29 +341,31 @@ impl Spool {
 
     /// Appends the message record and returns once it is on stable
     /// storage, with where the message's octets are.
+    /// The octets are handed to the writer as they are (no copy).
     pub async fn commit(
         &self,
         id: u64,
         env: &Envelope,
-        tail: &[u8],
+        tail: Vec<u8>,
     ) -> Result<Vec<Part>, SpoolError> {
-        let mut frames = Vec::with_capacity(tail.len() + 256);
-        let at = frame(
+        let mut frames = Vec::with_capacity(256);
+        let at = frame_head(
             &Head::Message {
                 id,
                 env: env.clone(),
             },
-            tail,
+            &tail,
             &mut frames,
         );
-        self.run_job(frames, id, (at, tail.len()), true, true).await
+        let data = (at, tail.len());
+        self.run_job(frames, tail, id, data, true, true).await
     }
 
     /// Records that the sender of `id` was warned of a delay (synced).
     pub async fn record_warned(&self, id: u64) -> Result<(), SpoolError> {
         let mut frames = Vec::new();
         frame(&Head::Warned { id }, &[], &mut frames);
-        self.run_job(frames, id, (0, 0), false, true)
+        self.run_job(frames, Vec::new(), id, (0, 0), false, true)
             .await
             .map(|_| ())
     }
@@ -383,7 +389,7 @@ impl Spool {
                 &mut frames,
             );
         }
-        self.run_job(frames, id, (0, 0), false, false)
+        self.run_job(frames, Vec::new(), id, (0, 0), false, false)
             .await
             .map(|_| ())
     }
@@ -445,8 +451,8 @@ pub(crate) mod testutil {
     pub(crate) fn one_message(dir: &Path) -> (Spool, Arc<PathBuf>, u64) {
         let (spool, _) = Spool::open(dir).expect("open");
         let id = spool.new_id();
-        let parts =
-            smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello")).expect("commit");
+        let parts = smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello".to_vec()))
+            .expect("commit");
         let used = parts[0].offset + parts[0].len;
         (spool, parts[0].segment.clone(), used)
     }
@@ -472,8 +478,8 @@ mod tests {
         let dir = tmpdir("collect");
         let (spool, _) = Spool::open(&dir).expect("open");
         let (a, b) = (spool.new_id(), spool.new_id());
-        smol::block_on(spool.commit(a, &env("a@x.test", 1), b"a")).expect("commit");
-        smol::block_on(spool.commit(b, &env("b@x.test", 1), b"b")).expect("commit");
+        smol::block_on(spool.commit(a, &env("a@x.test", 1), b"a".to_vec())).expect("commit");
+        smol::block_on(spool.commit(b, &env("b@x.test", 1), b"b".to_vec())).expect("commit");
         spool.close();
         let old: Vec<PathBuf> = fs::read_dir(&dir)
             .expect("dir")

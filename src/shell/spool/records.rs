@@ -298,15 +298,26 @@ impl RcptState {
 /// Frames one record: head, then `data`; returns where `data` starts in
 /// `out`.
 pub fn frame(head: &Head, data: &[u8], out: &mut Vec<u8>) -> usize {
+    let data_at = frame_head(head, data, out);
+    out.extend_from_slice(data);
+    data_at
+}
+
+/// [`frame`] without the data: the frame's start in `out` (its length and
+/// CRC count `data`, which the caller writes right after). Returns where
+/// the data starts in `out` (its end).
+pub fn frame_head(head: &Head, data: &[u8], out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[b'S', 0, 0, 0, 0, 0, 0, 0, 0]);
     // Serialising a plain struct into a Vec cannot fail.
     let _ = postcard::to_io(head, &mut *out);
     let data_at = out.len();
-    out.extend_from_slice(data);
-    let payload = &out[start + FRAME_HEAD..];
-    let len = payload.len() as u32;
-    let crc = CASTAGNOLI.checksum(payload);
+    let head_octets = &out[start + FRAME_HEAD..];
+    let len = (head_octets.len() + data.len()) as u32;
+    let mut crc = CASTAGNOLI.digest();
+    crc.update(head_octets);
+    crc.update(data);
+    let crc = crc.finalize();
     out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
     out[start + 5..start + 9].copy_from_slice(&crc.to_le_bytes());
     data_at
@@ -346,6 +357,23 @@ pub fn initial_states(env: &Envelope) -> Vec<RcptState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frame_head_and_its_data_written_after_it_are_the_whole_frame() {
+        let head = Head::Chunk { id: 7 };
+        for data in [&b""[..], b"x", &[0xA5; 70_000]] {
+            let mut whole = Vec::new();
+            let at = frame(&head, data, &mut whole);
+            let mut split = b"before".to_vec();
+            let at2 = frame_head(&head, data, &mut split);
+            assert_eq!(at2, split.len(), "the data starts at the end");
+            split.extend_from_slice(data);
+            assert_eq!(&split[6..], &whole[..]);
+            assert_eq!(at2 - 6, at);
+            let mut payload = Vec::new();
+            assert!(read_frame(&mut &whole[..], &mut payload), "it reads back");
+        }
+    }
 
     /// The record shapes as they were when the envelope held the policy's
     /// own types and the states plain strings (format version 3).

@@ -316,7 +316,7 @@ mod tests {
                 .commit(
                     id,
                     &env("a@example.test", body.len() as u64),
-                    &body[2 * CHUNK..],
+                    body[2 * CHUNK..].to_vec(),
                 )
                 .await
                 .expect("commit");
@@ -345,7 +345,10 @@ mod tests {
         ];
         let parts = smol::block_on(async {
             spool.append_chunk(id, &body[..CHUNK]).await.expect("chunk");
-            let p = spool.commit(id, &e, &body[CHUNK..]).await.expect("commit");
+            let p = spool
+                .commit(id, &e, body[CHUNK..].to_vec())
+                .await
+                .expect("commit");
             spool
                 .record(
                     id,
@@ -406,7 +409,7 @@ mod tests {
         let dir = tmpdir("torn");
         let (spool, _) = Spool::open(&dir).expect("open");
         let id = spool.new_id();
-        smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello")).expect("commit");
+        smol::block_on(spool.commit(id, &env("a@x.test", 5), b"hello".to_vec())).expect("commit");
         spool.close();
         // Simulate a crash in the middle of the next frame.
         let seg = scan(&dir).expect("scan").messages[0].parts[0]
@@ -462,7 +465,7 @@ mod tests {
         let (spool, _) = Spool::open(&dir).expect("open");
         for i in 0..3u64 {
             let id = spool.new_id();
-            smol::block_on(spool.commit(id, &env("a@x.test", 1), &[b'0' + i as u8]))
+            smol::block_on(spool.commit(id, &env("a@x.test", 1), vec![b'0' + i as u8]))
                 .expect("commit");
         }
         spool.close();
@@ -509,7 +512,7 @@ mod tests {
         assert_eq!(fs::read(&moved).expect("moved"), content, "kept whole");
         // New mail still goes in.
         let id = spool.new_id();
-        smol::block_on(spool.commit(id, &env("a@x.test", 2), b"ok")).expect("commit");
+        smol::block_on(spool.commit(id, &env("a@x.test", 2), b"ok".to_vec())).expect("commit");
         spool.close();
         // A second old file of the same name does not overwrite the first.
         fs::write(&old, b"SLSPOOL2 another").expect("write");
@@ -530,7 +533,7 @@ mod tests {
         let id = spool.new_id();
         smol::block_on(spool.append_chunk(id, b"partial")).expect("chunk");
         let id2 = spool.new_id();
-        smol::block_on(spool.commit(id2, &env("a@x.test", 2), b"ok")).expect("commit");
+        smol::block_on(spool.commit(id2, &env("a@x.test", 2), b"ok".to_vec())).expect("commit");
         spool.close();
         let s = scan(&dir).expect("scan");
         assert_eq!(s.messages.len(), 1);
