@@ -2,9 +2,14 @@
 
 import os
 import subprocess
+import time
 
 import pytest
 
+from helpers.daemon import relay
+from helpers.ports import free_port
+from helpers.queue import state_names, states
+from helpers.sink import Sink
 from helpers.smtp import check, make_message, queued_id
 
 
@@ -106,3 +111,64 @@ def test_full_spool_gives_452_and_keeps_what_it_accepted(small_spool, sluice_fac
         assert kind == "full"
     assert d.stop() == 0
     assert os.path.ismount(small_spool)
+
+
+def test_deliveries_while_the_spool_is_full_are_made_once(small_spool, sluice_factory, tmp_path):
+    """The next hop comes back while the spool's device is full: each message
+    is delivered once although its delivery record cannot be written (the
+    result is kept in memory and written again at each pass), and the
+    records land once there is room: nothing is sent again, before or
+    after a restart (README "Full disk")."""
+    port = free_port()
+    d = relay(sluice_factory, {"mx.full.test": port, "mx": {"full.test": "mx.full.test"}},
+              spool_dir=small_spool, limits={"spool_reserve": 0})
+    line = b"filler filler filler filler filler filler filler filler filler filler\r\n"
+    qids = []
+    with d.session(timeout=30) as c:
+        # 12 x 100 KiB: past the writer's first 1 MiB of preallocated zeros,
+        # whose next step does not fit on the 2 MiB device.
+        for i in range(12):
+            r = c.send_mail("a@contoso.com", ["x@full.test"],
+                            make_message("full-%d" % i, line * (100 * 1024 // len(line))))
+            check(r, 250)
+            qids.append(queued_id(r))
+    for q in qids:
+        states(d, q, ["Deferred"])  # nothing listens yet
+    ballast = os.path.join(small_spool, "ballast")
+    with open(ballast, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass  # the device is full
+    # The deferrals of the next passes use up what the segment's last page
+    # had left: then no record can be written.
+    deadline = time.time() + 30
+    while "kept in memory, written again later" not in d.stderr() and time.time() < deadline:
+        time.sleep(0.2)
+    assert "kept in memory, written again later" in d.stderr(), d.stderr()[-2000:]
+    mark = len(d.stderr())
+    sink = Sink(port=port).start()
+    try:
+        deadline = time.time() + 30
+        while len(sink.messages) < len(qids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(sink.messages) == len(qids), len(sink.messages)
+        time.sleep(3.5)  # three retry passes with the results unwritten
+        assert len(sink.messages) == len(qids), "a delivered message was sent again"
+        sent = [l for l in d.stderr().splitlines() if " SEND qid=" in l]
+        assert len(sent) == len(qids), sent
+        # Delivery records were among those that could not be written.
+        assert "kept in memory, written again later" in d.stderr()[mark:]
+        assert d.running()
+        os.remove(ballast)
+        for q in qids:
+            states(d, q, ["Delivered"])  # the records landed
+        assert d.stop() == 0
+        before = d.stderr().count(" SEND qid=")
+        d.start()
+        time.sleep(2.5)  # a retry pass and more
+        assert d.stderr().count(" SEND qid=") == before, "sent again after the restart"
+        assert len(sink.messages) == len(qids)
+    finally:
+        sink.stop()
