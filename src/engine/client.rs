@@ -353,9 +353,11 @@ impl<'a> Client<'a> {
     }
 
     /// The session, if it is open and between transactions (after
-    /// [`Client::keep_open`]): what [`Client::resume`] needs.
+    /// [`Client::keep_open`]) and every event was handed out (the failure
+    /// that follows a last refused RCPT comes at the next feed): what
+    /// [`Client::resume`] needs.
     pub fn idle(&self) -> Option<Idle> {
-        (self.phase == Phase::Idle).then_some(Idle {
+        (self.phase == Phase::Idle && self.queued.is_none()).then_some(Idle {
             ext: self.ext,
             tls: self.tls,
             rset: self.left_open,
