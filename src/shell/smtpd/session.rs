@@ -601,14 +601,14 @@ impl<'a> Session<'a> {
         let need = size
             .unwrap_or(0)
             .saturating_add(self.limits().spool_reserve);
-        match self.sh.spool.free_space() {
-            Some(free) if free < need => {
+        match self.sh.spool.room_for(need) {
+            Err(free) => {
                 log::warn(format_args!(
                     "spool has {free} octets free, below the reserve: refusing mail"
                 ));
                 self.rx.reject(refusal(&Refusal::SpoolFull));
             }
-            _ => match self.milter_mail().await {
+            Ok(()) => match self.milter_mail().await {
                 Some(reply) => self.rx.reject(reply.as_reply()),
                 None => self.rx.accept(),
             },

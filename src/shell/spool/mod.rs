@@ -172,7 +172,20 @@ pub struct Spool {
     durable: Arc<Mutex<Durable>>,
     next_id: AtomicU64,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The last `statvfs` of the spool's file system: free octets, and
+    /// when (ms since `opened`). See [`Spool::room_for`].
+    free_seen: AtomicU64,
+    free_seen_at: AtomicU64,
+    opened: std::time::Instant,
 }
+
+/// How long a free-space reading answers [`Spool::room_for`] without
+/// asking the file system again, and only while it exceeds the need by
+/// [`FREE_MARGIN`]: more than any spool can take in that time (a fast SSD
+/// writes some 50 MiB in 100 ms). Near the limit every MAIL asks.
+const FREE_FRESH_MS: u64 = 100;
+/// See [`FREE_FRESH_MS`].
+const FREE_MARGIN: u64 = 256 * 1024 * 1024;
 
 impl Spool {
     /// Opens the spool: recovers what is there (cutting a torn tail), then
@@ -214,6 +227,9 @@ impl Spool {
                 tx,
                 next_id: AtomicU64::new(next_id),
                 writer: Mutex::new(Some(handle)),
+                free_seen: AtomicU64::new(0),
+                free_seen_at: AtomicU64::new(0),
+                opened: std::time::Instant::now(),
             },
             scan,
         ))
@@ -318,6 +334,33 @@ impl Spool {
     pub fn free_space(&self) -> Option<u64> {
         let s = rustix::fs::statvfs(&self.dir).ok()?;
         Some(s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    /// Whether the spool has `need` octets free: `Err(free)` when it has
+    /// not (unknown counts as room). Asks the file system at each call
+    /// unless a reading less than [`FREE_FRESH_MS`] old showed far more
+    /// room ([`FREE_MARGIN`] beyond `need`): under load that saves a
+    /// `statvfs` per message, and near a full disk nothing changes.
+    pub fn room_for(&self, need: u64) -> Result<(), u64> {
+        let now = self.opened.elapsed().as_millis() as u64 + 1;
+        let seen_at = self.free_seen_at.load(Ordering::Relaxed);
+        let seen = self.free_seen.load(Ordering::Relaxed);
+        if seen_at != 0
+            && now - seen_at.min(now) < FREE_FRESH_MS
+            && seen >= need.saturating_add(FREE_MARGIN)
+        {
+            return Ok(());
+        }
+        let Some(free) = self.free_space() else {
+            return Ok(());
+        };
+        self.free_seen.store(free, Ordering::Relaxed);
+        self.free_seen_at.store(now, Ordering::Relaxed);
+        if free < need {
+            Err(free)
+        } else {
+            Ok(())
+        }
     }
 
     /// Appends message octets (not yet durable; a later [`Spool::commit`]
@@ -472,6 +515,19 @@ pub(crate) mod testutil {
 mod tests {
     use super::*;
     use testutil::*;
+
+    #[test]
+    fn room_for_asks_again_unless_a_fresh_reading_shows_far_more() {
+        let dir = tmpdir("room");
+        let (spool, _) = Spool::open(&dir).expect("open");
+        let free = spool.free_space().expect("statvfs");
+        assert_eq!(spool.room_for(1), Ok(()));
+        // Just after a reading: a need within the margin of it asks again.
+        let big = free.saturating_add(1);
+        assert!(matches!(spool.room_for(big), Err(f) if f < big));
+        assert_eq!(spool.room_for(0), Ok(()));
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn segments_whose_messages_are_done_are_collected() {
