@@ -342,6 +342,7 @@ fn open_listeners(cfg: &Config) -> Result<Vec<(TcpListener, Listening)>, String>
                 starttls: l.starttls,
                 implicit_tls: l.implicit_tls,
                 auth: l.auth,
+                local: Some(addr.ip()).filter(|ip| !ip.is_unspecified()),
             };
             v.push((sock, mode));
         }

@@ -23,6 +23,10 @@ pub(super) struct Listening {
     pub(super) implicit_tls: bool,
     /// SMTP AUTH is offered once TLS is on.
     pub(super) auth: bool,
+    /// The address the listener is bound to, when it is one address (not
+    /// 0.0.0.0 or ::): every session's local address, known without a
+    /// `getsockname` per connection.
+    pub(super) local: Option<IpAddr>,
 }
 
 /// Holds a connection slot; frees it when dropped.

@@ -87,7 +87,9 @@ pub(super) async fn serve(
     }
     let mut watch = Watch {
         exempt,
-        local: stream.local_addr().ok().map(|a| a.ip()),
+        local: mode
+            .local
+            .or_else(|| stream.local_addr().ok().map(|a| a.ip())),
         ..Watch::default()
     };
     if !exempt && table.enabled(Agent::ConnectionFilter) && !table.dns_lists.is_empty() {
