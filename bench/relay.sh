@@ -978,6 +978,18 @@ for size in "${SIZES[@]}"; do
     done
 done
 if [ "$REPEAT" -gt 1 ]; then
+    # The medians, in this shell (a pipeline's assignments would be lost).
+    for size in "${SIZES[@]}"; do
+        for sessions in "${SESSIONS[@]}"; do
+            for relay in "${RELAYS[@]}"; do
+                key=$relay-$size-$sessions
+                R_ACC[$key]=$(echo "${L_ACC[$key]}" | median)
+                R_DEL[$key]=$(echo "${L_DEL[$key]}" | median)
+                R_PSS[$key]=$(echo "${L_PSS[$key]}" | tr -d '?-' | median)
+                [ "$relay" = ceiling ] && R_PSS[$key]=-
+            done
+        done
+    done
     {
         echo
         echo "# medians of $REPEAT runs (alternating order); the tables below use them"
@@ -986,10 +998,6 @@ if [ "$REPEAT" -gt 1 ]; then
             for sessions in "${SESSIONS[@]}"; do
                 for relay in "${RELAYS[@]}"; do
                     key=$relay-$size-$sessions
-                    R_ACC[$key]=$(echo "${L_ACC[$key]}" | median)
-                    R_DEL[$key]=$(echo "${L_DEL[$key]}" | median)
-                    R_PSS[$key]=$(echo "${L_PSS[$key]}" | tr -d '?-' | median)
-                    [ "$relay" = ceiling ] && R_PSS[$key]=-
                     row_line "$relay" "$size" "$sessions" "$(msgs_for "$size")" "${R_ACC[$key]}" "${R_DEL[$key]}" \
                         "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}"
                 done
