@@ -67,13 +67,6 @@ const IDLE_TICK: Duration = Duration::from_millis(250);
 /// (stderr, a stream socket, TCP) they go out in one write, so a message's
 /// RECEIVE, ROUTE and RULE lines cost one system call, not one each.
 const BATCH_LINES: usize = 64;
-/// After the first lines of a quiet spell the writer waits this long for
-/// more before it writes: under load the lines of several messages then
-/// go in one write, and the sessions, which hand lines over while the
-/// writer is not waiting, do not wake it for each message (a futex wake
-/// and a context switch each). Lines reach the target at most this much
-/// later.
-const LINGER: Duration = Duration::from_millis(2);
 
 /// What an event is about; its MSGID is the upper-case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -778,7 +771,6 @@ impl Writer {
             match next {
                 Ok(first) => {
                     lines.extend(first);
-                    std::thread::sleep(LINGER);
                     while lines.len() < BATCH_LINES {
                         match rx.try_recv() {
                             Ok(more) => lines.extend(more),
