@@ -266,14 +266,7 @@ fn envelope(size: u64) -> Envelope {
         peer: "127.0.0.1:1".into(),
         received: 1,
         size,
-        smtputf8: false,
-        body8bit: false,
-        tls: false,
-        body_offset: None,
-        policy: 0,
-        routes: Vec::new(),
-        message_id: None,
-        edits: Vec::new(),
+        ..Envelope::default()
     }
 }
 
