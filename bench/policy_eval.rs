@@ -70,7 +70,22 @@ fn main() {
         "{:>6} {:>10} {:>14} {:>14} {:>12}",
         "rules", "blob B", "engine dec/s", "decide dec/s", "ns/rule/rcpt"
     );
-    for n in [16usize, 256, 1024] {
+    // RULES="1024" picks sizes; MS= the time per figure; ENGINE_ONLY=1
+    // skips decide (for `valgrind --tool=callgrind`, whose instruction
+    // count per message is repeatable where times are not).
+    let sizes: Vec<usize> = std::env::var("RULES")
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_else(|_| vec![16, 256, 1024]);
+    let ms = std::env::var("MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let engine_only = std::env::var_os("ENGINE_ONLY").is_some();
+    for n in sizes {
         let text = rule_file(n);
         let compiled = match rules::compile(&text) {
             Ok(c) => c,
@@ -111,16 +126,23 @@ fn main() {
         // The engine alone (what a no_std build runs).
         let mut sink = Null(0);
         let (mut iters, start) = (0u64, Instant::now());
-        while start.elapsed() < Duration::from_millis(1500) {
+        while start.elapsed() < Duration::from_millis(ms) {
             for _ in 0..16 {
                 black_box(evaluate_with(table, &pol, black_box(&m), &rcpts, &mut sink));
             }
             iters += 16;
         }
         let engine = iters as f64 / start.elapsed().as_secs_f64();
+        if engine_only {
+            println!(
+                "{n:>6} {:>10} {engine:>14.0} iterations {iters}",
+                compiled.blob.len()
+            );
+            continue;
+        }
         // The shell's decide(): engine + attachment parse + rendering (what the daemon runs).
         let (mut iters2, start) = (0u64, Instant::now());
-        while start.elapsed() < Duration::from_millis(1500) {
+        while start.elapsed() < Duration::from_millis(ms) {
             let env = policy::Arrival {
                 attribution: att,
                 client: peer,

@@ -180,8 +180,25 @@ pub fn tls_name_matches(pattern: &[u8], name: &[u8]) -> bool {
 
 /// Whether `b` can be part of an address in a header field (addresses
 /// there are delimited by spaces, brackets, quotes and list separators).
+#[inline]
 pub fn is_addr_byte(b: u8) -> bool {
-    !(b.is_ascii_whitespace() || b"<>,;:\"()[]".contains(&b))
+    !matches!(
+        b,
+        b' ' | b'\t'
+            | b'\n'
+            | b'\x0c'
+            | b'\r'
+            | b'<'
+            | b'>'
+            | b','
+            | b';'
+            | b':'
+            | b'"'
+            | b'('
+            | b')'
+            | b'['
+            | b']'
+    )
 }
 
 #[cfg(test)]
@@ -268,5 +285,13 @@ mod tests {
         assert_eq!(local_of(b"a@b@c.d"), b"a@b");
         assert_eq!(local_of(b"postmaster"), b"postmaster");
         assert!(is_addr_byte(b'.') && !is_addr_byte(b'<'));
+    }
+
+    #[test]
+    fn address_octets_stop_at_white_space_brackets_quotes_and_separators() {
+        for b in 0..=255u8 {
+            let delimiter = b.is_ascii_whitespace() || b"<>,;:\"()[]".contains(&b);
+            assert_eq!(is_addr_byte(b), !delimiter, "octet {b:#04x}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use super::super::addr::tls_name_matches;
 use super::super::addr::{addr_matches, domain_of, is_addr_byte, is_subdomain, local_of};
 use super::super::header;
 use super::super::limits::MAX_AGENTS;
+use super::fields::FieldList;
 use super::filters::{recipient_check, sender_blocked, sender_check, RcptCheck, SenderCheck};
 use super::index::{key_hash, net_key};
 use super::table::*;
@@ -555,7 +556,7 @@ const SEEN_WORDS: usize = 32;
 const SEEN_SHIFT: u32 = 21;
 
 /// Field visibility after the header firewall.
-fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
+pub(super) fn firewall_view<'h>(t: &'h Table, m: &Message<'_>, name: &'h [u8]) -> Option<&'h [u8]> {
     // Cross-premises fields from anywhere but an organization connector
     // are stripped by promotion: rules never see them.
     if cross_premises_stripped(t, m, name) {
@@ -622,18 +623,6 @@ pub fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
         .is_some_and(|h| h.eq_ignore_ascii_case(prefix))
 }
 
-/// The values of the visible fields named `name` (after the firewall).
-fn values<'m>(
-    t: &'m Table,
-    m: &'m Message<'m>,
-    name: &'m [u8],
-) -> impl Iterator<Item = &'m [u8]> + 'm {
-    header::fields(m.headers).filter_map(move |f| {
-        let seen = firewall_view(t, m, f.name)?;
-        seen.eq_ignore_ascii_case(name).then_some(f.value)
-    })
-}
-
 /// Longest unfolded header value matched against a pattern; longer values
 /// are matched on their raw (trimmed) octets.
 const MATCH_BUFFER: usize = 1024;
@@ -665,6 +654,8 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     t: &'a Table,
     p: &'a P,
     m: &'a Message<'a>,
+    /// The message's header fields, read once.
+    fields: &'s FieldList<'a>,
     sink: &'s mut S,
     header_logged: RuleBits,
     /// Whether the attachment names have been noted.
@@ -684,7 +675,9 @@ struct Eval<'a, 's, S: Sink<'a>, P: Patterns + ?Sized> {
     msg_cand: Option<RuleBits>,
     /// The hashes of the field names the rules see, as a filter of
     /// `SEEN_WORDS` * 64 bits (computed when a header condition first asks).
-    seen: Option<[u64; SEEN_WORDS]>,
+    seen: [u64; SEEN_WORDS],
+    /// Whether `seen` has been filled.
+    seen_ready: bool,
 }
 
 impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
@@ -811,6 +804,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// Whether a field named as header condition `i` asks may be visible:
     /// false only when the index's hash of the name is not among those of
     /// the fields the rules see (then [`Self::visible`] yields nothing).
+    #[inline]
     fn maybe_seen(&mut self, i: usize) -> bool {
         if !self.indexed {
             return true;
@@ -818,22 +812,22 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         let Some(h) = self.t.index.names.get(i).copied() else {
             return true;
         };
-        if self.seen.is_none() {
-            self.seen = Some(self.seen_names());
+        if !self.seen_ready {
+            self.seen = self.seen_names();
+            self.seen_ready = true;
         }
-        let Some(seen) = &self.seen else {
-            return true;
-        };
         let bit = (h >> SEEN_SHIFT) as usize;
-        seen.get(bit / 64)
+        self.seen
+            .get(bit / 64)
             .is_none_or(|w| w & (1 << (bit % 64)) != 0)
     }
 
     /// The filter of the hashes of the field names the rules see: the
     /// fields the header firewall leaves visible (by their visible name),
     /// and the sender filter's stamp when it stamped the message.
+    #[cold]
     fn seen_names(&self) -> [u64; SEEN_WORDS] {
-        let (t, m) = (self.t, self.m);
+        let t = self.t;
         let mut seen = [0u64; SEEN_WORDS];
         let mut add = |name: &[u8]| {
             let bit = (key_hash(name) >> SEEN_SHIFT) as usize;
@@ -841,10 +835,8 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 *w |= 1 << (bit % 64);
             }
         };
-        for f in header::fields(m.headers) {
-            if let Some(name) = firewall_view(t, m, f.name) {
-                add(name);
-            }
+        for name in self.fields.iter().filter_map(|s| s.view) {
+            add(name);
         }
         if self.sender_stamped {
             add(t.str(t.sender_filter.stamp_name));
@@ -855,12 +847,12 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
     /// The values of the fields named `name` the rules see: those the
     /// header firewall leaves visible, and the sender filter's stamp when
     /// it stamped the message.
-    fn visible(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn visible(&self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + '_ {
         let t = self.t;
         let sf = &t.sender_filter;
         let stamp = (self.sender_stamped && name.eq_ignore_ascii_case(t.str(sf.stamp_name)))
             .then(|| t.str(sf.stamp_value));
-        values(t, self.m, name).chain(stamp)
+        self.fields.values(name).chain(stamp)
     }
 
     /// The attachment names, once per message, before the first rule's
@@ -976,10 +968,8 @@ fn rewrite(
 }
 
 /// Number of `Received:` fields.
-fn hops(block: &[u8]) -> u32 {
-    header::fields(block)
-        .filter(|f| f.name_eq(b"Received"))
-        .count() as u32
+fn hops(fields: &FieldList<'_>) -> u32 {
+    fields.fields().filter(|f| f.name_eq(b"Received")).count() as u32
 }
 
 /// Runs the categorizer agents for one message with recipients `rcpts`
@@ -1049,7 +1039,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if m.attribution.originating {
             return None;
         }
-        for f in header::fields(m.headers) {
+        for f in self.fields.fields() {
             if f.name.eq_ignore_ascii_case(SENDER_STAMP.as_bytes()) {
                 let (start, end) = field_span(m.headers, f.name, f.value);
                 self.sink
@@ -1065,7 +1055,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if env.reason().is_some() {
             return Some(Verdict::Sender(env));
         }
-        for f in header::fields(m.headers).filter(|f| f.name_eq(b"From")) {
+        for f in self.fields.fields().filter(|f| f.name_eq(b"From")) {
             for addr in addresses(f.value) {
                 let c = sender_blocked(t, addr);
                 if c == SenderCheck::Pass {
@@ -1101,7 +1091,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if m.attribution.originating {
             return;
         }
-        for f in header::fields(m.headers) {
+        for f in self.fields.fields() {
             let (start, end) = field_span(m.headers, f.name, f.value);
             if t.list(t.trusted_prefixes)
                 .any(|p| starts_with_ci(f.name, p))
@@ -1129,7 +1119,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
 
     /// OnEndOfData: more `Received:` fields than `max_hops` refuses the message.
     fn hop_count(&mut self) -> Option<Verdict> {
-        let n = hops(self.m.headers);
+        let n = hops(self.fields);
         let max = self.t.limits.max_hops;
         if n > u32::from(max) {
             self.sink.note(Agent::HopCount, Note::HopCount(n, max));
@@ -1146,6 +1136,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         }
         rewrite_fields(
             self.t,
+            self.fields,
             self.m,
             Direction::Inbound,
             &[b"To", b"Cc"],
@@ -1411,11 +1402,13 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                         .sink
                         .edit(Agent::TransportRules, Edit::Add(name, value)),
                     Action::SetHeader(name, value) => {
-                        remove_all(t, m, t.str(name), &mut *self.sink);
+                        remove_all(self.fields, m.headers, t.str(name), &mut *self.sink);
                         self.sink
                             .edit(Agent::TransportRules, Edit::Add(name, value));
                     }
-                    Action::RemoveHeader(name) => remove_all(t, m, t.str(name), &mut *self.sink),
+                    Action::RemoveHeader(name) => {
+                        remove_all(self.fields, m.headers, t.str(name), &mut *self.sink)
+                    }
                     _ => {}
                 }
             }
@@ -1436,6 +1429,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         }
         rewrite_fields(
             t,
+            self.fields,
             m,
             Direction::Outbound,
             &[b"From", b"Reply-To"],
@@ -1512,10 +1506,12 @@ fn run_agents<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         return v;
     }
     let order = run_order(t);
+    let fields = FieldList::new(t, m);
     let mut ev = Eval {
         t,
         p,
         m,
+        fields: &fields,
         sink,
         header_logged: RuleBits::new(),
         attachments_logged: false,
@@ -1524,14 +1520,15 @@ fn run_agents<'a, S: Sink<'a>, P: Patterns + ?Sized>(
         sender_stamped: false,
         indexed,
         msg_cand: None,
-        seen: None,
+        seen: [0; SEEN_WORDS],
+        seen_ready: false,
     };
     if let Some(v) = ev.receive_agents(&order) {
         return v;
     }
     let mut run = Run {
         used: RuleBits::new(),
-        stamped: t.cmt.enabled && values(t, m, t.str(t.cmt.stamp)).next().is_some(),
+        stamped: t.cmt.enabled && fields.values(t.str(t.cmt.stamp)).next().is_some(),
         via: 0,
     };
     let mut stamp = false;
@@ -1762,7 +1759,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         }
         let promote = from_organization(t, m);
         let agent = Agent::CrossPremisesPromotion;
-        for (i, f) in header::fields(m.headers).enumerate() {
+        for (i, f) in self.fields.fields().enumerate() {
             if !starts_with_ci(f.name, cp) {
                 continue;
             }
@@ -1778,11 +1775,11 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             }
             // Overwrite once per name: the first cross-premises field of
             // that name removes the organisation fields of it.
-            let first = !header::fields(m.headers).take(i).any(|g| {
+            let first = !self.fields.fields().take(i).any(|g| {
                 starts_with_ci(g.name, cp) && suffix(g.name, cp).eq_ignore_ascii_case(sfx)
             });
             if first {
-                for g in header::fields(m.headers) {
+                for g in self.fields.fields() {
                     if starts_with_ci(g.name, org) && suffix(g.name, org).eq_ignore_ascii_case(sfx)
                     {
                         let (s, e) = field_span(m.headers, g.name, g.value);
@@ -1813,7 +1810,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
         if firewall_view(t, m, name).is_none() {
             return false;
         }
-        let twin_leaves = header::fields(m.headers).any(|g| {
+        let twin_leaves = self.fields.fields().any(|g| {
             starts_with_ci(g.name, cp)
                 && suffix(g.name, cp).eq_ignore_ascii_case(sfx)
                 && !cross_premises_stripped(t, m, g.name)
@@ -1839,7 +1836,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
             if !c.cross_premises || run.via & connector_bit(Some(ci)) == 0 {
                 continue;
             }
-            for f in header::fields(m.headers) {
+            for f in self.fields.fields() {
                 let sfx = suffix(f.name, org);
                 if !starts_with_ci(f.name, org)
                     || !cross_premises_listed(t, sfx)
@@ -1858,7 +1855,7 @@ impl<'a, S: Sink<'a>, P: Patterns + ?Sized> Eval<'a, '_, S, P> {
                 self.sink.edit(agent, twin);
                 self.sink.note(agent, Note::Demoted(ci, f.name));
             }
-            let has_originator = values(t, m, t.str(x.originator)).next().is_some();
+            let has_originator = self.fields.values(t.str(x.originator)).next().is_some();
             if let (true, false, Some(dd)) =
                 (m.attribution.originating, has_originator, t.default_domain)
             {
@@ -1910,10 +1907,11 @@ fn field_span(block: &[u8], name: &[u8], value: &[u8]) -> (u32, u32) {
     (start as u32, end.min(block.len()) as u32)
 }
 
-fn remove_all<'a, S: Sink<'a>>(t: &'a Table, m: &'a Message<'a>, name: &[u8], sink: &mut S) {
-    for f in header::fields(m.headers) {
-        if firewall_view(t, m, f.name).is_some_and(|n| n.eq_ignore_ascii_case(name)) {
-            let (s, e) = field_span(m.headers, f.name, f.value);
+/// Removes the fields the rules see by `name` (a rule's set or remove).
+fn remove_all<'a, S: Sink<'a>>(fields: &FieldList<'a>, block: &[u8], name: &[u8], sink: &mut S) {
+    for f in fields.iter() {
+        if f.view.is_some_and(|n| n.eq_ignore_ascii_case(name)) {
+            let (s, e) = field_span(block, f.field.name, f.field.value);
             sink.edit(Agent::TransportRules, Edit::Remove(s, e));
         }
     }
@@ -1922,6 +1920,7 @@ fn remove_all<'a, S: Sink<'a>>(t: &'a Table, m: &'a Message<'a>, name: &[u8], si
 /// Rewrites the addresses in fields `names` with the map of `dir`.
 fn rewrite_fields<'a, S: Sink<'a>>(
     t: &'a Table,
+    fields: &FieldList<'a>,
     m: &'a Message<'a>,
     dir: Direction,
     names: &[&[u8]],
@@ -1929,7 +1928,7 @@ fn rewrite_fields<'a, S: Sink<'a>>(
     sink: &mut S,
 ) {
     let base = m.headers.as_ptr() as usize;
-    for f in header::fields(m.headers) {
+    for f in fields.fields() {
         if !names.iter().any(|n| f.name_eq(n)) {
             continue;
         }
@@ -2232,6 +2231,38 @@ mod tests {
         let mut e = Edits(heapless::Vec::new());
         evaluate(t, &m, rcpts, &mut e);
         e
+    }
+
+    /// A block of more fields than the evaluation keeps is read afresh
+    /// each time, with the same answers: the firewall still finds the
+    /// trusted field after the last kept one.
+    #[test]
+    fn a_block_of_more_fields_than_are_kept_is_read_all_the_same() {
+        use super::super::super::limits::MAX_KEPT_FIELDS;
+        use std::io::Write;
+        let t = hybrid();
+        for n in [
+            MAX_KEPT_FIELDS - 2,
+            MAX_KEPT_FIELDS - 1,
+            MAX_KEPT_FIELDS,
+            3 * MAX_KEPT_FIELDS,
+        ] {
+            let mut h = std::vec::Vec::new();
+            for i in 0..n {
+                write!(h, "X-Filler-{i}: v\r\n").expect("vec");
+            }
+            let start = h.len() as u32;
+            h.extend_from_slice(b"X-MS-Exchange-Organization-SCL: 1\r\n");
+            let end = h.len() as u32;
+            h.extend_from_slice(b"Subject: s\r\n\r\n");
+            let e = edits_for(&t, Attribution::default(), &[b"u@contoso.com"], &h);
+            let removed: std::vec::Vec<_> =
+                e.0.iter()
+                    .filter(|(a, _)| *a == Agent::HeaderFirewall)
+                    .map(|(_, e)| *e)
+                    .collect();
+            assert_eq!(removed, [Edit::Remove(start, end)], "{} fields", n + 2);
+        }
     }
 
     #[test]

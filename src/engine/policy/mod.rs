@@ -2,6 +2,7 @@
 //! recipient ([`eval`]), both `no_std` and allocation-free.
 
 pub mod eval;
+pub mod fields;
 pub mod filters;
 pub mod index;
 pub mod table;
