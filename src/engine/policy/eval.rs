@@ -992,6 +992,9 @@ pub fn evaluate<'a, S: Sink<'a>>(
 /// runs at its built-in priority. `sluice pipeline` prints this order and
 /// [`evaluate`] follows it.
 pub fn run_order(t: &Table) -> [AgentSlot; MAX_AGENTS] {
+    if let Some(listed) = listed_in_order(t) {
+        return listed;
+    }
     let mut order = AGENTS.map(|(agent, stage, priority, _)| {
         let (priority, enabled) = t
             .agent(agent)
@@ -1003,8 +1006,32 @@ pub fn run_order(t: &Table) -> [AgentSlot; MAX_AGENTS] {
             enabled,
         }
     });
-    order.sort_unstable_by_key(|s| (stage_position(s.stage), s.priority, s.agent));
+    order.sort_unstable_by_key(run_key);
     order
+}
+
+/// `t`'s agents as listed, when the list holds every agent once, at its
+/// built-in event, in run order: as the compiler emits it, so that the
+/// order is checked (16 slots) rather than sorted for every message.
+fn listed_in_order(t: &Table) -> Option<[AgentSlot; MAX_AGENTS]> {
+    let listed = <[AgentSlot; MAX_AGENTS]>::try_from(t.agents.as_slice()).ok()?;
+    let mut each = 0u32;
+    for s in &listed {
+        // AGENTS is in the enum's order (a test checks it).
+        let (_, stage, _, _) = AGENTS.get(s.agent as usize)?;
+        if *stage != s.stage {
+            return None;
+        }
+        each |= 1 << (s.agent as u32);
+    }
+    let all = each.count_ones() as usize == MAX_AGENTS;
+    (all && listed.is_sorted_by_key(run_key)).then_some(listed)
+}
+
+/// An agent's place in the pipeline: its event, then its priority, then
+/// the built-in order on a tie.
+pub fn run_key(s: &AgentSlot) -> (usize, u8, Agent) {
+    (stage_position(s.stage), s.priority, s.agent)
 }
 
 /// Where agent `a` runs in [`run_order`]: its position, for sorting what
@@ -2102,6 +2129,39 @@ mod tests {
         let mut other = ip;
         other[15] ^= 1;
         assert!(!host.contains(&other));
+    }
+
+    #[test]
+    fn a_list_of_every_agent_in_run_order_is_taken_as_it_is() {
+        for (i, a) in AGENTS.iter().enumerate() {
+            assert_eq!(a.0 as usize, i, "AGENTS in the enum's order");
+        }
+        let mut t = table();
+        let sorted = run_order(&t);
+        t.agents.extend_from_slice(&sorted).expect("agents");
+        assert_eq!(listed_in_order(&t), Some(sorted));
+        assert_eq!(run_order(&t), sorted);
+        // Not in order, an agent twice, or at another event: sorted afresh
+        // from the built-in list, as before.
+        t.agents.swap(0, 15);
+        assert_eq!(listed_in_order(&t), None);
+        assert_eq!(run_order(&t), sorted);
+        t.agents.swap(0, 15);
+        let mut twice = t.clone();
+        twice.agents[1] = twice.agents[0];
+        twice.agents[1].priority = 9;
+        assert_eq!(listed_in_order(&twice), None);
+        let mut moved = t.clone();
+        moved.agents[15].stage = Stage::OnConnect;
+        assert_eq!(listed_in_order(&moved), None);
+        assert_eq!(run_order(&moved), sorted);
+    }
+
+    #[test]
+    fn an_event_is_placed_where_the_pipeline_lists_it() {
+        for (i, st) in STAGES.iter().enumerate() {
+            assert_eq!(stage_position(*st), i, "{st:?}");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@ use crate::engine::limits::{
     MAX_RULES, MAX_SPACES, MAX_STRING_BYTES,
 };
 use crate::engine::policy::{
-    Action, Condition, Connector, Direction, Group, Inbound, List, Net, RecipientFilter, Rewrite,
-    Rule, SenderFilter, Space, Span, Str, Table, SENDER_STAMP, SENDER_STAMP_VALUE,
+    run_key, Action, Condition, Connector, Direction, Group, Inbound, List, Net, RecipientFilter,
+    Rewrite, Rule, SenderFilter, Space, Span, Str, Table, SENDER_STAMP, SENDER_STAMP_VALUE,
 };
 use std::collections::HashMap;
 
@@ -376,7 +376,11 @@ pub(super) fn emit(cx: &mut Cx<'_>, b: &mut Builder, m: &Model, text: &str) {
     emit_rules(cx, b, m);
     emit_filters(b, m);
     super::index::emit_index(b);
-    for a in &m.agents {
+    // In run order, so that the engine takes the list as it is for every
+    // message instead of sorting it (`run_order`).
+    let mut agents = m.agents.clone();
+    agents.sort_by_key(run_key);
+    for a in &agents {
         put(
             &mut b.t.agents,
             *a,
