@@ -75,9 +75,6 @@ fn main() {
         "{:>6} {:>10} {:>14} {:>14} {:>12}",
         "rules", "blob B", "engine dec/s", "decide dec/s", "ns/rule/rcpt"
     );
-    // RULES="1024" picks sizes; MS= the time per figure; ENGINE_ONLY=1
-    // skips decide (for `valgrind --tool=callgrind`, whose instruction
-    // count per message is repeatable where times are not).
     let sizes: Vec<usize> = std::env::var("RULES")
         .map(|v| {
             v.split_whitespace()

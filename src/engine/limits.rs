@@ -35,8 +35,8 @@ pub const MAX_ERRORS: u16 = 20;
 pub const MAX_HEADER_BLOCK: usize = 100 * 1024;
 
 /// Header fields the policy evaluation scans once and keeps per message
-/// (name, value and the name the rules see, 40 octets each on a 64-bit
-/// box: 2.5 KiB of stack). Mail through Exchange carries 30–60 fields
+/// (name, value and the name the rules see, 48 octets each on a 64-bit
+/// box: 3 KiB of stack). Mail through Exchange carries 30–60 fields
 /// (`Received`, ARC and DKIM sets, `X-MS-Exchange-*`); a block with more
 /// is read afresh each time an agent or rule asks: the same answers, as
 /// before the list was kept, only slower.

@@ -149,20 +149,20 @@ struct Low<'b>(&'b [u8]);
 
 impl fmt::Display for Low<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for chunk in self.0.utf8_chunks() {
-            let v = chunk.valid();
-            if v.bytes().any(|b| b.is_ascii_uppercase()) {
-                for c in v.chars() {
-                    f.write_char(c.to_ascii_lowercase())?;
-                }
-            } else {
-                f.write_str(v)?;
-            }
-            if !chunk.invalid().is_empty() {
-                f.write_char(char::REPLACEMENT_CHARACTER)?;
-            }
+        write!(Lower(f), "{}", Lossy(self.0))
+    }
+}
+
+/// A writer that lower-cases (ASCII only) what it passes on.
+struct Lower<'f, 'b>(&'f mut fmt::Formatter<'b>);
+
+impl fmt::Write for Lower<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !s.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.0.write_str(s);
         }
-        Ok(())
+        s.chars()
+            .try_for_each(|c| self.0.write_char(c.to_ascii_lowercase()))
     }
 }
 
@@ -172,11 +172,12 @@ struct RuleRef<'t>(&'t Table, u16);
 impl fmt::Display for RuleRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let RuleRef(t, r) = *self;
-        let name = t
-            .rules
-            .get(usize::from(r))
-            .map_or(&[][..], |x| t.str(x.name));
-        write!(f, "Rule #{} ({})", u32::from(r) + 1, Lossy(name))
+        write!(
+            f,
+            "Rule #{} ({})",
+            u32::from(r) + 1,
+            Lossy(rule_name_octets(t, r))
+        )
     }
 }
 
@@ -194,10 +195,12 @@ fn render_addr(a: &Addr, orig: &[u8], t: &Table, dir: &[u8]) -> String {
 
 /// A rule's name by index (empty if out of range).
 fn rule_name(t: &Table, r: u16) -> String {
-    t.rules
-        .get(usize::from(r))
-        .map(|r| lossy(t.str(r.name)))
-        .unwrap_or_default()
+    lossy(rule_name_octets(t, r))
+}
+
+/// A rule's name as the table holds it (empty if out of range).
+fn rule_name_octets(t: &Table, r: u16) -> &[u8] {
+    t.rules.get(usize::from(r)).map_or(&[], |x| t.str(x.name))
 }
 
 /// A send connector's name by index (empty if out of range).
