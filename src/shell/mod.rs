@@ -12,7 +12,7 @@
 //!
 //! [`directory`] is the installed recipient directory (valid recipients and
 //! the inbound rewrite map), which `smtpd` and `policy` read.
-//! [`config`], [`reply`], [`tls`] and [`time`] serve them all.
+//! [`config`], [`deadline`], [`reply`], [`tls`] and [`time`] serve them all.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// `print!` for the commands' standard output: through one locked handle,
@@ -37,6 +37,7 @@ macro_rules! outln {
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod directory;
 #[doc(hidden)]
 pub mod fuzz;

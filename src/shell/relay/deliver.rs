@@ -18,13 +18,14 @@
 //! pipe) was no attempt: the message goes over a new connection at once.
 
 use crate::engine::client::{self, Client, Event, ServerReply, TlsMode};
+use crate::shell::deadline::{Deadline, Deadlines};
 use crate::shell::policy::render::HeaderEdit;
 use crate::shell::relay::dns::{DnsError, Resolver};
 use crate::shell::relay::failure::{at_host, Failure};
 use crate::shell::relay::pool::{Key, Pool};
 use crate::shell::relay::splice::splice;
 use crate::shell::reply::OwnedReply;
-use crate::shell::spool::{NextHop, RcptState, Stored};
+use crate::shell::spool::{NextHop, RcptState, Reader, Stored};
 use async_net::TcpStream;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -211,6 +212,9 @@ pub struct Attempt<'a> {
     /// The connection cache: sessions are taken from it and kept in it
     /// (none: one connection per attempt, closed with QUIT).
     pub pool: Option<&'a Sessions>,
+    /// Where each reply's deadline is kept, checked by the caller's ticking
+    /// task at least every second (none: a timer per reply).
+    pub deadlines: Option<&'a Deadlines>,
 }
 
 /// An outbound session kept open between deliveries: the connection and
@@ -390,13 +394,34 @@ pub(super) async fn timed<T>(
     .await
 }
 
+/// Like [`timed`], with the wait kept in `d` (no timer: see [`Deadlines`]).
+async fn within<T>(
+    d: &Deadline,
+    wait: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    d.arm(wait);
+    let r = future::or(f, async {
+        d.expired().await;
+        Err(io::ErrorKind::TimedOut.into())
+    })
+    .await;
+    d.disarm();
+    r
+}
+
 /// The message's header block with the edits applied, and where the
 /// original body starts.
 /// The edits are those of the copy sent through `connector` (a
 /// cross-premises connector's copy carries the demoted twins).
-fn spliced_head(m: &Stored, connector: Option<&str>) -> io::Result<(Vec<u8>, u64)> {
-    let head_len = m.env.body_offset.unwrap_or(m.env.size).min(m.env.size);
-    let head = m.read_head()?;
+fn spliced_head(
+    m: &Stored,
+    connector: Option<&str>,
+    reader: &mut Reader<'_>,
+) -> io::Result<(Vec<u8>, u64)> {
+    let head_len = m.head_len();
+    let mut head = Vec::new();
+    reader.read_into(0, head_len as usize, &mut head)?;
     let edits = HeaderEdit::for_connector(&m.env.edits, connector);
     Ok((splice(&head, &edits), head_len))
 }
@@ -582,7 +607,8 @@ async fn session(
     conn: Conn,
     start: Start,
 ) -> SessionEnd {
-    let (head, body_at) = match spliced_head(m, a.connector) {
+    let mut reader = Reader::new(m);
+    let (head, body_at) = match spliced_head(m, a.connector, &mut reader) {
         Ok(x) => x,
         Err(e) => {
             return SessionEnd {
@@ -624,6 +650,7 @@ async fn session(
         host,
         cl,
         conn,
+        reader,
         head,
         body_at,
         results: vec![None; rcpts.len()],
@@ -631,6 +658,7 @@ async fn session(
         start: 0,
         end: 0,
         data_sent: false,
+        deadline: a.deadlines.map(Deadlines::register),
     };
     let result = t.run().await;
     if result.is_ok() && t.cl.draining() {
@@ -687,6 +715,8 @@ struct Transaction<'a> {
     host: &'a str,
     cl: Client<'a>,
     conn: Conn,
+    /// Reads the body from the spool.
+    reader: Reader<'a>,
     /// The spliced header block, and where the original body starts.
     head: Vec<u8>,
     body_at: u64,
@@ -697,6 +727,8 @@ struct Transaction<'a> {
     end: usize,
     /// The message is out: the next reply is the end of data's.
     data_sent: bool,
+    /// The reply deadline (none: a timer per read).
+    deadline: Option<Arc<Deadline>>,
 }
 
 impl Transaction<'_> {
@@ -762,13 +794,32 @@ impl Transaction<'_> {
             Said::Failed(why, reply) => Ok(Some(self.failed(why, reply))),
             Said::StartTls => self.start_tls().await,
             Said::SendMessage(bdat) => {
-                self.send_output().await?;
-                stream_message(&mut self.conn, self.m, &self.head, self.body_at, bdat).await?;
-                self.cl.message_sent();
-                self.data_sent = true;
+                self.send_message(bdat).await?;
                 Ok(None)
             }
         }
+    }
+
+    /// Streams the message after what the client has to say (BDAT's
+    /// command), and the end of data after it: a small message goes out in
+    /// one write, not three (head, body, dot).
+    async fn send_message(&mut self, bdat: bool) -> io::Result<()> {
+        let mut out = self.cl.output().to_vec();
+        self.cl.output_sent(out.len());
+        let m = Streamed {
+            head: &self.head,
+            body_at: self.body_at,
+            size: self.m.env.size,
+            bdat,
+        };
+        stream_message(&mut self.conn, &mut self.reader, &m, &mut out).await?;
+        self.cl.message_sent();
+        out.extend_from_slice(self.cl.output());
+        self.cl.output_sent(self.cl.output().len());
+        self.conn.write_all(&out).await?;
+        self.conn.flush().await?;
+        self.data_sent = true;
+        Ok(())
     }
 
     /// Every recipient's result after the end of data's `reply`.
@@ -892,7 +943,11 @@ impl Transaction<'_> {
         } else {
             REPLY_TIMEOUT
         };
-        let n = timed(wait, self.conn.read(&mut self.buf[self.end..])).await?;
+        let read = self.conn.read(&mut self.buf[self.end..]);
+        let n = match &self.deadline {
+            Some(d) => within(d, wait, read).await?,
+            None => timed(wait, read).await?,
+        };
         if n == 0 {
             return Ok(Some(Session::Next(Failure::Closed.reply(""))));
         }
@@ -901,44 +956,167 @@ impl Transaction<'_> {
     }
 }
 
-/// Writes the spliced header block and then the body from the spool, in
-/// chunks, dot-stuffed for DATA (BDAT sends octets as they are).
-async fn stream_message(
-    conn: &mut Conn,
-    m: &Stored,
-    head: &[u8],
+/// The message as streamed: the spliced header block, then the original
+/// from `body_at` to `size`; dot-stuffed for DATA, as it is for BDAT.
+struct Streamed<'a> {
+    head: &'a [u8],
     body_at: u64,
+    size: u64,
     bdat: bool,
-) -> io::Result<()> {
-    let mut line_start = true;
-    // One buffer for the stuffed octets of every part (at most twice a part).
-    let mut stuffed = Vec::new();
-    send_part(conn, head, bdat, &mut line_start, &mut stuffed).await?;
-    let mut at = body_at;
-    while at < m.env.size {
-        let n = ((m.env.size - at) as usize).min(STREAM_CHUNK);
-        let data = m.read_range(at, n)?;
-        at += n as u64;
-        send_part(conn, &data, bdat, &mut line_start, &mut stuffed).await?;
-    }
-    if !bdat && !line_start {
-        // DATA must end with CRLF before the final dot.
-        conn.write_all(b"\r\n").await?;
-    }
-    conn.flush().await
 }
 
-async fn send_part(
+/// Appends the message to `out`, writing `out` whenever it holds
+/// [`STREAM_CHUNK`] octets, and leaves the last of it there for the
+/// caller to write with the end of data.
+async fn stream_message(
     conn: &mut Conn,
-    data: &[u8],
-    bdat: bool,
-    line_start: &mut bool,
+    reader: &mut Reader<'_>,
+    m: &Streamed<'_>,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    if bdat {
-        return conn.write_all(data).await;
+    let mut line_start = true;
+    append(out, m.head, m.bdat, &mut line_start);
+    let mut data = Vec::new();
+    let mut at = m.body_at;
+    while at < m.size {
+        if out.len() >= STREAM_CHUNK {
+            conn.write_all(out).await?;
+            out.clear();
+        }
+        let n = ((m.size - at) as usize).min(STREAM_CHUNK);
+        reader.read_into(at, n, &mut data)?;
+        if data.len() < n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        at += n as u64;
+        append(out, &data, m.bdat, &mut line_start);
     }
-    out.clear();
-    client::stuff_runs(data, line_start, |run| out.extend_from_slice(run));
-    conn.write_all(out).await
+    if !m.bdat && !line_start {
+        // DATA must end with CRLF before the final dot.
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(())
+}
+
+/// Appends `data` to `out`, dot-stuffed unless for BDAT.
+fn append(out: &mut Vec<u8>, data: &[u8], bdat: bool, line_start: &mut bool) {
+    if bdat {
+        out.extend_from_slice(data);
+    } else {
+        client::stuff_runs(data, line_start, |run| out.extend_from_slice(run));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shell::spool::testutil::{stored_in_parts, tmpdir};
+    use std::fs;
+
+    /// Dot-stuffing written out plainly: a line that begins with `.` gets
+    /// another.
+    fn stuffed(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in text.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        out
+    }
+
+    /// What `stream_message` writes for `m` and leaves in its buffer,
+    /// received over a loopback connection.
+    fn streamed(m: &Stored, s: &Streamed<'_>) -> (Vec<u8>, Vec<u8>) {
+        smol::block_on(async {
+            let l = async_net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let mut conn = Conn::Plain(TcpStream::connect(addr).await.expect("connect"));
+            let (mut peer, _) = l.accept().await.expect("accept");
+            let send = async {
+                let mut out = Vec::new();
+                let mut reader = Reader::new(m);
+                stream_message(&mut conn, &mut reader, s, &mut out)
+                    .await
+                    .expect("stream");
+                conn.close().await.expect("close");
+                out
+            };
+            let receive = async {
+                let mut got = Vec::new();
+                peer.read_to_end(&mut got).await.expect("read");
+                got
+            };
+            let (out, got) = future::zip(send, receive).await;
+            (got, out)
+        })
+    }
+
+    #[test]
+    fn a_message_streams_stuffed_in_chunks_and_its_last_part_stays_for_the_end_of_data() {
+        let dir = tmpdir("stream");
+        let head = b"Subject: dots\r\n\r\n";
+        let mut text = head.to_vec();
+        // Lines that begin with a dot, some across the chunk boundaries,
+        // and no line end at the very end.
+        while text.len() < 3 * STREAM_CHUNK {
+            text.extend_from_slice(b".a dotted line\r\nplain line ");
+            text.extend_from_slice(&[b'x'; 37]);
+            text.extend_from_slice(b"\r\n..two\r\n");
+        }
+        text.extend_from_slice(b".last");
+        let m = stored_in_parts(&dir, &text, 5);
+        let spliced = b"Received: by us\r\nSubject: dots\r\n\r\n";
+        let body = &text[head.len()..];
+        let s = Streamed {
+            head: spliced,
+            body_at: head.len() as u64,
+            size: text.len() as u64,
+            bdat: false,
+        };
+        let (written, rest) = streamed(&m, &s);
+        assert!(!written.is_empty() && !rest.is_empty() && rest.len() < 3 * STREAM_CHUNK);
+        let mut want = stuffed(&[&spliced[..], body].concat());
+        want.extend_from_slice(b"\r\n"); // before the dot, which the client adds
+        assert_eq!([written, rest].concat(), want);
+
+        // BDAT: the octets as they are.
+        let s = Streamed { bdat: true, ..s };
+        let (written, rest) = streamed(&m, &s);
+        assert_eq!([written, rest].concat(), [&spliced[..], body].concat());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_small_message_is_left_whole_for_one_write_with_the_end_of_data() {
+        let dir = tmpdir("stream-small");
+        let text = b"Subject: s\r\n\r\n.one\r\ntwo\r\n";
+        let m = stored_in_parts(&dir, text, 2);
+        let s = Streamed {
+            head: b"Subject: s\r\n\r\n",
+            body_at: 14,
+            size: text.len() as u64,
+            bdat: false,
+        };
+        let (written, rest) = streamed(&m, &s);
+        assert!(written.is_empty(), "nothing written before the end of data");
+        assert_eq!(rest, b"Subject: s\r\n\r\n..one\r\ntwo\r\n");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reply_wait_kept_in_a_deadline_times_out_and_disarms() {
+        let set = Deadlines::new();
+        let d = set.register();
+        let never = future::pending::<io::Result<()>>();
+        let r = smol::block_on(within(&d, Duration::ZERO, never));
+        assert_eq!(r.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        let r = smol::block_on(within(&d, Duration::from_secs(60), async { Ok(7) }));
+        assert_eq!(r.ok(), Some(7));
+        // Disarmed after each wait: the checker wakes nobody.
+        assert_eq!(set.check(), 0);
+    }
 }

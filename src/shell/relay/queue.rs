@@ -26,12 +26,14 @@
 use crate::engine::client::TlsMode;
 use crate::engine::policy::TlsPolicy;
 use crate::shell::config::QueueConfig;
+use crate::shell::deadline::Deadlines;
 use crate::shell::policy::install::Installer;
 use crate::shell::relay::deliver::{self, Attempt, Result1, Sessions, TlsClients};
 use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::failure::Failure;
 use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{NextHop, RcptState, Spool, Stored};
+use futures_lite::StreamExt;
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,6 +118,9 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     /// Outbound sessions kept open between deliveries.
     sessions: Sessions,
+    /// The deliveries' reply deadlines, checked by the scheduler's loop
+    /// (no timer per reply: see [`Deadlines`]).
+    replies: Deadlines,
     /// Results that could not be written (the spool's device was full):
     /// applied in memory, written again at each pass until they land.
     unrecorded: Mutex<Vec<Unrecorded>>,
@@ -186,6 +191,7 @@ impl Queue {
             rescan: AtomicBool::new(true),
             clock: Arc::new(SystemClock),
             sessions: Sessions::new(cfg_cache),
+            replies: Deadlines::new(),
             unrecorded: Mutex::new(Vec::new()),
         })
     }
@@ -315,18 +321,28 @@ impl Queue {
     pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
         let mut tick: u32 = 0;
         let mut last_full = std::time::Instant::now();
+        // One timer for the loop's life: a new one per wake would wake
+        // the reactor thread twice per message (insert, remove).
+        let mut second = async_io::Timer::interval(Duration::from_secs(1));
         loop {
-            futures_lite::future::or(
+            // true: the second passed (a full pass is due).
+            let ticked = futures_lite::future::or(
                 async {
                     let _ = self.wake.1.recv().await;
+                    false
                 },
                 async {
-                    async_io::Timer::after(Duration::from_secs(1)).await;
+                    second.next().await;
+                    true
                 },
             )
             .await;
+            // At least once a second, which is well within the shortest
+            // reply timeout (`deliver::REPLY_TIMEOUT`).
+            self.replies.check();
             self.close_idle().await;
             let full = self.rescan.swap(false, Ordering::Relaxed)
+                || ticked
                 || last_full.elapsed() >= Duration::from_secs(1);
             if !full {
                 // A wake: new messages, freed slots.
@@ -917,6 +933,7 @@ impl Queue {
                 connector: g.connector.as_deref(),
                 certificate: certificate.as_deref(),
                 pool: Some(&self.sessions),
+                deadlines: Some(&self.replies),
             };
             let outcome = deliver::attempt(&attempt, &msg, &g.routes).await;
             let how = Sent {

@@ -204,6 +204,7 @@ impl Verifier {
             connector: None,
             certificate: None,
             pool: None,
+            deadlines: None,
         };
         let hosts = match targets(&attempt).await {
             Ok(h) => h,

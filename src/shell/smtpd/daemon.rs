@@ -2,10 +2,10 @@
 //! control socket), the executor threads, SIGHUP reload and the drain on
 //! SIGTERM.
 
-use super::deadline::Deadlines;
 use super::edge::Edge;
 use super::listen::{accept_loop, bind, Listening};
 use crate::shell::config::Config;
+use crate::shell::deadline::Deadlines;
 use crate::shell::directory::{self, Directory};
 use crate::shell::ops::control::{self, control_handler, serve_uploads};
 use crate::shell::ops::{log, metrics, stats};

@@ -8,7 +8,6 @@
 //! * `starttls`: the connection, plain or TLS, and the handshake with
 //!   attribution by client certificate;
 //! * `received`: our `Received:` field;
-//! * [`deadline`]: the command and data timeouts of every session;
 //! * `record`: the per-record deadline (a slow drip does not keep a session);
 //! * [`edge`]: the Edge agents' daemon-wide state: DNS list lookups and
 //!   their cache, per-client rate limits, protocol analysis' scores;
@@ -16,7 +15,6 @@
 //!   the config declares the policy's client certificates (SIGHUP).
 
 mod daemon;
-pub mod deadline;
 pub mod edge;
 mod hybrid;
 mod listen;

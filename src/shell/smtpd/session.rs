@@ -13,7 +13,6 @@
 //! stamp, commit to the spool, and only when the commit is durable, `250`.
 
 use super::daemon::{Live, Shared};
-use super::deadline::Deadline;
 use super::edge::{self, ListResult, ListVerdict};
 use super::listen::{reply_line, Listening, Slot};
 use super::received::received;
@@ -27,6 +26,7 @@ use crate::engine::reply::{Reason, Reply};
 use crate::engine::reputation::{Behaviour, RSET_FLOOD};
 use crate::engine::smtp::{self, Event, Receiver};
 use crate::shell::config::Limits;
+use crate::shell::deadline::Deadline;
 use crate::shell::directory::Directory;
 use crate::shell::ops::counters::{self, Tally};
 use crate::shell::ops::log::{self, Kind};

@@ -25,7 +25,7 @@ pub use recovery::{scan, Scan};
 pub use writer::Durable;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,9 +99,52 @@ pub struct Stored {
 
 impl Stored {
     /// Reads `len` octets at `offset` of the message (across its parts).
-    pub fn read_range(&self, mut offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len);
-        for p in &self.parts {
+    pub fn read_range(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Reader::new(self).read_into(offset, len, &mut out)?;
+        Ok(out)
+    }
+
+    /// The header block as received.
+    pub fn read_head(&self) -> io::Result<Vec<u8>> {
+        self.read_range(0, self.head_len() as usize)
+    }
+
+    /// Octets of the header block as received (the whole message when it
+    /// has no body).
+    pub fn head_len(&self) -> u64 {
+        self.env
+            .body_offset
+            .unwrap_or(self.env.size)
+            .min(self.env.size)
+    }
+
+    /// Reads the message octets back.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        self.read_range(0, self.env.size as usize)
+    }
+}
+
+/// Reads a stored message's octets with `pread`, keeping the segment file
+/// it read last open: a delivery reads the header block, then the body in
+/// chunks, mostly from one segment (one `open` for all, not one per read).
+pub struct Reader<'a> {
+    m: &'a Stored,
+    open: Option<(Arc<PathBuf>, File)>,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader of `m`; no file is opened before the first read.
+    pub fn new(m: &'a Stored) -> Reader<'a> {
+        Reader { m, open: None }
+    }
+
+    /// Replaces `out`'s content with the `len` octets at `offset` of the
+    /// message (across its parts); fewer only if the message ends first.
+    pub fn read_into(&mut self, mut offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        out.clear();
+        out.reserve(len);
+        for p in &self.m.parts {
             if out.len() == len {
                 break;
             }
@@ -110,45 +153,28 @@ impl Stored {
                 continue;
             }
             let take = ((p.len - offset) as usize).min(len - out.len());
-            let mut f = File::open(p.segment.as_path())?;
-            f.seek(SeekFrom::Start(p.offset + offset))?;
-            // read_to_end fills the spare capacity without zeroing it first.
-            let got = f.take(take as u64).read_to_end(&mut out)?;
-            if got < take {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
+            let start = out.len();
+            out.resize(start + take, 0);
+            self.file(&p.segment)?
+                .read_exact_at(&mut out[start..], p.offset + offset)?;
             offset = 0;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// The header block as received.
-    pub fn read_head(&self) -> io::Result<Vec<u8>> {
-        let n = self
-            .env
-            .body_offset
-            .unwrap_or(self.env.size)
-            .min(self.env.size);
-        self.read_range(0, n as usize)
-    }
-
-    /// Reads the message octets back.
-    pub fn read(&self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.env.size as usize);
-        let mut open: Option<(Arc<PathBuf>, File)> = None;
-        for p in &self.parts {
-            let file = match &open {
-                Some((path, f)) if Arc::ptr_eq(path, &p.segment) => f,
-                _ => {
-                    let f = File::open(p.segment.as_path())?;
-                    &open.insert((p.segment.clone(), f)).1
-                }
-            };
-            let start = out.len();
-            out.resize(start + p.len as usize, 0);
-            file.read_exact_at(&mut out[start..], p.offset)?;
+    /// The open segment file at `path` (opened unless it is the last one).
+    fn file(&mut self, path: &Arc<PathBuf>) -> io::Result<&File> {
+        let same = self
+            .open
+            .as_ref()
+            .is_some_and(|(p, _)| Arc::ptr_eq(p, path) || p == path);
+        if !same {
+            self.open = Some((path.clone(), File::open(path.as_path())?));
         }
-        Ok(out)
+        match &self.open {
+            Some((_, f)) => Ok(f),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
     }
 }
 
@@ -482,6 +508,37 @@ pub(crate) mod testutil {
         }
     }
 
+    /// A message whose octets `text` lie in `dir` as `pieces` parts, each
+    /// after a few octets of other data, alternating between two segment
+    /// files (as a message written in chunks across a rotation would).
+    pub(crate) fn stored_in_parts(dir: &Path, text: &[u8], pieces: usize) -> Stored {
+        fs::create_dir_all(dir).expect("mkdir");
+        let segs = [dir.join("seg-a.log"), dir.join("seg-b.log")].map(Arc::new);
+        let mut files = [Vec::new(), Vec::new()];
+        let step = text.len().div_ceil(pieces.max(1)).max(1);
+        let mut parts = Vec::new();
+        for (i, piece) in text.chunks(step).enumerate() {
+            let f = &mut files[i % 2];
+            f.extend_from_slice(b"junk");
+            parts.push(Part {
+                segment: segs[i % 2].clone(),
+                offset: f.len() as u64,
+                len: piece.len() as u64,
+            });
+            f.extend_from_slice(piece);
+        }
+        for (path, bytes) in segs.iter().zip(&files) {
+            fs::write(path.as_path(), bytes).expect("write");
+        }
+        Stored {
+            id: 1,
+            env: env("a@x.test", text.len() as u64),
+            parts,
+            states: Vec::new(),
+            warned: false,
+        }
+    }
+
     /// A spool in `dir` holding one message: the spool, its segment, and
     /// the octets of the segment in use.
     pub(crate) fn one_message(dir: &Path) -> (Spool, Arc<PathBuf>, u64) {
@@ -508,6 +565,28 @@ pub(crate) mod testutil {
 mod tests {
     use super::*;
     use testutil::*;
+
+    #[test]
+    fn the_reader_reads_any_range_across_parts_and_segments() {
+        let dir = tmpdir("reader");
+        let text: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let m = stored_in_parts(&dir, &text, 7);
+        let mut r = Reader::new(&m);
+        let mut out = vec![9u8; 3]; // replaced, not appended to
+        for (at, len) in [(0, 1000), (0, 1), (140, 300), (142, 2), (999, 1), (500, 0)] {
+            r.read_into(at, len, &mut out).expect("read");
+            assert_eq!(out, &text[at as usize..at as usize + len], "{at}+{len}");
+        }
+        // Past the end: what there is.
+        r.read_into(990, 50, &mut out).expect("read");
+        assert_eq!(out, &text[990..]);
+        assert_eq!(m.read().expect("read"), text);
+        assert_eq!(m.read_range(10, 20).expect("read"), &text[10..30]);
+        // A segment that went: an error, not a short read.
+        fs::remove_file(m.parts[1].segment.as_path()).expect("rm");
+        assert!(Reader::new(&m).read_into(0, 1000, &mut out).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn room_for_asks_again_unless_a_fresh_reading_shows_far_more() {

@@ -1,14 +1,15 @@
-//! Session read deadlines, kept by one ticking task.
+//! Read deadlines kept by one ticking check: the command and data
+//! timeouts of inbound sessions, and the reply timeouts of outbound ones.
 //!
-//! A session waits for its client with a deadline (RFC 5321 §4.5.3.2). An
+//! A session waits for its peer with a deadline (RFC 5321 §4.5.3.2). An
 //! async-io `Timer` per read would do, but inserting a timer wakes the
 //! reactor thread every time (async-io notifies it so that it recomputes its
-//! sleep), and a session waits once per command: a context switch per
-//! command on a loaded relay. Here a session only stores when its wait ends
-//! (an atomic), and one task checks all of them a few times a second and
-//! wakes those whose time has passed. The price is resolution: a deadline
-//! fires up to one tick late, and the tick is a small part of the shortest
-//! timeout ([`Deadlines::tick`]).
+//! sleep), and a session waits once per command or reply: a context switch
+//! per command on a loaded relay. Here a session only stores when its wait
+//! ends (an atomic), and one task checks all of them a few times a second
+//! and wakes those whose time has passed. The price is resolution: a
+//! deadline fires up to one tick late, and the tick is a small part of the
+//! shortest timeout ([`Deadlines::tick`]).
 
 use atomic_waker::AtomicWaker;
 use std::sync::atomic::{AtomicU64, Ordering};
