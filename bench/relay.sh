@@ -265,6 +265,15 @@ def sink_count(path):
     return int(digits or 0)
 
 
+def cpu_jiffies():
+    """The whole machine's (busy, all) jiffies so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])  # guest time is counted in user already
+    return total - idle, total
+
+
 def drive(source, port, size, msgs, sessions, sink_out, log, timeout):
     msgs, timeout = int(msgs), float(timeout)
     cmd = [source, "-s", sessions, "-l", size, "-m", str(msgs),
@@ -280,6 +289,8 @@ def drive(source, port, size, msgs, sessions, sink_out, log, timeout):
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with open(log, "wb") as out:
+        busy0, all0 = cpu_jiffies()
+        busy_del = all_del = None
         t0 = time.monotonic()
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         child.append(p)
@@ -291,14 +302,24 @@ def drive(source, port, size, msgs, sessions, sink_out, log, timeout):
             n = sink_count(sink_out)
             if t_del is None and n >= msgs:
                 t_del = time.monotonic() - t0
+                busy_del, all_del = cpu_jiffies()
             if t_acc is not None and t_del is not None:
                 break
             time.sleep(0.01)
         if p.poll() is None:
             p.kill()
         rc = p.wait()
-    print("%s %s %d %d" % ("%.3f" % t_acc if t_acc is not None else "-",
-                           "%.3f" % t_del if t_del is not None else "-", n, rc))
+    # The machine's CPU from the start until the sink had every message:
+    # how busy it was, and CPU time per message (smtp-source's and
+    # smtp-sink's included; the ceiling row shows theirs alone).
+    busy, cpu_us = "-", "-"
+    if busy_del is not None and all_del > all0:
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = "%.0f" % (100.0 * (busy_del - busy0) / (all_del - all0))
+        cpu_us = "%.0f" % ((busy_del - busy0) * 1e6 / hz / msgs)
+    print("%s %s %d %d %s %s" % ("%.3f" % t_acc if t_acc is not None else "-",
+                                 "%.3f" % t_del if t_del is not None else "-", n, rc,
+                                 busy, cpu_us))
 
 
 def descendants(root):
@@ -443,7 +464,9 @@ stop_sampler() { # dir -> PSS_MIB
 }
 
 # Send msgs and wait for the sink to count them: port size msgs sessions dir
-#   -> ACC (accepted/s), DEL (delivered/s), SUNK (messages the sink counted)
+#   -> ACC (accepted/s), DEL (delivered/s), SUNK (messages the sink counted),
+#      BUSY (% of the machine's CPU in use until delivered), CPU_US (the
+#      machine's CPU microseconds per message, every process included)
 drive() {
     local port=$1 size=$2 msgs=$3 sessions=$4 dir=$5 t_acc t_del rc res
     python3 "$HELPER" drive "$SMTP_SOURCE" "$port" "$size" "$msgs" "$sessions" \
@@ -451,7 +474,8 @@ drive() {
     DRIVE_PID=$!
     wait $DRIVE_PID
     DRIVE_PID=''
-    read -r t_acc t_del SUNK rc <"$dir/drive.out" || { t_acc=- t_del=- SUNK='?' rc='?'; }
+    read -r t_acc t_del SUNK rc BUSY CPU_US <"$dir/drive.out" || { t_acc=- t_del=- SUNK='?' rc='?'; }
+    BUSY=${BUSY:--} CPU_US=${CPU_US:--}
     res=$(head -c 300 "$dir/drive.out" | tr '\n' ' ')
     if [ "$rc" != 0 ]; then
         echo "WARNING: smtp-source exited $rc ($dir): $(head -c 300 "$dir/source.log" | tr '\n' ' ') $res" >&2
@@ -951,7 +975,7 @@ done
 # in reverse, so that no relay always runs first on a cold machine (or
 # last, after the others warmed the disk). The ratios use the medians.
 REPEAT=${REPEAT:-1}
-declare -A R_ACC R_DEL R_PSS L_ACC L_DEL L_PSS
+declare -A R_ACC R_DEL R_PSS L_ACC L_DEL L_PSS R_CPU R_BUSY L_CPU L_BUSY
 row_line() { # relay size sessions msgs acc del pss note
     printf '%-14s %5s %8s %6s %11s %12s %14s  %s\n' "$1" "$(($2 / 1024))K" "$3" "$4" "$5" "$6" "$7" "$8"
 }
@@ -969,12 +993,15 @@ for size in "${SIZES[@]}"; do
             # A fresh directory (queue, logs) for every run of a row.
             RUN_TAG=-run$rep
             for relay in "${order[@]}"; do
+                BUSY=- CPU_US=-
                 # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
                 "${relay}_row" "$size" "$msgs" "$sessions"
                 key=$relay-$size-$sessions
                 L_ACC[$key]+=" $ACC" L_DEL[$key]+=" $DEL" L_PSS[$key]+=" $PSS_MIB"
-                R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB
-                [ "$REPEAT" -gt 1 ] && NOTE="run $rep/$REPEAT${NOTE:+; $NOTE}"
+                L_CPU[$key]+=" $CPU_US" L_BUSY[$key]+=" $BUSY"
+                R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB R_CPU[$key]=$CPU_US R_BUSY[$key]=$BUSY
+                NOTE="machine ${BUSY}% busy, ${CPU_US} us CPU/msg${NOTE:+; $NOTE}"
+                [ "$REPEAT" -gt 1 ] && NOTE="run $rep/$REPEAT; $NOTE"
                 row_line "$relay" "$size" "$sessions" "$msgs" "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
             done
         done
@@ -989,6 +1016,8 @@ if [ "$REPEAT" -gt 1 ]; then
                 R_ACC[$key]=$(echo "${L_ACC[$key]}" | median)
                 R_DEL[$key]=$(echo "${L_DEL[$key]}" | median)
                 R_PSS[$key]=$(echo "${L_PSS[$key]}" | tr -d '?-' | median)
+                R_CPU[$key]=$(echo "${L_CPU[$key]}" | tr -d '?-' | median)
+                R_BUSY[$key]=$(echo "${L_BUSY[$key]}" | tr -d '?-' | median)
                 [ "$relay" = ceiling ] && R_PSS[$key]=-
             done
         done
@@ -1002,7 +1031,7 @@ if [ "$REPEAT" -gt 1 ]; then
                 for relay in "${RELAYS[@]}"; do
                     key=$relay-$size-$sessions
                     row_line "$relay" "$size" "$sessions" "$(msgs_for "$size")" "${R_ACC[$key]}" "${R_DEL[$key]}" \
-                        "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}"
+                        "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}; machine ${R_BUSY[$key]}% busy, ${R_CPU[$key]} us CPU/msg"
                 done
             done
         done
@@ -1017,6 +1046,32 @@ if [[ " ${RELAYS[*]} " == *" ceiling "* ]] && [[ " ${RELAYS[*]} " == *" sluice "
                 awk -v sz="$((size / 1024))K" -v ss="$sessions" -v s="${R_DEL[sluice-$size-$sessions]}" \
                     -v c="${R_DEL[ceiling-$size-$sessions]}" 'BEGIN {
                     printf "%5s %8s %8s\n", sz, ss, (s + 0 > 0 && c + 0 > 0) ? sprintf("%.2f", s / c) : "-" }'
+            done
+        done
+    } | tee -a "$RESULT"
+fi
+
+# CPU per message: the whole machine's CPU time from the start until the
+# sink had every message, over the messages. The ceiling row is what
+# smtp-source and smtp-sink cost alone, so a relay's own cost is its row's
+# figure minus the ceiling's (approximately: the tools work the same with a
+# relay between them). A row whose machine is near 100 % busy is bound by
+# CPU, and there the relays' own costs set the throughput ratio.
+if [[ " ${RELAYS[*]} " == *" ceiling "* ]] && [ ${#RELAYS[@]} -gt 1 ]; then
+    {
+        echo
+        echo "# CPU per message (us, whole machine) and the relay's own (minus the ceiling's); machine busy %"
+        printf '%5s %8s %-14s %10s %10s %6s\n' size sessions relay machine own busy
+        for size in "${SIZES[@]}"; do
+            for sessions in "${SESSIONS[@]}"; do
+                c=${R_CPU[ceiling-$size-$sessions]:--}
+                for relay in "${RELAYS[@]}"; do
+                    key=$relay-$size-$sessions
+                    awk -v sz="$((size / 1024))K" -v ss="$sessions" -v r="$relay" -v m="${R_CPU[$key]:--}" \
+                        -v c="$c" -v b="${R_BUSY[$key]:--}" 'BEGIN {
+                        own = (r != "ceiling" && m + 0 > 0 && c + 0 > 0) ? sprintf("%.0f", m - c) : "-"
+                        printf "%5s %8s %-14s %10s %10s %6s\n", sz, ss, r, m, own, b }'
+                done
             done
         done
     } | tee -a "$RESULT"
