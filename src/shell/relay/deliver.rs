@@ -812,7 +812,9 @@ impl Transaction<'_> {
             size: self.m.env.size,
             bdat,
         };
-        stream_message(&mut self.conn, &mut self.reader, &m, &mut out).await?;
+        let streamed = stream_message(&mut self.conn, &mut self.reader, &m, &mut out).await;
+        self.reader.release();
+        streamed?;
         self.cl.message_sent();
         out.extend_from_slice(self.cl.output());
         self.cl.output_sent(self.cl.output().len());

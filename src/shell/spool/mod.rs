@@ -162,6 +162,12 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// Closes the segment file kept open (a delivery that has streamed its
+    /// message holds no descriptor while it waits for the reply).
+    pub fn release(&mut self) {
+        self.open = None;
+    }
+
     /// The open segment file at `path` (opened unless it is the last one).
     fn file(&mut self, path: &Arc<PathBuf>) -> io::Result<&File> {
         let same = self
@@ -580,6 +586,10 @@ mod tests {
         // Past the end: what there is.
         r.read_into(990, 50, &mut out).expect("read");
         assert_eq!(out, &text[990..]);
+        // Released, it opens the file again.
+        r.release();
+        r.read_into(3, 400, &mut out).expect("read");
+        assert_eq!(out, &text[3..403]);
         assert_eq!(m.read().expect("read"), text);
         assert_eq!(m.read_range(10, 20).expect("read"), &text[10..30]);
         // A segment that went: an error, not a short read.
