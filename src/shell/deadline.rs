@@ -92,11 +92,13 @@ impl Deadlines {
 
     /// Checks the deadlines forever, every [`Deadlines::tick`] of the
     /// shortest timeout that `shortest` gives at the time (it follows a
-    /// reloaded config).
-    pub async fn keep(&self, shortest: impl Fn() -> Duration) {
+    /// reloaded config), and calls `also` at each tick (another set's
+    /// check: the deliveries' reply deadlines).
+    pub async fn keep(&self, shortest: impl Fn() -> Duration, also: impl Fn()) {
         loop {
             async_io::Timer::after(Deadlines::tick(shortest())).await;
             self.check();
+            also();
         }
     }
 
@@ -204,6 +206,41 @@ mod tests {
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         let _ = checker.join();
+    }
+
+    #[test]
+    fn the_keeper_wakes_its_own_set_and_checks_the_other_at_each_tick() {
+        let inbound = Deadlines::new();
+        let replies = Deadlines::new();
+        let (a, b) = (inbound.register(), replies.register());
+        // Not passed at the first poll: only a check can wake them.
+        a.arm(Duration::from_millis(60));
+        b.arm(Duration::from_millis(60));
+        let keeper = async {
+            inbound
+                .keep(
+                    || Duration::from_millis(1), // the shortest tick, 50 ms
+                    || {
+                        replies.check();
+                    },
+                )
+                .await;
+            false
+        };
+        let both = async {
+            a.expired().await;
+            b.expired().await;
+            true
+        };
+        // A bound so that a keeper that never checks fails, not hangs.
+        let bound = async {
+            async_io::Timer::after(Duration::from_secs(60)).await;
+            false
+        };
+        assert!(future::block_on(future::or(
+            future::or(both, keeper),
+            bound
+        )));
     }
 
     #[test]

@@ -213,7 +213,7 @@ pub struct Attempt<'a> {
     /// (none: one connection per attempt, closed with QUIT).
     pub pool: Option<&'a Sessions>,
     /// Where each reply's deadline is kept, checked by the caller's ticking
-    /// task at least every second (none: a timer per reply).
+    /// task (the daemon's, at most a second apart; none: a timer per reply).
     pub deadlines: Option<&'a Deadlines>,
 }
 
@@ -608,7 +608,11 @@ async fn session(
     start: Start,
 ) -> SessionEnd {
     let mut reader = Reader::new(m);
-    let (head, body_at) = match spliced_head(m, a.connector, &mut reader) {
+    let spliced = spliced_head(m, a.connector, &mut reader);
+    // No spool descriptor held while the next hop answers; the body's
+    // read opens the file again.
+    reader.release();
+    let (head, body_at) = match spliced {
         Ok(x) => x,
         Err(e) => {
             return SessionEnd {

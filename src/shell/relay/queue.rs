@@ -33,7 +33,6 @@ use crate::shell::relay::dns::Resolver;
 use crate::shell::relay::failure::Failure;
 use crate::shell::reply::OwnedReply;
 use crate::shell::spool::{NextHop, RcptState, Spool, Stored};
-use futures_lite::StreamExt;
 use smol::Executor;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -118,8 +117,8 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     /// Outbound sessions kept open between deliveries.
     sessions: Sessions,
-    /// The deliveries' reply deadlines, checked by the scheduler's loop
-    /// (no timer per reply: see [`Deadlines`]).
+    /// The deliveries' reply deadlines (no timer per reply: see
+    /// [`Deadlines`]), checked by the daemon's deadline task.
     replies: Deadlines,
     /// Results that could not be written (the spool's device was full):
     /// applied in memory, written again at each pass until they land.
@@ -194,6 +193,12 @@ impl Queue {
             replies: Deadlines::new(),
             unrecorded: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Wakes the deliveries whose reply wait has passed its deadline (the
+    /// daemon's deadline task calls it every tick).
+    pub fn check_replies(&self) -> usize {
+        self.replies.check()
     }
 
     /// Closes the outbound sessions idle past the limit (and those
@@ -321,9 +326,11 @@ impl Queue {
     pub async fn run(self: Arc<Self>, ex: Arc<Executor<'static>>) {
         let mut tick: u32 = 0;
         let mut last_full = std::time::Instant::now();
-        // One timer for the loop's life: a new one per wake would wake
-        // the reactor thread twice per message (insert, remove).
-        let mut second = async_io::Timer::interval(Duration::from_secs(1));
+        // One timer, set again only when it fires: a new one per wake
+        // would wake the reactor thread twice per message (insert,
+        // remove). Set from when it fired, so a slow pass is not followed
+        // by passes that catch up.
+        let mut second = async_io::Timer::after(Duration::from_secs(1));
         loop {
             // true: the second passed (a full pass is due).
             let ticked = futures_lite::future::or(
@@ -332,14 +339,14 @@ impl Queue {
                     false
                 },
                 async {
-                    second.next().await;
+                    (&mut second).await;
                     true
                 },
             )
             .await;
-            // At least once a second, which is well within the shortest
-            // reply timeout (`deliver::REPLY_TIMEOUT`).
-            self.replies.check();
+            if ticked {
+                second.set_after(Duration::from_secs(1));
+            }
             self.close_idle().await;
             let full = self.rescan.swap(false, Ordering::Relaxed)
                 || ticked

@@ -443,7 +443,12 @@ fn start_tasks(
             let limits = &ticker.live().cfg.limits;
             limits.command_timeout.min(limits.data_timeout)
         };
-        ticker.deadlines.keep(shortest).await;
+        // The deliveries' reply deadlines at the same ticks (their
+        // timeouts are minutes, the tick at most a second).
+        let replies = || {
+            ticker.queue.check_replies();
+        };
+        ticker.deadlines.keep(shortest, replies).await;
     });
     (accepts, [scheduler, deadlines])
 }

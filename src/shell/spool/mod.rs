@@ -119,15 +119,17 @@ impl Stored {
             .min(self.env.size)
     }
 
-    /// Reads the message octets back.
+    /// Reads the message octets back (every part, whatever the size says).
     pub fn read(&self) -> io::Result<Vec<u8>> {
-        self.read_range(0, self.env.size as usize)
+        let len: u64 = self.parts.iter().map(|p| p.len).sum();
+        self.read_range(0, len as usize)
     }
 }
 
 /// Reads a stored message's octets with `pread`, keeping the segment file
-/// it read last open: a delivery reads the header block, then the body in
-/// chunks, mostly from one segment (one `open` for all, not one per read).
+/// it read last open until [`Reader::release`]: a delivery streams the body
+/// in chunks, mostly from one segment (one `open` for all, not one per
+/// chunk).
 pub struct Reader<'a> {
     m: &'a Stored,
     open: Option<(Arc<PathBuf>, File)>,
