@@ -60,6 +60,11 @@
 #                   (sluice: its one pid; Postfix: master and every
 #                   descendant of it; Exim: the daemon and its children;
 #                   OpenSMTPD: the parent and its processes)
+#     machine busy, CPU/msg = the whole machine's CPU (/proc/stat) from
+#                   smtp-source's start until the sink has every message:
+#                   its share of the cores, and CPU time per message; a
+#                   table gives each relay's own (minus the ceiling row's,
+#                   which is smtp-source and smtp-sink alone)
 #   The first row of each size and session count is the loopback ceiling
 #   (smtp-source straight to smtp-sink, no relay; CEILING=0 leaves it
 #   out), and a table gives sluice's delivered/s over it (issue 16's

@@ -808,7 +808,12 @@ impl Transaction<'_> {
     /// command), and the end of data after it: a small message goes out in
     /// one write, not three (head, body, dot).
     async fn send_message(&mut self, bdat: bool) -> io::Result<()> {
-        let mut out = self.cl.output().to_vec();
+        // Room for the whole of a small message (and its stuffing and
+        // dot), so that the buffer is not grown as it fills.
+        let rest = self.m.env.size.saturating_sub(self.body_at) as usize;
+        let room = (self.head.len() + rest).min(2 * STREAM_CHUNK) + 64;
+        let mut out = Vec::with_capacity(self.cl.output().len() + room);
+        out.extend_from_slice(self.cl.output());
         self.cl.output_sent(out.len());
         let m = Streamed {
             head: &self.head,

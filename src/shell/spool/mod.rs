@@ -172,17 +172,11 @@ impl<'a> Reader<'a> {
 
     /// The open segment file at `path` (opened unless it is the last one).
     fn file(&mut self, path: &Arc<PathBuf>) -> io::Result<&File> {
-        let same = self
-            .open
-            .as_ref()
-            .is_some_and(|(p, _)| Arc::ptr_eq(p, path) || p == path);
-        if !same {
-            self.open = Some((path.clone(), File::open(path.as_path())?));
-        }
-        match &self.open {
-            Some((_, f)) => Ok(f),
-            None => Err(io::ErrorKind::NotFound.into()),
-        }
+        let open = match self.open.take() {
+            Some((p, f)) if Arc::ptr_eq(&p, path) || p == *path => (p, f),
+            _ => (path.clone(), File::open(path.as_path())?),
+        };
+        Ok(&self.open.insert(open).1)
     }
 }
 
