@@ -65,6 +65,10 @@
 #                   its share of the cores, and CPU time per message; a
 #                   table gives each relay's own (minus the ceiling row's,
 #                   which is smtp-source and smtp-sink alone)
+#     sluice's process CPU/msg = the sluice process's user + system time
+#                   (/proc/PID/stat) over the run, per message: its own
+#                   cost without the peers', steadier than the machine's
+#                   (about ±5 % between runs where delivered/s moves ±15 %)
 #   The first row of each size and session count is the loopback ceiling
 #   (smtp-source straight to smtp-sink, no relay; CEILING=0 leaves it
 #   out), and a table gives sluice's delivered/s over it (issue 16's
@@ -672,7 +676,11 @@ sluice_row() {
             PERF_PID=$! ; sleep 1 ;;
     esac
     start_sampler pid "$SLUICE_PID" "$dir"
+    local cpu0
+    cpu0=$(proc_cpu "$SLUICE_PID")
     drive "$port" "$size" "$msgs" "$sessions" "$dir"
+    SELF_US=$(awk -v a="$cpu0" -v b="$(proc_cpu "$SLUICE_PID")" -v m="$msgs" -v hz="$CLK_TCK" \
+        'BEGIN { if (a == "" || b == "") print "-"; else printf "%.0f", (b - a) * 1e6 / hz / m }')
     stop_sampler "$dir"
     if [ -n "$PERF_PID" ]; then
         stop_pid "$PERF_PID" INT; PERF_PID=''
@@ -687,6 +695,13 @@ sluice_row() {
     log_note sluice "$dir/stderr.log" "$msgs" "$size" "$sessions" "" \
         ' SEND q?id=' ' DEFER q?id=' ' BOUNCE q?id=' 'error|panic|warn'
 }
+
+# ", sluice's process N us CPU/msg (runs: ...)" for a median that exists.
+self_note() { [ "$1" = FAIL ] || [ -z "$1" ] || printf ", sluice's process %s us CPU/msg" "$1"; }
+
+# utime + stime of a process (clock ticks), empty if it is gone.
+proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+CLK_TCK=$(getconf CLK_TCK)
 
 # What a relay's log says of a row: one sent line per message, nothing
 # else expected (patterns: extended, case-insensitive). Sets NOTE; warns
@@ -980,7 +995,7 @@ done
 # in reverse, so that no relay always runs first on a cold machine (or
 # last, after the others warmed the disk). The ratios use the medians.
 REPEAT=${REPEAT:-1}
-declare -A R_ACC R_DEL R_PSS L_ACC L_DEL L_PSS R_CPU R_BUSY L_CPU L_BUSY
+declare -A R_ACC R_DEL R_PSS L_ACC L_DEL L_PSS R_CPU R_BUSY L_CPU L_BUSY R_SELF L_SELF
 row_line() { # relay size sessions msgs acc del pss note
     printf '%-14s %5s %8s %6s %11s %12s %14s  %s\n' "$1" "$(($2 / 1024))K" "$3" "$4" "$5" "$6" "$7" "$8"
 }
@@ -998,13 +1013,14 @@ for size in "${SIZES[@]}"; do
             # A fresh directory (queue, logs) for every run of a row.
             RUN_TAG=-run$rep
             for relay in "${order[@]}"; do
-                BUSY=- CPU_US=-
+                BUSY=- CPU_US=- SELF_US=-
                 # Rows run in this shell (not in $(...)) so the EXIT trap knows their pids.
                 "${relay}_row" "$size" "$msgs" "$sessions"
                 key=$relay-$size-$sessions
                 L_ACC[$key]+=" $ACC" L_DEL[$key]+=" $DEL" L_PSS[$key]+=" $PSS_MIB"
-                L_CPU[$key]+=" $CPU_US" L_BUSY[$key]+=" $BUSY"
+                L_CPU[$key]+=" $CPU_US" L_BUSY[$key]+=" $BUSY" L_SELF[$key]+=" $SELF_US"
                 R_ACC[$key]=$ACC R_DEL[$key]=$DEL R_PSS[$key]=$PSS_MIB R_CPU[$key]=$CPU_US R_BUSY[$key]=$BUSY
+                [ "$SELF_US" != - ] && NOTE="sluice's process ${SELF_US} us CPU/msg${NOTE:+; $NOTE}"
                 NOTE="machine ${BUSY}% busy, ${CPU_US} us CPU/msg${NOTE:+; $NOTE}"
                 [ "$REPEAT" -gt 1 ] && NOTE="run $rep/$REPEAT; $NOTE"
                 row_line "$relay" "$size" "$sessions" "$msgs" "$ACC" "$DEL" "$PSS_MIB" "$NOTE" | tee -a "$RESULT"
@@ -1023,6 +1039,7 @@ if [ "$REPEAT" -gt 1 ]; then
                 R_PSS[$key]=$(echo "${L_PSS[$key]}" | tr -d '?-' | median)
                 R_CPU[$key]=$(echo "${L_CPU[$key]}" | tr -d '?-' | median)
                 R_BUSY[$key]=$(echo "${L_BUSY[$key]}" | tr -d '?-' | median)
+                R_SELF[$key]=$(echo "${L_SELF[$key]}" | tr -d '?-' | median)
                 [ "$relay" = ceiling ] && R_PSS[$key]=-
             done
         done
@@ -1036,7 +1053,7 @@ if [ "$REPEAT" -gt 1 ]; then
                 for relay in "${RELAYS[@]}"; do
                     key=$relay-$size-$sessions
                     row_line "$relay" "$size" "$sessions" "$(msgs_for "$size")" "${R_ACC[$key]}" "${R_DEL[$key]}" \
-                        "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}; machine ${R_BUSY[$key]}% busy, ${R_CPU[$key]} us CPU/msg"
+                        "${R_PSS[$key]}" "delivered/s:${L_DEL[$key]}; machine ${R_BUSY[$key]}% busy, ${R_CPU[$key]} us CPU/msg$(self_note "${R_SELF[$key]}")"
                 done
             done
         done
