@@ -12,7 +12,8 @@
 //!
 //! [`directory`] is the installed recipient directory (valid recipients and
 //! the inbound rewrite map), which `smtpd` and `policy` read.
-//! [`config`], [`deadline`], [`reply`], [`tls`] and [`time`] serve them all.
+//! [`buf`], [`config`], [`deadline`], [`reply`], [`tls`] and [`time`] serve
+//! them all.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 /// `print!` for the commands' standard output: through one locked handle,
@@ -35,6 +36,7 @@ macro_rules! outln {
 }
 
 pub mod auth;
+pub mod buf;
 pub mod cli;
 pub mod config;
 pub mod deadline;

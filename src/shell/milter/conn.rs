@@ -153,7 +153,7 @@ impl Conn {
     /// Queues a packet for the next write.
     pub fn queue(&mut self, c: &Command<'_>) -> Result<(), Failure> {
         let at = self.out.len();
-        self.out.resize(at + c.encoded_len(), 0);
+        crate::shell::buf::set_len_zeroed(&mut self.out, at + c.encoded_len());
         let n = c.encode(&mut self.out[at..]).map_err(Failure::Protocol)?;
         self.out.truncate(at + n);
         Ok(())
@@ -217,7 +217,7 @@ impl Conn {
             if want > 2 * crate::engine::limits::MAX_MILTER_PACKET {
                 return Err(Failure::Protocol(MilterError::TooLong(want as u32)));
             }
-            self.buf.resize(want, 0);
+            crate::shell::buf::set_len_zeroed(&mut self.buf, want);
         }
         Ok(())
     }

@@ -184,7 +184,6 @@ impl<'a> Reader<'a> {
     /// message (across its parts); fewer only if the message ends first.
     pub fn read_into(&mut self, mut offset: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
-        out.reserve(len);
         for p in &self.m.parts {
             if out.len() == len {
                 break;
@@ -195,7 +194,7 @@ impl<'a> Reader<'a> {
             }
             let take = ((p.len - offset) as usize).min(len - out.len());
             let start = out.len();
-            out.resize(start + take, 0);
+            crate::shell::buf::set_len_zeroed(out, start + take);
             self.file(&p.segment)?
                 .read_exact_at(&mut out[start..], p.offset + offset)?;
             offset = 0;

@@ -335,7 +335,7 @@ pub(super) fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> bool {
     if len > MAX_FRAME {
         return false;
     }
-    payload.resize(len as usize, 0);
+    crate::shell::buf::set_len_zeroed(payload, len as usize);
     r.read_exact(payload).is_ok() && CASTAGNOLI.checksum(payload) == crc
 }
 
