@@ -1048,6 +1048,10 @@ fn tcp_open(s: &TcpStream) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
     #[test]
     fn pace_lingers_only_on_a_steady_stream() {
         let mut p = Pace::default();
@@ -1061,10 +1065,6 @@ mod tests {
         assert!(!p.busy(long), "a pause ends it");
         assert!(!p.busy(short));
     }
-
-    use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::net::TcpListener;
 
     fn leak() -> &'static Counters {
         Box::leak(Box::new(Counters::new()))
