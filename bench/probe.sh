@@ -30,7 +30,7 @@
 #   ROUNDS=5 bench/probe.sh /tmp/old/sluice target/release/sluice
 #   SIZE=65536 MSGS=3000 bench/probe.sh
 #   Needs /usr/sbin/smtp-source and smtp-sink (Postfix), python3, awk.
-#   Loopback only.
+#   Loopback only. Binary paths without spaces (the means split on them).
 set -u
 BENCH_DIR=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$BENCH_DIR")
@@ -57,12 +57,28 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# busy and all jiffies of the whole machine
-machine() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8; print b, b + $5 + $6 }' /proc/stat; }
+# busy and all jiffies of the whole machine (as relay.sh counts them: the
+# first eight fields, idle and iowait not busy)
+machine() { awk '/^cpu / { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; print t - $5 - $6, t }' /proc/stat; }
 
-# One run of binary $1 -> a line on stdout.
+# utime + stime of a process, empty if it is gone
+proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+
+# True once 127.0.0.1:$1 accepts, false if pid $2 exits first or after
+# READY_TIMEOUT.
+up() {
+    local i
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        kill -0 "$2" 2>/dev/null || return 1
+        python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# One run of binary $1 -> a line on stdout (and in $WORK/lines).
 run() {
-    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src
+    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src rc
     dir=$(mktemp -d "$WORK/run-XXXXXX")
     sink=$(free_port) port=$(free_port)
     {
@@ -85,12 +101,14 @@ EOF
     SINK_PID=$!
     (cd "$dir" && exec "$bin" run --config sluice.toml >stdout.log 2>stderr.log) &
     SLUICE_PID=$!
-    if ! wait_port "$sink" || ! wait_port "$port"; then
+    if ! up "$sink" "$SINK_PID" || ! up "$port" "$SLUICE_PID"; then
         echo "$bin: did not come up: $(tail -c 300 "$dir/stderr.log")" >&2
+        stop_pid "$SLUICE_PID"; SLUICE_PID=''
+        stop_pid "$SINK_PID"; SINK_PID=''
         return 1
     fi
     read -r b0 a0 < <(machine)
-    p0=$(awk '{ print $14 + $15 }' "/proc/$SLUICE_PID/stat")
+    p0=$(proc_cpu "$SLUICE_PID")
     t0=$(date +%s.%N)
     "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$MSGS" -f a@bench.test -t b@bench.test \
         "127.0.0.1:$port" >"$dir/source.log" 2>&1 &
@@ -100,32 +118,39 @@ EOF
         bash -c "${PROBE//\{pid\}/$SLUICE_PID}" 2>&1
     fi
     wait "$src"
+    rc=$?
     # smtp-sink -c rewrites "... mesg=N\r" after every message.
-    for ((i = 0; i < 6000; i++)); do
+    for ((i = 0; i < 6000 && rc == 0; i++)); do
         tr '\r' '\n' <"$dir/sink.out" | grep -q "mesg=$MSGS\b" && break
         sleep 0.01
     done
     t1=$(date +%s.%N)
     read -r b1 a1 < <(machine)
-    p1=$(awk '{ print $14 + $15 }' "/proc/$SLUICE_PID/stat")
+    p1=$(proc_cpu "$SLUICE_PID")
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
     stop_pid "$SINK_PID"; SINK_PID=''
+    if [ "$rc" != 0 ] || [ "$i" -ge 6000 ] || [ -z "$p0" ] || [ -z "$p1" ]; then
+        echo "$bin: failed run (smtp-source exit $rc; sink: $(tr '\r' '\n' <"$dir/sink.out" | tail -1); sluice: $(tail -c 200 "$dir/stderr.log"))" >&2
+        return 1
+    fi
     awk -v bin="$bin" -v m="$MSGS" -v t0="$t0" -v t1="$t1" -v b=$((b1 - b0)) -v a=$((a1 - a0)) \
-        -v p=$((p1 - p0)) -v hz="$HZ" -v done_at="$i" 'BEGIN {
-        if (done_at >= 6000) { printf "%s: the sink did not count %d messages in 60 s\n", bin, m; exit 1 }
+        -v p=$((p1 - p0)) -v hz="$HZ" 'BEGIN {
         printf "%s delivered/s %.0f busy %.0f%% cpu/msg %.0f us own/msg %.0f us\n",
-            bin, m / (t1 - t0), 100 * b / a, b * 1e6 / hz / m, p * 1e6 / hz / m }'
+            bin, m / (t1 - t0), 100 * b / a, b * 1e6 / hz / m, p * 1e6 / hz / m }' | tee -a "$WORK/lines"
     rm -rf "$dir"
 }
 
 echo "# probe: ${SIZE} octets x ${SESSIONS} sessions, ${MSGS} messages, $(date -u '+%F %T') UTC, load $(cut -d' ' -f1-3 /proc/loadavg)"
+# Runs in this shell (not in a pipeline), so that the EXIT trap knows the
+# pids it has to stop.
+: >"$WORK/lines"
 for ((r = 1; r <= ROUNDS; r++)); do
     for b in "${BINS[@]}"; do
         run "$b"
     done
-done | tee "$WORK/lines"
+done
 if [ ${#BINS[@]} -gt 1 ] || [ "$ROUNDS" -gt 1 ]; then
-    awk '/ delivered\/s / { n[$1]++; d[$1] += $3; c[$1] += $7; o[$1] += $10; order[$1] = order[$1] ? order[$1] : ++k; name[k] = $1 }
+    awk '/ delivered\/s / { if (!($1 in n)) name[++k] = $1; n[$1]++; d[$1] += $3; c[$1] += $7; o[$1] += $10 }
         END { for (i = 1; i <= k; i++) { b = name[i]
             printf "# mean of %d: %s delivered/s %.0f cpu/msg %.0f us own/msg %.0f us\n", n[b], b, d[b] / n[b], c[b] / n[b], o[b] / n[b] } }' "$WORK/lines"
 fi

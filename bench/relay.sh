@@ -679,8 +679,9 @@ sluice_row() {
     local cpu0
     cpu0=$(proc_cpu "$SLUICE_PID")
     drive "$port" "$size" "$msgs" "$sessions" "$dir"
-    SELF_US=$(awk -v a="$cpu0" -v b="$(proc_cpu "$SLUICE_PID")" -v m="$msgs" -v hz="$CLK_TCK" \
-        'BEGIN { if (a == "" || b == "") print "-"; else printf "%.0f", (b - a) * 1e6 / hz / m }')
+    # Not for a run whose messages did not all arrive (its delivered/s is FAIL).
+    SELF_US=$(awk -v a="$cpu0" -v b="$(proc_cpu "$SLUICE_PID")" -v m="$msgs" -v hz="$CLK_TCK" -v d="$DEL" \
+        'BEGIN { if (a == "" || b == "" || d == "FAIL") print "-"; else printf "%.0f", (b - a) * 1e6 / hz / m }')
     stop_sampler "$dir"
     if [ -n "$PERF_PID" ]; then
         stop_pid "$PERF_PID" INT; PERF_PID=''
@@ -696,7 +697,7 @@ sluice_row() {
         ' SEND q?id=' ' DEFER q?id=' ' BOUNCE q?id=' 'error|panic|warn'
 }
 
-# ", sluice's process N us CPU/msg (runs: ...)" for a median that exists.
+# ", sluice's process N us CPU/msg" for a median that exists.
 self_note() { [ "$1" = FAIL ] || [ -z "$1" ] || printf ", sluice's process %s us CPU/msg" "$1"; }
 
 # utime + stime of a process (clock ticks), empty if it is gone.

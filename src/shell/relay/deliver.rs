@@ -609,8 +609,8 @@ async fn session(
 ) -> SessionEnd {
     let mut reader = Reader::new(m);
     let spliced = spliced_head(m, a.connector, &mut reader);
-    // No spool descriptor held while the next hop answers; the body's
-    // read opens the file again.
+    // No spool descriptor of its own held while the next hop answers; the
+    // body's read takes the shared one again (or opens the file).
     reader.release();
     let (head, body_at) = match spliced {
         Ok(x) => x,

@@ -148,18 +148,19 @@ struct LastRead(Mutex<Option<(Arc<PathBuf>, Arc<File>)>>);
 impl LastRead {
     /// `path`'s file: the shared one if it is the segment read last, else
     /// opened and shared from now on.
+    /// The lock is held across the `open` of a miss (one per segment), so
+    /// that a [`LastRead::forget`] meanwhile cannot be undone by it.
     fn file(&self, path: &Arc<PathBuf>) -> io::Result<Arc<File>> {
-        if let Ok(last) = self.0.lock() {
-            if let Some((p, f)) = last.as_ref() {
-                if Arc::ptr_eq(p, path) {
-                    return Ok(f.clone());
-                }
+        let Ok(mut last) = self.0.lock() else {
+            return File::open(path.as_path()).map(Arc::new);
+        };
+        if let Some((p, f)) = last.as_ref() {
+            if Arc::ptr_eq(p, path) {
+                return Ok(f.clone());
             }
         }
         let f = Arc::new(File::open(path.as_path())?);
-        if let Ok(mut last) = self.0.lock() {
-            *last = Some((path.clone(), f.clone()));
-        }
+        *last = Some((path.clone(), f.clone()));
         Ok(f)
     }
 
@@ -202,8 +203,9 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// Closes the segment file kept open (a delivery that has streamed its
-    /// message holds no descriptor while it waits for the reply).
+    /// Lets go of the segment file kept open: a delivery that has streamed
+    /// its message holds no descriptor of its own while it waits for the
+    /// reply (the one shared descriptor of the segment read last stays).
     pub fn release(&mut self) {
         self.open = None;
     }
