@@ -82,8 +82,15 @@ def policy_source(d):
         return f.read()
 
 
-def applied_count(d):
-    return d.stderr().count("octets applied")
+def applied_count(d, want=None):
+    """How many uploads the log says were applied; with `want`, waits up
+    to 5 s for that many (the log writer is a thread of its own)."""
+    deadline = time.monotonic() + 5
+    n = d.stderr().count("octets applied")
+    while want is not None and n < want and time.monotonic() < deadline:
+        time.sleep(0.02)
+        n = d.stderr().count("octets applied")
+    return n
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +209,7 @@ def test_good_upload_is_installed(ptys, sluice_factory):
     # The line stays open for the next upload: the same file again.
     p = send(d, pair.b, SAMPLE)
     assert p.returncode == 0, info(p)
-    assert applied_count(d) == 2, d.stderr()
+    assert applied_count(d, 2) == 2, d.stderr()
 
 
 def test_bad_rule_file_errors_come_back(ptys, sluice_factory, tmp_path):
