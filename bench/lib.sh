@@ -56,6 +56,27 @@ target = "stderr"
 EOF
 }
 
+# The [queue] and [dns] sections of a relay row's sluice.toml: 50
+# deliveries at once, 20 per destination; bench.test's MX is sink.bench,
+# which is the sink's port (loopback only: `dns` is the resolver, port 1
+# for none).
+sluice_relay_tail() { # dns sinkport
+    cat <<EOF
+
+[queue]
+concurrency = 50
+concurrency_per_destination = 20
+
+[dns]
+servers = ["$1"]
+static = { "sink.bench" = ["127.0.0.1:$2"] }
+static_mx = { "bench.test" = [[10, "sink.bench"]] }
+EOF
+}
+
+# utime + stime of a process (clock ticks), empty if it is gone.
+proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+
 # The median of the numbers on stdin (spaces or lines); FAIL if any run
 # failed (FAIL sorts first) or there is none.
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0 || v[1] == "FAIL") print "FAIL"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -14,9 +14,9 @@
 #     busy, cpu/msg the whole machine's CPU (/proc/stat) over that time:
 #                   its share of the cores and CPU time per message
 #     own/msg       the sluice process's user + system time
-#                   (/proc/PID/stat) per message: steadier than the others
-#                   on a shared VM (about +-5 % between runs, where
-#                   delivered/s moves +-15 %)
+#                   (/proc/PID/stat) per message: its own work without the
+#                   peers' (between runs it moves about as much as
+#                   delivered/s: +-8-10 % on the shared VM)
 #   With several binaries, they run in turn ROUNDS times (default 1) and the
 #   means per binary follow.
 #   PROBE='cmd' runs cmd 1.5 s into every run with {pid} replaced by the
@@ -61,9 +61,6 @@ trap cleanup EXIT
 # first eight fields, idle and iowait not busy)
 machine() { awk '/^cpu / { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; print t - $5 - $6, t }' /proc/stat; }
 
-# utime + stime of a process, empty if it is gone
-proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
-
 # True once 127.0.0.1:$1 accepts, false if pid $2 exits first or after
 # READY_TIMEOUT.
 up() {
@@ -83,17 +80,7 @@ run() {
     sink=$(free_port) port=$(free_port)
     {
         sluice_config_head probe.sh "$port" 1000
-        cat <<EOF
-
-[queue]
-concurrency = 50
-concurrency_per_destination = 20
-
-[dns]
-servers = ["127.0.0.1:1"]
-static = { "sink.bench" = ["127.0.0.1:$sink"] }
-static_mx = { "bench.test" = [[10, "sink.bench"]] }
-EOF
+        sluice_relay_tail 127.0.0.1:1 "$sink"
     } >"$dir/sluice.toml"
     local opts=(-c)
     [ "$(id -u)" = 0 ] && opts+=(-u nobody)

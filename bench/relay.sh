@@ -67,8 +67,8 @@
 #                   which is smtp-source and smtp-sink alone)
 #     sluice's process CPU/msg = the sluice process's user + system time
 #                   (/proc/PID/stat) over the run, per message: its own
-#                   cost without the peers', steadier than the machine's
-#                   (about ±5 % between runs where delivered/s moves ±15 %)
+#                   cost without the peers' (between runs it moves about
+#                   as much as delivered/s: +-8-10 % in 4 rounds here)
 #   The first row of each size and session count is the loopback ceiling
 #   (smtp-source straight to smtp-sink, no relay; CEILING=0 leaves it
 #   out), and a table gives sluice's delivered/s over it (issue 16's
@@ -519,19 +519,8 @@ write_sluice_config() { # dir port sinkport
     {
         [ -n "$WITH_ANON$WITH_VERIFY" ] && echo 'rules = "rules.toml"'
         sluice_config_head relay.sh "$2" 1000
-        cat <<EOF; } >"$1/sluice.toml"
-
-[queue]
-concurrency = 50
-concurrency_per_destination = 20
-
-[dns]
-# Loopback only: no resolver (port 1), bench.test's MX is sink.bench, which
-# is the sink's port.
-servers = ["$dns"]
-static = { "sink.bench" = ["127.0.0.1:$3"] }
-static_mx = { "bench.test" = [[10, "sink.bench"]] }
-EOF
+        sluice_relay_tail "$dns" "$3"
+    } >"$1/sluice.toml"
     if [ -n "$WITH_MILTER" ]; then
         printf '\n[[milter]]\nname = "noop"\naddress = "%s"\non_failure = "tempfail"\n' \
             "$MILTER_ADDR" >>"$1/sluice.toml"
@@ -700,8 +689,6 @@ sluice_row() {
 # ", sluice's process N us CPU/msg" for a median that exists.
 self_note() { [ "$1" = FAIL ] || [ -z "$1" ] || printf ", sluice's process %s us CPU/msg" "$1"; }
 
-# utime + stime of a process (clock ticks), empty if it is gone.
-proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
 CLK_TCK=$(getconf CLK_TCK)
 
 # What a relay's log says of a row: one sent line per message, nothing

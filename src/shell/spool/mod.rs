@@ -623,7 +623,7 @@ mod tests {
         // Past the end: what there is.
         r.read_into(990, 50, &mut out).expect("read");
         assert_eq!(out, &text[990..]);
-        // Released, it opens the file again.
+        // Released, it reads on (the shared descriptor, or the file again).
         r.release();
         r.read_into(3, 400, &mut out).expect("read");
         assert_eq!(out, &text[3..403]);
