@@ -77,6 +77,11 @@ class Dnsmasq:
         with open(self.log, encoding="utf-8", errors="replace") as f:
             return sum(1 for l in f if "query[" in l)
 
+    def queried(self, name):
+        """How many queries dnsmasq logged for exactly `name`."""
+        with open(self.log, encoding="utf-8", errors="replace") as f:
+            return sum(1 for l in f if "query[" in l and l.split()[-3:-2] == [name])
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
