@@ -10,7 +10,8 @@
 #       durability is the point).
 #   Each sluice row runs right after its ceiling row, against a fresh daemon
 #   with a fresh, empty spool that is stopped (SIGTERM) after the row.
-#   Messages per row: 5,000 (4 KiB) and 2,000 (64 KiB); --quick: a tenth.
+#   Messages per row: 5,000 (4 KiB) and 2,000 (64 KiB); --quick: a tenth;
+#   MSGS=N: N for every size.
 #   msg/s = messages / wall time of the smtp-source run (date +%s.%N).
 #   Each row is measured REPEAT times (default 3), ceiling and sluice
 #   alternating, so that both see the same moments of a noisy machine; the
@@ -30,6 +31,13 @@
 #   KEEP=1 bench/accept.sh                          (keep the temp spools and logs)
 #   SIZES="4096" SESSIONS="10 50" bench/accept.sh   (only those rows)
 #   REPEAT=5 bench/accept.sh                        (runs per row; default 3)
+#   PROBE='cmd' bench/accept.sh   runs cmd 1.5 s into every sluice run (not
+#     the ceiling's), {pid} replaced by the daemon's pid, beside the run (the
+#     row's figure counts the probe's cost too; the daemon is stopped once
+#     both have ended), e.g.
+#     PROBE='perf stat -e "syscalls:sys_enter_*" -p {pid} -- sleep 2'
+#     PROBE='vmstat 1 4'                            (the machine's idle share)
+#     (use MSGS= so that the run outlasts the probe)
 #   Needs /usr/sbin/smtp-source and /usr/sbin/smtp-sink (Postfix), python3,
 #   awk. Loopback only. The table is printed and written to
 #   bench/out/accept-<date>.txt. Without the release binary it runs the
@@ -65,6 +73,7 @@ msgs_for() { # size -> message count
     local n
     if [ "$1" -le 4096 ]; then n=5000; else n=2000; fi
     [ $QUICK = 1 ] && n=$((n / 10))
+    [ -n "${MSGS:-}" ] && n=$MSGS
     echo $n
 }
 
@@ -100,19 +109,26 @@ trap cleanup EXIT
 trap '[ -n "${RESULT:-}" ] && echo "# interrupted" >>"$RESULT"; exit 130' INT TERM
 
 
-# smtp-source run: port size msgs sessions log -> sets RATE (msg/s, or FAIL)
-# It runs in the background and is waited for, so a signal stops it at once.
+# smtp-source run: port size msgs sessions log [pid] -> sets RATE (msg/s, or
+# FAIL). It runs in the background and is waited for, so a signal stops it
+# at once. With a pid (a sluice row), PROBE runs against it meanwhile.
 drive() {
-    local port=$1 size=$2 msgs=$3 sessions=$4 log=$5 t0 t1 rc
+    local port=$1 size=$2 msgs=$3 sessions=$4 log=$5 pid=${6:-} t0 t1 rc
     local opts=(-s "$sessions" -m "$msgs" -l "$size" -M client.bench.test
                 -f sender@client.bench.test -t rcpt@sink.bench.test)
     [ $REUSE = 1 ] && opts+=(-d)
     t0=$(date +%s.%N)
     timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" "${opts[@]}" "127.0.0.1:$port" >"$log" 2>&1 &
     SOURCE_PID=$!
+    local probe=''
+    if [ -n "${PROBE:-}" ] && [ -n "$pid" ]; then
+        { sleep 1.5; bash -c "${PROBE//\{pid\}/$pid}" 2>&1; } &
+        probe=$!
+    fi
     wait $SOURCE_PID
     rc=$?
     t1=$(date +%s.%N)
+    [ -n "$probe" ] && wait "$probe"
     SOURCE_PID=''
     if [ $rc -ne 0 ]; then
         echo "WARNING: smtp-source exited $rc (size $size, $sessions sessions): $(head -c 300 "$log" | tr '\n' ' ')" >&2
@@ -177,7 +193,7 @@ sluice_row() { # size msgs sessions run -> sets RATE and SPOOLED
         stop_pid "$SLUICE_PID"; SLUICE_PID=''
         RATE=FAIL; return
     fi
-    drive "$port" "$size" "$msgs" "$sessions" "$dir/source.log" || FAILED=1
+    drive "$port" "$size" "$msgs" "$sessions" "$dir/source.log" "$SLUICE_PID" || FAILED=1
     stop_pid "$SLUICE_PID"
     local rc=$?
     SLUICE_PID=''
