@@ -19,8 +19,8 @@
 #                   delivered/s: +-8-10 % on the shared VM)
 #   With several binaries, they run in turn ROUNDS times (default 1) and the
 #   means per binary follow.
-#   PROBE='cmd' runs cmd 1.5 s into every run with {pid} replaced by the
-#   daemon's pid, e.g.
+#   PROBE='cmd' runs cmd 1.5 s into every run, beside it, with {pid}
+#   replaced by the daemon's pid (the daemon is stopped once both ended), e.g.
 #     PROBE='perf stat -e syscalls:sys_enter_futex,context-switches -p {pid} -- sleep 2'
 #     PROBE='perf record -g -o /tmp/p.data -p {pid} -- sleep 2'
 #   (what it prints comes before the run's line; a probe slows the run).
@@ -75,7 +75,7 @@ up() {
 
 # One run of binary $1 -> a line on stdout (and in $WORK/lines).
 run() {
-    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src rc
+    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src rc probe
     dir=$(mktemp -d "$WORK/run-XXXXXX")
     sink=$(free_port) port=$(free_port)
     {
@@ -100,9 +100,10 @@ run() {
     "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$MSGS" -f a@bench.test -t b@bench.test \
         "127.0.0.1:$port" >"$dir/source.log" 2>&1 &
     src=$!
+    probe=''
     if [ -n "${PROBE:-}" ]; then
-        sleep 1.5
-        bash -c "${PROBE//\{pid\}/$SLUICE_PID}" 2>&1
+        { sleep 1.5; bash -c "${PROBE//\{pid\}/$SLUICE_PID}" 2>&1; } &
+        probe=$!
     fi
     wait "$src"
     rc=$?
@@ -114,6 +115,7 @@ run() {
     t1=$(date +%s.%N)
     read -r b1 a1 < <(machine)
     p1=$(proc_cpu "$SLUICE_PID")
+    [ -n "$probe" ] && wait "$probe"
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
     stop_pid "$SINK_PID"; SINK_PID=''
     if [ "$rc" != 0 ] || [ "$i" -ge 6000 ] || [ -z "$p0" ] || [ -z "$p1" ]; then
