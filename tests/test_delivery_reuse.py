@@ -29,6 +29,7 @@ class CountingSink:
         self.per_connection = []  # messages carried, one entry per connection
         self.messages = []  # (mail_from, rcpts, data)
         self.commands = []  # every command line, in order
+        self.closed = 0  # connections the sink has closed
         self.lock = threading.Lock()
         self.srv = socket.socket()
         self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -107,9 +108,12 @@ class CountingSink:
             return
         finally:
             try:
+                f.close()
                 conn.close()
             except OSError:
                 pass
+            with self.lock:
+                self.closed += 1
 
     def wait(self, n, timeout=20):
         deadline = time.time() + timeout
@@ -183,7 +187,11 @@ def test_a_session_closed_while_idle_costs_no_attempt(sluice_factory):
             for i in range(4):
                 qids += submit(d, 1, prefix="idle%d" % i)
                 sink.wait(i + 1)
-                time.sleep(0.4)  # the sink has closed the session sluice keeps
+                # The sink has closed the session sluice keeps.
+                deadline = time.time() + 5
+                while sink.closed < i + 1 and time.time() < deadline:
+                    time.sleep(0.02)
+                assert sink.closed == i + 1, sink.closed
             for q in qids:
                 entry = states(d, q, ["Delivered"])
                 assert "Deferred" not in json.dumps(entry), entry
@@ -239,9 +247,13 @@ def test_the_cache_can_be_turned_off(sluice_factory):
                   queue_extra="connection_cache_size = 0\n")
         submit(d, 5)
         sink.wait(5)
-        time.sleep(0.3)
+        # The sink counts a message before its 250, and sluice's QUIT
+        # follows that 250.
+        deadline = time.time() + 6
+        while sink.commands.count("QUIT") < 5 and time.time() < deadline:
+            time.sleep(0.05)
         assert sink.per_connection == [1] * 5, sink.per_connection
-        assert sink.commands.count("QUIT") == 5
+        assert sink.commands.count("QUIT") == 5, sink.commands[-10:]
     finally:
         sink.stop()
 

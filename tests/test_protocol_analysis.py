@@ -34,6 +34,9 @@ def misbehave(d, source, bad=5):
         for _ in range(bad):
             check(c.cmd("FROB"), 500)
         check(c.cmd("QUIT"), 221)
+        # The session's last score (no MAIL) comes after the 221, before
+        # the close: `sluice trace` asks another thread.
+        c.wait_closed(5)
 
 
 def greeted(d, source):
