@@ -120,15 +120,12 @@ drive() {
     t0=$(date +%s.%N)
     timeout "$RUN_TIMEOUT" "$SMTP_SOURCE" "${opts[@]}" "127.0.0.1:$port" >"$log" 2>&1 &
     SOURCE_PID=$!
-    local probe=''
-    if [ -n "${PROBE:-}" ] && [ -n "$pid" ]; then
-        { sleep 1.5; bash -c "${PROBE//\{pid\}/$pid}" 2>&1; } &
-        probe=$!
-    fi
+    PROBE_PID=''
+    [ -n "$pid" ] && start_probe "$pid"
     wait $SOURCE_PID
     rc=$?
     t1=$(date +%s.%N)
-    [ -n "$probe" ] && wait "$probe"
+    [ -n "$PROBE_PID" ] && wait "$PROBE_PID"
     SOURCE_PID=''
     if [ $rc -ne 0 ]; then
         echo "WARNING: smtp-source exited $rc (size $size, $sessions sessions): $(head -c 300 "$log" | tr '\n' ' ')" >&2

@@ -74,6 +74,15 @@ static_mx = { "bench.test" = [[10, "sink.bench"]] }
 EOF
 }
 
+# Starts $PROBE (if set) 1.5 s from now beside a run, {pid} replaced by
+# the daemon's pid $1; sets PROBE_PID (empty without a probe) to wait for.
+start_probe() { # pid
+    PROBE_PID=''
+    [ -n "${PROBE:-}" ] || return 0
+    { sleep 1.5; bash -c "${PROBE//\{pid\}/$1}" 2>&1; } &
+    PROBE_PID=$!
+}
+
 # utime + stime of a process (clock ticks), empty if it is gone.
 proc_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
 

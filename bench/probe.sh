@@ -75,7 +75,7 @@ up() {
 
 # One run of binary $1 -> a line on stdout (and in $WORK/lines).
 run() {
-    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src rc probe
+    local bin=$1 dir sink port i b0 a0 b1 a1 p0 p1 t0 t1 src rc
     dir=$(mktemp -d "$WORK/run-XXXXXX")
     sink=$(free_port) port=$(free_port)
     {
@@ -100,11 +100,7 @@ run() {
     "$SMTP_SOURCE" -s "$SESSIONS" -l "$SIZE" -m "$MSGS" -f a@bench.test -t b@bench.test \
         "127.0.0.1:$port" >"$dir/source.log" 2>&1 &
     src=$!
-    probe=''
-    if [ -n "${PROBE:-}" ]; then
-        { sleep 1.5; bash -c "${PROBE//\{pid\}/$SLUICE_PID}" 2>&1; } &
-        probe=$!
-    fi
+    start_probe "$SLUICE_PID"
     wait "$src"
     rc=$?
     # smtp-sink -c rewrites "... mesg=N\r" after every message.
@@ -115,7 +111,7 @@ run() {
     t1=$(date +%s.%N)
     read -r b1 a1 < <(machine)
     p1=$(proc_cpu "$SLUICE_PID")
-    [ -n "$probe" ] && wait "$probe"
+    [ -n "$PROBE_PID" ] && wait "$PROBE_PID"
     stop_pid "$SLUICE_PID"; SLUICE_PID=''
     stop_pid "$SINK_PID"; SINK_PID=''
     if [ "$rc" != 0 ] || [ "$i" -ge 6000 ] || [ -z "$p0" ] || [ -z "$p1" ]; then

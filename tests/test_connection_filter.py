@@ -110,12 +110,12 @@ def test_allow_lists_allowed_networks_and_originating_sessions_pass(sluice_facto
     # Counted by name: the factory's own readiness probe (from 127.0.0.1)
     # may be looked up at any moment of this test.
     names = ["%d.0.0.127.%s" % (n, z) for n in (5, 6, 7) for z in ("bl.test", "wl.test")]
-    before = {n: dns.queried(n) for n in names}
+    before = dns.queried(names)
     check(rcpt_from(d, "127.0.0.7"), 250, "2.1.5")   # on the allow list
     check(rcpt_from(d, "127.0.0.6"), 250, "2.1.5")   # allowed_networks
     check(rcpt_from(d, "127.0.0.5"), 250, "2.1.5")   # originating
     # Only the allow-listed client was looked up (both lists, at once).
-    grew = {n: dns.queried(n) - before[n] for n in names}
+    grew = {n: after - b for n, after, b in zip(names, dns.queried(names), before)}
     want = {n: int(n.startswith("7.")) for n in names}
     assert grew == want, open(dns.log).read()[-2000:]
 
@@ -133,10 +133,10 @@ def test_answers_are_cached_by_ttl(sluice_factory, dns):
     check(rcpt_from(d, "127.0.0.2"), 550, "5.7.1")
     # By name: the factory's readiness probe may be looked up meanwhile.
     names = ["2.0.0.127.bl.test", "2.0.0.127.wl.test"]
-    before = [dns.queried(n) for n in names]
+    before = dns.queried(names)
     m0 = json.loads(d.cli("status", "--json").stdout)["metrics"]
     check(rcpt_from(d, "127.0.0.2"), 550, "5.7.1")
-    assert [dns.queried(n) for n in names] == before
+    assert dns.queried(names) == before
     assert before[0] >= 1, open(dns.log).read()[-2000:]
     # The metrics say the same: cache hits, no more queries.
     m = json.loads(d.cli("status", "--json").stdout)["metrics"]
@@ -215,10 +215,10 @@ def test_disabled_agent_checks_nothing(sluice_factory, dns):
     d = daemon(sluice_factory, dns.port, rules=rules)
     # By name: an earlier test's sessions may still reach dnsmasq late.
     names = ["2.0.0.127.bl.test", "2.0.0.127.wl.test"]
-    before = [dns.queried(n) for n in names]
+    before = dns.queried(names)
     check(rcpt_from(d, "127.0.0.2"), 250, "2.1.5")
     check(rcpt_from(d, "127.0.0.2"), 250, "2.1.5")
-    assert [dns.queried(n) for n in names] == before
+    assert dns.queried(names) == before
 
 
 def test_trace_shows_the_dns_list_answers(sluice_factory, dns, tmp_path):
